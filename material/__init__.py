@@ -1,0 +1,152 @@
+"""Registry material: certificates, htpasswd and registry.yml, as pure deterministic functions.
+
+No Pulumi, no network, no files: everything is returned as strings. ``build_material`` is the
+façade the program uses; it is recomputed on every run and yields identical output for an
+unchanged stack config (see ``material.pki`` and ``material.htpasswd`` for how).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from . import htpasswd as _htpasswd
+from . import pki as _pki
+from .registry_config import render_registry_yml
+
+__all__ = ["RegistryMaterial", "build_material"]
+
+
+@dataclass(frozen=True)
+class RegistryMaterial:
+    """What goes onto the hosts. Cert fields are ``None`` in insecure mode, ``htpasswd`` is
+    ``None`` when auth is off.
+
+    ``ca_cert`` is what nodes trust (``certs.d/<domain>:<port>/ca.crt``); ``cert``/``key`` go to
+    ``<rootfs>/certs/<domain>.crt|.key``; ``htpasswd`` to ``<rootfs>/etc/registry_htpasswd``;
+    ``registry_yml`` to ``<rootfs>/etc/registry.yml``. ``ca_fingerprint`` is the sha256 hex of
+    ``ca_cert`` (for status output and change detection).
+    """
+
+    ca_cert: str | None
+    cert: str | None
+    key: str | None
+    htpasswd: str | None
+    registry_yml: str
+    ca_fingerprint: str | None
+
+    @property
+    def tls(self) -> bool:
+        return self.cert is not None
+
+    @property
+    def auth(self) -> bool:
+        return self.htpasswd is not None
+
+
+def _check_issued_by(cert_pem: str, ca_cert_pem: str) -> None:
+    cert = _pki._load_cert(cert_pem, "registry.tls.cert")
+    ca = _pki._load_cert(ca_cert_pem, "registry.tls.ca_cert")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except Exception as exc:  # ValueError, TypeError or InvalidSignature
+        raise ValueError(
+            "registry.tls.cert is not issued by registry.tls.ca_cert; nodes trusting that CA "
+            f"would reject the registry ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def build_material(
+    *,
+    rootfs: str,
+    domain: str,
+    port: int,
+    deploy_ips: list[str],
+    insecure: bool,
+    username: str | None,
+    password: str | None,
+    ca_cert: str | None = None,
+    ca_key: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    htpasswd: str | None = None,
+) -> RegistryMaterial:
+    """Compute the registry material for the stack config. Deterministic; raises ``ValueError``.
+
+    TLS: ``insecure`` → no certificates. Else a brought ``cert``+``key`` is used as-is (checked
+    to match; nodes trust ``ca_cert`` if given — the cert must then be issued by it — else the
+    cert itself, i.e. sealer's self-signed cert). Else a leaf for ``domain`` and ``deploy_ips``
+    is issued from ``ca_cert``/``ca_key``.
+
+    Auth: a brought ``htpasswd`` is used as-is (must be bcrypt; if a username/password is also
+    given it must accept them, since nodes log in with them). Else with ``username`` and
+    ``password`` one line is derived, salted from the CA key (or the brought leaf key). No
+    username and no htpasswd → auth off.
+    """
+    if (username is None) != (password is None) or (username == "") != (password == ""):
+        raise ValueError("registry username and password must be given together")
+    if username == "":
+        username = password = None
+    if (cert is None) != (key is None):
+        raise ValueError("registry.tls.cert and registry.tls.key must be given together")
+
+    ca_out = cert_out = key_out = None
+    if not insecure:
+        if cert is not None:
+            cert_out, key_out = _pki.adopt(cert, key)
+            if ca_cert is not None:
+                _check_issued_by(cert, ca_cert)
+                ca_out = ca_cert
+            else:
+                ca_out = cert
+        else:
+            if ca_cert is None or ca_key is None:
+                raise ValueError(
+                    "registry.tls.ca_cert and ca_key are required unless insecure_mode "
+                    "(run `python -m cli init-pki`) or a cert and key are brought"
+                )
+            cert_out, key_out = _pki.issue_leaf(ca_cert, ca_key, domain, list(deploy_ips))
+            ca_out = ca_cert
+
+    htpasswd_out: str | None = None
+    if htpasswd is not None:
+        users = _htpasswd.validate_htpasswd(htpasswd)
+        if username is not None:
+            if username not in users or not _htpasswd.verify(htpasswd, username, password):
+                raise ValueError(
+                    f"registry.htpasswd does not accept registry.username {username!r} with the "
+                    "configured password; nodes would fail to log in"
+                )
+        htpasswd_out = htpasswd
+    elif username is not None:
+        htpasswd_out = (
+            _htpasswd.htpasswd_line(username, password, _salt_key(ca_key, key, domain, password))
+            + "\n"
+        )
+
+    return RegistryMaterial(
+        ca_cert=ca_out,
+        cert=cert_out,
+        key=key_out,
+        htpasswd=htpasswd_out,
+        registry_yml=render_registry_yml(
+            rootfs=rootfs, domain=domain, port=port, tls=cert_out is not None,
+            auth=htpasswd_out is not None,
+        ),
+        ca_fingerprint=_pki.fingerprint(ca_out) if ca_out is not None else None,
+    )
+
+
+def _salt_key(ca_key: str | None, key: str | None, domain: str, password: str) -> bytes:
+    """Secret HMAC key for the htpasswd salt: the CA key, else the brought leaf key.
+
+    Insecure mode may have neither; then the salt is keyed by the password and domain. That salt
+    is still stable and per-user, just not secret — acceptable where the password travels in
+    clear HTTP on every request anyway.
+    """
+    if ca_key is not None:
+        return _pki.canonical_key_bytes(ca_key)
+    if key is not None:
+        return _pki.canonical_key_bytes(key)
+    return b"sealer-registry insecure htpasswd salt\0" + domain.encode() + b"\0" + password.encode()
