@@ -190,6 +190,12 @@ def _canonical_sans(domain: str, ips: list[str]) -> tuple[list[str], list[_IpAdd
     """Deduplicated, sorted DNS names and IPs (IPv4 before IPv6, numeric order)."""
     if not domain or any(c.isspace() for c in domain) or "/" in domain or ":" in domain:
         raise ValueError(f"invalid registry domain {domain!r}")
+    try:
+        ipaddress.ip_address(domain)
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"registry domain {domain!r} is an IP; it must be a host name (IPs go in `ips`)")
     if isinstance(ips, str):
         raise ValueError("ips must be a list of IP strings, not a string")
     dns = sorted({domain.lower().rstrip("."), "localhost"})

@@ -347,6 +347,12 @@ def test_issue_leaf_rejects_hostname_in_ips(ca):
         pki.issue_leaf(ca[0], ca[1], "sea.hub", ["master0.example"])
 
 
+def test_issue_leaf_rejects_ip_as_domain(ca):
+    """An IP given as the domain raises ValueError rather than becoming a DNS SAN."""
+    with pytest.raises(ValueError, match="is an IP"):
+        pki.issue_leaf(ca[0], ca[1], "198.18.0.11", IPS)
+
+
 def test_fingerprint_is_sha256_of_der(ca):
     """fingerprint() = lowercase sha256 hex of the certificate DER."""
     import hashlib
