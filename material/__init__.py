@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography import x509
 
 from . import htpasswd as _htpasswd
 from . import pki as _pki

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import http.client
 import ipaddress
@@ -14,7 +15,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import base64
 
 import bcrypt
 import pytest
