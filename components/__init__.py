@@ -1,0 +1,1 @@
+"""Pulumi components of the sealer registry program, one ComponentResource per module."""

@@ -1,0 +1,58 @@
+"""How the program reaches hosts: SSH settings shared by every per-host resource."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+from pulumi_command import remote
+
+# A host that is down but not marked down in config must fail the step fast, not after the
+# provider's default 10 dials x 15 s.
+DIAL_ERROR_LIMIT = 3
+PER_DIAL_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class JumpHost:
+    host: str
+    user: str = "root"
+    port: int = 22
+
+
+@dataclass(frozen=True)
+class SshAccess:
+    """SSH user, port and key for every cluster host. ``private_key`` is a secret Output."""
+
+    user: str
+    port: int
+    private_key: pulumi.Input[str]
+    host_keys: dict[str, str] = field(default_factory=dict)
+    jump: JumpHost | None = None
+
+    def connection(self, ip: str) -> remote.ConnectionArgs:
+        proxy = None
+        if self.jump is not None:
+            proxy = remote.ProxyConnectionArgs(
+                host=self.jump.host, port=self.jump.port, user=self.jump.user,
+                private_key=self.private_key,
+                dial_error_limit=DIAL_ERROR_LIMIT, per_dial_timeout=PER_DIAL_TIMEOUT_S)
+        return remote.ConnectionArgs(
+            host=ip,
+            port=self.port,
+            user=self.user,
+            private_key=self.private_key,
+            host_key=self.host_keys.get(ip),
+            proxy=proxy,
+            dial_error_limit=DIAL_ERROR_LIMIT,
+            per_dial_timeout=PER_DIAL_TIMEOUT_S,
+        )
+
+    def rsync_flags(self, ip: str) -> list[str]:
+        """Flags of ``scripts/sync-data.sh`` for ``ip``; the key itself goes on its stdin."""
+        flags = ["--key-stdin"]
+        if ip in self.host_keys:
+            flags += ["--host-key", self.host_keys[ip]]
+        if self.jump is not None:
+            flags += ["--jump", f"{self.jump.user}@{self.jump.host}:{self.jump.port}"]
+        return flags

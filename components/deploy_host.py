@@ -1,0 +1,136 @@
+"""A registry deploy host: rootfs files, registry data, and either the running registry
+(master0) or a registry kept stopped (every other deploy host)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import tarfile
+from dataclasses import dataclass
+from enum import StrEnum
+
+import pulumi
+from pulumi_command import local, remote
+
+from material import RegistryMaterial
+
+from .access import SshAccess
+from .remote_scripts import script_command
+
+QUIET = remote.Logging.NONE  # output of steps whose stdin holds secrets is never logged
+
+
+class RegistryRole(StrEnum):
+    LAUNCH = "launch"    # master0: the registry runs here
+    STANDBY = "standby"  # any other deploy host: data and files ready, registry stopped
+
+
+def rootfs_files(material: RegistryMaterial, domain: str) -> dict[str, str]:
+    """The files this program owns under the rootfs, by path relative to it."""
+    files = {"etc/registry.yml": material.registry_yml}
+    if material.htpasswd is not None:
+        files["etc/registry_htpasswd"] = material.htpasswd
+    if material.cert is not None and material.key is not None:
+        files[f"certs/{domain}.crt"] = material.cert
+        files[f"certs/{domain}.key"] = material.key
+    return files
+
+
+def rootfs_payload(files: dict[str, str]) -> str:
+    """Base64 of a reproducible tar of ``files`` (fixed order, mtime, owner): the same files give
+    the same bytes, so an unchanged config is no diff."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for path in sorted(files):
+            data = files[path].encode()
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(data), 0o600, 0
+            tar.addfile(info, io.BytesIO(data))
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def material_fingerprint(payload: str) -> str:
+    """Short digest of the rootfs payload; the launch restarts the registry when it changes."""
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DeployHostArgs:
+    ip: str
+    role: RegistryRole
+    rootfs: str
+    domain: str
+    port: int
+    access: SshAccess
+    material: RegistryMaterial
+    # Registry data to hold here (hex image ids in the image store); empty: no data step.
+    image_store: str
+    images: tuple[str, ...]
+
+
+class DeployHost(pulumi.ComponentResource):
+    """``deploy-<ip>``: ``rootfs-<ip>``, ``data-<ip>``, ``registry-launch|standby-<ip>``.
+
+    No child has a delete command: removing this host from the stack (it died, it left the
+    deploy hosts, master0 moved) never dials it.
+    """
+
+    registry: remote.Command
+
+    def __init__(self, name: str, args: DeployHostArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("sealer:registry:DeployHost", name, None, opts)
+        ip = args.ip
+        child = pulumi.ResourceOptions(parent=self)
+        connection = args.access.connection(ip)
+        payload = rootfs_payload(rootfs_files(args.material, args.domain))
+
+        self.rootfs = remote.Command(
+            f"rootfs-{ip}",
+            connection=connection,
+            create=script_command("write-rootfs.sh", args.rootfs),
+            stdin=pulumi.Output.secret(payload),
+            logging=QUIET,
+            opts=child.merge(pulumi.ResourceOptions(
+                additional_secret_outputs=["stdout", "stderr"])),
+        )
+        steps: list[pulumi.Resource] = [self.rootfs]
+
+        self.data: local.Command | None = None
+        if args.images:
+            self.data = local.Command(
+                f"data-{ip}",
+                create=script_command(
+                    "sync-data.sh", *args.access.rsync_flags(ip),
+                    f"{args.access.user}@{ip}", str(args.access.port), args.rootfs,
+                    args.image_store, *args.images),
+                stdin=args.access.private_key,
+                logging=local.Logging.STDERR,
+                opts=child,
+            )
+            steps.append(self.data)
+
+        after_files = child.merge(pulumi.ResourceOptions(depends_on=steps))
+        if args.role is RegistryRole.LAUNCH:
+            self.registry = remote.Command(
+                f"registry-launch-{ip}",
+                connection=connection,
+                create=script_command("launch-registry.sh", args.rootfs, str(args.port),
+                                      args.domain, material_fingerprint(payload)),
+                logging=remote.Logging.STDOUT_AND_STDERR,
+                opts=after_files,
+            )
+        else:
+            self.registry = remote.Command(
+                f"registry-standby-{ip}",
+                connection=connection,
+                create=script_command("standby-registry.sh", args.rootfs),
+                logging=remote.Logging.STDOUT_AND_STDERR,
+                opts=after_files,
+            )
+
+        self.register_outputs({
+            "ip": ip,
+            "role": str(args.role),
+            "images": list(args.images),
+        })

@@ -1,0 +1,95 @@
+"""In-cluster records: ConfigMap and Secret ``sealer-registry`` and ConfigMap ``sealer-apps``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+NAMESPACE = "kube-system"
+
+
+@dataclass(frozen=True)
+class RegistryRecordsArgs:
+    kubeconfig: pulumi.Input[str]       # secret Output: kubeconfig content
+    context: str | None
+    cluster_identifier: str             # stable: the provider must not follow master0's IP
+    summary: dict                       # non-secret registry summary (sealer's `registry` key)
+    registry_yml: str
+    ca_cert: str | None
+    cert: str | None
+    key: pulumi.Input[str] | None       # secret Output
+    htpasswd: pulumi.Input[str] | None  # secret Output
+    application_json: str
+
+
+class RegistryRecords(pulumi.ComponentResource):
+    """``records``: the provider ``k8s`` and the three objects in ``kube-system``.
+
+    Data changes are applied in place (``enable_config_map_mutable``/``enable_secret_mutable``):
+    with fixed names a replace would delete the object first and leave a window without it.
+    Existing objects of the same name (an existing sealer cluster's ``sealer-registry``) are
+    adopted (``upsert_existing_objects``); their plaintext ``registry`` key is overwritten with a
+    summary without the password.
+    """
+
+    def __init__(self, name: str, args: RegistryRecordsArgs,
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("sealer:registry:Records", name, None, opts)
+        self.provider = k8s.Provider(
+            "k8s",
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            cluster_identifier=args.cluster_identifier,
+            enable_config_map_mutable=True,
+            enable_secret_mutable=True,
+            upsert_existing_objects=True,
+            enable_patch_force=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=self.provider)
+
+        data = {
+            "registry": yaml.safe_dump(args.summary, sort_keys=True),
+            "registry.yml": args.registry_yml,
+        }
+        if args.ca_cert is not None:
+            data["ca.crt"] = args.ca_cert
+        if args.cert is not None:
+            data["tls.crt"] = args.cert
+        self.registry_config = k8s.core.v1.ConfigMap(
+            "sealer-registry-config",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="sealer-registry", namespace=NAMESPACE,
+                                                labels={"app.kubernetes.io/managed-by": "pulumi"}),
+            data=data,
+            opts=on_cluster,
+        )
+
+        secret_data: dict[str, pulumi.Input[str]] = {}
+        if args.key is not None:
+            secret_data["tls.key"] = args.key
+        if args.htpasswd is not None:
+            secret_data["htpasswd"] = args.htpasswd
+        self.registry_secret = k8s.core.v1.Secret(
+            "sealer-registry-secret",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="sealer-registry", namespace=NAMESPACE,
+                                                labels={"app.kubernetes.io/managed-by": "pulumi"}),
+            type="Opaque",
+            string_data=secret_data,
+            opts=on_cluster,
+        )
+
+        self.apps = k8s.core.v1.ConfigMap(
+            "sealer-apps",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name="sealer-apps", namespace=NAMESPACE,
+                                                labels={"app.kubernetes.io/managed-by": "pulumi"}),
+            data={"application.json": args.application_json},
+            opts=on_cluster,
+        )
+        self.register_outputs({
+            "registry_config": self.registry_config.metadata.name,
+            "registry_secret": self.registry_secret.metadata.name,
+            "apps": self.apps.metadata.name,
+        })

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Copies registry data from the local image store into a host's rootfs registry with rsync over
+# SSH: the union of the given images, incremental (unchanged files are not sent), atomic (rsync
+# writes each file under a temporary name and, with --delay-updates, renames them all at the end),
+# and verified (every blob sent is hashed on the host and must equal its name).
+# Runs on the machine that runs `pulumi up`.
+# Usage: sync-data.sh [--key-file PATH | --key-stdin] [--host-key LINE] [--jump USER@HOST:PORT]
+#                     USER@HOST PORT ROOTFS STORE IMAGE_HEX...
+if ! declare -F info >/dev/null; then
+  # shellcheck source=lib/common.sh
+  source "${BASH_SOURCE[0]%/*}/lib/common.sh"
+fi
+
+KEY_FILE=""
+HOST_KEY=""
+JUMP=""
+WORK=""
+
+cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
+
+parse_flags() {
+  while (($#)); do
+    case "$1" in
+      --key-file) KEY_FILE=$2; shift 2 ;;
+      --key-stdin) KEY_FILE="$WORK/id"; (umask 077 && cat >"$KEY_FILE"); shift ;;
+      --host-key) HOST_KEY=$2; shift 2 ;;
+      --jump) JUMP=$2; shift 2 ;;
+      *) break ;;
+    esac
+  done
+  REST=("$@")
+}
+
+ssh_command() {
+  local host=$1 port=$2
+  local cmd=(ssh -p "$port" -o BatchMode=yes -o ConnectTimeout=5
+    -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -c aes128-gcm@openssh.com)
+  [[ -z "$KEY_FILE" ]] || cmd+=(-i "$KEY_FILE" -o IdentitiesOnly=yes)
+  if [[ -n "$HOST_KEY" ]]; then
+    printf '%s %s\n' "$([[ "$port" == 22 ]] && echo "$host" || echo "[$host]:$port")" "$HOST_KEY" >"$WORK/known_hosts"
+    cmd+=(-o StrictHostKeyChecking=yes -o UserKnownHostsFile="$WORK/known_hosts")
+  else
+    cmd+=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+  fi
+  [[ -z "$JUMP" ]] || cmd+=(-J "$JUMP")
+  printf '%s\n' "${cmd[@]}"
+}
+
+main() {
+  WORK=$(mktemp -d)
+  trap cleanup EXIT
+  parse_flags "$@"
+  set -- "${REST[@]}"
+  local target=$1 port=$2 rootfs=$3 store=$4
+  shift 4
+  local host=${target#*@} sources=() hex ssh_cmd
+  for hex in "$@"; do
+    [[ -d "$store/$hex/docker" ]] || fatal "image store $store has no data for sha256:$hex"
+    sources+=("$store/$hex/docker")
+  done
+  mapfile -t ssh_cmd < <(ssh_command "$host" "$port")
+  # One SSH session: make the target directory, then rsync's own session copies.
+  "${ssh_cmd[@]}" "$target" mkdir -p "$rootfs/registry"
+  rsync -a --delay-updates --out-format='%n' -e "$(printf '%q ' "${ssh_cmd[@]}")" \
+    "${sources[@]}" "$target:$rootfs/registry/" >"$WORK/sent"
+  grep -E '/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data$' "$WORK/sent" >"$WORK/blobs" || true
+  info "$(wc -l <"$WORK/sent") paths sent, $(wc -l <"$WORK/blobs") blobs; verifying them on $host"
+  if [[ -s "$WORK/blobs" ]]; then
+    # Hash on the host what was sent; a blob whose content differs from its name fails the step.
+    "${ssh_cmd[@]}" "$target" "cd $(printf '%q' "$rootfs/registry") && xargs -d '\n' sha256sum" \
+      <"$WORK/blobs" |
+      awk '{ n = split($2, p, "/"); if (p[n - 1] != $1) { print "corrupt blob: " $2; bad++ } }
+           END { exit bad > 0 }' >&2 || fatal "blob verification failed on $host"
+  fi
+  echo "synced $# images to $host"
+}
+
+main "$@"

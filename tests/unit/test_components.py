@@ -1,0 +1,209 @@
+"""Shape of the program: which resources a config declares, with which inputs (Pulumi mocks)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pulumi
+import pytest
+
+from components.access import SshAccess
+from components.cluster_registry import (ClusterRegistry, ClusterRegistryArgs, Distribution,
+                                         plan)
+from config.image_store import ImageRef, StoredImage
+from material import build_material, pki
+from tests.unit.pulumi_mocks import RecordingMocks
+
+MASTERS = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
+NODES = ["198.18.0.21", "198.18.0.22", "198.18.0.23", "198.18.0.24"]
+PASSWORD = "s3cret-Passw0rd!"
+SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nssh-key-body-for-tests\n-----END OPENSSH PRIVATE KEY-----\n"
+KUBECONFIG = "apiVersion: v1\nkind: Config\nusers: [{name: admin, user: {token: kube-token-xyz}}]\n"
+ROOTFS = "/var/lib/sealer/data/lab/rootfs"
+IMAGES = [
+    StoredImage("sha256:" + "a" * 64, (ImageRef("library/cluster", "v1", "sha256:" + "1" * 64),)),
+    StoredImage("sha256:" + "b" * 64, (ImageRef("apps/app0", "v1", "sha256:" + "2" * 64),)),
+]
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return pki.generate_ca()
+
+
+def make_args(ca, **overrides) -> ClusterRegistryArgs:
+    """A valid 3-master, 4-node cluster; ``overrides`` replace single fields."""
+    fields = dict(
+        cluster_name="lab", rootfs=ROOTFS, master0=MASTERS[0], masters=MASTERS, nodes=NODES,
+        deploy_hosts=MASTERS[:2], down_hosts=[], distribution=Distribution.PRE,
+        domain="sea.hub", port=5000, insecure=False, username="admin", password=None,
+        material=None, access=None, image_store="/srv/images", images=IMAGES,
+        application_json=json.dumps({"type": "app", "applications": []}), kubeconfig=None)
+    fields.update(overrides)
+    if fields["material"] is None:
+        fields["material"] = build_material(
+            rootfs=ROOTFS, domain=fields["domain"], port=fields["port"],
+            deploy_ips=fields["deploy_hosts"], insecure=fields["insecure"],
+            username=fields["username"], password=PASSWORD if fields["username"] else None,
+            ca_cert=ca[0], ca_key=ca[1])
+    return ClusterRegistryArgs(**fields)
+
+
+def declare(args: ClusterRegistryArgs) -> RecordingMocks:
+    """Declares the program for ``args`` against fresh mocks; returns what was declared."""
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="sealer-registry", stack="unit", preview=False)
+
+    @pulumi.runtime.test
+    def run():
+        access = SshAccess(user="root", port=22, private_key=pulumi.Output.secret(SSH_KEY))
+        full = replace(args, access=access,
+                       password=pulumi.Output.secret(PASSWORD) if args.username else None,
+                       kubeconfig=pulumi.Output.secret(KUBECONFIG))
+        registry = ClusterRegistry("sealer-registry", full)
+        return registry.verify.id
+
+    run()
+    return mocks
+
+
+def test_names_and_counts_for_three_masters_four_nodes(ca):
+    """Every live host gets a node component (CA trust + hosts entry); each deploy host gets
+    rootfs, data (pre mode) and one registry step; master0 launches, the other deploy host stands by."""
+    names = set(declare(make_args(ca)).by_name())
+    for ip in MASTERS + NODES:
+        assert {f"node-{ip}", f"hosts-{ip}", f"ca-trust-{ip}"} <= names
+    for ip in MASTERS[:2]:
+        assert {f"deploy-{ip}", f"rootfs-{ip}", f"data-{ip}"} <= names
+    assert f"registry-launch-{MASTERS[0]}" in names
+    assert f"registry-standby-{MASTERS[1]}" in names
+    assert not any(n.endswith(MASTERS[2]) for n in names if n.startswith(("deploy-", "rootfs-", "data-", "registry-")))
+    remote = [r for r in declare(make_args(ca)).of_type("command:remote:Command")]
+    # 7 hosts x (hosts + ca-trust) + 2 rootfs + 2 registry steps + verify
+    assert len(remote) == 7 * 2 + 2 + 2 + 1
+
+
+def test_no_remote_command_has_a_delete_command(ca):
+    """A delete command would dial a host that may be dead; none is declared."""
+    mocks = declare(make_args(ca))
+    commands = mocks.of_type("command:remote:Command") + mocks.of_type("command:local:Command")
+    assert commands
+    assert all(not r.inputs.get("delete") for r in commands)
+
+
+def test_post_mode_puts_data_on_master0_only(ca):
+    """In post mode only master0 holds registry data."""
+    names = set(declare(make_args(ca, distribution=Distribution.POST)).by_name())
+    assert f"data-{MASTERS[0]}" in names
+    assert f"data-{MASTERS[1]}" not in names
+
+
+def test_down_hosts_get_no_resources(ca):
+    """A host in down_hosts is never dialled: nothing at all is declared on it."""
+    mocks = declare(make_args(ca, master0=MASTERS[1], down_hosts=[MASTERS[0]]))
+    assert not [r.name for r in mocks.resources if r.name.endswith(MASTERS[0])]
+    for r in mocks.of_type("command:remote:Command"):
+        assert r.inputs["connection"]["host"] != MASTERS[0], r.name
+
+
+def test_changing_master0_changes_only_launch_hosts_entries_and_verify(ca):
+    """Moving master0 (old one down) changes: the registry roles of old and new master0, every
+    node's hosts entry, the records, the verification; nothing else's inputs."""
+    before = declare(make_args(ca)).by_name()
+    after = declare(make_args(ca, master0=MASTERS[1], down_hosts=[MASTERS[0]])).by_name()
+    removed = set(before) - set(after)
+    added = set(after) - set(before)
+    assert added == {f"registry-launch-{MASTERS[1]}"}
+    assert {f"registry-standby-{MASTERS[1]}", f"registry-launch-{MASTERS[0]}",
+            f"hosts-{MASTERS[0]}", f"ca-trust-{MASTERS[0]}", f"rootfs-{MASTERS[0]}",
+            f"data-{MASTERS[0]}"} <= removed
+    changed = {n for n in set(before) & set(after) if before[n].inputs != after[n].inputs}
+    expected = {f"hosts-{ip}" for ip in MASTERS[1:] + NODES} | {
+        "registry-verify", "sealer-registry-config"}
+    assert changed == expected
+
+
+def test_plan_in_post_mode_moves_data_with_master0():
+    """The recovery host of a post-mode cluster receives the data; the dead one is gone."""
+    p = plan(master0=MASTERS[1], masters=MASTERS, nodes=NODES, deploy_hosts=MASTERS,
+             down_hosts=[MASTERS[0]], distribution=Distribution.POST)
+    holding = [h.ip for h in p.hosts if h.holds_data]
+    assert holding == [MASTERS[1]]
+    assert MASTERS[0] not in [h.ip for h in p.hosts]
+    assert p.verifier == NODES[0]
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+# Inputs that may carry a secret; each must be a secret Output (checked below).
+SECRET_INPUTS = {"stdin", "stringData", "connection", "kubeconfig", "proxy"}
+
+
+def test_no_secret_in_non_secret_inputs_or_command_text(ca):
+    """Password, SSH key, TLS key, htpasswd and kubeconfig appear only in stdin, Secret data,
+    the connection and the provider's kubeconfig — never in a command line or a ConfigMap."""
+    args = make_args(ca)
+    secrets = [PASSWORD, SSH_KEY, args.material.key, args.material.htpasswd, "kube-token-xyz",
+               args.material.htpasswd.split(":", 1)[1]]
+    for r in declare(args).resources:
+        for key, value in r.inputs.items():
+            if key in SECRET_INPUTS:
+                continue
+            for text in _strings(value):
+                for s in secrets:
+                    assert s not in text, f"{r.name}.{key} holds a secret"
+
+
+def test_secret_carrying_inputs_are_secret_outputs(ca):
+    """Every input that carries a secret reaches the engine marked secret."""
+    args = make_args(ca)
+    secrets = [PASSWORD, SSH_KEY, args.material.key, args.material.htpasswd, "kube-token-xyz"]
+    seen = 0
+    for r in declare(args).resources:
+        for key, value in r.inputs.items():
+            if any(s in text for text in _strings(value) for s in secrets):
+                seen += 1
+                assert any(p == key or p.startswith(key + ".") or key.startswith(p)
+                           for p in r.secret_paths), f"{r.name}.{key} carries a secret in plaintext"
+    assert seen > 0
+
+
+def test_records_hold_config_certs_and_history_but_no_secret(ca):
+    """ConfigMap sealer-registry: registry.yml, CA, leaf, summary with master0 and deploy hosts;
+    Secret sealer-registry: the key and htpasswd; sealer-apps: application.json."""
+    args = make_args(ca)
+    by_name = declare(args).by_name()
+    cm = by_name["sealer-registry-config"].inputs
+    assert cm["metadata"] == {"name": "sealer-registry", "namespace": "kube-system",
+                              "labels": {"app.kubernetes.io/managed-by": "pulumi"}}
+    assert cm["data"]["registry.yml"] == args.material.registry_yml
+    assert cm["data"]["ca.crt"] == args.material.ca_cert
+    assert cm["data"]["tls.crt"] == args.material.cert
+    assert "master0: 198.18.0.11" in cm["data"]["registry"]
+    assert "password" not in cm["data"]["registry"]
+    secret = by_name["sealer-registry-secret"].inputs
+    assert set(secret["stringData"]) == {"tls.key", "htpasswd"}
+    apps = by_name["sealer-apps"].inputs
+    assert json.loads(apps["data"]["application.json"]) == json.loads(args.application_json)
+    provider = by_name["k8s"].inputs
+    assert provider["clusterIdentifier"] == "lab"
+    assert provider["enableConfigMapMutable"] == "true" or provider["enableConfigMapMutable"] is True
+
+
+def test_insecure_mode_has_no_ca_trust_and_plain_http_verify(ca):
+    """Insecure mode: no certificates, no CA trust steps, verification over http."""
+    mocks = declare(make_args(ca, insecure=True, username=None))
+    names = set(mocks.by_name())
+    assert not [n for n in names if n.startswith("ca-trust-")]
+    verify = mocks.by_name()["registry-verify"].inputs["create"]
+    assert " http " in verify
