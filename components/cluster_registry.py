@@ -7,12 +7,12 @@ of two ``master0`` values without Pulumi.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import pulumi
 from pulumi_command import remote
 
 from config.image_store import StoredImage
+from config.models import Distribution
 from material import RegistryMaterial
 
 from .access import SshAccess
@@ -21,11 +21,6 @@ from .deploy_host import (DeployHost, DeployHostArgs, RegistryRole, material_fin
                           rootfs_files, rootfs_payload)
 from .records import RegistryRecords, RegistryRecordsArgs
 from .remote_scripts import script_command
-
-
-class Distribution(StrEnum):
-    PRE = "pre"    # every deploy host holds the data: recovery copies nothing
-    POST = "post"  # only master0 holds it: recovery copies it to the new master0
 
 
 @dataclass(frozen=True)
@@ -56,7 +51,7 @@ def plan(*, master0: str, masters: list[str], nodes: list[str], deploy_hosts: li
         role = None
         if ip in deploy_hosts:
             role = RegistryRole.LAUNCH if ip == master0 else RegistryRole.STANDBY
-        holds = role is not None and (distribution is Distribution.PRE or ip == master0)
+        holds = role is not None and (distribution == Distribution.PRE or ip == master0)
         hosts.append(HostPlan(ip, role, holds))
     live = [h.ip for h in hosts]
     others = [ip for ip in [*nodes, *masters] if ip in live and ip != master0]

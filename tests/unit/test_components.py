@@ -9,9 +9,9 @@ import pulumi
 import pytest
 
 from components.access import SshAccess
-from components.cluster_registry import (ClusterRegistry, ClusterRegistryArgs, Distribution,
-                                         plan)
+from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs, plan
 from config.image_store import ImageRef, StoredImage
+from config.models import Distribution
 from material import build_material, pki
 from tests.unit.pulumi_mocks import RecordingMocks
 

@@ -1,0 +1,86 @@
+"""sealer-registry: the registry of one sealer cluster, recoverable by changing `master0`.
+
+Reads and validates the whole stack config before declaring anything (a bad config touches no
+host), computes the registry material, and wires the components. Nothing else lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pulumi
+
+from components.access import JumpHost, SshAccess
+from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs
+from config.errors import ConfigError
+from config.image_store import load_images
+from config.loader import read_runtime_config
+from material import build_material
+
+
+def secret_text(value) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
+def read_file(path: str, field: str) -> str:
+    try:
+        return Path(path).expanduser().read_text()
+    except OSError as exc:
+        raise ConfigError([(field, f"cannot read {path!r}: {exc.strerror}")]) from exc
+
+
+def main() -> None:
+    cfg = read_runtime_config()
+    reg, cluster, tls = cfg.registry, cfg.cluster, cfg.registry.tls
+    history = cfg.history
+    images = load_images(cfg.apps.image_store, [cfg.apps.cluster_image_id, *cfg.image_ids])
+    ssh_key = secret_text(cluster.ssh.private_key) or read_file(
+        cluster.ssh.private_key_path, "cluster.ssh.private_key_path")
+    kubeconfig = secret_text(cfg.kubernetes.kubeconfig) or read_file(
+        cfg.kubernetes.kubeconfig_path, "kubernetes.kubeconfig_path")
+    password = secret_text(reg.password)
+    try:
+        material = build_material(
+            rootfs=cfg.rootfs, domain=reg.domain, port=reg.port, deploy_ips=cfg.deploy_hosts,
+            insecure=reg.local_registry.insecure_mode, username=reg.username, password=password,
+            ca_cert=tls.ca_cert if tls else None, ca_key=secret_text(tls.ca_key) if tls else None,
+            cert=tls.cert if tls else None, key=secret_text(tls.key) if tls else None,
+            htpasswd=secret_text(reg.htpasswd))
+    except ValueError as exc:
+        raise ConfigError([("registry", str(exc))]) from None
+
+    jump = cluster.ssh.jump_host
+    access = SshAccess(
+        user=cluster.ssh.user, port=cluster.ssh.port, private_key=pulumi.Output.secret(ssh_key),
+        host_keys=dict(cluster.ssh.host_keys),
+        jump=JumpHost(jump.host, jump.user, jump.port) if jump else None)
+
+    registry = ClusterRegistry("sealer-registry", ClusterRegistryArgs(
+        cluster_name=cluster.name, rootfs=cfg.rootfs, master0=cfg.master0,
+        masters=list(cluster.masters), nodes=list(cluster.nodes),
+        deploy_hosts=cfg.deploy_hosts, down_hosts=list(cfg.down_hosts),
+        distribution=cfg.distribution, domain=reg.domain, port=reg.port,
+        insecure=reg.local_registry.insecure_mode, username=reg.username,
+        password=pulumi.Output.secret(password) if password else None,
+        material=material, access=access, image_store=str(Path(cfg.apps.image_store).expanduser().resolve()),
+        images=images, application_json=json.dumps(history.model_dump(mode="json"), indent=2, sort_keys=True),
+        kubeconfig=pulumi.Output.secret(kubeconfig), kube_context=cfg.kubernetes.context or None,
+        cluster_identifier=cfg.kubernetes.cluster_identifier or cluster.name,
+    ))
+
+    pulumi.export("master0", registry.master0)
+    pulumi.export("endpoint", registry.endpoint)
+    pulumi.export("deploy_hosts", cfg.deploy_hosts)
+    pulumi.export("down_hosts", list(cfg.down_hosts))
+    pulumi.export("ca_fingerprint", material.ca_fingerprint)
+
+
+try:
+    main()
+except ConfigError as err:
+    # One line per problem, the same as `python -m cli validate`, and nothing declared.
+    for line in err.lines():
+        print(line, file=sys.stderr)
+    raise SystemExit(2) from None
