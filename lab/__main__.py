@@ -1,0 +1,89 @@
+"""python -m lab up|down|status|kill|revive|stop-sshd|start-sshd|run|images|stackfile"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from lab.hosts import DEFAULT_CLUSTER, DEFAULT_DATA_ROOT, Lab, LabError, split_hosts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lab")
+    ap.add_argument("--state-dir", help="lab state directory (default <repo>/.lab, env SEALER_LAB_DIR)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    up = sub.add_parser("up", help="create or complete the lab (idempotent)")
+    up.add_argument("--hosts", type=int, help="total hosts: 3 masters (fewer if N<3), the rest nodes")
+    up.add_argument("--masters", type=int, default=3)
+    up.add_argument("--nodes", type=int, default=2)
+    up.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
+    up.add_argument("--cluster", default=DEFAULT_CLUSTER)
+    sub.add_parser("down", help="remove every namespace, link, process and file of the lab")
+    sub.add_parser("status", help="print the inventory with liveness")
+    for name, hlp in (("kill", "make a host dead (drop its packets, freeze its processes)"),
+                      ("revive", "undo kill"), ("stop-sshd", "stop a host's sshd"),
+                      ("start-sshd", "start a host's sshd"), ("packets", "packets sent to a host")):
+        p = sub.add_parser(name, help=hlp)
+        p.add_argument("host", help="name (srl-11), ip (198.18.0.11) or last octet (11)")
+        if name == "kill":
+            p.add_argument("--crash", action="store_true",
+                           help="SIGKILL its processes instead of SIGSTOP (revive = reboot)")
+    run = sub.add_parser("run", help="run a command inside a host's namespaces (no SSH)")
+    run.add_argument("host")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+
+    img = sub.add_parser("images", help="generate registry data into an image store")
+    from lab import images as images_mod
+    images_mod.add_arguments(img)
+    stk = sub.add_parser("stackfile", help="write Pulumi.lab.yaml (needs the toolchain's pulumi)")
+    from lab import stackfile as stackfile_mod
+    stackfile_mod.add_arguments(stk)
+
+    a = ap.parse_args(argv)
+    lab = Lab(a.state_dir)
+    try:
+        if a.cmd == "up":
+            masters, nodes = split_hosts(a.hosts) if a.hosts is not None else (a.masters, a.nodes)
+            t0 = time.monotonic()
+            inv = lab.up(masters, nodes, data_root=a.data_root, cluster=a.cluster)
+            print(f"lab up: {len(inv['hosts'])} hosts in {time.monotonic() - t0:.1f}s "
+                  f"({lab.inventory_path})", file=sys.stderr)
+        elif a.cmd == "down":
+            t0 = time.monotonic()
+            removed = lab.down()
+            print(f"lab down: removed {len(removed)} objects in {time.monotonic() - t0:.1f}s",
+                  file=sys.stderr)
+        elif a.cmd == "status":
+            for h in lab.hosts():
+                state = "killed" if lab.is_killed(h.name) else (
+                    "up" if lab.sshd_running(h.name) else "sshd-stopped")
+                print(f"{h.name}\t{h.ip}\t{h.role}\t{state}\tpackets_to={lab.packets_to(h.name)}")
+        elif a.cmd == "kill":
+            lab.kill(a.host, crash=a.crash)
+        elif a.cmd == "revive":
+            lab.revive(a.host)
+        elif a.cmd == "stop-sshd":
+            lab.stop_sshd(a.host)
+        elif a.cmd == "start-sshd":
+            lab.start_sshd(a.host)
+        elif a.cmd == "packets":
+            print(lab.packets_to(a.host))
+        elif a.cmd == "run":
+            p = lab.run(a.host, " ".join(a.command), check=False)
+            sys.stdout.write(p.stdout)
+            sys.stderr.write(p.stderr)
+            return p.returncode
+        elif a.cmd == "images":
+            print(json.dumps(images_mod.main(a, lab), indent=2))
+        elif a.cmd == "stackfile":
+            print(stackfile_mod.main(a, lab))
+    except LabError as e:
+        print(f"lab: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

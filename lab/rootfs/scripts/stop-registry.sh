@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Stops the registry that init-registry.sh started on this host (pidfile under /run). Idempotent.
+set -Eeuo pipefail
+
+readonly PROG="stop-registry"
+RUN_DIR="${SEALER_REGISTRY_RUN_DIR:-/run/sealer-registry}"
+REGISTRY_BIN="${SEALER_REGISTRY_BIN:-docker-registry}"
+
+info() { printf '[%s] %s\n' "$PROG" "$*" >&2; }
+warn() { printf '[%s] WARN: %s\n' "$PROG" "$*" >&2; }
+fatal() {
+  printf '[%s] ERROR: %s\n' "$PROG" "$*" >&2
+  exit 1
+}
+trap 'printf "[%s] ERROR: %s:%s: %s failed\n" "$PROG" "${BASH_SOURCE[0]}" "$LINENO" "$BASH_COMMAND" >&2' ERR
+
+main() {
+  local pid i
+  if [[ ! -f "$RUN_DIR/registry.pid" ]]; then
+    info "no pidfile $RUN_DIR/registry.pid: registry not running"
+    return 0
+  fi
+  pid="$(cat "$RUN_DIR/registry.pid")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || fatal "bad pidfile content '$pid'"
+  if [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$REGISTRY_BIN serve"; then
+    info "stopping registry pid $pid"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+      [[ -d "/proc/$pid" ]] || break
+      sleep 0.1
+    done
+    if [[ -d "/proc/$pid" ]]; then
+      warn "pid $pid ignored SIGTERM for 5s, killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  else
+    info "pid $pid is not a running registry: only removing the stale pidfile"
+  fi
+  rm -f "$RUN_DIR/registry.pid" "$RUN_DIR/registry.state"
+}
+
+main "$@"
