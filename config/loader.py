@@ -1,0 +1,211 @@
+"""Loading the stack config: offline from `Pulumi.<stack>.yaml`, or at run time from the engine.
+
+Both paths end in `build_config`, which validates with the models and reports every problem as
+one `ConfigError`. Only `read_runtime_config` touches Pulumi; `__main__.py` calls it once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+from pydantic import ValidationError
+
+from config.errors import ConfigError, Problem
+from config.models import (
+    PROJECT,
+    SECRET_PATHS,
+    EncryptedSecret,
+    StackConfig,
+    explain,
+)
+
+_PREFIX = f"{PROJECT}:"
+
+
+def _secret_hint(path: str) -> str:
+    return f"must be a Pulumi secret (pulumi config set --secret --path {path} ...)"
+
+
+def stack_file_path(stack: str, project_dir: str | os.PathLike = ".") -> Path:
+    """`Pulumi.<stack>.yaml` in the project dir; an `org/project/stack` name uses its last part."""
+    return Path(project_dir) / f"Pulumi.{stack.split('/')[-1]}.yaml"
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline: the stack file
+
+
+def load_stack_file(path: str | os.PathLike) -> StackConfig:
+    """Validate a stack file without the engine: encrypted values count as present.
+
+    Raises ConfigError listing every problem. Content checks that need an encrypted value (PEM
+    parsing of tls.ca_key, ...) are skipped; `secure_paths` on the result names those values.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([("", f"stack file {source} not found (create it with `pulumi stack init`, or check --stack/--project-dir)")], source) from None
+    except OSError as e:
+        raise ConfigError([("", f"cannot read stack file {source}: {e.strerror or e}")], source) from e
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([("", f"{source} is not valid YAML: {e}")], source) from e
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError([("", f"{source} must be a YAML mapping with a 'config:' key")], source)
+    entries = document.get("config") or {}
+    if not isinstance(entries, dict):
+        raise ConfigError([("", f"{source}: 'config:' must be a mapping of '{PROJECT}:<key>' entries")], source)
+
+    problems: list[tuple[str, str]] = []
+    values: dict[str, Any] = {}
+    for key, value in entries.items():
+        namespace, sep, name = str(key).partition(":")
+        if not sep:
+            problems.append((str(key), f"config key {str(key)!r} has no namespace (expected '{PROJECT}:{key}')"))
+        elif namespace == PROJECT:
+            values[name] = value
+        # other namespaces (kubernetes:, command:, ...) configure providers, not this program
+
+    secure: set[str] = set()
+    misplaced: set[str] = set()
+    values = _replace_secure(values, "", secure, problems)
+    for secret_path in secure:
+        if secret_path not in SECRET_PATHS:
+            misplaced.add(secret_path)
+            problems.append((secret_path, f"is encrypted, but it is not a secret field; store it in plaintext so it can be validated (secret fields: {', '.join(SECRET_PATHS)})"))
+    for secret_path in SECRET_PATHS:
+        value = _get(values, secret_path)
+        if value is not None and not isinstance(value, EncryptedSecret):
+            problems.append((secret_path, _secret_hint(secret_path)))
+
+    return build_config(values, base_dir=path.parent, secure_paths=secure, source=source, problems=problems, ignore=misplaced)
+
+
+def _replace_secure(value: Any, path: str, secure: set[str], problems: list[tuple[str, str]]) -> Any:
+    """Swap every `{secure: <ciphertext>}` for an EncryptedSecret and record where it was."""
+    if isinstance(value, dict):
+        if set(value) == {"secure"}:
+            ciphertext = value["secure"]
+            if not isinstance(ciphertext, str) or not ciphertext:
+                problems.append((path, f"secure value must be a non-empty ciphertext string, got {ciphertext!r}"))
+            secure.add(path)
+            return EncryptedSecret(ciphertext if isinstance(ciphertext, str) else "")
+        return {k: _replace_secure(v, f"{path}.{k}" if path else str(k), secure, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_secure(v, f"{path}[{i}]", secure, problems) for i, v in enumerate(value)]
+    return value
+
+
+def _get(values: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = values
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+# ---------------------------------------------------------------------------------------------
+# Run time: values the engine hands to the program
+
+
+_JSON_KEYS = {"down_hosts", "cluster", "registry", "apps", "kubernetes"}
+
+
+def from_pulumi_config(
+    values: Mapping[str, Any],
+    secret_keys: Iterable[str] = (),
+    base_dir: str | os.PathLike | None = None,
+) -> StackConfig:
+    """Build the config from raw engine values (`pulumi.runtime.get_config`), keys with or without
+    the `sealer-registry:` prefix. Objects and lists arrive as JSON strings (already-parsed values
+    are accepted too). `secret_keys` are the top-level keys the engine marks secret: the engine only
+    knows secrecy per top-level key, so a secret field is accepted when its top-level key is secret.
+    """
+    problems: list[tuple[str, str]] = []
+    parsed: dict[str, Any] = {}
+    for key, raw in values.items():
+        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        if raw is None:
+            continue
+        if name in _JSON_KEYS and isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except ValueError as e:
+                problems.append((name, f"is not valid JSON ({e})"))
+                continue
+        parsed[name] = raw
+    secret = {k[len(_PREFIX):] if k.startswith(_PREFIX) else k for k in secret_keys}
+    for secret_path in SECRET_PATHS:
+        if _get(parsed, secret_path) is not None and secret_path.split(".")[0] not in secret:
+            problems.append((secret_path, _secret_hint(secret_path)))
+    return build_config(parsed, base_dir=base_dir, secure_paths=secret, source="stack config", problems=problems)
+
+
+def read_runtime_config() -> StackConfig:
+    """Read this project's config from the running engine and validate it (the only Pulumi reader)."""
+    import pulumi.runtime
+    from pulumi.runtime import config as runtime_config
+
+    names = set(StackConfig.model_fields)
+    # Also pick up keys the model does not know, so a typo fails the run instead of being ignored.
+    try:
+        names |= {k[len(_PREFIX):] for k in runtime_config.CONFIG.get() if k.startswith(_PREFIX)}
+    except Exception:  # internal API; the declared keys are still read below
+        pass
+    values: dict[str, Any] = {}
+    secret_keys: set[str] = set()
+    for name in sorted(names):
+        key = _PREFIX + name
+        value = pulumi.runtime.get_config(key)
+        if value is not None:
+            values[name] = value
+            if pulumi.runtime.is_config_secret(key):
+                secret_keys.add(name)
+    return from_pulumi_config(values, secret_keys, base_dir=os.getcwd())
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_config(
+    values: Mapping[str, Any],
+    *,
+    base_dir: str | os.PathLike | None = None,
+    secure_paths: Iterable[str] = (),
+    source: str | None = None,
+    problems: Iterable[tuple[str, str]] = (),
+    ignore: Iterable[str] = (),
+) -> StackConfig:
+    """Validate plain values (already decoded from YAML/JSON); raise ConfigError with all problems.
+
+    `problems` found earlier by the caller are reported first; model problems at or under a path
+    in `ignore` are dropped (they would only repeat an earlier problem about that value).
+    """
+    found = [Problem(*p) for p in problems]
+    ignored = tuple(ignore)
+    try:
+        config = StackConfig.model_validate(dict(values), context={"base_dir": base_dir})
+    except ValidationError as e:
+        found += explain(e)
+        config = None
+    kept: list[Problem] = []
+    for problem in found:
+        if any(problem.path == i or problem.path.startswith((i + ".", i + "[")) for i in ignored):
+            continue
+        if problem not in kept:
+            kept.append(problem)
+    if kept:
+        raise ConfigError(kept, source)
+    assert config is not None
+    config._secure_paths = frozenset(secure_paths)
+    return config
