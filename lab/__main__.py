@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
     up.add_argument("--cluster", default=DEFAULT_CLUSTER)
-    sub.add_parser("down", help="remove every namespace, link, process and file of the lab")
+    down = sub.add_parser("down", help="remove every namespace, link, process and file of the lab")
+    down.add_argument("--purge", action="store_true",
+                      help="also remove images, application.json, PKI, pulumi-state, Pulumi.lab.yaml")
     sub.add_parser("status", help="print the inventory with liveness")
     for name, hlp in (("kill", "make a host dead (drop its packets, freeze its processes)"),
                       ("revive", "undo kill"), ("stop-sshd", "stop a host's sshd"),
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({lab.inventory_path})", file=sys.stderr)
         elif a.cmd == "down":
             t0 = time.monotonic()
-            removed = lab.down()
+            removed = lab.down(purge=a.purge)
             print(f"lab down: removed {len(removed)} objects in {time.monotonic() - t0:.1f}s",
                   file=sys.stderr)
         elif a.cmd == "status":

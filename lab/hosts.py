@@ -210,9 +210,11 @@ class Lab:
         self._write_inventory(hosts, data_root, cluster)
         return self.inventory()
 
-    def down(self) -> list[str]:
-        """Remove everything the lab made, also after a crash: discovered by the `srl-` prefix and
-        by pid files under the state dir. Returns what it removed."""
+    def down(self, purge: bool = False) -> list[str]:
+        """Remove everything `up` made, also after a crash: discovered by the `srl-` prefix and
+        by pid files under the state dir. Returns what it removed. The image store, application.json,
+        the stack's PKI/password and pulumi-state stay unless purge=True, which removes the whole
+        state dir (and Pulumi.lab.yaml when the state dir is the repo's default)."""
         removed = []
         names = self._existing_host_names()
         for name in sorted(names):
@@ -235,6 +237,11 @@ class Lab:
             except OSError:
                 pass
             self._mountpoint_marker.unlink()
+        if purge and self.state.exists():
+            shutil.rmtree(self.state)
+            removed.append(str(self.state))
+            if self.state == DEFAULT_STATE.resolve():
+                (REPO / "Pulumi.lab.yaml").unlink(missing_ok=True)
         try:
             self.state.rmdir()  # only when nothing else (images, pulumi state...) lives there
         except OSError:

@@ -206,6 +206,9 @@ def build_image(store: Path, work: Path, spec: list[tuple[str, str, int, int]], 
                 digest = reg.push_manifest(repo, tag, manifest)
                 refs.append({"repository": repo, "tag": tag, "digest": digest})
                 image_id = image_id or config_digest
+        for uploads in (partial / "docker/registry/v2/repositories").glob("**/_uploads"):
+            if uploads.is_dir() and not any(uploads.iterdir()):
+                uploads.rmdir()  # the registry's empty scratch dirs, not image data
         hexid = image_id.split(":", 1)[1]
         (partial / "image.json").write_text(
             json.dumps({"image_id": image_id, "refs": refs}, indent=2) + "\n")
@@ -221,7 +224,7 @@ def build_image(store: Path, work: Path, spec: list[tuple[str, str, int, int]], 
 def generate(store: Path, apps: int = 3, app_size: int = 2 << 20, layers: int = 3,
              cluster_size: int = 4 << 20, seed: int | None = 0, min_layer: int = 1024,
              max_layer: int = 200 << 20, history: Path | None = None,
-             history_type: str = "history") -> dict:
+             history_type: str = "boot") -> dict:
     store = Path(store).resolve()
     store.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed) if seed is not None else None
@@ -272,7 +275,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", default="0", help="integer, or 'random' for fresh content each run")
     p.add_argument("--history", type=Path,
                    help="application.json path (default <state>/application.json)")
-    p.add_argument("--history-type", default="history", help='value of the document\'s "type"')
+    p.add_argument("--history-type", default="boot", help='value of the document\'s "type"')
 
 
 def main(a: argparse.Namespace, lab) -> dict:
