@@ -71,6 +71,10 @@ def load_stack_file(path: str | os.PathLike) -> StackConfig:
         namespace, sep, name = str(key).partition(":")
         if not sep:
             problems.append((str(key), f"config key {str(key)!r} has no namespace (expected '{PROJECT}:{key}')"))
+        elif namespace == PROJECT and "." in name and name.split(".")[0] in StackConfig.model_fields:
+            # `pulumi config set registry.password x` (without --path) makes a flat key; the
+            # program would never see it under registry.
+            problems.append((name, f"is a flat key; nest it with `pulumi config set --path {name} ...`"))
         elif namespace == PROJECT:
             values[name] = value
         # other namespaces (kubernetes:, command:, ...) configure providers, not this program
@@ -191,19 +195,17 @@ def build_config(
     `problems` found earlier by the caller are reported first; model problems at or under a path
     in `ignore` are dropped (they would only repeat an earlier problem about that value).
     """
-    found = [Problem(*p) for p in problems]
+    kept = [Problem(*p) for p in problems]
     ignored = tuple(ignore)
     try:
         config = StackConfig.model_validate(dict(values), context={"base_dir": base_dir})
     except ValidationError as e:
-        found += explain(e)
         config = None
-    kept: list[Problem] = []
-    for problem in found:
-        if any(problem.path == i or problem.path.startswith((i + ".", i + "[")) for i in ignored):
-            continue
-        if problem not in kept:
-            kept.append(problem)
+        for problem in explain(e):
+            if any(problem.path == i or problem.path.startswith((i + ".", i + "[")) for i in ignored):
+                continue
+            if problem not in kept:
+                kept.append(problem)
     if kept:
         raise ConfigError(kept, source)
     assert config is not None

@@ -1,0 +1,55 @@
+"""`python -m cli <command>`: operator commands around the sealer-registry stack.
+
+Each command is a module in this package exposing
+    NAME: str, HELP: str
+    register(parser: argparse.ArgumentParser) -> None   # add its arguments
+    run(args: argparse.Namespace) -> int                # exit code
+and is listed in COMMANDS below. Exit codes: 0 ok, 2 invalid input/config (as argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Sequence
+
+# Command modules, in --help order. Add status, recover, rejoin, init-pki here as they land.
+COMMANDS: tuple[str, ...] = (
+    "cli.validate",
+)
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+_EPILOG = """\
+examples:
+  python -m cli validate --stack dev
+  python -m cli validate --stack lab --project-dir /work/main
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cli",
+        description="Operate the sealer-registry Pulumi project (builtin registry of a sealer cluster).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMANDS:
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(
+            module.NAME,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            epilog=getattr(module, "EPILOG", None),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.register(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
