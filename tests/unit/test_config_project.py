@@ -1,0 +1,58 @@
+"""Pulumi.yaml declares the top-level config keys in the form the engine accepts.
+
+The engine validates project config declarations against its project schema (pulumi/pulumi
+sdk/go/common/workspace/project.json): a declaration needs `type`, one of string, integer,
+boolean, array (arrays need `items`), and a key without `default` is required on every stack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic_core import PydanticUndefined
+
+from config.models import StackConfig
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
+ENGINE_TYPES = {"string", "integer", "boolean", "array"}
+DECLARATION_KEYS = {"type", "items", "description", "secret", "default"}
+
+
+def test_project_name_and_runtime():
+    """The config namespace is the project name; the ambient python runs the program."""
+    assert PROJECT["name"] == "sealer-registry"
+    assert PROJECT["runtime"] == "python"
+
+
+def test_declarations_use_only_engine_types():
+    """Every declaration has a type the engine knows and only keys its schema allows."""
+    for key, declaration in PROJECT["config"].items():
+        assert declaration["type"] in ENGINE_TYPES, key
+        assert set(declaration) <= DECLARATION_KEYS, key
+        assert declaration.get("description"), key
+        if declaration["type"] == "array":
+            assert declaration["items"]["type"] in ENGINE_TYPES, key
+
+
+def test_declared_keys_are_model_fields_with_matching_requiredness():
+    """A key without default is required by the engine, so it must be required by the model too."""
+    fields = StackConfig.model_fields
+    for key, declaration in PROJECT["config"].items():
+        assert key in fields, key
+        if "default" in declaration:
+            default = fields[key].default
+            if default is PydanticUndefined:
+                default = fields[key].default_factory()
+            assert declaration["default"] == default, key
+        else:
+            assert fields[key].is_required(), key
+
+
+def test_object_keys_are_documented_in_pulumi_yaml():
+    """Object-valued keys cannot be declared; the file documents them in a comment instead."""
+    text = (REPO / "Pulumi.yaml").read_text()
+    for key in StackConfig.model_fields:
+        if key not in PROJECT["config"]:
+            assert f"#   {key}" in text, key
