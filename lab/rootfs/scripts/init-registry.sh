@@ -115,13 +115,18 @@ start_registry() {
   printf '%s\n' "$!" >"$RUN_DIR/registry.pid"
 }
 
+log_since() {
+  # The log written by this start attempt (from byte offset $2 on), at most 40 lines.
+  tail -c +"$(($2 + 1))" "$1" | head -n 40
+}
+
 wait_until_up() {
-  local pid="$1" port="$2" log="$3" deadline code
+  local pid="$1" port="$2" log="$3" offset="$4" deadline code
   deadline=$((SECONDS + START_TIMEOUT_S))
   while ((SECONDS < deadline)); do
     if ! [[ -d "/proc/$pid" ]]; then
       fatal "registry exited during start; last log lines of $log:
-$(tail -n 20 "$log")"
+$(log_since "$log" "$offset")"
     fi
     if code="$(probe "$port")"; then
       info "registry pid $pid answers on :$port (/v2/ -> $code)"
@@ -130,20 +135,22 @@ $(tail -n 20 "$log")"
     sleep 0.1
   done
   fatal "registry pid $pid did not answer on 127.0.0.1:$port within ${START_TIMEOUT_S}s; last log lines of $log:
-$(tail -n 20 "$log")"
+$(log_since "$log" "$offset")"
 }
 
 main() {
   local port="${1:-5000}" volume="${2:-/var/lib/registry}" domain="${3:-sea.hub}"
-  local rootfs config state log pid
+  local rootfs config state log pid offset
   [[ "$port" =~ ^[0-9]+$ ]] || fatal "PORT must be a number, got '$port'"
   command -v "$REGISTRY_BIN" >/dev/null || fatal "$REGISTRY_BIN not found in PATH"
   command -v curl >/dev/null || fatal "curl not found in PATH"
 
   rootfs="$(rootfs_dir)"
   config="$(find_config "$rootfs")"
+  info "rootfs $rootfs, config $config, port $port, volume $volume, domain $domain"
   log="$LOG_DIR/registry.log"
-  mkdir -p "$RUN_DIR"
+  mkdir -p "$RUN_DIR" "$LOG_DIR"
+  touch "$log"
   state="port=$port volume=$volume domain=$domain config=$config"
   state+=" config_sha=$(file_hash "$config")"
   state+=" crt_sha=$(file_hash "$rootfs/certs/$domain.crt") key_sha=$(file_hash "$rootfs/certs/$domain.key")"
@@ -159,9 +166,10 @@ main() {
   fi
   rm -f "$RUN_DIR/registry.pid" "$RUN_DIR/registry.state"
 
+  offset="$(stat -c %s "$log")"
   start_registry "$config" "$port" "$volume" "$rootfs" "$domain" "$log"
   pid="$(cat "$RUN_DIR/registry.pid")"
-  wait_until_up "$pid" "$port" "$log"
+  wait_until_up "$pid" "$port" "$log" "$offset"
   printf '%s\n' "$state" >"$RUN_DIR/registry.state"
 }
 
