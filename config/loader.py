@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -28,6 +29,20 @@ _PREFIX = f"{PROJECT}:"
 
 def _secret_hint(path: str) -> str:
     return f"must be a Pulumi secret (pulumi config set --secret --path {path} ...)"
+
+
+class _StackFileLoader(yaml.SafeLoader):
+    """YAML as the engine (go-yaml v3) reads it: only true/false are booleans, so `yes`, `no`,
+    `on`, `off` stay strings offline exactly as they reach the program at run time."""
+
+
+_StackFileLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StackFileLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def stack_file_path(stack: str, project_dir: str | os.PathLike = ".") -> Path:
@@ -54,7 +69,7 @@ def load_stack_file(path: str | os.PathLike) -> StackConfig:
     except OSError as e:
         raise ConfigError([("", f"cannot read stack file {source}: {e.strerror or e}")], source) from e
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_StackFileLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise ConfigError([("", f"{source} is not valid YAML: {e}")], source) from e
     if document is None:

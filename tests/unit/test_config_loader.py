@@ -167,3 +167,12 @@ def test_read_runtime_config_rejects_unknown_keys(engine_config):
     with pytest.raises(ConfigError) as info:
         read_runtime_config()
     assert "master_0" in info.value.paths()
+
+
+def test_yaml_yes_no_are_strings_as_for_the_engine(tmp_path):
+    """The engine reads `no` as the string "no" (YAML 1.2); offline validation must agree."""
+    path = stack_file(tmp_path, offline_values())
+    path.write_text(path.read_text().replace("insecure_mode: false", "insecure_mode: no"))
+    with pytest.raises(ConfigError) as info:
+        load_stack_file(path)
+    assert "error: registry.local_registry.insecure_mode: expected true or false, got 'no'" in info.value.lines()
