@@ -97,10 +97,12 @@ def stack_config(lab: Lab, master0: str | None = None, deploy_hosts: list[str] |
                        "cluster_identifier": inv["cluster"]},
     }
     images = lab.state / "images.json"
-    if images.exists():
-        summary = json.loads(images.read_text())
-        plain["apps"] = {"history_file": summary["history"], "image_store": summary["store"],
-                         "cluster_image_id": summary["cluster_image_id"]}
+    if not images.exists():
+        raise LabError(f"no {images}: run `python -m lab images` first (the stack's apps section "
+                       "names the image store, application.json and the cluster image)")
+    summary = json.loads(images.read_text())
+    plain["apps"] = {"history_file": summary["history"], "image_store": summary["store"],
+                     "cluster_image_id": summary["cluster_image_id"]}
     secret = {
         "cluster.ssh.private_key": lab.key_path.read_text(),
         "registry.password": lab_password(lab.state),
