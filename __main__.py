@@ -35,7 +35,7 @@ def main() -> None:
     cfg = read_runtime_config()
     reg, cluster, tls = cfg.registry, cfg.cluster, cfg.registry.tls
     history = cfg.history
-    images = load_images(cfg.apps.image_store, [cfg.apps.cluster_image_id, *cfg.image_ids])
+    images = load_images(cfg.apps.image_store, cfg.image_ids)  # the cluster image first
     ssh_key = secret_text(cluster.ssh.private_key) or read_file(
         cluster.ssh.private_key_path, "cluster.ssh.private_key_path")
     kubeconfig = secret_text(cfg.kubernetes.kubeconfig) or read_file(
@@ -67,7 +67,7 @@ def main() -> None:
         material=material, access=access, image_store=str(Path(cfg.apps.image_store).expanduser().resolve()),
         images=images, application_json=json.dumps(history.model_dump(mode="json"), indent=2, sort_keys=True),
         kubeconfig=pulumi.Output.secret(kubeconfig), kube_context=cfg.kubernetes.context or None,
-        cluster_identifier=cfg.kubernetes.cluster_identifier or cluster.name,
+        cluster_identifier=cfg.kubernetes.cluster_identifier,
     ))
 
     pulumi.export("master0", registry.master0)

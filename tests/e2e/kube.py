@@ -1,0 +1,46 @@
+"""A minimal client of the lab's kube-apiserver, from an admin kubeconfig (client cert auth)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+
+class Kube:
+    def __init__(self, kubeconfig: str | Path):
+        doc = yaml.safe_load(Path(kubeconfig).read_text())
+        cluster = doc["clusters"][0]["cluster"]
+        user = doc["users"][0]["user"]
+        self.server = cluster["server"].rstrip("/")
+        self._dir = tempfile.TemporaryDirectory(prefix="kube-")
+        ca = Path(self._dir.name, "ca.crt")
+        ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+        cert = Path(self._dir.name, "client.crt")
+        cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
+        key = Path(self._dir.name, "client.key")
+        key.write_bytes(base64.b64decode(user["client-key-data"]))
+        self.context = ssl.create_default_context(cafile=str(ca))
+        self.context.load_cert_chain(str(cert), str(key))
+
+    def get(self, path: str) -> dict | None:
+        """GET ``path``; None on 404."""
+        try:
+            with urllib.request.urlopen(self.server + path, context=self.context, timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            raise
+
+    def configmap(self, name: str, namespace: str = "kube-system") -> dict | None:
+        return self.get(f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+
+    def secret(self, name: str, namespace: str = "kube-system") -> dict | None:
+        return self.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
