@@ -255,10 +255,11 @@ class Lab:
         h = self.host(ref)
         sh("nft", "add", "element", "bridge", NFT_TABLE, "killed", f'{{ "{h.name}" }}')
         holder = self.holder_pid(h.name)
-        for pid in self._pids_of(h.name):
-            if pid == holder:
-                continue
+        victims = [pid for pid in self._pids_of(h.name) if pid != holder]
+        for pid in victims:
             _signal(pid, signal.SIGKILL if crash else signal.SIGSTOP)
+        if crash:
+            _wait(lambda: not any(_alive(p) for p in victims), 5, f"processes of {h.name} to die")
         (self.hosts_dir / h.name / ("crashed" if crash else "frozen")).touch()
 
     def revive(self, ref: str) -> None:
@@ -517,7 +518,7 @@ table bridge {NFT_TABLE} {{
         except (OSError, ValueError):
             pass
         pids.discard(os.getpid())
-        return sorted(pids)
+        return sorted(p for p in pids if _alive(p))  # zombies are dead, just not reaped yet
 
     def _remove_host(self, name: str) -> None:
         for _ in range(3):
