@@ -2,11 +2,11 @@
 # `make demo` shows it end to end; `make test` is what CI runs (.ci/run).
 SHELL := /bin/bash
 PYTHON ?= python3
-HOSTS ?= 5
+HOSTS ?=
 MASTERS ?= 3
 NODES ?= 2
 APT_PACKAGES := openssh-server openssh-client docker-registry rsync curl iproute2 nftables \
-                etcd-server skopeo umoci shellcheck ca-certificates procps psmisc
+                skopeo umoci shellcheck ca-certificates procps util-linux openssl
 
 .PHONY: help deps lab-deps toolchain lint test test-unit test-lab test-e2e lab-up lab-down demo bench
 
@@ -15,7 +15,7 @@ help:
 	@echo "make lab-deps   apt + pip: everything the lab and the tests need (root)"
 	@echo "make toolchain  build (or reuse) the Pulumi engine, plugins and kube-apiserver"
 	@echo "make test       unit, lab and end-to-end tests (root; builds the toolchain if missing)"
-	@echo "make lab-up     bring up the lab (MASTERS=3 NODES=2); make lab-down removes it"
+	@echo "make lab-up     bring up the lab (MASTERS=3 NODES=2, or HOSTS=N); make lab-down removes it"
 
 deps:
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -38,10 +38,10 @@ test-lab:
 test-e2e: toolchain
 	$(PYTHON) -m pytest -q -m e2e tests/e2e
 
-test: lint test-unit test-lab test-e2e
+test: toolchain lint test-unit test-lab test-e2e
 
 lab-up:
-	$(PYTHON) -m lab up --masters $(MASTERS) --nodes $(NODES)
+	$(PYTHON) -m lab up $(if $(HOSTS),--hosts $(HOSTS),--masters $(MASTERS) --nodes $(NODES))
 
 lab-down:
 	$(PYTHON) -m lab down

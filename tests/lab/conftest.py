@@ -25,10 +25,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if str(item.fspath).startswith(here):
             item.add_marker(pytest.mark.lab)
+            # Never a silent skip: a lab test that cannot run fails and says why.
             if os.geteuid() != 0:
-                item.add_marker(pytest.mark.skip(reason="lab tests need root"))
+                item.add_marker(pytest.mark.usefixtures("_needs_root"))
             elif missing:
-                item.add_marker(pytest.mark.skip(reason=f"missing {missing}: make lab-deps"))
+                item.add_marker(pytest.mark.usefixtures("_needs_lab_deps"))
+
+
+@pytest.fixture
+def _needs_root():
+    pytest.fail("lab tests need root")
+
+
+@pytest.fixture
+def _needs_lab_deps():
+    missing = [b for b in NEEDED if not shutil.which(b)]
+    pytest.fail(f"missing {missing}: run `make lab-deps`")
 
 
 @pytest.fixture(autouse=True)

@@ -211,5 +211,5 @@ def test_scripts_are_shellcheck_clean():
     try:
         p = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     except FileNotFoundError:
-        pytest.skip("shellcheck not installed (make lab-deps)")
+        pytest.fail("shellcheck not installed (make lab-deps)")
     assert p.returncode == 0, p.stdout

@@ -18,7 +18,7 @@ def engine_env(lab, tmp_path):
     try:
         return _pulumi_env(lab, tmp_path / "pulumi-home")
     except LabError as e:
-        pytest.skip(f"no engine: {e}")
+        pytest.fail(f"no engine (run `make toolchain`): {e}")
 
 
 def test_stack_file_secrets_round_trip(lab, engine_env, tmp_path):
