@@ -33,6 +33,7 @@ wait_for_v2() {
   for attempt in 1 2 3 4 5; do
     code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -K "$cfg" "$base/v2/" || true)
     [[ "$code" == 200 ]] && return 0
+    [[ "$code" != 401 ]] || fatal "$base/v2/ refused our credentials (401)"
     info "attempt $attempt: $base/v2/ answered ${code:-nothing}"
     sleep 1
   done
