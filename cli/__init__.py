@@ -13,9 +13,13 @@ import argparse
 import importlib
 from typing import Sequence
 
-# Command modules, in --help order. Add status, recover, rejoin, init-pki here as they land.
+# Command modules, in --help order.
 COMMANDS: tuple[str, ...] = (
     "cli.validate",
+    "cli.init_pki",
+    "cli.status",
+    "cli.recover",
+    "cli.rejoin",
 )
 
 EXIT_OK = 0
@@ -24,7 +28,10 @@ EXIT_INVALID = 2
 _EPILOG = """\
 examples:
   python -m cli validate --stack dev
-  python -m cli validate --stack lab --project-dir /work/main
+  python -m cli init-pki --stack prod
+  python -m cli status --stack prod
+  python -m cli recover master0 --host 198.18.0.12 --stack prod --preview
+  python -m cli rejoin --host 198.18.0.11 --stack prod --yes
 """
 
 

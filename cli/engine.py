@@ -1,0 +1,237 @@
+"""The CLI's plumbing to the Pulumi engine (Automation API over the project directory).
+
+The engine's environment is the operator's: `pulumi` on PATH (or `--pulumi`), the backend from
+PULUMI_BACKEND_URL or `pulumi login`, the passphrase from PULUMI_CONFIG_PASSPHRASE(_FILE). Nothing
+here invents them. Secret values are handed to `pulumi config set` on stdin, never as arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+from cli.common import EXIT_DEGRADED, CliError
+
+PROJECT = "sealer-registry"
+# Types whose steps say nothing to an operator (components, the stack, providers).
+_QUIET_TYPES = ("pulumi:pulumi:Stack", "pulumi:providers:", "sealer:")
+_NO_CHANGE = ("same", "read", "refresh")
+
+
+def use_pulumi(explicit: str | None) -> str:
+    """Puts `--pulumi PATH`'s directory first on PATH; returns the `pulumi` that will run."""
+    if explicit:
+        binary = Path(explicit).expanduser().resolve()
+        if not (binary.is_file() and os.access(binary, os.X_OK)):
+            raise CliError(f"--pulumi {explicit}: not an executable file")
+        os.environ["PATH"] = os.pathsep.join([str(binary.parent), os.environ.get("PATH", "")])
+    found = shutil.which("pulumi")
+    if not found:
+        raise CliError("`pulumi` is not on PATH: install the Pulumi CLI or pass --pulumi PATH")
+    return found
+
+
+def first_error_line(text: str) -> str:
+    """The line of engine output an operator needs (`error: ...`), else the last non-empty line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("error:"):
+            return line.removeprefix("error:").strip()
+    return lines[-1] if lines else "no output"
+
+
+def _short(exc: Exception) -> str:
+    stderr = getattr(exc, "stderr", None)
+    if stderr is None and getattr(exc, "args", None):
+        stderr = str(exc.args[0])
+    return first_error_line(stderr or str(exc))
+
+
+def step_name(urn: str) -> str:
+    return urn.rsplit("::", 1)[-1]
+
+
+@dataclass
+class Steps:
+    """The steps of one preview or up by resource name (non-trivial ops only)."""
+
+    ops: dict[str, str] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)     # name -> first error line
+    diagnostics: list[str] = field(default_factory=list)     # error diagnostics without a resource
+
+    def record(self, name: str, type_: str, op: str) -> None:
+        self.types[name] = type_
+        if self.ops.get(name) in ("replace", "create-replacement") and op in ("delete-replaced", "create-replacement"):
+            return
+        self.ops[name] = op
+
+
+class Progress:
+    """Engine event handler: records the steps and, when ``out`` is given, prints one line as each
+    step starts and as it finishes (engine events arrive on a reader thread)."""
+
+    def __init__(self, out: TextIO | None = None):
+        self.steps = Steps()
+        self.out = out
+        self.start = time.monotonic()
+        self._began: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _say(self, mark: str, op: str, name: str, extra: str = "") -> None:
+        if self.out is None:
+            return
+        elapsed = time.monotonic() - self.start
+        with self._lock:
+            print(f"  [{elapsed:6.1f}s] {mark:<6} {op:<8} {name}{extra}", file=self.out, flush=True)
+
+    def __call__(self, event) -> None:
+        if event.resource_pre_event is not None:
+            meta = event.resource_pre_event.metadata
+            op = getattr(meta.op, "value", str(meta.op))
+            name = step_name(meta.urn)
+            if op in _NO_CHANGE or meta.type.startswith(_QUIET_TYPES):
+                return
+            self.steps.record(name, meta.type, op)
+            self._began[meta.urn + op] = time.monotonic()
+            self._say("start", op, name)
+        elif event.res_outputs_event is not None:
+            meta = event.res_outputs_event.metadata
+            op = getattr(meta.op, "value", str(meta.op))
+            if op in _NO_CHANGE or meta.type.startswith(_QUIET_TYPES):
+                return
+            began = self._began.get(meta.urn + op)
+            took = f" ({time.monotonic() - began:.1f}s)" if began is not None else ""
+            self._say("done", op, step_name(meta.urn), took)
+        elif event.res_op_failed_event is not None:
+            meta = event.res_op_failed_event.metadata
+            op = getattr(meta.op, "value", str(meta.op))
+            name = step_name(meta.urn)
+            self.steps.failed.setdefault(name, "")
+            self._say("FAILED", op, name)
+        elif event.diagnostic_event is not None:
+            diag = event.diagnostic_event
+            if diag.severity != "error":
+                return
+            message = first_error_line(diag.message)
+            if diag.urn:
+                name = step_name(diag.urn)
+                if not self.steps.failed.get(name):
+                    self.steps.failed[name] = message
+            else:
+                self.steps.diagnostics.append(message)
+
+
+class Engine:
+    """One stack of the project in ``project_dir``, selected through the Automation API."""
+
+    def __init__(self, stack: str, project_dir: str | os.PathLike, pulumi: str | None = None):
+        self.stack_name = stack
+        self.project_dir = Path(project_dir).resolve()
+        self.pulumi = use_pulumi(pulumi)
+        if not (self.project_dir / "Pulumi.yaml").is_file():
+            raise CliError(f"{self.project_dir} holds no Pulumi.yaml (check --project-dir)")
+        from pulumi import automation as auto
+
+        self._auto = auto
+        try:
+            self.stack = auto.select_stack(stack_name=stack, work_dir=str(self.project_dir))
+        except auto.StackNotFoundError:
+            raise CliError(f"stack {stack!r} does not exist in the backend "
+                           f"({os.environ.get('PULUMI_BACKEND_URL') or 'pulumi login'}): "
+                           "create it with `pulumi stack init`") from None
+        except Exception as e:  # CommandError, version check, missing CLI
+            raise CliError(f"cannot select stack {stack!r}: {_short(e)}") from None
+
+    @property
+    def stack_file(self) -> Path:
+        return self.project_dir / f"Pulumi.{self.stack_name.split('/')[-1]}.yaml"
+
+    # -- config ---------------------------------------------------------------------------------
+    def cli(self, *args: str, input: str | None = None, timeout: float = 120) -> str:
+        """`pulumi --non-interactive ARGS --stack NAME` in the project dir; CliError on failure."""
+        argv = [self.pulumi, "--non-interactive", *args, "--stack", self.stack_name]
+        env = dict(os.environ, PULUMI_SKIP_UPDATE_CHECK="true")
+        try:
+            done = subprocess.run(argv, cwd=self.project_dir, input=input, capture_output=True,
+                                  text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise CliError(f"pulumi {args[0]} {args[1] if len(args) > 1 else ''} timed out after {timeout:.0f}s") from None
+        if done.returncode != 0:
+            raise CliError(f"pulumi {' '.join(a for a in args if not a.startswith('-'))}: "
+                           f"{first_error_line(done.stderr or done.stdout)}")
+        return done.stdout
+
+    def set_value(self, path: str, value: str, *, secret: bool = False) -> None:
+        """`pulumi config set --path [--secret] PATH` with the value on stdin (not in argv)."""
+        self.cli("config", "set", "--path", "--secret" if secret else "--plaintext",
+                 f"{PROJECT}:{path}", input=value)
+
+    def get_value(self, path: str) -> str:
+        return self.cli("config", "get", "--path", f"{PROJECT}:{path}").rstrip("\n")
+
+    def set_master0(self, ip: str, down_hosts: list[str], had_down_hosts: bool) -> None:
+        """master0 and the whole down_hosts list, through the engine."""
+        self.stack.set_config(f"{PROJECT}:master0", self._auto.ConfigValue(ip))
+        self.set_down_hosts(down_hosts, had_down_hosts)
+
+    def set_down_hosts(self, down_hosts: list[str], had_down_hosts: bool) -> None:
+        try:
+            if had_down_hosts:
+                self.stack.remove_config(f"{PROJECT}:down_hosts")
+            if down_hosts:
+                self.stack.set_all_config(
+                    {f"{PROJECT}:down_hosts[{i}]": self._auto.ConfigValue(ip)
+                     for i, ip in enumerate(down_hosts)}, path=True)
+        except Exception as e:
+            raise CliError(f"cannot set down_hosts: {_short(e)}") from None
+
+    # -- runs -----------------------------------------------------------------------------------
+    def preview(self) -> tuple[Steps, float]:
+        progress = Progress()
+        start = time.monotonic()
+        try:
+            self.stack.preview(on_event=progress, color="never")
+        except Exception as e:
+            raise CliError(f"pulumi preview failed: {_failure(progress.steps, e)}", EXIT_DEGRADED) from None
+        return progress.steps, time.monotonic() - start
+
+    def up(self, out: TextIO = sys.stdout) -> tuple[Steps, float]:
+        """`pulumi up` with one line per step; CliError (exit 1) naming the failed step."""
+        progress = Progress(out)
+        start = time.monotonic()
+        try:
+            self.stack.up(on_event=progress, color="never")
+        except Exception as e:
+            raise UpFailed(progress.steps, _failure(progress.steps, e)) from None
+        return progress.steps, time.monotonic() - start
+
+    def export(self) -> dict:
+        return self.stack.export_stack().deployment
+
+
+class UpFailed(CliError):
+    def __init__(self, steps: Steps, message: str):
+        super().__init__(message, EXIT_DEGRADED)
+        self.steps = steps
+
+
+def _failure(steps: Steps, exc: Exception) -> str:
+    if steps.failed:
+        name, why = next(iter(steps.failed.items()))
+        return f"step {name} failed: {why or _short(exc)}"
+    if steps.diagnostics:
+        return steps.diagnostics[0]
+    return _short(exc)
+
+
+def read_ssh_key(engine_factory: Callable[[], Engine]) -> str:
+    """The decrypted `cluster.ssh.private_key` (when the stack holds the key itself)."""
+    return engine_factory().get_value("cluster.ssh.private_key") + "\n"

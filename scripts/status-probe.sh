@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Reports one host's registry side as KEY=VALUE lines for `python -m cli status` and the
+# preflight of `recover`/`rejoin`. Reads only; changes nothing on the host.
+# Usage: status-probe.sh ROOTFS DOMAIN PORT CA_SHA256 REF...
+#   CA_SHA256: sha256 of the configured CA certificate (see pem_digest), or "-" when there is none (insecure mode)
+#   REF: REPO:TAG@DIGEST of an image of the boot history
+# Output (stdout): probe, hostname, registry (running|stopped), ref_missing (once per missing
+# REF), refs_ok, resolves, ca (ok|differs|partial|absent|-), disk_avail, registry_bytes.
+if ! declare -F info >/dev/null; then
+  # shellcheck source=lib/common.sh
+  source "${BASH_SOURCE[0]%/*}/lib/common.sh"
+fi
+
+# running when something answers /v2/ on the registry port (401 counts: auth is on).
+registry_state() {
+  local port=$1 scheme code
+  for scheme in https http; do
+    code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "$scheme://127.0.0.1:$port/v2/" 2>/dev/null || true)
+    if [[ "$code" == 200 || "$code" == 401 ]]; then
+      echo running
+      return 0
+    fi
+  done
+  echo stopped
+}
+
+# A ref is present when its tag link names its digest and the manifest blob exists.
+check_refs() {
+  local storage=$1 ref repo tag digest link blob ok=0
+  shift
+  for ref in "$@"; do
+    digest=${ref##*@}
+    repo=${ref%@*}
+    tag=${repo##*:}
+    repo=${repo%:*}
+    link="$storage/repositories/$repo/_manifests/tags/$tag/current/link"
+    blob="$storage/blobs/sha256/${digest:7:2}/${digest#sha256:}/data"
+    if [[ -f "$link" && "$(cat "$link" 2>/dev/null || true)" == "$digest" && -f "$blob" ]]; then
+      ok=$((ok + 1))
+    else
+      echo "ref_missing=$ref"
+    fi
+  done
+  echo "refs_ok=$ok"
+}
+
+resolved_address() {
+  local domain=$1
+  getent hosts "$domain" 2>/dev/null | awk '{ print $1; exit }' || true
+}
+
+# sha256 of a PEM file without blank lines and carriage returns (cli/probe.py hashes the
+# configured CA the same way), so a trailing newline does not count as a different CA.
+pem_digest() {
+  { grep -v '^[[:space:]]*$' "$1" || true; } | tr -d '\r' | sha256sum | cut -d' ' -f1
+}
+
+# ok: docker's and containerd's ca.crt both equal the configured CA.
+ca_state() {
+  local domain=$1 port=$2 want=$3 file found=0 same=0
+  if [[ "$want" == - ]]; then
+    echo -
+    return 0
+  fi
+  for file in "/etc/docker/certs.d/$domain:$port/ca.crt" "/etc/containerd/certs.d/$domain:$port/ca.crt"; do
+    [[ -f "$file" ]] || continue
+    found=$((found + 1))
+    if [[ "$(pem_digest "$file")" == "$want" ]]; then
+      same=$((same + 1))
+    fi
+  done
+  if ((found == 0)); then
+    echo absent
+  elif ((same < found)); then
+    echo differs
+  elif ((same < 2)); then
+    echo partial
+  else
+    echo ok
+  fi
+}
+
+# Free bytes where the registry data goes (the rootfs, or its nearest existing parent).
+disk_avail() {
+  local dir=$1
+  while [[ ! -d "$dir" && "$dir" != / ]]; do
+    dir=$(dirname "$dir")
+  done
+  df -PB1 "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }' || true
+}
+
+main() {
+  local rootfs=$1 domain=$2 port=$3 ca_sha=$4 bytes
+  shift 4
+  echo "probe=1"
+  echo "hostname=$(hostname 2>/dev/null || true)"
+  echo "registry=$(registry_state "$port")"
+  check_refs "$rootfs/registry/docker/registry/v2" "$@"
+  echo "resolves=$(resolved_address "$domain")"
+  echo "ca=$(ca_state "$domain" "$port" "$ca_sha")"
+  echo "disk_avail=$(disk_avail "$rootfs")"
+  bytes=$(du -sb "$rootfs/registry" 2>/dev/null | cut -f1 || true)
+  echo "registry_bytes=${bytes:-0}"
+}
+
+main "$@"

@@ -1,0 +1,80 @@
+"""cli/plan.py: a preview's steps read as a plan of which host gets what."""
+
+from __future__ import annotations
+
+from cli.plan import render, split_host
+
+OLD, NEW = "198.18.0.11", "198.18.0.12"
+M3, N1, N2 = "198.18.0.13", "198.18.0.21", "198.18.0.22"
+
+
+def recovery_ops(post: bool = False) -> dict[str, str]:
+    """The steps a recovery preview reports (pre mode; post adds the data copy)."""
+    ops = {
+        f"registry-launch-{NEW}": "create",
+        f"registry-standby-{NEW}": "delete",
+        f"hosts-{NEW}": "update", f"hosts-{M3}": "update",
+        f"hosts-{N1}": "update", f"hosts-{N2}": "update",
+        "sealer-registry-config": "update",
+        "registry-verify": "update",
+        f"registry-launch-{OLD}": "delete", f"rootfs-{OLD}": "delete", f"data-{OLD}": "delete",
+        f"hosts-{OLD}": "delete", f"ca-trust-{OLD}": "delete",
+        f"ca-trust-{N1}": "same", "sealer-apps": "same",
+    }
+    if post:
+        ops[f"data-{NEW}"] = "create"
+    return ops
+
+
+def test_recovery_plan_names_each_host_and_what_it_gets():
+    """The plan lists the launch on the new master0, the hosts entries with their count and IPs,
+    the records and the verification, and says the old master0 is not contacted."""
+    plan = render(recovery_ops(), master0=NEW, domain="sea.hub", down_hosts=[OLD], old_master0=OLD)
+    text = plan.text()
+    assert text.splitlines()[0] == (f"master0 {OLD} -> {NEW}; {OLD} goes on down_hosts "
+                                    "(nothing runs there, it is not contacted)")
+    assert f"  launch the registry on {NEW} [create]" in text
+    assert f"  point sea.hub at {NEW} on 4 hosts: {NEW}, {M3}, {N1}, {N2} [update]" in text
+    assert "  update the records: ConfigMap kube-system/sealer-registry (update)" in text
+    assert "  verify from a node: every image of the boot history via sea.hub [update]" in text
+    assert f"  forget 5 resources of {OLD} in the state (down: not contacted)" in text
+    assert plan.repointed == [NEW, M3, N1, N2]
+    assert plan.launch_on == [NEW] and plan.data_to == []
+
+
+def test_unchanged_steps_are_left_out():
+    """`same` steps are not part of the plan."""
+    text = render(recovery_ops(), master0=NEW, domain="sea.hub", down_hosts=[OLD]).text()
+    assert "ca-trust" not in text and "CA trust" not in text and "sealer-apps" not in text
+
+
+def test_post_mode_plan_copies_the_data_to_the_new_master0():
+    plan = render(recovery_ops(post=True), master0=NEW, domain="sea.hub", down_hosts=[OLD])
+    assert f"  copy the registry data to {NEW} [create]" in plan.text()
+    assert plan.data_to == [NEW]
+
+
+def test_a_delete_on_a_live_host_is_not_reported_as_forgotten():
+    """Only resources of down hosts are "forgotten"; the standby step on the new master0 that
+    goes away is a normal delete listed with the other steps of that host."""
+    plan = render(recovery_ops(), master0=NEW, domain="sea.hub", down_hosts=[OLD])
+    assert plan.dropped == {OLD: 5}
+    assert f"  keep the registry stopped (standby) on {NEW} [delete]" in plan.text()
+
+
+def test_no_changes_says_so():
+    plan = render({"hosts-198.18.0.21": "same"}, master0=NEW, domain="sea.hub", down_hosts=[])
+    assert plan.changes == 0
+    assert plan.lines == ["  no changes: the hosts already match the config"]
+
+
+def test_unknown_resources_are_listed_verbatim():
+    plan = render({"something-else": "create"}, master0=NEW, domain="sea.hub", down_hosts=[])
+    assert plan.lines == ["  something-else (create)"]
+
+
+def test_split_host_accepts_host_steps_and_rejects_others():
+    assert split_host("registry-launch-198.18.0.12") == ("registry-launch-", "198.18.0.12")
+    assert split_host("hosts-10.0.0.1") == ("hosts-", "10.0.0.1")
+    assert split_host("registry-verify") is None
+    assert split_host("hosts-not-an-ip") is None

@@ -1,0 +1,194 @@
+"""cli/probe.py and scripts/status-probe.sh: what a host reports and how the status judges it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cli.probe import (HostProbe, all_refs, assess, ca_digest, parse_probe, pem_digest,
+                       probe_command, render_table, ssh_error)
+from config import build_config
+from config.image_store import ImageRef, StoredImage
+from material import pki
+
+M1, M2, M3, N1 = "198.18.0.11", "198.18.0.12", "198.18.0.13", "198.18.0.21"
+CA_CERT, CA_KEY = pki.generate_ca()
+CLUSTER_IMG = "sha256:" + "cd" * 32
+APP_IMG = "sha256:" + "ab" * 32
+D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
+IMAGES = [
+    StoredImage(CLUSTER_IMG, (ImageRef("sealer/cluster-base", "v1", D1), ImageRef("library/pause", "3.9", D2))),
+    StoredImage(APP_IMG, (ImageRef("library/app0", "v1", D3),)),
+]
+
+
+def make_config(distribution: str = "pre", down_hosts=(), master0: str = M1):
+    return build_config({
+        "master0": master0, "down_hosts": list(down_hosts), "distribution": distribution,
+        "cluster": {"name": "lab", "masters": [M1, M2, M3], "nodes": [N1],
+                    "ssh": {"private_key_path": "/nonexistent/id"}},
+        "registry": {"local_registry": {"deploy_hosts": [M1, M2]},
+                     "tls": {"ca_cert": CA_CERT, "ca_key": CA_KEY}},
+        "apps": {"history": {"type": "boot", "applications": [
+            {"name": "app0", "image_id": APP_IMG, "type": "kube"}]},
+            "image_store": "/nonexistent", "cluster_image_id": CLUSTER_IMG},
+        "kubernetes": {"kubeconfig_path": "/nonexistent"},
+    })
+
+
+def healthy_probe(ip: str, master0: str = M1, registry: str = "stopped", missing=()) -> HostProbe:
+    return HostProbe(ip=ip, reachable=True, registry=registry, refs_ok=3 - len(missing),
+                     missing_refs=list(missing), resolves=master0, ca="ok")
+
+
+def healthy_probes(master0: str = M1) -> dict[str, HostProbe]:
+    probes = {ip: healthy_probe(ip, master0) for ip in (M1, M2, M3, N1)}
+    probes[master0].registry = "running"
+    return probes
+
+
+def test_healthy_cluster_has_no_problems_and_one_row_per_host():
+    config = make_config()
+    result = assess(config, IMAGES, healthy_probes())
+    assert result.problems == []
+    assert [r.ip for r in result.rows] == [M1, M2, M3, N1]
+    assert [(r.role, r.deploy, r.registry, r.data) for r in result.rows] == [
+        ("master0", "launch", "running", "2/2"), ("master", "standby", "stopped", "2/2"),
+        ("master", "-", "-", "-"), ("node", "-", "-", "-")]
+    assert result.master0_images == 2 and result.images_expected == 2
+
+
+def test_dead_master0_is_degraded_and_named():
+    """An unreachable master0 that is not listed down is a problem that says how to recover."""
+    probes = healthy_probes()
+    probes[M1] = HostProbe(ip=M1, reachable=False, error="Connection timed out")
+    result = assess(make_config(), IMAGES, probes)
+    assert result.problems[0].startswith(f"{M1} (master0) is unreachable: Connection timed out")
+    assert "recover master0" in result.problems[0]
+    assert result.rows[0].reachable == "no"
+
+
+def test_listed_down_host_is_not_a_problem_and_shows_as_down():
+    config = make_config(down_hosts=[M1], master0=M2)
+    probes = healthy_probes(master0=M2)
+    del probes[M1]
+    result = assess(config, IMAGES, probes)
+    assert result.problems == []
+    assert result.rows[0].reachable == "down (listed)"
+
+
+def test_incomplete_replica_in_pre_mode_is_a_problem_but_not_in_post_mode():
+    """pre: every deploy host must hold every image; post: only master0."""
+    probes = healthy_probes()
+    probes[M2] = healthy_probe(M2, missing=[str(IMAGES[1].refs[0])])
+    pre = assess(make_config("pre"), IMAGES, probes)
+    assert pre.problems == [f"{M2} holds 1 of 2 images (missing e.g. library/app0:v1@{D3})"]
+    assert pre.rows[1].data == "1/2"
+    assert assess(make_config("post"), IMAGES, probes).problems == []
+
+
+def test_second_registry_wrong_mapping_and_ca_are_problems():
+    probes = healthy_probes()
+    probes[M2].registry = "running"
+    probes[N1].resolves = M2
+    probes[M3].ca = "absent"
+    problems = assess(make_config(), IMAGES, probes).problems
+    assert any(p.startswith(f"{M2} runs a registry but is not master0") for p in problems)
+    assert f"{N1}: sea.hub points to {M2}, not to master0 {M1}" in problems
+    assert any(p.startswith(f"{M3}: CA trust is absent") for p in problems)
+
+
+def test_render_table_aligns_columns():
+    result = assess(make_config(), IMAGES, healthy_probes())
+    lines = render_table(result.rows).splitlines()
+    assert lines[0].split() == ["HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", "SEA.HUB", "->", "CA"]
+    assert lines[1].split() == [M1, "master0", "yes", "launch", "running", "2/2", M1, "ok"]
+    assert {line.index(M1) for line in lines[1:2]} == {0}
+
+
+def test_parse_probe_reads_every_key():
+    out = ("probe=1\nhostname=srl-11\nregistry=running\nref_missing=a:b@sha256:x\nrefs_ok=2\n"
+           "resolves=198.18.0.11\nca=ok\ndisk_avail=123\nregistry_bytes=45\n")
+    p = parse_probe(M1, out)
+    assert (p.reachable, p.hostname, p.registry, p.missing_refs, p.refs_ok, p.resolves, p.ca,
+            p.disk_avail, p.registry_bytes) == (True, "srl-11", "running", ["a:b@sha256:x"], 2,
+                                                 "198.18.0.11", "ok", 123, 45)
+    assert parse_probe(M1, "garbage").reachable is False
+
+
+def test_ssh_error_picks_the_telling_line():
+    assert ssh_error("ssh: connect to host 198.18.0.11 port 22: Connection timed out\n", 255) == "Connection timed out"
+    assert ssh_error("ssh: connect to host 1.2.3.4 port 22: Connection refused", 255) == "Connection refused"
+    assert ssh_error("", 255) == "ssh exited 255"
+
+
+def test_pem_digest_ignores_trailing_newlines_and_crlf():
+    assert pem_digest(CA_CERT) == pem_digest(CA_CERT.rstrip("\n")) == pem_digest(CA_CERT.replace("\n", "\r\n"))
+    assert ca_digest(make_config()) == pem_digest(CA_CERT)
+
+
+# -- the probe script itself, run locally (bash, no SSH) ---------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def put_ref(rootfs: Path, ref: ImageRef) -> None:
+    v2 = rootfs / "registry/docker/registry/v2"
+    link = v2 / "repositories" / ref.repository / "_manifests/tags" / ref.tag / "current/link"
+    link.parent.mkdir(parents=True)
+    link.write_text(ref.digest)
+    blob = v2 / "blobs/sha256" / ref.digest[7:9] / ref.digest[7:] / "data"
+    blob.parent.mkdir(parents=True)
+    blob.write_text("{}")
+
+
+def run_probe(rootfs: Path, tmp_path: Path, ca_sha: str = "-") -> HostProbe:
+    config = make_config()
+    config.cluster.data_root = str(rootfs.parent.parent)  # rootfs = <data_root>/lab/rootfs
+    config.registry.domain = "localhost"
+    config.registry.port = free_port()
+    command = probe_command(config, all_refs(IMAGES))
+    if ca_sha != "-":
+        command = command.replace(ca_digest(config), ca_sha)
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return parse_probe(M1, done.stdout)
+
+
+def test_probe_script_reports_present_and_missing_refs(tmp_path):
+    """A ref counts when its tag link names its digest and the manifest blob exists."""
+    rootfs = tmp_path / "data/lab/rootfs"
+    put_ref(rootfs, IMAGES[0].refs[0])
+    put_ref(rootfs, IMAGES[0].refs[1])
+    # app0: the link names another digest
+    link = rootfs / "registry/docker/registry/v2/repositories/library/app0/_manifests/tags/v1/current/link"
+    link.parent.mkdir(parents=True)
+    link.write_text(D1)
+    probe = run_probe(rootfs, tmp_path)
+    assert probe.reachable and probe.registry == "stopped"
+    assert probe.refs_ok == 2 and probe.missing_refs == [f"library/app0:v1@{D3}"]
+    assert probe.resolves == "127.0.0.1"
+    assert probe.disk_avail > 0 and probe.registry_bytes > 0
+
+
+def test_probe_script_on_a_host_without_rootfs(tmp_path):
+    probe = run_probe(tmp_path / "data/lab/rootfs", tmp_path, ca_sha="0" * 64)
+    assert probe.refs_ok == 0 and len(probe.missing_refs) == 3
+    assert probe.registry_bytes == 0 and probe.disk_avail > 0
+    assert probe.ca in ("absent", "differs")
+
+
+def test_probe_script_is_shellcheck_clean():
+    script = Path(__file__).resolve().parents[2] / "scripts/status-probe.sh"
+    shellcheck = subprocess.run(["which", "shellcheck"], capture_output=True)
+    if shellcheck.returncode != 0:
+        pytest.skip("shellcheck not installed")
+    done = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
