@@ -170,8 +170,9 @@ class Engine:
         return done.stdout
 
     def set_value(self, path: str, value: str, *, secret: bool = False) -> None:
-        """`pulumi config set --path [--secret] PATH` with the value on stdin (not in argv)."""
-        self.cli("config", "set", "--path", "--secret" if secret else "--plaintext",
+        """`pulumi config set --path --raw [--secret] PATH` with the value on stdin (not in argv;
+        --raw keeps a PEM's final newline)."""
+        self.cli("config", "set", "--path", "--raw", "--secret" if secret else "--plaintext",
                  f"{PROJECT}:{path}", input=value)
 
     def get_value(self, path: str) -> str:

@@ -66,6 +66,18 @@ def describe(cert_pem: str) -> str:
             f"{cert.not_valid_after_utc:%Y-%m-%d}, sha256 {hashlib.sha256(der).hexdigest()[:16]}")
 
 
+def check_stored(engine: Engine) -> None:
+    """Read back through the engine: the stored key must be the one of the stored cert."""
+    stored_key = serialization.load_pem_private_key(engine.get_value("registry.tls.ca_key").encode(), None)
+    stored_cert = x509.load_pem_x509_certificate(engine.get_value("registry.tls.ca_cert").encode())
+
+    def spki(key) -> bytes:
+        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    if spki(stored_key.public_key()) != spki(stored_cert.public_key()):
+        raise CliError("the engine returned a CA key that does not match the CA certificate")
+
+
 @guarded
 def run(args: argparse.Namespace) -> int:
     stack_file = stack_file_path(args.stack, args.project_dir)
@@ -79,14 +91,14 @@ def run(args: argparse.Namespace) -> int:
                        "that CA; pass --force to replace it")
     engine = Engine(args.stack, args.project_dir, args.pulumi)
     cert, key = pki.generate_ca()
-    engine.set_value("registry.tls.ca_cert", cert)
-    engine.set_value("registry.tls.ca_key", key, secret=True)
-    # Read back through the engine: the stored key must be the one that signs the stored cert.
-    stored_key = serialization.load_pem_private_key(engine.get_value("registry.tls.ca_key").encode(), None)
-    stored_cert = x509.load_pem_x509_certificate(engine.get_value("registry.tls.ca_cert").encode())
-    raw = lambda k: k.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)  # noqa: E731
-    if raw(stored_key.public_key()) != raw(stored_cert.public_key()):
-        raise CliError("the engine returned a CA key that does not match the CA certificate")
+    saved = stack_file.read_bytes()
+    try:  # both values or neither: a CA key that does not match its cert would break every up
+        engine.set_value("registry.tls.ca_key", key, secret=True)
+        engine.set_value("registry.tls.ca_cert", cert)
+        check_stored(engine)
+    except BaseException:
+        stack_file.write_bytes(saved)
+        raise
     verb = "replaced" if present else "stored"
     print(f"ok: stack {args.stack}: registry CA {describe(cert)}; registry.tls.ca_key {verb} as a secret")
     return EXIT_OK

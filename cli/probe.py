@@ -251,7 +251,7 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
             problems.append(f"{ip}: {config.registry.domain} points to {probe.resolves or 'nothing'}, "
                             f"not to master0 {config.master0}")
         if secure and probe.ca != "ok":
-            problems.append(f"{ip}: CA trust is {probe.ca} (expected the configured CA in docker and containerd)")
+            problems.append(f"{ip}: CA trust {probe.ca}: docker and containerd must both hold the configured CA")
     return Assessment(rows, problems, expected, master0_images)
 
 

@@ -98,7 +98,7 @@ def test_second_registry_wrong_mapping_and_ca_are_problems():
     problems = assess(make_config(), IMAGES, probes).problems
     assert any(p.startswith(f"{M2} runs a registry but is not master0") for p in problems)
     assert f"{N1}: sea.hub points to {M2}, not to master0 {M1}" in problems
-    assert any(p.startswith(f"{M3}: CA trust is absent") for p in problems)
+    assert any(p.startswith(f"{M3}: CA trust absent") for p in problems)
 
 
 def test_render_table_aligns_columns():
