@@ -113,6 +113,9 @@ class StackChange:
                 old_master0: str | None, timer: Timer) -> plan_mod.Plan:
         try:
             steps, seconds = self.engine.preview()
+        except CliError as e:
+            self.restore()
+            raise CliError(f"{e.message} (the stack config is restored; nothing was changed)", e.code) from None
         except BaseException:
             self.restore()
             raise

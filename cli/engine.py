@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from cli.common import EXIT_DEGRADED, CliError
 
@@ -42,8 +42,8 @@ def first_error_line(text: str) -> str:
     """The line of engine output an operator needs (`error: ...`), else the last non-empty line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:
-        if line.startswith("error:"):
-            return line.removeprefix("error:").strip()
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()
     return lines[-1] if lines else "no output"
 
 
@@ -231,8 +231,3 @@ def _failure(steps: Steps, exc: Exception) -> str:
     if steps.diagnostics:
         return steps.diagnostics[0]
     return _short(exc)
-
-
-def read_ssh_key(engine_factory: Callable[[], Engine]) -> str:
-    """The decrypted `cluster.ssh.private_key` (when the stack holds the key itself)."""
-    return engine_factory().get_value("cluster.ssh.private_key") + "\n"

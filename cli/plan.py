@@ -61,6 +61,7 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
     dropped: dict[str, int] = {}
     records: list[str] = []
     other: list[str] = []
+    retired: list[str] = []   # steps of live hosts no longer declared (no delete command runs)
     verify = None
     changes = 0
     for name, op in ops.items():
@@ -72,6 +73,8 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
         ip = tail.group(1) if tail else None
         if op in _DROPS and ip in down_hosts:
             dropped[ip] = dropped.get(ip, 0) + 1
+        elif op in _DROPS:
+            retired.append(name)
         elif host:
             by_prefix.setdefault(host[0], []).append((host[1], op))
         elif name in RECORDS:
@@ -97,6 +100,8 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
         lines.append(f"  update the records: {', '.join(records)}")
     if verify:
         lines.append(f"  verify from a node: every image of the boot history via {domain} [{verify}]")
+    if retired:
+        lines.append(f"  retire {len(retired)} steps no longer needed (no command runs): {', '.join(retired)}")
     for ip, count in sorted(dropped.items()):
         lines.append(f"  forget {count} resources of {ip} in the state (down: not contacted)")
     for item in other:

@@ -55,11 +55,12 @@ def test_post_mode_plan_copies_the_data_to_the_new_master0():
 
 
 def test_a_delete_on_a_live_host_is_not_reported_as_forgotten():
-    """Only resources of down hosts are "forgotten"; the standby step on the new master0 that
-    goes away is a normal delete listed with the other steps of that host."""
+    """Only resources of down hosts are "forgotten"; the standby step of the new master0 that
+    goes away is retired (none of our steps has a delete command), and counts as no host work."""
     plan = render(recovery_ops(), master0=NEW, domain="sea.hub", down_hosts=[OLD])
     assert plan.dropped == {OLD: 5}
-    assert f"  keep the registry stopped (standby) on {NEW} [delete]" in plan.text()
+    assert f"  retire 1 steps no longer needed (no command runs): registry-standby-{NEW}" in plan.text()
+    assert "keep the registry stopped" not in plan.text()
 
 
 def test_no_changes_says_so():
