@@ -11,6 +11,7 @@ APT_PACKAGES := openssh-server openssh-client docker-registry rsync curl iproute
 .PHONY: help deps lab-deps toolchain lint test test-unit test-lab test-e2e lab-up lab-down demo bench
 
 help:
+	@echo "make demo       lab up, deploy, kill master0, recover with the CLI, status (KEEP=1 keeps the lab)"
 	@echo "make deps       pip install the pinned Python packages"
 	@echo "make lab-deps   apt + pip: everything the lab and the tests need (root)"
 	@echo "make toolchain  build (or reuse) the Pulumi engine, plugins and kube-apiserver"
@@ -47,4 +48,4 @@ lab-down:
 	$(PYTHON) -m lab down
 
 demo:
-	@echo "make demo arrives with the operator CLI (issue 6); see README 'Status'." >&2; exit 1
+	$(PYTHON) -m lab.demo $(if $(filter 1,$(KEEP)),--keep)

@@ -1,0 +1,192 @@
+"""Deploy, recover and rejoin on real hosts with the real engine (issue 5): the shared steps.
+
+`test_lifecycle_pre.py` and `test_lifecycle_post.py` run them with a fresh lab of 3 masters + 2
+nodes each; the tests of a class run in order and each states the invariant it proves. master0 is killed the way a dead machine is (packets dropped), and
+the packet counter on its link proves that recovery never dials it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from tests.e2e.kube import Kube
+from tests.e2e.program import ProgramStack
+
+PASSWORD = "e2e-Registry-Passw0rd"
+DOMAIN = "sea.hub"
+PORT = 5000
+
+
+def stack_values(lab_env, *, master0, down_hosts=(), distribution="pre", deploy_hosts=None):
+    inv = lab_env.inventory
+    masters = [h["ip"] for h in inv["hosts"] if h["role"] == "master"]
+    nodes = [h["ip"] for h in inv["hosts"] if h["role"] == "node"]
+    return {
+        "master0": master0,
+        "down_hosts": list(down_hosts),
+        "distribution": distribution,
+        "cluster": {
+            "name": inv["cluster"],
+            "data_root": inv["data_root"],
+            "masters": masters,
+            "nodes": nodes,
+            "ssh": {"user": "root", "port": 22, "private_key_path": str(lab_env.key_path),
+                    "host_keys": {h["ip"]: h["host_key"] for h in inv["hosts"]}},
+        },
+        "registry": {
+            "domain": DOMAIN, "port": PORT, "username": "admin",
+            "local_registry": {"deploy_hosts": deploy_hosts or masters, "insecure_mode": False},
+            "tls": {"ca_cert": lab_env.ca[0]},
+        },
+        "apps": {"history_file": str(lab_env.history_file), "image_store": str(lab_env.store),
+                 "cluster_image_id": lab_env.cluster_image_id},
+        "kubernetes": {"kubeconfig_path": str(lab_env.kubeconfig), "cluster_identifier": "lab"},
+    }
+
+
+SECRETS = {"registry.password": PASSWORD}
+
+
+def hosts_line(lab, ip):
+    text = lab.run(ip, "cat /etc/hosts").stdout
+    return [line for line in text.splitlines() if re.search(rf"\s{re.escape(DOMAIN)}(\s|$)", line)]
+
+
+def registry_running(lab, ip) -> bool:
+    """Something answers /v2/ on the host's registry port (from inside the host)."""
+    probe = lab.run(ip, f"curl -sk -o /dev/null -w '%{{http_code}}' --max-time 3 https://127.0.0.1:{PORT}/v2/",
+                    check=False)
+    return probe.stdout.strip() in ("200", "401")
+
+
+def pull_manifest(lab, node_ip, ref) -> str:
+    """Docker-Content-Digest of ``ref`` fetched from ``node_ip`` through its own /etc/hosts and CA."""
+    repo_tag, digest = ref.split("@")
+    repo, tag = repo_tag.rsplit(":", 1)
+    out = lab.run(node_ip, (
+        f"curl -sS --max-time 10 --cacert /etc/docker/certs.d/{DOMAIN}:{PORT}/ca.crt "
+        f"-K - -I -H 'Accept: application/vnd.oci.image.manifest.v1+json,"
+        f"application/vnd.docker.distribution.manifest.v2+json' "
+        f"https://{DOMAIN}:{PORT}/v2/{repo}/manifests/{tag}"), input=f'user = "admin:{PASSWORD}"\n').stdout
+    for line in out.splitlines():
+        if line.lower().startswith("docker-content-digest:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+class Lifecycle:
+    """Shared steps of the pre and post lifecycles."""
+
+    mode = "pre"
+
+    @pytest.fixture(scope="class")
+    def stack(self, lab_env, toolchain_env):
+        stack = ProgramStack(f"e2e-{self.mode}", toolchain_env)
+        m0 = lab_env.masters[0]
+        stack.configure(stack_values(lab_env, master0=m0, distribution=self.mode),
+                        {**SECRETS, "registry.tls.ca_key": lab_env.ca[1]})
+        yield stack
+        stack.remove()
+
+    def test_deploy(self, lab_env, stack):
+        """A fresh `up` launches the registry on master0, points every host at it, installs the
+        CA and the rootfs files with safe modes, and its own verification passes."""
+        report = stack.up()
+        m0 = lab_env.masters[0]
+        for host in lab_env.all_ips:
+            assert hosts_line(lab_env.lab, host) == [f"{m0} {DOMAIN} #hostalias-set-by-sealer"]
+            ca = lab_env.lab.run(host, f"cat /etc/containerd/certs.d/{DOMAIN}:{PORT}/ca.crt").stdout
+            assert ca == lab_env.ca[0]
+        rootfs = lab_env.rootfs
+        modes = lab_env.lab.run(m0, f"stat -c '%a %n' {rootfs}/certs/{DOMAIN}.key {rootfs}/etc/registry_htpasswd {rootfs}/etc/registry.yml").stdout.split("\n")
+        assert modes[0].startswith("600 ") and modes[1].startswith("600 ") and modes[2].startswith("644 ")
+        assert registry_running(lab_env.lab, m0)
+        assert not registry_running(lab_env.lab, lab_env.masters[1])
+        holders = lab_env.masters if self.mode == "pre" else [m0]
+        for ip in lab_env.masters:
+            blobs = lab_env.lab.run(ip, f"find {rootfs}/registry -path '*/blobs/*' -name data 2>/dev/null | wc -l").stdout.strip()
+            assert (int(blobs) > 0) == (ip in holders), (ip, blobs)
+        for ref in lab_env.refs:
+            assert pull_manifest(lab_env.lab, lab_env.nodes[0], ref) == ref.split("@")[1]
+        assert "registry-verify" in report.remote_commands()
+
+    def test_records_in_cluster(self, lab_env, stack):
+        """ConfigMaps and Secret exist in kube-system with the right keys; no secret in plaintext
+        in the ConfigMaps or in `pulumi stack export`."""
+        kube = Kube(lab_env.kubeconfig)
+        cm = kube.configmap("sealer-registry")
+        assert {"registry", "registry.yml", "ca.crt", "tls.crt"} <= set(cm["data"])
+        assert f"master0: {lab_env.masters[0]}" in cm["data"]["registry"]
+        secret = kube.secret("sealer-registry")
+        assert set(secret["data"]) == {"tls.key", "htpasswd"}
+        apps = kube.configmap("sealer-apps")
+        assert json.loads(apps["data"]["application.json"]) == json.loads(lab_env.history_file.read_text())
+        exported = stack.export()
+        htpasswd_hash = base64.b64decode(secret["data"]["htpasswd"]).decode().split(":", 1)[1].strip()
+        for plaintext in (PASSWORD, lab_env.ca[1].splitlines()[1], htpasswd_hash,
+                          lab_env.key_path.read_text().splitlines()[1]):
+            assert plaintext not in exported
+            assert plaintext not in json.dumps(cm)
+
+    def test_second_up_changes_nothing(self, stack):
+        """A second `up` with unchanged config has no changes and runs no command."""
+        report = stack.up()
+        assert report.changed() == {}
+        assert report.remote_commands() == []
+
+    def test_recovery_preview_plans_the_move_and_spares_the_dead_master0(self, lab_env, stack):
+        """With master0 dead, the preview after `master0` moves lists the launch on the new host,
+        every live host's hosts entry, (post) the data copy, and nothing on the old master0."""
+        old, new = lab_env.masters[0], lab_env.masters[1]
+        lab_env.lab.kill(old)
+        before = lab_env.lab.packets_to(old)
+        stack.set("master0", new)
+        stack.set("down_hosts", [old])
+        report = stack.preview()
+        changed = report.changed()
+        assert changed.get(f"registry-launch-{new}") == "create"
+        for ip in lab_env.all_ips:
+            if ip != old:
+                assert changed.get(f"hosts-{ip}") == "update", ip
+        if self.mode == "post":
+            assert changed.get(f"data-{new}") == "create"
+        touching_old = [n for n, op in changed.items() if n.endswith(old) and op != "delete"]
+        assert touching_old == []
+        assert lab_env.lab.packets_to(old) == before
+
+    def test_recovery_up_moves_the_registry_without_dialling_the_dead_master0(self, lab_env, stack):
+        """`up` recovers: the registry runs on the new master0, every live host points at it, the
+        verification passes, and not one packet went to the dead master0."""
+        old, new = lab_env.masters[0], lab_env.masters[1]
+        before = lab_env.lab.packets_to(old)
+        report = stack.up()
+        assert lab_env.lab.packets_to(old) == before
+        assert registry_running(lab_env.lab, new)
+        for ip in lab_env.all_ips:
+            if ip != old:
+                assert hosts_line(lab_env.lab, ip) == [f"{new} {DOMAIN} #hostalias-set-by-sealer"]
+        for ref in lab_env.refs:
+            assert pull_manifest(lab_env.lab, lab_env.nodes[0], ref) == ref.split("@")[1]
+        kube = Kube(lab_env.kubeconfig)
+        assert f"master0: {new}" in kube.configmap("sealer-registry")["data"]["registry"]
+        print(f"\nrecovery up ({self.mode}): {report.seconds:.1f}s, "
+              f"{len(report.remote_commands())} commands: {sorted(report.remote_commands())}")
+        assert stack.up().changed() == {}
+
+    def test_old_master0_rejoins_without_split_brain(self, lab_env, stack):
+        """The revived old master0, taken off down_hosts, points at the new master0 and serves no
+        registry of its own; nodes stay on the new master0."""
+        old, new = lab_env.masters[0], lab_env.masters[1]
+        lab_env.lab.revive(old)
+        assert registry_running(lab_env.lab, old)  # its stale registry survived the outage
+        stack.set("down_hosts", [])
+        stack.up()
+        assert not registry_running(lab_env.lab, old)
+        for ip in lab_env.all_ips:
+            assert hosts_line(lab_env.lab, ip) == [f"{new} {DOMAIN} #hostalias-set-by-sealer"]
+        assert stack.up().changed() == {}
+

@@ -1,0 +1,8 @@
+"""Deploy, recover (master0 killed) and rejoin in `post` mode on a fresh lab; see lifecycle.py."""
+
+from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
+from tests.e2e.lifecycle import Lifecycle
+
+
+class TestLifecyclePost(Lifecycle):
+    mode = "post"
