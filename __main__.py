@@ -38,6 +38,8 @@ def main() -> None:
     images = load_images(cfg.apps.image_store, cfg.image_ids)  # the cluster image first
     ssh_key = secret_text(cluster.ssh.private_key) or read_file(
         cluster.ssh.private_key_path, "cluster.ssh.private_key_path")
+    # `pulumi config set` drops a value's final newline; OpenSSH refuses a key file without it.
+    ssh_key = ssh_key.rstrip("\n") + "\n"
     kubeconfig = secret_text(cfg.kubernetes.kubeconfig) or read_file(
         cfg.kubernetes.kubeconfig_path, "kubernetes.kubeconfig_path")
     password = secret_text(reg.password)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from components.remote_scripts import script_command
+from components.remote_scripts import ScriptRun, script_run
 from config import StackConfig
 from config.image_store import StoredImage
 
@@ -115,12 +115,12 @@ class SshAccess:
             argv += ["-J", f"{j.user}@{j.host}:{j.port}"]
         return [*argv, f"{ssh.user}@{ip}"]
 
-    def run(self, ip: str, command: str, timeout: float = HOST_DEADLINE_S,
+    def run(self, ip: str, script: ScriptRun, timeout: float = HOST_DEADLINE_S,
             connect_timeout: int = CONNECT_TIMEOUT_S) -> subprocess.CompletedProcess:
-        """Run ``command`` on ``ip``; a timeout is returned as exit 255 with 'timed out'."""
+        """Run ``script`` on ``ip``; a timeout is returned as exit 255 with 'timed out'."""
         try:
-            return subprocess.run([*self.argv(ip, connect_timeout), "--", command],
-                                  stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            return subprocess.run([*self.argv(ip, connect_timeout), "--", script.command],
+                                  input=script.stdin, capture_output=True, text=True,
                                   timeout=timeout)
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess([], 255, "", f"ssh: timed out after {timeout:.0f}s")
@@ -140,13 +140,13 @@ def pem_digest(text: str) -> str:
     return hashlib.sha256(kept.encode()).hexdigest()
 
 
-def probe_command(config: StackConfig, refs: list[str]) -> str:
+def probe_command(config: StackConfig, refs: list[str]) -> ScriptRun:
     reg = config.registry
-    return script_command(PROBE_SCRIPT, config.rootfs, reg.domain, str(reg.port),
-                          ca_digest(config), *refs)
+    return script_run(PROBE_SCRIPT, config.rootfs, reg.domain, str(reg.port),
+                      ca_digest(config), *refs)
 
 
-def probe_host(access: SshAccess, ip: str, command: str, timeout: float = HOST_DEADLINE_S) -> HostProbe:
+def probe_host(access: SshAccess, ip: str, command: ScriptRun, timeout: float = HOST_DEADLINE_S) -> HostProbe:
     start = time.monotonic()
     done = access.run(ip, command, timeout=timeout)
     if done.returncode != 0:
@@ -159,7 +159,7 @@ def probe_host(access: SshAccess, ip: str, command: str, timeout: float = HOST_D
     return probe
 
 
-def probe_hosts(access: SshAccess, ips: list[str], command: str,
+def probe_hosts(access: SshAccess, ips: list[str], command: ScriptRun,
                 timeout: float = HOST_DEADLINE_S) -> dict[str, HostProbe]:
     """Every host at once; returns when the slowest is done or timed out (about ``timeout``)."""
     if not ips:

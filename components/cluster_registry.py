@@ -20,7 +20,7 @@ from .cluster_node import ClusterNode, ClusterNodeArgs
 from .deploy_host import (DeployHost, DeployHostArgs, RegistryRole, material_fingerprint,
                           rootfs_files, rootfs_payload)
 from .records import RegistryRecords, RegistryRecordsArgs
-from .remote_scripts import script_command
+from .remote_scripts import script_run
 
 
 @dataclass(frozen=True)
@@ -137,13 +137,17 @@ class ClusterRegistry(pulumi.ComponentResource):
 
         refs = [str(ref) for img in args.images for ref in img.refs]
         fingerprint = material_fingerprint(rootfs_payload(rootfs_files(m, args.domain)))
+        password_line = (pulumi.Output.from_input(args.password).apply(lambda p: p + "\n")
+                         if args.password is not None else "")
+        verify = script_run("verify-registry.sh", args.domain, str(args.port),
+                            "https" if m.tls else "http", args.username or "", args.master0,
+                            *refs, data=password_line)
         self.verify = remote.Command(
             "registry-verify",
             connection=args.access.connection(layout.verifier),
-            create=script_command("verify-registry.sh", args.domain, str(args.port),
-                                  "https" if m.tls else "http", args.username or "",
-                                  args.master0, *refs),
-            stdin=args.password if args.password is not None else "",
+            add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
+            create=verify.command,
+            stdin=verify.stdin,
             # The material can change with nothing else in this command: verify again then.
             triggers=[fingerprint],
             logging=remote.Logging.STDOUT_AND_STDERR,

@@ -16,7 +16,7 @@ from pulumi_command import local, remote
 from material import RegistryMaterial
 
 from .access import SshAccess
-from .remote_scripts import script_command
+from .remote_scripts import script_run
 
 QUIET = remote.Logging.NONE  # output of steps whose stdin holds secrets is never logged
 
@@ -85,11 +85,13 @@ class DeployHost(pulumi.ComponentResource):
         connection = args.access.connection(ip)
         payload = rootfs_payload(rootfs_files(args.material, args.domain))
 
+        write = script_run("write-rootfs.sh", args.rootfs, data=pulumi.Output.secret(payload))
         self.rootfs = remote.Command(
             f"rootfs-{ip}",
             connection=connection,
-            create=script_command("write-rootfs.sh", args.rootfs),
-            stdin=pulumi.Output.secret(payload),
+            add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
+            create=write.command,
+            stdin=write.stdin,
             logging=QUIET,
             opts=child.merge(pulumi.ResourceOptions(
                 additional_secret_outputs=["stdout", "stderr"])),
@@ -98,13 +100,15 @@ class DeployHost(pulumi.ComponentResource):
 
         self.data: local.Command | None = None
         if args.images:
+            sync = script_run(
+                "sync-data.sh", *args.access.rsync_flags(ip),
+                f"{args.access.user}@{ip}", str(args.access.port), args.rootfs,
+                args.image_store, *args.images, data=args.access.private_key)
             self.data = local.Command(
                 f"data-{ip}",
-                create=script_command(
-                    "sync-data.sh", *args.access.rsync_flags(ip),
-                    f"{args.access.user}@{ip}", str(args.access.port), args.rootfs,
-                    args.image_store, *args.images),
-                stdin=args.access.private_key,
+                add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
+                create=sync.command,
+                stdin=sync.stdin,
                 logging=local.Logging.STDERR,
                 opts=child,
             )
@@ -112,19 +116,25 @@ class DeployHost(pulumi.ComponentResource):
 
         after_files = child.merge(pulumi.ResourceOptions(depends_on=steps))
         if args.role is RegistryRole.LAUNCH:
+            launch = script_run("launch-registry.sh", args.rootfs, str(args.port), args.domain,
+                                material_fingerprint(payload))
             self.registry = remote.Command(
                 f"registry-launch-{ip}",
                 connection=connection,
-                create=script_command("launch-registry.sh", args.rootfs, str(args.port),
-                                      args.domain, material_fingerprint(payload)),
+                add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
+                create=launch.command,
+                stdin=launch.stdin,
                 logging=remote.Logging.STDOUT_AND_STDERR,
                 opts=after_files,
             )
         else:
+            standby = script_run("standby-registry.sh", args.rootfs)
             self.registry = remote.Command(
                 f"registry-standby-{ip}",
                 connection=connection,
-                create=script_command("standby-registry.sh", args.rootfs),
+                add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
+                create=standby.command,
+                stdin=standby.stdin,
                 logging=remote.Logging.STDOUT_AND_STDERR,
                 opts=after_files,
             )

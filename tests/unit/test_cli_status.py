@@ -154,10 +154,12 @@ def run_probe(rootfs: Path, tmp_path: Path, ca_sha: str = "-") -> HostProbe:
     config.cluster.data_root = str(rootfs.parent.parent)  # rootfs = <data_root>/lab/rootfs
     config.registry.domain = "localhost"
     config.registry.port = free_port()
-    command = probe_command(config, all_refs(IMAGES))
+    run = probe_command(config, all_refs(IMAGES))
+    command = run.command
     if ca_sha != "-":
         command = command.replace(ca_digest(config), ca_sha)
-    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(["bash", "-c", command], input=run.stdin, capture_output=True,
+                          text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     return parse_probe(M1, done.stdout)
 
