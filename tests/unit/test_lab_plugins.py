@@ -170,6 +170,11 @@ def test_local_create_feeds_stdin_and_keeps_secrets(provider, tmp_path):
     assert got.id.startswith("c")
 
 
+def test_stdin_the_command_does_not_read_is_fine(provider):
+    got = create(provider, LOCAL, {"create": "printf 'a\\n\\n'", "stdin": secret("x" * (1 << 20))})
+    assert as_dict(got.properties)["stdout"] == "a\n"  # only one trailing newline trimmed
+
+
 def test_local_create_failure_message(provider):
     with pytest.raises(grpc.RpcError) as err:
         create(provider, LOCAL, {"create": "echo partial; echo oops >&2; exit 3"})
