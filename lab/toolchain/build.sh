@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the engine toolchain the e2e tier runs against, from the Go module proxy only:
 #   pulumi (CLI), pulumi-language-python-exec + pulumi-resource-pulumi-python (scripts shipped in the
-#   sdk module), pulumi-resource-kubernetes, kube-apiserver, etcd.
+#   sdk module), pulumi-resource-kubernetes, kube-apiserver, kube-controller-manager, etcd.
+# Not built, because the proxy refuses their modules (403): pulumi-language-python (programs run from
+# a work_dir need it; inline Automation API programs do not) and pulumi-resource-command.
 # Output: ${SEALER_TOOLCHAIN_CACHE:-$HOME/.cache/sealer-registry-toolchain}/<key>/bin, where <key>
 # covers the versions and every file of lab/toolchain that goes into a build. A complete key dir is
 # reused as is; a build happens in a temp dir that is renamed into place only when it is complete.
@@ -114,11 +116,12 @@ PY
     -ldflags="-s -w -X ${KUBERNETES_PROVIDER_MODULE}/pkg/version.Version=${KUBERNETES_PROVIDER_VERSION}" .
 }
 
-build_kube_apiserver() {
-  local bin="$1" v="k8s.io/component-base/version"
-  go build -C "$TOOLCHAIN_DIR/kube" -o "$bin/kube-apiserver" \
+# build_kube NAME: a k8s.io/kubernetes command, stamped with its version (clients check it).
+build_kube() {
+  local bin="$1" name="$2" v="k8s.io/component-base/version"
+  go build -C "$TOOLCHAIN_DIR/kube" -o "$bin/$name" \
     -ldflags="-s -w -X ${v}.gitVersion=v${KUBE_VERSION} -X ${v}.gitMajor=${KUBE_VERSION%%.*} -X ${v}.gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION") -X ${v}.gitTreeState=clean" \
-    k8s.io/kubernetes/cmd/kube-apiserver
+    "k8s.io/kubernetes/cmd/$name"
 }
 
 build_etcd() {
@@ -132,6 +135,7 @@ write_manifest() {
     printf 'pulumi v%s\n' "$PULUMI_VERSION"
     printf 'pulumi-resource-kubernetes %s\n' "$KUBERNETES_PROVIDER_VERSION"
     printf 'kube-apiserver v%s\n' "$KUBE_VERSION"
+    printf 'kube-controller-manager v%s\n' "$KUBE_VERSION"
     printf 'etcd v%s\n' "$ETCD_VERSION"
     printf 'go %s\n' "$(go env GOVERSION)"
   } >"$bin/VERSIONS"
@@ -150,7 +154,9 @@ build_all() {
   timed "pulumi v${PULUMI_VERSION}" build_pulumi "$bin"
   timed "python exec + dynamic scripts" install_python_scripts "$bin"
   timed "pulumi-resource-kubernetes" build_kubernetes_provider "$bin"
-  timed "kube-apiserver v${KUBE_VERSION}" build_kube_apiserver "$bin"
+  timed "kube-apiserver v${KUBE_VERSION}" build_kube "$bin" kube-apiserver
+  # Its garbage collector removes the foregroundDeletion finalizer pulumi-kubernetes deletes with.
+  timed "kube-controller-manager v${KUBE_VERSION}" build_kube "$bin" kube-controller-manager
   timed "etcd v${ETCD_VERSION}" build_etcd "$bin"
   write_manifest "$bin"
   "$bin/pulumi" version >/dev/null || fatal "the built pulumi does not run"
@@ -163,6 +169,18 @@ build_all() {
   info "built in $(seconds_since "$total_start") s:"
   printf '  %s\n' "${REPORT[@]}" >&2
   (cd "$target/bin" && du -sh -- * | sed 's/^/  /' >&2)
+}
+
+# Keeps the newest KEEP key dirs (each is ~0.7 GB) and drops leftovers of interrupted builds; runs
+# under the lock, so no build is in progress.
+prune_cache() {
+  local keep=2 dir
+  rm -rf "$CACHE_ROOT"/.build-*
+  while IFS= read -r dir; do
+    info "removing old toolchain $dir"
+    rm -rf "$dir"
+  done < <(find "$CACHE_ROOT" -mindepth 1 -maxdepth 1 -type d -name 'pulumi-*' -printf '%T@ %p\n' \
+    | sort -rn | tail -n +$((keep + 1)) | cut -d' ' -f2-)
 }
 
 main() {
@@ -181,7 +199,9 @@ main() {
       if [[ -f "$target/COMPLETE" ]]; then
         info "toolchain cached at $target/bin"
       else
+        rm -rf "$CACHE_ROOT"/.build-*
         build_all "$key" "$target"
+        prune_cache
         info "toolchain built at $target/bin"
       fi
       printf '%s\n' "$target/bin"
