@@ -25,12 +25,20 @@ readonly TOOLCHAIN_DIR
 readonly CACHE_ROOT="${SEALER_TOOLCHAIN_CACHE:-$HOME/.cache/sealer-registry-toolchain}"
 
 BUILD_TMP=""
+CHILD=""
 declare -a REPORT=()
 
 info() { printf 'toolchain: %s\n' "$*" >&2; }
 fatal() { printf 'toolchain: error: %s\n' "$*" >&2; exit 1; }
 on_err() { printf 'toolchain: failed at %s:%s: %s\n' "${BASH_SOURCE[1]:-?}" "${BASH_LINENO[0]}" "$BASH_COMMAND" >&2; }
-cleanup() { if [[ -n "$BUILD_TMP" && -d "$BUILD_TMP" ]]; then rm -rf "$BUILD_TMP"; fi; }
+cleanup() {
+  if [[ -n "$CHILD" ]]; then
+    pkill -TERM -P "$CHILD" 2>/dev/null || true
+    kill "$CHILD" 2>/dev/null || true
+    wait "$CHILD" 2>/dev/null || true
+  fi
+  if [[ -n "$BUILD_TMP" && -d "$BUILD_TMP" ]]; then rm -rf "$BUILD_TMP"; fi
+}
 
 # Files whose content decides what gets built, in a fixed order.
 key_inputs() {
@@ -74,7 +82,11 @@ timed() {
   shift
   info "building ${name}"
   start="$(now_us)"
-  "$@"
+  # In the background so that a TERM to this script reaches the compiler too (cleanup kills it).
+  "$@" &
+  CHILD=$!
+  wait "$CHILD"
+  CHILD=""
   REPORT+=("$(printf '%-34s %6s s' "$name" "$(seconds_since "$start")")")
 }
 
