@@ -9,6 +9,15 @@ import pulumi_kubernetes as k8s
 import yaml
 
 NAMESPACE = "kube-system"
+LABELS = {"app.kubernetes.io/managed-by": "pulumi"}
+# An object created by sealer (or by an earlier stack) has other field managers: take its fields
+# over instead of failing the apply with a conflict.
+ANNOTATIONS = {"pulumi.com/patchForce": "true"}
+
+
+def metadata(name: str) -> k8s.meta.v1.ObjectMetaArgs:
+    return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=NAMESPACE, labels=LABELS,
+                                      annotations=ANNOTATIONS)
 
 
 @dataclass(frozen=True)
@@ -61,8 +70,7 @@ class RegistryRecords(pulumi.ComponentResource):
             data["tls.crt"] = args.cert
         self.registry_config = k8s.core.v1.ConfigMap(
             "sealer-registry-config",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="sealer-registry", namespace=NAMESPACE,
-                                                labels={"app.kubernetes.io/managed-by": "pulumi"}),
+            metadata=metadata("sealer-registry"),
             data=data,
             opts=on_cluster,
         )
@@ -74,8 +82,7 @@ class RegistryRecords(pulumi.ComponentResource):
             secret_data["htpasswd"] = args.htpasswd
         self.registry_secret = k8s.core.v1.Secret(
             "sealer-registry-secret",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="sealer-registry", namespace=NAMESPACE,
-                                                labels={"app.kubernetes.io/managed-by": "pulumi"}),
+            metadata=metadata("sealer-registry"),
             type="Opaque",
             string_data=secret_data,
             opts=on_cluster,
@@ -83,8 +90,7 @@ class RegistryRecords(pulumi.ComponentResource):
 
         self.apps = k8s.core.v1.ConfigMap(
             "sealer-apps",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="sealer-apps", namespace=NAMESPACE,
-                                                labels={"app.kubernetes.io/managed-by": "pulumi"}),
+            metadata=metadata("sealer-apps"),
             data={"application.json": args.application_json},
             opts=on_cluster,
         )

@@ -12,6 +12,12 @@ import subprocess
 from pathlib import Path
 
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
+# Stand-ins for the two plugins the proxy refuses (see lab/plugins/README.md).
+STAND_INS = Path(__file__).resolve().parent.parent / "plugins"
+# A directory holding the real pulumi-language-python / pulumi-resource-command, when one is at
+# hand (e.g. built from source elsewhere): it goes ahead of the stand-ins on PATH.
+REAL_PLUGINS_ENV = "SEALER_PLUGINS_DIR"
+PLUGINS = ("pulumi-language-python", "pulumi-resource-command")
 
 # Binaries a complete toolchain holds; the e2e fixtures name the missing ones.
 REQUIRED = (
@@ -71,9 +77,27 @@ def ensure_built() -> Path:
     return path
 
 
+def plugin_dirs() -> list[Path]:
+    """Where the engine finds the two plugins the proxy refuses: the real ones if
+    SEALER_PLUGINS_DIR names a directory, then the stand-ins."""
+    real = os.environ.get(REAL_PLUGINS_ENV)
+    return [*([Path(real)] if real else []), STAND_INS]
+
+
+def plugin_origin() -> dict[str, str]:
+    """Which file the engine will run for each of PLUGINS (the first on the plugin dirs)."""
+    found = {}
+    for name in PLUGINS:
+        for directory in plugin_dirs():
+            if os.access(directory / name, os.X_OK):
+                found[name] = str(directory / name)
+                break
+    return found
+
+
 def missing(names: tuple[str, ...] = REQUIRED) -> list[str]:
-    path = bin_dir()
-    return [name for name in names if not os.access(path / name, os.X_OK)]
+    dirs = [bin_dir(), *plugin_dirs()]
+    return [name for name in names if not any(os.access(d / name, os.X_OK) for d in dirs)]
 
 
 def explain_missing(*names: str) -> str | None:
@@ -96,9 +120,9 @@ def env(base: dict[str, str] | None = None) -> dict[str, str]:
     """An environment that runs the toolchain: its bin dir first on PATH, no plugin downloads, no
     update checks. Callers add PULUMI_BACKEND_URL / PULUMI_CONFIG_PASSPHRASE / PULUMI_HOME."""
     result = dict(os.environ if base is None else base)
-    path = str(bin_dir())
-    rest = [p for p in result.get("PATH", os.defpath).split(os.pathsep) if p and p != path]
-    result["PATH"] = os.pathsep.join([path, *rest])
+    first = [str(bin_dir()), *(str(d) for d in plugin_dirs())]
+    rest = [p for p in result.get("PATH", os.defpath).split(os.pathsep) if p and p not in first]
+    result["PATH"] = os.pathsep.join([*first, *rest])
     result["PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION"] = "true"
     result["PULUMI_SKIP_UPDATE_CHECK"] = "true"
     return result

@@ -8,6 +8,7 @@ operator would with ``pulumi config set [--secret] --path``.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,12 @@ class ProgramStack:
         return report
 
     def export(self) -> str:
-        return json.dumps(self.stack.export_stack().deployment)
+        """`pulumi stack export` as an operator runs it: secrets encrypted. (The Automation API's
+        export_stack passes --show-secrets, which is not what the state holds.)"""
+        done = subprocess.run(["pulumi", "stack", "export", "--stack", self.name],
+                              cwd=PROJECT_DIR, env=self.env, capture_output=True, text=True,
+                              check=True)
+        return done.stdout
 
     def outputs(self) -> dict[str, Any]:
         return {k: v.value for k, v in self.stack.outputs().items()}

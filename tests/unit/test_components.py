@@ -185,7 +185,8 @@ def test_records_hold_config_certs_and_history_but_no_secret(ca):
     by_name = declare(args).by_name()
     cm = by_name["sealer-registry-config"].inputs
     assert cm["metadata"] == {"name": "sealer-registry", "namespace": "kube-system",
-                              "labels": {"app.kubernetes.io/managed-by": "pulumi"}}
+                              "labels": {"app.kubernetes.io/managed-by": "pulumi"},
+                              "annotations": {"pulumi.com/patchForce": "true"}}
     assert cm["data"]["registry.yml"] == args.material.registry_yml
     assert cm["data"]["ca.crt"] == args.material.ca_cert
     assert cm["data"]["tls.crt"] == args.material.cert
