@@ -1,14 +1,17 @@
 """A real Kubernetes control plane for the e2e tier: etcd + kube-apiserver (+ a kube-controller-manager
 running only the garbage collector and namespace controller) in the root namespace.
 
-- etcd listens on 127.0.0.1 only, data under `.lab/controlplane/etcd/` (fsync off: lab data).
+- etcd listens on 127.0.0.1 only (client 23790, peer 23800 unless given: a second control plane on
+  the machine, e.g. `SEALER_LAB_INSTANCE=1`'s bench, passes its own), data under
+  `.lab/controlplane/etcd/` (fsync off: lab data).
 - kube-apiserver listens on `<address>:6443` (default 198.18.0.1, the lab bridge's address, so lab
   hosts and the Pulumi program reach it at the same URL), TLS from a lab CA made here with
   `cryptography`; `.lab/kubeconfig` holds an admin (system:masters) client certificate.
 - Both run in their own session in the root namespace with pidfiles: killing a lab host (its
   namespaces) or the process that started them leaves them running; `down` stops exactly them.
 
-CLI: `python -m lab.controlplane up|down|status [--address A] [--port P] [--purge]`.
+CLI: `python -m lab.controlplane up|down|status [--address A] [--port P] [--etcd-client-port N]
+[--etcd-peer-port N] [--lab-dir D] [--purge]`.
 """
 
 from __future__ import annotations
@@ -288,8 +291,8 @@ def _wait(cp: ControlPlane, what: str, check, timeout: float, log: Path, pidfile
                             f"last lines of {log}:\n{_tail(log)}")
 
 
-def _etcd_healthy() -> tuple[bool, str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{ETCD_CLIENT_PORT}/health", timeout=2) as resp:
+def _etcd_healthy(client_port: int = ETCD_CLIENT_PORT) -> tuple[bool, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{client_port}/health", timeout=2) as resp:
         body = resp.read().decode()
     return json.loads(body).get("health") == "true", body
 
@@ -328,10 +331,12 @@ def status(lab_dir: Path = DEFAULT_LAB_DIR) -> dict:
 
 
 def up(address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT, lab_dir: Path = DEFAULT_LAB_DIR,
-       bin_dir: Path | None = None, timeout: float = 120.0) -> ControlPlane:
+       bin_dir: Path | None = None, timeout: float = 120.0,
+       etcd_client_port: int = ETCD_CLIENT_PORT, etcd_peer_port: int = ETCD_PEER_PORT) -> ControlPlane:
     """Start etcd and kube-apiserver unless they already run on this address; wait for /readyz and
-    for namespace kube-system; write `<lab_dir>/kubeconfig`."""
-    lab_dir = Path(lab_dir)
+    for namespace kube-system; write `<lab_dir>/kubeconfig`. Two control planes on one machine need
+    their own lab_dir, apiserver port and etcd ports."""
+    lab_dir = Path(lab_dir).resolve()  # the processes run with their state dir as cwd
     state = _state_dir(lab_dir)
     pki = state / "pki"
     cp = ControlPlane(address, port, lab_dir / "kubeconfig", state)
@@ -354,20 +359,21 @@ def up(address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT, lab_dir: Path =
     (state / "address").write_text(f"{address} {port}\n")
     env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(state)}
 
+    etcd_url = f"http://127.0.0.1:{etcd_client_port}"
+    peer_url = f"http://127.0.0.1:{etcd_peer_port}"
     if _read_pid(state / "etcd.pid", "etcd") is None:
         _start([str(etcd_bin), "--name", "lab", "--data-dir", str(state / "etcd"),
-                "--listen-client-urls", f"http://127.0.0.1:{ETCD_CLIENT_PORT}",
-                "--advertise-client-urls", f"http://127.0.0.1:{ETCD_CLIENT_PORT}",
-                "--listen-peer-urls", f"http://127.0.0.1:{ETCD_PEER_PORT}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{ETCD_PEER_PORT}",
-                "--initial-cluster", f"lab=http://127.0.0.1:{ETCD_PEER_PORT}",
+                "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"lab={peer_url}",
                 "--unsafe-no-fsync", "--log-level", "warn"],
                state / "etcd.log", state / "etcd.pid", env)
-    _wait(cp, "etcd /health", _etcd_healthy, timeout, state / "etcd.log", state / "etcd.pid", "etcd")
+    _wait(cp, "etcd /health", lambda: _etcd_healthy(etcd_client_port), timeout, state / "etcd.log",
+          state / "etcd.pid", "etcd")
 
     if _read_pid(state / "kube-apiserver.pid", "kube-apiserver") is None:
         _start([str(apiserver_bin),
-                f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}",
+                f"--etcd-servers={etcd_url}",
                 f"--bind-address={address}", f"--advertise-address={address}",
                 f"--secure-port={port}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -434,13 +440,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--address", default=DEFAULT_ADDRESS)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--etcd-client-port", type=int, default=ETCD_CLIENT_PORT)
+    parser.add_argument("--etcd-peer-port", type=int, default=ETCD_PEER_PORT)
     parser.add_argument("--lab-dir", type=Path, default=DEFAULT_LAB_DIR)
     parser.add_argument("--purge", action="store_true", help="down: also delete etcd data and PKI")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
             started = time.monotonic()
-            cp = up(args.address, args.port, args.lab_dir)
+            cp = up(args.address, args.port, args.lab_dir, etcd_client_port=args.etcd_client_port,
+                    etcd_peer_port=args.etcd_peer_port)
             print(f"control plane ready at {cp.server} in {time.monotonic() - started:.1f}s; "
                   f"kubeconfig {cp.kubeconfig}")
         elif args.command == "down":
