@@ -1,0 +1,120 @@
+"""The machine, the targets of issue 7 and the printed table."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:"))
+
+    def version(*argv: str) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except OSError:
+            return "missing"
+        return (done.stdout + done.stderr).strip().splitlines()[0] if (done.stdout + done.stderr) else ""
+
+    return {"nproc": os.cpu_count(), "memory_gib": round(mem_kib / (1 << 20), 1), "cpu": cpu,
+            "kernel": platform.release(), "openssh": version("ssh", "-V"),
+            "rsync": version("rsync", "--version")}
+
+
+def _get(r: dict, key: str):
+    value = r.get(key)
+    return value if isinstance(value, (int, float)) else None
+
+
+def _ratio(r: dict, num: str, den: str):
+    a, b = _get(r, num), _get(r, den)
+    return None if a is None or not b else a / b
+
+
+# key, target text, check -> True/False/None (None: not measured or no target)
+TARGETS = [
+    ("rto_s", "<= 15 s", lambda r: _get(r, "rto_s") is not None and r["rto_s"] <= 15),
+    ("rto_50_s", "<= 1.5 x rto_s",
+     lambda r: None if _ratio(r, "rto_50_s", "rto_s") is None else _ratio(r, "rto_50_s", "rto_s") <= 1.5),
+    ("rto_sequential_50_s", "/ rto_50_s >= 5",
+     lambda r: None if _ratio(r, "rto_sequential_50_s", "rto_50_s") is None
+     else _ratio(r, "rto_sequential_50_s", "rto_50_s") >= 5),
+    ("copy_1gib_s", "tar|ssh / this >= 0.8",
+     lambda r: None if _ratio(r, "copy_tar_ssh_1gib_s", "copy_1gib_s") is None
+     else _ratio(r, "copy_tar_ssh_1gib_s", "copy_1gib_s") >= 0.8),
+    ("copy_tar_ssh_1gib_s", "baseline", None),
+    ("copy_tar_ssh_gcm_1gib_s", "baseline (our cipher)", None),
+    ("copy_sftp_md5_1gib_s", "baseline (sealer)", None),
+    ("resync_bytes", "= 0", lambda r: _get(r, "resync_bytes") is not None and r["resync_bytes"] == 0),
+    ("resync_s", "<= 2 s", lambda r: _get(r, "resync_s") is not None and r["resync_s"] <= 2),
+    ("noop_changes", "= 0", lambda r: _get(r, "noop_changes") is not None and r["noop_changes"] == 0),
+    ("noop_remote_commands", "= 0",
+     lambda r: _get(r, "noop_remote_commands") is not None and r["noop_remote_commands"] == 0),
+    ("noop_s", "", None),
+    ("preview_50_s", "<= 10 s", lambda r: _get(r, "preview_50_s") is not None and r["preview_50_s"] <= 10),
+    ("rss_mb", "", None),
+]
+
+RATIOS = [
+    ("rto_50_s / rto_s", "rto_50_s", "rto_s"),
+    ("rto_sequential_50_s / rto_50_s", "rto_sequential_50_s", "rto_50_s"),
+    ("copy_tar_ssh_1gib_s / copy_1gib_s", "copy_tar_ssh_1gib_s", "copy_1gib_s"),
+    ("copy_sftp_md5_1gib_s / copy_1gib_s", "copy_sftp_md5_1gib_s", "copy_1gib_s"),
+]
+
+
+def verdicts(results: dict) -> dict:
+    out = {}
+    for key, _text, check in TARGETS:
+        if check is not None and key in results:
+            out[key] = bool(check(results))
+    return out
+
+
+def table(results: dict) -> str:
+    params = results.get("params", {})
+    labels = {
+        "rto_s": f"rto_s (3+{params.get('nodes')} hosts)",
+        "rto_50_s": f"rto_50_s (3+{params.get('nodes_large')})",
+        "rto_sequential_50_s": f"rto_sequential_50_s (3+{params.get('nodes_large')})",
+        "preview_50_s": f"preview_50_s (3+{params.get('nodes_large')})",
+        "rss_mb": f"rss_mb (up, 3+{params.get('nodes_large')})",
+    }
+    size = params.get("copy_size_mib")
+    for key in ("copy_1gib_s", "copy_tar_ssh_1gib_s", "copy_tar_ssh_gcm_1gib_s", "copy_sftp_md5_1gib_s"):
+        labels[key] = f"{key} ({size} MiB)"
+    rows = [("measure", "value", "target", "met")]
+    met = verdicts(results)
+    for key, text, check in TARGETS:
+        value = results.get(key)
+        if value is None:
+            shown = "not measured"
+        elif isinstance(value, float):
+            shown = f"{value:.2f}"
+        else:
+            shown = str(value)
+        rows.append((labels.get(key, key), shown, text,
+                     "" if check is None or key not in results else ("yes" if met[key] else "NO")))
+    for label, num, den in RATIOS:
+        ratio = _ratio(results, num, den)
+        rows.append((label, "n/a" if ratio is None else f"{ratio:.2f}", "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    m = results.get("machine", {})
+    lines.append("")
+    lines.append(f"machine: {m.get('nproc')} cores, {m.get('memory_gib')} GiB, {m.get('cpu')}; "
+                 f"kernel {m.get('kernel')}; {m.get('openssh')}")
+    cond = results.get("conditions", {})
+    if cond:
+        lines.append("load average (1 min) at each measure: " + ", ".join(
+            f"{k} {v['load_before']:.1f}" for k, v in cond.items() if "load_before" in v))
+    if results.get("concurrent_lab0"):
+        lines.append("note: lab instance 0 (make test) was active during this run; the figures "
+                     "shared the 2 cores with it")
+    return "\n".join(lines)

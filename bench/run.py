@@ -1,0 +1,369 @@
+"""The bench's phases and its command line (see bench/__init__.py and `python -m bench --help`).
+
+Phase `small`: a lab of 3 masters + N nodes, a stack deployed in `pre` mode, a second `up`
+(no-op figures), the copies to one node, then master0 killed and the recovery `up` (rto_s).
+Phase `large`: a fresh lab of 3 masters + M nodes, deployed, master0 killed; the sequential
+baseline recovery by SSH (then undone), the recovery preview and the recovery `up` under a memory
+sampler (rto_50_s, rss_mb). Every figure is the wall time of the real thing, engine start included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from lab import controlplane as cplane
+from lab import images as lab_images
+from lab.hosts import BRIDGE, DEFAULT_STATE, INSTANCE, REPO, Lab
+from material import pki
+from tests.e2e.labstack import LabEnv
+from tests.e2e.lifecycle import DOMAIN, PORT, SECRETS, hosts_line, registry_running, stack_values
+from tests.e2e.program import ProgramStack, RunReport, _on_event
+
+from bench import copy as copybench
+from bench.procmem import TreePeak
+from bench.report import machine, table, verdicts
+
+BENCH_DIR = REPO / ".bench"
+PASSPHRASE = "sealer-lab"
+SEQUENTIAL = Path(__file__).resolve().parent / "sequential_recover.sh"
+T0 = time.monotonic()
+
+
+def log(text: str) -> None:
+    print(f"[{time.monotonic() - T0:6.1f}s] {text}", flush=True)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+class BenchStack(ProgramStack):
+    """ProgramStack with the engine's --parallel as a knob (None: the engine's default)."""
+
+    def up(self, parallel: int | None = None) -> RunReport:
+        report = RunReport()
+        start = time.monotonic()
+        kwargs = {"parallel": parallel} if parallel else {}
+        result = self.stack.up(on_event=_on_event(report), color="never", **kwargs)
+        report.seconds = time.monotonic() - start
+        report.summary = result.summary.resource_changes
+        report.stdout = result.stdout
+        return report
+
+    def preview(self, parallel: int | None = None) -> RunReport:
+        report = RunReport()
+        start = time.monotonic()
+        kwargs = {"parallel": parallel} if parallel else {}
+        result = self.stack.preview(on_event=_on_event(report), color="never", **kwargs)
+        report.seconds = time.monotonic() - start
+        report.summary = result.change_summary
+        report.stdout = result.stdout
+        return report
+
+
+def engine_env() -> dict[str, str]:
+    """The toolchain on PATH, a PULUMI_HOME and file backend under .bench/, the lab passphrase.
+    The Automation API finds `pulumi` on this process's PATH, so os.environ gets it too."""
+    from lab import toolchain
+
+    toolchain.ensure_built()
+    why = toolchain.explain_missing(*toolchain.REQUIRED, *toolchain.PLUGINS)
+    if why:
+        raise BenchError(why)
+    (BENCH_DIR / "pulumi-home").mkdir(parents=True, exist_ok=True)
+    (BENCH_DIR / "state").mkdir(parents=True, exist_ok=True)
+    env = toolchain.env(dict(os.environ))
+    env.update(PULUMI_HOME=str(BENCH_DIR / "pulumi-home"),
+               PULUMI_BACKEND_URL=f"file://{BENCH_DIR / 'state'}",
+               PULUMI_CONFIG_PASSPHRASE=PASSPHRASE, PYTHONPATH=str(REPO))
+    env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
+    os.environ.update(env)
+    return env
+
+
+def fresh_stack(name: str, env: dict[str, str]) -> BenchStack:
+    stack = BenchStack(name, env)
+    stack.remove()  # a stack left by an earlier run
+    return BenchStack(name, env)
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.lab = Lab(DEFAULT_STATE)  # explicit: never SEALER_LAB_DIR's lab
+        self.results: dict = {
+            "params": {"nodes": args.nodes, "nodes_large": args.nodes_large,
+                       "copy_size_mib": args.copy_size >> 20, "copy_layers": args.copy_layers,
+                       "copy_repeat": args.repeat, "parallel": args.parallel,
+                       "lab_instance": INSTANCE, "quick": args.quick,
+                       "phases": sorted(args.only)},
+            "machine": machine(),
+            "conditions": {},
+            "concurrent_lab0": INSTANCE != 0 and Path("/sys/class/net/srl-br0").exists(),
+            "errors": [],
+        }
+        self.env: dict[str, str] = {}
+        self.stacks: list[BenchStack] = []
+        self.ca = pki.generate_ca()
+
+    # ------------------------------------------------------------ bookkeeping
+    def record(self, key: str, value, started_load: float | None = None) -> None:
+        self.results[key] = round(value, 3) if isinstance(value, float) else value
+        if started_load is not None:
+            self.results["conditions"][key] = {"load_before": round(started_load, 2),
+                                               "load_after": round(os.getloadavg()[0], 2)}
+        self.save()
+
+    def save(self) -> None:
+        self.results["verdicts"] = verdicts(self.results)
+        out = Path(self.args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.results, indent=2) + "\n")
+        tmp.replace(out)
+
+    # ------------------------------------------------------------ lab pieces
+    def controlplane(self) -> cplane.ControlPlane:
+        from lab import toolchain
+
+        lab_dir = self.lab.state
+        self.cp_was_running = cplane.status(lab_dir)["ready"]
+        return cplane.up("127.0.0.1", 6443 + INSTANCE, lab_dir=lab_dir, bin_dir=toolchain.ensure_built(),
+                         etcd_client_port=cplane.ETCD_CLIENT_PORT + INSTANCE,
+                         etcd_peer_port=cplane.ETCD_PEER_PORT + INSTANCE)
+
+    def lab_env(self, nodes: int, kubeconfig: Path) -> LabEnv:
+        self.lab.up(masters=3, nodes=nodes)
+        state = self.lab.state
+        summary = lab_images.generate(state / "images", apps=3, app_size=512 << 10, layers=2,
+                                      cluster_size=1 << 20, seed=0, history=state / "application.json")
+        refs = [f"{r['repository']}:{r['tag']}@{r['digest']}"
+                for img in [summary["cluster"], *summary["apps"]] for r in img["refs"]]
+        return LabEnv(lab=self.lab, inventory=self.lab.inventory(), key_path=self.lab.key_path,
+                      store=Path(summary["store"]), history_file=Path(summary["history"]),
+                      cluster_image_id=summary["cluster_image_id"], refs=refs,
+                      kubeconfig=kubeconfig, ca=self.ca)
+
+    def deploy(self, name: str, env: LabEnv) -> BenchStack:
+        stack = fresh_stack(name, self.env)
+        self.stacks.append(stack)
+        stack.configure(stack_values(env, master0=env.masters[0], distribution="pre"),
+                        {**SECRETS, "registry.tls.ca_key": env.ca[1]})
+        report = stack.up(self.args.parallel)
+        log(f"deployed {name} ({len(env.all_ips)} hosts) in {report.seconds:.1f}s, "
+            f"{len(report.remote_commands())} commands")
+        return stack
+
+    def kill_and_plan(self, stack: BenchStack, env: LabEnv) -> tuple[str, str]:
+        old, new = env.masters[0], env.masters[1]
+        self.lab.kill(old)
+        stack.set("master0", new)
+        stack.set("down_hosts", [old])
+        return old, new
+
+    def check_recovered(self, env: LabEnv, old: str, new: str, packets_before: int) -> None:
+        if self.lab.packets_to(old) != packets_before:
+            raise BenchError(f"the recovery sent packets to the dead master0 {old}")
+        if not registry_running(self.lab, new):
+            raise BenchError(f"no registry answers on the new master0 {new}")
+        wrong = [ip for ip in env.all_ips
+                 if ip != old and hosts_line(self.lab, ip) != [f"{new} {DOMAIN} #hostalias-set-by-sealer"]]
+        if wrong:
+            raise BenchError(f"hosts entry not moved to {new} on {wrong}")
+
+    # ------------------------------------------------------------ phases
+    def phase_small(self, cp: cplane.ControlPlane) -> None:
+        n = self.args.nodes
+        log(f"phase small: lab of 3 masters + {n} nodes (instance {INSTANCE})")
+        env = self.lab_env(n, cp.kubeconfig)
+        stack = self.deploy("bench", env)
+
+        load = os.getloadavg()[0]
+        noop = stack.up(self.args.parallel)
+        self.record("noop_changes", len(noop.changed()), load)
+        self.record("noop_remote_commands", len(noop.remote_commands()))
+        self.record("noop_s", noop.seconds)
+        log(f"no-op up: {noop.seconds:.1f}s, changes {noop.changed()}, commands {noop.remote_commands()}")
+
+        if "copy" in self.args.only:
+            self.phase_copy(env.nodes[-1])
+
+        old, new = self.kill_and_plan(stack, env)
+        before = self.lab.packets_to(old)
+        load = os.getloadavg()[0]
+        rec = stack.up(self.args.parallel)
+        self.record("rto_s", rec.seconds, load)
+        self.record("rto_remote_commands", len(rec.remote_commands()))
+        self.check_recovered(env, old, new, before)
+        log(f"recovery up (3+{n}): {rec.seconds:.1f}s, {len(rec.remote_commands())} commands")
+
+    def phase_copy(self, host: str) -> None:
+        size = self.args.copy_size
+        log(f"phase copy: {size >> 20} MiB registry to {host}, {self.args.repeat} round(s)")
+        src = self.copy_source()
+        load = os.getloadavg()[0]
+        res = copybench.measure(self.lab, host, src, self.args.repeat, log)
+        self.results["conditions"]["copy"] = {"load_before": round(load, 2),
+                                              "load_after": round(os.getloadavg()[0], 2)}
+        self.results["copy_source"] = {"files": len(src.files()), "bytes": src.bytes(),
+                                       "blobs": sum(1 for f in src.files() if "/blobs/" in f)}
+        for key, value in res.items():
+            if key in ("copy", "copy_tar_ssh", "copy_tar_ssh_gcm", "copy_sftp_md5"):
+                key = f"{key}_1gib_s"
+            self.record(key, value)
+
+    def copy_source(self) -> copybench.Source:
+        """One image of about copy_size bytes (layers 1 KiB to 200 MiB), generated once and kept
+        under .bench/ for later runs."""
+        a = self.args
+        store = BENCH_DIR / f"copy-store-{a.copy_size >> 20}MiB-{a.copy_layers}layers-seed0"
+        marker = store / "summary.json"
+        if not marker.exists():
+            shutil.rmtree(store, ignore_errors=True)
+            started = time.monotonic()
+            summary = lab_images.generate(store / "images", apps=0, layers=a.copy_layers,
+                                          cluster_size=a.copy_size, seed=0, min_layer=1 << 10,
+                                          max_layer=200 << 20)
+            summary.pop("application", None)
+            marker.write_text(json.dumps(summary, indent=2) + "\n")
+            log(f"generated the copy data in {time.monotonic() - started:.1f}s")
+        summary = json.loads(marker.read_text())
+        return copybench.Source(Path(summary["store"]), summary["cluster_image_id"].split(":", 1)[1])
+
+    def phase_large(self, cp: cplane.ControlPlane) -> None:
+        m = self.args.nodes_large
+        log(f"phase large: fresh lab of 3 masters + {m} nodes")
+        self.lab.down()
+        env = self.lab_env(m, cp.kubeconfig)
+        stack = self.deploy("bench50", env)
+        old, new = self.kill_and_plan(stack, env)
+        live = [ip for ip in env.all_ips if ip != old]
+        before = self.lab.packets_to(old)
+
+        # Baseline first, from the same state, then undone exactly (files restored byte for byte,
+        # the registry it launched stopped) so the program's recovery starts where it would have.
+        saved = {ip: self.lab.run(ip, "cat /etc/hosts").stdout for ip in live}
+        load = os.getloadavg()[0]
+        started = time.monotonic()
+        done = subprocess.run(["bash", str(SEQUENTIAL), str(self.lab.key_path),
+                               str(self.lab.known_hosts_path), env.rootfs, str(PORT), DOMAIN, new,
+                               *live], capture_output=True, text=True, timeout=1800)
+        seq = time.monotonic() - started
+        if done.returncode != 0:
+            raise BenchError(f"sequential baseline exited {done.returncode}: {done.stderr[-2000:]}")
+        self.check_recovered(env, old, new, before)
+        self.record("rto_sequential_50_s", seq, load)
+        self.record("rto_sequential_ssh_sessions", 1 + len(live))
+        log(f"sequential baseline (3+{m}): {seq:.1f}s, {1 + len(live)} SSH sessions")
+        self.lab.run(new, f"cd {env.rootfs}/scripts && bash stop-registry.sh")
+        for ip, text in saved.items():
+            self.lab.run(ip, "cat > /etc/hosts", input=text)
+        if registry_running(self.lab, new):
+            raise BenchError("the baseline's registry still runs after the undo")
+
+        load = os.getloadavg()[0]
+        plan = stack.preview(self.args.parallel)
+        self.record("preview_50_s", plan.seconds, load)
+        touching_old = [k for k, op in plan.changed().items() if k.endswith(old) and op != "delete"]
+        if touching_old:
+            raise BenchError(f"the recovery plan touches the dead master0: {touching_old}")
+        log(f"recovery preview (3+{m}): {plan.seconds:.1f}s, {len(plan.changed())} planned changes")
+
+        load = os.getloadavg()[0]
+        with TreePeak() as peak:
+            rec = stack.up(self.args.parallel)
+        self.record("rto_50_s", rec.seconds, load)
+        self.record("rto_50_remote_commands", len(rec.remote_commands()))
+        self.record("rss_mb", round(peak.mb, 1))
+        self.results["rss_by_process_mb"] = {k: round(v / (1 << 20), 1) for k, v in
+                                             sorted(peak.by_name.items(), key=lambda kv: -kv[1])}
+        self.check_recovered(env, old, new, before)
+        log(f"recovery up (3+{m}): {rec.seconds:.1f}s, {len(rec.remote_commands())} commands, "
+            f"peak RSS {peak.mb:.0f} MiB over {peak.samples} samples")
+
+    # ------------------------------------------------------------ main
+    def execute(self) -> int:
+        if os.geteuid() != 0:
+            raise BenchError("the bench needs root (lab hosts are namespaces with their own sshd)")
+        if INSTANCE == 0 and Path(f"/sys/class/net/{BRIDGE}").exists() and not self.args.allow_instance_0:
+            raise BenchError("lab instance 0 is up (make test?): run with SEALER_LAB_INSTANCE=1")
+        started = time.monotonic()
+        try:
+            self.env = engine_env()
+            cp = self.controlplane()
+            log(f"control plane {cp.server}; pulumi state {BENCH_DIR / 'state'}")
+            if "small" in self.args.only or "copy" in self.args.only:
+                self.phase_small(cp) if "small" in self.args.only else self.copy_only()
+            if "large" in self.args.only:
+                self.phase_large(cp)
+        except Exception as e:  # keep what was measured; say what failed
+            self.results["errors"].append(f"{type(e).__name__}: {e}")
+            traceback.print_exc()
+        finally:
+            self.results["bench_seconds"] = round(time.monotonic() - started, 1)
+            self.save()
+            if not self.args.keep:
+                self.teardown()
+        print()
+        print(table(self.results))
+        print(f"\nresults: {self.args.out} ({self.results['bench_seconds']:.0f}s)")
+        return 1 if self.results["errors"] else 0
+
+    def copy_only(self) -> None:
+        self.lab.up(masters=1, nodes=1)
+        self.phase_copy(self.lab.nodes()[0].name)
+
+    def teardown(self) -> None:
+        for stack in self.stacks:
+            try:
+                stack.remove()
+            except Exception as e:  # noqa: BLE001  (teardown goes on)
+                log(f"could not remove stack {stack.name}: {e}")
+        if not getattr(self, "cp_was_running", True):
+            cplane.down(self.lab.state)
+        self.lab.down()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 12 nodes in both phases, 64 MiB copies, one round")
+    p.add_argument("--nodes", type=int, help="nodes of the small phase (default 12)")
+    p.add_argument("--nodes-large", type=int, help="nodes of the large phase (default 50)")
+    p.add_argument("--copy-size", type=lab_images.parse_size, help="copied registry (default 1GiB)")
+    p.add_argument("--copy-layers", type=int, default=190,
+                   help="layers of the copied image (sizes 1 KiB to 200 MiB; default 190)")
+    p.add_argument("--repeat", type=int, help="rounds of each copy; the median counts (default 3)")
+    p.add_argument("--parallel", type=int, help="engine --parallel for every up/preview")
+    p.add_argument("--only", default="small,copy,large",
+                   help="phases to run, comma separated: small,copy,large")
+    p.add_argument("--out", default=str(BENCH_DIR / "results.json"))
+    p.add_argument("--keep", action="store_true", help="leave the lab, control plane and stacks up")
+    p.add_argument("--allow-instance-0", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.nodes = a.nodes or 12
+    a.nodes_large = a.nodes_large or (12 if a.quick else 50)
+    a.copy_size = a.copy_size or ((64 << 20) if a.quick else (1 << 30))
+    a.repeat = a.repeat or (1 if a.quick else 3)
+    a.only = {s.strip() for s in a.only.split(",") if s.strip()}
+    unknown = a.only - {"small", "copy", "large"}
+    if unknown:
+        p.error(f"unknown phase(s) {sorted(unknown)}")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return Run(args).execute()
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
