@@ -29,18 +29,23 @@ import subprocess
 import time
 from pathlib import Path
 
-PREFIX = "srl-"
-BRIDGE = "srl-br0"
-GATEWAY = "198.18.0.1"
-SUBNET = ipaddress.ip_network("198.18.0.0/24")
+# Several labs can live side by side (a benchmark next to a test run): instance N uses
+# 198.18.N.0/24 and names `srlN-*`; instance 0 (the default) keeps `srl-*` on 198.18.0.0/24.
+INSTANCE = int(os.environ.get("SEALER_LAB_INSTANCE", "0"))
+if not 0 <= INSTANCE <= 255:
+    raise ValueError(f"SEALER_LAB_INSTANCE={INSTANCE} is not in 0..255")
+PREFIX = "srl-" if INSTANCE == 0 else f"srl{INSTANCE}-"
+BRIDGE = f"{PREFIX}br0"
+GATEWAY = f"198.18.{INSTANCE}.1"
+SUBNET = ipaddress.ip_network(f"198.18.{INSTANCE}.0/24")
 MASTER_BASE = 11
 NODE_BASE = 21
 MAX_MASTERS = NODE_BASE - MASTER_BASE
-NFT_TABLE = "srl_lab"
+NFT_TABLE = "srl_lab" if INSTANCE == 0 else f"srl{INSTANCE}_lab"
 DEFAULT_CLUSTER = "lab"
 DEFAULT_DATA_ROOT = "/var/lib/sealer/data"
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_STATE = REPO / ".lab"
+DEFAULT_STATE = REPO / (".lab" if INSTANCE == 0 else f".lab{INSTANCE}")
 ROOTFS_SRC = Path(__file__).resolve().parent / "rootfs"
 # Directories that each host gets privately (bind mounts of <hostdir>/<name>).
 PRIVATE_DIRS = {"/etc": "etc", "/root": "root", "/tmp": "tmp", "/var/log": "var-log",
@@ -85,10 +90,10 @@ def plan_hosts(masters: int, nodes: int) -> list[tuple[str, str, str]]:
         raise LabError(f"nodes must be 0..{254 - NODE_BASE}, got {nodes}")
     out = []
     for i in range(masters):
-        ip = f"198.18.0.{MASTER_BASE + i}"
+        ip = f"198.18.{INSTANCE}.{MASTER_BASE + i}"
         out.append((octet_name(ip), ip, "master"))
     for i in range(nodes):
-        ip = f"198.18.0.{NODE_BASE + i}"
+        ip = f"198.18.{INSTANCE}.{NODE_BASE + i}"
         out.append((octet_name(ip), ip, "node"))
     return out
 

@@ -44,3 +44,16 @@ class Kube:
 
     def secret(self, name: str, namespace: str = "kube-system") -> dict | None:
         return self.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+
+
+def configmap_body(name: str, data: dict[str, str], namespace: str = "kube-system") -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace}, "data": data}
+
+
+def create(kube: Kube, path: str, body: dict) -> dict:
+    """POST ``body`` to ``path`` (a collection), as another client (sealer) would."""
+    request = urllib.request.Request(kube.server + path, data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, context=kube.context, timeout=10) as r:
+        return json.loads(r.read())

@@ -75,10 +75,18 @@ class ProgramStack:
             self.stack.set_config(f"{PROJECT}:{path}", auto.ConfigValue(value, secret=True),
                                   path=True)
 
-    def set(self, key: str, value: Any) -> None:
-        """One plain key, as `pulumi config set --path` would (lists and objects as JSON)."""
+    def set(self, path: str, value: Any) -> None:
+        """One plain value at a dotted path, as `pulumi config set --path` would; the rest of the
+        object (its encrypted values included) stays as it is."""
         doc = yaml.safe_load(self.stack_file.read_text())
-        doc["config"][f"{PROJECT}:{key}"] = value
+        top, *rest = path.split(".")
+        if not rest:
+            doc["config"][f"{PROJECT}:{top}"] = value
+        else:
+            node = doc["config"][f"{PROJECT}:{top}"]
+            for part in rest[:-1]:
+                node = node.setdefault(part, {})
+            node[rest[-1]] = value
         self.stack_file.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def preview(self) -> RunReport:
