@@ -13,6 +13,7 @@ import subprocess
 import pytest
 
 from lab import Lab
+from lab.hosts import NFT_TABLE, PREFIX
 
 TEST_TIMEOUT_S = 180
 NEEDED = ("ip", "nft", "unshare", "nsenter", "/usr/sbin/sshd", "ssh", "ssh-keygen",
@@ -59,22 +60,33 @@ def _clean_slate() -> None:
     Lab().down()
 
 
+def _other_instance(pid: str) -> bool:
+    """The process lives in a named netns of another lab instance (e.g. a benchmark's srl1-*)."""
+    name = subprocess.run(["ip", "netns", "identify", pid], capture_output=True, text=True).stdout.strip()
+    return bool(name) and not name.startswith(PREFIX)
+
+
 def _leftovers() -> list[str]:
-    """Everything with the lab's name prefix that still exists in the root namespace."""
+    """Everything of this lab instance (name prefix PREFIX) that still exists; other instances'
+    labs running side by side are not ours to judge."""
     found = []
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    found += [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith("srl-")]
-    found += [f"link {n}" for n in os.listdir("/sys/class/net") if n.startswith("srl-")]
+    found += [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith(PREFIX)]
+    found += [f"link {n}" for n in os.listdir("/sys/class/net") if n.startswith(PREFIX)]
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    found += [f"nft {t}" for t in tables.splitlines() if "srl_" in t]
+    found += [f"nft {t}" for t in tables.splitlines() if t.split()[-1] == NFT_TABLE]
     with open("/proc/self/mountinfo") as f:
-        found += [f"mount {line.split()[4]}" for line in f if "srl-" in line or "/hosts/srl-" in line]
+        found += [f"mount {line.split()[4]}" for line in f
+                  if f"/hosts/{PREFIX}" in line or f"/netns/{PREFIX}" in line]
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read()
+            if (cmd == b"sleep\0infinity\0" or cmd.startswith(b"/usr/sbin/sshd")
+                    or b"docker-registry\0serve" in cmd) and _other_instance(pid):
+                continue
             if cmd == b"sleep\0infinity\0" and os.readlink(f"/proc/{pid}/ns/mnt") != \
                     os.readlink("/proc/self/ns/mnt"):
                 found.append(f"holder process {pid}")
