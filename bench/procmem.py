@@ -1,6 +1,7 @@
 """Peak resident memory of a process tree, sampled from /proc while something runs.
 
-The tree is every descendant of ``root`` (the bench process itself is excluded): the `pulumi` CLI
+The tree is every descendant of ``root`` started after the sampler (the bench process itself and
+the lab's host holders it started earlier are excluded): the `pulumi` CLI
 the Automation API starts, its language host and providers, and the `ssh` clients they run. RSS is
 summed over the processes, so pages they share count once per process: an upper bound.
 """
@@ -62,6 +63,8 @@ class TreePeak:
     def _sample(self) -> None:
         total, names = 0, {}
         for pid in descendants(self.root):
+            if pid in self._before:
+                continue
             rss = rss_bytes(pid)
             total += rss
             try:
@@ -79,6 +82,9 @@ class TreePeak:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "TreePeak":
+        # Descendants that exist already (the lab's host holders, started by this process) are not
+        # part of the run.
+        self._before = set(descendants(self.root))
         self._thread.start()
         return self
 

@@ -106,6 +106,7 @@ def table(results: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += profile_lines(results)
     m = results.get("machine", {})
     lines.append("")
     lines.append(f"machine: {m.get('nproc')} cores, {m.get('memory_gib')} GiB, {m.get('cpu')}; "
@@ -118,3 +119,21 @@ def table(results: dict) -> str:
         lines.append("note: lab instance 0 (make test) was active during this run; the figures "
                      "shared the 2 cores with it")
     return "\n".join(lines)
+
+
+def profile_lines(results: dict) -> list[str]:
+    """Where each profiled run's time went: engine start to the first command, the commands, the
+    rest; the CPU of the run's process tree and of the whole machine (busy / wall x cores)."""
+    prof = results.get("profile") or {}
+    if not prof:
+        return []
+    out = ["", "profile (s: wall; first cmd at; last cmd done at; cmds; median cmd s; max parallel; "
+               "engine-tree CPU s; machine busy %)"]
+    for name, p in prof.items():
+        busy = p.get("machine_busy_cpu_s")
+        pct = (100 * busy / (p["seconds"] * p["machine_cores"])) if busy is not None and p.get("seconds") else None
+        out.append(f"  {name:34} {p.get('seconds', 0):6.2f}  {p.get('first_command_at_s', '-')!s:>5}  "
+                   f"{p.get('last_command_done_at_s', '-')!s:>5}  {p.get('commands', 0):>3}  "
+                   f"{p.get('command_s_median', '-')!s:>5}  {p.get('max_concurrent', '-')!s:>3}  "
+                   f"{p.get('engine_tree_cpu_s', '-')!s:>5}  {'-' if pct is None else f'{pct:.0f}%'}")
+    return out

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import controlplane as cplane
@@ -45,28 +47,100 @@ class BenchError(RuntimeError):
     pass
 
 
+def _cpu_busy() -> float:
+    """Seconds of CPU the whole machine spent busy (all cores) since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Timeline:
+    """When each resource step started and ended (engine events, as they arrive)."""
+
+    start: float
+    began: dict[str, float] = field(default_factory=dict)
+    ended: dict[str, float] = field(default_factory=dict)
+
+    def summary(self, report: RunReport, total: float) -> dict:
+        commands = [n for n in report.remote_commands() if n in self.began and n in self.ended]
+        if not commands:
+            return {"commands": 0}
+        durations = sorted(self.ended[n] - self.began[n] for n in commands)
+        first = min(self.began[n] for n in commands) - self.start
+        last = max(self.ended[n] for n in commands) - self.start
+        edges = sorted([(self.began[n], 1) for n in commands] + [(self.ended[n], -1) for n in commands])
+        live = peak = 0
+        for _t, step in edges:
+            live += step
+            peak = max(peak, live)
+        return {"commands": len(commands), "first_command_at_s": round(first, 2),
+                "last_command_done_at_s": round(last, 2), "after_last_command_s": round(total - last, 2),
+                "command_s_median": round(durations[len(durations) // 2], 2),
+                "command_s_max": round(durations[-1], 2),
+                "command_s_sum": round(sum(durations), 1), "max_concurrent": peak}
+
+
+def _timed_handler(report: RunReport, timeline: Timeline):
+    record_op = _on_event(report)
+
+    def handle(event) -> None:
+        record_op(event)
+        now = time.monotonic()
+        if event.resource_pre_event is not None and event.resource_pre_event.metadata is not None:
+            timeline.began.setdefault(event.resource_pre_event.metadata.urn.rsplit("::", 1)[-1], now)
+        done = event.res_outputs_event or event.res_op_failed_event
+        meta = getattr(done, "metadata", None)
+        if meta is not None:
+            timeline.ended[meta.urn.rsplit("::", 1)[-1]] = now
+    return handle
+
+
 class BenchStack(ProgramStack):
-    """ProgramStack with the engine's --parallel as a knob (None: the engine's default)."""
+    """ProgramStack with the engine's --parallel as a knob (None: the engine's default), extra
+    engine env for one run, and a profile of each run: step timeline, CPU."""
 
-    def up(self, parallel: int | None = None) -> RunReport:
+    profile: dict
+
+    def _run(self, op: str, parallel: int | None, extra_env: dict[str, str] | None) -> RunReport:
         report = RunReport()
-        start = time.monotonic()
         kwargs = {"parallel": parallel} if parallel else {}
-        result = self.stack.up(on_event=_on_event(report), color="never", **kwargs)
+        workspace_env = self.stack.workspace.env_vars
+        saved = dict(workspace_env)
+        workspace_env.update(extra_env or {})
+        cpu_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy = _cpu_busy()
+        start = time.monotonic()
+        timeline = Timeline(start)
+        try:
+            if op == "up":
+                result = self.stack.up(on_event=_timed_handler(report, timeline), color="never", **kwargs)
+                report.summary = result.summary.resource_changes
+            else:
+                result = self.stack.preview(on_event=_timed_handler(report, timeline), color="never",
+                                            **kwargs)
+                report.summary = result.change_summary
+        finally:
+            workspace_env.clear()
+            workspace_env.update(saved)
         report.seconds = time.monotonic() - start
-        report.summary = result.summary.resource_changes
         report.stdout = result.stdout
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.profile = {
+            "seconds": round(report.seconds, 2),
+            "engine_tree_cpu_s": round(after.ru_utime + after.ru_stime
+                                       - cpu_children.ru_utime - cpu_children.ru_stime, 1),
+            "machine_busy_cpu_s": round(_cpu_busy() - busy, 1),
+            "machine_cores": os.cpu_count(),
+            **timeline.summary(report, report.seconds),
+        }
         return report
 
-    def preview(self, parallel: int | None = None) -> RunReport:
-        report = RunReport()
-        start = time.monotonic()
-        kwargs = {"parallel": parallel} if parallel else {}
-        result = self.stack.preview(on_event=_on_event(report), color="never", **kwargs)
-        report.seconds = time.monotonic() - start
-        report.summary = result.change_summary
-        report.stdout = result.stdout
-        return report
+    def up(self, parallel: int | None = None, extra_env: dict[str, str] | None = None) -> RunReport:
+        return self._run("up", parallel, extra_env)
+
+    def preview(self, parallel: int | None = None, extra_env: dict[str, str] | None = None) -> RunReport:
+        return self._run("preview", parallel, extra_env)
 
 
 def engine_env() -> dict[str, str]:
@@ -191,6 +265,7 @@ class Run:
         self.record("noop_changes", len(noop.changed()), load)
         self.record("noop_remote_commands", len(noop.remote_commands()))
         self.record("noop_s", noop.seconds)
+        self.results.setdefault("profile", {})["noop"] = stack.profile
         log(f"no-op up: {noop.seconds:.1f}s, changes {noop.changed()}, commands {noop.remote_commands()}")
 
         if "copy" in self.args.only:
@@ -202,6 +277,7 @@ class Run:
         rec = stack.up(self.args.parallel)
         self.record("rto_s", rec.seconds, load)
         self.record("rto_remote_commands", len(rec.remote_commands()))
+        self.results.setdefault("profile", {})["rto"] = stack.profile
         self.check_recovered(env, old, new, before)
         log(f"recovery up (3+{n}): {rec.seconds:.1f}s, {len(rec.remote_commands())} commands")
 
@@ -252,11 +328,19 @@ class Run:
         # the registry it launched stopped) so the program's recovery starts where it would have.
         saved = {ip: self.lab.run(ip, "cat /etc/hosts").stdout for ip in live}
         load = os.getloadavg()[0]
+        cpu_before, busy_before = resource.getrusage(resource.RUSAGE_CHILDREN), _cpu_busy()
         started = time.monotonic()
         done = subprocess.run(["bash", str(SEQUENTIAL), str(self.lab.key_path),
                                str(self.lab.known_hosts_path), env.rootfs, str(PORT), DOMAIN, new,
                                *live], capture_output=True, text=True, timeout=1800)
         seq = time.monotonic() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.results.setdefault("profile", {})["sequential_50"] = {
+            "seconds": round(seq, 2), "commands": 1 + len(live),
+            "engine_tree_cpu_s": round(cpu_after.ru_utime + cpu_after.ru_stime
+                                       - cpu_before.ru_utime - cpu_before.ru_stime, 1),
+            "machine_busy_cpu_s": round(_cpu_busy() - busy_before, 1), "machine_cores": os.cpu_count(),
+            "max_concurrent": 1}
         if done.returncode != 0:
             raise BenchError(f"sequential baseline exited {done.returncode}: {done.stderr[-2000:]}")
         self.check_recovered(env, old, new, before)
@@ -272,6 +356,7 @@ class Run:
         load = os.getloadavg()[0]
         plan = stack.preview(self.args.parallel)
         self.record("preview_50_s", plan.seconds, load)
+        self.results.setdefault("profile", {})["preview_50"] = stack.profile
         touching_old = [k for k, op in plan.changed().items() if k.endswith(old) and op != "delete"]
         if touching_old:
             raise BenchError(f"the recovery plan touches the dead master0: {touching_old}")
@@ -285,9 +370,41 @@ class Run:
         self.record("rss_mb", round(peak.mb, 1))
         self.results["rss_by_process_mb"] = {k: round(v / (1 << 20), 1) for k, v in
                                              sorted(peak.by_name.items(), key=lambda kv: -kv[1])}
+        self.results.setdefault("profile", {})["rto_50"] = stack.profile
         self.check_recovered(env, old, new, before)
         log(f"recovery up (3+{m}): {rec.seconds:.1f}s, {len(rec.remote_commands())} commands, "
-            f"peak RSS {peak.mb:.0f} MiB over {peak.samples} samples")
+            f"peak RSS {peak.mb:.0f} MiB over {peak.samples} samples; {stack.profile}")
+        state_file = BENCH_DIR / "state" / ".pulumi" / "stacks" / "sealer-registry" / "bench50.json"
+        if state_file.exists():
+            self.record("state_file_bytes_50", state_file.stat().st_size)
+        if self.args.profile:
+            self.profile_large(stack, env, old)
+
+    def profile_large(self, stack: BenchStack, env: LabEnv, old: str) -> None:
+        """What bounds rto_50_s: the engine's fixed cost (a no-op up), then the same move of the
+        registry between the two live masters (launch, standby, every hosts entry, verify) at
+        several --parallel values and with intermediate checkpoints off."""
+        prof = self.results.setdefault("profile", {})
+        noop = stack.up(self.args.parallel)
+        if noop.changed():
+            raise BenchError(f"no-op up after the recovery changed {noop.changed()}")
+        self.record("noop_50_s", noop.seconds)
+        prof["noop_50"] = stack.profile
+        log(f"profile: no-op up (3+{self.args.nodes_large}): {noop.seconds:.1f}s {stack.profile}")
+        current = env.masters[1]
+        variants = [("parallel_8", 8, None), ("parallel_16", 16, None), ("parallel_32", 32, None),
+                    ("parallel_4", 4, None),
+                    ("parallel_8_skip_checkpoints", 8, {"PULUMI_SKIP_CHECKPOINTS": "true"})]
+        for label, parallel, extra in variants:
+            target = env.masters[2] if current == env.masters[1] else env.masters[1]
+            stack.set("master0", target)
+            before = self.lab.packets_to(old)
+            run = stack.up(parallel, extra)
+            self.check_recovered(env, old, target, before)
+            current = target
+            prof[f"move_{label}"] = stack.profile
+            self.save()
+            log(f"profile: move {label}: {run.seconds:.1f}s {stack.profile}")
 
     # ------------------------------------------------------------ main
     def execute(self) -> int:
@@ -343,6 +460,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="layers of the copied image (sizes 1 KiB to 200 MiB; default 190)")
     p.add_argument("--repeat", type=int, help="rounds of each copy; the median counts (default 3)")
     p.add_argument("--parallel", type=int, help="engine --parallel for every up/preview")
+    p.add_argument("--profile", action="store_true",
+                   help="large phase: also a no-op up and the registry moved at several --parallel")
     p.add_argument("--only", default="small,copy,large",
                    help="phases to run, comma separated: small,copy,large")
     p.add_argument("--out", default=str(BENCH_DIR / "results.json"))
