@@ -8,7 +8,7 @@ import pulumi
 from pulumi_command import remote
 
 from .access import SshAccess
-from .remote_scripts import script_run
+from .remote_scripts import host_step, script_run
 
 
 @dataclass(frozen=True)
@@ -36,25 +36,10 @@ class ClusterNode(pulumi.ComponentResource):
         self.ca_trust: remote.Command | None = None
         if args.ca_cert is not None:
             trust = script_run("trust-ca.sh", args.domain, str(args.port), data=args.ca_cert)
-            self.ca_trust = remote.Command(
-                f"ca-trust-{ip}",
-                connection=connection,
-                add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
-                create=trust.command,
-                stdin=trust.stdin,
-                logging=remote.Logging.STDOUT_AND_STDERR,
-                opts=child,
-            )
+            self.ca_trust = host_step(f"ca-trust-{ip}", connection, trust, opts=child)
             before_hosts.append(self.ca_trust)
 
         point = script_run("set-hosts.sh", args.domain, args.master0)
-        self.hosts = remote.Command(
-            f"hosts-{ip}",
-            connection=connection,
-            add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
-            create=point.command,
-            stdin=point.stdin,
-            logging=remote.Logging.STDOUT_AND_STDERR,
-            opts=child.merge(pulumi.ResourceOptions(depends_on=before_hosts)),
-        )
+        self.hosts = host_step(f"hosts-{ip}", connection, point, opts=child.merge(
+            pulumi.ResourceOptions(depends_on=before_hosts)))
         self.register_outputs({"ip": ip, "registry": args.master0})

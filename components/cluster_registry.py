@@ -20,7 +20,7 @@ from .cluster_node import ClusterNode, ClusterNodeArgs
 from .deploy_host import (DeployHost, DeployHostArgs, RegistryRole, material_fingerprint,
                           rootfs_files, rootfs_payload)
 from .records import RegistryRecords, RegistryRecordsArgs
-from .remote_scripts import script_run
+from .remote_scripts import host_step, script_run
 
 
 @dataclass(frozen=True)
@@ -142,21 +142,13 @@ class ClusterRegistry(pulumi.ComponentResource):
         verify = script_run("verify-registry.sh", args.domain, str(args.port),
                             "https" if m.tls else "http", args.username or "", args.master0,
                             *refs, data=password_line)
-        self.verify = remote.Command(
-            "registry-verify",
-            connection=args.access.connection(layout.verifier),
-            add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
-            create=verify.command,
-            stdin=verify.stdin,
+        self.verify = host_step(
+            "registry-verify", args.access.connection(layout.verifier), verify,
             # The material can change with nothing else in this command: verify again then.
             triggers=[fingerprint],
-            logging=remote.Logging.STDOUT_AND_STDERR,
-            opts=child.merge(pulumi.ResourceOptions(
-                depends_on=[launch, *(n.hosts for n in self.nodes.values()),
-                            *(d.registry for d in self.deploy_hosts.values())],
-                additional_secret_outputs=["stdout", "stderr"],
-            )),
-        )
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[
+                launch, *(n.hosts for n in self.nodes.values()),
+                *(d.registry for d in self.deploy_hosts.values())])))
 
         self.master0 = args.master0
         self.endpoint = f"{args.domain}:{args.port}"

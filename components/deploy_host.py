@@ -16,9 +16,7 @@ from pulumi_command import local, remote
 from material import RegistryMaterial
 
 from .access import SshAccess
-from .remote_scripts import script_run
-
-QUIET = remote.Logging.NONE  # output of steps whose stdin holds secrets is never logged
+from .remote_scripts import host_step, local_step, script_run
 
 
 class RegistryRole(StrEnum):
@@ -86,16 +84,7 @@ class DeployHost(pulumi.ComponentResource):
         payload = rootfs_payload(rootfs_files(args.material, args.domain))
 
         write = script_run("write-rootfs.sh", args.rootfs, data=pulumi.Output.secret(payload))
-        self.rootfs = remote.Command(
-            f"rootfs-{ip}",
-            connection=connection,
-            add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
-            create=write.command,
-            stdin=write.stdin,
-            logging=QUIET,
-            opts=child.merge(pulumi.ResourceOptions(
-                additional_secret_outputs=["stdout", "stderr"])),
-        )
+        self.rootfs = host_step(f"rootfs-{ip}", connection, write, quiet=True, opts=child)
         steps: list[pulumi.Resource] = [self.rootfs]
 
         self.data: local.Command | None = None
@@ -104,40 +93,18 @@ class DeployHost(pulumi.ComponentResource):
                 "sync-data.sh", *args.access.rsync_flags(ip),
                 f"{args.access.user}@{ip}", str(args.access.port), args.rootfs,
                 args.image_store, *args.images, data=args.access.private_key)
-            self.data = local.Command(
-                f"data-{ip}",
-                add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
-                create=sync.command,
-                stdin=sync.stdin,
-                logging=local.Logging.STDERR,
-                opts=child,
-            )
+            self.data = local_step(f"data-{ip}", sync, opts=child)
             steps.append(self.data)
 
         after_files = child.merge(pulumi.ResourceOptions(depends_on=steps))
         if args.role is RegistryRole.LAUNCH:
             launch = script_run("launch-registry.sh", args.rootfs, str(args.port), args.domain,
                                 material_fingerprint(payload))
-            self.registry = remote.Command(
-                f"registry-launch-{ip}",
-                connection=connection,
-                add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
-                create=launch.command,
-                stdin=launch.stdin,
-                logging=remote.Logging.STDOUT_AND_STDERR,
-                opts=after_files,
-            )
+            self.registry = host_step(f"registry-launch-{ip}", connection, launch, opts=after_files)
         else:
             standby = script_run("standby-registry.sh", args.rootfs)
-            self.registry = remote.Command(
-                f"registry-standby-{ip}",
-                connection=connection,
-                add_previous_output_in_env=False,  # else an update asks sshd to SetEnv
-                create=standby.command,
-                stdin=standby.stdin,
-                logging=remote.Logging.STDOUT_AND_STDERR,
-                opts=after_files,
-            )
+            self.registry = host_step(f"registry-standby-{ip}", connection, standby,
+                                      opts=after_files)
 
         self.register_outputs({
             "ip": ip,

@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 import pulumi
+from pulumi_command import local, remote
 
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
 LAST_LINE = 'main "$@"\n'
@@ -46,3 +47,26 @@ def script_run(name: str, *args: str, data: pulumi.Input[str] | None = None) -> 
     if data is None:
         return ScriptRun(command, body)
     return ScriptRun(command, pulumi.Output.from_input(data).apply(lambda d: body + d))
+
+
+def host_step(name: str, connection: remote.ConnectionArgs, run: ScriptRun, *,
+              quiet: bool = False, opts: pulumi.ResourceOptions | None = None,
+              triggers: list | None = None) -> remote.Command:
+    """A step on a host: ``run`` over SSH, no delete command (dropping the step never dials the
+    host). ``quiet`` for steps whose stdin holds secrets: nothing is logged and the output is
+    stored as a secret."""
+    if quiet:
+        secret_out = pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr"])
+        opts = secret_out if opts is None else opts.merge(secret_out)
+    return remote.Command(
+        name, connection=connection, create=run.command, stdin=run.stdin, triggers=triggers,
+        # Else an update asks sshd to SetEnv the previous output, which stock sshd refuses.
+        add_previous_output_in_env=False,
+        logging=remote.Logging.NONE if quiet else remote.Logging.STDOUT_AND_STDERR,
+        opts=opts)
+
+
+def local_step(name: str, run: ScriptRun, *, opts: pulumi.ResourceOptions | None = None) -> local.Command:
+    """A step on the machine that runs `pulumi` (e.g. rsync to a host); stderr is logged."""
+    return local.Command(name, create=run.command, stdin=run.stdin,
+                         add_previous_output_in_env=False, logging=local.Logging.STDERR, opts=opts)
