@@ -371,6 +371,7 @@ class Run:
         self.results["rss_by_process_mb"] = {k: round(v / (1 << 20), 1) for k, v in
                                              sorted(peak.by_name.items(), key=lambda kv: -kv[1])}
         self.results.setdefault("profile", {})["rto_50"] = stack.profile
+        self.results["cpu_by_process_s"] = peak.cpu_by_name()
         self.check_recovered(env, old, new, before)
         log(f"recovery up (3+{m}): {rec.seconds:.1f}s, {len(rec.remote_commands())} commands, "
             f"peak RSS {peak.mb:.0f} MiB over {peak.samples} samples; {stack.profile}")
