@@ -16,7 +16,7 @@ from components.access import JumpHost, SshAccess
 from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs
 from config.errors import ConfigError
 from config.image_store import load_images
-from config.loader import read_runtime_config
+from config.loader import load_stack_file, read_runtime_config, stack_file_path
 from material import build_material
 
 
@@ -32,6 +32,11 @@ def read_file(path: str, field: str) -> str:
 
 
 def main() -> None:
+    # The engine only knows secrecy per top-level key; the stack file shows each value, so a
+    # plaintext password next to an encrypted key is refused here as `cli validate` refuses it.
+    stack_file = stack_file_path(pulumi.get_stack())
+    if stack_file.is_file():
+        load_stack_file(stack_file)
     cfg = read_runtime_config()
     reg, cluster, tls = cfg.registry, cfg.cluster, cfg.registry.tls
     history = cfg.history
