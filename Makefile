@@ -12,6 +12,7 @@ APT_PACKAGES := openssh-server openssh-client docker-registry rsync curl iproute
 
 help:
 	@echo "make demo       lab up, deploy, kill master0, recover with the CLI, status (KEEP=1 keeps the lab)"
+	@echo "make bench      benchmarks in a second lab instance -> .bench/results.json (not part of make test)"
 	@echo "make deps       pip install the pinned Python packages"
 	@echo "make lab-deps   apt + pip: everything the lab and the tests need (root)"
 	@echo "make toolchain  build (or reuse) the Pulumi engine, plugins and kube-apiserver"
@@ -46,6 +47,9 @@ lab-up:
 
 lab-down:
 	$(PYTHON) -m lab down
+
+bench:
+	$(PYTHON) -m bench
 
 demo:
 	$(PYTHON) -m lab.demo $(if $(filter 1,$(KEEP)),--keep)

@@ -46,6 +46,8 @@ def script_run(name: str, *args: str, data: pulumi.Input[str] | None = None) -> 
     body = script_body(name)
     if data is None:
         return ScriptRun(command, body)
+    if isinstance(data, str):  # outside a Pulumi program (the CLI's probes, tests)
+        return ScriptRun(command, body + data)
     return ScriptRun(command, pulumi.Output.from_input(data).apply(lambda d: body + d))
 
 

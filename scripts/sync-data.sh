@@ -67,9 +67,10 @@ main() {
   info "$(wc -l <"$WORK/sent") paths sent, $(wc -l <"$WORK/blobs") blobs; verifying them on $host"
   if [[ -s "$WORK/blobs" ]]; then
     # Hash on the host what was sent; a blob whose content differs from its name fails the step.
-    "${ssh_cmd[@]}" "$target" "cd $(printf '%q' "$rootfs/registry") && xargs -d '\n' sha256sum" \
+    # openssl hashes ~5x faster than coreutils' sha256sum where the CPU has SHA extensions.
+    "${ssh_cmd[@]}" "$target" "cd $(printf '%q' "$rootfs/registry") && if command -v openssl >/dev/null; then xargs -d '\n' openssl dgst -sha256 -r; else xargs -d '\n' sha256sum; fi" \
       <"$WORK/blobs" |
-      awk '{ n = split($2, p, "/"); if (p[n - 1] != $1) { print "corrupt blob: " $2; bad++ } }
+      awk '{ sub(/^\*/, "", $2); n = split($2, p, "/"); if (p[n - 1] != $1) { print "corrupt blob: " $2; bad++ } }
            END { exit bad > 0 }' >&2 || fatal "blob verification failed on $host"
   fi
   echo "synced $# images to $host"

@@ -1,0 +1,60 @@
+"""scripts/sync-data.sh on real hosts: the union of images arrives, a resync sends nothing, and a
+blob whose content does not match its digest fails the copy."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from components.remote_scripts import script_run
+from lab import images
+
+ROOTFS = "/var/lib/sealer/data/lab/rootfs"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sync-store")
+    summary = images.generate(root / "store", apps=2, app_size=256 << 10, layers=2,
+                              cluster_size=512 << 10, history=root / "application.json")
+    return Path(summary["store"]), [summary["cluster_image_id"], *(a["image_id"] for a in summary["apps"])]
+
+
+def sync(lab, ip, store, ids) -> subprocess.CompletedProcess:
+    host = lab.host(ip)
+    run = script_run("sync-data.sh", "--key-stdin", "--host-key", host.host_key, f"root@{ip}", "22",
+                     ROOTFS, str(store), *(i.removeprefix("sha256:") for i in ids),
+                     data=lab.key_path.read_text())
+    return subprocess.run(["bash", "-c", run.command], input=run.stdin, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_copies_the_union_then_resyncs_nothing(lab, store):
+    """Every image's blobs arrive; a second sync sends no file."""
+    path, ids = store
+    ip = lab.masters()[0].ip
+    first = sync(lab, ip, path, ids)
+    assert first.returncode == 0, first.stderr
+    sent = [line for line in first.stderr.splitlines() if "paths sent" in line]
+    assert sent and not sent[0].split(": ", 1)[1].startswith("0 paths")
+    local = {p.parent.name for p in path.glob("*/docker/registry/v2/blobs/sha256/*/*/data")}
+    remote = lab.run(ip, f"find {ROOTFS}/registry -path '*/blobs/*' -name data").stdout.split()
+    assert {Path(p).parent.name for p in remote} == local
+    again = sync(lab, ip, path, ids)
+    assert again.returncode == 0 and "0 paths sent, 0 blobs" in again.stderr, again.stderr
+
+
+def test_a_corrupt_blob_fails_the_copy(lab, store, tmp_path):
+    """A blob whose bytes no longer match its name is caught by the hash check on the host."""
+    path, ids = store
+    bad = tmp_path / "store"
+    shutil.copytree(path, bad)
+    blob = next(bad.glob("*/docker/registry/v2/blobs/sha256/*/*/data"))
+    data = bytearray(blob.read_bytes())
+    data[0] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    done = sync(lab, lab.masters()[1].ip, bad, ids)
+    assert done.returncode != 0
+    assert f"corrupt blob: " in done.stderr and blob.parent.name in done.stderr, done.stderr
