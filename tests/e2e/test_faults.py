@@ -163,3 +163,39 @@ def test_tls_verifies_with_the_ca_for_the_domain_and_every_deploy_ip(lab_env, st
     node = lab_env.nodes[0]
     lab_env.lab.run(node, "cat > /tmp/ca.crt", input=lab_env.ca[0])
     assert curl_code(lab_env, node, f"--cacert /tmp/ca.crt https://{m0}:{PORT}/v2/") == "401"
+
+
+def test_sigint_mid_recovery_then_rerun_converges(lab_env, stack):  # noqa: F811
+    """master0 dies; `pulumi up` of the recovery is interrupted with SIGINT once its first host
+    step starts; the rerun converges: registry on the new master0, every live host points at
+    it, no packet to the dead one, and a third `up` changes nothing."""
+    import signal
+
+    from tests.e2e.lifecycle import hosts_line, registry_running
+
+    old, new = lab_env.masters[0], lab_env.masters[1]
+    lab_env.lab.kill(old)
+    before = lab_env.lab.packets_to(old)
+    stack.set("master0", new)
+    stack.set("down_hosts", [old])
+    up = subprocess.Popen(["pulumi", "up", "--yes", "--skip-preview", "--non-interactive",
+                           "--stack", stack.name], cwd=PROJECT_DIR, env=stack.env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in up.stdout:
+        seen.append(line)
+        if "hosts-" in line and "updating" in line:
+            up.send_signal(signal.SIGINT)
+            break
+    rest, _ = up.communicate(timeout=120)
+    interrupted = "".join(seen) + rest
+    assert up.returncode != 0, interrupted[-2000:]
+    print(interrupted[-1500:])
+    report = stack.up()
+    assert registry_running(lab_env.lab, new)
+    for ip in lab_env.all_ips:
+        if ip != old:
+            assert hosts_line(lab_env.lab, ip) == [f"{new} {DOMAIN} #hostalias-set-by-sealer"]
+    assert report.changed(), "the rerun had work left: the SIGINT did land mid-recovery"
+    assert stack.up().changed() == {}
+    assert lab_env.lab.packets_to(old) == before
