@@ -84,10 +84,11 @@ class Lifecycle:
     mode = "pre"
 
     @pytest.fixture(scope="class")
-    def stack(self, lab_env, toolchain_env):
-        stack = ProgramStack(f"e2e-{self.mode}", toolchain_env)
+    @classmethod
+    def stack(cls, lab_env, toolchain_env):
+        stack = ProgramStack(f"e2e-{cls.mode}", toolchain_env)
         m0 = lab_env.masters[0]
-        stack.configure(stack_values(lab_env, master0=m0, distribution=self.mode),
+        stack.configure(stack_values(lab_env, master0=m0, distribution=cls.mode),
                         {**SECRETS, "registry.tls.ca_key": lab_env.ca[1]})
         yield stack
         stack.remove()

@@ -35,7 +35,8 @@ def refused(result, fragment: str) -> None:
 
 class TestOperatorCli:
     @pytest.fixture(scope="class")
-    def stack(self, lab_env, toolchain_env):  # noqa: F811
+    @classmethod
+    def stack(cls, lab_env, toolchain_env):  # noqa: F811
         stack = CliStack("e2e-cli", engine_env(toolchain_env))
         masters = lab_env.masters
         stack.configure(cli_stack_values(lab_env, master0=masters[0], deploy_hosts=masters[:2]),
@@ -92,6 +93,38 @@ class TestOperatorCli:
         refused(result, f"cannot reach {target} over SSH: Connection refused")
         assert stack.stack_file.read_bytes() == before
         assert took < 20
+
+    def test_recover_refuses_an_incomplete_replica_in_pre_mode(self, stack, lab_env):  # noqa: F811
+        """In pre mode the new master0 must already hold every image: a replica missing one
+        image's tag is refused, naming it, and nothing changes."""
+        target = lab_env.masters[1]
+        repo_tag = lab_env.refs[-1].split("@")[0]
+        repo, tag = repo_tag.rsplit(":", 1)
+        link = f"{lab_env.rootfs}/registry/docker/registry/v2/repositories/{repo}/_manifests/tags/{tag}"
+        before = stack.stack_file.read_bytes()
+        lab_env.lab.run(target, f"mv {link} {link}.away")
+        try:
+            result = stack.cli("recover", "master0", "--host", target, "--yes")
+        finally:
+            lab_env.lab.run(target, f"mv {link}.away {link}")
+        refused(result, f"{target}'s replica holds")
+        assert repo_tag in result.stderr
+        assert stack.stack_file.read_bytes() == before
+
+    def test_recover_refuses_when_the_image_store_lacks_an_image(self, stack, lab_env):  # noqa: F811
+        """The local image store must hold every image of the boot history (the data a new
+        master0 may need): a missing one is refused, naming it, and nothing changes."""
+        hexid = lab_env.cluster_image_id.removeprefix("sha256:")
+        image_dir = lab_env.store / hexid
+        before = stack.stack_file.read_bytes()
+        image_dir.rename(image_dir.with_name(hexid + ".away"))
+        try:
+            result = stack.cli("recover", "master0", "--host", lab_env.masters[1], "--yes")
+        finally:
+            image_dir.with_name(hexid + ".away").rename(image_dir)
+        assert result.returncode == 2, result.stderr
+        assert hexid in result.stderr or lab_env.cluster_image_id in result.stderr, result.stderr
+        assert stack.stack_file.read_bytes() == before
 
     def test_status_after_master0_dies_is_degraded_and_bounded(self, stack, lab_env):  # noqa: F811
         """With master0 dead (packets dropped), status exits 1 within seconds and names it."""
