@@ -199,3 +199,24 @@ def test_sigint_mid_recovery_then_rerun_converges(lab_env, stack):  # noqa: F811
     assert report.changed(), "the rerun had work left: the SIGINT did land mid-recovery"
     assert stack.up().changed() == {}
     assert lab_env.lab.packets_to(old) == before
+
+
+def test_up_fails_when_an_image_does_not_resolve_from_a_node(lab_env, stack):  # noqa: F811
+    """The verification is a real gate: with one image's tag gone from master0's registry, an
+    `up` that verifies fails naming the image; once the data is back it passes again."""
+    from pulumi.automation import CommandError
+
+    m0 = stack.outputs()["master0"]
+    repo_tag = lab_env.refs[-1].split("@")[0]
+    repo, tag = repo_tag.rsplit(":", 1)
+    link = f"{lab_env.rootfs}/registry/docker/registry/v2/repositories/{repo}/_manifests/tags/{tag}"
+    verify_urn = next(r["urn"] for r in json.loads(stack.export())["deployment"]["resources"]
+                      if r["urn"].endswith("::registry-verify"))
+    lab_env.lab.run(m0, f"mv {link} {link}.away")
+    try:
+        with pytest.raises(CommandError) as failed:
+            stack.stack.up(replace=[verify_urn], color="never")
+    finally:
+        lab_env.lab.run(m0, f"mv {link}.away {link}")
+    assert f"{repo}:{tag} resolves to" in str(failed.value)
+    stack.stack.up(replace=[verify_urn], color="never")
