@@ -72,8 +72,14 @@ class ProgramStack:
         doc["config"] = {f"{PROJECT}:{k}": v for k, v in plain.items()}
         self.stack_file.write_text(yaml.safe_dump(doc, sort_keys=False))
         for path, value in secrets.items():
-            self.stack.set_config(f"{PROJECT}:{path}", auto.ConfigValue(value, secret=True),
-                                  path=True)
+            self.set_secret(path, value)
+
+    def set_secret(self, path: str, value: str) -> None:
+        """`pulumi config set --secret --path` with the value on stdin: the Automation API's
+        set_config would put it on the command line, visible in every process list."""
+        subprocess.run(["pulumi", "config", "set", "--secret", "--path", "--stack", self.name,
+                        f"{PROJECT}:{path}"], input=value, cwd=PROJECT_DIR, env=self.env,
+                       capture_output=True, text=True, check=True)
 
     def set(self, path: str, value: Any) -> None:
         """One plain value at a dotted path, as `pulumi config set --path` would; the rest of the

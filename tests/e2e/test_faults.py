@@ -104,13 +104,11 @@ class ProcessWatch:
 
 
 def test_secrets_stay_out_of_processes_output_state_and_configmaps(lab_env, stack):  # noqa: F811
-    """Rotating the password (a new htpasswd on every deploy host, a restart, a verification):
-    the password, the htpasswd hash, the CA key and the SSH key appear in no process's command
+    """Rotating the password (set on stdin, then a new htpasswd on every deploy host, a restart, a
+    verification): the password, the htpasswd hash, the CA key and the SSH key appear in no process's command
     line during the run, in no engine output, not in `pulumi stack export`, in no ConfigMap."""
-    stack.stack.set_config("sealer-registry:registry.password",
-                           __import__("pulumi").automation.ConfigValue(NEW_PASSWORD, secret=True),
-                           path=True)
     with ProcessWatch() as watch:
+        stack.set_secret("registry.password", NEW_PASSWORD)
         report = stack.up()
     assert f"rootfs-{lab_env.masters[0]}" in report.changed()
     kube = Kube(lab_env.kubeconfig)
