@@ -1,7 +1,7 @@
 """A preview's steps as a short human plan: which host gets what.
 
 Pure functions of the step map `{resource name: op}` (the names of components/: `registry-launch-<ip>`,
-`data-<ip>`, `hosts-<ip>` ...), so the rendering is unit-tested without an engine.
+`data-<ip>`, `node-<ip>` ...), so the rendering is unit-tested without an engine.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ HOST_STEPS = (
     ("data-", "copy the registry data to"),
     ("rootfs-", "write the registry files (config, certificate, htpasswd) on"),
     ("registry-standby-", "keep the registry stopped (standby) on"),
-    ("ca-trust-", "install the CA trust on"),
-    ("hosts-", "point {domain} at {master0} on"),
+    ("node-", "point {domain} at {master0} on"),
 )
 RECORDS = {
     "sealer-registry-config": "ConfigMap kube-system/sealer-registry",
@@ -43,7 +42,7 @@ class Plan:
 
 
 def split_host(name: str) -> tuple[str, str] | None:
-    """('hosts-', '198.18.0.12') for `hosts-198.18.0.12`; None for names without a host."""
+    """('node-', '198.18.0.12') for `node-198.18.0.12`; None for names without a host."""
     for prefix, _label in HOST_STEPS:
         m = re.fullmatch(re.escape(prefix) + _IP, name)
         if m:
@@ -110,7 +109,7 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
         lines.append("  no changes: the hosts already match the config")
     return Plan(
         lines=lines,
-        repointed=[ip for ip, _ in by_prefix.get("hosts-", [])],
+        repointed=[ip for ip, _ in by_prefix.get("node-", [])],
         launch_on=[ip for ip, _ in by_prefix.get("registry-launch-", [])],
         data_to=[ip for ip, _ in by_prefix.get("data-", [])],
         dropped=dropped,

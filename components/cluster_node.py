@@ -1,4 +1,10 @@
-"""A cluster host as a registry client: its ``sea.hub`` mapping and its trust in the CA."""
+"""A cluster host as a registry client: ``node-<ip>`` trusts the CA and maps ``sea.hub``.
+
+One step per host, not a component of two: a recovery rewrites every host's mapping, and the
+engine's cost per step grows with the size of the state it checkpoints after each one, so a
+50-node cluster gets 50 small steps rather than 100 steps under 50 components (bench/README.md).
+The CA trust rides along: the script rewrites a trust file only when its content differs.
+"""
 
 from __future__ import annotations
 
@@ -23,23 +29,14 @@ class ClusterNodeArgs:
     after: list[pulumi.Resource] = field(default_factory=list)
 
 
-class ClusterNode(pulumi.ComponentResource):
-    """``node-<ip>``: ``ca-trust-<ip>`` then ``hosts-<ip>``. No delete commands (see DeployHost)."""
-
-    def __init__(self, name: str, args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("sealer:registry:ClusterNode", name, None, opts)
-        ip = args.ip
-        child = pulumi.ResourceOptions(parent=self)
-        connection = args.access.connection(ip)
-        before_hosts: list[pulumi.Resource] = list(args.after)
-
-        self.ca_trust: remote.Command | None = None
-        if args.ca_cert is not None:
-            trust = script_run("trust-ca.sh", args.domain, str(args.port), data=args.ca_cert)
-            self.ca_trust = host_step(f"ca-trust-{ip}", connection, trust, opts=child)
-            before_hosts.append(self.ca_trust)
-
-        point = script_run("set-hosts.sh", args.domain, args.master0)
-        self.hosts = host_step(f"hosts-{ip}", connection, point, opts=child.merge(
-            pulumi.ResourceOptions(depends_on=before_hosts)))
-        self.register_outputs({"ip": ip, "registry": args.master0})
+def node_step(args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None) -> remote.Command:
+    """``node-<ip>``: ``configure-node.sh DOMAIN MASTER0 [PORT]`` with the CA on stdin. No delete
+    command (see DeployHost): dropping a down host's step never dials it."""
+    if args.ca_cert is None:
+        run = script_run("configure-node.sh", args.domain, args.master0)
+    else:
+        run = script_run("configure-node.sh", args.domain, args.master0, str(args.port),
+                         data=args.ca_cert)
+    after = pulumi.ResourceOptions(depends_on=list(args.after))
+    return host_step(f"node-{args.ip}", args.access.connection(args.ip), run,
+                     opts=after if opts is None else opts.merge(after))

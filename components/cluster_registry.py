@@ -16,7 +16,7 @@ from config.models import Distribution
 from material import RegistryMaterial
 
 from .access import SshAccess
-from .cluster_node import ClusterNode, ClusterNodeArgs
+from .cluster_node import ClusterNodeArgs, node_step
 from .deploy_host import (DeployHost, DeployHostArgs, RegistryRole, material_fingerprint,
                           rootfs_files, rootfs_payload)
 from .records import RegistryRecords, RegistryRecordsArgs
@@ -86,7 +86,7 @@ class ClusterRegistryArgs:
 
 class ClusterRegistry(pulumi.ComponentResource):
     """``sealer:registry:ClusterRegistry``: wires the records, one ``DeployHost`` per live deploy
-    host, one ``ClusterNode`` per live host and ``registry-verify``."""
+    host, one ``node-<ip>`` step per live host and ``registry-verify``."""
 
     def __init__(self, name: str, args: ClusterRegistryArgs,
                  opts: pulumi.ResourceOptions | None = None):
@@ -128,9 +128,9 @@ class ClusterRegistry(pulumi.ComponentResource):
             ), opts=child)
         launch = self.deploy_hosts[args.master0].registry
 
-        self.nodes: dict[str, ClusterNode] = {}
+        self.nodes: dict[str, remote.Command] = {}
         for host in layout.hosts:
-            self.nodes[host.ip] = ClusterNode(f"node-{host.ip}", ClusterNodeArgs(
+            self.nodes[host.ip] = node_step(ClusterNodeArgs(
                 ip=host.ip, domain=args.domain, port=args.port, master0=args.master0,
                 access=args.access, ca_cert=m.ca_cert, after=[launch],
             ), opts=child)
@@ -147,7 +147,7 @@ class ClusterRegistry(pulumi.ComponentResource):
             # The material can change with nothing else in this command: verify again then.
             triggers=[fingerprint],
             opts=child.merge(pulumi.ResourceOptions(depends_on=[
-                launch, *(n.hosts for n in self.nodes.values()),
+                launch, *self.nodes.values(),
                 *(d.registry for d in self.deploy_hosts.values())])))
 
         self.master0 = args.master0

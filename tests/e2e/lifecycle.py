@@ -152,7 +152,7 @@ class Lifecycle:
         assert changed.get(f"registry-launch-{new}") == "create"
         for ip in lab_env.all_ips:
             if ip != old:
-                assert changed.get(f"hosts-{ip}") == "update", ip
+                assert changed.get(f"node-{ip}") == "update", ip
         if self.mode == "post":
             assert changed.get(f"data-{new}") == "create"
         touching_old = [n for n, op in changed.items() if n.endswith(old) and op != "delete"]

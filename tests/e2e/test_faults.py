@@ -182,7 +182,7 @@ def test_sigint_mid_recovery_then_rerun_converges(lab_env, stack):  # noqa: F811
     seen = []
     for line in up.stdout:
         seen.append(line)
-        if "hosts-" in line and "updating" in line:
+        if "node-" in line and "updating" in line:
             up.send_signal(signal.SIGINT)
             break
     rest, _ = up.communicate(timeout=120)

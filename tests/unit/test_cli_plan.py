@@ -13,13 +13,13 @@ def recovery_ops(post: bool = False) -> dict[str, str]:
     ops = {
         f"registry-launch-{NEW}": "create",
         f"registry-standby-{NEW}": "delete",
-        f"hosts-{NEW}": "update", f"hosts-{M3}": "update",
-        f"hosts-{N1}": "update", f"hosts-{N2}": "update",
+        f"node-{NEW}": "update", f"node-{M3}": "update",
+        f"node-{N1}": "update", f"node-{N2}": "update",
         "sealer-registry-config": "update",
         "registry-verify": "update",
         f"registry-launch-{OLD}": "delete", f"rootfs-{OLD}": "delete", f"data-{OLD}": "delete",
-        f"hosts-{OLD}": "delete", f"ca-trust-{OLD}": "delete",
-        f"ca-trust-{N1}": "same", "sealer-apps": "same",
+        f"node-{OLD}": "delete",
+        f"rootfs-{NEW}": "same", "sealer-apps": "same",
     }
     if post:
         ops[f"data-{NEW}"] = "create"
@@ -37,7 +37,7 @@ def test_recovery_plan_names_each_host_and_what_it_gets():
     assert f"  point sea.hub at {NEW} on 4 hosts: {NEW}, {M3}, {N1}, {N2} [update]" in text
     assert "  update the records: ConfigMap kube-system/sealer-registry (update)" in text
     assert "  verify from a node: every image of the boot history via sea.hub [update]" in text
-    assert f"  forget 5 resources of {OLD} in the state (down: not contacted)" in text
+    assert f"  forget 4 resources of {OLD} in the state (down: not contacted)" in text
     assert plan.repointed == [NEW, M3, N1, N2]
     assert plan.launch_on == [NEW] and plan.data_to == []
 
@@ -45,7 +45,7 @@ def test_recovery_plan_names_each_host_and_what_it_gets():
 def test_unchanged_steps_are_left_out():
     """`same` steps are not part of the plan."""
     text = render(recovery_ops(), master0=NEW, domain="sea.hub", down_hosts=[OLD]).text()
-    assert "ca-trust" not in text and "CA trust" not in text and "sealer-apps" not in text
+    assert "sealer-apps" not in text and "registry files" not in text
 
 
 def test_post_mode_plan_copies_the_data_to_the_new_master0():
@@ -58,13 +58,13 @@ def test_a_delete_on_a_live_host_is_not_reported_as_forgotten():
     """Only resources of down hosts are "forgotten"; the standby step of the new master0 that
     goes away is retired (none of our steps has a delete command), and counts as no host work."""
     plan = render(recovery_ops(), master0=NEW, domain="sea.hub", down_hosts=[OLD])
-    assert plan.dropped == {OLD: 5}
+    assert plan.dropped == {OLD: 4}
     assert f"  retire 1 steps no longer needed (no command runs): registry-standby-{NEW}" in plan.text()
     assert "keep the registry stopped" not in plan.text()
 
 
 def test_no_changes_says_so():
-    plan = render({"hosts-198.18.0.21": "same"}, master0=NEW, domain="sea.hub", down_hosts=[])
+    plan = render({"node-198.18.0.21": "same"}, master0=NEW, domain="sea.hub", down_hosts=[])
     assert plan.changes == 0
     assert plan.lines == ["  no changes: the hosts already match the config"]
 
@@ -76,6 +76,6 @@ def test_unknown_resources_are_listed_verbatim():
 
 def test_split_host_accepts_host_steps_and_rejects_others():
     assert split_host("registry-launch-198.18.0.12") == ("registry-launch-", "198.18.0.12")
-    assert split_host("hosts-10.0.0.1") == ("hosts-", "10.0.0.1")
+    assert split_host("node-10.0.0.1") == ("node-", "10.0.0.1")
     assert split_host("registry-verify") is None
-    assert split_host("hosts-not-an-ip") is None
+    assert split_host("node-not-an-ip") is None

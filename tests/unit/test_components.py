@@ -69,19 +69,23 @@ def declare(args: ClusterRegistryArgs) -> RecordingMocks:
 
 
 def test_names_and_counts_for_three_masters_four_nodes(ca):
-    """Every live host gets a node component (CA trust + hosts entry); each deploy host gets
+    """Every live host gets one node step (CA trust + hosts entry); each deploy host gets
     rootfs, data (pre mode) and one registry step; master0 launches, the other deploy host stands by."""
     names = set(declare(make_args(ca)).by_name())
     for ip in MASTERS + NODES:
-        assert {f"node-{ip}", f"hosts-{ip}", f"ca-trust-{ip}"} <= names
+        assert f"node-{ip}" in names
+        assert not {f"hosts-{ip}", f"ca-trust-{ip}"} & names
     for ip in MASTERS[:2]:
         assert {f"deploy-{ip}", f"rootfs-{ip}", f"data-{ip}"} <= names
     assert f"registry-launch-{MASTERS[0]}" in names
     assert f"registry-standby-{MASTERS[1]}" in names
     assert not any(n.endswith(MASTERS[2]) for n in names if n.startswith(("deploy-", "rootfs-", "data-", "registry-")))
     remote = [r for r in declare(make_args(ca)).of_type("command:remote:Command")]
-    # 7 hosts x (hosts + ca-trust) + 2 rootfs + 2 registry steps + verify
-    assert len(remote) == 7 * 2 + 2 + 2 + 1
+    # 7 node steps + 2 rootfs + 2 registry steps + verify
+    assert len(remote) == 7 + 2 + 2 + 1
+    node = declare(make_args(ca)).by_name()[f"node-{NODES[0]}"].inputs
+    assert node["create"] == f"bash -s -- sea.hub {MASTERS[0]} 5000"
+    assert node["stdin"].endswith(ca[0])
 
 
 def test_no_remote_command_has_a_delete_command(ca):
@@ -116,10 +120,10 @@ def test_changing_master0_changes_only_launch_hosts_entries_and_verify(ca):
     added = set(after) - set(before)
     assert added == {f"registry-launch-{MASTERS[1]}"}
     assert {f"registry-standby-{MASTERS[1]}", f"registry-launch-{MASTERS[0]}",
-            f"hosts-{MASTERS[0]}", f"ca-trust-{MASTERS[0]}", f"rootfs-{MASTERS[0]}",
+            f"node-{MASTERS[0]}", f"rootfs-{MASTERS[0]}",
             f"data-{MASTERS[0]}"} <= removed
     changed = {n for n in set(before) & set(after) if before[n].inputs != after[n].inputs}
-    expected = {f"hosts-{ip}" for ip in MASTERS[1:] + NODES} | {
+    expected = {f"node-{ip}" for ip in MASTERS[1:] + NODES} | {
         "registry-verify", "sealer-registry-config"}
     assert changed == expected
 
@@ -202,9 +206,11 @@ def test_records_hold_config_certs_and_history_but_no_secret(ca):
 
 
 def test_insecure_mode_has_no_ca_trust_and_plain_http_verify(ca):
-    """Insecure mode: no certificates, no CA trust steps, verification over http."""
+    """Insecure mode: no certificates, no CA trust (the node step gets no port and no CA),
+    verification over http."""
     mocks = declare(make_args(ca, insecure=True, username=None))
-    names = set(mocks.by_name())
-    assert not [n for n in names if n.startswith("ca-trust-")]
+    node = mocks.by_name()[f"node-{NODES[0]}"].inputs
+    assert node["create"] == f"bash -s -- sea.hub {MASTERS[0]}"
+    assert node["stdin"].endswith("exit \"$?\"\n")  # the script alone: no CA after it
     verify = mocks.by_name()["registry-verify"].inputs["create"]
     assert " http " in verify
