@@ -26,6 +26,21 @@ def machine() -> dict:
             "rsync": version("rsync", "--version")}
 
 
+def plugins(path: str) -> dict:
+    """Which language host and command provider the engine will find on ``path``: the lab's
+    stand-ins (lab/plugins/, what CI can build) or real ones (``$SEALER_PLUGINS_DIR``)."""
+    import shutil
+
+    found = {}
+    for name in ("pulumi-language-python", "pulumi-resource-command"):
+        where = shutil.which(name, path=path)
+        kind = "missing" if where is None else (
+            "lab stand-in" if Path(where).resolve().parent.name == "plugins"
+            and Path(where).resolve().parent.parent.name == "lab" else "real")
+        found[name] = {"path": where, "kind": kind}
+    return found
+
+
 def _get(r: dict, key: str):
     value = r.get(key)
     return value if isinstance(value, (int, float)) else None
@@ -111,6 +126,9 @@ def table(results: dict) -> str:
     lines.append("")
     lines.append(f"machine: {m.get('nproc')} cores, {m.get('memory_gib')} GiB, {m.get('cpu')}; "
                  f"kernel {m.get('kernel')}; {m.get('openssh')}")
+    if results.get("plugins"):
+        lines.append("engine plugins: " + ", ".join(
+            f"{k} {v['kind']}" for k, v in results["plugins"].items()))
     cond = results.get("conditions", {})
     if cond:
         lines.append("load average (1 min) at each measure: " + ", ".join(

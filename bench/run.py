@@ -31,7 +31,7 @@ from tests.e2e.program import ProgramStack, RunReport, _on_event
 
 from bench import copy as copybench
 from bench.procmem import TreePeak
-from bench.report import machine, table, verdicts
+from bench.report import machine, plugins, table, verdicts
 
 BENCH_DIR = REPO / ".bench"
 PASSPHRASE = "sealer-lab"
@@ -416,6 +416,7 @@ class Run:
         started = time.monotonic()
         try:
             self.env = engine_env()
+            self.results["plugins"] = plugins(self.env["PATH"])
             cp = self.controlplane()
             log(f"control plane {cp.server}; pulumi state {BENCH_DIR / 'state'}")
             if "small" in self.args.only or "copy" in self.args.only:
