@@ -10,6 +10,7 @@ nothing after it is ever parsed as commands. One SSH session per change; secrets
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from functools import cache
@@ -22,15 +23,43 @@ SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
 LAST_LINE = 'main "$@"\n'
 
 
+_LIB = re.compile(r'^\s*source "\$\{BASH_SOURCE\[0\]%/\*\}/lib/([a-z-]+\.sh)"\s*$', re.M)
+_HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
+
+
+def compact(text: str) -> str:
+    """The script without its comment-only and blank lines, heredoc bodies kept verbatim. What
+    runs is unchanged (tests/unit/test_remote_scripts.py compares bash's own listing of every
+    function), the state of each step holding it is smaller, and a comment edit reruns nothing."""
+    out: list[str] = []
+    ending: str | None = None
+    for line in text.splitlines():
+        if ending is not None:
+            out.append(line)
+            if line.strip() == ending:
+                ending = None
+            continue
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        out.append(line)
+        m = _HEREDOC.search(line)
+        if m:
+            ending = m.group(2)
+    return "\n".join(out) + "\n"
+
+
 @cache
 def script_body(name: str) -> str:
-    """lib/common.sh, then the script, its last line made to exit right after ``main``."""
+    """lib/common.sh, the other libs the script sources, then the script, its last line made to
+    exit right after ``main``; each compacted."""
     text = (SCRIPTS_DIR / name).read_text()
     if not text.endswith(LAST_LINE):
         raise ValueError(f"scripts/{name} must end with the line {LAST_LINE!r}")
-    common = (SCRIPTS_DIR / "lib" / "common.sh").read_text()
-    return (f"SCRIPT_NAME={shlex.quote(name)}\n{common}\n"
-            f"{text[:-len(LAST_LINE)]}main \"$@\"; exit \"$?\"\n")
+    libs = ["common.sh", *(lib for lib in _LIB.findall(text) if lib != "common.sh")]
+    parts = [compact((SCRIPTS_DIR / "lib" / lib).read_text()) for lib in libs]
+    return (f"SCRIPT_NAME={shlex.quote(name)}\n{''.join(parts)}"
+            f"{compact(text[:-len(LAST_LINE)])}main \"$@\"; exit \"$?\"\n")
 
 
 @dataclass(frozen=True)

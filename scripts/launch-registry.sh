@@ -6,6 +6,10 @@ if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
 fi
+if ! declare -F stop_registry >/dev/null; then
+  # shellcheck source=lib/registry.sh
+  source "${BASH_SOURCE[0]%/*}/lib/registry.sh"
+fi
 
 main() {
   local rootfs=$1 port=$2 domain=$3 fingerprint=$4

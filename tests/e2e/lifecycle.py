@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shlex
 
 import pytest
 
@@ -191,3 +192,40 @@ class Lifecycle:
             assert hosts_line(lab_env.lab, ip) == [f"{new} {DOMAIN} #hostalias-set-by-sealer"]
         assert stack.up().changed() == {}
 
+
+
+PULL_SCRIPT = r"""
+set -euo pipefail
+repo=$1 tag=$2 want=$3 ca=$4 base=$5
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cat >"$work/auth"
+get() { curl -sS --fail --max-time 60 -L --cacert "$ca" -K "$work/auth" "$@"; }
+get -o "$work/manifest" -H 'Accept: application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json' "$base/v2/$repo/manifests/$tag"
+got="sha256:$(sha256sum <"$work/manifest" | cut -d' ' -f1)"
+[[ "$got" == "$want" ]] || { echo "manifest $got != $want"; exit 1; }
+n=0
+for d in $(grep -o '"digest": *"sha256:[0-9a-f]*"' "$work/manifest" | grep -o 'sha256:[0-9a-f]*'); do
+  get -o "$work/blob" "$base/v2/$repo/blobs/$d"
+  got="sha256:$(sha256sum <"$work/blob" | cut -d' ' -f1)"
+  [[ "$got" == "$d" ]] || { echo "blob $got != $d"; exit 1; }
+  n=$((n + 1))
+done
+echo "$n"
+"""
+
+
+def pull_image(lab, node_ip, ref) -> int:
+    """Pulls ``ref`` from ``node_ip`` through its own /etc/hosts and CA the way a runtime does:
+    the manifest by tag, which must hash to the ref's digest, then every blob it names (config and
+    layers), each hashed against its digest. Returns how many blobs were verified; raises if any
+    digest differs or a fetch fails."""
+    repo_tag, digest = ref.split("@")
+    repo, tag = repo_tag.rsplit(":", 1)
+    ca = f"/etc/docker/certs.d/{DOMAIN}:{PORT}/ca.crt"
+    done = lab.run(node_ip, "bash -c " + shlex.quote(PULL_SCRIPT) + " pull " + " ".join(
+        shlex.quote(a) for a in (repo, tag, digest, ca, f"https://{DOMAIN}:{PORT}")),
+        input=f'user = "admin:{PASSWORD}"\n', check=False, timeout=300)
+    if done.returncode != 0:
+        raise AssertionError(f"pull of {ref} from {node_ip} failed: {done.stdout}{done.stderr}")
+    return int(done.stdout.strip())
