@@ -53,27 +53,30 @@ main() {
   set -- "${REST[@]}"
   local target=$1 port=$2 rootfs=$3 store=$4
   shift 4
-  local host=${target#*@} sources=() hex ssh_cmd
+  local host=${target#*@} sources=() hex ssh_cmd dest
   for hex in "$@"; do
     [[ -d "$store/$hex/docker" ]] || fatal "image store $store has no data for sha256:$hex"
     sources+=("$store/$hex/docker")
   done
   mapfile -t ssh_cmd < <(ssh_command "$host" "$port")
-  # One SSH session: make the target directory, then rsync's own session copies.
-  "${ssh_cmd[@]}" "$target" mkdir -p "$rootfs/registry"
+  dest=$(printf '%q' "$rootfs/registry")
+  # One SSH session: make the target directory and end any rsync receiver an interrupted earlier
+  # copy left writing into it (its session is dead: this step is the replica's only writer), then
+  # rsync's own session copies.
+  "${ssh_cmd[@]}" "$target" "mkdir -p $dest && if command -v pkill >/dev/null; then pkill -x -f 'rsync --server .* [.] '$dest/ || true; fi"
   rsync -a --delay-updates --out-format='%n' -e "$(printf '%q ' "${ssh_cmd[@]}")" \
     "${sources[@]}" "$target:$rootfs/registry/" >"$WORK/sent"
   grep -E '/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data$' "$WORK/sent" >"$WORK/blobs" || true
   info "$(wc -l <"$WORK/sent") paths sent, $(wc -l <"$WORK/blobs") blobs; verifying them on $host"
-  if [[ -s "$WORK/blobs" ]]; then
-    # Hash on the host what was sent; a blob whose content differs from its name fails the step.
-    # openssl hashes ~5x faster than coreutils' sha256sum where the CPU has SHA extensions; one
-    # hasher per core, 16 paths each, so each writes its lines (< 4 KiB) in one atomic pipe write.
-    "${ssh_cmd[@]}" "$target" "cd $(printf '%q' "$rootfs/registry") && if command -v openssl >/dev/null; then h='openssl dgst -sha256 -r'; else h=sha256sum; fi && xargs -d '\n' -P \"\$(nproc)\" -n 16 \$h" \
-      <"$WORK/blobs" |
-      awk '{ sub(/^\*/, "", $2); n = split($2, p, "/"); if (p[n - 1] != $1) { print "corrupt blob: " $2; bad++ } }
-           END { exit bad > 0 }' >&2 || fatal "blob verification failed on $host"
-  fi
+  # One more session: remove the partial files an interrupted copy kept under rsync's .~tmp~ dirs
+  # (never renamed into place now that a copy completed), then hash what was sent; a blob whose
+  # content differs from its name fails the step. openssl hashes ~5x faster than coreutils'
+  # sha256sum where the CPU has SHA extensions; one hasher per core, 16 paths each, so each
+  # writes its lines (< 4 KiB) in one atomic pipe write.
+  "${ssh_cmd[@]}" "$target" "cd $dest && find . -depth -type d -name .~tmp~ -exec rm -rf {} + && if command -v openssl >/dev/null; then h='openssl dgst -sha256 -r'; else h=sha256sum; fi && xargs -r -d '\n' -P \"\$(nproc)\" -n 16 \$h" \
+    <"$WORK/blobs" |
+    awk '{ sub(/^\*/, "", $2); n = split($2, p, "/"); if (p[n - 1] != $1) { print "corrupt blob: " $2; bad++ } }
+         END { exit bad > 0 }' >&2 || fatal "blob verification failed on $host"
   echo "synced $# images to $host"
 }
 

@@ -93,3 +93,5 @@ def test_a_host_killed_mid_transfer_converges_on_rerun_without_corrupt_blobs(lab
                         "xargs -0 sha256sum | awk '{n=split($2,p,\"/\"); if (p[n-1] != $1) bad++} "
                         "END {print NR, bad+0}'").stdout.split()
     assert int(check[0]) > 0 and check[1] == "0", check
+    leftovers = lab.run(ip, f"find {ROOTFS}/registry -name '.~tmp~' -o -name '.data.*'").stdout
+    assert leftovers == "", leftovers
