@@ -1,8 +1,8 @@
 """How the files under ``scripts/`` run on hosts: ``bash -s -- ARGS`` with the script on stdin.
 
 The command line stays short (it is what an error message, a diff and a host's process list
-show), while the script's whole text is part of the resource's inputs, so an edited script reruns
-where it is used. Data a script reads (a tar of rootfs files, a CA, a password, an SSH key)
+show), while the script's text (compacted: see ``compact``) is part of the resource's inputs, so
+an edited script reruns where it is used. Data a script reads (a tar of rootfs files, a CA, a password, an SSH key)
 follows the script on the same stdin: bash reads a script from a pipe line by line, so the
 script's last line ``main "$@"; exit`` runs ``main`` with the rest of stdin as its input and
 nothing after it is ever parsed as commands. One SSH session per change; secrets only on stdin.

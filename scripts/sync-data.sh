@@ -62,8 +62,9 @@ main() {
   dest=$(printf '%q' "$rootfs/registry")
   # One SSH session: make the target directory and end any rsync receiver an interrupted earlier
   # copy left writing into it (its session is dead: this step is the replica's only writer), then
-  # rsync's own session copies.
-  "${ssh_cmd[@]}" "$target" "mkdir -p $dest && if command -v pkill >/dev/null; then pkill -x -f 'rsync --server .* [.] '$dest/ || true; fi"
+  # rsync's own session copies. Only receivers that see this mount namespace's directory: hosts
+  # that share a kernel (containers, the lab) keep theirs.
+  "${ssh_cmd[@]}" "$target" "mkdir -p $dest && if command -v pkill >/dev/null; then pkill --ns \$\$ --nslist mnt -x -f 'rsync --server .* [.] '$dest/ || true; fi"
   rsync -a --delay-updates --out-format='%n' -e "$(printf '%q ' "${ssh_cmd[@]}")" \
     "${sources[@]}" "$target:$rootfs/registry/" >"$WORK/sent"
   grep -E '/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data$' "$WORK/sent" >"$WORK/blobs" || true

@@ -95,3 +95,41 @@ def test_a_host_killed_mid_transfer_converges_on_rerun_without_corrupt_blobs(lab
     assert int(check[0]) > 0 and check[1] == "0", check
     leftovers = lab.run(ip, f"find {ROOTFS}/registry -name '.~tmp~' -o -name '.data.*'").stdout
     assert leftovers == "", leftovers
+
+
+def test_a_stale_receiver_is_ended_and_its_partial_files_removed(lab, store):
+    """What a dead session leaves on the host: an rsync receiver still attached to the replica and
+    partial files under `.~tmp~`. The next copy ends that receiver (and no receiver on another
+    host that shares this kernel, same path) and removes the partial files once it completes."""
+    import time
+
+    path, ids = store
+    ip, other = lab.masters()[0].ip, lab.masters()[1].ip
+    assert sync(lab, ip, path, ids).returncode == 0
+    blob_dir = lab.run(ip, f"dirname $(find {ROOTFS}/registry -path '*/blobs/*' -name data | head -1)").stdout.strip()
+    lab.run(ip, f"mkdir -p {blob_dir}/.~tmp~ && head -c 1000 /dev/urandom > {blob_dir}/.~tmp~/data")
+    receiver = f"rsync --server -logDtpre.iLsfxCIvu --delay-updates . {ROOTFS}/registry/"
+    for host in (ip, other):
+        lab.run(host, f"mkdir -p {ROOTFS}/registry && setsid -f bash -c "
+                      f"'sleep 60 | {receiver}' >/dev/null 2>&1 </dev/null")
+
+    def receivers(host: str) -> int:
+        # pids whose mount namespace is the host's (the lab's hosts share one pid namespace)
+        out = lab.run(host, f"for p in $(pgrep -x -f '{receiver}'); do "
+                            "[ \"$(readlink /proc/$p/ns/mnt)\" = \"$(readlink /proc/self/ns/mnt)\" ] && echo $p; "
+                            "done; true").stdout.split()
+        return len(out)
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (receivers(ip), receivers(other)) != (1, 1):
+        time.sleep(0.1)
+    assert (receivers(ip), receivers(other)) == (1, 1)
+    try:
+        done = sync(lab, ip, path, ids)
+        assert done.returncode == 0, done.stderr
+        assert receivers(ip) == 0
+        assert receivers(other) == 1
+        assert lab.run(ip, f"find {ROOTFS}/registry -name '.~tmp~'").stdout == ""
+    finally:
+        lab.run(other, f"pkill -x -f '{receiver}'; true")
+        lab.run(ip, f"pkill -x -f '{receiver}'; true")
