@@ -73,6 +73,15 @@ check_pins() {
     || fatal "kube/go.mod does not pin go.etcd.io/etcd/server/v3 v${ETCD_VERSION}"
 }
 
+# module_dir DIR MODULE: the module's source dir in the module cache, downloaded first when the cache
+# does not hold it yet (`go list -m -f {{.Dir}}` prints an empty Dir for a module it has not got).
+module_dir() {
+  local dir="$1" module="$2" found
+  found="$(cd "$dir" && go mod download -json "$module" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("Dir", ""))')"
+  [[ -n "$found" && -d "$found" ]] || fatal "go mod download gave no source dir for $module (in $dir)"
+  printf '%s\n' "$found"
+}
+
 now_us() { printf '%s' "${EPOCHREALTIME/[.,]/}"; }
 seconds_since() { local us=$(( $(now_us) - $1 )); printf '%d.%d' $((us / 1000000)) $((us % 1000000 / 100000)); }
 
@@ -100,7 +109,7 @@ build_pulumi() {
 # The Python exec shim and the dynamic-provider script ship as plain files in the sdk module.
 install_python_scripts() {
   local bin="$1" sdk
-  sdk="$(go list -C "$TOOLCHAIN_DIR/pulumi" -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)"
+  sdk="$(module_dir "$TOOLCHAIN_DIR/pulumi" github.com/pulumi/pulumi/sdk/v3)"
   [[ -n "$sdk" && -d "$sdk/python" ]] || fatal "sdk/v3 module has no python/ tree (${sdk:-not downloaded})"
   install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
   install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$bin/pulumi-resource-pulumi-python"
@@ -109,13 +118,13 @@ install_python_scripts() {
 # Upstream's main embeds generated copies of schema.json and terraform-mapping.json; make them in a
 # scratch copy of the wrapper module (never in the clone), stamping the schema with the version.
 build_kubernetes_provider() {
-  local bin="$1" src module_dir
+  local bin="$1" src provider_src
   src="$BUILD_TMP/src-kubernetes"
   cp -R "$TOOLCHAIN_DIR/kubernetes" "$src"
-  module_dir="$(go list -C "$src" -m -f '{{.Dir}}' "$KUBERNETES_PROVIDER_MODULE")"
-  [[ -f "$module_dir/cmd/pulumi-resource-kubernetes/schema.json" ]] \
-    || fatal "provider module at $module_dir has no cmd/pulumi-resource-kubernetes/schema.json"
-  python3 - "$module_dir/cmd/pulumi-resource-kubernetes" "$src" "$KUBERNETES_PROVIDER_VERSION" <<'PY'
+  provider_src="$(module_dir "$src" "$KUBERNETES_PROVIDER_MODULE")"
+  [[ -f "$provider_src/cmd/pulumi-resource-kubernetes/schema.json" ]] \
+    || fatal "provider module at $provider_src has no cmd/pulumi-resource-kubernetes/schema.json"
+  python3 - "$provider_src/cmd/pulumi-resource-kubernetes" "$src" "$KUBERNETES_PROVIDER_VERSION" <<'PY'
 import json, pathlib, sys
 source, target, version = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
 schema = json.loads((source / "schema.json").read_text())
