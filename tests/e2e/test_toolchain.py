@@ -27,7 +27,7 @@ def require_tools(*names: str) -> None:
 def unbuildable(name: str):
     """The proxy refuses this plugin's module, so build.sh cannot make it: the test is an expected
     failure that prints why in the summary, and turns into a failure (strict) once the binary is
-    there, so the marker gets removed. lab/plugins/ holds stand-ins, tested in test_lab_plugins.py."""
+    there, so the marker gets removed. lab/plugins/ holds stand-ins, tested in test_lab_plugins_grpc.py and test_lab_plugins_engine.py."""
     return pytest.mark.xfail(bool(toolchain.missing((name,))), reason=toolchain.WHY_MISSING[name],
                              strict=True)
 
