@@ -8,12 +8,13 @@ NODES ?= 2
 APT_PACKAGES := openssh-server openssh-client docker-registry rsync curl iproute2 nftables \
                 skopeo umoci shellcheck ca-certificates procps util-linux openssl
 
-.PHONY: help deps lab-deps toolchain lint test test-unit test-lab test-e2e lab-up lab-down demo bench
+.PHONY: help setup deps lab-deps toolchain lint test test-unit test-lab test-e2e lab-up lab-down demo bench
 
 help:
 	@echo "make demo       lab up, deploy, kill master0, recover with the CLI, status (KEEP=1 keeps the lab)"
 	@echo "make bench      benchmarks in a second lab instance -> .bench/results.json (not part of make test)"
 	@echo "make deps       pip install the pinned Python packages"
+	@echo "make setup      apt-get update, then make lab-deps (a fresh machine)"
 	@echo "make lab-deps   apt + pip: everything the lab and the tests need (root)"
 	@echo "make toolchain  build (or reuse) the Pulumi engine, plugins and kube-apiserver"
 	@echo "make test       unit, lab and end-to-end tests (root; builds the toolchain if missing)"
@@ -24,6 +25,12 @@ deps:
 
 lab-deps: deps
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null
+
+# A fresh machine: package lists first (apt-get install finds nothing before them), then every
+# package the lab and the tests need.
+setup:
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	$(MAKE) lab-deps
 
 toolchain:
 	$(PYTHON) -m lab.toolchain
@@ -51,5 +58,5 @@ lab-down:
 bench:
 	$(PYTHON) -m bench
 
-demo:
+demo: setup
 	$(PYTHON) -m lab.demo $(if $(filter 1,$(KEEP)),--keep)
