@@ -78,7 +78,7 @@ def _non_empty(value: str) -> str:
 
 
 _NOT_HOSTS = (
-    (ipaddress.ip_network("127.0.0.0/8"), "a loopback address (127.0.0.0/8): every machine reaches itself there"),
+    (ipaddress.ip_network("127.0.0.0/8"), "a loopback address (127.0.0.0/8, where every machine reaches itself)"),
     (ipaddress.ip_network("0.0.0.0/8"), "an unspecified address (0.0.0.0/8)"),
     (ipaddress.ip_network("255.255.255.255/32"), "the broadcast address"),
     (ipaddress.ip_network("224.0.0.0/4"), "a multicast address (224.0.0.0/4)"),
@@ -266,18 +266,18 @@ def _data_root(value: str) -> str:
 _HOST_KEY = re.compile(
     r"(?P<type>(?:ssh-|ecdsa-sha2-|sk-)[A-Za-z0-9@._-]+) +(?P<blob>[A-Za-z0-9+/]+={0,2})(?: +(?P<comment>.*))?"
 )
-_HOST_KEY_FORM = "'<type> <base64>[ comment]' on one line"
+_HOST_KEY_FORM = "'<type> <base64>[ comment]'"
 
 
 def _host_key(value: str) -> str:
     shown = show(value)
     problem = control_problem(value)
     if problem:
-        raise ValueError(f"{problem}: a pinned host key is one known_hosts line ({_HOST_KEY_FORM})")
+        raise ValueError(f"{problem}: a pinned host key is one known_hosts line, {_HOST_KEY_FORM}")
     key = value.strip(" ")
     match = _HOST_KEY.fullmatch(key)
     if match is None:
-        raise ValueError(f"{shown} is not a public host key ({_HOST_KEY_FORM})")
+        raise ValueError(f"{shown} is not a public host key ({_HOST_KEY_FORM} on one line)")
     try:
         blob = base64.b64decode(match["blob"], validate=True)
     except binascii.Error:

@@ -122,7 +122,7 @@ CASES = [
     ("registry-domain-localhost", {"registry.domain": "localhost"}, "registry.domain", "'localhost' already names the local machine on every host"),
     ("cluster-data-root-with-space", {"cluster.data_root": "/var/lib/sealer data"}, "cluster.data_root", "sealer's init-registry.sh splits the registry path on whitespace"),
     ("ssh-host-key-two-lines", {"cluster.ssh.host_keys": {"198.18.0.11": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5\n198.18.0.12 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"}}, "cluster.ssh.host_keys[198.18.0.11]", "holds a line break or control character"),
-    ("master0-loopback", {"master0": "127.0.0.1"}, "master0", "'127.0.0.1' is a loopback address (127.0.0.0/8)"),
+    ("master0-loopback", {"master0": "127.0.0.1"}, "master0", "'127.0.0.1' is a loopback address (127.0.0.0/8, where every machine reaches itself), not a cluster host's address"),
     ("node-ipv6", {"cluster.nodes[0]": "fd00::21"}, "cluster.nodes[0]", "IPv6 hosts are not supported yet: rsync/ssh/curl targets are built for IPv4"),
     ("kubernetes-context-newline", {"kubernetes.context": "lab\n"}, "kubernetes.context", "holds a line break or control character"),
     ("apps-name-with-slash", {"apps.history.applications[0].name": "../app0"}, "apps.history.applications[0].name", "'../app0' is not a valid application name"),
