@@ -33,10 +33,11 @@ def read_file(path: str, field: str) -> str:
 
 def main() -> None:
     # The engine only knows secrecy per top-level key; the stack file shows each value, so a
-    # plaintext password next to an encrypted key is refused here as `cli validate` refuses it.
+    # plaintext password next to an encrypted key is refused here as `cli validate` refuses it
+    # (and so are missing local files, as there).
     stack_file = stack_file_path(pulumi.get_stack())
     if stack_file.is_file():
-        load_stack_file(stack_file)
+        load_stack_file(stack_file, check_files=True)
     cfg = read_runtime_config()
     reg, cluster, tls = cfg.registry, cfg.cluster, cfg.registry.tls
     history = cfg.history

@@ -14,7 +14,9 @@ DESCRIPTION = """\
 Validate the stack config in Pulumi.<STACK>.yaml without running the Pulumi engine.
 
 Encrypted (`secure:`) values count as present but are not decrypted, so content checks that
-need them (PEM keys, htpasswd, inline kubeconfig) run only at `pulumi up`. Every problem is
+need them (PEM keys, htpasswd, inline kubeconfig) run only at `pulumi up`. The local files the
+config names (SSH key, kubeconfig, image store, boot history) must exist and be readable;
+relative paths are relative to the project directory. Every problem is
 printed as `error: <field.path>: <what is wrong>`; the exit code is 0 when valid, 2 otherwise.
 """
 EPILOG = """\
@@ -34,7 +36,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     path = stack_file_path(args.stack, args.project_dir)
     try:
-        config = load_stack_file(path)
+        config = load_stack_file(path, check_files=True)
     except ConfigError as e:
         for line in e.lines():
             print(line, file=sys.stderr)

@@ -13,7 +13,22 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# The distribution reference grammar (repository path components, tag): refs become URL paths
+# and registry storage paths in verify-registry.sh and status-probe.sh.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def _ref_problem(ref: "ImageRef") -> str | None:
+    if not isinstance(ref.repository, str) or not _REPOSITORY.fullmatch(ref.repository):
+        return f"repository {ref.repository!r} is not a registry repository name"
+    if not isinstance(ref.tag, str) or not _TAG.fullmatch(ref.tag):
+        return f"tag {ref.tag!r} is not a registry tag"
+    if not isinstance(ref.digest, str) or not _DIGEST.fullmatch(ref.digest):
+        return f"digest {ref.digest!r} is not 'sha256:' and 64 lowercase hex digits"
+    return None
 
 
 @dataclass(frozen=True)
@@ -56,10 +71,13 @@ def load_images(store: str | Path, image_ids: list[str], field: str = "apps.imag
         except (ValueError, KeyError, TypeError) as exc:
             problems.append((field, f"{meta} is not a valid image.json ({exc})"))
             continue
-        bad = [r.digest for r in refs if not _DIGEST.match(r.digest)]
-        if doc.get("image_id") != image_id or bad or not refs:
+        if doc.get("image_id") != image_id or not refs:
             problems.append((field, f"{meta} does not describe {image_id} with sha256 refs "
                                     f"(image_id={doc.get('image_id')!r}, refs={len(refs)})"))
+            continue
+        bad = [p for p in map(_ref_problem, refs) if p]
+        if bad:
+            problems.append((field, f"{meta}: {bad[0]}"))
             continue
         images.append(StoredImage(image_id, refs))
     if problems:

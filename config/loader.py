@@ -22,7 +22,9 @@ from config.models import (
     EncryptedSecret,
     StackConfig,
     explain,
+    resolve_path,
 )
+from config.scalars import has_control
 
 _PREFIX = f"{PROJECT}:"
 
@@ -41,7 +43,7 @@ _StackFileLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _StackFileLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)\Z"), list("tTfF")
 )
 
 
@@ -54,11 +56,12 @@ def stack_file_path(stack: str, project_dir: str | os.PathLike = ".") -> Path:
 # Offline: the stack file
 
 
-def load_stack_file(path: str | os.PathLike) -> StackConfig:
+def load_stack_file(path: str | os.PathLike, *, check_files: bool = False) -> StackConfig:
     """Validate a stack file without the engine: encrypted values count as present.
 
     Raises ConfigError listing every problem. Content checks that need an encrypted value (PEM
     parsing of tls.ca_key, ...) are skipped; `secure_paths` on the result names those values.
+    `check_files`: also check that the local files the config names can be read (`local_file_problems`).
     """
     path = Path(path)
     source = str(path)
@@ -106,7 +109,8 @@ def load_stack_file(path: str | os.PathLike) -> StackConfig:
         if value is not None and not isinstance(value, EncryptedSecret):
             problems.append((secret_path, _secret_hint(secret_path)))
 
-    return build_config(values, base_dir=path.parent, secure_paths=secure, source=source, problems=problems, ignore=misplaced)
+    return build_config(values, base_dir=path.parent, secure_paths=secure, source=source, problems=problems,
+                        ignore=misplaced, check_files=check_files)
 
 
 def _replace_secure(value: Any, path: str, secure: set[str], problems: list[tuple[str, str]]) -> Any:
@@ -144,6 +148,8 @@ def from_pulumi_config(
     values: Mapping[str, Any],
     secret_keys: Iterable[str] = (),
     base_dir: str | os.PathLike | None = None,
+    *,
+    check_files: bool = False,
 ) -> StackConfig:
     """Build the config from raw engine values (`pulumi.runtime.get_config`), keys with or without
     the `sealer-registry:` prefix. Objects and lists arrive as JSON strings (already-parsed values
@@ -167,11 +173,13 @@ def from_pulumi_config(
     for secret_path in SECRET_PATHS:
         if _get(parsed, secret_path) is not None and secret_path.split(".")[0] not in secret:
             problems.append((secret_path, _secret_hint(secret_path)))
-    return build_config(parsed, base_dir=base_dir, secure_paths=secret, source="stack config", problems=problems)
+    return build_config(parsed, base_dir=base_dir, secure_paths=secret, source="stack config", problems=problems,
+                        check_files=check_files)
 
 
 def read_runtime_config() -> StackConfig:
-    """Read this project's config from the running engine and validate it (the only Pulumi reader)."""
+    """Read this project's config from the running engine and validate it, the local files it names
+    included (the only Pulumi reader)."""
     import pulumi.runtime
     from pulumi.runtime import config as runtime_config
 
@@ -190,7 +198,7 @@ def read_runtime_config() -> StackConfig:
             values[name] = value
             if pulumi.runtime.is_config_secret(key):
                 secret_keys.add(name)
-    return from_pulumi_config(values, secret_keys, base_dir=os.getcwd())
+    return from_pulumi_config(values, secret_keys, base_dir=os.getcwd(), check_files=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,11 +212,13 @@ def build_config(
     source: str | None = None,
     problems: Iterable[tuple[str, str]] = (),
     ignore: Iterable[str] = (),
+    check_files: bool = False,
 ) -> StackConfig:
     """Validate plain values (already decoded from YAML/JSON); raise ConfigError with all problems.
 
     `problems` found earlier by the caller are reported first; model problems at or under a path
     in `ignore` are dropped (they would only repeat an earlier problem about that value).
+    `check_files` adds `local_file_problems` (relative paths resolve against `base_dir`).
     """
     kept = [Problem(*p) for p in problems]
     ignored = tuple(ignore)
@@ -221,8 +231,57 @@ def build_config(
                 continue
             if problem not in kept:
                 kept.append(problem)
+    if check_files:
+        kept += [p for p in map(Problem._make, local_file_problems(values, base_dir)) if p not in kept]
     if kept:
         raise ConfigError(kept, source)
     assert config is not None
     config._secure_paths = frozenset(secure_paths)
     return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Local files the config names
+
+# (field, "file" | "directory"). apps.history_file is read by the model itself (it is validated
+# as a boot history), so a missing one is already reported.
+LOCAL_PATHS: tuple[tuple[str, str], ...] = (
+    ("cluster.ssh.private_key_path", "file"),
+    ("kubernetes.kubeconfig_path", "file"),
+    ("apps.image_store", "directory"),
+)
+
+
+def local_file_problems(values: Mapping[str, Any], base_dir: str | os.PathLike | None) -> list[tuple[str, str]]:
+    """Each local path of `LOCAL_PATHS` that cannot be read as what it must be. A path that is
+    absent or malformed is skipped: the model reports it. Reads for real (open, list) instead of
+    asking `os.access`, which says yes to root for a file root cannot open either."""
+    problems: list[tuple[str, str]] = []
+    for field, kind in LOCAL_PATHS:
+        given = _get(values, field)
+        if not isinstance(given, str) or not given.strip() or has_control(given):
+            continue
+        path = Path(os.path.abspath(resolve_path(given, base_dir)))
+        where = given if str(path) == given else f"{given} ({path})"
+        problem = _directory_problem(path) if kind == "directory" else _file_problem(path)
+        if problem:
+            problems.append((field, f"cannot {'list the directory' if kind == 'directory' else 'read'} {where}: {problem}"))
+    return problems
+
+
+def _directory_problem(path: Path) -> str | None:
+    try:
+        with os.scandir(path):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+def _file_problem(path: Path) -> str | None:
+    try:
+        if path.is_dir():
+            return "it is a directory"
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # NONBLOCK: a FIFO must not hang us
+        return None
+    except OSError as e:
+        return e.strerror or str(e)

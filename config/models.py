@@ -10,21 +10,17 @@ arrives as an `EncryptedSecret`; content checks (PEM parsing, htpasswd, ...) ski
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
-import ipaddress
 import json
 import os
 import posixpath
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Optional, get_args, get_origin
+from typing import Any, Iterable, Optional, get_args, get_origin
 
 import yaml
 from pydantic import (
-    AfterValidator,
     TypeAdapter,
     BaseModel,
     ConfigDict,
@@ -32,7 +28,6 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     StrictBool,
-    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -41,6 +36,26 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from config.errors import Problem
+from config.scalars import (
+    AppName,
+    ClusterName,
+    DataRoot,
+    DnsName,
+    HostIP,
+    HostName,
+    ImageId,
+    LocalPath,
+    NonEmptyStr,
+    NonEmptyText,
+    Port,
+    RegistryUser,
+    SshUser,
+    Text,
+    _host_ip,
+    _host_key,
+    control_problem,
+    show,
+)
 
 PROJECT = "sealer-registry"
 
@@ -99,131 +114,6 @@ def _raise_problems(problems: list[tuple[str, str]]) -> None:
         raise PydanticCustomError(_PROBLEMS, "{text}", {"problems": list(problems), "text": text})
 
 
-_SECRETISH = re.compile(r"PRIVATE KEY|^\$2[aby]\$")
-
-
-def show(value: Any) -> str:
-    """Render a bad value for an error message without ever revealing a secret."""
-    if isinstance(value, SecretStr):
-        return "<secret>"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, str):
-        if _SECRETISH.search(value):
-            return "<secret>"
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, dict):
-        keys = ", ".join(str(k) for k in list(value)[:8])
-        return f"an object {{{keys}}}" if keys else "an empty object"
-    if isinstance(value, (list, tuple)):
-        text = "[" + ", ".join(show(v) for v in value) + "]"
-        return text if len(text) <= 80 else text[:77] + "...]"
-    return f"a {type(value).__name__}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Scalar types
-
-
-def _ip(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not a valid IP address") from None
-
-
-def _port(value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise ValueError(f"{value} is not a valid port (1-65535)")
-    return value
-
-
-_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-
-
-def _is_dns_name(value: str) -> bool:
-    return 0 < len(value) <= 253 and all(_DNS_LABEL.match(label) for label in value.split("."))
-
-
-def _dns_name(value: str) -> str:
-    if not _is_dns_name(value):
-        raise ValueError(
-            f"{value!r} is not a valid DNS name (RFC 1123: dot-separated labels of letters, "
-            "digits and '-', 1-63 characters, not starting or ending with '-')"
-        )
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return value.lower()
-    raise ValueError(f"{value!r} is an IP address; a DNS name is required")
-
-
-def _host(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    if not _is_dns_name(value):
-        raise ValueError(f"{value!r} is neither an IP address nor a valid DNS name")
-    return value.lower()
-
-
-_CLUSTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-
-
-def _cluster_name(value: str) -> str:
-    if not _CLUSTER_NAME.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid cluster name (lowercase letters, digits and '-', "
-            "1-63 characters, starting and ending with a letter or digit)"
-        )
-    return value
-
-
-def _absolute_path(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError(f"{value!r} is not an absolute path")
-    if ".." in value.split("/"):
-        raise ValueError(f"{value!r} must not contain '..'")
-    return posixpath.normpath(value)
-
-
-_IMAGE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-def _image_id(value: str) -> str:
-    if not _IMAGE_ID.match(value):
-        raise ValueError(f"{value!r} is not an image id ('sha256:' followed by 64 lowercase hex digits)")
-    return value
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise ValueError(f"{value!r} must not be empty")
-    return value
-
-
-def _user_name(value: str) -> str:
-    if not value or any(c.isspace() for c in value) or ":" in value:
-        raise ValueError(f"{value!r} is not a valid user name (non-empty, no whitespace or ':')")
-    return value
-
-
-IPAddress = Annotated[str, AfterValidator(_ip)]
-Port = Annotated[StrictInt, AfterValidator(_port)]
-DnsName = Annotated[str, AfterValidator(_dns_name)]
-HostName = Annotated[str, AfterValidator(_host)]
-ClusterName = Annotated[str, AfterValidator(_cluster_name)]
-AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
-ImageId = Annotated[str, AfterValidator(_image_id)]
-NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
-UserName = Annotated[str, AfterValidator(_user_name)]
-
-
 def _duplicates(items: list[str], field: str) -> list[tuple[str, str]]:
     seen: dict[str, int] = {}
     problems = []
@@ -266,7 +156,7 @@ def _public_der(key) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-_BCRYPT = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+_BCRYPT = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +204,7 @@ def _init_details(err: dict) -> InitErrorDetails:
     return details
 
 
-_ip_adapter: TypeAdapter[str] = TypeAdapter(Annotated[str, AfterValidator(_ip)])
+_ip_adapter: TypeAdapter[str] = TypeAdapter(HostIP)
 
 
 def _valid_ips(value: Any) -> Optional[list[str]]:
@@ -334,18 +224,15 @@ def _sub(data: Any, key: str) -> dict:
 
 class JumpHost(_Model):
     host: HostName
-    user: UserName = "root"
+    user: SshUser = "root"
     port: Port = 22
-
-
-_HOST_KEY_TYPES = ("ssh-", "ecdsa-sha2-", "sk-")
 
 
 class SshConfig(_Model):
-    user: UserName = "root"
+    user: SshUser = "root"
     port: Port = 22
     private_key: Optional[SecretStr] = None
-    private_key_path: Optional[NonEmptyStr] = None
+    private_key_path: Optional[LocalPath] = None
     host_keys: dict[str, str] = Field(default_factory=dict)
     jump_host: Optional[JumpHost] = None
 
@@ -355,20 +242,14 @@ class SshConfig(_Model):
         problems, keys = [], {}
         for host, key in value.items():
             try:
-                ip = _ip(host)
+                ip = _host_ip(host)
             except ValueError as e:
                 problems.append((f"[{host}]", str(e)))
                 continue
-            parts = key.split()
-            ok = len(parts) >= 2 and parts[0].startswith(_HOST_KEY_TYPES)
-            if ok:
-                try:
-                    base64.b64decode(parts[1], validate=True)
-                except binascii.Error:
-                    ok = False
-            if not ok:
-                problems.append((f"[{host}]", f"{show(key)} is not a public host key ('<type> <base64>')"))
-            keys[ip] = key
+            try:
+                keys[ip] = _host_key(key)
+            except ValueError as e:
+                problems.append((f"[{host}]", str(e)))
         _raise_problems(problems)
         return keys
 
@@ -417,9 +298,9 @@ def _host_list_problems(masters: list[str], nodes: list[str]) -> list[tuple[str,
 
 class ClusterConfig(_Model):
     name: ClusterName
-    data_root: AbsolutePath = "/var/lib/sealer/data"
-    masters: list[IPAddress]
-    nodes: list[IPAddress] = Field(default_factory=list)
+    data_root: DataRoot = "/var/lib/sealer/data"
+    masters: list[HostIP]
+    nodes: list[HostIP] = Field(default_factory=list)
     ssh: SshConfig
 
     @model_validator(mode="after")
@@ -444,7 +325,7 @@ class ClusterConfig(_Model):
 
 
 class LocalRegistry(_Model):
-    deploy_hosts: Optional[list[IPAddress]] = None
+    deploy_hosts: Optional[list[HostIP]] = None
     insecure_mode: StrictBool = False
 
     @field_validator("deploy_hosts")
@@ -510,7 +391,7 @@ class TlsConfig(_Model):
 class RegistryConfig(_Model):
     domain: DnsName = "sea.hub"
     port: Port = 5000
-    username: Optional[UserName] = None
+    username: Optional[RegistryUser] = None
     password: Optional[SecretStr] = None
     local_registry: LocalRegistry = Field(default_factory=LocalRegistry)
     tls: Optional[TlsConfig] = None
@@ -524,8 +405,9 @@ class RegistryConfig(_Model):
         if self.password is not None and self.username is None:
             problems.append(("username", "is required when password is set"))
         if self.password is not None and not is_encrypted(self.password):
-            if not self.password.get_secret_value():
-                problems.append(("password", "<secret> must not be empty"))
+            problem = _password_problem(self.password.get_secret_value())
+            if problem:
+                problems.append(("password", problem))
         insecure = self.local_registry.insecure_mode
         if self.tls is None and not insecure:
             problems.append(("tls", "is required unless local_registry.insecure_mode is true (run `python -m cli init-pki`)"))
@@ -547,7 +429,7 @@ class RegistryConfig(_Model):
             if not line.strip():
                 continue
             user, sep, digest = line.partition(":")
-            if not sep or not user or not _BCRYPT.match(digest.strip()):
+            if not sep or not user or not _BCRYPT.fullmatch(digest.strip()):
                 return [("htpasswd", f"<secret> line {number} is not 'user:<bcrypt hash>' (the registry accepts only bcrypt)")]
             entries[user] = digest.strip()
         if not entries:
@@ -562,12 +444,26 @@ class RegistryConfig(_Model):
         return []
 
 
+_BCRYPT_MAX_BYTES = 72
+
+
+def _password_problem(password: str) -> str | None:
+    if not password:
+        return "<secret> must not be empty"
+    if control_problem(password):
+        # verify-registry.sh reads it as one line; docker login and curl's config take one line.
+        return "<secret> holds a line break or control character (the password is handed on as one line)"
+    if len(password.encode()) > _BCRYPT_MAX_BYTES:
+        return f"<secret> is {len(password.encode())} bytes in UTF-8; htpasswd's bcrypt uses at most {_BCRYPT_MAX_BYTES}"
+    return None
+
+
 class Application(_Model):
-    name: NonEmptyStr
+    name: AppName
     image_id: ImageId
     type: AppType
-    launch_cmd: str = ""
-    version: str = ""
+    launch_cmd: str = ""  # shell code by design: sealer runs it; it only travels inside JSON
+    version: Text = ""
 
 
 class Launch(_Model):
@@ -585,7 +481,7 @@ def _app_name_problems(names: list[str], launch: list[str]) -> list[tuple[str, s
 class BootHistory(_Model):
     """sealer's boot-history document (`application.json`)."""
 
-    type: NonEmptyStr
+    type: NonEmptyText
     applications: list[Application] = Field(default_factory=list)
     launch: Launch = Field(default_factory=Launch)
 
@@ -619,8 +515,8 @@ def resolve_path(value: str, base_dir: str | os.PathLike | None) -> Path:
 
 class AppsConfig(_Model):
     history: Optional[BootHistory] = None
-    history_file: Optional[NonEmptyStr] = None
-    image_store: NonEmptyStr
+    history_file: Optional[LocalPath] = None
+    image_store: LocalPath
     cluster_image_id: ImageId
 
     _loaded_history: Optional[BootHistory] = PrivateAttr(default=None)
@@ -661,8 +557,8 @@ def _load_history_file(given: str, base_dir: Any) -> BootHistory:
 
 class KubernetesConfig(_Model):
     kubeconfig: Optional[SecretStr] = None
-    kubeconfig_path: Optional[NonEmptyStr] = None
-    context: str = ""
+    kubeconfig_path: Optional[LocalPath] = None
+    context: Text = ""
     cluster_identifier: Optional[ClusterName] = None
 
     @model_validator(mode="after")
@@ -692,8 +588,8 @@ class KubernetesConfig(_Model):
 class StackConfig(_Model):
     """The validated stack config; the only thing components receive about the cluster."""
 
-    master0: IPAddress
-    down_hosts: list[IPAddress] = Field(default_factory=list)
+    master0: HostIP
+    down_hosts: list[HostIP] = Field(default_factory=list)
     distribution: Distribution
     cluster: ClusterConfig
     registry: RegistryConfig

@@ -7,6 +7,11 @@ if ! declare -F info >/dev/null; then
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
 fi
 
+STAGING=""
+# A function, not a trap string with the path in it: the path holds ROOTFS, a config value, and
+# must never become shell code.
+cleanup() { [[ -z "$STAGING" ]] || rm -rf "$STAGING"; }
+
 mode_for() {
   case "$1" in
     *.key | *htpasswd) echo 0600 ;;
@@ -16,16 +21,15 @@ mode_for() {
 
 main() {
   local rootfs=${1:?usage: write-rootfs.sh ROOTFS}
-  local staging file
+  local file
   mkdir -p "$rootfs/registry" "$rootfs/etc" "$rootfs/certs"
-  staging=$(mktemp -d "$rootfs/.sealer-registry.XXXXXX")
-  # shellcheck disable=SC2064  # expand now: the path is fixed
-  trap "rm -rf '$staging'" EXIT
-  base64 -d | tar -x -C "$staging" --no-same-owner --no-same-permissions
+  STAGING=$(mktemp -d "$rootfs/.sealer-registry.XXXXXX")
+  trap cleanup EXIT
+  base64 -d | tar -x -C "$STAGING" --no-same-owner --no-same-permissions
   while IFS= read -r -d '' file; do
     file=${file#./}
-    put_file "$staging/$file" "$rootfs/$file" "$(mode_for "$file")" >/dev/null
-  done < <(cd "$staging" && find . -type f -print0 | sort -z)
+    put_file "$STAGING/$file" "$rootfs/$file" "$(mode_for "$file")" >/dev/null
+  done < <(cd "$STAGING" && find . -type f -print0 | sort -z)
 }
 
 main "$@"

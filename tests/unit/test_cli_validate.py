@@ -22,17 +22,45 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )
 
 
-def test_dev_stack_is_valid():
-    """The committed example stack validates: exit 0 and a one-line summary on stdout."""
-    result = run_cli("validate", "--stack", "dev")
+def dev_project(tmp_path: Path, lab_files: bool = True) -> Path:
+    """A project dir holding Pulumi.dev.yaml and, with `lab_files`, the `.lab/` files it names
+    (the lab makes them; the repo has none)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.dev.yaml").write_text((REPO / "Pulumi.dev.yaml").read_text())
+    if lab_files:
+        (project / ".lab" / "images").mkdir(parents=True)
+        (project / ".lab" / "id_ed25519").write_text("key\n")
+        (project / ".lab" / "kubeconfig").write_text("apiVersion: v1\n")
+    return project
+
+
+def test_dev_stack_is_valid(tmp_path):
+    """The committed example stack validates where its lab files exist: exit 0 and a one-line
+    summary on stdout."""
+    result = run_cli("validate", "--stack", "dev", cwd=dev_project(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ok: stack dev is valid (5 hosts, 2 deploy hosts, 3 images)\n"
 
 
 def test_project_dir_option_finds_the_stack_from_elsewhere(tmp_path):
-    """--project-dir points at the directory holding Pulumi.<stack>.yaml."""
-    result = run_cli("validate", "--stack", "dev", "--project-dir", str(REPO), cwd=tmp_path)
+    """--project-dir points at the directory holding Pulumi.<stack>.yaml; relative paths in it
+    are relative to that directory, not to the current one."""
+    result = run_cli("validate", "--stack", "dev", "--project-dir", str(dev_project(tmp_path)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_files_the_stack_names_must_exist(tmp_path):
+    """Without the lab's files the dev stack names an SSH key, a kubeconfig and an image store
+    that are not there: one line each, with the field and the resolved path."""
+    project = dev_project(tmp_path, lab_files=False)
+    result = run_cli("validate", "--stack", "dev", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: cluster.ssh.private_key_path: cannot read .lab/id_ed25519 ({project}/.lab/id_ed25519): No such file or directory",
+        f"error: kubernetes.kubeconfig_path: cannot read .lab/kubeconfig ({project}/.lab/kubeconfig): No such file or directory",
+        f"error: apps.image_store: cannot list the directory .lab/images ({project}/.lab/images): No such file or directory",
+    ]
 
 
 def test_missing_stack_file_exits_2_with_one_clear_line(tmp_path):

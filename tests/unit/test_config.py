@@ -160,18 +160,26 @@ def test_rendered_base_config_is_valid():
 # -- IP addresses -----------------------------------------------------------------------------
 
 
-def test_ipv6_addresses_are_accepted_and_normalised():
-    """Hosts may be IPv6; they are stored in canonical form so comparisons across sections work."""
-    config = load(
-        render(
-            master0="fd00::0011",
-            cluster__masters=["fd00::11", "fd00::12"],
-            cluster__nodes=["fd00::21"],
-            registry__local_registry__deploy_hosts=["FD00::11"],
-        )
+def test_ipv6_hosts_are_refused_everywhere_an_ip_is_taken():
+    """rsync, ssh and curl targets are built for IPv4: an IPv6 host is refused in every list, with
+    the reason, instead of failing later in a target like `root@fd00::11:/path`."""
+    values = render(
+        master0="fd00::11",
+        cluster__masters=["fd00::11", "198.18.0.12"],
+        cluster__nodes=["fd00::21"],
+        down_hosts=["::ffff:198.18.0.12"],
+        registry__local_registry__deploy_hosts=["FD00::11"],
+        cluster__ssh__host_keys={"fd00::21": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"},
+        cluster__ssh__jump_host={"host": "fd00::1"},
     )
-    assert config.master0 == "fd00::11"
-    assert config.deploy_hosts == ["fd00::11"]
+    lines = problems(values)
+    why = "IPv6 hosts are not supported yet: rsync/ssh/curl targets are built for IPv4"
+    for path, value in [("master0", "'fd00::11'"), ("cluster.masters[0]", "'fd00::11'"),
+                        ("cluster.nodes[0]", "'fd00::21'"), ("down_hosts[0]", "'::ffff:198.18.0.12'"),
+                        ("registry.local_registry.deploy_hosts[0]", "'FD00::11'"),
+                        ("cluster.ssh.host_keys[fd00::21]", "'fd00::21'"),
+                        ("cluster.ssh.jump_host.host", "'fd00::1'")]:
+        assert f"error: {path}: {value}: {why}; give the host's IPv4 address" in lines, "\n".join(lines)
 
 
 def test_invalid_ip_is_rejected_with_value_in_message():
@@ -203,13 +211,6 @@ def test_node_that_is_also_a_master_is_rejected():
 def test_duplicate_master_is_rejected():
     """The same master listed twice is a mistake, not a no-op."""
     assert_rejected(render(cluster__masters__2="198.18.0.11"), "cluster.masters[2]", "listed twice")
-
-
-def test_duplicate_after_ipv6_normalisation_is_rejected():
-    """Uniqueness is checked on canonical addresses, so spelling variants do not slip through."""
-    values = render(master0="fd00::11", cluster__masters=["fd00::11", "fd00:0::11"], cluster__nodes=[])
-    values["registry"]["local_registry"]["deploy_hosts"] = ["fd00::11"]
-    assert_rejected(values, "cluster.masters[1]", "listed twice")
 
 
 def test_empty_masters_is_rejected():
@@ -365,7 +366,7 @@ def test_password_without_username_is_rejected():
 
 def test_username_with_colon_is_rejected():
     """htpasswd uses ':' as separator, so a user name may not contain it."""
-    assert_rejected(render(registry__username="ad:min"), "registry.username", "'ad:min' is not a valid user name")
+    assert_rejected(render(registry__username="ad:min"), "registry.username", "'ad:min' is not a valid user name (letters, digits, '.', '_' and '-', 1-64 characters")
 
 
 def test_password_is_a_secret_str_and_never_printed():

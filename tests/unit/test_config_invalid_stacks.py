@@ -112,6 +112,23 @@ CASES = [
     ("kubernetes-kubeconfig-plaintext", {"kubernetes.kubeconfig_path": DELETE, "kubernetes.kubeconfig": "apiVersion: v1"}, "kubernetes.kubeconfig", "must be a Pulumi secret (pulumi config set --secret --path kubernetes.kubeconfig ...)"),
     ("kubernetes-cluster-identifier-invalid", {"kubernetes.cluster_identifier": "My Cluster"}, "kubernetes.cluster_identifier", "'My Cluster' is not a valid cluster name"),
     ("kubernetes-unknown-key", {"kubernetes.contxt": "lab"}, "kubernetes.contxt", "did you mean 'context'?"),
+    # values that would break a shell command, ssh, curl, htpasswd, DNS or /etc/hosts later
+    ("registry-domain-trailing-newline", {"registry.domain": "sea.hub\n"}, "registry.domain", "'sea.hub\\n' is not a valid DNS name"),
+    ("cluster-name-trailing-newline", {"cluster.name": "my-cluster\n"}, "cluster.name", "'my-cluster\\n' is not a valid cluster name"),
+    ("ssh-user-is-an-option", {"cluster.ssh.user": "-oProxyCommand=touch /tmp/pwned"}, "cluster.ssh.user", "'-oProxyCommand=touch /tmp/pwned' is not a valid user name"),
+    ("ssh-jump-user-with-at", {"cluster.ssh.jump_host": {"host": "bastion.example.com", "user": "root@evil"}}, "cluster.ssh.jump_host.user", "'root@evil' is not a valid user name"),
+    ("registry-username-with-quote", {"registry.username": 'ad"min'}, "registry.username", "'ad\"min' is not a valid user name"),
+    ("registry-domain-numeric", {"registry.domain": "0x7f.1"}, "registry.domain", "'0x7f.1' reads as an IP address"),
+    ("registry-domain-localhost", {"registry.domain": "localhost"}, "registry.domain", "'localhost' already names the local machine on every host"),
+    ("cluster-data-root-with-space", {"cluster.data_root": "/var/lib/sealer data"}, "cluster.data_root", "sealer's init-registry.sh splits the registry path on whitespace"),
+    ("ssh-host-key-two-lines", {"cluster.ssh.host_keys": {"198.18.0.11": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5\n198.18.0.12 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"}}, "cluster.ssh.host_keys[198.18.0.11]", "holds a line break or control character"),
+    ("master0-loopback", {"master0": "127.0.0.1"}, "master0", "'127.0.0.1' is a loopback address (127.0.0.0/8, where every machine reaches itself), not a cluster host's address"),
+    ("node-ipv6", {"cluster.nodes[0]": "fd00::21"}, "cluster.nodes[0]", "IPv6 hosts are not supported yet: rsync/ssh/curl targets are built for IPv4"),
+    ("kubernetes-context-newline", {"kubernetes.context": "lab\n"}, "kubernetes.context", "holds a line break or control character"),
+    ("apps-name-with-slash", {"apps.history.applications[0].name": "../app0"}, "apps.history.applications[0].name", "'../app0' is not a valid application name"),
+    ("ssh-key-path-missing", {"cluster.ssh.private_key_path": "missing/id_ed25519"}, "cluster.ssh.private_key_path", "cannot read missing/id_ed25519"),
+    ("kubeconfig-path-missing", {"kubernetes.kubeconfig_path": "/nonexistent/kubeconfig"}, "kubernetes.kubeconfig_path", "cannot read /nonexistent/kubeconfig: No such file or directory"),
+    ("apps-image-store-not-there", {"apps.image_store": "/nonexistent/images"}, "apps.image_store", "cannot list the directory /nonexistent/images: No such file or directory"),
     ("top-level-unknown-key", {"master": "198.18.0.11"}, "master", "unknown key 'master' (did you mean 'master0'?"),
     ("flat-dotted-key", {"registry.password": DELETE, "'registry.password'": LEAKED}, "registry.password", "is a flat key; nest it with `pulumi config set --path registry.password ...`"),
 ]
@@ -128,6 +145,10 @@ def _apply(doc: dict, edits: dict) -> dict:
 
 
 def run_validate(tmp_path: Path, doc, capsys) -> tuple[int, str, str]:
+    # the local files Pulumi.dev.yaml names (the lab makes them)
+    (tmp_path / ".lab" / "images").mkdir(parents=True, exist_ok=True)
+    (tmp_path / ".lab" / "id_ed25519").write_text("key\n")
+    (tmp_path / ".lab" / "kubeconfig").write_text("apiVersion: v1\n")
     path = tmp_path / "Pulumi.case.yaml"
     path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
     code = cli.main(["validate", "--stack", "case", "--project-dir", str(tmp_path)])

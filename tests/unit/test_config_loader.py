@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,17 @@ def stack_file(tmp_path: Path, values: dict, extra: dict | None = None) -> Path:
 
 def secure(ciphertext: str = "v1:bm9uY2U=:Y2lwaGVy") -> dict:
     return {"secure": ciphertext}
+
+
+def local_files(base: Path) -> dict:
+    """Real files for the config's local paths under `base`; overrides for render()."""
+    (base / "keys").mkdir(parents=True, exist_ok=True)
+    (base / "keys" / "id_ed25519").write_text("key\n")
+    (base / "kubeconfig").write_text("apiVersion: v1\n")
+    (base / "images").mkdir(exist_ok=True)
+    return {"cluster__ssh__private_key_path": str(base / "keys" / "id_ed25519"),
+            "kubernetes__kubeconfig_path": str(base / "kubeconfig"),
+            "apps__image_store": str(base / "images")}
 
 
 def offline_values(**overrides) -> dict:
@@ -151,17 +163,17 @@ def engine_config():
     runtime_config._SECRET_KEYS.set(saved[1])
 
 
-def test_read_runtime_config_reads_the_engine(engine_config):
+def test_read_runtime_config_reads_the_engine(engine_config, tmp_path):
     """read_runtime_config gets every key from pulumi.runtime and knows which are secret."""
-    engine_config(engine_values(render()), ["sealer-registry:registry"])
+    engine_config(engine_values(render(**local_files(tmp_path))), ["sealer-registry:registry"])
     config = read_runtime_config()
     assert config.master0 == "198.18.0.11"
     assert config.secure_paths == {"registry"}
 
 
-def test_read_runtime_config_rejects_unknown_keys(engine_config):
+def test_read_runtime_config_rejects_unknown_keys(engine_config, tmp_path):
     """A typo'd key set with `pulumi config set` fails the run instead of being ignored."""
-    values = engine_values(render())
+    values = engine_values(render(**local_files(tmp_path)))
     values["sealer-registry:master_0"] = "198.18.0.12"
     engine_config(values, ["sealer-registry:registry"])
     with pytest.raises(ConfigError) as info:
@@ -176,3 +188,78 @@ def test_yaml_yes_no_are_strings_as_for_the_engine(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_stack_file(path)
     assert "error: registry.local_registry.insecure_mode: expected true or false, got 'no'" in info.value.lines()
+
+
+# -- local files the config names (cli validate and preview) ----------------------------------
+
+
+def test_local_files_that_exist_are_accepted(tmp_path):
+    """With check_files, existing files and an existing directory pass."""
+    path = stack_file(tmp_path, offline_values(**local_files(tmp_path)))
+    assert load_stack_file(path, check_files=True).apps.image_store == str(tmp_path / "images")
+
+
+def test_missing_local_files_are_all_reported_with_their_fields(tmp_path):
+    """Every unreadable path is one problem on its field, in one pass, next to model problems."""
+    values = offline_values(cluster__ssh__private_key_path="keys/id", kubernetes__kubeconfig_path="/nonexistent/kc",
+                            apps__image_store="images", registry__port=0)
+    with pytest.raises(ConfigError) as info:
+        load_stack_file(stack_file(tmp_path, values), check_files=True)
+    assert info.value.lines() == [
+        "error: registry.port: 0 is not a valid port (1-65535)",
+        f"error: cluster.ssh.private_key_path: cannot read keys/id ({tmp_path}/keys/id): No such file or directory",
+        "error: kubernetes.kubeconfig_path: cannot read /nonexistent/kc: No such file or directory",
+        f"error: apps.image_store: cannot list the directory images ({tmp_path}/images): No such file or directory",
+    ]
+
+
+def test_a_file_where_a_directory_belongs_and_the_reverse_are_refused(tmp_path):
+    """The image store is a directory; the key and the kubeconfig are files."""
+    files = local_files(tmp_path)
+    values = offline_values(cluster__ssh__private_key_path=str(tmp_path / "images"),
+                            apps__image_store=files["kubernetes__kubeconfig_path"],
+                            kubernetes__kubeconfig_path=files["kubernetes__kubeconfig_path"])
+    with pytest.raises(ConfigError) as info:
+        load_stack_file(stack_file(tmp_path, values), check_files=True)
+    assert info.value.lines() == [
+        f"error: cluster.ssh.private_key_path: cannot read {tmp_path}/images: it is a directory",
+        f"error: apps.image_store: cannot list the directory {tmp_path}/kubeconfig: Not a directory",
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_key_file_is_refused(tmp_path):
+    files = local_files(tmp_path)
+    key = Path(files["cluster__ssh__private_key_path"])
+    key.chmod(0)
+    with pytest.raises(ConfigError) as info:
+        load_stack_file(stack_file(tmp_path, offline_values(**files)), check_files=True)
+    assert info.value.lines() == [f"error: cluster.ssh.private_key_path: cannot read {key}: Permission denied"]
+
+
+def test_relative_and_home_paths_resolve_like_the_program_reads_them(tmp_path, monkeypatch):
+    """Relative paths are relative to the stack file's directory, `~` is the home directory."""
+    local_files(tmp_path / "project")
+    local_files(tmp_path / "home")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    values = offline_values(cluster__ssh__private_key_path="~/keys/id_ed25519", kubernetes__kubeconfig_path="kubeconfig",
+                            apps__image_store="images")
+    assert load_stack_file(stack_file(tmp_path / "project", values), check_files=True).apps.image_store == "images"
+
+
+def test_files_are_not_checked_unless_asked(tmp_path):
+    """status/recover/rejoin and init-pki read the config without the files (they take --ssh-key)."""
+    assert load_stack_file(stack_file(tmp_path, offline_values())).apps.image_store == "/var/lib/sealer-registry/images"
+
+
+def test_runtime_config_checks_the_files_at_preview(engine_config, tmp_path, monkeypatch):
+    """`__main__` reads the config through read_runtime_config, which checks the files against
+    the program's directory, so a preview refuses a missing key as `cli validate` does."""
+    monkeypatch.chdir(tmp_path)
+    files = local_files(tmp_path)
+    engine_config(engine_values(render(**{**files, "cluster__ssh__private_key_path": "missing/id"})),
+                  ["sealer-registry:registry"])
+    with pytest.raises(ConfigError) as info:
+        read_runtime_config()
+    assert info.value.lines() == [
+        f"error: cluster.ssh.private_key_path: cannot read missing/id ({tmp_path}/missing/id): No such file or directory"]
