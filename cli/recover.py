@@ -15,6 +15,7 @@ from cli.probe import HostProbe, complete_images
 from cli.session import Session
 from config import StackConfig
 from config.image_store import StoredImage
+from topology import Place, Topology
 
 NAME = "recover"
 HELP = "make another master the registry's master0 (the old one is marked down, never dialled)"
@@ -65,18 +66,20 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def check_role(config: StackConfig, host: str) -> None:
-    """The refusals that need only the config."""
+    """The refusals that need only the config (and its topology)."""
     cluster = config.cluster
-    if host not in config.hosts:
+    try:
+        plan = Topology.of(config).host(host)
+    except KeyError:
         raise CliError(f"{host} is not a host of cluster {cluster.name} "
-                       f"(masters: {', '.join(cluster.masters)}; nodes: {', '.join(cluster.nodes) or 'none'})")
-    if host not in cluster.masters:
+                       f"(masters: {', '.join(cluster.masters)}; nodes: {', '.join(cluster.nodes) or 'none'})") from None
+    if plan.place is Place.NODE:
         raise CliError(f"{host} is a node, not a master: master0 must be one of the masters "
                        f"({', '.join(cluster.masters)})")
-    if host in config.down_hosts:
+    if plan.down:
         raise CliError(f"{host} is listed in down_hosts; if it is back, take it off with "
                        f"`python -m cli rejoin --host {host} --stack <stack>` first")
-    if host not in config.deploy_hosts:
+    if not plan.deploys:
         raise CliError(f"{host} is not a deploy host (registry.local_registry.deploy_hosts: "
                        f"{', '.join(config.deploy_hosts)}): it holds no registry files to serve from")
 

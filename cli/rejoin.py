@@ -46,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
     with Session(args) as session:
         config = session.config
         host = args.host
-        if host not in config.hosts:
+        if host not in [h.ip for h in session.topology.hosts]:
             raise CliError(f"{host} is not a host of cluster {config.cluster.name} "
                            f"(hosts: {', '.join(config.hosts)})")
-        if host not in config.down_hosts:
+        if not session.topology.host(host).down:
             raise CliError(f"{host} is not listed in down_hosts "
                            f"({', '.join(config.down_hosts) or 'empty'}): nothing to rejoin")
         session.images  # a missing image refuses before the host is dialled
