@@ -18,6 +18,7 @@ from config.errors import ConfigError
 from config.image_store import load_images
 from config.loader import load_stack_file, read_runtime_config, stack_file_path
 from material import build_material
+from topology import ROOT, Topology
 
 
 def secret_text(value) -> str | None:
@@ -65,11 +66,9 @@ def main() -> None:
         host_keys=dict(cluster.ssh.host_keys),
         jump=JumpHost(jump.host, jump.user, jump.port) if jump else None)
 
-    registry = ClusterRegistry("sealer-registry", ClusterRegistryArgs(
-        cluster_name=cluster.name, rootfs=cfg.rootfs, master0=cfg.master0,
-        masters=list(cluster.masters), nodes=list(cluster.nodes),
-        deploy_hosts=cfg.deploy_hosts, down_hosts=list(cfg.down_hosts),
-        distribution=cfg.distribution, domain=reg.domain, port=reg.port,
+    registry = ClusterRegistry(ROOT, ClusterRegistryArgs(
+        cluster_name=cluster.name, rootfs=cfg.rootfs, topology=Topology.of(cfg),
+        domain=reg.domain, port=reg.port,
         insecure=reg.local_registry.insecure_mode, username=reg.username,
         password=pulumi.Output.secret(password) if password else None,
         material=material, access=access, image_store=str(Path(cfg.apps.image_store).expanduser().resolve()),

@@ -4,7 +4,6 @@ against `tar | ssh` and sealer's per-file SFTP with md5 checks. All through Open
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from components.access import SshAccess
 from components.remote_scripts import script_run
-from lab.hosts import NFT_TABLE, Lab, _counter
+from lab.hosts import Lab
 
 COPY_ROOT = "/var/lib/sealer/bench-copy"
 
@@ -78,16 +77,6 @@ def expect_complete(lab: Lab, host: str, path: str, src: Source, method: str) ->
     want = (len(src.files()), src.bytes())
     if (files, size) != want:
         raise CopyError(f"{method}: target holds {files} files / {size} bytes, source {want}")
-
-
-def link_bytes(host_name: str) -> int:
-    """Bytes of IP frames sent towards the host over the lab bridge (nft counter)."""
-    out = subprocess.run(["nft", "-j", "list", "counter", "bridge", NFT_TABLE, _counter(host_name)],
-                         capture_output=True, text=True, check=True).stdout
-    for item in json.loads(out)["nftables"]:
-        if "counter" in item:
-            return int(item["counter"]["bytes"])
-    raise CopyError(f"no counter for {host_name}")
 
 
 # ---------------------------------------------------------------- methods
@@ -196,9 +185,9 @@ def measure(lab: Lab, host: str, src: Source, repeat: int, log) -> dict:
     clear(lab, host)
     sync_data(lab, host, src, f"{COPY_ROOT}/sync")
     before = blob_inodes(lab, host, f"{COPY_ROOT}/sync/registry")
-    wire_before = link_bytes(lab.host(host).name)
+    wire_before = lab.bytes_to(host)
     resync_s, stderr = sync_data(lab, host, src, f"{COPY_ROOT}/sync")
-    wire = link_bytes(lab.host(host).name) - wire_before
+    wire = lab.bytes_to(host) - wire_before
     after = blob_inodes(lab, host, f"{COPY_ROOT}/sync/registry")
     rewritten = [n for n, v in after.items() if before.get(n, (None,))[0] != v[0]]
     result.update({

@@ -21,13 +21,14 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from config import PROJECT
 from lab import controlplane as cplane
 from lab import images as lab_images
 from lab.hosts import BRIDGE, DEFAULT_STATE, INSTANCE, REPO, Lab
+from lab.stack import (DOMAIN, PORT, SECRETS, LabEnv, ProgramStack, RunReport, hosts_line,
+                       make_lab_env, registry_running, stack_values, step_recorder)
 from material import pki
-from tests.e2e.labstack import LabEnv
-from tests.e2e.lifecycle import DOMAIN, PORT, SECRETS, hosts_line, registry_running, stack_values
-from tests.e2e.program import ProgramStack, RunReport, _on_event
+from topology import parse_step
 
 from bench import copy as copybench
 from bench.procmem import TreePeak
@@ -82,7 +83,7 @@ class Timeline:
 
 
 def _timed_handler(report: RunReport, timeline: Timeline):
-    record_op = _on_event(report)
+    record_op = step_recorder(report)
 
     def handle(event) -> None:
         record_op(event)
@@ -215,16 +216,7 @@ class Run:
                          etcd_peer_port=cplane.ETCD_PEER_PORT + INSTANCE)
 
     def lab_env(self, nodes: int, kubeconfig: Path) -> LabEnv:
-        self.lab.up(masters=3, nodes=nodes)
-        state = self.lab.state
-        summary = lab_images.generate(state / "images", apps=3, app_size=512 << 10, layers=2,
-                                      cluster_size=1 << 20, seed=0, history=state / "application.json")
-        refs = [f"{r['repository']}:{r['tag']}@{r['digest']}"
-                for img in [summary["cluster"], *summary["apps"]] for r in img["refs"]]
-        return LabEnv(lab=self.lab, inventory=self.lab.inventory(), key_path=self.lab.key_path,
-                      store=Path(summary["store"]), history_file=Path(summary["history"]),
-                      cluster_image_id=summary["cluster_image_id"], refs=refs,
-                      kubeconfig=kubeconfig, ca=self.ca)
+        return make_lab_env(self.lab.state, kubeconfig, masters=3, nodes=nodes, apps=3, ca=self.ca)
 
     def deploy(self, name: str, env: LabEnv) -> BenchStack:
         stack = fresh_stack(name, self.env)
@@ -357,7 +349,8 @@ class Run:
         plan = stack.preview(self.args.parallel)
         self.record("preview_50_s", plan.seconds, load)
         self.results.setdefault("profile", {})["preview_50"] = stack.profile
-        touching_old = [k for k, op in plan.changed().items() if k.endswith(old) and op != "delete"]
+        touching_old = [k for k, op in plan.changed().items()
+                        if (parse_step(k) or (None, None))[1] == old and op != "delete"]
         if touching_old:
             raise BenchError(f"the recovery plan touches the dead master0: {touching_old}")
         log(f"recovery preview (3+{m}): {plan.seconds:.1f}s, {len(plan.changed())} planned changes")
@@ -375,7 +368,7 @@ class Run:
         self.check_recovered(env, old, new, before)
         log(f"recovery up (3+{m}): {rec.seconds:.1f}s, {len(rec.remote_commands())} commands, "
             f"peak RSS {peak.mb:.0f} MiB over {peak.samples} samples; {stack.profile}")
-        state_file = BENCH_DIR / "state" / ".pulumi" / "stacks" / "sealer-registry" / "bench50.json"
+        state_file = BENCH_DIR / "state" / ".pulumi" / "stacks" / PROJECT / "bench50.json"
         if state_file.exists():
             self.record("state_file_bytes_50", state_file.stat().st_size)
         if self.args.profile:

@@ -4,7 +4,16 @@ Each command is a module in this package exposing
     NAME: str, HELP: str
     register(parser: argparse.ArgumentParser) -> None   # add its arguments
     run(args: argparse.Namespace) -> int                # exit code
-and is listed in COMMANDS below. Exit codes: 0 ok, 2 invalid input/config (as argparse).
+and is listed in COMMANDS below. What they share:
+
+    common.py   exit codes (0 ok, 1 degraded, 2 refused, 130 interrupted: see its docstring),
+                CliError, the --stack/--project-dir/--pulumi, --ssh-key and --json arguments
+    session.py  Session: the stack (--stack, else the engine's selected stack), its config,
+                topology and images, one engine, SSH access; made once per command
+    engine.py   the Pulumi engine (Automation API): select, config set/get, preview, up
+    ssh.py, probe.py, health.py   reach the hosts, run the status probe, judge it
+    change.py   the one flow of recover and rejoin (set, preview, plan, confirm, up, check)
+    plan.py     a preview's steps read back as a plan (step names from topology.py)
 """
 
 from __future__ import annotations
@@ -22,14 +31,16 @@ COMMANDS: tuple[str, ...] = (
     "cli.rejoin",
 )
 
-EXIT_OK = 0
-EXIT_INVALID = 2
-
 _EPILOG = """\
+Without --stack a command works on the stack `pulumi stack select` chose, as `pulumi` does.
+Exit codes: 0 ok; 1 degraded (status found a problem; recover/rejoin: `up` or the check after
+it failed, a rerun is safe; or not confirmed); 2 refused, nothing changed; 130 interrupted.
+
 examples:
   python -m cli validate --stack dev
   python -m cli init-pki --stack prod
   python -m cli status --stack prod
+  python -m cli status --json
   python -m cli recover master0 --host 198.18.0.12 --stack prod --preview
   python -m cli rejoin --host 198.18.0.11 --stack prod --yes
 """

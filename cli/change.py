@@ -1,5 +1,6 @@
-"""What `recover` and `rejoin` share: change master0/down_hosts through the engine, preview and
-print the plan, confirm, `up` with live progress, then verify with the status probe.
+"""The one flow of `recover` and `rejoin`: change master0 and/or down_hosts through the engine,
+preview and print the plan, confirm, `up` with live progress, then check every live host with
+the status probe.
 
 The stack file is saved before the change; a preview-only run, a refusal or an error before `up`
 puts it back byte for byte. Once `up` has started the new config stays: the state may already
@@ -8,22 +9,20 @@ have moved, and every step is idempotent, so the fix is a rerun.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from enum import StrEnum
 
 import yaml
 
 from cli import plan as plan_mod
-from cli.common import EXIT_DEGRADED, EXIT_OK, CliError, load_config
-from cli.engine import PROJECT, Engine, UpFailed
-from cli.probe import Assessment, HostProbe, SshAccess, all_refs, probe_command, probe_host, ssh_key_file
-from cli.status import decrypter, probe_cluster, report, stack_images
-from config import StackConfig
-from config.image_store import StoredImage
+from cli.common import EXIT_DEGRADED, EXIT_OK, CliError
+from cli.engine import UpFailed
+from cli.health import Assessment, check_cluster, report
+from cli.probe import HostProbe, all_refs, probe_command, probe_host
+from cli.session import Session
+from config import PROJECT, StackConfig
 
 PREFLIGHT_TIMEOUT_S = 10.0
 
@@ -41,114 +40,154 @@ class Timer:
         return f"{parts}; total {sum(self.phases.values()):.1f}s"
 
 
-def probe_one(config: StackConfig, args: argparse.Namespace, ip: str,
-              images: list[StoredImage]) -> HostProbe:
-    """The status probe on one host (ConnectTimeout 3 s): nothing else is dialled."""
-    with ssh_key_file(config, args.project_dir, args.ssh_key, decrypter(args)) as key:
-        with SshAccess(config, key) as access:
-            return probe_host(access, ip, probe_command(config, all_refs(images)), PREFLIGHT_TIMEOUT_S)
+@dataclass(frozen=True)
+class Change:
+    """What a command changes in the stack config, and how it talks about it."""
+
+    master0: str | None        # the new master0; None: master0 stays
+    down_hosts: list[str]      # the whole list after the change
+    question: str              # asked before `up` (unless --yes)
+    rerun: str                 # the command that resumes after a failed `up`
+    preview_only: bool = False
 
 
-def image_bytes(store: Path, images: list[StoredImage]) -> int:
-    total = 0
-    for img in images:
-        for root, _, files in os.walk(store / img.hex / "docker"):
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(root, name)).st_size
-                except OSError:
-                    pass
-    return total
+class Outcome(StrEnum):
+    PREVIEWED = "previewed"    # --preview: the plan was shown, the config restored
+    ABORTED = "aborted"        # not confirmed: the config restored
+    APPLIED = "applied"        # `up` ran and every live host was checked
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+@dataclass
+class Result:
+    outcome: Outcome
+    plan: plan_mod.Plan
+    config: StackConfig | None = None      # as `up` left it
+    health: Assessment | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.outcome is Outcome.PREVIEWED:
+            return EXIT_OK
+        if self.outcome is Outcome.ABORTED or not self.health.healthy:
+            return EXIT_DEGRADED
+        return EXIT_OK
 
 
-def confirm(question: str, assume_yes: bool) -> bool:
-    if assume_yes:
-        return True
-    if not sys.stdin.isatty():
-        raise CliError("not confirmed: stdin is not a terminal; pass --yes to proceed without asking")
-    try:
-        answer = input(f"{question} [y/N] ")
-    except EOFError:
-        answer = ""
-    return answer.strip().lower() in ("y", "yes")
+class StackFileGuard:
+    """Saves the stack file; ``restore`` puts it back unless `up` has started."""
 
-
-class StackChange:
-    """Changes master0 / down_hosts of one stack and rolls the file back unless `up` started."""
-
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.engine = Engine(args.stack, args.project_dir, args.pulumi)
-        self.saved = self.engine.stack_file.read_bytes()
+    def __init__(self, session: Session):
+        self.path = session.engine.stack_file
+        self.saved = self.path.read_bytes()
         self.committed = False
 
     def restore(self) -> None:
         if not self.committed:
-            self.engine.stack_file.write_bytes(self.saved)
+            self.path.write_bytes(self.saved)
 
     def has_key(self, key: str) -> bool:
         doc = yaml.safe_load(self.saved) or {}
         return f"{PROJECT}:{key}" in (doc.get("config") or {})
 
-    def set(self, *, master0: str | None, down_hosts: list[str]) -> None:
-        had_down_hosts = self.has_key("down_hosts")
-        try:
-            if master0 is not None:
-                self.engine.set_master0(master0, down_hosts, had_down_hosts)
-            else:
-                self.engine.set_down_hosts(down_hosts, had_down_hosts)
-        except BaseException:
-            self.restore()
-            raise
 
-    def preview(self, *, master0: str, domain: str, down_hosts: list[str],
-                old_master0: str | None, timer: Timer) -> plan_mod.Plan:
-        try:
-            steps, seconds = self.engine.preview()
-        except CliError as e:
-            self.restore()
-            raise CliError(f"{e.message} (the stack config is restored; nothing was changed)", e.code) from None
-        except BaseException:
-            self.restore()
-            raise
-        timer.add("preview", seconds)
-        return plan_mod.render(steps.ops, master0=master0, domain=domain,
-                               down_hosts=down_hosts, old_master0=old_master0)
-
-    def up(self, timer: Timer, rerun: str):
-        self.committed = True
-        try:
-            steps, seconds = self.engine.up()
-        except UpFailed as e:
-            raise CliError(f"pulumi up failed: {e.message}\nnote: the stack config keeps the "
-                           f"change; after fixing the cause a rerun is safe (every step is "
-                           f"idempotent): {rerun}", EXIT_DEGRADED) from None
-        timer.add("up", seconds)
-        return steps
+def preflight_probe(session: Session, ip: str) -> HostProbe:
+    """The status probe on the one host a change needs (ConnectTimeout 3 s): nothing else is
+    dialled."""
+    run = probe_command(session.config, all_refs(session.images))
+    return probe_host(session.ssh(), ip, run, PREFLIGHT_TIMEOUT_S)
 
 
-def verify(args: argparse.Namespace, timer: Timer) -> tuple[StackConfig, Assessment]:
-    """The status probe over every live host, with the config as `up` left it."""
+def plan_json(plan: plan_mod.Plan) -> dict:
+    return {"changes": plan.changes, "repointed": plan.repointed, "launch_on": plan.launch_on,
+            "data_to": plan.data_to, "dropped": plan.dropped, "records": plan.records,
+            "lines": [line.strip() for line in plan.lines]}
+
+
+def health_summary_json(health: Assessment | None) -> dict | None:
+    if health is None:
+        return None
+    return {"healthy": health.healthy, "master0_images": health.master0_images,
+            "images_expected": health.images_expected, "problems": list(health.problems)}
+
+
+def confirm(question: str, assume_yes: bool, out=sys.stdout) -> bool:
+    if assume_yes:
+        return True
+    if not sys.stdin.isatty():
+        raise CliError("not confirmed: stdin is not a terminal; pass --yes to proceed without asking")
+    try:
+        print(f"{question} [y/N] ", end="", file=out, flush=True)
+        answer = input()
+    except EOFError:
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
+
+
+def apply_change(session: Session, change: Change, timer: Timer, assume_yes: bool) -> Result:
+    """Set, preview, print the plan, [restore and stop | confirm], up, check every live host."""
+    out, engine = session.out, session.engine
+    before = session.config
+    guard = StackFileGuard(session)
+    try:
+        had_down_hosts = guard.has_key("down_hosts")
+        if change.master0 is not None:
+            engine.set_master0(change.master0, change.down_hosts, had_down_hosts)
+        else:
+            engine.set_down_hosts(change.down_hosts, had_down_hosts)
+    except BaseException:
+        guard.restore()
+        raise
+    try:
+        steps, seconds = engine.preview()
+    except CliError as e:
+        guard.restore()
+        raise CliError(f"{e.message} (the stack config is restored; nothing was changed)", e.code) from None
+    except BaseException:
+        guard.restore()
+        raise
+    timer.add("preview", seconds)
+    master0 = change.master0 or before.master0
+    plan = plan_mod.render(steps.ops, master0=master0, domain=before.registry.domain,
+                           down_hosts=change.down_hosts,
+                           old_master0=before.master0 if change.master0 else None)
+    print(f"plan for stack {session.stack} (pulumi preview, {seconds:.1f}s):", file=out)
+    print(plan.text(), file=out)
+    if change.preview_only:
+        guard.restore()
+        return Result(Outcome.PREVIEWED, plan)
+    if not confirm(change.question, assume_yes, out):
+        guard.restore()
+        print("aborted: the stack config is restored; nothing was changed", file=out)
+        return Result(Outcome.ABORTED, plan)
+
+    print(f"pulumi up (stack {session.stack}):", file=out)
+    guard.committed = True
+    try:
+        _, seconds = engine.up(out)
+    except UpFailed as e:
+        raise CliError(f"pulumi up failed: {e.message}\nnote: the stack config keeps the "
+                       f"change; after fixing the cause a rerun is safe (every step is "
+                       f"idempotent): {change.rerun}", EXIT_DEGRADED) from None
+    timer.add("up", seconds)
+
+    print("verifying every live host:", file=out)
     start = time.monotonic()
-    config, _ = load_config(args)
-    images = stack_images(config, args.project_dir)
-    result = probe_cluster(config, args, images)
+    after = session.reload()
+    health = check_cluster(session)
     timer.add("verify", time.monotonic() - start)
-    report(config, result, time.monotonic() - start)
-    return config, result
+    report(after, health, time.monotonic() - start, out)
+    return Result(Outcome.APPLIED, plan, after, health)
 
 
-def finish(result: Assessment, rerun: str) -> int:
-    if result.healthy:
-        return EXIT_OK
-    print(f"error: the status check after `up` found {len(result.problems)} problems (above); "
-          f"a rerun is safe: {rerun}", file=sys.stderr)
-    return EXIT_DEGRADED
+def finish(result: Result, rerun: str) -> int:
+    """The exit code; when the check after `up` found problems, one `error:` line says so."""
+    if result.outcome is Outcome.APPLIED and not result.health.healthy:
+        print(f"error: {failure(result, rerun)}", file=sys.stderr)
+    return result.exit_code
+
+
+def failure(result: Result, rerun: str) -> str | None:
+    if result.outcome is Outcome.APPLIED and not result.health.healthy:
+        return (f"the status check after `up` found {len(result.health.problems)} problems "
+                f"(above); a rerun is safe: {rerun}")
+    return None

@@ -1,21 +1,33 @@
-"""Pieces every command shares: the error type, exit codes, reading a stack offline."""
+"""Pieces every command shares: the exit codes, the error type, the stack arguments, `--json`.
+
+Exit codes, the same for every command:
+
+    0    done; `status`: healthy
+    1    degraded: `status` found a problem on the hosts; `recover`/`rejoin`: `up` or the
+         status check after it failed (every step is idempotent: a rerun is safe), or the
+         operator did not confirm
+    2    refused: bad arguments, an invalid stack config, no stack named or selected, a refused
+         preflight; nothing was changed
+    130  interrupted (Ctrl-C)
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import os
 import sys
 from pathlib import Path
 
-from config import ConfigError, StackConfig, load_stack_file, stack_file_path
-
 EXIT_OK = 0
-EXIT_DEGRADED = 1   # status: something is wrong on the hosts; recover/rejoin: the run failed
-EXIT_REFUSED = 2    # bad input or a refused preflight: nothing was touched
+EXIT_DEGRADED = 1
+EXIT_REFUSED = 2
+EXIT_INTERRUPTED = 130
 
 
 class CliError(Exception):
-    """One clear line for the operator; ``code`` is the exit code."""
+    """One clear line (or one per config problem) for the operator; ``code`` is the exit code."""
 
     def __init__(self, message: str, code: int = EXIT_REFUSED):
         super().__init__(message)
@@ -24,20 +36,33 @@ class CliError(Exception):
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stack", required=True, metavar="NAME",
-                        help="stack name; its config is Pulumi.NAME.yaml")
+    parser.add_argument("--stack", metavar="NAME",
+                        help="stack name; its config is Pulumi.NAME.yaml (default: the stack "
+                             "selected with `pulumi stack select`, as `pulumi` itself uses)")
     parser.add_argument("--project-dir", default=".", metavar="DIR",
                         help="directory holding Pulumi.yaml (default: current directory)")
+    parser.add_argument("--pulumi", metavar="PATH",
+                        help="the pulumi CLI to use (default: `pulumi` on PATH)")
 
 
-def load_config(args: argparse.Namespace) -> tuple[StackConfig, Path]:
-    """The validated stack config, offline. A ConfigError becomes one CliError whose message holds
-    one `error:` line per problem."""
-    path = stack_file_path(args.stack, args.project_dir)
+def add_ssh_key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ssh-key", metavar="PATH",
+                        help="SSH private key (default: cluster.ssh.private_key_path; a key kept "
+                             "as a secret in the stack is decrypted through the engine)")
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object on stdout (keys: see above) and the progress "
+                             "on stderr; errors are in the object too")
+
+
+def parse_ip(value: str) -> str:
+    """``--host``'s value, normalised; CliError if it is not an IP address."""
     try:
-        return load_stack_file(path), path
-    except ConfigError as e:
-        raise CliError("\n".join(e.lines())) from None
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise CliError(f"--host {value!r} is not an IP address") from None
 
 
 def resolve_local_path(value: str, project_dir: str | os.PathLike) -> Path:
@@ -52,17 +77,33 @@ def print_error(message: str) -> None:
         print(line if line.startswith("error:") else f"error: {line}", file=sys.stderr)
 
 
-def guarded(run):
-    """Decorates a command's `run`: a CliError becomes its message on stderr and its exit code."""
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except CliError as e:
-            print_error(e.message)
-            return e.code
-        except KeyboardInterrupt:
-            print_error("interrupted")
-            return 130
-    wrapper.__name__ = run.__name__
-    wrapper.__doc__ = run.__doc__
-    return wrapper
+def print_json(document: dict) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def error_document(command: str, args: argparse.Namespace, code: int, message: str) -> dict:
+    """What `--json` prints when a command stops with an error: the keys every document has."""
+    text = "\n".join(line.removeprefix("error: ") for line in message.splitlines())
+    return {"command": command, "stack": getattr(args, "stack", None), "exit_code": code,
+            "error": text}
+
+
+def guarded(command: str):
+    """Decorates a command's `run`: a CliError becomes its message on stderr (and, with --json,
+    an error document on stdout) and its exit code."""
+    def decorate(run):
+        def wrapper(args: argparse.Namespace) -> int:
+            try:
+                return run(args)
+            except CliError as e:
+                code, message = e.code, e.message
+            except KeyboardInterrupt:
+                code, message = EXIT_INTERRUPTED, "interrupted"
+            print_error(message)
+            if getattr(args, "json", False):
+                print_json(error_document(command, args, code, message))
+            return code
+        wrapper.__name__ = run.__name__
+        wrapper.__doc__ = run.__doc__
+        return wrapper
+    return decorate

@@ -3,6 +3,7 @@
 The engine's environment is the operator's: `pulumi` on PATH (or `--pulumi`), the backend from
 PULUMI_BACKEND_URL or `pulumi login`, the passphrase from PULUMI_CONFIG_PASSPHRASE(_FILE). Nothing
 here invents them. Secret values are handed to `pulumi config set` on stdin, never as arguments.
+Which stack a command works on without `--stack` is the engine's answer too (`selected_stack`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from cli.common import EXIT_DEGRADED, CliError
-
-PROJECT = "sealer-registry"
+from config import PROJECT, stack_file_path
 # Types whose steps say nothing to an operator (components, the stack, providers).
 _QUIET_TYPES = ("pulumi:pulumi:Stack", "pulumi:providers:", "sealer:")
 _NO_CHANGE = ("same", "read", "refresh")
@@ -36,6 +36,31 @@ def use_pulumi(explicit: str | None) -> str:
     if not found:
         raise CliError("`pulumi` is not on PATH: install the Pulumi CLI or pass --pulumi PATH")
     return found
+
+
+def selected_stack(project_dir: str | os.PathLike, pulumi: str | None = None) -> str:
+    """The stack `pulumi` works on when no `--stack` is given: the workspace's selected stack
+    (`pulumi stack select`), as the engine reports it (`pulumi stack ls`, the current one)."""
+    project_dir = Path(project_dir).resolve()
+    if not (project_dir / "Pulumi.yaml").is_file():
+        raise CliError(f"no --stack given, and {project_dir} holds no Pulumi.yaml to find the "
+                       "selected stack of (check --project-dir)")
+    try:
+        use_pulumi(pulumi)
+    except CliError as e:
+        raise CliError(f"no --stack given, and no engine to ask which stack is selected "
+                       f"({e.message}); or pass --stack NAME") from None
+    from pulumi import automation as auto
+
+    try:
+        current = auto.LocalWorkspace(work_dir=str(project_dir)).stack()
+    except Exception as e:  # CommandError (no backend, not logged in), version check
+        raise CliError(f"no --stack given, and the engine cannot say which stack is selected: "
+                       f"{_short(e)}") from None
+    if current is None:
+        raise CliError("no --stack given and no stack is selected: pass --stack NAME or select "
+                       "one with `pulumi stack select NAME`")
+    return current.name
 
 
 def first_error_line(text: str) -> str:
@@ -152,7 +177,7 @@ class Engine:
 
     @property
     def stack_file(self) -> Path:
-        return self.project_dir / f"Pulumi.{self.stack_name.split('/')[-1]}.yaml"
+        return stack_file_path(self.stack_name, self.project_dir)
 
     # -- config ---------------------------------------------------------------------------------
     def cli(self, *args: str, input: str | None = None, timeout: float = 120) -> str:

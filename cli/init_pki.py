@@ -10,8 +10,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from cli.common import EXIT_OK, CliError, add_stack_arguments, guarded
-from cli.engine import PROJECT, Engine
-from config import stack_file_path
+from cli.engine import Engine
+from cli.session import Session
+from config import PROJECT
 from material import pki
 
 NAME = "init-pki"
@@ -38,7 +39,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_stack_arguments(parser)
     parser.add_argument("--force", action="store_true",
                         help="replace an existing CA (every node must then trust the new one)")
-    parser.add_argument("--pulumi", metavar="PATH", help="the pulumi CLI (default: `pulumi` on PATH)")
 
 
 def existing_tls(stack_file) -> tuple[dict, bool]:
@@ -78,18 +78,23 @@ def check_stored(engine: Engine) -> None:
         raise CliError("the engine returned a CA key that does not match the CA certificate")
 
 
-@guarded
+@guarded(NAME)
 def run(args: argparse.Namespace) -> int:
-    stack_file = stack_file_path(args.stack, args.project_dir)
+    with Session(args) as session:
+        return init_pki(session, args.force)
+
+
+def init_pki(session: Session, force: bool) -> int:
+    stack_file = session.stack_file
     tls, insecure = existing_tls(stack_file)
     if insecure:
         raise CliError("registry.local_registry.insecure_mode is true: the registry serves plain "
                        "HTTP and needs no CA")
     present = [k for k in ("ca_cert", "ca_key") if tls.get(k) is not None]
-    if present and not args.force:
-        raise CliError(f"stack {args.stack} already has registry.tls.{present[0]}: nodes trust "
+    if present and not force:
+        raise CliError(f"stack {session.stack} already has registry.tls.{present[0]}: nodes trust "
                        "that CA; pass --force to replace it")
-    engine = Engine(args.stack, args.project_dir, args.pulumi)
+    engine = session.engine
     cert, key = pki.generate_ca()
     saved = stack_file.read_bytes()
     try:  # both values or neither: a CA key that does not match its cert would break every up
@@ -100,5 +105,5 @@ def run(args: argparse.Namespace) -> int:
         stack_file.write_bytes(saved)
         raise
     verb = "replaced" if present else "stored"
-    print(f"ok: stack {args.stack}: registry CA {describe(cert)}; registry.tls.ca_key {verb} as a secret")
+    print(f"ok: stack {session.stack}: registry CA {describe(cert)}; registry.tls.ca_key {verb} as a secret")
     return EXIT_OK

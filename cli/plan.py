@@ -1,29 +1,31 @@
 """A preview's steps as a short human plan: which host gets what.
 
-Pure functions of the step map `{resource name: op}` (the names of components/: `registry-launch-<ip>`,
-`data-<ip>`, `node-<ip>` ...), so the rendering is unit-tested without an engine.
+Pure functions of the step map `{resource name: op}`; the names are read back with
+``topology.parse_step`` (the components take them from ``topology`` too), so the rendering is
+unit-tested without an engine.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-_IP = r"(\d{1,3}(?:\.\d{1,3}){3})"
-# (resource name prefix, what it does on a host), in the order the plan lists them.
+import topology
+from topology import HostStep, parse_step
+
+# What each host step does on a host, in the order the plan lists them.
 HOST_STEPS = (
-    ("registry-launch-", "launch the registry on"),
-    ("data-", "copy the registry data to"),
-    ("rootfs-", "write the registry files (config, certificate, htpasswd) on"),
-    ("registry-standby-", "keep the registry stopped (standby) on"),
-    ("node-", "point {domain} at {master0} on"),
+    (HostStep.LAUNCH, "launch the registry on"),
+    (HostStep.DATA, "copy the registry data to"),
+    (HostStep.ROOTFS, "write the registry files (config, certificate, htpasswd) on"),
+    (HostStep.STANDBY, "keep the registry stopped (standby) on"),
+    (HostStep.NODE, "point {domain} at {master0} on"),
 )
 RECORDS = {
-    "sealer-registry-config": "ConfigMap kube-system/sealer-registry",
-    "sealer-registry-secret": "Secret kube-system/sealer-registry",
-    "sealer-apps": "ConfigMap kube-system/sealer-apps",
+    topology.REGISTRY_CONFIG: "ConfigMap kube-system/sealer-registry",
+    topology.REGISTRY_SECRET: "Secret kube-system/sealer-registry",
+    topology.APPS: "ConfigMap kube-system/sealer-apps",
 }
-VERIFY = "registry-verify"
+LABELS = dict(HOST_STEPS)
 _DROPS = ("delete", "delete-replaced", "discard")
 
 
@@ -41,22 +43,13 @@ class Plan:
         return "\n".join(self.lines)
 
 
-def split_host(name: str) -> tuple[str, str] | None:
-    """('node-', '198.18.0.12') for `node-198.18.0.12`; None for names without a host."""
-    for prefix, _label in HOST_STEPS:
-        m = re.fullmatch(re.escape(prefix) + _IP, name)
-        if m:
-            return prefix, m.group(1)
-    return None
-
-
 def _hosts(ips: list[str]) -> str:
     return ips[0] if len(ips) == 1 else f"{len(ips)} hosts: {', '.join(ips)}"
 
 
 def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[str],
            old_master0: str | None = None) -> Plan:
-    by_prefix: dict[str, list[tuple[str, str]]] = {}
+    by_step: dict[HostStep, list[tuple[str, str]]] = {}
     dropped: dict[str, int] = {}
     records: list[str] = []
     other: list[str] = []
@@ -67,18 +60,17 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
         if op in ("same", "read", "refresh"):
             continue
         changes += 1
-        host = split_host(name)
-        tail = re.search("-" + _IP + "$", name)
-        ip = tail.group(1) if tail else None
+        host = parse_step(name)
+        ip = host[1] if host else None
         if op in _DROPS and ip in down_hosts:
             dropped[ip] = dropped.get(ip, 0) + 1
         elif op in _DROPS:
             retired.append(name)
-        elif host:
-            by_prefix.setdefault(host[0], []).append((host[1], op))
+        elif host and host[0] in LABELS:
+            by_step.setdefault(host[0], []).append((host[1], op))
         elif name in RECORDS:
             records.append(f"{RECORDS[name]} ({op})")
-        elif name == VERIFY:
+        elif name == topology.VERIFY:
             verify = op
         else:
             other.append(f"{name} ({op})")
@@ -87,8 +79,8 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
     if old_master0 and old_master0 != master0:
         lines.append(f"master0 {old_master0} -> {master0}; {old_master0} goes on down_hosts "
                      "(nothing runs there, it is not contacted)")
-    for prefix, label in HOST_STEPS:
-        steps = by_prefix.get(prefix)
+    for step, label in HOST_STEPS:
+        steps = by_step.get(step)
         if not steps:
             continue
         ips = [ip for ip, _ in steps]
@@ -109,9 +101,9 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
         lines.append("  no changes: the hosts already match the config")
     return Plan(
         lines=lines,
-        repointed=[ip for ip, _ in by_prefix.get("node-", [])],
-        launch_on=[ip for ip, _ in by_prefix.get("registry-launch-", [])],
-        data_to=[ip for ip, _ in by_prefix.get("data-", [])],
+        repointed=[ip for ip, _ in by_step.get(HostStep.NODE, [])],
+        launch_on=[ip for ip, _ in by_step.get(HostStep.LAUNCH, [])],
+        data_to=[ip for ip, _ in by_step.get(HostStep.DATA, [])],
         dropped=dropped,
         records=records,
         changes=changes,

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import os
 import time
+from pathlib import Path
 
-from cli.change import (StackChange, Timer, confirm, finish, human_bytes, image_bytes, probe_one,
-                        verify)
-from cli.common import EXIT_DEGRADED, CliError, add_stack_arguments, guarded, load_config, resolve_local_path
-from cli.probe import complete_images
-from cli.status import add_access_arguments, stack_images
+from cli.change import (Change, Outcome, Result, Timer, apply_change, failure, finish,
+                        health_summary_json, plan_json, preflight_probe)
+from cli.common import (CliError, add_json_argument, add_ssh_key_argument, add_stack_arguments,
+                        guarded, parse_ip, print_json)
+from cli.probe import HostProbe, complete_images
+from cli.session import Session
 from config import StackConfig
+from config.image_store import StoredImage
+from topology import Place, Topology
 
 NAME = "recover"
 HELP = "make another master the registry's master0 (the old one is marked down, never dialled)"
@@ -29,15 +33,24 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
    every live host as `status` does.
 4. Prints old and new master0, nodes repointed, images verified and the time of each phase.
 
-Exit codes: 0 recovered and verified; 1 `up` or the verification failed (a rerun is safe);
-2 refused (bad input or preflight): nothing was changed. The engine's environment is the
-operator's: `pulumi` on PATH (or --pulumi), PULUMI_BACKEND_URL / `pulumi login`,
-PULUMI_CONFIG_PASSPHRASE.
+--json prints one object on stdout when the command ends (the progress goes to stderr):
+  command "recover", stack, exit_code, error (null, or why it failed; a refusal or a failed
+  `up` has only these four keys), outcome (previewed|aborted|applied), resumed (NEW already was
+  master0), old_master0, master0, down_hosts, preflight {host, replica_images,
+  images_expected, disk_avail_bytes, needed_bytes}, plan {changes, repointed, launch_on,
+  data_to, dropped {ip: resources}, records, lines}, verified (null unless applied: {healthy,
+  master0_images, images_expected, problems}), seconds {preflight, preview, up, verify}.
+
+Exit codes: 0 recovered and verified (or previewed); 1 `up` or the verification failed (a rerun
+is safe), or not confirmed; 2 refused (bad input or preflight): nothing was changed. The engine's
+environment is the operator's: `pulumi` on PATH (or --pulumi), PULUMI_BACKEND_URL / `pulumi
+login`, PULUMI_CONFIG_PASSPHRASE.
 """
 EPILOG = """\
 examples:
   $ python -m cli recover master0 --host 198.18.0.12 --stack demo --preview
   $ python -m cli recover master0 --host 198.18.0.12 --stack demo --yes
+  $ python -m cli recover master0 --host 198.18.0.12 --yes --json | jq .verified.healthy
 """
 
 
@@ -48,47 +61,55 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preview", action="store_true",
                         help="show the plan, then restore the config; change nothing")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    add_access_arguments(parser)
-
-
-def parse_ip(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise CliError(f"--host {value!r} is not an IP address") from None
+    add_ssh_key_argument(parser)
+    add_json_argument(parser)
 
 
 def check_role(config: StackConfig, host: str) -> None:
-    """The refusals that need only the config."""
+    """The refusals that need only the config (and its topology)."""
     cluster = config.cluster
-    if host not in config.hosts:
+    try:
+        plan = Topology.of(config).host(host)
+    except KeyError:
         raise CliError(f"{host} is not a host of cluster {cluster.name} "
-                       f"(masters: {', '.join(cluster.masters)}; nodes: {', '.join(cluster.nodes) or 'none'})")
-    if host not in cluster.masters:
+                       f"(masters: {', '.join(cluster.masters)}; nodes: {', '.join(cluster.nodes) or 'none'})") from None
+    if plan.place is Place.NODE:
         raise CliError(f"{host} is a node, not a master: master0 must be one of the masters "
                        f"({', '.join(cluster.masters)})")
-    if host in config.down_hosts:
+    if plan.down:
         raise CliError(f"{host} is listed in down_hosts; if it is back, take it off with "
                        f"`python -m cli rejoin --host {host} --stack <stack>` first")
-    if host not in config.deploy_hosts:
+    if not plan.deploys:
         raise CliError(f"{host} is not a deploy host (registry.local_registry.deploy_hosts: "
                        f"{', '.join(config.deploy_hosts)}): it holds no registry files to serve from")
 
 
-def rerun_hint(args: argparse.Namespace) -> str:
-    return f"python -m cli recover master0 --host {args.host} --stack {args.stack} --yes"
+def image_bytes(store: Path, images: list[StoredImage]) -> int:
+    total = 0
+    for img in images:
+        for root, _, files in os.walk(store / img.hex / "docker"):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_size
+                except OSError:
+                    pass
+    return total
 
 
-@guarded
-def run(args: argparse.Namespace) -> int:
-    timer = Timer()
-    start = time.monotonic()
-    args.host = parse_ip(args.host)
-    config, _ = load_config(args)
-    host, old = args.host, config.master0
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def preflight(session: Session, host: str) -> dict:
+    """Refuses (CliError, exit 2) unless ``host`` can become master0; touches nothing."""
+    config = session.config
     check_role(config, host)
-    images = stack_images(config, args.project_dir)  # a missing image refuses here (post and pre)
-    probe = probe_one(config, args, host, images)
+    images = session.images  # a missing image refuses here (post and pre)
+    probe: HostProbe = preflight_probe(session, host)
     if not probe.reachable:
         raise CliError(f"cannot reach {host} over SSH: {probe.error} (nothing was changed)")
     present = complete_images(images, probe.missing_refs)
@@ -96,40 +117,68 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{host}'s replica holds {present} of {len(images)} images (missing "
                        f"{probe.missing_refs[0]}); in pre mode the new master0 must already hold "
                        "the data: run `pulumi up` while master0 is alive, or use post mode")
-    store = resolve_local_path(config.apps.image_store, args.project_dir)
-    needed = max(0, image_bytes(store, images) - probe.registry_bytes)
+    needed = max(0, image_bytes(session.image_store, images) - probe.registry_bytes)
     if probe.disk_avail < needed:
         raise CliError(f"{host} has {human_bytes(probe.disk_avail)} free under {config.rootfs}, "
                        f"the registry data needs {human_bytes(needed)} more")
-    timer.add("preflight", time.monotonic() - start)
-    resume = host == old
-    down = list(config.down_hosts) + ([] if resume or old in config.down_hosts else [old])
-    print(f"preflight ok: {host} is a reachable master and deploy host; replica {present}/{len(images)} "
-          f"images; {human_bytes(probe.disk_avail)} free ({timer.phases['preflight']:.1f}s)"
-          + ("" if not resume else f"; master0 is already {host}: resuming"))
+    return {"host": host, "replica_images": present, "images_expected": len(images),
+            "disk_avail_bytes": probe.disk_avail, "needed_bytes": needed}
 
-    change = StackChange(args)
-    change.set(master0=host, down_hosts=down)
-    plan = change.preview(master0=host, domain=config.registry.domain, down_hosts=down,
-                          old_master0=old, timer=timer)
-    print(f"plan for stack {args.stack} (pulumi preview, {timer.phases['preview']:.1f}s):")
-    print(plan.text())
-    if args.preview:
-        change.restore()
-        print(f"preview only: the stack config is restored (master0 {old}); nothing was changed")
-        return 0
-    if not confirm(f"recover: make {host} master0 of stack {args.stack}?", args.yes):
-        change.restore()
-        print("aborted: the stack config is restored; nothing was changed")
-        return EXIT_DEGRADED
-    print(f"pulumi up (stack {args.stack}):")
-    change.up(timer, rerun_hint(args))
-    print("verifying every live host:")
-    after, result = verify(args, timer)
-    print(f"recovered: master0 {old} -> {host}" if not resume else f"resumed: master0 {host}")
-    print(f"  nodes repointed:  {len(plan.repointed)} ({', '.join(plan.repointed) or 'none'})")
-    print(f"  images verified:  {result.master0_images}/{result.images_expected} on {host} "
-          f"(registry-verify and the status probe)")
-    print(f"  down_hosts:       {', '.join(after.down_hosts) or 'none'} (not contacted)")
-    print(f"  time:             {timer.line()}")
-    return finish(result, rerun_hint(args))
+
+def rerun_hint(args: argparse.Namespace) -> str:
+    return f"python -m cli recover master0 --host {args.host} --stack {args.stack} --yes"
+
+
+def document(args: argparse.Namespace, old: str, down: list[str], checked: dict,
+             result: Result, timer: Timer, code: int) -> dict:
+    """The `--json` object (keys documented in DESCRIPTION)."""
+    return {
+        "command": NAME, "stack": args.stack, "exit_code": code,
+        "error": failure(result, rerun_hint(args)),
+        "outcome": str(result.outcome), "resumed": args.host == old,
+        "old_master0": old, "master0": args.host, "down_hosts": down,
+        "preflight": checked, "plan": plan_json(result.plan),
+        "verified": health_summary_json(result.health),
+        "seconds": {k: round(v, 2) for k, v in timer.phases.items()},
+    }
+
+
+@guarded(NAME)
+def run(args: argparse.Namespace) -> int:
+    timer = Timer()
+    start = time.monotonic()
+    args.host = parse_ip(args.host)
+    with Session(args) as session:
+        out = session.out
+        config = session.config
+        host, old = args.host, config.master0
+        checked = preflight(session, host)
+        timer.add("preflight", time.monotonic() - start)
+        resume = host == old
+        down = list(config.down_hosts) + ([] if resume or old in config.down_hosts else [old])
+        print(f"preflight ok: {host} is a reachable master and deploy host; replica "
+              f"{checked['replica_images']}/{checked['images_expected']} images; "
+              f"{human_bytes(checked['disk_avail_bytes'])} free ({timer.phases['preflight']:.1f}s)"
+              + ("" if not resume else f"; master0 is already {host}: resuming"), file=out)
+
+        result = apply_change(session, Change(
+            master0=host, down_hosts=down, preview_only=args.preview, rerun=rerun_hint(args),
+            question=f"recover: make {host} master0 of stack {session.stack}?"), timer, args.yes)
+        if result.outcome is Outcome.PREVIEWED:
+            print(f"preview only: the stack config is restored (master0 {old}); nothing was changed",
+                  file=out)
+        elif result.outcome is Outcome.APPLIED:
+            plan, health = result.plan, result.health
+            print(f"recovered: master0 {old} -> {host}" if not resume else f"resumed: master0 {host}",
+                  file=out)
+            print(f"  nodes repointed:  {len(plan.repointed)} ({', '.join(plan.repointed) or 'none'})",
+                  file=out)
+            print(f"  images verified:  {health.master0_images}/{health.images_expected} on {host} "
+                  f"(registry-verify and the status probe)", file=out)
+            print(f"  down_hosts:       {', '.join(result.config.down_hosts) or 'none'} (not contacted)",
+                  file=out)
+            print(f"  time:             {timer.line()}", file=out)
+        code = finish(result, rerun_hint(args))
+        if args.json:
+            print_json(document(args, old, down, checked, result, timer, code))
+        return code

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from cli.change import StackChange, Timer, confirm, finish, probe_one, verify
-from cli.common import EXIT_DEGRADED, CliError, add_stack_arguments, guarded, load_config
-from cli.recover import parse_ip
-from cli.status import add_access_arguments, stack_images
+from cli.change import Change, Outcome, Timer, apply_change, finish, preflight_probe
+from cli.common import CliError, add_ssh_key_argument, add_stack_arguments, guarded, parse_ip
+from cli.session import Session
 
 NAME = "rejoin"
 HELP = "take a revived host off down_hosts (probed first) and run up"
@@ -19,8 +18,8 @@ Bring a host that was listed in down_hosts (typically the old master0) back: pro
 host's scripts are idempotent: its registry domain points at the current master0, it trusts the
 same CA, and a registry it still runs is stopped when it is not master0.
 
-Exit codes: 0 rejoined and verified; 1 `up` or the verification failed (a rerun is safe);
-2 refused: nothing was changed.
+Exit codes: 0 rejoined and verified; 1 `up` or the verification failed (a rerun is safe), or not
+confirmed; 2 refused: nothing was changed.
 """
 EPILOG = """\
 example:
@@ -32,49 +31,41 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", required=True, metavar="IP", help="the host to take off down_hosts")
     add_stack_arguments(parser)
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    add_access_arguments(parser)
+    add_ssh_key_argument(parser)
 
 
 def rerun_hint(args: argparse.Namespace) -> str:
     return f"pulumi up --stack {args.stack}"
 
 
-@guarded
+@guarded(NAME)
 def run(args: argparse.Namespace) -> int:
     timer = Timer()
     start = time.monotonic()
     args.host = parse_ip(args.host)
-    config, _ = load_config(args)
-    host = args.host
-    if host not in config.hosts:
-        raise CliError(f"{host} is not a host of cluster {config.cluster.name} "
-                       f"(hosts: {', '.join(config.hosts)})")
-    if host not in config.down_hosts:
-        raise CliError(f"{host} is not listed in down_hosts "
-                       f"({', '.join(config.down_hosts) or 'empty'}): nothing to rejoin")
-    images = stack_images(config, args.project_dir)
-    probe = probe_one(config, args, host, images)
-    if not probe.reachable:
-        raise CliError(f"cannot reach {host} over SSH: {probe.error}; it stays in down_hosts")
-    timer.add("preflight", time.monotonic() - start)
-    print(f"preflight ok: {host} answers over SSH; its registry is {probe.registry}, "
-          f"{config.registry.domain} points to {probe.resolves or 'nothing'} there")
+    with Session(args) as session:
+        config = session.config
+        host = args.host
+        if host not in [h.ip for h in session.topology.hosts]:
+            raise CliError(f"{host} is not a host of cluster {config.cluster.name} "
+                           f"(hosts: {', '.join(config.hosts)})")
+        if not session.topology.host(host).down:
+            raise CliError(f"{host} is not listed in down_hosts "
+                           f"({', '.join(config.down_hosts) or 'empty'}): nothing to rejoin")
+        session.images  # a missing image refuses before the host is dialled
+        probe = preflight_probe(session, host)
+        if not probe.reachable:
+            raise CliError(f"cannot reach {host} over SSH: {probe.error}; it stays in down_hosts")
+        timer.add("preflight", time.monotonic() - start)
+        print(f"preflight ok: {host} answers over SSH; its registry is {probe.registry}, "
+              f"{config.registry.domain} points to {probe.resolves or 'nothing'} there")
 
-    down = [ip for ip in config.down_hosts if ip != host]
-    change = StackChange(args)
-    change.set(master0=None, down_hosts=down)
-    plan = change.preview(master0=config.master0, domain=config.registry.domain,
-                          down_hosts=down, old_master0=None, timer=timer)
-    print(f"plan for stack {args.stack} (pulumi preview, {timer.phases['preview']:.1f}s):")
-    print(plan.text())
-    if not confirm(f"rejoin: take {host} off down_hosts of stack {args.stack}?", args.yes):
-        change.restore()
-        print("aborted: the stack config is restored; nothing was changed")
-        return EXIT_DEGRADED
-    print(f"pulumi up (stack {args.stack}):")
-    change.up(timer, rerun_hint(args))
-    print("verifying every live host:")
-    _, result = verify(args, timer)
-    print(f"rejoined: {host} (master0 stays {config.master0})")
-    print(f"  time: {timer.line()}")
-    return finish(result, rerun_hint(args))
+        result = apply_change(session, Change(
+            master0=None, down_hosts=[ip for ip in config.down_hosts if ip != host],
+            rerun=rerun_hint(args),
+            question=f"rejoin: take {host} off down_hosts of stack {session.stack}?"),
+            timer, args.yes)
+        if result.outcome is Outcome.APPLIED:
+            print(f"rejoined: {host} (master0 stays {config.master0})")
+            print(f"  time: {timer.line()}")
+        return finish(result, rerun_hint(args))

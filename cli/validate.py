@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from config import ConfigError, load_stack_file, stack_file_path
-from config.models import SECRET_PATHS
+from cli.common import EXIT_OK, add_stack_arguments, guarded
+from cli.session import Session
+from config import SECRET_PATHS
 
 NAME = "validate"
 HELP = "check Pulumi.<stack>.yaml against the config schema, offline"
@@ -18,6 +19,7 @@ need them (PEM keys, htpasswd, inline kubeconfig) run only at `pulumi up`. The l
 config names (SSH key, kubeconfig, image store, boot history) must exist and be readable;
 relative paths are relative to the project directory. Every problem is
 printed as `error: <field.path>: <what is wrong>`; the exit code is 0 when valid, 2 otherwise.
+Without --stack the engine is asked which stack is selected; nothing else needs it.
 """
 EPILOG = """\
 example:
@@ -27,20 +29,13 @@ example:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stack", required=True, metavar="NAME", help="stack name; reads Pulumi.NAME.yaml")
-    parser.add_argument(
-        "--project-dir", default=".", metavar="DIR", help="directory holding Pulumi.yaml (default: current directory)"
-    )
+    add_stack_arguments(parser)
 
 
+@guarded(NAME)
 def run(args: argparse.Namespace) -> int:
-    path = stack_file_path(args.stack, args.project_dir)
-    try:
-        config = load_stack_file(path, check_files=True)
-    except ConfigError as e:
-        for line in e.lines():
-            print(line, file=sys.stderr)
-        return 2
+    with Session(args, check_files=True) as session:
+        config = session.config
     skipped = sorted(p for p in config.secure_paths if p in SECRET_PATHS)
     if skipped:
         print(f"note: encrypted, content not checked offline: {', '.join(skipped)}", file=sys.stderr)
@@ -48,4 +43,4 @@ def run(args: argparse.Namespace) -> int:
         f"ok: stack {args.stack} is valid ({len(config.hosts)} hosts, "
         f"{len(config.deploy_hosts)} deploy hosts, {len(config.image_ids)} images)"
     )
-    return 0
+    return EXIT_OK

@@ -1,5 +1,6 @@
 """A registry deploy host: rootfs files, registry data, and either the running registry
-(master0) or a registry kept stopped (every other deploy host)."""
+(master0) or a registry kept stopped (every other deploy host). Which host does what, and the
+names of its steps, come from its ``topology.HostPlan``."""
 
 from __future__ import annotations
 
@@ -8,20 +9,15 @@ import hashlib
 import io
 import tarfile
 from dataclasses import dataclass
-from enum import StrEnum
 
 import pulumi
 from pulumi_command import local, remote
 
 from material import RegistryMaterial
+from topology import HostPlan, HostStep, RegistryRole, image_hex
 
 from .access import SshAccess
 from .remote_scripts import host_step, local_step, script_run
-
-
-class RegistryRole(StrEnum):
-    LAUNCH = "launch"    # master0: the registry runs here
-    STANDBY = "standby"  # any other deploy host: data and files ready, registry stopped
 
 
 def rootfs_files(material: RegistryMaterial, domain: str) -> dict[str, str]:
@@ -54,17 +50,28 @@ def material_fingerprint(payload: str) -> str:
 
 
 @dataclass(frozen=True)
+class RootfsPayload:
+    """The rootfs files as the hosts receive them, and their fingerprint; made once per program
+    (every deploy host gets the same files, and the verification reruns when they change)."""
+
+    data: str          # rootfs_payload(...): base64 of a reproducible tar
+    fingerprint: str   # material_fingerprint(data)
+
+    @classmethod
+    def of(cls, material: RegistryMaterial, domain: str) -> RootfsPayload:
+        data = rootfs_payload(rootfs_files(material, domain))
+        return cls(data, material_fingerprint(data))
+
+
+@dataclass(frozen=True)
 class DeployHostArgs:
-    ip: str
-    role: RegistryRole
+    host: HostPlan     # a deploy host: role launch or standby; its images, if it holds data
     rootfs: str
     domain: str
     port: int
     access: SshAccess
-    material: RegistryMaterial
-    # Registry data to hold here (hex image ids in the image store); empty: no data step.
-    image_store: str
-    images: tuple[str, ...]
+    payload: RootfsPayload
+    image_store: str   # the local image store the data is copied from
 
 
 class DeployHost(pulumi.ComponentResource):
@@ -78,36 +85,39 @@ class DeployHost(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DeployHostArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("sealer:registry:DeployHost", name, None, opts)
-        ip = args.ip
+        host = args.host
+        ip = host.ip
+        if not host.deploys or host.down:
+            raise ValueError(f"{ip} is not a live deploy host")
         child = pulumi.ResourceOptions(parent=self)
         connection = args.access.connection(ip)
-        payload = rootfs_payload(rootfs_files(args.material, args.domain))
 
-        write = script_run("write-rootfs.sh", args.rootfs, data=pulumi.Output.secret(payload))
-        self.rootfs = host_step(f"rootfs-{ip}", connection, write, quiet=True, opts=child)
+        write = script_run("write-rootfs.sh", args.rootfs,
+                           data=pulumi.Output.secret(args.payload.data))
+        self.rootfs = host_step(HostStep.ROOTFS.of(ip), connection, write, quiet=True, opts=child)
         steps: list[pulumi.Resource] = [self.rootfs]
 
+        images = [image_hex(i) for i in host.images]
         self.data: local.Command | None = None
-        if args.images:
+        if images:
             sync = script_run(
                 "sync-data.sh", *args.access.rsync_flags(ip),
                 f"{args.access.user}@{ip}", str(args.access.port), args.rootfs,
-                args.image_store, *args.images, data=args.access.private_key)
-            self.data = local_step(f"data-{ip}", sync, opts=child)
+                args.image_store, *images, data=args.access.private_key)
+            self.data = local_step(HostStep.DATA.of(ip), sync, opts=child)
             steps.append(self.data)
 
         after_files = child.merge(pulumi.ResourceOptions(depends_on=steps))
-        if args.role is RegistryRole.LAUNCH:
+        if host.role is RegistryRole.LAUNCH:
             launch = script_run("launch-registry.sh", args.rootfs, str(args.port), args.domain,
-                                material_fingerprint(payload))
-            self.registry = host_step(f"registry-launch-{ip}", connection, launch, opts=after_files)
+                                args.payload.fingerprint)
+            self.registry = host_step(host.registry_step, connection, launch, opts=after_files)
         else:
             standby = script_run("standby-registry.sh", args.rootfs)
-            self.registry = host_step(f"registry-standby-{ip}", connection, standby,
-                                      opts=after_files)
+            self.registry = host_step(host.registry_step, connection, standby, opts=after_files)
 
         self.register_outputs({
             "ip": ip,
-            "role": str(args.role),
-            "images": list(args.images),
+            "role": str(host.role),
+            "images": images,
         })

@@ -8,6 +8,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
+import topology
+
 NAMESPACE = "kube-system"
 LABELS = {"app.kubernetes.io/managed-by": "pulumi"}
 # An object created by sealer (or by an earlier stack) has other field managers: take its fields
@@ -48,7 +50,7 @@ class RegistryRecords(pulumi.ComponentResource):
                  opts: pulumi.ResourceOptions | None = None):
         super().__init__("sealer:registry:Records", name, None, opts)
         self.provider = k8s.Provider(
-            "k8s",
+            topology.K8S_PROVIDER,
             kubeconfig=args.kubeconfig,
             context=args.context,
             cluster_identifier=args.cluster_identifier,
@@ -69,7 +71,7 @@ class RegistryRecords(pulumi.ComponentResource):
         if args.cert is not None:
             data["tls.crt"] = args.cert
         self.registry_config = k8s.core.v1.ConfigMap(
-            "sealer-registry-config",
+            topology.REGISTRY_CONFIG,
             metadata=metadata("sealer-registry"),
             data=data,
             opts=on_cluster,
@@ -81,7 +83,7 @@ class RegistryRecords(pulumi.ComponentResource):
         if args.htpasswd is not None:
             secret_data["htpasswd"] = args.htpasswd
         self.registry_secret = k8s.core.v1.Secret(
-            "sealer-registry-secret",
+            topology.REGISTRY_SECRET,
             metadata=metadata("sealer-registry"),
             type="Opaque",
             string_data=secret_data,
@@ -89,7 +91,7 @@ class RegistryRecords(pulumi.ComponentResource):
         )
 
         self.apps = k8s.core.v1.ConfigMap(
-            "sealer-apps",
+            topology.APPS,
             metadata=metadata("sealer-apps"),
             data={"application.json": args.application_json},
             opts=on_cluster,

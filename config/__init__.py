@@ -1,4 +1,7 @@
-"""Validated stack config of the `sealer-registry` program (see docs/design.md, "Stack config")."""
+"""Validated stack config of the `sealer-registry` program (see docs/design.md, "Stack config").
+
+``PROJECT`` is the project's name (Pulumi.yaml), the namespace of every config key; everything
+else (CLI, lab, tests, bench) takes it from here."""
 
 from config.errors import ConfigError, Problem
 from config.loader import (
@@ -9,6 +12,7 @@ from config.loader import (
     stack_file_path,
 )
 from config.models import (
+    PROJECT,
     SECRET_PATHS,
     Application,
     AppsConfig,
@@ -28,6 +32,7 @@ from config.models import (
 )
 
 __all__ = [
+    "PROJECT",
     "SECRET_PATHS",
     "Application",
     "AppsConfig",

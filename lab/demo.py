@@ -20,12 +20,12 @@ from pathlib import Path
 
 import yaml
 
+from config import PROJECT
 from lab import controlplane as cplane
 from lab import images as lab_images
 from lab.hosts import REPO, Lab, LabError
 
 STACK = "demo"
-PROJECT = "sealer-registry"
 PASSPHRASE = "sealer-lab"
 NEEDED_BINARIES = ("ip", "nft", "unshare", "nsenter", "/usr/sbin/sshd", "ssh", "ssh-keygen",
                    "docker-registry", "curl", "rsync")

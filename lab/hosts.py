@@ -306,11 +306,20 @@ class Lab:
 
     def packets_to(self, ref: str) -> int:
         """IP packets (frames) sent towards the host over the bridge since it was created."""
+        return self.link_counter(ref)["packets"]
+
+    def bytes_to(self, ref: str) -> int:
+        """Bytes of those frames: what went on the wire towards the host (e.g. a copy)."""
+        return self.link_counter(ref)["bytes"]
+
+    def link_counter(self, ref: str) -> dict[str, int]:
+        """The nft counter of the host's bridge port: ``{"packets": n, "bytes": n}``."""
         h = self.host(ref)
         out = sh("nft", "-j", "list", "counter", "bridge", NFT_TABLE, _counter(h.name)).stdout
         for item in json.loads(out)["nftables"]:
             if "counter" in item:
-                return int(item["counter"]["packets"])
+                return {"packets": int(item["counter"]["packets"]),
+                        "bytes": int(item["counter"]["bytes"])}
         raise LabError(f"no counter for {h.name}")
 
     # ---------------------------------------------------------------- commands

@@ -22,7 +22,6 @@ import yaml
 
 from lab.hosts import REPO, Lab, LabError
 
-PROJECT = "sealer-registry"
 STACK = "lab"
 PASSPHRASE = "sealer-lab"
 
@@ -140,6 +139,8 @@ def _pulumi(env: dict, cwd: Path, *args: str, input: str | None = None) -> str:
 def write_stack_file(lab: Lab | None = None, out: Path | None = None,
                      project_dir: Path = REPO, **overrides) -> Path:
     """Write `<project_dir>/Pulumi.lab.yaml` (or `out`) for the current lab. Returns its path."""
+    from config import PROJECT  # here: `python -m lab` needs no config models to bring hosts up
+
     lab = lab or Lab()
     out = Path(out or project_dir / f"Pulumi.{STACK}.yaml")
     plain, secret = stack_config(lab, **overrides)

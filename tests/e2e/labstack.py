@@ -1,6 +1,6 @@
-"""Shared e2e fixtures: a lab of real hosts with generated images, and a stack of this project
-configured for it the way an operator would (plain values in the stack file, secrets through
-`pulumi config set --secret --path` on stdin).
+"""Shared e2e fixtures: a lab of real hosts with generated images (``lab.stack``'s harness), and
+a stack of this project configured for it the way an operator would (plain values in the stack
+file, secrets through `pulumi config set --secret --path` on stdin) and driven through the CLI.
 
 Use in a test module with ``from tests.e2e.labstack import lab_env  # noqa: F401``. The lab's
 host names (srl-*) are global to the machine: one lab at a time, so ``lab_env`` is module-scoped
@@ -11,70 +11,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from config import PROJECT
 from lab import Lab
-from lab import images as lab_images
-from material import pki
-
-REPO = Path(__file__).resolve().parents[2]
-PROJECT = "sealer-registry"
-DOMAIN = "sea.hub"
-PORT = 5000
-PASSWORD = "e2e-Registry-Passw0rd"
-
-
-@dataclass
-class LabEnv:
-    lab: Lab
-    inventory: dict
-    key_path: Path
-    store: Path
-    history_file: Path
-    cluster_image_id: str
-    refs: list[str]            # every REPO:TAG@DIGEST the registry must serve
-    kubeconfig: Path
-    ca: tuple[str, str]        # (cert, key) for stacks that bring their own CA
-
-    @property
-    def masters(self) -> list[str]:
-        return [h["ip"] for h in self.inventory["hosts"] if h["role"] == "master"]
-
-    @property
-    def nodes(self) -> list[str]:
-        return [h["ip"] for h in self.inventory["hosts"] if h["role"] == "node"]
-
-    @property
-    def all_ips(self) -> list[str]:
-        return [*self.masters, *self.nodes]
-
-    @property
-    def rootfs(self) -> str:
-        return f"{self.inventory['data_root']}/{self.inventory['cluster']}/rootfs"
-
-    def hosts_file(self, ip: str) -> str:
-        return self.lab.run(ip, "cat /etc/hosts").stdout
-
-
-def make_lab_env(state: Path, kubeconfig: Path, masters: int = 3, nodes: int = 2,
-                 apps: int = 2, app_size: int = 512 << 10, cluster_size: int = 1 << 20) -> LabEnv:
-    """Bring up a lab in ``state`` (hosts, images, application.json); ``Lab(state).down()`` undoes it."""
-    lab = Lab(state)
-    lab.up(masters=masters, nodes=nodes)
-    summary = lab_images.generate(state / "images", apps=apps, app_size=app_size, layers=2,
-                                  cluster_size=cluster_size, seed=0,
-                                  history=state / "application.json")
-    refs = [f"{r['repository']}:{r['tag']}@{r['digest']}"
-            for img in [summary["cluster"], *summary["apps"]] for r in img["refs"]]
-    return LabEnv(lab=lab, inventory=lab.inventory(), key_path=lab.key_path,
-                  store=Path(summary["store"]), history_file=Path(summary["history"]),
-                  cluster_image_id=summary["cluster_image_id"], refs=refs,
-                  kubeconfig=Path(kubeconfig), ca=pki.generate_ca())
+from lab.hosts import REPO
+from lab.stack import DOMAIN, PORT, LabEnv, make_lab_env
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +87,22 @@ class CliStack:
         for path, value in secrets.items():
             self.pulumi("config", "set", "--secret", "--path", f"{PROJECT}:{path}", input=value)
 
-    def cli(self, *args: str, timeout: float = 900, input: str | None = None) -> subprocess.CompletedProcess:
-        """`python -m cli ARGS --stack NAME` from the project dir; prints its output for the log."""
-        argv = [sys.executable, "-m", "cli", *args, "--stack", self.name]
+    def cli(self, *args: str, timeout: float = 900, input: str | None = None,
+            named: bool = True) -> subprocess.CompletedProcess:
+        """`python -m cli ARGS --stack NAME` from the project dir (without --stack unless
+        ``named``: the CLI then asks the engine for the selected stack); prints its output."""
+        stack = ["--stack", self.name] if named else []
+        argv = [sys.executable, "-m", "cli", *args, *stack]
         done = subprocess.run(argv, cwd=self.project_dir, env=self.env, capture_output=True,
                               text=True, timeout=timeout, input=input,
                               stdin=None if input is not None else subprocess.DEVNULL)
-        print(f"$ python -m cli {' '.join(args)} --stack {self.name}  -> exit {done.returncode}\n"
+        print(f"$ python -m cli {' '.join([*args, *stack])}  -> exit {done.returncode}\n"
               f"{done.stdout}{done.stderr}")
         return done
+
+    def select(self) -> None:
+        """`pulumi stack select NAME`, as an operator makes it the default stack."""
+        self.pulumi("stack", "select", self.name, stack=False)
 
     def config(self) -> dict[str, Any]:
         doc = yaml.safe_load(self.stack_file.read_text()) or {}

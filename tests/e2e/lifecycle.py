@@ -9,59 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import shlex
 
 import pytest
 
+from lab.stack import (DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, hosts_line, registry_running,
+                       stack_values)
 from tests.e2e.kube import Kube
-from tests.e2e.program import ProgramStack
-
-PASSWORD = "e2e-Registry-Passw0rd"
-DOMAIN = "sea.hub"
-PORT = 5000
-
-
-def stack_values(lab_env, *, master0, down_hosts=(), distribution="pre", deploy_hosts=None):
-    inv = lab_env.inventory
-    masters = [h["ip"] for h in inv["hosts"] if h["role"] == "master"]
-    nodes = [h["ip"] for h in inv["hosts"] if h["role"] == "node"]
-    return {
-        "master0": master0,
-        "down_hosts": list(down_hosts),
-        "distribution": distribution,
-        "cluster": {
-            "name": inv["cluster"],
-            "data_root": inv["data_root"],
-            "masters": masters,
-            "nodes": nodes,
-            "ssh": {"user": "root", "port": 22, "private_key_path": str(lab_env.key_path),
-                    "host_keys": {h["ip"]: h["host_key"] for h in inv["hosts"]}},
-        },
-        "registry": {
-            "domain": DOMAIN, "port": PORT, "username": "admin",
-            "local_registry": {"deploy_hosts": deploy_hosts or masters, "insecure_mode": False},
-            "tls": {"ca_cert": lab_env.ca[0]},
-        },
-        "apps": {"history_file": str(lab_env.history_file), "image_store": str(lab_env.store),
-                 "cluster_image_id": lab_env.cluster_image_id},
-        "kubernetes": {"kubeconfig_path": str(lab_env.kubeconfig), "cluster_identifier": "lab"},
-    }
-
-
-SECRETS = {"registry.password": PASSWORD}
-
-
-def hosts_line(lab, ip):
-    text = lab.run(ip, "cat /etc/hosts").stdout
-    return [line for line in text.splitlines() if re.search(rf"\s{re.escape(DOMAIN)}(\s|$)", line)]
-
-
-def registry_running(lab, ip) -> bool:
-    """Something answers /v2/ on the host's registry port (from inside the host)."""
-    probe = lab.run(ip, f"curl -sk -o /dev/null -w '%{{http_code}}' --max-time 3 https://127.0.0.1:{PORT}/v2/",
-                    check=False)
-    return probe.stdout.strip() in ("200", "401")
 
 
 def pull_manifest(lab, node_ip, ref) -> str:

@@ -14,12 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from lab import images as lab_images
+from lab.stack import DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, hosts_line, stack_values
 from material import pki
 from tests.e2e.kube import Kube, configmap_body, create
 from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
-from tests.e2e.lifecycle import (DOMAIN, PASSWORD, PORT, SECRETS, hosts_line, pull_manifest,
-                                 stack_values)
-from tests.e2e.program import ProgramStack
+from tests.e2e.lifecycle import pull_manifest
 
 SEALER_PASSWORD_IN_CONFIGMAP = "sealer-kept-this-in-plaintext"
 

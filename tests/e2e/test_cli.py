@@ -6,13 +6,14 @@ recovery, and the rejoin of the old master0.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
 import pytest
 
-from tests.e2e.labstack import (DOMAIN, PASSWORD, PORT, CliStack, cli_stack_values, engine_env,
-                                lab_env)  # noqa: F401  (fixture)
+from lab.stack import DOMAIN, PASSWORD, PORT
+from tests.e2e.labstack import CliStack, cli_stack_values, engine_env, lab_env  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -67,6 +68,22 @@ class TestOperatorCli:
         assert all(r[2] == "yes" and r[-2] == m0 and r[-1] == "ok" for r in rows), rows
         assert rows[0][1:6] == ["master0", "yes", "launch", "running", "3/3"]
         assert result.stdout.splitlines()[-1].startswith(f"healthy: master0 {m0} serves 3/3 images")
+
+    def test_status_json_of_the_selected_stack_reads_as_the_table(self, stack, lab_env):  # noqa: F811
+        """With the stack selected (`pulumi stack select`), `status --json` needs no --stack and
+        reports what the table does: healthy, every host reachable and pointing at master0."""
+        stack.select()
+        result = stack.cli("status", "--json", named=False)
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        m0 = lab_env.masters[0]
+        assert doc["stack"].split("/")[-1] == stack.name
+        assert (doc["healthy"], doc["master0"], doc["master0_images"], doc["problems"]) == (True, m0, 3, [])
+        assert [h["ip"] for h in doc["hosts"]] == lab_env.all_ips
+        assert all(h["reachable"] and h["resolves"] == m0 and h["ca"] == "ok" for h in doc["hosts"])
+        assert [(h["deploy"], h["images"]) for h in doc["hosts"][:3]] == [
+            ("launch", 3), ("standby", 3), ("none", None)]
+        assert [h["registry"] for h in doc["hosts"][:2]] == ["running", "stopped"]
 
     def test_recover_refuses_a_host_outside_the_cluster(self, stack):
         refused(stack.cli("recover", "master0", "--host", "198.18.0.99", "--yes"),
@@ -153,6 +170,20 @@ class TestOperatorCli:
         assert stack.export() == state_before
         assert {ip: lab_env.hosts_file(ip) for ip in live} == hosts_before
         assert lab_env.lab.packets_to(old) == packets
+
+    def test_preview_json_is_one_object_and_changes_nothing(self, stack, lab_env):  # noqa: F811
+        """`recover --preview --json`: the plan as one object on stdout, the progress on stderr,
+        the stack file unchanged."""
+        old, new = lab_env.masters[0], lab_env.masters[1]
+        file_before = stack.stack_file.read_bytes()
+        result = stack.cli("recover", "master0", "--host", new, "--preview", "--json")
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert (doc["outcome"], doc["old_master0"], doc["master0"], doc["down_hosts"]) == (
+            "previewed", old, new, [old])
+        assert doc["plan"]["launch_on"] == [new] and doc["verified"] is None
+        assert "preview only: the stack config is restored" in result.stderr
+        assert stack.stack_file.read_bytes() == file_before
 
     def test_recovery_moves_the_registry_and_status_is_healthy(self, stack, lab_env):  # noqa: F811
         """`recover --yes` runs up with live progress, verifies, and prints the summary; the

@@ -17,9 +17,9 @@ import time
 import pytest
 
 from lab import images as lab_images
+from lab.stack import PROJECT_DIR, SECRETS, ProgramStack, registry_running, stack_values
 from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
-from tests.e2e.lifecycle import SECRETS, pull_image, registry_running, stack_values
-from tests.e2e.program import PROJECT_DIR, ProgramStack
+from tests.e2e.lifecycle import pull_image
 
 pytestmark = pytest.mark.faults
 

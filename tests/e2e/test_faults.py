@@ -16,10 +16,9 @@ import time
 import pytest
 import yaml
 
+from lab.stack import DOMAIN, PORT, PROJECT_DIR, SECRETS, ProgramStack, stack_values
 from tests.e2e.kube import Kube
 from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
-from tests.e2e.lifecycle import DOMAIN, PORT, SECRETS, stack_values
-from tests.e2e.program import PROJECT_DIR, ProgramStack
 from tests.unit.test_config_invalid_stacks import CASES, _apply
 
 pytestmark = pytest.mark.faults

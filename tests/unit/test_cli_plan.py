@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cli.plan import render, split_host
+from cli.plan import render
 
 OLD, NEW = "198.18.0.11", "198.18.0.12"
 M3, N1, N2 = "198.18.0.13", "198.18.0.21", "198.18.0.22"
@@ -72,10 +72,3 @@ def test_no_changes_says_so():
 def test_unknown_resources_are_listed_verbatim():
     plan = render({"something-else": "create"}, master0=NEW, domain="sea.hub", down_hosts=[])
     assert plan.lines == ["  something-else (create)"]
-
-
-def test_split_host_accepts_host_steps_and_rejects_others():
-    assert split_host("registry-launch-198.18.0.12") == ("registry-launch-", "198.18.0.12")
-    assert split_host("node-10.0.0.1") == ("node-", "10.0.0.1")
-    assert split_host("registry-verify") is None
-    assert split_host("node-not-an-ip") is None

@@ -1,4 +1,5 @@
-"""cli/probe.py and scripts/status-probe.sh: what a host reports and how the status judges it."""
+"""cli/probe.py, cli/health.py and scripts/status-probe.sh: what a host reports and how the
+status judges it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.probe import (HostProbe, all_refs, assess, ca_digest, parse_probe, pem_digest,
-                       probe_command, render_table, ssh_error)
+from cli.health import assess, render_table
+from cli.probe import HostProbe, all_refs, ca_digest, parse_probe, pem_digest, probe_command
+from cli.ssh import ssh_error
 from config import build_config
 from config.image_store import ImageRef, StoredImage
 from material import pki
@@ -39,6 +41,14 @@ def make_config(distribution: str = "pre", down_hosts=(), master0: str = M1):
     })
 
 
+COLUMNS = ("host", "role", "reachable", "deploy", "registry", "images", "resolves", "ca")
+
+
+def cells(result) -> list[dict[str, str]]:
+    """The status table's rows as {column: cell}."""
+    return [dict(zip(COLUMNS, row)) for row in result.rows()]
+
+
 def healthy_probe(ip: str, master0: str = M1, registry: str = "stopped", missing=()) -> HostProbe:
     return HostProbe(ip=ip, reachable=True, registry=registry, refs_ok=3 - len(missing),
                      missing_refs=list(missing), resolves=master0, ca="ok")
@@ -54,8 +64,8 @@ def test_healthy_cluster_has_no_problems_and_one_row_per_host():
     config = make_config()
     result = assess(config, IMAGES, healthy_probes())
     assert result.problems == []
-    assert [r.ip for r in result.rows] == [M1, M2, M3, N1]
-    assert [(r.role, r.deploy, r.registry, r.data) for r in result.rows] == [
+    assert [r["host"] for r in cells(result)] == [M1, M2, M3, N1]
+    assert [(r["role"], r["deploy"], r["registry"], r["images"]) for r in cells(result)] == [
         ("master0", "launch", "running", "2/2"), ("master", "standby", "stopped", "2/2"),
         ("master", "-", "-", "-"), ("node", "-", "-", "-")]
     assert result.master0_images == 2 and result.images_expected == 2
@@ -68,7 +78,7 @@ def test_dead_master0_is_degraded_and_named():
     result = assess(make_config(), IMAGES, probes)
     assert result.problems[0].startswith(f"{M1} (master0) is unreachable: Connection timed out")
     assert "recover master0" in result.problems[0]
-    assert result.rows[0].reachable == "no"
+    assert cells(result)[0]["reachable"] == "no"
 
 
 def test_listed_down_host_is_not_a_problem_and_shows_as_down():
@@ -77,7 +87,7 @@ def test_listed_down_host_is_not_a_problem_and_shows_as_down():
     del probes[M1]
     result = assess(config, IMAGES, probes)
     assert result.problems == []
-    assert result.rows[0].reachable == "down (listed)"
+    assert cells(result)[0]["reachable"] == "down (listed)"
 
 
 def test_incomplete_replica_in_pre_mode_is_a_problem_but_not_in_post_mode():
@@ -86,7 +96,7 @@ def test_incomplete_replica_in_pre_mode_is_a_problem_but_not_in_post_mode():
     probes[M2] = healthy_probe(M2, missing=[str(IMAGES[1].refs[0])])
     pre = assess(make_config("pre"), IMAGES, probes)
     assert pre.problems == [f"{M2} holds 1 of 2 images (missing e.g. library/app0:v1@{D3})"]
-    assert pre.rows[1].data == "1/2"
+    assert cells(pre)[1]["images"] == "1/2"
     assert assess(make_config("post"), IMAGES, probes).problems == []
 
 
@@ -103,7 +113,7 @@ def test_second_registry_wrong_mapping_and_ca_are_problems():
 
 def test_render_table_aligns_columns():
     result = assess(make_config(), IMAGES, healthy_probes())
-    lines = render_table(result.rows).splitlines()
+    lines = render_table(result).splitlines()
     assert lines[0].split() == ["HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", "SEA.HUB", "->", "CA"]
     assert lines[1].split() == [M1, "master0", "yes", "launch", "running", "2/2", M1, "ok"]
     assert {line.index(M1) for line in lines[1:2]} == {0}

@@ -9,11 +9,13 @@ import pulumi
 import pytest
 
 from components.access import SshAccess
-from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs, plan
+from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs
+from config import PROJECT
 from config.image_store import ImageRef, StoredImage
 from config.models import Distribution
 from material import build_material, pki
 from tests.unit.pulumi_mocks import RecordingMocks
+from topology import Topology
 
 MASTERS = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
 NODES = ["198.18.0.21", "198.18.0.22", "198.18.0.23", "198.18.0.24"]
@@ -33,10 +35,16 @@ def ca():
 
 
 def make_args(ca, **overrides) -> ClusterRegistryArgs:
-    """A valid 3-master, 4-node cluster; ``overrides`` replace single fields."""
+    """A valid 3-master, 4-node cluster; ``overrides`` replace single fields (the topology's
+    master0, masters, nodes, deploy_hosts, down_hosts, distribution included)."""
+    layout = dict(master0=MASTERS[0], masters=MASTERS, nodes=NODES, deploy_hosts=MASTERS[:2],
+                  down_hosts=[], distribution=Distribution.PRE)
+    for key in layout:
+        if key in overrides:
+            layout[key] = overrides.pop(key)
     fields = dict(
-        cluster_name="lab", rootfs=ROOTFS, master0=MASTERS[0], masters=MASTERS, nodes=NODES,
-        deploy_hosts=MASTERS[:2], down_hosts=[], distribution=Distribution.PRE,
+        cluster_name="lab", rootfs=ROOTFS,
+        topology=Topology.build(**layout, image_ids=[img.image_id for img in IMAGES]),
         domain="sea.hub", port=5000, insecure=False, username="admin", password=None,
         material=None, access=None, image_store="/srv/images", images=IMAGES,
         application_json=json.dumps({"type": "app", "applications": []}), kubeconfig=None)
@@ -44,7 +52,7 @@ def make_args(ca, **overrides) -> ClusterRegistryArgs:
     if fields["material"] is None:
         fields["material"] = build_material(
             rootfs=ROOTFS, domain=fields["domain"], port=fields["port"],
-            deploy_ips=fields["deploy_hosts"], insecure=fields["insecure"],
+            deploy_ips=layout["deploy_hosts"], insecure=fields["insecure"],
             username=fields["username"], password=PASSWORD if fields["username"] else None,
             ca_cert=ca[0], ca_key=ca[1])
     return ClusterRegistryArgs(**fields)
@@ -53,7 +61,7 @@ def make_args(ca, **overrides) -> ClusterRegistryArgs:
 def declare(args: ClusterRegistryArgs) -> RecordingMocks:
     """Declares the program for ``args`` against fresh mocks; returns what was declared."""
     mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project="sealer-registry", stack="unit", preview=False)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="unit", preview=False)
 
     @pulumi.runtime.test
     def run():
@@ -128,14 +136,51 @@ def test_changing_master0_changes_only_launch_hosts_entries_and_verify(ca):
     assert changed == expected
 
 
-def test_plan_in_post_mode_moves_data_with_master0():
-    """The recovery host of a post-mode cluster receives the data; the dead one is gone."""
-    p = plan(master0=MASTERS[1], masters=MASTERS, nodes=NODES, deploy_hosts=MASTERS,
-             down_hosts=[MASTERS[0]], distribution=Distribution.POST)
-    holding = [h.ip for h in p.hosts if h.holds_data]
-    assert holding == [MASTERS[1]]
-    assert MASTERS[0] not in [h.ip for h in p.hosts]
-    assert p.verifier == NODES[0]
+def test_declared_names_are_the_topology_s(ca):
+    """Children take their names from the topology: the program declares exactly the names
+    ``Topology.resource_names`` lists, in a recovered post-mode cluster with a node down too."""
+    args = make_args(ca, master0=MASTERS[1], down_hosts=[MASTERS[0], NODES[2]],
+                     distribution=Distribution.POST, deploy_hosts=MASTERS)
+    assert set(declare(args).by_name()) == args.topology.resource_names()
+
+
+def test_urns_keep_their_names_types_and_parents(ca):
+    """A URN is type chain + name: the state of an existing stack must find every resource
+    again after a refactor (else the engine replaces it). These are the URNs of a 2-host cluster."""
+    m, n = MASTERS[0], NODES[0]
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="unit", preview=False)
+    args = make_args(ca, masters=[m], nodes=[n], deploy_hosts=[m])
+
+    @pulumi.runtime.test
+    def run():
+        access = SshAccess(user="root", port=22, private_key=pulumi.Output.secret(SSH_KEY))
+        return ClusterRegistry("sealer-registry", replace(
+            args, access=access, kubeconfig=pulumi.Output.secret(KUBECONFIG))).verify.id
+
+    run()
+    # The mock monitor qualifies a type with its parent's type only (the engine with the whole
+    # chain); parent type + type + name still pin every URN.
+    prefix = f"urn:pulumi:unit::{PROJECT}::"
+    urns = {urn.removeprefix(prefix) for urn in pulumi.runtime.settings.get_monitor().resources}
+    reg, records, deploy = ("sealer:registry:ClusterRegistry", "sealer:registry:Records",
+                            "sealer:registry:DeployHost")
+    remote, local = "command:remote:Command", "command:local:Command"
+    assert urns == {
+        f"pulumi:pulumi:Stack${reg}::sealer-registry",
+        f"{reg}${records}::records",
+        f"{records}$pulumi:providers:kubernetes::k8s",
+        f"{records}$kubernetes:core/v1:ConfigMap::sealer-registry-config",
+        f"{records}$kubernetes:core/v1:Secret::sealer-registry-secret",
+        f"{records}$kubernetes:core/v1:ConfigMap::sealer-apps",
+        f"{reg}${deploy}::deploy-{m}",
+        f"{deploy}${remote}::rootfs-{m}",
+        f"{deploy}${local}::data-{m}",
+        f"{deploy}${remote}::registry-launch-{m}",
+        f"{reg}${remote}::node-{m}",
+        f"{reg}${remote}::node-{n}",
+        f"{reg}${remote}::registry-verify",
+    }
 
 
 def _strings(value):

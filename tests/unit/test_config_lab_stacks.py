@@ -17,6 +17,7 @@ from config import ConfigError, build_config
 from lab import demo, stackfile
 from lab.hosts import DEFAULT_CLUSTER, DEFAULT_DATA_ROOT, SUBNET, Lab
 from material import pki
+from lab.stack import PASSWORD
 from tests.e2e import labstack, lifecycle
 
 CLUSTER_IMG = "sha256:" + "c0" * 32
@@ -107,7 +108,7 @@ def test_e2e_cli_values_validate(lab):
     """tests/e2e/labstack.py's stack for the CLI tests, with the CA `cli init-pki` adds."""
     env = _lab_env(lab)
     plain = labstack.cli_stack_values(env, master0=env.masters[0], deploy_hosts=env.masters[:2])
-    config = validate(plain, {"registry.password": labstack.PASSWORD, "registry.tls.ca_cert": env.ca[0],
+    config = validate(plain, {"registry.password": PASSWORD, "registry.tls.ca_cert": env.ca[0],
                               "registry.tls.ca_key": env.ca[1]})
     assert config.deploy_hosts == env.masters[:2]
 

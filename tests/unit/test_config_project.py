@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic_core import PydanticUndefined
 
+import config
 from config.models import StackConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,8 +23,9 @@ DECLARATION_KEYS = {"type", "items", "description", "secret", "default"}
 
 
 def test_project_name_and_runtime():
-    """The config namespace is the project name; the ambient python runs the program."""
-    assert PROJECT["name"] == "sealer-registry"
+    """The config namespace is the project name (config.PROJECT, which every other part uses);
+    the ambient python runs the program."""
+    assert PROJECT["name"] == "sealer-registry" == config.PROJECT
     assert PROJECT["runtime"] == "python"
 
 

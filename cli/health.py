@@ -1,0 +1,158 @@
+"""Judging the hosts: the probes of `cli.probe` against the stack's topology, as a table, a
+summary line, the list of problems, or the `--json` document of `status`.
+
+Which host should run the registry, hold data or stand by comes from ``topology`` (the same
+plan the program deploys), so the status can never expect something the program does not do.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from cli.probe import HostProbe, all_refs, ca_digest, complete_images, probe_command, probe_hosts
+from cli.session import Session
+from config import StackConfig
+from config.image_store import StoredImage
+from topology import Place, RegistryRole, Topology
+
+
+@dataclass
+class HostHealth:
+    """One host as the status sees it. ``None`` means unknown: the host is down (listed, not
+    dialled) or did not answer."""
+
+    ip: str
+    role: str                  # master0 | master | node
+    deploy: str                # launch | standby | none
+    down: bool                 # listed in down_hosts
+    reachable: bool | None     # None: down, not probed
+    error: str | None = None   # why it is unreachable
+    registry: str | None = None     # running | stopped
+    images: int | None = None       # images its registry data holds completely (deploy hosts)
+    resolves: str | None = None     # where the registry domain points there ("": nowhere)
+    ca: str | None = None           # ok | differs | partial | absent | - (insecure mode)
+
+    def row(self, expected: int) -> tuple[str, ...]:
+        """The table's cells: HOST ROLE REACHABLE DEPLOY REGISTRY IMAGES DOMAIN CA."""
+        deploy = "-" if self.deploy == RegistryRole.NONE else self.deploy
+        if self.down:
+            return (self.ip, self.role, "down (listed)", deploy, "-", "-", "-", "-")
+        if not self.reachable:
+            return (self.ip, self.role, "no", deploy, "?", "?", "?", "?")
+        is_deploy = self.deploy != RegistryRole.NONE
+        registry = self.registry if is_deploy or self.registry == "running" else "-"
+        data = f"{self.images}/{expected}" if is_deploy else "-"
+        return (self.ip, self.role, "yes", deploy, registry, data, self.resolves or "(none)",
+                self.ca or "")
+
+    def as_json(self) -> dict:
+        return {"ip": self.ip, "role": self.role, "deploy": self.deploy, "down": self.down,
+                "reachable": self.reachable, "error": self.error, "registry": self.registry,
+                "images": self.images, "resolves": self.resolves, "ca": self.ca}
+
+
+@dataclass
+class Assessment:
+    hosts: list[HostHealth]
+    problems: list[str]
+    images_expected: int
+    master0_images: int   # complete images on master0 (0 when unreachable)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def rows(self) -> list[tuple[str, ...]]:
+        return [h.row(self.images_expected) for h in self.hosts]
+
+
+def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, HostProbe]) -> Assessment:
+    layout = Topology.of(config)
+    hosts: list[HostHealth] = []
+    problems: list[str] = []
+    expected = len(images)
+    master0_images = 0
+    secure = ca_digest(config) != "-"
+    domain, master0 = config.registry.domain, layout.master0
+    for plan in layout.hosts:
+        ip, role = plan.ip, str(plan.place)
+        health = HostHealth(ip, role, str(plan.role), plan.down, None)
+        hosts.append(health)
+        if plan.down:
+            continue
+        probe = probes.get(ip)
+        if probe is None or not probe.reachable:
+            health.reachable = False
+            health.error = probe.error if probe else "not probed"
+            problems.append(f"{ip} ({role}) is unreachable: {health.error}"
+                            + ("; if it is dead, recover with `recover master0 --host <master>`"
+                               if plan.place is Place.MASTER0 else "; if it is dead, list it in down_hosts"))
+            continue
+        present = complete_images(images, probe.missing_refs)
+        health.reachable = True
+        health.registry, health.resolves, health.ca = probe.registry, probe.resolves, probe.ca
+        health.images = present if plan.deploys else None
+        if plan.place is Place.MASTER0:
+            master0_images = present
+            if probe.registry != "running":
+                problems.append(f"{ip} (master0) runs no registry")
+        elif probe.registry == "running" and plan.deploys:
+            problems.append(f"{ip} runs a registry but is not master0 (a second, possibly stale registry)")
+        if plan.holds_data and present < expected:
+            problems.append(f"{ip} holds {present} of {expected} images "
+                            f"(missing e.g. {probe.missing_refs[0] if probe.missing_refs else '?'})")
+        if probe.resolves != master0:
+            problems.append(f"{ip}: {domain} points to {probe.resolves or 'nothing'}, "
+                            f"not to master0 {master0}")
+        if secure and probe.ca != "ok":
+            problems.append(f"{ip}: CA trust {probe.ca}: docker and containerd must both hold the configured CA")
+    return Assessment(hosts, problems, expected, master0_images)
+
+
+def check_cluster(session: Session) -> Assessment:
+    """The status probe on every live host at once, judged against the stack's topology."""
+    live = [h.ip for h in session.topology.live]
+    config, images = session.config, session.images
+    probes = probe_hosts(session.ssh(), live, probe_command(config, all_refs(images)))
+    return assess(config, images, probes)
+
+
+def render_table(result: Assessment, domain: str = "sea.hub") -> str:
+    head = ("HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", f"{domain.upper()} ->", "CA")
+    body = result.rows()
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()
+                     for line in (head, *body))
+
+
+def summary_line(config: StackConfig, result: Assessment, seconds: float) -> str:
+    live = [h for h in result.hosts if not h.down]
+    pointing = sum(1 for h in live if h.resolves == config.master0)
+    down = len(result.hosts) - len(live)
+    tail = f"; {down} listed down, not probed" if down else ""
+    head = "healthy" if result.healthy else f"degraded ({len(result.problems)} problems)"
+    return (f"{head}: master0 {config.master0} serves {result.master0_images}/{result.images_expected} "
+            f"images; {pointing} of {len(live)} live hosts point at it{tail} ({seconds:.1f}s)")
+
+
+def report(config: StackConfig, result: Assessment, seconds: float, out=sys.stdout) -> None:
+    """The table, one `problem:` line per problem, and the summary line."""
+    print(render_table(result, config.registry.domain), file=out)
+    for problem in result.problems:
+        print(f"problem: {problem}", file=out)
+    print(summary_line(config, result, seconds), file=out)
+
+
+def health_json(config: StackConfig, result: Assessment, seconds: float) -> dict:
+    """The keys `status --json` documents besides command/stack/exit_code/error."""
+    return {
+        "healthy": result.healthy,
+        "master0": config.master0,
+        "domain": config.registry.domain,
+        "images_expected": result.images_expected,
+        "master0_images": result.master0_images,
+        "hosts": [h.as_json() for h in result.hosts],
+        "problems": list(result.problems),
+        "seconds": round(seconds, 2),
+    }

@@ -1,0 +1,103 @@
+"""SSH to the cluster's hosts from the operator's machine: OpenSSH with the stack's settings.
+
+One ``SshAccess`` per command (``cli.session.Session.ssh``): the key file (``--ssh-key``, the
+configured path, or the stack's secret key decrypted by the engine into a 0600 temp file) and a
+known_hosts file of the pinned host keys live as long as it does.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from cli.common import CliError, resolve_local_path
+from components.remote_scripts import ScriptRun
+from config import StackConfig
+
+CONNECT_TIMEOUT_S = 3
+HOST_DEADLINE_S = 15.0     # one command: connect + key exchange + the script
+
+
+def ssh_error(stderr: str, returncode: int) -> str:
+    """The telling line of an ssh failure (`Connection timed out`, `Connection refused`, ...)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("ssh:") or "Permission denied" in line or "Host key" in line:
+            return line.removeprefix("ssh: ").split(": ", 1)[-1] if line.startswith("ssh:") else line
+    return lines[-1] if lines else f"ssh exited {returncode}"
+
+
+class SshAccess:
+    """ssh argv for the cluster's hosts, from the stack config (user, port, key, pinned host keys,
+    jump host). Use as a context manager: it owns a temp dir for known_hosts."""
+
+    def __init__(self, config: StackConfig, key_file: Path):
+        self.config = config
+        self.key_file = key_file
+        self._tmp = tempfile.TemporaryDirectory(prefix="sealer-cli-ssh-")
+        self.known_hosts = Path(self._tmp.name) / "known_hosts"
+        ssh = config.cluster.ssh
+        lines = []
+        for ip, key in ssh.host_keys.items():
+            name = ip if ssh.port == 22 else f"[{ip}]:{ssh.port}"
+            lines.append(f"{name} {key}\n")
+        self.known_hosts.write_text("".join(lines))
+
+    def __enter__(self) -> "SshAccess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+    def argv(self, ip: str, connect_timeout: int = CONNECT_TIMEOUT_S) -> list[str]:
+        ssh = self.config.cluster.ssh
+        argv = ["ssh", "-F", "none", "-p", str(ssh.port), "-i", str(self.key_file),
+                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", f"ConnectTimeout={connect_timeout}",
+                "-o", "ServerAliveInterval=3", "-o", "ServerAliveCountMax=2",
+                "-o", "LogLevel=ERROR", "-o", "GlobalKnownHostsFile=/dev/null"]
+        if ip in ssh.host_keys:
+            argv += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}"]
+        else:
+            argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        if ssh.jump_host is not None:
+            j = ssh.jump_host
+            argv += ["-J", f"{j.user}@{j.host}:{j.port}"]
+        return [*argv, f"{ssh.user}@{ip}"]
+
+    def run(self, ip: str, script: ScriptRun, timeout: float = HOST_DEADLINE_S,
+            connect_timeout: int = CONNECT_TIMEOUT_S) -> subprocess.CompletedProcess:
+        """Run ``script`` on ``ip``; a timeout is returned as exit 255 with 'timed out'."""
+        try:
+            return subprocess.run([*self.argv(ip, connect_timeout), "--", script.command],
+                                  input=script.stdin, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess([], 255, "", f"ssh: timed out after {timeout:.0f}s")
+
+
+@contextmanager
+def ssh_key_file(config: StackConfig, project_dir: str | os.PathLike, explicit: str | None,
+                 decrypt: Callable[[], str]) -> Iterator[Path]:
+    """The SSH private key as a file: ``--ssh-key``, else ``cluster.ssh.private_key_path``, else
+    the stack's encrypted ``cluster.ssh.private_key`` decrypted by the engine into a 0600 temp
+    file that is removed afterwards."""
+    given = explicit or config.cluster.ssh.private_key_path
+    if given:
+        path = resolve_local_path(given, project_dir)
+        if not path.is_file():
+            source = "--ssh-key" if explicit else "cluster.ssh.private_key_path"
+            raise CliError(f"{source}: SSH key {path} does not exist")
+        yield path
+        return
+    text = decrypt()
+    with tempfile.TemporaryDirectory(prefix="sealer-cli-key-") as tmp:
+        path = Path(tmp) / "id"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        yield path

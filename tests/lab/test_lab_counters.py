@@ -1,0 +1,13 @@
+"""Lab.link_counter, packets_to, bytes_to: what the lab bridge counted towards one host. The bench
+measures a copy's bytes on the wire with it; tests prove that a dead host got no packet."""
+from __future__ import annotations
+
+
+def test_link_counter_counts_what_was_sent_to_that_host_only(lab):
+    """200 KB sent to one host over SSH show on its counter (packets and bytes), not on another's."""
+    target, other = lab.masters()[0].name, lab.masters()[2].name
+    before = {h: lab.link_counter(h) for h in (target, other)}
+    lab.ssh(target, "cat >/dev/null", input=b"x" * 200_000)
+    assert lab.bytes_to(target) - before[target]["bytes"] >= 200_000
+    assert lab.packets_to(target) - before[target]["packets"] >= 10
+    assert lab.link_counter(other) == before[other]

@@ -1,0 +1,181 @@
+"""Who does what in the cluster, decided once from the validated stack config.
+
+For every cluster host: its place in the cluster (master0, master, node), its registry role
+(launch on master0, standby on the other deploy hosts, none elsewhere), whether it holds the
+registry data and which images, whether it is down, and the names of the steps the program declares
+for it. The components name their resources from here, the CLI reads a preview's step names back
+with ``parse_step``, the status judges hosts by the same roles, and the bench checks plans with it.
+
+No Pulumi here: the plans of two configs (say two values of ``master0``) compare in a unit test.
+
+Resource names are part of the stack's state (a URN is type + name + parent): renaming a step
+makes the engine replace it, so the names below never change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from config import StackConfig
+
+# The component that holds everything (`ClusterRegistry`) and its non-host children.
+ROOT = "sealer-registry"
+RECORDS = "records"                         # component of the in-cluster records
+K8S_PROVIDER = "k8s"                        # the records' kubernetes provider
+REGISTRY_CONFIG = "sealer-registry-config"  # ConfigMap kube-system/sealer-registry
+REGISTRY_SECRET = "sealer-registry-secret"  # Secret kube-system/sealer-registry
+APPS = "sealer-apps"                        # ConfigMap kube-system/sealer-apps
+VERIFY = "registry-verify"                  # pulls every image through the domain from one host
+RECORD_STEPS = (REGISTRY_CONFIG, REGISTRY_SECRET, APPS)
+
+
+class Place(StrEnum):
+    """Where a host sits in the cluster."""
+
+    MASTER0 = "master0"
+    MASTER = "master"
+    NODE = "node"
+
+
+class RegistryRole(StrEnum):
+    LAUNCH = "launch"    # master0: the registry runs here
+    STANDBY = "standby"  # any other deploy host: data and files ready, registry stopped
+    NONE = "none"        # not a deploy host: a registry client only
+
+
+class HostStep(StrEnum):
+    """A per-host step; its resource name is ``<value>-<ip>`` (``HostStep.NODE.of(ip)``)."""
+
+    DEPLOY = "deploy"                      # component: the deploy host's steps below
+    ROOTFS = "rootfs"                      # registry config, certificate, htpasswd on the host
+    DATA = "data"                          # registry data copied from the image store (rsync)
+    LAUNCH = "registry-launch"             # the registry runs (master0)
+    STANDBY = "registry-standby"           # the registry is kept stopped (other deploy hosts)
+    NODE = "node"                          # CA trust and the domain's hosts entry
+
+    def of(self, ip: str) -> str:
+        return f"{self.value}-{ip}"
+
+
+def parse_step(name: str) -> tuple[HostStep, str] | None:
+    """``(HostStep.NODE, '198.18.0.12')`` for ``node-198.18.0.12``; None for any other name."""
+    for step in HostStep:
+        prefix = f"{step.value}-"
+        if name.startswith(prefix):
+            try:
+                return step, str(ipaddress.ip_address(name[len(prefix):]))
+            except ValueError:
+                return None
+    return None
+
+
+def image_hex(image_id: str) -> str:
+    """The image store's directory name of an image id (``sha256:<hex>`` -> ``<hex>``)."""
+    return image_id.removeprefix("sha256:")
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    ip: str
+    place: Place
+    role: RegistryRole
+    down: bool                 # listed in down_hosts: nothing is declared on it, never dialled
+    holds_data: bool           # the program keeps the registry data here (pre: every deploy host)
+    images: tuple[str, ...]    # image ids of that data, the cluster image first (empty: none)
+
+    @property
+    def deploys(self) -> bool:
+        """A deploy host: it holds the registry files (and launches or keeps the registry)."""
+        return self.role is not RegistryRole.NONE
+
+    @property
+    def registry_step(self) -> str | None:
+        if self.role is RegistryRole.LAUNCH:
+            return HostStep.LAUNCH.of(self.ip)
+        if self.role is RegistryRole.STANDBY:
+            return HostStep.STANDBY.of(self.ip)
+        return None
+
+    def steps(self) -> list[str]:
+        """Names of the resources the program declares for this host (none when it is down)."""
+        if self.down:
+            return []
+        names = [HostStep.NODE.of(self.ip)]
+        if self.deploys:
+            names += [HostStep.DEPLOY.of(self.ip), HostStep.ROOTFS.of(self.ip)]
+            if self.images:
+                names.append(HostStep.DATA.of(self.ip))
+            names.append(self.registry_step)
+        return names
+
+
+@dataclass(frozen=True)
+class Topology:
+    master0: str
+    distribution: str          # "pre": every deploy host holds the data; "post": master0 only
+    hosts: tuple[HostPlan, ...]  # every cluster host in config order (masters first)
+    deploy_hosts: tuple[str, ...]  # as configured (down ones included)
+    verifier: str              # the live host that verifies: a node other than master0 if any
+
+    @classmethod
+    def of(cls, config: StackConfig) -> Topology:
+        """The plan of a validated stack config."""
+        return cls.build(master0=config.master0, masters=config.cluster.masters,
+                         nodes=config.cluster.nodes, deploy_hosts=config.deploy_hosts,
+                         down_hosts=config.down_hosts, distribution=str(config.distribution),
+                         image_ids=config.image_ids)
+
+    @classmethod
+    def build(cls, *, master0: str, masters: Iterable[str], nodes: Iterable[str],
+              deploy_hosts: Iterable[str], down_hosts: Iterable[str], distribution: str,
+              image_ids: Iterable[str]) -> Topology:
+        """The plan from the config's values (``of`` is the usual entry).
+
+        Down hosts get nothing: no resource of theirs is declared, so the engine drops their old
+        resources from state without dialling them (none has a delete command). When a host is
+        taken off ``down_hosts`` its resources are created again and the idempotent scripts bring
+        it in line with the current master0."""
+        masters, nodes = list(masters), list(nodes)
+        deploy, down = list(deploy_hosts), set(down_hosts)
+        images = tuple(dict.fromkeys(image_ids))
+        hosts = []
+        for ip in [*masters, *nodes]:
+            place = Place.MASTER0 if ip == master0 else Place.MASTER if ip in masters else Place.NODE
+            role = RegistryRole.NONE
+            if ip in deploy:
+                role = RegistryRole.LAUNCH if ip == master0 else RegistryRole.STANDBY
+            holds = role is not RegistryRole.NONE and (distribution == "pre" or ip == master0)
+            hosts.append(HostPlan(ip, place, role, ip in down, holds, images if holds else ()))
+        live = {h.ip for h in hosts if not h.down}
+        others = [ip for ip in [*nodes, *masters] if ip in live and ip != master0]
+        return cls(master0, str(distribution), tuple(hosts), tuple(deploy),
+                   others[0] if others else master0)
+
+    @property
+    def live(self) -> list[HostPlan]:
+        return [h for h in self.hosts if not h.down]
+
+    @property
+    def live_deploy(self) -> list[HostPlan]:
+        return [h for h in self.live if h.deploys]
+
+    @property
+    def down_hosts(self) -> list[str]:
+        return [h.ip for h in self.hosts if h.down]
+
+    def host(self, ip: str) -> HostPlan:
+        for h in self.hosts:
+            if h.ip == ip:
+                return h
+        raise KeyError(f"{ip} is not a host of the cluster")
+
+    def resource_names(self) -> set[str]:
+        """Every resource name the program declares for this plan (``pulumi stack`` shows them)."""
+        names = {ROOT, RECORDS, K8S_PROVIDER, *RECORD_STEPS, VERIFY}
+        for h in self.hosts:
+            names.update(h.steps())
+        return names
