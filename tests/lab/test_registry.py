@@ -221,6 +221,9 @@ def test_launch_twice_keeps_the_registry_init_twice_replaces_it(lab, served):
     init_registry(lab, SERVER)
     after = registry_pids(lab, SERVER)
     assert len(after) == 1 and after != before
+    init_registry(lab, SERVER)
+    last = registry_pids(lab, SERVER)
+    assert len(last) == 1 and last != after
     assert registry_pids(lab, CLIENT) == []
     assert curl(lab, "/v2/")[0] == 200
 
