@@ -52,7 +52,7 @@ def main() -> None:
     password = secret_text(reg.password)
     try:
         material = build_material(
-            rootfs=cfg.rootfs, domain=reg.domain, port=reg.port, deploy_ips=cfg.deploy_hosts,
+            domain=reg.domain, port=reg.port, deploy_ips=cfg.deploy_hosts,
             insecure=reg.local_registry.insecure_mode, username=reg.username, password=password,
             ca_cert=tls.ca_cert if tls else None, ca_key=secret_text(tls.ca_key) if tls else None,
             cert=tls.cert if tls else None, key=secret_text(tls.key) if tls else None,

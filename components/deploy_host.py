@@ -22,7 +22,9 @@ from .remote_scripts import host_step, local_step, script_run
 
 def rootfs_files(material: RegistryMaterial, domain: str) -> dict[str, str]:
     """The files this program owns under the rootfs, by path relative to it."""
-    files = {"etc/registry.yml": material.registry_yml}
+    # sealer's init-registry.sh reads registry_config.yml; registry.yml is the seed's name.
+    files = {"etc/registry_config.yml": material.registry_yml,
+             "etc/registry.yml": material.registry_yml}
     if material.htpasswd is not None:
         files["etc/registry_htpasswd"] = material.htpasswd
     if material.cert is not None and material.key is not None:

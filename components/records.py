@@ -65,6 +65,7 @@ class RegistryRecords(pulumi.ComponentResource):
         data = {
             "registry": yaml.safe_dump(args.summary, sort_keys=True),
             "registry.yml": args.registry_yml,
+            "registry_config.yml": args.registry_yml,
         }
         if args.ca_cert is not None:
             data["ca.crt"] = args.ca_cert

@@ -388,6 +388,24 @@ class TlsConfig(_Model):
         return self
 
 
+# sealer's init-registry.sh runs `sed -i "s/5000/$PORT/g"` on the registry config before it mounts
+# it into the registry container: whatever else holds this string is rewritten on every launch.
+_SEALER_SED = "5000"
+
+
+def _sealer_sed_problems(domain: str, port: int) -> list[tuple[str, str]]:
+    problems = []
+    if _SEALER_SED in domain:
+        problems.append(("domain", f"{domain!r} contains '{_SEALER_SED}': sealer's init-registry.sh "
+                                   f"replaces every '{_SEALER_SED}' in etc/registry_config.yml with the port"))
+    if _SEALER_SED in str(port) and port != int(_SEALER_SED):
+        grown = f":{port}".replace(_SEALER_SED, str(port))
+        problems.append(("port", f"{port} contains '{_SEALER_SED}': sealer's init-registry.sh runs "
+                                 f"`sed s/{_SEALER_SED}/{port}/g` on its config, turning ':{port}' into "
+                                 f"'{grown}'; use 5000 or a port without '{_SEALER_SED}'"))
+    return problems
+
+
 class RegistryConfig(_Model):
     domain: DnsName = "sea.hub"
     port: Port = 5000
@@ -415,6 +433,7 @@ class RegistryConfig(_Model):
             problems.append(("tls", "must not be set when local_registry.insecure_mode is true (got tls and insecure_mode: true)"))
         if self.htpasswd is not None:
             problems += self._htpasswd_problems()
+        problems += _sealer_sed_problems(self.domain, self.port)
         _raise_problems(problems)
         return self
 

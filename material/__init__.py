@@ -1,4 +1,4 @@
-"""Registry material: certificates, htpasswd and registry.yml, as pure deterministic functions.
+"""Registry material: certificates, htpasswd and the registry config, as pure deterministic functions.
 
 No Pulumi, no network, no files: everything is returned as strings. ``build_material`` is the
 façade the program uses; it is recomputed on every run and yields identical output for an
@@ -24,7 +24,8 @@ class RegistryMaterial:
 
     ``ca_cert`` is what nodes trust (``certs.d/<domain>:<port>/ca.crt``); ``cert``/``key`` go to
     ``<rootfs>/certs/<domain>.crt|.key``; ``htpasswd`` to ``<rootfs>/etc/registry_htpasswd``;
-    ``registry_yml`` to ``<rootfs>/etc/registry.yml``. ``ca_fingerprint`` is the sha256 hex of
+    ``registry_yml`` to ``<rootfs>/etc/registry_config.yml`` (read by sealer's init-registry.sh)
+    and ``<rootfs>/etc/registry.yml`` (the seed's name). ``ca_fingerprint`` is the sha256 hex of
     ``ca_cert`` (for status output and change detection).
     """
 
@@ -58,7 +59,6 @@ def _check_issued_by(cert_pem: str, ca_cert_pem: str) -> None:
 
 def build_material(
     *,
-    rootfs: str,
     domain: str,
     port: int,
     deploy_ips: list[str],
@@ -130,8 +130,7 @@ def build_material(
         key=key_out,
         htpasswd=htpasswd_out,
         registry_yml=render_registry_yml(
-            rootfs=rootfs, domain=domain, port=port, tls=cert_out is not None,
-            auth=htpasswd_out is not None,
+            domain=domain, port=port, tls=cert_out is not None, auth=htpasswd_out is not None,
         ),
         ca_fingerprint=_pki.fingerprint(ca_out) if ca_out is not None else None,
     )

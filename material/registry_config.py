@@ -1,52 +1,88 @@
-"""Render the distribution (registry v2) configuration written to ``<rootfs>/etc/registry.yml``."""
+"""Render the distribution (registry v2) configuration the program writes to
+``<rootfs>/etc/registry_config.yml`` (the file sealer's ``init-registry.sh`` mounts into its
+registry container) and, with the same content, to ``<rootfs>/etc/registry.yml`` (the seed's name).
+
+sealer runs the registry in a container (``registry:2.7.1``) with these mounts:
+``<VOLUME>`` → ``/var/lib/registry``, ``<rootfs>/certs`` → ``/certs``,
+``etc/registry_config.yml`` → ``/etc/docker/registry/config.yml`` and ``etc/registry_htpasswd`` →
+``/htpasswd``. Host paths do not exist in there, so every path in the config is the path the
+registry sees inside that container.
+
+Before starting it, sealer's script runs ``sed -i "s/5000/$PORT/g"`` on the config. The rendered
+text therefore holds ``5000`` nowhere but in the listen address, and only when the port is 5000
+itself: then the sed leaves the file byte-identical and a second ``up`` changes nothing.
+"""
 
 from __future__ import annotations
 
-import posixpath
 from typing import Any
 
 import yaml
 
-__all__ = ["render_registry_yml", "registry_config", "DEBUG_ADDR", "HTPASSWD_REALM"]
+__all__ = [
+    "render_registry_yml", "registry_config", "sed_port_problem", "CONTAINER_PATHS", "DEBUG_ADDR",
+    "HTPASSWD_REALM", "SEALER_SED_TOKEN",
+]
 
-# sealer's basefs runs the registry's debug listener (pprof, /metrics) on :5002; we keep the
-# port but bind it to loopback, as it is unauthenticated.
+# The debug listener (pprof, /metrics) is unauthenticated: the config binds it to loopback. Note
+# that sealer's script sets REGISTRY_HTTP_DEBUG_ADDR=0.0.0.0:5002, which overrides this.
 DEBUG_ADDR = "127.0.0.1:5002"
+# sealer's script sets REGISTRY_AUTH_HTPASSWD_REALM="Registry Realm", which overrides this.
 HTPASSWD_REALM = "sealer-registry"
+# What sealer's init-registry.sh replaces with its PORT argument everywhere in the config.
+SEALER_SED_TOKEN = "5000"
+# Where the registry finds its files inside sealer's container (see the module docstring).
+CONTAINER_PATHS = {
+    "storage": "/var/lib/registry",
+    "certs": "/certs",
+    "htpasswd": "/htpasswd",
+}
 
 
-def _paths(rootfs: str, domain: str) -> dict[str, str]:
-    return {
-        "storage": posixpath.join(rootfs, "registry"),
-        "cert": posixpath.join(rootfs, "certs", f"{domain}.crt"),
-        "key": posixpath.join(rootfs, "certs", f"{domain}.key"),
-        "htpasswd": posixpath.join(rootfs, "etc", "registry_htpasswd"),
-    }
+def sed_port_problem(port: int) -> str | None:
+    """Why ``port`` breaks under sealer's ``sed s/5000/PORT/g``, or None when it does not.
+
+    The listen address ``:<port>`` must come out of the sed unchanged: a port that contains
+    ``5000`` (15000, 50001...) other than 5000 itself would grow on every launch.
+    """
+    if SEALER_SED_TOKEN in str(port) and port != int(SEALER_SED_TOKEN):
+        grown = f":{port}".replace(SEALER_SED_TOKEN, str(port))
+        return (f"{port} contains '{SEALER_SED_TOKEN}': sealer's init-registry.sh runs "
+                f"`sed -i s/{SEALER_SED_TOKEN}/{port}/g` on etc/registry_config.yml, which turns "
+                f"':{port}' into '{grown}'; use 5000 or a port without '{SEALER_SED_TOKEN}'")
+    return None
 
 
-def registry_config(*, rootfs: str, domain: str, port: int, tls: bool, auth: bool) -> dict[str, Any]:
-    """The configuration as a dict (see ``render_registry_yml``)."""
-    if not isinstance(rootfs, str) or not rootfs.startswith("/") or any(c in rootfs for c in "\n\0"):
-        raise ValueError(f"rootfs must be an absolute path, got {rootfs!r}")
-    rootfs = posixpath.normpath(rootfs)
+def _check(domain: str, port: int) -> None:
     if not domain or any(c.isspace() or c in "/:\0" for c in domain):
         raise ValueError(f"invalid registry domain {domain!r}")
+    if SEALER_SED_TOKEN in domain:
+        raise ValueError(
+            f"registry domain {domain!r} contains '{SEALER_SED_TOKEN}': sealer's init-registry.sh "
+            f"replaces every '{SEALER_SED_TOKEN}' in etc/registry_config.yml with the port")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
-    paths = _paths(rootfs, domain)
+    problem = sed_port_problem(port)
+    if problem:
+        raise ValueError(f"registry port {problem}")
 
+
+def registry_config(*, domain: str, port: int, tls: bool, auth: bool) -> dict[str, Any]:
+    """The configuration as a dict (see ``render_registry_yml``)."""
+    _check(domain, port)
     http: dict[str, Any] = {
         "addr": f":{port}",
         "debug": {"addr": DEBUG_ADDR, "prometheus": {"enabled": True, "path": "/metrics"}},
         "headers": {"X-Content-Type-Options": ["nosniff"]},
     }
     if tls:
-        http["tls"] = {"certificate": paths["cert"], "key": paths["key"]}
+        certs = CONTAINER_PATHS["certs"]
+        http["tls"] = {"certificate": f"{certs}/{domain}.crt", "key": f"{certs}/{domain}.key"}
     config: dict[str, Any] = {
         "version": "0.1",
         "log": {"level": "info", "fields": {"service": "registry"}},
         "storage": {
-            "filesystem": {"rootdirectory": paths["storage"]},
+            "filesystem": {"rootdirectory": CONTAINER_PATHS["storage"]},
             # Deletes stay off: the image store is the source of truth and is copied in whole.
             "delete": {"enabled": False},
         },
@@ -54,19 +90,23 @@ def registry_config(*, rootfs: str, domain: str, port: int, tls: bool, auth: boo
         "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
     }
     if auth:
-        config["auth"] = {"htpasswd": {"realm": HTPASSWD_REALM, "path": paths["htpasswd"]}}
+        config["auth"] = {"htpasswd": {"realm": HTPASSWD_REALM, "path": CONTAINER_PATHS["htpasswd"]}}
     return config
 
 
-def render_registry_yml(*, rootfs: str, domain: str, port: int, tls: bool, auth: bool) -> str:
+def render_registry_yml(*, domain: str, port: int, tls: bool, auth: bool) -> str:
     """distribution v2 config YAML, byte-stable for the same arguments (keys sorted).
 
-    Paths are the host's sealer layout: storage ``<rootfs>/registry``, TLS
-    ``<rootfs>/certs/<domain>.crt|.key`` (when ``tls``), htpasswd ``<rootfs>/etc/registry_htpasswd``
-    (when ``auth``). Listens on ``:<port>``; debug/metrics on ``127.0.0.1:5002``.
+    Paths are those inside sealer's registry container: storage ``/var/lib/registry`` (the
+    VOLUME), TLS ``/certs/<domain>.crt|.key`` (when ``tls``), htpasswd ``/htpasswd`` (when
+    ``auth``). Listens on ``:<port>``; debug/metrics on ``127.0.0.1:5002``. Raises ``ValueError``
+    for a domain or port that sealer's ``sed s/5000/PORT/g`` would alter.
     """
-    config = registry_config(rootfs=rootfs, domain=domain, port=port, tls=tls, auth=auth)
+    config = registry_config(domain=domain, port=port, tls=tls, auth=auth)
     text = yaml.safe_dump(config, sort_keys=True, default_flow_style=False, allow_unicode=False)
     if yaml.safe_load(text) != config:  # pragma: no cover - guards against YAML surprises
-        raise AssertionError("rendered registry.yml does not round-trip")
+        raise AssertionError("rendered registry config does not round-trip")
+    # The invariant itself: sealer's sed with our port is a no-op on our file.
+    if text.replace(SEALER_SED_TOKEN, str(port)) != text:  # pragma: no cover - _check covers it
+        raise AssertionError("sealer's sed s/5000/PORT/g would change the rendered config")
     return text

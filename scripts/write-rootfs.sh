@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the registry's rootfs files (registry.yml, htpasswd, certs) from a base64 tar on stdin.
+# Installs the registry's rootfs files (registry config, htpasswd, certs) from a base64 tar on stdin.
 # Usage: write-rootfs.sh ROOTFS   (stdin: base64 of a tar of paths relative to ROOTFS)
 # Keys and htpasswd get mode 0600; files already equal are left alone.
 if ! declare -F info >/dev/null; then

@@ -7,6 +7,11 @@ import time
 
 import pytest
 
+from lab.hosts import INSTANCE, PREFIX
+
+M11, M12, M13, N21, N22 = (f"{PREFIX}{octet}" for octet in (11, 12, 13, 21, 22))
+NET = f"198.18.{INSTANCE}"
+
 
 def ssh(lab, host, cmd, known_hosts, timeout=3):
     argv = ["ssh", "-F", "none", "-i", str(lab.key_path), "-o", f"UserKnownHostsFile={known_hosts}",
@@ -47,12 +52,12 @@ def test_wrong_host_key_is_rejected(lab, tmp_path):
 def test_hosts_do_not_share_files(lab):
     """/var/lib/sealer, /etc (incl. rename-over of /etc/hosts), /root and /tmp are per host; the lab's
     state dir (operator key, other hosts' dirs) is invisible from a host."""
-    a, b = "srl-11", "srl-12"
+    a, b = M11, M12
     lab.ssh(a, "mkdir -p /var/lib/sealer/probe && echo a > /var/lib/sealer/probe/f && "
                "echo a > /root/f && echo a > /tmp/f && "
-               "echo '198.18.0.11 sea.hub #hostalias-set-by-sealer' >> /etc/hosts && "
-               "sed -i 's/^198.18.0.11 sea.hub/198.18.0.12 sea.hub/' /etc/hosts")
-    assert "198.18.0.12 sea.hub #hostalias-set-by-sealer" in lab.ssh(a, "cat /etc/hosts").stdout
+               f"echo '{NET}.11 sea.hub #hostalias-set-by-sealer' >> /etc/hosts && "
+               f"sed -i 's/^{NET}.11 sea.hub/{NET}.12 sea.hub/' /etc/hosts")
+    assert f"{NET}.12 sea.hub #hostalias-set-by-sealer" in lab.ssh(a, "cat /etc/hosts").stdout
     seen = lab.ssh(b, "ls /var/lib/sealer/probe /root/f /tmp/f 2>&1; grep -c sea.hub /etc/hosts; "
                       f"ls {lab.state} 2>&1", check=False).stdout
     assert "No such file" in seen and "probe/f" not in seen
@@ -66,65 +71,65 @@ def test_hosts_do_not_share_files(lab):
 def test_process_started_over_ssh_stays_in_host(lab):
     """A detached process launched through SSH outlives the session and lives in the host's
     namespaces (so a registry started that way is "on" that host)."""
-    lab.ssh("srl-13", "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > /run/probe.pid")
-    pid = int(lab.run("srl-13", "cat /run/probe.pid").stdout)
-    assert pid in lab.pids("srl-13")
-    assert pid not in lab.pids("srl-12")
-    lab.run("srl-13", f"kill {pid}")
+    lab.ssh(M13, "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > /run/probe.pid")
+    pid = int(lab.run(M13, "cat /run/probe.pid").stdout)
+    assert pid in lab.pids(M13)
+    assert pid not in lab.pids(M12)
+    lab.run(M13, f"kill {pid}")
 
 
 def test_kill_times_out_and_revive_restores(lab, known_hosts):
     """kill: SYNs vanish (timeout, not refused), packets towards the host are still counted, the
     host's processes are frozen. revive: SSH works again."""
-    host = next(h for h in lab.inventory()["hosts"] if h["name"] == "srl-12")
-    before = lab.packets_to("srl-12")
-    lab.kill("srl-12")
+    host = next(h for h in lab.inventory()["hosts"] if h["name"] == M12)
+    before = lab.packets_to(M12)
+    lab.kill(M12)
     try:
         p, took = ssh(lab, host, "true", known_hosts, timeout=2)
         assert p.returncode == 255
         assert "Connection timed out" in p.stderr, p.stderr
         assert "refused" not in p.stderr
         assert took >= 1.9
-        assert lab.packets_to("srl-12") > before
+        assert lab.packets_to(M12) > before
         # a peer host sees the same: its connect times out
-        peer = lab.run("srl-21", "timeout 2 bash -c '</dev/tcp/198.18.0.12/22'", check=False)
+        peer = lab.run(N21, f"timeout 2 bash -c '</dev/tcp/{NET}.12/22'", check=False)
         assert peer.returncode == 124
         states = [open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-                  for pid in lab.pids("srl-12") if pid != lab.holder_pid("srl-12")]
+                  for pid in lab.pids(M12) if pid != lab.holder_pid(M12)]
         assert states and set(states) == {"T"}
     finally:
-        lab.revive("srl-12")
+        lab.revive(M12)
     p, _ = ssh(lab, host, "echo alive", known_hosts)
     assert p.returncode == 0 and p.stdout.strip() == "alive", p.stderr
 
 
 def test_crash_kill_and_reboot(lab, known_hosts):
     """kill --crash kills the host's processes; revive is a reboot: empty /run, sshd back."""
-    host = next(h for h in lab.inventory()["hosts"] if h["name"] == "srl-22")
-    lab.ssh("srl-22", "touch /run/marker")
-    lab.kill("srl-22", crash=True)
-    assert lab.pids("srl-22") == [lab.holder_pid("srl-22")]
-    lab.revive("srl-22")
+    host = next(h for h in lab.inventory()["hosts"] if h["name"] == N22)
+    lab.ssh(N22, "touch /run/marker")
+    lab.kill(N22, crash=True)
+    assert lab.pids(N22) == [lab.holder_pid(N22)]
+    lab.revive(N22)
     p, _ = ssh(lab, host, "ls /run/marker 2>&1", known_hosts)
     assert p.returncode != 0 and "No such file" in p.stdout
 
 
 def test_stop_sshd_refuses(lab, known_hosts):
-    host = next(h for h in lab.inventory()["hosts"] if h["name"] == "srl-21")
-    lab.stop_sshd("srl-21")
+    host = next(h for h in lab.inventory()["hosts"] if h["name"] == N21)
+    lab.stop_sshd(N21)
     try:
         p, took = ssh(lab, host, "true", known_hosts)
         assert p.returncode == 255 and "Connection refused" in p.stderr, p.stderr
         assert took < 2
     finally:
-        lab.start_sshd("srl-21")
+        lab.start_sshd(N21)
     p, _ = ssh(lab, host, "true", known_hosts)
     assert p.returncode == 0, p.stderr
 
 
 def test_packets_to_counts_only_that_host(lab):
-    before = {h: lab.packets_to(h) for h in ("srl-11", "srl-13")}
+    before = {h: lab.packets_to(h) for h in (M11, M13)}
     for _ in range(3):
-        lab.ssh("srl-11", "true")
-    assert lab.packets_to("srl-11") - before["srl-11"] >= 10
-    assert lab.packets_to("srl-13") == before["srl-13"]
+        lab.ssh(M11, "true")
+    assert lab.packets_to(M11) - before[M11] >= 10
+    assert lab.packets_to(M13) == before[M13]

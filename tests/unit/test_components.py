@@ -10,6 +10,7 @@ import pytest
 
 from components.access import SshAccess
 from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs
+from components.deploy_host import rootfs_files
 from config import PROJECT
 from config.image_store import ImageRef, StoredImage
 from config.models import Distribution
@@ -51,7 +52,7 @@ def make_args(ca, **overrides) -> ClusterRegistryArgs:
     fields.update(overrides)
     if fields["material"] is None:
         fields["material"] = build_material(
-            rootfs=ROOTFS, domain=fields["domain"], port=fields["port"],
+            domain=fields["domain"], port=fields["port"],
             deploy_ips=layout["deploy_hosts"], insecure=fields["insecure"],
             username=fields["username"], password=PASSWORD if fields["username"] else None,
             ca_cert=ca[0], ca_key=ca[1])
@@ -227,8 +228,22 @@ def test_secret_carrying_inputs_are_secret_outputs(ca):
     assert seen > 0
 
 
+def test_rootfs_files_are_the_ones_sealers_init_registry_reads(ca):
+    """etc/registry_config.yml (what sealer's init-registry.sh mounts as the registry's config)
+    and etc/registry.yml (the seed's name) hold the same config; the htpasswd and the cert pair
+    sit where that script mounts them from."""
+    material = make_args(ca).material
+    files = rootfs_files(material, "sea.hub")
+    assert set(files) == {"etc/registry_config.yml", "etc/registry.yml", "etc/registry_htpasswd",
+                          "certs/sea.hub.crt", "certs/sea.hub.key"}
+    assert files["etc/registry_config.yml"] == files["etc/registry.yml"] == material.registry_yml
+    insecure = rootfs_files(make_args(ca, insecure=True).material, "sea.hub")
+    assert set(insecure) == {"etc/registry_config.yml", "etc/registry.yml", "etc/registry_htpasswd"}
+
+
 def test_records_hold_config_certs_and_history_but_no_secret(ca):
-    """ConfigMap sealer-registry: registry.yml, CA, leaf, summary with master0 and deploy hosts;
+    """ConfigMap sealer-registry: the registry config (under both file names), CA, leaf, summary
+    with master0 and deploy hosts;
     Secret sealer-registry: the key and htpasswd; sealer-apps: application.json."""
     args = make_args(ca)
     by_name = declare(args).by_name()
@@ -237,6 +252,7 @@ def test_records_hold_config_certs_and_history_but_no_secret(ca):
                               "labels": {"app.kubernetes.io/managed-by": "pulumi"},
                               "annotations": {"pulumi.com/patchForce": "true"}}
     assert cm["data"]["registry.yml"] == args.material.registry_yml
+    assert cm["data"]["registry_config.yml"] == args.material.registry_yml
     assert cm["data"]["ca.crt"] == args.material.ca_cert
     assert cm["data"]["tls.crt"] == args.material.cert
     assert "master0: 198.18.0.11" in cm["data"]["registry"]

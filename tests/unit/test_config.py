@@ -308,6 +308,25 @@ def test_registry_port_out_of_range_is_rejected(port):
     assert_rejected(render(registry__port=port), "registry.port", f"{port} is not a valid port")
 
 
+@pytest.mark.parametrize("port", [5001, 4999, 500, 5005, 50])
+def test_registry_port_surviving_sealers_sed_is_accepted(port):
+    """sealer's init-registry.sh runs `sed s/5000/PORT/g` on the config: ports without '5000'
+    come out of it unchanged."""
+    assert load(render(registry__port=port)).registry.port == port
+
+
+@pytest.mark.parametrize("port, grown", [(15000, ":115000"), (50001, ":500011"), (25000, ":225000")])
+def test_registry_port_grown_by_sealers_sed_is_rejected(port, grown):
+    """A port containing '5000' (other than 5000) would grow under sealer's sed on every launch."""
+    assert_rejected(render(registry__port=port), "registry.port", f"turning ':{port}' into '{grown}'")
+
+
+@pytest.mark.parametrize("domain", ["hub5000.local", "r-5000"])
+def test_registry_domain_with_sealers_sed_token_is_rejected(domain):
+    """A domain containing '5000' is in the config's TLS paths, which sealer's sed would rewrite."""
+    assert_rejected(render(registry__domain=domain), "registry.domain", "contains '5000'")
+
+
 def test_ssh_port_in_range_is_accepted():
     """A non-default SSH port is used as given."""
     assert load(render(cluster__ssh__port=2222)).cluster.ssh.port == 2222

@@ -1,4 +1,4 @@
-"""Unit tests for material/: certificates, htpasswd, registry.yml, build_material."""
+"""Unit tests for material/: certificates, htpasswd, the registry config, build_material."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import datetime as dt
 import http.client
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,7 +30,6 @@ from material import htpasswd as hp
 from material import pki
 from material.registry_config import render_registry_yml
 
-ROOTFS = "/var/lib/sealer/data/my-cluster/rootfs"
 IPS = ["198.18.0.11", "198.18.0.12", "fd00:198:18::11"]
 KEY_MATERIAL = b"test secret key material"
 
@@ -81,69 +81,82 @@ def _ca_with_key(key) -> tuple[str, str]:
 
 def _material(ca: tuple[str, str], **overrides) -> RegistryMaterial:
     args = dict(
-        rootfs=ROOTFS, domain="sea.hub", port=5000, deploy_ips=IPS, insecure=False,
+        domain="sea.hub", port=5000, deploy_ips=IPS, insecure=False,
         username="admin", password="s3cret", ca_cert=ca[0], ca_key=ca[1],
     )
     args.update(overrides)
     return build_material(**args)
 
 
-# --------------------------------------------------------------------------- registry.yml
+# --------------------------------------------------------------------------- registry config
 
 
-def test_registry_yml_secure_with_auth_has_tls_and_htpasswd():
-    """tls+auth: listener on :port, TLS cert/key under <rootfs>/certs, htpasswd under <rootfs>/etc."""
-    cfg = yaml.safe_load(render_registry_yml(rootfs=ROOTFS, domain="sea.hub", port=5000, tls=True, auth=True))
+def test_registry_yml_secure_with_auth_has_container_paths():
+    """tls+auth: listener on :port; storage, TLS and htpasswd at the paths sealer's registry
+    container mounts them (VOLUME → /var/lib/registry, <rootfs>/certs → /certs, htpasswd →
+    /htpasswd), never host paths."""
+    cfg = yaml.safe_load(render_registry_yml(domain="sea.hub", port=5000, tls=True, auth=True))
     assert cfg["version"] == "0.1"
     assert cfg["log"]["level"] == "info"
-    assert cfg["storage"]["filesystem"]["rootdirectory"] == f"{ROOTFS}/registry"
+    assert cfg["storage"]["filesystem"]["rootdirectory"] == "/var/lib/registry"
     assert cfg["storage"]["delete"]["enabled"] is False
     assert cfg["http"]["addr"] == ":5000"
-    assert cfg["http"]["tls"] == {
-        "certificate": f"{ROOTFS}/certs/sea.hub.crt",
-        "key": f"{ROOTFS}/certs/sea.hub.key",
-    }
+    assert cfg["http"]["tls"] == {"certificate": "/certs/sea.hub.crt", "key": "/certs/sea.hub.key"}
     assert cfg["http"]["debug"]["addr"] == "127.0.0.1:5002"
     assert cfg["http"]["debug"]["prometheus"]["enabled"] is True
     assert cfg["http"]["headers"] == {"X-Content-Type-Options": ["nosniff"]}
-    assert cfg["auth"]["htpasswd"]["path"] == f"{ROOTFS}/etc/registry_htpasswd"
-    assert cfg["auth"]["htpasswd"]["realm"]
+    assert cfg["auth"]["htpasswd"] == {"realm": "sealer-registry", "path": "/htpasswd"}
     assert cfg["health"]["storagedriver"] == {"enabled": True, "interval": "10s", "threshold": 3}
 
 
 def test_registry_yml_secure_without_auth_has_no_auth_section():
     """tls, no auth: TLS present, no `auth` key at all (the registry would otherwise demand it)."""
-    cfg = yaml.safe_load(render_registry_yml(rootfs=ROOTFS, domain="sea.hub", port=5000, tls=True, auth=False))
+    cfg = yaml.safe_load(render_registry_yml(domain="sea.hub", port=5000, tls=True, auth=False))
     assert "tls" in cfg["http"]
     assert "auth" not in cfg
 
 
 def test_registry_yml_insecure_with_auth_has_no_tls():
     """no tls, auth: plain HTTP listener with htpasswd auth."""
-    cfg = yaml.safe_load(render_registry_yml(rootfs=ROOTFS, domain="sea.hub", port=5001, tls=False, auth=True))
+    cfg = yaml.safe_load(render_registry_yml(domain="sea.hub", port=5001, tls=False, auth=True))
     assert "tls" not in cfg["http"]
     assert cfg["http"]["addr"] == ":5001"
-    assert cfg["auth"]["htpasswd"]["path"] == f"{ROOTFS}/etc/registry_htpasswd"
+    assert cfg["auth"]["htpasswd"]["path"] == "/htpasswd"
 
 
 def test_registry_yml_insecure_without_auth_has_neither():
     """no tls, no auth: neither `http.tls` nor `auth`; storage and health unchanged."""
-    cfg = yaml.safe_load(render_registry_yml(rootfs=ROOTFS, domain="sea.hub", port=5000, tls=False, auth=False))
+    cfg = yaml.safe_load(render_registry_yml(domain="sea.hub", port=5000, tls=False, auth=False))
     assert "tls" not in cfg["http"] and "auth" not in cfg
-    assert cfg["storage"]["filesystem"]["rootdirectory"] == f"{ROOTFS}/registry"
+    assert cfg["storage"]["filesystem"]["rootdirectory"] == "/var/lib/registry"
 
 
 def test_registry_yml_is_byte_stable():
     """Same arguments → byte-identical text (no diff on a second `pulumi up`)."""
-    args = dict(rootfs=ROOTFS, domain="sea.hub", port=5000, tls=True, auth=True)
+    args = dict(domain="sea.hub", port=5000, tls=True, auth=True)
     assert render_registry_yml(**args) == render_registry_yml(**args)
 
 
-@pytest.mark.parametrize("bad", [dict(rootfs="relative/rootfs"), dict(port=0), dict(port=70000), dict(domain="sea hub")])
-def test_registry_yml_rejects_bad_inputs(bad):
-    """Relative rootfs, out-of-range port and a domain with spaces raise ValueError."""
-    args = dict(rootfs=ROOTFS, domain="sea.hub", port=5000, tls=True, auth=True) | bad
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("port", [5000, 5001, 443, 8443, 65535])
+def test_registry_yml_survives_sealers_sed(port):
+    """sealer's init-registry.sh runs `sed -i "s/5000/$PORT/g"` on the config: with the port we
+    rendered for, the file comes out byte-identical ('5000' appears at most in the listen
+    address, and only when the port is 5000)."""
+    text = render_registry_yml(domain="sea.hub", port=port, tls=True, auth=True)
+    assert text.replace("5000", str(port)) == text
+    assert text.count("5000") == (1 if port == 5000 else 0)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    (dict(port=0), "1..65535"), (dict(port=70000), "1..65535"), (dict(domain="sea hub"), "domain"),
+    (dict(port=15000), "':15000' into ':115000'"), (dict(port=50001), "':50001' into ':500011'"),
+    (dict(domain="hub5000.local"), "contains '5000'"),
+])
+def test_registry_yml_rejects_bad_inputs(bad, fragment):
+    """Out-of-range port, a domain with spaces, and a port or domain that sealer's sed would
+    rewrite raise ValueError saying why."""
+    args = dict(domain="sea.hub", port=5000, tls=True, auth=True) | bad
+    with pytest.raises(ValueError, match=re.escape(fragment)):
         render_registry_yml(**args)
 
 
@@ -397,7 +410,7 @@ def test_build_material_is_deterministic(ca):
 
 
 def test_build_material_insecure_has_no_certs(ca):
-    """insecure → no cert, key, CA or fingerprint; registry.yml without tls."""
+    """insecure → no cert, key, CA or fingerprint; a registry config without tls."""
     m = _material(ca, insecure=True)
     assert m.cert is m.key is m.ca_cert is m.ca_fingerprint is None
     assert "tls" not in yaml.safe_load(m.registry_yml)["http"]
@@ -406,14 +419,14 @@ def test_build_material_insecure_has_no_certs(ca):
 
 def test_build_material_insecure_without_any_key_still_stable():
     """insecure with no CA key: htpasswd still derived deterministically and verifies."""
-    args = dict(rootfs=ROOTFS, domain="sea.hub", port=5000, deploy_ips=IPS, insecure=True,
+    args = dict(domain="sea.hub", port=5000, deploy_ips=IPS, insecure=True,
                 username="admin", password="s3cret")
     m1, m2 = build_material(**args), build_material(**args)
     assert m1 == m2 and hp.verify(m1.htpasswd, "admin", "s3cret")
 
 
 def test_build_material_without_username_has_no_auth(ca):
-    """No username and no htpasswd → htpasswd None and no `auth` in registry.yml."""
+    """No username and no htpasswd → htpasswd None and no `auth` in the registry config."""
     m = _material(ca, username=None, password=None)
     assert m.htpasswd is None and "auth" not in yaml.safe_load(m.registry_yml)
 
@@ -500,21 +513,25 @@ def _get(conn_host: str, port: int, ctx: ssl.SSLContext, auth: str | None) -> ht
     reason="real-binary check: the `docker-registry` binary (Debian package) is not installed",
 )
 def test_real_binary_docker_registry_serves_rendered_config_over_tls_with_auth(tmp_path, ca):
-    """Real-binary check: `docker-registry serve` accepts our registry.yml, cert, key and
+    """Real-binary check: `docker-registry serve` accepts our registry config, cert, key and
     htpasswd; /v2/ is 401 without and 200 with credentials over TLS verified by our CA, for the
-    domain (SNI), localhost and the 127.0.0.1 IP SAN."""
+    domain (SNI), localhost and the 127.0.0.1 IP SAN. The config's paths are container paths;
+    here they are pointed at the temp dir through distribution's REGISTRY_* env mapping (the
+    lab tier runs it with sealer's real mounts)."""
     rootfs = tmp_path / "rootfs"
     for sub in ("registry", "certs", "etc"):
         (rootfs / sub).mkdir(parents=True)
     port = _free_port()
+    while "5000" in str(port):  # such ports are refused: sealer's sed would rewrite them
+        port = _free_port()
     m = build_material(
-        rootfs=str(rootfs), domain="sea.hub", port=port, deploy_ips=["127.0.0.1"],
+        domain="sea.hub", port=port, deploy_ips=["127.0.0.1"],
         insecure=False, username="admin", password="s3cret", ca_cert=ca[0], ca_key=ca[1],
     )
     (rootfs / "certs" / "sea.hub.crt").write_text(m.cert)
     (rootfs / "certs" / "sea.hub.key").write_text(m.key)
     (rootfs / "etc" / "registry_htpasswd").write_text(m.htpasswd)
-    (rootfs / "etc" / "registry.yml").write_text(m.registry_yml)
+    (rootfs / "etc" / "registry_config.yml").write_text(m.registry_yml)
     (tmp_path / "ca.crt").write_text(m.ca_cert)
 
     env = dict(os.environ)
@@ -522,9 +539,13 @@ def test_real_binary_docker_registry_serves_rendered_config_over_tls_with_auth(t
     # there is fatal for the registry): override via distribution's REGISTRY_* env mapping.
     env["REGISTRY_HTTP_ADDR"] = f"127.0.0.1:{port}"
     env["REGISTRY_HTTP_DEBUG_ADDR"] = f"127.0.0.1:{_free_port()}"
+    env["REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"] = str(rootfs / "registry")
+    env["REGISTRY_HTTP_TLS_CERTIFICATE"] = str(rootfs / "certs" / "sea.hub.crt")
+    env["REGISTRY_HTTP_TLS_KEY"] = str(rootfs / "certs" / "sea.hub.key")
+    env["REGISTRY_AUTH_HTPASSWD_PATH"] = str(rootfs / "etc" / "registry_htpasswd")
     log = open(tmp_path / "registry.log", "wb")
     proc = subprocess.Popen(
-        ["docker-registry", "serve", str(rootfs / "etc" / "registry.yml")],
+        ["docker-registry", "serve", str(rootfs / "etc" / "registry_config.yml")],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     try:

@@ -14,6 +14,14 @@ fatal() {
 }
 trap 'printf "[%s] ERROR: %s:%s: %s failed\n" "$PROG" "${BASH_SOURCE[0]}" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
+# Whether the process runs: a dead child waits as a zombie until its new parent reaps it.
+alive() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat%% *}" != Z ]]
+}
+
 main() {
   local pid i
   if [[ ! -f "$RUN_DIR/registry.pid" ]]; then
@@ -26,10 +34,10 @@ main() {
     info "stopping registry pid $pid"
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do
-      [[ -d "/proc/$pid" ]] || break
+      alive "$pid" || break
       sleep 0.1
     done
-    if [[ -d "/proc/$pid" ]]; then
+    if alive "$pid"; then
       warn "pid $pid ignored SIGTERM for 5s, killing it"
       kill -KILL "$pid" 2>/dev/null || true
     fi
