@@ -2,6 +2,8 @@
 
 Both paths end in `build_config`, which validates with the models and reports every problem as
 one `ConfigError`. Only `read_runtime_config` touches Pulumi; `__main__.py` calls it once.
+The loader owns every read of a local file the config names: `apps.history_file` is read here
+before validation and handed to the models; `check_files` checks the others can be read.
 """
 
 from __future__ import annotations
@@ -13,18 +15,20 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from config.errors import ConfigError, Problem
 from config.models import (
+    HISTORY_FILE_READ,
     PROJECT,
     SECRET_PATHS,
+    BootHistory,
     EncryptedSecret,
+    HistoryFileRead,
     StackConfig,
     explain,
-    resolve_path,
 )
-from config.scalars import has_control
+from config.scalars import LocalPath, has_control
 
 _PREFIX = f"{PROJECT}:"
 
@@ -222,8 +226,9 @@ def build_config(
     """
     kept = [Problem(*p) for p in problems]
     ignored = tuple(ignore)
+    context = {HISTORY_FILE_READ: _history_file_read(values, base_dir)}
     try:
-        config = StackConfig.model_validate(dict(values), context={"base_dir": base_dir})
+        config = StackConfig.model_validate(dict(values), context=context)
     except ValidationError as e:
         config = None
         for problem in explain(e):
@@ -243,8 +248,50 @@ def build_config(
 # ---------------------------------------------------------------------------------------------
 # Local files the config names
 
-# (field, "file" | "directory"). apps.history_file is read by the model itself (it is validated
-# as a boot history), so a missing one is already reported.
+
+def resolve_path(value: str, base_dir: str | os.PathLike | None) -> Path:
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute():
+        path = Path(base_dir or os.getcwd()) / path
+    return path
+
+
+_local_path: TypeAdapter[str] = TypeAdapter(LocalPath)
+
+
+def _history_file_read(values: Mapping[str, Any], base_dir: str | os.PathLike | None) -> HistoryFileRead | None:
+    """`apps.history_file` read, when the models will take the history from it: it is a valid path
+    and `apps.history` is not given. Its problems are reported by `AppsConfig`, in field order."""
+    apps = values.get("apps")
+    if not isinstance(apps, dict) or apps.get("history") is not None:
+        return None
+    try:
+        given = _local_path.validate_python(apps.get("history_file"))
+    except ValidationError:
+        return None  # absent or malformed: the model reports it
+    return read_history_file(given, base_dir)
+
+
+def read_history_file(given: str, base_dir: str | os.PathLike | None) -> HistoryFileRead:
+    """Read the boot history at `given` (relative to `base_dir`) and validate it as a `BootHistory`;
+    each problem names the file (and the field inside it)."""
+    path = resolve_path(given, base_dir)
+    where = given if str(path) == given else f"{given} ({path})"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        return HistoryFileRead(given, problems=(f"cannot read {where}: {e.strerror or e}",))
+    except ValueError as e:
+        return HistoryFileRead(given, problems=(f"{where} is not valid JSON: {e}",))
+    try:
+        return HistoryFileRead(given, history=BootHistory.model_validate(data))
+    except ValidationError as e:
+        problems = explain(e, root=BootHistory)
+        return HistoryFileRead(given, problems=tuple(f"{where}: {p.path or '.'}: {p.message}" for p in problems))
+
+
+# (field, "file" | "directory"). apps.history_file is not here: `read_history_file` reads it
+# whether or not files are checked, so a missing one is already reported.
 LOCAL_PATHS: tuple[tuple[str, str], ...] = (
     ("cluster.ssh.private_key_path", "file"),
     ("kubernetes.kubeconfig_path", "file"),

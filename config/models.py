@@ -11,12 +11,10 @@ arrives as an `EncryptedSecret`; content checks (PEM parsing, htpasswd, ...) ski
 from __future__ import annotations
 
 import difflib
-import json
-import os
 import posixpath
 import re
+from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Iterable, Optional, get_args, get_origin
 
 import yaml
@@ -525,11 +523,18 @@ class BootHistory(_Model):
         return list(dict.fromkeys(a.image_id for a in self.applications))
 
 
-def resolve_path(value: str, base_dir: str | os.PathLike | None) -> Path:
-    path = Path(os.path.expanduser(value))
-    if not path.is_absolute():
-        path = Path(base_dir or os.getcwd()) / path
-    return path
+@dataclass(frozen=True)
+class HistoryFileRead:
+    """`apps.history_file` as the loader read it (config/loader.py, before validation): the boot
+    history, or the problems to report at `apps.history_file`."""
+
+    given: str
+    history: Optional[BootHistory] = None
+    problems: tuple[str, ...] = ()
+
+
+HISTORY_FILE_READ = "history_file_read"
+"""Validation-context key under which the loader hands `AppsConfig` its `HistoryFileRead`."""
 
 
 class AppsConfig(_Model):
@@ -546,8 +551,7 @@ class AppsConfig(_Model):
             given = "both are set" if self.history is not None else "neither is set"
             _raise_problems([("", f"exactly one of history / history_file is required ({given})")])
         if self.history_file is not None:
-            base_dir = (info.context or {}).get("base_dir")
-            self._loaded_history = _load_history_file(self.history_file, base_dir)
+            self._loaded_history = _history_from_file(self.history_file, (info.context or {}).get(HISTORY_FILE_READ))
         return self
 
     @property
@@ -557,21 +561,13 @@ class AppsConfig(_Model):
         return history
 
 
-def _load_history_file(given: str, base_dir: Any) -> BootHistory:
-    path = resolve_path(given, base_dir)
-    where = given if str(path) == given else f"{given} ({path})"
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        _raise_problems([("history_file", f"cannot read {where}: {e.strerror or e}")])
-    except ValueError as e:
-        _raise_problems([("history_file", f"{where} is not valid JSON: {e}")])
-    try:
-        return BootHistory.model_validate(data)
-    except ValidationError as e:
-        problems = explain(e, root=BootHistory)
-        _raise_problems([("history_file", f"{where}: {p.path or '.'}: {p.message}") for p in problems])
-    raise AssertionError("unreachable")
+def _history_from_file(given: str, read: Any) -> BootHistory:
+    """The history the loader read from `given`; its problems are reported here, in field order."""
+    if not isinstance(read, HistoryFileRead) or read.given != given:
+        _raise_problems([("history_file", "was not read (config.loader.build_config reads it before validation)")])
+    _raise_problems([("history_file", message) for message in read.problems])
+    assert read.history is not None
+    return read.history
 
 
 class KubernetesConfig(_Model):

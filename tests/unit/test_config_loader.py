@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from config import ConfigError, EncryptedSecret, from_pulumi_config, load_stack_file, read_runtime_config
-from test_config import PASSWORD, base_values, render
+from config import ConfigError, EncryptedSecret, StackConfig, from_pulumi_config, load_stack_file, read_runtime_config
+from config.loader import read_history_file
+from test_config import DELETE, PASSWORD, base_values, problems, render
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -263,3 +265,52 @@ def test_runtime_config_checks_the_files_at_preview(engine_config, tmp_path, mon
         read_runtime_config()
     assert info.value.lines() == [
         f"error: cluster.ssh.private_key_path: cannot read missing/id ({tmp_path}/missing/id): No such file or directory"]
+
+
+# -- the boot history file (read by the loader, reported at apps.history_file) ---------------
+
+
+def history_file_values(given: str, **overrides) -> dict:
+    return render(apps__history=DELETE, apps__history_file=given, **overrides)
+
+
+def test_history_file_problems_keep_their_place_among_the_others(tmp_path):
+    """The loader reads the file, but its problems come where the field is: after registry's,
+    before kubernetes', before the rules that relate hosts across sections."""
+    lines = problems(history_file_values("nope.json", registry__domain="sea_hub", kubernetes__context="a\tb",
+                                         master0="198.18.0.21"), base_dir=tmp_path)
+    assert [line.split(": ")[1] for line in lines] == [
+        "registry.domain", "apps.history_file", "kubernetes.context", "master0", "registry.local_registry.deploy_hosts"]
+    assert lines[1] == f"error: apps.history_file: cannot read nope.json ({tmp_path}/nope.json): No such file or directory"
+
+
+def test_history_file_is_read_at_run_time(engine_config, tmp_path, monkeypatch):
+    """A preview (read_runtime_config) takes the history from the file, relative to the program's directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "application.json").write_text(json.dumps(base_values()["apps"]["history"]))
+    engine_config(engine_values(history_file_values("application.json", **local_files(tmp_path))),
+                  ["sealer-registry:registry"])
+    assert read_runtime_config().history.launch.app_names == ["app0", "app1"]
+
+
+def test_history_file_is_not_reported_while_its_section_is_invalid(tmp_path):
+    """As for any model rule, a section whose fields fail does not report its history file."""
+    lines = problems(history_file_values("nope.json", apps__image_store=DELETE), base_dir=tmp_path)
+    assert lines == ["error: apps.image_store: is required"]
+
+
+def test_read_history_file_accepts_a_boot_history_and_names_the_file_in_problems(tmp_path):
+    """read_history_file gives the validated history, or problems naming the path and the field."""
+    (tmp_path / "good.json").write_text(json.dumps(base_values()["apps"]["history"]))
+    (tmp_path / "list.json").write_text("[1]")
+    good = read_history_file("good.json", tmp_path)
+    assert (good.history.image_ids, good.problems) == (["sha256:" + "ab" * 32, "sha256:" + "ef" * 32], ())
+    bad = read_history_file(str(tmp_path / "list.json"), None)
+    assert (bad.history, bad.problems) == (None, (f"{tmp_path}/list.json: .: expected an object, got [1]",))
+
+
+def test_models_without_the_loader_refuse_an_unread_history_file():
+    """The models never read files: validated directly, a history_file is refused, not read."""
+    with pytest.raises(ValidationError) as info:
+        StackConfig.model_validate(history_file_values("/nonexistent/application.json"))
+    assert "history_file: was not read (config.loader.build_config reads it before validation)" in str(info.value)
