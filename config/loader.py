@@ -17,18 +17,12 @@ from typing import Any, Iterable, Mapping
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from config.apps import HISTORY_FILE_READ, BootHistory, HistoryFileRead
+from config.base import EncryptedSecret
 from config.errors import ConfigError, Problem
-from config.models import (
-    HISTORY_FILE_READ,
-    PROJECT,
-    SECRET_PATHS,
-    BootHistory,
-    EncryptedSecret,
-    HistoryFileRead,
-    StackConfig,
-    explain,
-)
+from config.explain import explain
 from config.scalars import LocalPath, has_control
+from config.stack import PROJECT, SECRET_PATHS, StackConfig
 
 _PREFIX = f"{PROJECT}:"
 

@@ -13,7 +13,7 @@ from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs
 from components.deploy_host import rootfs_files
 from config import PROJECT
 from config.image_store import ImageRef, StoredImage
-from config.models import Distribution
+from config import Distribution
 from material import build_material, pki
 from tests.unit.pulumi_mocks import RecordingMocks
 from topology import Topology

@@ -1,4 +1,4 @@
-"""Rules of the stack config (config/models.py): every rule has an accepting and a rejecting test.
+"""Rules of the stack config (config/, a module per section): every rule has an accepting and a rejecting test.
 
 `render(**overrides)` builds a valid config as plain values (secrets decrypted, as the program
 sees them at run time); an override key is a path with `__` for `.` and list indexes, e.g.
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from config import ConfigError, StackConfig, build_config
-from config.models import AppType, Distribution
+from config import AppType, Distribution
 
 DELETE = object()
 IMG = "sha256:" + "ab" * 32

@@ -14,7 +14,7 @@ import yaml
 from pydantic_core import PydanticUndefined
 
 import config
-from config.models import StackConfig
+from config import StackConfig
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = yaml.safe_load((REPO / "Pulumi.yaml").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from config.models import StackConfig
+from config import StackConfig
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 

@@ -1,0 +1,118 @@
+"""The `apps` section: the cluster image and the boot history of the applications sealer runs.
+
+Owns sealer's boot-history document (`BootHistory`, the `application.json` schema) and the rule
+that it comes from exactly one of `history` (inline) or `history_file`. The file itself is read by
+the loader (config/loader.py, `read_history_file`), which hands the result to `AppsConfig` in the
+validation context; the model reports its problems at `apps.history_file`, in field order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Optional
+
+from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
+
+from config.base import ConfigModel, duplicates, raise_problems, section
+from config.scalars import AppName, ImageId, LocalPath, NonEmptyText, Text
+
+
+class AppType(StrEnum):
+    HELM = "helm"
+    KUBE = "kube"
+
+
+class Application(ConfigModel):
+    name: AppName
+    image_id: ImageId
+    type: AppType
+    launch_cmd: str = ""  # shell code by design: sealer runs it; it only travels inside JSON
+    version: Text = ""
+
+
+class Launch(ConfigModel):
+    app_names: list[str] = Field(default_factory=list)
+
+
+def _app_name_problems(names: list[str], launch: list[str]) -> list[tuple[str, str]]:
+    problems = [(f"{p}.name", m) for p, m in duplicates(names, "applications")]
+    for i, name in enumerate(launch):
+        if name not in names:
+            problems.append((f"launch.app_names[{i}]", f"{name!r} names no application (applications: {', '.join(names) or 'none'})"))
+    return problems
+
+
+class BootHistory(ConfigModel):
+    """sealer's boot-history document (`application.json`)."""
+
+    type: NonEmptyText
+    applications: list[Application] = Field(default_factory=list)
+    launch: Launch = Field(default_factory=Launch)
+
+    @model_validator(mode="after")
+    def _check(self) -> "BootHistory":
+        raise_problems(_app_name_problems([a.name for a in self.applications], self.launch.app_names))
+        return self
+
+    @classmethod
+    def _problems_despite_errors(cls, data: dict) -> list[tuple[str, str]]:
+        apps = data.get("applications", [])
+        launch = section(data, "launch").get("app_names", [])
+        if not isinstance(apps, list) or not isinstance(launch, list):
+            return []
+        names = [a.get("name") if isinstance(a, dict) else None for a in apps]
+        if not all(isinstance(n, str) for n in names) or not all(isinstance(n, str) for n in launch):
+            return []
+        return _app_name_problems(names, launch)
+
+    @property
+    def image_ids(self) -> list[str]:
+        return list(dict.fromkeys(a.image_id for a in self.applications))
+
+
+@dataclass(frozen=True)
+class HistoryFileRead:
+    """`apps.history_file` as the loader read it (config/loader.py, before validation): the boot
+    history, or the problems to report at `apps.history_file`."""
+
+    given: str
+    history: Optional[BootHistory] = None
+    problems: tuple[str, ...] = ()
+
+
+HISTORY_FILE_READ = "history_file_read"
+"""Validation-context key under which the loader hands `AppsConfig` its `HistoryFileRead`."""
+
+
+class AppsConfig(ConfigModel):
+    history: Optional[BootHistory] = None
+    history_file: Optional[LocalPath] = None
+    image_store: LocalPath
+    cluster_image_id: ImageId
+
+    _loaded_history: Optional[BootHistory] = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> "AppsConfig":
+        if (self.history is None) == (self.history_file is None):
+            given = "both are set" if self.history is not None else "neither is set"
+            raise_problems([("", f"exactly one of history / history_file is required ({given})")])
+        if self.history_file is not None:
+            self._loaded_history = _history_from_file(self.history_file, (info.context or {}).get(HISTORY_FILE_READ))
+        return self
+
+    @property
+    def boot_history(self) -> BootHistory:
+        history = self.history if self.history is not None else self._loaded_history
+        assert history is not None
+        return history
+
+
+def _history_from_file(given: str, read: Any) -> BootHistory:
+    """The history the loader read from `given`; its problems are reported here, in field order."""
+    if not isinstance(read, HistoryFileRead) or read.given != given:
+        raise_problems([("history_file", "was not read (config.loader.build_config reads it before validation)")])
+    raise_problems([("history_file", message) for message in read.problems])
+    assert read.history is not None
+    return read.history

@@ -1,0 +1,166 @@
+"""The whole stack config: `StackConfig`, what components receive about the cluster.
+
+Owns the project's name (`PROJECT`, the namespace of every config key), the fields that must be
+Pulumi secrets (`SECRET_PATHS`), the top-level keys (master0, down_hosts, distribution and one
+section each) and the rules that relate hosts across sections (`cross_problems`: master0 is a live
+master, down hosts and deploy hosts are cluster hosts, ...), which the model also runs on a partly
+invalid config so everything is reported in one pass. The derived views components use (hosts,
+live_hosts, deploy_hosts, rootfs, history, image_ids) are here too.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Iterable, Optional
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from config.apps import AppsConfig, BootHistory
+from config.base import ConfigModel, duplicates, raise_problems, section, valid_ip, valid_ips
+from config.cluster import ClusterConfig
+from config.kubernetes import KubernetesConfig
+from config.registry import RegistryConfig
+from config.scalars import HostIP
+
+PROJECT = "sealer-registry"
+
+# Dotted paths of every field that must be a Pulumi secret in the stack file.
+SECRET_PATHS: tuple[str, ...] = (
+    "cluster.ssh.private_key",
+    "registry.password",
+    "registry.tls.ca_key",
+    "registry.tls.key",
+    "registry.htpasswd",
+    "kubernetes.kubeconfig",
+)
+
+
+class Distribution(StrEnum):
+    PRE = "pre"
+    POST = "post"
+
+
+class StackConfig(ConfigModel):
+    """The validated stack config; the only thing components receive about the cluster."""
+
+    master0: HostIP
+    down_hosts: list[HostIP] = Field(default_factory=list)
+    distribution: Distribution
+    cluster: ClusterConfig
+    registry: RegistryConfig
+    apps: AppsConfig
+    kubernetes: KubernetesConfig
+
+    _secure_paths: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @model_validator(mode="after")
+    def _check(self) -> "StackConfig":
+        raise_problems(
+            cross_problems(
+                master0=self.master0,
+                down_hosts=self.down_hosts,
+                masters=self.cluster.masters,
+                nodes=self.cluster.nodes,
+                deploy_hosts=self.registry.local_registry.deploy_hosts,
+                host_keys=list(self.cluster.ssh.host_keys),
+            )
+        )
+        if self.kubernetes.cluster_identifier is None:
+            self.kubernetes.cluster_identifier = self.cluster.name
+        return self
+
+    @classmethod
+    def _problems_despite_errors(cls, data: dict) -> list[tuple[str, str]]:
+        master0 = valid_ip(data.get("master0"))
+        cluster, registry = section(data, "cluster"), section(data, "registry")
+        masters, nodes = valid_ips(cluster.get("masters")), valid_ips(cluster.get("nodes", []))
+        if masters is None or nodes is None:
+            masters, nodes = [], []
+        deploy = section(registry, "local_registry").get("deploy_hosts")
+        host_keys = section(section(cluster, "ssh"), "host_keys")
+        return cross_problems(
+            master0=master0,
+            down_hosts=valid_ips(data.get("down_hosts", [])) or [],
+            masters=masters,
+            nodes=nodes,
+            deploy_hosts=valid_ips(deploy) if deploy is not None else None,
+            host_keys=[ip for k in host_keys for ip in (valid_ips([k]) or [])],
+        )
+
+    # -- derived views the program uses --------------------------------------------------------
+    @property
+    def hosts(self) -> list[str]:
+        """Every cluster host, masters first."""
+        return self.cluster.hosts
+
+    @property
+    def live_hosts(self) -> list[str]:
+        return [h for h in self.hosts if h not in self.down_hosts]
+
+    @property
+    def deploy_hosts(self) -> list[str]:
+        """Hosts that run a registry replica (default: master0 only)."""
+        return list(self.registry.local_registry.deploy_hosts or [self.master0])
+
+    @property
+    def live_deploy_hosts(self) -> list[str]:
+        return [h for h in self.deploy_hosts if h not in self.down_hosts]
+
+    @property
+    def rootfs(self) -> str:
+        return self.cluster.rootfs
+
+    @property
+    def history(self) -> BootHistory:
+        return self.apps.boot_history
+
+    @property
+    def image_ids(self) -> list[str]:
+        """Distinct images the registry must serve: the cluster image first, then the apps'."""
+        return list(dict.fromkeys([self.apps.cluster_image_id, *self.history.image_ids]))
+
+    @property
+    def secure_paths(self) -> frozenset[str]:
+        """Dotted paths (offline) or top-level keys (run time) that were Pulumi secrets."""
+        return self._secure_paths
+
+
+def cross_problems(
+    *,
+    master0: Optional[str],
+    down_hosts: Iterable[str],
+    masters: list[str],
+    nodes: list[str],
+    deploy_hosts: Optional[list[str]],
+    host_keys: Iterable[str] = (),
+) -> list[tuple[str, str]]:
+    """Rules that relate hosts across sections; inputs are already-valid (normalised) IPs.
+
+    Called by `StackConfig` and, on a partly invalid config, by its `_problems_despite_errors`
+    with whatever parsed.
+    """
+    problems: list[tuple[str, str]] = []
+    hosts = [*masters, *nodes]
+    down = list(down_hosts)
+    listing = ", ".join(hosts)
+    if master0 is not None and masters and master0 not in masters:
+        problems.append(("master0", f"{master0} is not a master (masters: {', '.join(masters)})"))
+    if master0 is not None and master0 in down:
+        problems.append(("master0", f"{master0} is listed in down_hosts; choose a live master as master0"))
+    if hosts:
+        for i, ip in enumerate(down):
+            if ip not in hosts:
+                problems.append((f"down_hosts[{i}]", f"{ip} is not a cluster host (hosts: {listing})"))
+    problems += duplicates(down, "down_hosts")
+    if deploy_hosts is not None:
+        if hosts:
+            for i, ip in enumerate(deploy_hosts):
+                if ip not in hosts:
+                    problems.append((f"registry.local_registry.deploy_hosts[{i}]", f"{ip} is not a cluster host (hosts: {listing})"))
+        if master0 is not None and deploy_hosts and master0 not in deploy_hosts:
+            problems.append(("registry.local_registry.deploy_hosts", f"master0 {master0} is not a deploy host (deploy_hosts: {', '.join(deploy_hosts)})"))
+    if hosts:
+        for ip in host_keys:
+            if ip not in hosts:
+                problems.append((f"cluster.ssh.host_keys[{ip}]", f"{ip} is not a cluster host (hosts: {listing})"))
+    return problems
