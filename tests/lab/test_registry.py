@@ -19,9 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from lab import images
+from lab.hosts import MASTER_BASE, NODE_BASE, SUBNET, octet_name
 
-SERVER, CLIENT = "srl-11", "srl-21"
-SERVER_IP = "198.18.0.11"
+# Instance-aware (SEALER_LAB_INSTANCE): the first master serves, the first node is the client.
+SERVER_IP = str(SUBNET.network_address + MASTER_BASE)
+SERVER, CLIENT = octet_name(SERVER_IP), octet_name(str(SUBNET.network_address + NODE_BASE))
 ROOTFS = "/var/lib/sealer/data/lab/rootfs"
 DOMAIN, PORT = "sea.hub", 5000
 USER, PASSWORD = "admin", "lab-test-password"

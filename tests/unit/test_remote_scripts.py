@@ -23,7 +23,7 @@ def bash_listing(source: str) -> str:
 def uncompacted(name: str) -> str:
     """The same composition as script_body, from the files as they are, comments and all."""
     text = (SCRIPTS_DIR / name).read_text()
-    libs = ["common.sh"] + (["registry.sh"] if "lib/registry.sh" in text else [])
+    libs = ["common.sh"] + [lib for lib in ("registry.sh", "containerd.sh") if f"lib/{lib}" in text]
     return (f"SCRIPT_NAME={name}\n" + "".join((SCRIPTS_DIR / "lib" / lib).read_text() for lib in libs)
             + text[:-len(LAST_LINE)])
 
@@ -55,6 +55,8 @@ def test_only_the_libs_a_script_sources_are_sent():
     assert "stop_registry()" in script_body("standby-registry.sh")
     assert "stop_registry()" not in script_body("configure-node.sh")
     assert "put_file()" in script_body("configure-node.sh")
+    assert "containerd_certs_d_state()" in script_body("verify-registry.sh")
+    assert "containerd_certs_d_state()" not in script_body("configure-node.sh")
 
 
 def test_a_comment_edit_does_not_change_what_is_sent(tmp_path, monkeypatch):
