@@ -42,6 +42,7 @@ class HostProbe:
     missing_refs: list[str] = field(default_factory=list)
     resolves: str = ""            # where the registry domain points on the host
     ca: str = ""                  # ok | differs | partial | absent | -
+    containerd: str = ""          # certs.d | unset | elsewhere:<dirs> | stale | no-cri | down | unknown | -
     disk_avail: int = 0
     registry_bytes: int = 0
     seconds: float = 0.0
@@ -60,7 +61,7 @@ def parse_probe(ip: str, stdout: str) -> HostProbe:
             probe.missing_refs.append(value)
         elif key in ("refs_ok", "disk_avail", "registry_bytes"):
             setattr(probe, key, int(value) if value.isdigit() else 0)
-        elif key in ("hostname", "registry", "resolves", "ca"):
+        elif key in ("hostname", "registry", "resolves", "ca", "containerd"):
             setattr(probe, key, value)
     if not seen:
         probe.reachable = False
@@ -183,6 +184,31 @@ class HostRow:
     data: str          # present/expected images, or -
     resolves: str
     ca: str
+    containerd: str = "?"  # whether the CRI's containerd reads certs.d (HostProbe.containerd)
+
+
+# containerd states that are fine: it reads certs.d, or the kubelet does not pull through it.
+CONTAINERD_OK = {"certs.d", "no-cri", "-"}
+CONTAINERD_CERTS_D = "/etc/containerd/certs.d"
+CONTAINERD_WHY = {
+    "unset": "its CRI config_path is unset",
+    "stale": "its config changed after it started: restart containerd",
+    "down": "it is installed but not running",
+    "unknown": "`containerd config dump` failed",
+}
+
+
+def containerd_problem(state: str, endpoint: str) -> str | None:
+    """Why a host's containerd (what the kubelet pulls with) does not read certs.d, so its pulls
+    through ``endpoint`` would not trust the registry's CA; None when that is fine."""
+    if state in CONTAINERD_OK:
+        return None
+    if state.startswith("elsewhere:"):
+        why = f"its CRI config_path is {state.removeprefix('elsewhere:')}"
+    else:
+        why = CONTAINERD_WHY.get(state, f"it reported {state or 'nothing'}")
+    return (f"containerd does not read {CONTAINERD_CERTS_D} ({why}), so its pulls through "
+            f"{endpoint} would not trust the registry's CA")
 
 
 @dataclass
@@ -223,7 +249,7 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
         role = "master0" if ip == config.master0 else ("master" if ip in config.cluster.masters else "node")
         deploy = "-" if ip not in config.deploy_hosts else ("launch" if ip == config.master0 else "standby")
         if ip in config.down_hosts:
-            rows.append(HostRow(ip, role, "down (listed)", deploy, "-", "-", "-", "-"))
+            rows.append(HostRow(ip, role, "down (listed)", deploy, "-", "-", "-", "-", "-"))
             continue
         probe = probes.get(ip)
         if probe is None or not probe.reachable:
@@ -237,7 +263,7 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
         data = f"{present}/{expected}" if ip in config.deploy_hosts else "-"
         rows.append(HostRow(ip, role, "yes", deploy,
                             probe.registry if ip in config.deploy_hosts or probe.registry == "running" else "-",
-                            data, probe.resolves or "(none)", probe.ca))
+                            data, probe.resolves or "(none)", probe.ca, probe.containerd or "?"))
         if ip == config.master0:
             master0_images = present
             if probe.registry != "running":
@@ -252,12 +278,17 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
                             f"not to master0 {config.master0}")
         if secure and probe.ca != "ok":
             problems.append(f"{ip}: CA trust {probe.ca}: docker and containerd must both hold the configured CA")
+        why = containerd_problem(probe.containerd, f"{config.registry.domain}:{config.registry.port}")
+        if secure and why:
+            problems.append(f"{ip}: {why}")
     return Assessment(rows, problems, expected, master0_images)
 
 
 def render_table(rows: list[HostRow], domain: str = "sea.hub") -> str:
-    head = ("HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", f"{domain.upper()} ->", "CA")
-    body = [(r.ip, r.role, r.reachable, r.deploy, r.registry, r.data, r.resolves, r.ca) for r in rows]
+    head = ("HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", f"{domain.upper()} ->", "CA",
+            "CONTAINERD")
+    body = [(r.ip, r.role, r.reachable, r.deploy, r.registry, r.data, r.resolves, r.ca, r.containerd)
+            for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()
                      for line in (head, *body))
