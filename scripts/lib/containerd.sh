@@ -40,7 +40,8 @@ containerd_config_file() {
 }
 
 # From `containerd config dump` (the config file and its imports merged with every plugin's
-# defaults): "cri=on|off", "config_path=<value>" and one "import=<file>" per imported file.
+# defaults): "cri=on|off", "config_path=<value>", "socket=<grpc address>" and one "import=<file>"
+# per imported file.
 containerd_dump_facts() {
   local config=$1
   timeout 10 containerd --config "$config" config dump 2>/dev/null | awk '
@@ -51,6 +52,9 @@ containerd_dump_facts() {
       n = split(line, parts, ",")
       for (i = 1; i <= n; i++) { f = parts[i]; gsub(/[" ]/, "", f); if (f != "") print "import=" f }
     }
+    section == "[grpc]" && $1 == "address" {
+      value = $0; sub(/^[^=]*=[[:space:]]*/, "", value); gsub(/"/, "", value); print "socket=" value
+    }
     section == "[plugins.\"io.containerd.grpc.v1.cri\".registry]" && $1 == "config_path" {
       value = $0; sub(/^[^=]*=[[:space:]]*/, "", value); gsub(/"/, "", value); path = value
     }
@@ -58,15 +62,12 @@ containerd_dump_facts() {
   '
 }
 
-# Whether a config file changed after the daemon started (then the daemon runs an older config).
+# Whether a config file changed after the daemon started (then the daemon runs an older config):
+# newer than the socket the daemon made when it started. Both are file times from the same
+# clock (a process's age from `ps` and `date` disagree after a clock step).
 changed_since_start() {
-  local pid=$1 file=$2 age now mtime
-  [[ -f "$file" ]] || return 1
-  age=$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ') || return 1
-  [[ "$age" =~ ^[0-9]+$ ]] || return 1
-  now=$(date +%s)
-  mtime=$(stat -c %Y "$file") || return 1
-  ((mtime > now - age))
+  local socket=$1 file=$2
+  [[ -S "$socket" && -f "$file" && -n "$(find "$file" -newer "$socket" 2>/dev/null)" ]]
 }
 
 # One word on whether the containerd that serves the CRI on this host reads $CONTAINERD_CERTS_D:
@@ -94,7 +95,7 @@ containerd_certs_d_state() {
     [[ -n "$facts" ]] || continue
     found=1
     while IFS= read -r file; do
-      if changed_since_start "$pid" "${file#import=}"; then
+      if changed_since_start "$(sed -n 's/^socket=//p' <<<"$facts")" "${file#import=}"; then
         echo stale
         return 0
       fi

@@ -1,11 +1,13 @@
 """scripts/lib/containerd.sh: whether the containerd that serves the CRI reads certs.d, judged from
 `containerd config dump` (the real binary) of the config a daemon was started with. Only `pgrep`
-is a stub (it names a stand-in process whose command line carries `--config FILE`)."""
+is a stub (it names a stand-in process whose command line carries `--config FILE`); the stand-in's
+socket is a real unix socket made "at start": a config newer than it is stale."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -26,18 +28,33 @@ def _needs_containerd():
         pytest.fail("containerd not installed (make lab-deps)")
 
 
+class Daemon:
+    def __init__(self, pid: int, config: Path, sock: Path):
+        self.pid, self.config, self.sock = pid, config, sock
+
+    def runs(self, text: str, edited_after_start: bool = False) -> None:
+        """The config it was started with (and its socket address), written before it started,
+        or edited after with edited_after_start."""
+        self.config.write_text(f'{text}\n[grpc]\n  address = "{self.sock}"\n')
+        when = time.time() + (5 if edited_after_start else -60)
+        os.utime(self.config, (when, when))
+
+
 @pytest.fixture
 def daemon(tmp_path):
-    """A stand-in daemon: a process whose argv is `bash .../containerd --config <tmp>/config.toml`."""
-    config = tmp_path / "config.toml"
+    """A stand-in daemon: `bash .../containerd --config <tmp>/config.toml` and its socket."""
+    config, sock = tmp_path / "config.toml", tmp_path / "containerd.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock))
     fake = tmp_path / "fake" / "containerd"
     fake.parent.mkdir()
     fake.write_text("#!/bin/bash\nsleep 60\n")
     fake.chmod(0o755)
     proc = subprocess.Popen([str(fake), "--config", str(config)])
-    yield proc.pid, config
+    yield Daemon(proc.pid, config, sock)
     proc.kill()
     proc.wait()
+    listener.close()
 
 
 def state(tmp_path: Path, pids: list[int], path: str | None = None, pgrep_rc: int = 0) -> str:
@@ -57,59 +74,47 @@ def state(tmp_path: Path, pids: list[int], path: str | None = None, pgrep_rc: in
 
 
 def test_config_path_certs_d_is_read(tmp_path, daemon):
-    pid, config = daemon
-    config.write_text(V2_CERTS_D)
-    os.utime(config, (time.time() - 60, time.time() - 60))
-    assert state(tmp_path, [pid]) == "certs.d"
+    daemon.runs(V2_CERTS_D)
+    assert state(tmp_path, [daemon.pid]) == "certs.d"
 
 
 def test_unset_config_path_is_unset(tmp_path, daemon):
-    pid, config = daemon
-    config.write_text("version = 2\n")
-    os.utime(config, (time.time() - 60, time.time() - 60))
-    assert state(tmp_path, [pid]) == "unset"
+    daemon.runs("version = 2\n")
+    assert state(tmp_path, [daemon.pid]) == "unset"
 
 
 def test_version_1_config_and_a_list_of_dirs_with_certs_d(tmp_path, daemon):
-    pid, config = daemon
-    config.write_text('[plugins.cri.registry]\n  config_path = "/etc/other:/etc/containerd/certs.d/"\n')
-    os.utime(config, (time.time() - 60, time.time() - 60))
-    assert state(tmp_path, [pid]) == "certs.d"
+    daemon.runs('[plugins.cri.registry]\n  config_path = "/etc/other:/etc/containerd/certs.d/"\n')
+    assert state(tmp_path, [daemon.pid]) == "certs.d"
 
 
 def test_other_dirs_are_elsewhere(tmp_path, daemon):
-    pid, config = daemon
-    config.write_text(V2_CERTS_D.replace("/etc/containerd/certs.d", "/etc/registries"))
-    os.utime(config, (time.time() - 60, time.time() - 60))
-    assert state(tmp_path, [pid]) == "elsewhere:/etc/registries"
+    daemon.runs(V2_CERTS_D.replace("/etc/containerd/certs.d", "/etc/registries"))
+    assert state(tmp_path, [daemon.pid]) == "elsewhere:/etc/registries"
 
 
 def test_disabled_cri_is_no_cri(tmp_path, daemon):
-    pid, config = daemon
-    config.write_text('version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
-    os.utime(config, (time.time() - 60, time.time() - 60))
-    assert state(tmp_path, [pid]) == "no-cri"
+    daemon.runs('version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+    assert state(tmp_path, [daemon.pid]) == "no-cri"
 
 
 def test_config_changed_after_the_daemon_started_is_stale(tmp_path, daemon):
     """The daemon runs what it read at start: an edit since then (even a good one) is stale."""
-    pid, config = daemon
-    config.write_text(V2_CERTS_D)
-    os.utime(config, (time.time() + 5, time.time() + 5))
-    assert state(tmp_path, [pid]) == "stale"
+    daemon.runs(V2_CERTS_D, edited_after_start=True)
+    assert state(tmp_path, [daemon.pid]) == "stale"
+    daemon.sock.unlink()  # no socket: nothing to compare with, the config is taken as read
+    assert state(tmp_path, [daemon.pid]) == "certs.d"
 
 
 def test_installed_without_a_daemon_is_down_and_absent_is_dash(tmp_path):
     assert state(tmp_path, []) == "down"
     tools = tmp_path / "tools"
     tools.mkdir()
-    for tool in ("grep", "sed", "awk", "tr", "sort", "ps", "date", "stat", "timeout"):
+    for tool in ("grep", "sed", "awk", "tr", "sort", "find", "timeout"):
         (tools / tool).symlink_to(shutil.which(tool))
     assert state(tmp_path, [], path=f"{tmp_path / 'bin'}:{tools}") == "-"
 
 
 def test_a_pgrep_without_ns_support_falls_back_to_every_daemon(tmp_path, daemon):
-    pid, config = daemon
-    config.write_text(V2_CERTS_D)
-    os.utime(config, (time.time() - 60, time.time() - 60))
-    assert state(tmp_path, [pid], pgrep_rc=2) == "certs.d"
+    daemon.runs(V2_CERTS_D)
+    assert state(tmp_path, [daemon.pid], pgrep_rc=2) == "certs.d"
