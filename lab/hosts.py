@@ -295,6 +295,9 @@ class Lab:
             _signal(pid, signal.SIGKILL if crash else signal.SIGSTOP)
         if crash:
             _wait(lambda: not any(_alive(p) for p in victims), 5, f"processes of {h.name} to die")
+        else:  # SIGSTOP lands asynchronously: return once the host is frozen
+            _wait(lambda: all(_state(p) in ("T", "Z", "") for p in victims), 5,
+                  f"processes of {h.name} to stop")
         (self.hosts_dir / h.name / ("crashed" if crash else "frozen")).touch()
 
     def revive(self, ref: str) -> None:
@@ -674,12 +677,16 @@ def _disable_ipv6(dev: str) -> None:
         p.write_text("1")
 
 
-def _alive(pid: int) -> bool:
+def _state(pid: int) -> str:
+    """The process state letter (R, S, T, Z, ...), "" when it is gone."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return False
-    return state != "Z"
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    return _state(pid) not in ("", "Z")
 
 
 def _is_holder(pid: int) -> bool:

@@ -10,7 +10,7 @@ import sys
 import time
 
 from lab import Lab
-from lab.hosts import REPO
+from lab.hosts import PREFIX, REPO, SUBNET
 
 
 def test_up_down_leaves_nothing(tmp_path, clean_slate, leftovers):
@@ -21,8 +21,8 @@ def test_up_down_leaves_nothing(tmp_path, clean_slate, leftovers):
     t0 = time.monotonic()
     inv = lab.up(masters=3, nodes=2)
     up_s = time.monotonic() - t0
-    assert [h["ip"] for h in inv["hosts"]] == ["198.18.0.11", "198.18.0.12", "198.18.0.13",
-                                               "198.18.0.21", "198.18.0.22"]
+    assert [h["ip"] for h in inv["hosts"]] == [str(SUBNET.network_address + octet)
+                                               for octet in (11, 12, 13, 21, 22)]
     assert [h["role"] for h in inv["hosts"]] == ["master"] * 3 + ["node"] * 2
     assert all(h["host_key"].startswith("ssh-ed25519 ") and h["ssh_port"] == 22
                for h in inv["hosts"])
@@ -49,9 +49,9 @@ def test_up_is_idempotent_and_reconciles(tmp_path, clean_slate, leftovers):
         assert again["hosts"] == first["hosts"]
         assert [lab.holder_pid(h["name"]) for h in again["hosts"]] == holders
         smaller = lab.up(masters=1, nodes=0)
-        assert [h["name"] for h in smaller["hosts"]] == ["srl-11"]
-        assert not os.path.exists("/sys/class/net/srl-12")
-        assert not os.path.exists("/sys/class/net/srl-21")
+        assert [h["name"] for h in smaller["hosts"]] == [f"{PREFIX}11"]
+        assert not os.path.exists(f"/sys/class/net/{PREFIX}12")
+        assert not os.path.exists(f"/sys/class/net/{PREFIX}21")
     finally:
         lab.down()
     assert leftovers() == []

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lab import images
-from lab.hosts import REPO, LabError
+from lab.hosts import REPO, SUBNET, LabError
 from lab.stackfile import PASSPHRASE, _pulumi_env, write_stack_file
 
 
@@ -31,7 +31,7 @@ def test_stack_file_secrets_round_trip(lab, engine_env, tmp_path):
     doc = yaml.safe_load(out.read_text())
     assert doc["encryptionsalt"]
     cfg = doc["config"]
-    assert cfg["sealer-registry:master0"] == "198.18.0.11"
+    assert cfg["sealer-registry:master0"] == str(SUBNET.network_address + 11)
     assert cfg["sealer-registry:apps"]["cluster_image_id"].startswith("sha256:")
     assert set(cfg["sealer-registry:cluster"]["ssh"]["private_key"]) == {"secure"}
     assert set(cfg["sealer-registry:registry"]["password"]) == {"secure"}
