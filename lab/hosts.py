@@ -296,7 +296,7 @@ class Lab:
         if crash:
             _wait(lambda: not any(_alive(p) for p in victims), 5, f"processes of {h.name} to die")
         else:  # SIGSTOP lands asynchronously: return once the host is frozen
-            _wait(lambda: all(_state(p) in ("T", "Z", "") for p in victims), 5,
+            _wait(lambda: all(_state(p) in ("T", "t", "Z", "") for p in victims), 5,
                   f"processes of {h.name} to stop")
         (self.hosts_dir / h.name / ("crashed" if crash else "frozen")).touch()
 
@@ -306,7 +306,7 @@ class Lab:
         for pid in self._pids_of(h.name):
             _signal(pid, signal.SIGCONT)
         if (hdir / "crashed").exists():
-            # A reboot: /run is empty again, then sshd comes back.
+            # A reboot: /run is empty again, then containerd and sshd come back.
             self.run(h.name, "find /run -mindepth 1 -delete; mkdir -p /run/sshd /run/lock "
                      "/run/containerd", check=True)
             (hdir / "crashed").unlink()
