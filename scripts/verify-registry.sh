@@ -77,21 +77,23 @@ now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # Pulls one ref; prints nothing on success, warns and returns 1 otherwise.
 pull_ref() {
-  local domain=$1 port=$2 ref=$3 want repo tag image got start took why
+  local domain=$1 port=$2 ref=$3 want repo tag image got start took why rc=0
   want=${ref##*@}
   repo=${ref%@*}
   tag=${repo##*:}
   repo=${repo%:*}
   image="$domain:$port/$repo:$tag"
   start=$(now_ms)
-  if ! timeout "$PULL_TIMEOUT_S" ctr -n "$NAMESPACE" content fetch --hosts-dir "$WORK/certs.d" \
-    "$image" >/dev/null 2>"$WORK/pull.err"; then
-    why=$(grep -E '^ctr: ' "$WORK/pull.err" | tail -n 1)
-    warn "$repo:$tag resolves to nothing through containerd (${why:-timed out after ${PULL_TIMEOUT_S}s}), expected $want"
+  timeout "$PULL_TIMEOUT_S" ctr -n "$NAMESPACE" content fetch --hosts-dir "$WORK/certs.d" \
+    "$image" >/dev/null 2>"$WORK/pull.err" || rc=$?
+  if ((rc != 0)); then
+    why=$(grep -E '^ctr: ' "$WORK/pull.err" | tail -n 1 || true)
+    ((rc != 124)) || why="timed out after ${PULL_TIMEOUT_S}s"
+    warn "$repo:$tag resolves to nothing through containerd (${why:-ctr exited $rc}), expected $want"
     return 1
   fi
   took=$(($(now_ms) - start))
-  got=$(ctr -n "$NAMESPACE" images ls 2>/dev/null | awk -v i="$image" '$1 == i { print $3 " (" $4 " " $5 ")" }')
+  got=$(ctr -n "$NAMESPACE" images ls 2>/dev/null | awk -v i="$image" '$1 == i { print $3 " (" $4 " " $5 ")" }' || true)
   if [[ "${got%% *}" != "$want" ]]; then
     warn "$repo:$tag resolves to '${got:-nothing}' through containerd, expected $want"
     return 1
