@@ -32,24 +32,52 @@ class HostHealth:
     images: int | None = None       # images its registry data holds completely (deploy hosts)
     resolves: str | None = None     # where the registry domain points there ("": nowhere)
     ca: str | None = None           # ok | differs | partial | absent | - (insecure mode)
+    # whether the containerd serving the CRI reads certs.d: certs.d | unset | elsewhere:<dirs> |
+    # stale | no-cri | down | unknown | - (see scripts/lib/containerd.sh)
+    containerd: str | None = None
 
     def row(self, expected: int) -> tuple[str, ...]:
-        """The table's cells: HOST ROLE REACHABLE DEPLOY REGISTRY IMAGES DOMAIN CA."""
+        """The table's cells: HOST ROLE REACHABLE DEPLOY REGISTRY IMAGES DOMAIN CA CONTAINERD."""
         deploy = "-" if self.deploy == RegistryRole.NONE else self.deploy
         if self.down:
-            return (self.ip, self.role, "down (listed)", deploy, "-", "-", "-", "-")
+            return (self.ip, self.role, "down (listed)", deploy, "-", "-", "-", "-", "-")
         if not self.reachable:
-            return (self.ip, self.role, "no", deploy, "?", "?", "?", "?")
+            return (self.ip, self.role, "no", deploy, "?", "?", "?", "?", "?")
         is_deploy = self.deploy != RegistryRole.NONE
         registry = self.registry if is_deploy or self.registry == "running" else "-"
         data = f"{self.images}/{expected}" if is_deploy else "-"
         return (self.ip, self.role, "yes", deploy, registry, data, self.resolves or "(none)",
-                self.ca or "")
+                self.ca or "", self.containerd or "?")
 
     def as_json(self) -> dict:
         return {"ip": self.ip, "role": self.role, "deploy": self.deploy, "down": self.down,
                 "reachable": self.reachable, "error": self.error, "registry": self.registry,
-                "images": self.images, "resolves": self.resolves, "ca": self.ca}
+                "images": self.images, "resolves": self.resolves, "ca": self.ca,
+                "containerd": self.containerd}
+
+
+# containerd states that are fine: it reads certs.d, or the kubelet does not pull through it.
+CONTAINERD_OK = {"certs.d", "no-cri", "-"}
+CONTAINERD_CERTS_D = "/etc/containerd/certs.d"
+CONTAINERD_WHY = {
+    "unset": "its CRI config_path is unset",
+    "stale": "its config changed after it started: restart containerd",
+    "down": "it is installed but not running",
+    "unknown": "`containerd config dump` failed",
+}
+
+
+def containerd_problem(state: str, endpoint: str) -> str | None:
+    """Why a host's containerd (what the kubelet pulls with) does not read certs.d, so its pulls
+    through ``endpoint`` would not trust the registry's CA; None when that is fine."""
+    if state in CONTAINERD_OK:
+        return None
+    if state.startswith("elsewhere:"):
+        why = f"its CRI config_path is {state.removeprefix('elsewhere:')}"
+    else:
+        why = CONTAINERD_WHY.get(state, f"it reported {state or 'nothing'}")
+    return (f"containerd does not read {CONTAINERD_CERTS_D} ({why}), so its pulls through "
+            f"{endpoint} would not trust the registry's CA")
 
 
 @dataclass
@@ -92,6 +120,7 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
         present = complete_images(images, probe.missing_refs)
         health.reachable = True
         health.registry, health.resolves, health.ca = probe.registry, probe.resolves, probe.ca
+        health.containerd = probe.containerd
         health.images = present if plan.deploys else None
         if plan.place is Place.MASTER0:
             master0_images = present
@@ -107,6 +136,9 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
                             f"not to master0 {master0}")
         if secure and probe.ca != "ok":
             problems.append(f"{ip}: CA trust {probe.ca}: docker and containerd must both hold the configured CA")
+        why = containerd_problem(probe.containerd, f"{domain}:{config.registry.port}")
+        if secure and why:
+            problems.append(f"{ip}: {why}")
     return Assessment(hosts, problems, expected, master0_images)
 
 
@@ -119,7 +151,8 @@ def check_cluster(session: Session) -> Assessment:
 
 
 def render_table(result: Assessment, domain: str = "sea.hub") -> str:
-    head = ("HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", f"{domain.upper()} ->", "CA")
+    head = ("HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", f"{domain.upper()} ->", "CA",
+            "CONTAINERD")
     body = result.rows()
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()

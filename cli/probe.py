@@ -33,6 +33,7 @@ class HostProbe:
     missing_refs: list[str] = field(default_factory=list)
     resolves: str = ""            # where the registry domain points on the host
     ca: str = ""                  # ok | differs | partial | absent | -
+    containerd: str = ""          # certs.d | unset | elsewhere:<dirs> | stale | no-cri | down | unknown | -
     disk_avail: int = 0
     registry_bytes: int = 0
     seconds: float = 0.0
@@ -51,7 +52,7 @@ def parse_probe(ip: str, stdout: str) -> HostProbe:
             probe.missing_refs.append(value)
         elif key in ("refs_ok", "disk_avail", "registry_bytes"):
             setattr(probe, key, int(value) if value.isdigit() else 0)
-        elif key in ("hostname", "registry", "resolves", "ca"):
+        elif key in ("hostname", "registry", "resolves", "ca", "containerd"):
             setattr(probe, key, value)
     if not seen:
         probe.reachable = False

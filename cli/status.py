@@ -11,13 +11,17 @@ from cli.health import check_cluster, health_json, report
 from cli.session import Session
 
 NAME = "status"
-HELP = "show each host's registry side (reachable, registry, data, sea.hub, CA); exit 1 if degraded"
+HELP = ("show each host's registry side (reachable, registry, data, sea.hub, CA, containerd); "
+        "exit 1 if degraded")
 DESCRIPTION = """\
 Probe every cluster host over SSH (one session per host, all at once, ConnectTimeout 3 s) and print
 one row per host: whether it is reachable, its role, whether it is a deploy host, whether a
 registry answers there, how many images of the boot history its registry data holds completely
 (each image.json ref's tag link names its digest and the manifest blob exists), where the registry
-domain points, and whether its CA trust equals the configured CA. Hosts in down_hosts are not
+domain points, whether its CA trust equals the configured CA, and whether the containerd that
+serves its CRI reads /etc/containerd/certs.d (CRI config_path from `containerd config dump` of the
+running daemon's config; "stale" when that config changed after the daemon started; "no-cri" and
+"-" are fine: the kubelet does not pull through containerd there). Hosts in down_hosts are not
 dialled. Reads the stack config offline from Pulumi.<STACK>.yaml; the image store named there
 gives the expected images.
 
@@ -34,10 +38,10 @@ Exit codes: 0 healthy, 1 degraded (each problem is printed), 2 bad input.
 EPILOG = """\
 example:
   $ python -m cli status --stack demo
-  HOST         ROLE     REACHABLE  DEPLOY   REGISTRY  IMAGES  SEA.HUB ->   CA
-  198.18.0.11  master0  yes        launch   running   4/4     198.18.0.11  ok
-  198.18.0.12  master   yes        standby  stopped   4/4     198.18.0.11  ok
-  198.18.0.21  node     yes        -        -         -       198.18.0.11  ok
+  HOST         ROLE     REACHABLE  DEPLOY   REGISTRY  IMAGES  SEA.HUB ->   CA  CONTAINERD
+  198.18.0.11  master0  yes        launch   running   4/4     198.18.0.11  ok  certs.d
+  198.18.0.12  master   yes        standby  stopped   4/4     198.18.0.11  ok  certs.d
+  198.18.0.21  node     yes        -        -         -       198.18.0.11  ok  certs.d
   healthy: master0 198.18.0.11 serves 4/4 images; 3 of 3 live hosts point at it (0.9s)
   $ python -m cli status --json | jq -r '.hosts[] | select(.reachable == false) | .ip'
 """

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             for h in lab.hosts():
                 state = "killed" if lab.is_killed(h.name) else (
                     "up" if lab.sshd_running(h.name) else "sshd-stopped")
-                print(f"{h.name}\t{h.ip}\t{h.role}\t{state}\tpackets_to={lab.packets_to(h.name)}")
+                containerd = "up" if lab.containerd_running(h.name) else "down"
+                print(f"{h.name}\t{h.ip}\t{h.role}\t{state}\tcontainerd={containerd}\t"
+                      f"packets_to={lab.packets_to(h.name)}")
         elif a.cmd == "kill":
             lab.kill(a.host, crash=a.crash)
         elif a.cmd == "revive":

@@ -13,10 +13,13 @@ fi
 WORK=""
 cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
 
+# The CA at the top level too: containerd falls back to the server entry after the host entry
+# fails (a 404 as well), and without it the operator reads an x509 error instead of "not found".
 render_hosts_toml() {
   local domain=$1 port=$2
   cat <<TOML
 server = "https://$domain:$port"
+ca = "/etc/containerd/certs.d/$domain:$port/ca.crt"
 
 [host."https://$domain:$port"]
   capabilities = ["pull", "resolve", "push"]

@@ -5,10 +5,14 @@
 #   CA_SHA256: sha256 of the configured CA certificate (see pem_digest), or "-" when there is none (insecure mode)
 #   REF: REPO:TAG@DIGEST of an image of the boot history
 # Output (stdout): probe, hostname, registry (running|stopped), ref_missing (once per missing
-# REF), refs_ok, resolves, ca (ok|differs|partial|absent|-), disk_avail, registry_bytes.
+# REF), refs_ok, resolves, ca (ok|differs|partial|absent|-), containerd (whether the containerd
+# that serves the CRI reads /etc/containerd/certs.d: see containerd_certs_d_state), disk_avail,
+# registry_bytes.
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
+  # shellcheck source=lib/containerd.sh
+  source "${BASH_SOURCE[0]%/*}/lib/containerd.sh"
 fi
 
 # running when something answers /v2/ on the registry port (401 counts: auth is on).
@@ -98,6 +102,7 @@ main() {
   check_refs "$rootfs/registry/docker/registry/v2" "$@"
   echo "resolves=$(resolved_address "$domain")"
   echo "ca=$(ca_state "$domain" "$port" "$ca_sha")"
+  echo "containerd=$(containerd_certs_d_state)"
   echo "disk_avail=$(disk_avail "$rootfs")"
   bytes=$(du -sb "$rootfs/registry" 2>/dev/null | cut -f1 || true)
   echo "registry_bytes=${bytes:-0}"

@@ -63,8 +63,12 @@ main() {
   # One SSH session: make the target directory and end any rsync receiver an interrupted earlier
   # copy left writing into it (its session is dead: this step is the replica's only writer), then
   # rsync's own session copies. Only receivers that see this mount namespace's directory: hosts
-  # that share a kernel (containers, the lab) keep theirs.
-  "${ssh_cmd[@]}" "$target" "mkdir -p $dest && if command -v pkill >/dev/null; then pkill --ns \$\$ --nslist mnt -x -f 'rsync --server .* [.] '$dest/ || true; fi"
+  # that share a kernel (containers, the lab) keep theirs. Wait until they are gone (5 s, then
+  # SIGKILL): on SIGTERM a receiver's cleanup keeps its partial file as .~tmp~/<name>, and done
+  # while the new copy ran it overwrote the new copy's finished file there, which then went into
+  # place truncated.
+  local receivers="--ns \$\$ --nslist mnt -x -f 'rsync --server .* [.] '$dest/"
+  "${ssh_cmd[@]}" "$target" "mkdir -p $dest && if command -v pkill >/dev/null; then pkill $receivers || true; for i in \$(seq 50); do pgrep $receivers >/dev/null || break; sleep 0.1; done; pkill --signal KILL $receivers || true; fi"
   rsync -a --delay-updates --out-format='%n' -e "$(printf '%q ' "${ssh_cmd[@]}")" \
     "${sources[@]}" "$target:$rootfs/registry/" >"$WORK/sent"
   grep -E '/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data$' "$WORK/sent" >"$WORK/blobs" || true

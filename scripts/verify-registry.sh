@@ -1,27 +1,131 @@
 #!/usr/bin/env bash
-# Proves from this node that the registry serves the boot history: /v2/ answers through the
-# node's own name resolution, TLS verified with the CA the node trusts, with auth; every
-# REPO:TAG@DIGEST resolves to its manifest with that digest.
-# Also checks that this node resolves DOMAIN to MASTER0.
+# Proves from this node that the registry serves the boot history to a real client: checks that
+# this node resolves DOMAIN to MASTER0, then pulls every REPO:TAG through DOMAIN:PORT with
+# containerd (`ctr content fetch`: the manifest, the config and every layer, each digest-verified
+# by containerd's content store; no unpack) and checks that the tag resolved to DIGEST. TLS is
+# verified by the node's own /etc/containerd/certs.d/DOMAIN:PORT (the CA the program installed);
+# the credentials reach ctr as an Authorization header in a private copy of that directory, never
+# on a command line. Pulls go to containerd namespace sealer-registry-verify, emptied and removed
+# before and after. A node without a containerd daemon (docker only) and insecure mode (plain
+# http) get the older check instead: each tag's manifest digest through curl, said in the output.
 # Usage: verify-registry.sh DOMAIN PORT SCHEME USERNAME MASTER0 REF...
 #        (stdin: the password, if USERNAME)
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
+  # shellcheck source=lib/containerd.sh
+  source "${BASH_SOURCE[0]%/*}/lib/containerd.sh"
 fi
 
 readonly ACCEPT="application/vnd.docker.distribution.manifest.v2+json,application/vnd.docker.distribution.manifest.list.v2+json,application/vnd.oci.image.manifest.v1+json,application/vnd.oci.image.index.v1+json"
+readonly NAMESPACE=sealer-registry-verify
+# One image's pull (all its layers) must finish within this; a stuck transfer fails the step.
+readonly PULL_TIMEOUT_S=600
+
+WORK=""
+PASSWORD=""
+NAMESPACE_USED=0
+
+cleanup() {
+  ((NAMESPACE_USED == 0)) || empty_namespace
+  [[ -z "$WORK" ]] || rm -rf "$WORK"
+}
+
+# --------------------------------------------------------------------------- containerd pull
+
+# Removes every image, lease and blob of our namespace, then the namespace (it must be empty).
+empty_namespace() {
+  local image lease blob
+  ctr namespaces ls -q 2>/dev/null | grep -qx "$NAMESPACE" || return 0
+  for image in $(ctr -n "$NAMESPACE" images ls -q 2>/dev/null || true); do
+    timeout 60 ctr -n "$NAMESPACE" images rm --sync "$image" >/dev/null 2>&1 || true
+  done
+  for lease in $(ctr -n "$NAMESPACE" leases ls -q 2>/dev/null || true); do
+    timeout 60 ctr -n "$NAMESPACE" leases rm --sync "$lease" >/dev/null 2>&1 || true
+  done
+  for blob in $(ctr -n "$NAMESPACE" content ls -q 2>/dev/null || true); do
+    timeout 60 ctr -n "$NAMESPACE" content rm "$blob" >/dev/null 2>&1 || true
+  done
+  timeout 30 ctr namespaces rm "$NAMESPACE" >/dev/null 2>&1 ||
+    warn "containerd namespace $NAMESPACE is not empty; it is emptied on the next verification"
+}
+
+# A private copy of this node's hosts dir for DOMAIN:PORT with the credentials added as an
+# Authorization header, only where the request goes to DOMAIN:PORT itself (never to a mirror).
+write_hosts_dir() {
+  local domain=$1 port=$2 user=$3 src="$CONTAINERD_CERTS_D/$1:$2" dest url token
+  [[ -f "$src/hosts.toml" ]] ||
+    fatal "no $src/hosts.toml: containerd on this node does not trust $domain:$port"
+  dest="$WORK/certs.d/$domain:$port"
+  mkdir -p "$dest"
+  cp -pR "$src"/. "$dest"/
+  [[ -n "$user" ]] || return 0
+  if grep -Eq '^[[:space:]]*\[(host\."[^"]*"\.)?header\]' "$src/hosts.toml"; then
+    fatal "$src/hosts.toml has header tables of its own: cannot add the credentials"
+  fi
+  url="https://$domain:$port"
+  token=$(printf '%s:%s' "$user" "$PASSWORD" | base64 | tr -d '\n')
+  if grep -Eq "^[[:space:]]*server[[:space:]]*=[[:space:]]*\"$url/?\"" "$src/hosts.toml"; then
+    printf '\n[header]\n  Authorization = "Basic %s"\n' "$token" >>"$dest/hosts.toml"
+  fi
+  if grep -Fq "[host.\"$url\"]" "$src/hosts.toml"; then
+    printf '\n[host."%s".header]\n  Authorization = "Basic %s"\n' "$url" "$token" >>"$dest/hosts.toml"
+  fi
+}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# Pulls one ref; prints nothing on success, warns and returns 1 otherwise.
+pull_ref() {
+  local domain=$1 port=$2 ref=$3 want repo tag image got start took why rc=0
+  want=${ref##*@}
+  repo=${ref%@*}
+  tag=${repo##*:}
+  repo=${repo%:*}
+  image="$domain:$port/$repo:$tag"
+  start=$(now_ms)
+  timeout "$PULL_TIMEOUT_S" ctr -n "$NAMESPACE" content fetch --hosts-dir "$WORK/certs.d" \
+    "$image" >/dev/null 2>"$WORK/pull.err" || rc=$?
+  if ((rc != 0)); then
+    why=$(grep -E '^ctr: ' "$WORK/pull.err" | tail -n 1 || true)
+    ((rc != 124)) || why="timed out after ${PULL_TIMEOUT_S}s"
+    warn "$repo:$tag resolves to nothing through containerd (${why:-ctr exited $rc}), expected $want"
+    return 1
+  fi
+  took=$(($(now_ms) - start))
+  got=$(ctr -n "$NAMESPACE" images ls 2>/dev/null | awk -v i="$image" '$1 == i { print $3 " (" $4 " " $5 ")" }' || true)
+  if [[ "${got%% *}" != "$want" ]]; then
+    warn "$repo:$tag resolves to '${got:-nothing}' through containerd, expected $want"
+    return 1
+  fi
+  info "pulled $image ${got#* } in ${took} ms: $want"
+}
+
+verify_with_containerd() {
+  local domain=$1 port=$2 user=$3 ref failed=0 start
+  shift 3
+  write_hosts_dir "$domain" "$port" "$user"
+  NAMESPACE_USED=1
+  empty_namespace
+  start=$(now_ms)
+  for ref in "$@"; do
+    pull_ref "$domain" "$port" "$ref" || failed=$((failed + 1))
+  done
+  ((failed == 0)) || fatal "$failed of $# images did not pull through containerd from $domain:$port"
+  info "pulled $# images through containerd from $domain:$port in $(($(now_ms) - start)) ms"
+  echo "verified $# (containerd pull through $domain:$port; containerd here: $(containerd_certs_d_state))"
+}
+
+# --------------------------------------------------------------------------- curl (no containerd)
 
 # The password goes into a curl config file (0600, removed on exit), never onto a command line.
 write_curl_config() {
-  local cfg=$1 domain=$2 port=$3 scheme=$4 user=$5 pass=""
-  umask 077
+  local cfg=$1 domain=$2 port=$3 scheme=$4 user=$5 pass=$PASSWORD
   : >"$cfg"
   if [[ "$scheme" == https ]]; then
     printf 'cacert = "/etc/docker/certs.d/%s:%s/ca.crt"\n' "$domain" "$port" >>"$cfg"
   fi
   if [[ -n "$user" ]]; then
-    IFS= read -r pass || true
     pass=${pass//\\/\\\\}
     pass=${pass//\"/\\\"}
     printf 'user = "%s:%s"\n' "$user" "$pass" >>"$cfg"
@@ -46,15 +150,11 @@ manifest_digest() {
     tr -d '\r' | awk -F': ' 'tolower($1) == "docker-content-digest" { print $2 }'
 }
 
-main() {
-  local domain=$1 port=$2 scheme=$3 user=$4 master0=$5 resolved
+verify_with_curl() {
+  local domain=$1 port=$2 scheme=$3 user=$4 why=$5 ref repo tag want got failed=0
   shift 5
-  local base="$scheme://$domain:$port" cfg ref repo tag want got failed=0
-  cfg=$(mktemp)
-  # shellcheck disable=SC2064  # expand now: the path is fixed
-  trap "rm -f '$cfg'" EXIT
-  resolved=$(getent hosts "$domain" | awk '{ print $1; exit }')
-  [[ "$resolved" == "$master0" ]] || fatal "$domain resolves to '${resolved:-nothing}' here, not to master0 $master0"
+  local base="$scheme://$domain:$port" cfg="$WORK/curl.cfg"
+  info "$why: checking each tag's manifest digest with curl instead of a pull"
   write_curl_config "$cfg" "$domain" "$port" "$scheme" "$user"
   wait_for_v2 "$cfg" "$base"
   for ref in "$@"; do
@@ -70,7 +170,27 @@ main() {
   done
   ((failed == 0)) || fatal "$failed of $# images did not verify at $base"
   info "verified /v2/ and $# image references at $base"
-  echo "verified $#"
+  echo "verified $# (manifests with curl: $why)"
+}
+
+main() {
+  local domain=$1 port=$2 scheme=$3 user=$4 master0=$5 resolved
+  shift 5
+  umask 077
+  WORK=$(mktemp -d)
+  trap cleanup EXIT
+  resolved=$(getent hosts "$domain" | awk '{ print $1; exit }')
+  [[ "$resolved" == "$master0" ]] || fatal "$domain resolves to '${resolved:-nothing}' here, not to master0 $master0"
+  if [[ -n "$user" ]]; then
+    IFS= read -r PASSWORD || true
+  fi
+  if [[ "$scheme" != https ]]; then
+    verify_with_curl "$domain" "$port" "$scheme" "$user" "insecure mode (plain http)" "$@"
+  elif ! containerd_answers; then
+    verify_with_curl "$domain" "$port" "$scheme" "$user" "no containerd answers on this node" "$@"
+  else
+    verify_with_containerd "$domain" "$port" "$user" "$@"
+  fi
 }
 
 main "$@"

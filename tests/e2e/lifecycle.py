@@ -13,24 +13,19 @@ import shlex
 
 import pytest
 
+from lab.pull import containerd_pull
 from lab.stack import (DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, hosts_line, registry_running,
                        stack_values)
 from tests.e2e.kube import Kube
 
 
-def pull_manifest(lab, node_ip, ref) -> str:
-    """Docker-Content-Digest of ``ref`` fetched from ``node_ip`` through its own /etc/hosts and CA."""
-    repo_tag, digest = ref.split("@")
-    repo, tag = repo_tag.rsplit(":", 1)
-    out = lab.run(node_ip, (
-        f"curl -sS --max-time 10 --cacert /etc/docker/certs.d/{DOMAIN}:{PORT}/ca.crt "
-        f"-K - -I -H 'Accept: application/vnd.oci.image.manifest.v1+json,"
-        f"application/vnd.docker.distribution.manifest.v2+json' "
-        f"https://{DOMAIN}:{PORT}/v2/{repo}/manifests/{tag}"), input=f'user = "admin:{PASSWORD}"\n').stdout
-    for line in out.splitlines():
-        if line.lower().startswith("docker-content-digest:"):
-            return line.split(":", 1)[1].strip()
-    return ""
+def pull_image(lab, node_ip, ref) -> str:
+    """The digest ``ref``'s tag resolves to in a real containerd pull on ``node_ip`` (manifest,
+    config and every layer digest-verified) through its own /etc/hosts and
+    /etc/containerd/certs.d, credentials off the command line (lab/pull.py); "" when it fails."""
+    pulled = containerd_pull(lab, node_ip, ref.split("@")[0], "admin", PASSWORD, DOMAIN, PORT)
+    assert pulled.ok, pulled.stderr
+    return pulled.digest
 
 
 class Lifecycle:
@@ -67,7 +62,7 @@ class Lifecycle:
             blobs = lab_env.lab.run(ip, f"find {rootfs}/registry -path '*/blobs/*' -name data 2>/dev/null | wc -l").stdout.strip()
             assert (int(blobs) > 0) == (ip in holders), (ip, blobs)
         for ref in lab_env.refs:
-            assert pull_manifest(lab_env.lab, lab_env.nodes[0], ref) == ref.split("@")[1]
+            assert pull_image(lab_env.lab, lab_env.nodes[0], ref) == ref.split("@")[1]
         assert "registry-verify" in report.remote_commands()
 
     def test_records_in_cluster(self, lab_env, stack):
@@ -126,7 +121,7 @@ class Lifecycle:
             if ip != old:
                 assert hosts_line(lab_env.lab, ip) == [f"{new} {DOMAIN} #hostalias-set-by-sealer"]
         for ref in lab_env.refs:
-            assert pull_manifest(lab_env.lab, lab_env.nodes[0], ref) == ref.split("@")[1]
+            assert pull_image(lab_env.lab, lab_env.nodes[0], ref) == ref.split("@")[1]
         kube = Kube(lab_env.kubeconfig)
         assert f"master0: {new}" in kube.configmap("sealer-registry")["data"]["registry"]
         print(f"\nrecovery up ({self.mode}): {report.seconds:.1f}s, "

@@ -18,7 +18,7 @@ from lab.stack import DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, hosts_line,
 from material import pki
 from tests.e2e.kube import Kube, configmap_body, create
 from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
-from tests.e2e.lifecycle import pull_manifest
+from tests.e2e.lifecycle import pull_image
 
 SEALER_PASSWORD_IN_CONFIGMAP = "sealer-kept-this-in-plaintext"
 
@@ -71,7 +71,7 @@ def test_adopts_an_existing_sealer_cluster(lab_env, stack):
         assert hosts_line(lab_env.lab, ip) == [f"{m0} {DOMAIN} #hostalias-set-by-sealer"]
         assert lab_env.lab.run(ip, f"cat /etc/docker/certs.d/{DOMAIN}:{PORT}/ca.crt").stdout == cert
     for ref in lab_env.refs:
-        assert pull_manifest(lab_env.lab, lab_env.nodes[0], ref) == ref.split("@")[1]
+        assert pull_image(lab_env.lab, lab_env.nodes[0], ref) == ref.split("@")[1]
     registry_key = kube.configmap("sealer-registry")["data"]["registry"]
     assert SEALER_PASSWORD_IN_CONFIGMAP not in registry_key and PASSWORD not in registry_key
     assert stack.up().changed() == {}
@@ -121,7 +121,7 @@ def test_adding_an_app_distributes_its_data_and_updates_sealer_apps(lab_env, sta
     for ip in deploy:
         assert report.changed().get(f"data-{ip}") == "update", ip
     ref = next(f"{r['repository']}:{r['tag']}@{r['digest']}" for r in img["refs"])
-    assert pull_manifest(lab_env.lab, lab_env.nodes[1], ref) == ref.split("@")[1]
+    assert pull_image(lab_env.lab, lab_env.nodes[1], ref) == ref.split("@")[1]
     apps = json.loads(Kube(lab_env.kubeconfig).configmap("sealer-apps")["data"]["application.json"])
     assert "extra" in [a["name"] for a in apps["applications"]]
     assert stack.up().changed() == {}

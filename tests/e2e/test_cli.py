@@ -65,7 +65,7 @@ class TestOperatorCli:
         m0 = lab_env.masters[0]
         rows = [line.split() for line in result.stdout.splitlines()[1:len(lab_env.all_ips) + 1]]
         assert [r[0] for r in rows] == lab_env.all_ips
-        assert all(r[2] == "yes" and r[-2] == m0 and r[-1] == "ok" for r in rows), rows
+        assert all(r[2] == "yes" and r[-3] == m0 and r[-2] == "ok" and r[-1] == "certs.d" for r in rows), rows
         assert rows[0][1:6] == ["master0", "yes", "launch", "running", "3/3"]
         assert result.stdout.splitlines()[-1].startswith(f"healthy: master0 {m0} serves 3/3 images")
 

@@ -17,7 +17,7 @@ from lab.hosts import NFT_TABLE, PREFIX
 
 TEST_TIMEOUT_S = 180
 NEEDED = ("ip", "nft", "unshare", "nsenter", "/usr/sbin/sshd", "ssh", "ssh-keygen",
-          "docker-registry", "curl")
+          "docker-registry", "curl", "containerd", "ctr")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -84,13 +84,14 @@ def _leftovers() -> list[str]:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read()
-            if (cmd == b"sleep\0infinity\0" or cmd.startswith(b"/usr/sbin/sshd")
-                    or b"docker-registry\0serve" in cmd) and _other_instance(pid):
+            lab_daemon = (cmd.startswith(b"/usr/sbin/sshd") or b"docker-registry\0serve" in cmd
+                          or cmd.startswith(b"containerd\0--config\0"))
+            if (cmd == b"sleep\0infinity\0" or lab_daemon) and _other_instance(pid):
                 continue
             if cmd == b"sleep\0infinity\0" and os.readlink(f"/proc/{pid}/ns/mnt") != \
                     os.readlink("/proc/self/ns/mnt"):
                 found.append(f"holder process {pid}")
-            elif cmd.startswith(b"/usr/sbin/sshd") or b"docker-registry\0serve" in cmd:
+            elif lab_daemon:
                 if os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net"):
                     found.append(f"process {pid} {cmd[:60]!r}")
         except OSError:

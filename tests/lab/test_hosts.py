@@ -7,10 +7,16 @@ import time
 
 import pytest
 
-from lab.hosts import INSTANCE, PREFIX
+from lab.hosts import PREFIX, SUBNET
 
-M11, M12, M13, N21, N22 = (f"{PREFIX}{octet}" for octet in (11, 12, 13, 21, 22))
-NET = f"198.18.{INSTANCE}"
+
+def ip(octet: int) -> str:
+    """Instance-aware (SEALER_LAB_INSTANCE) address and name of a lab host."""
+    return str(SUBNET.network_address + octet)
+
+
+def name(octet: int) -> str:
+    return f"{PREFIX}{octet}"
 
 
 def ssh(lab, host, cmd, known_hosts, timeout=3):
@@ -52,12 +58,12 @@ def test_wrong_host_key_is_rejected(lab, tmp_path):
 def test_hosts_do_not_share_files(lab):
     """/var/lib/sealer, /etc (incl. rename-over of /etc/hosts), /root and /tmp are per host; the lab's
     state dir (operator key, other hosts' dirs) is invisible from a host."""
-    a, b = M11, M12
+    a, b = name(11), name(12)
     lab.ssh(a, "mkdir -p /var/lib/sealer/probe && echo a > /var/lib/sealer/probe/f && "
                "echo a > /root/f && echo a > /tmp/f && "
-               f"echo '{NET}.11 sea.hub #hostalias-set-by-sealer' >> /etc/hosts && "
-               f"sed -i 's/^{NET}.11 sea.hub/{NET}.12 sea.hub/' /etc/hosts")
-    assert f"{NET}.12 sea.hub #hostalias-set-by-sealer" in lab.ssh(a, "cat /etc/hosts").stdout
+               f"echo '{ip(11)} sea.hub #hostalias-set-by-sealer' >> /etc/hosts && "
+               f"sed -i 's/^{ip(11)} sea.hub/{ip(12)} sea.hub/' /etc/hosts")
+    assert f"{ip(12)} sea.hub #hostalias-set-by-sealer" in lab.ssh(a, "cat /etc/hosts").stdout
     seen = lab.ssh(b, "ls /var/lib/sealer/probe /root/f /tmp/f 2>&1; grep -c sea.hub /etc/hosts; "
                       f"ls {lab.state} 2>&1", check=False).stdout
     assert "No such file" in seen and "probe/f" not in seen
@@ -71,65 +77,105 @@ def test_hosts_do_not_share_files(lab):
 def test_process_started_over_ssh_stays_in_host(lab):
     """A detached process launched through SSH outlives the session and lives in the host's
     namespaces (so a registry started that way is "on" that host)."""
-    lab.ssh(M13, "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > /run/probe.pid")
-    pid = int(lab.run(M13, "cat /run/probe.pid").stdout)
-    assert pid in lab.pids(M13)
-    assert pid not in lab.pids(M12)
-    lab.run(M13, f"kill {pid}")
+    lab.ssh(name(13), "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > /run/probe.pid")
+    pid = int(lab.run(name(13), "cat /run/probe.pid").stdout)
+    assert pid in lab.pids(name(13))
+    assert pid not in lab.pids(name(12))
+    lab.run(name(13), f"kill {pid}")
 
 
 def test_kill_times_out_and_revive_restores(lab, known_hosts):
     """kill: SYNs vanish (timeout, not refused), packets towards the host are still counted, the
     host's processes are frozen. revive: SSH works again."""
-    host = next(h for h in lab.inventory()["hosts"] if h["name"] == M12)
-    before = lab.packets_to(M12)
-    lab.kill(M12)
+    host = next(h for h in lab.inventory()["hosts"] if h["name"] == name(12))
+    before = lab.packets_to(name(12))
+    lab.kill(name(12))
     try:
         p, took = ssh(lab, host, "true", known_hosts, timeout=2)
         assert p.returncode == 255
         assert "Connection timed out" in p.stderr, p.stderr
         assert "refused" not in p.stderr
         assert took >= 1.9
-        assert lab.packets_to(M12) > before
+        assert lab.packets_to(name(12)) > before
         # a peer host sees the same: its connect times out
-        peer = lab.run(N21, f"timeout 2 bash -c '</dev/tcp/{NET}.12/22'", check=False)
+        peer = lab.run(name(21), f"timeout 2 bash -c '</dev/tcp/{ip(12)}/22'", check=False)
         assert peer.returncode == 124
         states = [open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-                  for pid in lab.pids(M12) if pid != lab.holder_pid(M12)]
+                  for pid in lab.pids(name(12)) if pid != lab.holder_pid(name(12))]
         assert states and set(states) == {"T"}
     finally:
-        lab.revive(M12)
+        lab.revive(name(12))
     p, _ = ssh(lab, host, "echo alive", known_hosts)
     assert p.returncode == 0 and p.stdout.strip() == "alive", p.stderr
 
 
 def test_crash_kill_and_reboot(lab, known_hosts):
     """kill --crash kills the host's processes; revive is a reboot: empty /run, sshd back."""
-    host = next(h for h in lab.inventory()["hosts"] if h["name"] == N22)
-    lab.ssh(N22, "touch /run/marker")
-    lab.kill(N22, crash=True)
-    assert lab.pids(N22) == [lab.holder_pid(N22)]
-    lab.revive(N22)
+    host = next(h for h in lab.inventory()["hosts"] if h["name"] == name(22))
+    lab.ssh(name(22), "touch /run/marker")
+    lab.kill(name(22), crash=True)
+    assert lab.pids(name(22)) == [lab.holder_pid(name(22))]
+    lab.revive(name(22))
     p, _ = ssh(lab, host, "ls /run/marker 2>&1", known_hosts)
     assert p.returncode != 0 and "No such file" in p.stdout
 
 
 def test_stop_sshd_refuses(lab, known_hosts):
-    host = next(h for h in lab.inventory()["hosts"] if h["name"] == N21)
-    lab.stop_sshd(N21)
+    host = next(h for h in lab.inventory()["hosts"] if h["name"] == name(21))
+    lab.stop_sshd(name(21))
     try:
         p, took = ssh(lab, host, "true", known_hosts)
         assert p.returncode == 255 and "Connection refused" in p.stderr, p.stderr
         assert took < 2
     finally:
-        lab.start_sshd(N21)
+        lab.start_sshd(name(21))
     p, _ = ssh(lab, host, "true", known_hosts)
     assert p.returncode == 0, p.stderr
 
 
 def test_packets_to_counts_only_that_host(lab):
-    before = {h: lab.packets_to(h) for h in (M11, M13)}
+    before = {h: lab.packets_to(h) for h in (name(11), name(13))}
     for _ in range(3):
-        lab.ssh(M11, "true")
-    assert lab.packets_to(M11) - before[M11] >= 10
-    assert lab.packets_to(M13) == before[M13]
+        lab.ssh(name(11), "true")
+    assert lab.packets_to(name(11)) - before[name(11)] >= 10
+    assert lab.packets_to(name(13)) == before[name(13)]
+
+
+def test_every_host_runs_its_own_containerd_reading_certs_d(lab):
+    """Masters and nodes each run containerd in their namespaces, with a private
+    /var/lib/containerd and their own socket; the CRI plugin's config_path is certs.d."""
+    roots = set()
+    for h in lab.inventory()["hosts"]:
+        assert lab.containerd_running(h["name"])
+        out = lab.ssh(h["name"], "ctr version >/dev/null && ctr plugins ls | awk '$2 == \"cri\" { print $4 }' && "
+                                 "containerd config dump | grep -F 'config_path = \"/etc/containerd/certs.d\"' && "
+                                 "stat -c %i /var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db").stdout.split("\n")
+        assert out[0] == "ok", out
+        roots.add(out[2])
+    assert len(roots) == len(lab.inventory()["hosts"])  # one metadata store per host
+    lab.run(name(11), "ctr namespaces create lab-probe")
+    try:
+        assert "lab-probe" not in lab.run(name(12), "ctr namespaces ls -q").stdout
+    finally:
+        lab.run(name(11), "ctr namespaces rm lab-probe")
+
+
+def test_killed_host_freezes_containerd_and_a_reboot_restarts_it(lab):
+    """kill: the host's containerd is frozen with the rest (a client on the host gets no answer);
+    kill --crash then revive: a fresh containerd (new pid) that serves, its content kept."""
+    host = name(13)
+    pid = lab._containerd_pid(host)
+    lab.run(host, "ctr namespaces create kept")
+    lab.kill(host)
+    try:
+        assert open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T"
+        assert lab.run(host, "timeout 2 ctr version", check=False).returncode == 124
+    finally:
+        lab.revive(host)
+    assert lab._containerd_pid(host) == pid
+    lab.kill(host, crash=True)
+    lab.revive(host)
+    new = lab._containerd_pid(host)
+    assert new is not None and new != pid
+    assert "kept" in lab.run(host, "ctr namespaces ls -q").stdout
+    lab.run(host, "ctr namespaces rm kept")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.health import assess, render_table
+from cli.health import assess, containerd_problem, render_table
 from cli.probe import HostProbe, all_refs, ca_digest, parse_probe, pem_digest, probe_command
 from cli.ssh import ssh_error
 from config import build_config
@@ -41,7 +41,7 @@ def make_config(distribution: str = "pre", down_hosts=(), master0: str = M1):
     })
 
 
-COLUMNS = ("host", "role", "reachable", "deploy", "registry", "images", "resolves", "ca")
+COLUMNS = ("host", "role", "reachable", "deploy", "registry", "images", "resolves", "ca", "containerd")
 
 
 def cells(result) -> list[dict[str, str]]:
@@ -51,7 +51,7 @@ def cells(result) -> list[dict[str, str]]:
 
 def healthy_probe(ip: str, master0: str = M1, registry: str = "stopped", missing=()) -> HostProbe:
     return HostProbe(ip=ip, reachable=True, registry=registry, refs_ok=3 - len(missing),
-                     missing_refs=list(missing), resolves=master0, ca="ok")
+                     missing_refs=list(missing), resolves=master0, ca="ok", containerd="certs.d")
 
 
 def healthy_probes(master0: str = M1) -> dict[str, HostProbe]:
@@ -111,21 +111,48 @@ def test_second_registry_wrong_mapping_and_ca_are_problems():
     assert any(p.startswith(f"{M3}: CA trust absent") for p in problems)
 
 
+@pytest.mark.parametrize("state", ["certs.d", "no-cri", "-"])
+def test_containerd_that_reads_certs_d_or_serves_no_cri_is_fine(state):
+    """certs.d: the CRI trusts the CA; no-cri / -: the kubelet does not pull through containerd."""
+    probes = healthy_probes()
+    probes[N1].containerd = state
+    assert assess(make_config(), IMAGES, probes).problems == []
+    assert containerd_problem(state, "sea.hub:5000") is None
+
+
+@pytest.mark.parametrize("state, why", [
+    ("unset", "its CRI config_path is unset"),
+    ("stale", "its config changed after it started: restart containerd"),
+    ("down", "it is installed but not running"),
+    ("unknown", "`containerd config dump` failed"),
+    ("elsewhere:/etc/other:/x", "its CRI config_path is /etc/other:/x"),
+    ("", "it reported nothing"),
+])
+def test_containerd_that_does_not_read_certs_d_is_a_problem_line(state, why):
+    probes = healthy_probes()
+    probes[N1].containerd = state
+    result = assess(make_config(), IMAGES, probes)
+    assert result.problems == [f"{N1}: containerd does not read /etc/containerd/certs.d ({why}), so its "
+                               f"pulls through sea.hub:5000 would not trust the registry's CA"]
+    assert cells(result)[3]["containerd"] == (state or "?")
+
+
 def test_render_table_aligns_columns():
     result = assess(make_config(), IMAGES, healthy_probes())
     lines = render_table(result).splitlines()
-    assert lines[0].split() == ["HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", "SEA.HUB", "->", "CA"]
-    assert lines[1].split() == [M1, "master0", "yes", "launch", "running", "2/2", M1, "ok"]
+    assert lines[0].split() == ["HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", "SEA.HUB", "->", "CA",
+                                "CONTAINERD"]
+    assert lines[1].split() == [M1, "master0", "yes", "launch", "running", "2/2", M1, "ok", "certs.d"]
     assert {line.index(M1) for line in lines[1:2]} == {0}
 
 
 def test_parse_probe_reads_every_key():
     out = ("probe=1\nhostname=srl-11\nregistry=running\nref_missing=a:b@sha256:x\nrefs_ok=2\n"
-           "resolves=198.18.0.11\nca=ok\ndisk_avail=123\nregistry_bytes=45\n")
+           "resolves=198.18.0.11\nca=ok\ncontainerd=elsewhere:/a:/b\ndisk_avail=123\nregistry_bytes=45\n")
     p = parse_probe(M1, out)
     assert (p.reachable, p.hostname, p.registry, p.missing_refs, p.refs_ok, p.resolves, p.ca,
-            p.disk_avail, p.registry_bytes) == (True, "srl-11", "running", ["a:b@sha256:x"], 2,
-                                                 "198.18.0.11", "ok", 123, 45)
+            p.containerd, p.disk_avail, p.registry_bytes) == (
+        True, "srl-11", "running", ["a:b@sha256:x"], 2, "198.18.0.11", "ok", "elsewhere:/a:/b", 123, 45)
     assert parse_probe(M1, "garbage").reachable is False
 
 

@@ -23,7 +23,7 @@ def bash_listing(source: str) -> str:
 def uncompacted(name: str) -> str:
     """The same composition as script_body, from the files as they are, comments and all."""
     text = (SCRIPTS_DIR / name).read_text()
-    libs = ["common.sh"] + (["registry.sh"] if "lib/registry.sh" in text else [])
+    libs = ["common.sh"] + [lib for lib in ("registry.sh", "containerd.sh") if f"lib/{lib}" in text]
     return (f"SCRIPT_NAME={name}\n" + "".join((SCRIPTS_DIR / "lib" / lib).read_text() for lib in libs)
             + text[:-len(LAST_LINE)])
 
@@ -42,7 +42,9 @@ def test_sent_scripts_have_no_comment_or_blank_lines_outside_heredocs(name):
     body = script_body(name)
     if "<<" not in body:
         assert not [line for line in body.splitlines() if not line.strip() or line.lstrip().startswith("#")]
-    assert len(body) < len((SCRIPTS_DIR / name).read_text()) + len((SCRIPTS_DIR / "lib" / "common.sh").read_text())
+    text = (SCRIPTS_DIR / name).read_text()
+    libs = [p for p in (SCRIPTS_DIR / "lib").glob("*.sh") if p.name == "common.sh" or f"lib/{p.name}" in text]
+    assert len(body) < len(text) + sum(len(p.read_text()) for p in libs)
 
 
 def test_heredoc_bodies_are_kept_verbatim():
@@ -55,6 +57,8 @@ def test_only_the_libs_a_script_sources_are_sent():
     assert "stop_registry()" in script_body("standby-registry.sh")
     assert "stop_registry()" not in script_body("configure-node.sh")
     assert "put_file()" in script_body("configure-node.sh")
+    assert "containerd_certs_d_state()" in script_body("verify-registry.sh")
+    assert "containerd_certs_d_state()" not in script_body("configure-node.sh")
 
 
 def test_a_comment_edit_does_not_change_what_is_sent(tmp_path, monkeypatch):

@@ -1,0 +1,67 @@
+"""A real client pull on a lab host, for the lab and e2e tests: the host's containerd fetches an
+image through `<domain>:<port>` (its own /etc/hosts), trusting what the host's
+/etc/containerd/certs.d/<domain>:<port>/ holds. The credentials become an Authorization header in a
+private copy of that directory (0700, removed afterwards); they travel on stdin, never on a command
+line. `ctr content fetch` fetches the manifest, the config and every layer, each checked against
+its digest by containerd's content store. The pulled image lives in its own containerd namespace,
+emptied and removed afterwards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import time
+
+# $1 domain, $2 port, $3 repo:tag, $4 user ("" = anonymous), $5 containerd namespace; stdin: password.
+# Prints the digest the tag resolved to on stdout; ctr's errors on stderr; exit 1 when the pull failed.
+PULL_SCRIPT = r"""
+set -u
+domain=$1 port=$2 image=$1:$2/$3 user=$4 ns=$5
+src=/etc/containerd/certs.d/$domain:$port
+pass=
+[ -z "$user" ] || IFS= read -r pass || true
+umask 077
+work=$(mktemp -d)
+clean() {
+  for i in $(ctr -n "$ns" images ls -q 2>/dev/null); do ctr -n "$ns" images rm --sync "$i" >/dev/null 2>&1; done
+  for b in $(ctr -n "$ns" content ls -q 2>/dev/null); do ctr -n "$ns" content rm "$b" >/dev/null 2>&1; done
+  ctr namespaces rm "$ns" >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap clean EXIT
+dest=$work/certs.d/$domain:$port
+mkdir -p "$dest"
+if [ -d "$src" ]; then cp -pR "$src/." "$dest/"; fi
+[ -f "$dest/hosts.toml" ] || printf 'server = "https://%s:%s"\n' "$domain" "$port" >"$dest/hosts.toml"
+if [ -n "$user" ]; then
+  token=$(printf '%s:%s' "$user" "$pass" | base64 | tr -d '\n')
+  printf '\n[header]\n  Authorization = "Basic %s"\n' "$token" >>"$dest/hosts.toml"
+  if grep -Fq "[host.\"https://$domain:$port\"]" "$src/hosts.toml" 2>/dev/null; then
+    printf '\n[host."https://%s:%s".header]\n  Authorization = "Basic %s"\n' "$domain" "$port" "$token" >>"$dest/hosts.toml"
+  fi
+fi
+timeout 120 ctr -n "$ns" content fetch --hosts-dir "$work/certs.d" "$image" >/dev/null || exit 1
+ctr -n "$ns" images ls | awk -v i="$image" '$1 == i { print $3 }'
+"""
+
+
+@dataclasses.dataclass
+class Pull:
+    ok: bool
+    digest: str      # what the tag resolved to ("" when the pull failed)
+    stderr: str
+    seconds: float
+
+
+def containerd_pull(lab, host: str, repo_tag: str, user: str = "", password: str = "",
+                    domain: str = "sea.hub", port: int = 5000,
+                    namespace: str = "lab-pull") -> Pull:
+    """Pull ``repo_tag`` (``repo:tag``) on ``host`` through ``domain:port`` with its containerd."""
+    start = time.monotonic()
+    q = shlex.quote
+    done = lab.run(host, f"bash -c {q(PULL_SCRIPT)} pull {q(domain)} {port} {q(repo_tag)} {q(user)} "
+                         f"{q(namespace)}", input=password + "\n", check=False, timeout=180)
+    digest = done.stdout.strip() if done.returncode == 0 else ""
+    return Pull(done.returncode == 0 and digest.startswith("sha256:"), digest, done.stderr,
+                time.monotonic() - start)
+

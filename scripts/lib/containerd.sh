@@ -1,0 +1,122 @@
+# shellcheck shell=bash
+# containerd on this host, for the scripts that verify pulls or probe (common.sh comes first):
+# does a daemon answer, and does its CRI plugin (what the kubelet pulls with) read certs.d.
+
+CONTAINERD_CERTS_D=/etc/containerd/certs.d
+CONTAINERD_DEFAULT_CONFIG=/etc/containerd/config.toml
+
+# The containerd client can reach a daemon on the default socket within a few seconds.
+containerd_answers() {
+  command -v ctr >/dev/null 2>&1 && timeout 5 ctr version >/dev/null 2>&1
+}
+
+# containerd daemons of this mount namespace: hosts that share a kernel (containers, the lab)
+# see each other's processes. A pgrep without --ns (procps < 3.3.9) sees them all.
+containerd_pids() {
+  local rc=0
+  pgrep --ns $$ --nslist mnt -x containerd 2>/dev/null || rc=$?
+  if ((rc == 2)); then
+    pgrep -x containerd || true
+  fi
+}
+
+# The config file a daemon was started with (--config/-c), else containerd's default.
+containerd_config_file() {
+  local pid=$1 prev="" arg
+  while IFS= read -r arg; do
+    case "$prev" in --config | -c)
+      printf '%s\n' "$arg"
+      return 0
+      ;;
+    esac
+    case "$arg" in --config=* | -c=*)
+      printf '%s\n' "${arg#*=}"
+      return 0
+      ;;
+    esac
+    prev=$arg
+  done < <(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null || true)
+  printf '%s\n' "$CONTAINERD_DEFAULT_CONFIG"
+}
+
+# From `containerd config dump` (the config file and its imports merged with every plugin's
+# defaults): "cri=on|off", "config_path=<value>", "socket=<grpc address>" and one "import=<file>"
+# per imported file.
+containerd_dump_facts() {
+  local config=$1
+  timeout 10 containerd --config "$config" config dump 2>/dev/null | awk '
+    /^[[:space:]]*\[/ { section = $0; gsub(/^[[:space:]]+|[[:space:]]+$/, "", section) }
+    section == "[plugins.\"io.containerd.grpc.v1.cri\"]" { cri = 1 }
+    section == "" && $1 == "imports" {
+      line = $0; sub(/^[^[]*\[/, "", line); sub(/\].*$/, "", line)
+      n = split(line, parts, ",")
+      for (i = 1; i <= n; i++) { f = parts[i]; gsub(/[" ]/, "", f); if (f != "") print "import=" f }
+    }
+    section == "[grpc]" && $1 == "address" {
+      value = $0; sub(/^[^=]*=[[:space:]]*/, "", value); gsub(/"/, "", value); print "socket=" value
+    }
+    section == "[plugins.\"io.containerd.grpc.v1.cri\".registry]" && $1 == "config_path" {
+      value = $0; sub(/^[^=]*=[[:space:]]*/, "", value); gsub(/"/, "", value); path = value
+    }
+    END { print "cri=" (cri ? "on" : "off"); print "config_path=" path }
+  '
+}
+
+# Whether a config file changed after the daemon started (then the daemon runs an older config):
+# newer than the socket the daemon made when it started. Both are file times from the same
+# clock (a process's age from `ps` and `date` disagree after a clock step).
+changed_since_start() {
+  local socket=$1 file=$2
+  [[ -S "$socket" && -f "$file" && -n "$(find "$file" -newer "$socket" 2>/dev/null)" ]]
+}
+
+# One word on whether the containerd that serves the CRI on this host reads $CONTAINERD_CERTS_D:
+#   certs.d    its CRI plugin's config_path holds it, and its config is not newer than the daemon
+#   unset      config_path is empty: the CRI plugin ignores certs.d (pulls through the domain fail x509)
+#   elsewhere:<path>  config_path names other directories
+#   stale      a config file changed after the daemon started: it may run another config (restart it)
+#   no-cri     containerd runs without a CRI plugin (docker's): the kubelet pulls another way
+#   down       containerd is installed but no daemon runs
+#   unknown    `containerd config dump` failed
+#   -          no containerd on this host
+containerd_certs_d_state() {
+  local pids pid facts="" path part found=0 file
+  pids=$(containerd_pids)
+  if [[ -z "$pids" ]]; then
+    if command -v containerd >/dev/null 2>&1; then echo down; else echo -; fi
+    return 0
+  fi
+  if ! command -v containerd >/dev/null 2>&1; then
+    echo unknown
+    return 0
+  fi
+  for pid in $pids; do
+    facts=$(containerd_dump_facts "$(containerd_config_file "$pid")") || true
+    [[ -n "$facts" ]] || continue
+    found=1
+    while IFS= read -r file; do
+      if changed_since_start "$(sed -n 's/^socket=//p' <<<"$facts")" "${file#import=}"; then
+        echo stale
+        return 0
+      fi
+    done < <(grep '^import=' <<<"$facts" || true)
+    grep -qx 'cri=on' <<<"$facts" && break
+    facts=""
+  done
+  if [[ -z "$facts" ]]; then
+    if ((found)); then echo no-cri; else echo unknown; fi
+    return 0
+  fi
+  path=$(sed -n 's/^config_path=//p' <<<"$facts")
+  if [[ -z "$path" ]]; then
+    echo unset
+    return 0
+  fi
+  for part in ${path//:/ }; do
+    if [[ "${part%/}" == "$CONTAINERD_CERTS_D" ]]; then
+      echo certs.d
+      return 0
+    fi
+  done
+  echo "elsewhere:$path"
+}
