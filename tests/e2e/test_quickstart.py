@@ -3,7 +3,8 @@ in order, in a fresh copy of the project, with a fresh HOME, the toolchain's `pu
 nothing else set. The operator's own parts are played by files the test makes first (the SSH key,
 kubeconfig and boot history where the template expects them, the password file the block names)
 and an `$EDITOR` that replaces each `<...>` of the template with the lab's
-values (failing on any placeholder it does not know). The block must end with a healthy `status`.
+values (failing on any placeholder it does not know); `pulumi up` gets `--yes`, the answer the
+operator gives at its prompt. The block must end with a healthy `status`.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def test_the_readme_quickstart_runs_as_written(lab_env, toolchain_env, tmp_path)
         **({"SEALER_PLUGINS_DIR": os.environ["SEALER_PLUGINS_DIR"]}
            if "SEALER_PLUGINS_DIR" in os.environ else {}),
     }
+    # `pulumi up` asks for a confirmation at a terminal; the operator answers yes.
+    commands = [c + " --yes" if c.split("#")[0].split() == ["pulumi", "up"] else c for c in commands]
+    assert any(c.startswith("pulumi up --yes") for c in commands)
     script = "set -euo pipefail\n" + "".join(
         f"echo {shlex.quote('$ ' + c)}\n{c}\n" for c in commands)
     done = subprocess.run(["bash", "-c", script], cwd=project, env=shell_env, text=True,
