@@ -75,12 +75,16 @@ class Session:
         return Topology.of(self.config)
 
     @property
-    def image_store(self) -> Path:
-        return resolve_local_path(self.config.apps.image_store, self.project_dir)
+    def image_store(self) -> Path | None:
+        store = self.config.apps.image_store
+        return None if store is None else resolve_local_path(store, self.project_dir)
 
     @property
     def images(self) -> list[StoredImage]:
-        """The images the registry must serve, from the local image store the config names."""
+        """The images the registry must serve, from the local image store the config names (none
+        when the stack copies no data)."""
+        if self._images is None and self.image_store is None:
+            self._images = []
         if self._images is None:
             try:
                 self._images = load_images(self.image_store, self.config.image_ids)

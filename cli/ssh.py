@@ -43,7 +43,8 @@ class SshAccess:
         ssh = config.cluster.ssh
         lines = []
         for ip, key in ssh.host_keys.items():
-            name = ip if ssh.port == 22 else f"[{ip}]:{ssh.port}"
+            port = ssh.port_for(ip)
+            name = ip if port == 22 else f"[{ip}]:{port}"
             lines.append(f"{name} {key}\n")
         self.known_hosts.write_text("".join(lines))
 
@@ -55,7 +56,7 @@ class SshAccess:
 
     def argv(self, ip: str, connect_timeout: int = CONNECT_TIMEOUT_S) -> list[str]:
         ssh = self.config.cluster.ssh
-        argv = ["ssh", "-F", "none", "-p", str(ssh.port), "-i", str(self.key_file),
+        argv = ["ssh", "-F", "none", "-p", str(ssh.port_for(ip)), "-i", str(self.key_file),
                 "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                 "-o", f"ConnectTimeout={connect_timeout}",
                 "-o", "ServerAliveInterval=3", "-o", "ServerAliveCountMax=2",
@@ -67,7 +68,7 @@ class SshAccess:
         if ssh.jump_host is not None:
             j = ssh.jump_host
             argv += ["-J", f"{j.user}@{j.host}:{j.port}"]
-        return [*argv, f"{ssh.user}@{ip}"]
+        return [*argv, f"{ssh.user_for(ip)}@{ip}"]
 
     def run(self, ip: str, script: ScriptRun, timeout: float = HOST_DEADLINE_S,
             connect_timeout: int = CONNECT_TIMEOUT_S) -> subprocess.CompletedProcess:

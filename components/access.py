@@ -22,13 +22,21 @@ class JumpHost:
 
 @dataclass(frozen=True)
 class SshAccess:
-    """SSH user, port and key for every cluster host. ``private_key`` is a secret Output."""
+    """SSH user, port and key for every cluster host. ``private_key`` is a secret Output.
+    ``hosts``: a host's own (user, port), where it differs (sealer's per-host ssh override)."""
 
     user: str
     port: int
     private_key: pulumi.Input[str]
     host_keys: dict[str, str] = field(default_factory=dict)
     jump: JumpHost | None = None
+    hosts: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def user_for(self, ip: str) -> str:
+        return self.hosts.get(ip, (self.user, self.port))[0]
+
+    def port_for(self, ip: str) -> int:
+        return self.hosts.get(ip, (self.user, self.port))[1]
 
     def connection(self, ip: str) -> remote.ConnectionArgs:
         proxy = None
@@ -39,8 +47,8 @@ class SshAccess:
                 dial_error_limit=DIAL_ERROR_LIMIT, per_dial_timeout=PER_DIAL_TIMEOUT_S)
         return remote.ConnectionArgs(
             host=ip,
-            port=self.port,
-            user=self.user,
+            port=self.port_for(ip),
+            user=self.user_for(ip),
             private_key=self.private_key,
             host_key=self.host_keys.get(ip),
             proxy=proxy,

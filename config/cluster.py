@@ -9,7 +9,7 @@ config/stack.py.
 from __future__ import annotations
 
 import posixpath
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -33,6 +33,14 @@ class JumpHost(ConfigModel):
     port: Port = 22
 
 
+class HostSsh(ConfigModel):
+    """One host's own SSH settings (sealer's per-host `ssh` override); unset fields take the
+    cluster's (`cluster.ssh.user`, `cluster.ssh.port`)."""
+
+    user: Optional[SshUser] = None
+    port: Optional[Port] = None
+
+
 class SshConfig(ConfigModel):
     user: SshUser = "root"
     port: Port = 22
@@ -40,6 +48,29 @@ class SshConfig(ConfigModel):
     private_key_path: Optional[LocalPath] = None
     host_keys: dict[str, str] = Field(default_factory=dict)
     jump_host: Optional[JumpHost] = None
+    hosts: dict[str, HostSsh] = Field(default_factory=dict)
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _check_hosts(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        problems, hosts = [], {}
+        for host, settings in value.items():
+            try:
+                hosts[_host_ip(host)] = settings
+            except ValueError as e:
+                problems.append((f"[{host}]", str(e)))
+        raise_problems(problems)
+        return hosts
+
+    def user_for(self, ip: str) -> str:
+        override = self.hosts.get(ip)
+        return override.user if override is not None and override.user is not None else self.user
+
+    def port_for(self, ip: str) -> int:
+        override = self.hosts.get(ip)
+        return override.port if override is not None and override.port is not None else self.port
 
     @field_validator("host_keys")
     @classmethod

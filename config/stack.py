@@ -63,6 +63,7 @@ class StackConfig(ConfigModel):
                 nodes=self.cluster.nodes,
                 deploy_hosts=self.registry.local_registry.deploy_hosts,
                 host_keys=list(self.cluster.ssh.host_keys),
+                ssh_hosts=list(self.cluster.ssh.hosts),
             )
         )
         if self.kubernetes.cluster_identifier is None:
@@ -78,6 +79,7 @@ class StackConfig(ConfigModel):
             masters, nodes = [], []
         deploy = section(registry, "local_registry").get("deploy_hosts")
         host_keys = section(section(cluster, "ssh"), "host_keys")
+        ssh_hosts = section(section(cluster, "ssh"), "hosts")
         return cross_problems(
             master0=master0,
             down_hosts=valid_ips(data.get("down_hosts", [])) or [],
@@ -85,6 +87,7 @@ class StackConfig(ConfigModel):
             nodes=nodes,
             deploy_hosts=valid_ips(deploy) if deploy is not None else None,
             host_keys=[ip for k in host_keys for ip in (valid_ips([k]) or [])],
+            ssh_hosts=[ip for k in ssh_hosts for ip in (valid_ips([k]) or [])],
         )
 
     # -- derived views the program uses --------------------------------------------------------
@@ -116,7 +119,10 @@ class StackConfig(ConfigModel):
 
     @property
     def image_ids(self) -> list[str]:
-        """Distinct images the registry must serve: the cluster image first, then the apps'."""
+        """Distinct images whose data the program copies and verifies: the cluster image first,
+        then the apps'. None without an image store: the deploy hosts serve what they hold."""
+        if not self.apps.copies_data:
+            return []
         return list(dict.fromkeys([self.apps.cluster_image_id, *self.history.image_ids]))
 
     @property
@@ -133,6 +139,7 @@ def cross_problems(
     nodes: list[str],
     deploy_hosts: Optional[list[str]],
     host_keys: Iterable[str] = (),
+    ssh_hosts: Iterable[str] = (),
 ) -> list[tuple[str, str]]:
     """Rules that relate hosts across sections; inputs are already-valid (normalised) IPs.
 
@@ -163,4 +170,7 @@ def cross_problems(
         for ip in host_keys:
             if ip not in hosts:
                 problems.append((f"cluster.ssh.host_keys[{ip}]", f"{ip} is not a cluster host (hosts: {listing})"))
+        for ip in ssh_hosts:
+            if ip not in hosts:
+                problems.append((f"cluster.ssh.hosts[{ip}]", f"{ip} is not a cluster host (hosts: {listing})"))
     return problems
