@@ -24,6 +24,7 @@ from typing import Sequence
 
 # Command modules, in --help order.
 COMMANDS: tuple[str, ...] = (
+    "cli.adopt",
     "cli.validate",
     "cli.init_pki",
     "cli.status",
@@ -37,6 +38,7 @@ Exit codes: 0 ok; 1 degraded (status found a problem; recover/rejoin: `up` or th
 it failed, a rerun is safe; or not confirmed); 2 refused, nothing changed; 130 interrupted.
 
 examples:
+  python -m cli adopt --from 192.168.0.2 --stack prod --ssh-key ~/.ssh/id_rsa
   python -m cli validate --stack dev
   python -m cli init-pki --stack prod
   python -m cli status --stack prod

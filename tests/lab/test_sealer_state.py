@@ -5,12 +5,16 @@ master0 keeps the Clusterfile, the boot history and the key sealer reaches the h
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
+from components.deploy_host import material_fingerprint, rootfs_files, rootfs_payload
+from components.remote_scripts import script_run
 from lab import images
 from lab.sealer_state import BASEFS_REGISTRY_CONFIG, HOST_ALIAS_MARK, make_sealer_state
+from material import build_material
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +88,60 @@ def test_master0_keeps_what_sealer_keeps(small_lab, sealer):
     assert small_lab.run(m0, f"cat {state.rootfs}/etc/registry_htpasswd").stdout == state.htpasswd
     # sealer's script ran its sed on the config: with port 5000 the content is basefs' own.
     assert state.registry_config == BASEFS_REGISTRY_CONFIG
+
+
+# -- the program's launch step on the cluster sealer left ------------------------------------------
+
+
+def registry_pid(lab, host: str) -> int | None:
+    pids = [pid for pid in lab.pids(host)
+            if b"docker-registry\0serve" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(pids) <= 1, pids
+    return pids[0] if pids else None
+
+
+def program_steps(lab, state, material):
+    """The program's rootfs and launch steps on master0, as its host steps run them."""
+    payload = rootfs_payload(rootfs_files(material, state.domain))
+    wrote = script_run("write-rootfs.sh", state.rootfs, data=payload)
+    lab.ssh(state.master0, wrote.command, input=wrote.stdin)
+    fingerprint = material_fingerprint(payload)
+    run = script_run("launch-registry.sh", state.rootfs, str(state.port), state.domain, fingerprint)
+    return lab.ssh(state.master0, run.command, input=run.stdin)
+
+
+def adopted_material(state, registry_config: str | None):
+    return build_material(domain=state.domain, port=state.port, deploy_ips=[state.master0],
+                          insecure=False, username=state.username, password=state.password,
+                          cert=state.cert, key=state.key, htpasswd=state.htpasswd,
+                          registry_config=registry_config)
+
+
+def test_launch_keeps_sealers_registry_when_it_serves_the_adopted_material(small_lab, sealer):
+    """sealer's cert, key, htpasswd and registry config brought as they are: the files on master0
+    stay byte-identical and the launch step keeps sealer's registry (same pid), stamping it; the
+    next launch takes the stamp."""
+    state, _ = sealer
+    before = registry_pid(small_lab, state.master0)
+    files = {p: small_lab.run(state.master0, f"stat -c '%i %Y' {state.rootfs}/{p}").stdout
+             for p in ("etc/registry_config.yml", "etc/registry_htpasswd", f"certs/{state.domain}.crt")}
+    out = program_steps(small_lab, state, adopted_material(state, state.registry_config))
+    assert "kept it, skipped init-registry.sh" in out.stderr, out.stderr
+    assert registry_pid(small_lab, state.master0) == before
+    assert files == {p: small_lab.run(state.master0, f"stat -c '%i %Y' {state.rootfs}/{p}").stdout
+                     for p in files}
+    again = program_steps(small_lab, state, adopted_material(state, state.registry_config))
+    assert "already runs with this material" in again.stderr
+    assert registry_pid(small_lab, state.master0) == before
+
+
+def test_launch_restarts_a_registry_that_serves_other_files(small_lab, sealer):
+    """The program's own config instead of sealer's: the running registry still has sealer's in
+    its root, so the launch replaces it, and the new one answers with sealer's cert and login."""
+    state, _ = sealer
+    before = registry_pid(small_lab, state.master0)
+    out = program_steps(small_lab, state, adopted_material(state, None))
+    assert "stopping any running registry" in out.stderr, out.stderr
+    after = registry_pid(small_lab, state.master0)
+    assert after is not None and after != before
+    assert fetch(small_lab, state.nodes[0], state, "/v2/") == "200"
