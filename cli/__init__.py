@@ -13,6 +13,7 @@ and is listed in COMMANDS below. What they share:
     engine.py   the Pulumi engine (Automation API): select, config set/get, preview, up
     ssh.py, probe.py, health.py   reach the hosts, run the status probe, judge it
     change.py   the one flow of recover and rejoin (set, preview, plan, confirm, up, check)
+    clusterfile.py  sealer's Clusterfile read for `adopt` (hosts, roles, ssh, registry)
     plan.py     a preview's steps read back as a plan (step names from topology.py)
 """
 
