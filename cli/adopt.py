@@ -50,8 +50,9 @@ Adopt a running sealer cluster: `adopt --from MASTER0 --stack NAME`.
 Refused, naming what to do: an existing Pulumi.NAME.yaml (without --force), a Clusterfile whose
 registry is HA (sealer.io/v2 runs it on every master behind an IPVS VIP unless
 localRegistry.ha is false; this program keeps one registry on master0), hosts sealer reaches by
-password only or with different keys (without --ssh-key), non-root SSH users, --from
-not being the Clusterfile's master0.
+password only or with different keys (without --ssh-key), --from not being the
+Clusterfile's master0. A non-root SSH user needs passwordless sudo on every host: the program's
+steps run through `sudo -n`.
 
 Exit codes: 0 written and valid; 2 refused or failed, nothing left behind (a stack this command
 created is removed again). Needs the engine's environment (`pulumi` on PATH or --pulumi, the
@@ -255,11 +256,6 @@ def _refusals(cf: Clusterfile, from_ip: str) -> None:
     if from_ip != cf.master0:
         raise CliError(f"--from {from_ip} is not the Clusterfile's master0 {cf.master0} (the "
                        "first master, where sealer's registry runs)")
-    non_root = sorted(ip for ip, s in cf.hosts_ssh.items() if s.user != "root")
-    if non_root:
-        users = ", ".join(f"{ip} as {cf.hosts_ssh[ip].user}" for ip in non_root)
-        raise CliError(f"hosts reached as a non-root user ({users}): the program's steps run as "
-                       "root over SSH; sudo is not supported yet")
 
 
 def _key_problem(cf: Clusterfile, files: SealerFiles) -> str | None:

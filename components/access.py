@@ -1,4 +1,5 @@
-"""How the program reaches hosts: SSH settings shared by every per-host resource."""
+"""How the program reaches hosts: SSH settings shared by every per-host resource. A user other
+than root runs every step through `sudo -n` (passwordless sudo is required, never prompted)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ class SshAccess:
     def user_for(self, ip: str) -> str:
         return self.hosts.get(ip, (self.user, self.port))[0]
 
+    def as_root(self, ip: str, command: str) -> str:
+        """``command`` as root on ``ip``: through `sudo -n` (never prompting) for another user."""
+        return command if self.user_for(ip) == "root" else f"sudo -n {command}"
+
     def port_for(self, ip: str) -> int:
         return self.hosts.get(ip, (self.user, self.port))[1]
 
@@ -59,6 +64,8 @@ class SshAccess:
     def rsync_flags(self, ip: str) -> list[str]:
         """Flags of ``scripts/sync-data.sh`` for ``ip``; the key itself goes on its stdin."""
         flags = ["--key-stdin"]
+        if self.user_for(ip) != "root":
+            flags.append("--sudo")
         if ip in self.host_keys:
             flags += ["--host-key", self.host_keys[ip]]
         if self.jump is not None:

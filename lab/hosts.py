@@ -352,6 +352,19 @@ class Lab:
             raise LabError(f"ssh {ref}: `{cmd}` -> exit {p.returncode}: {p.stderr!s}")
         return p
 
+    def add_sudo_user(self, ref: str, user: str) -> None:
+        """A non-root login on the host with the lab operator key and passwordless sudo (the
+        account a cluster reached as a non-root user has). Idempotent; needs `sudo` installed."""
+        if not shutil.which("sudo"):
+            raise LabError("sudo is not installed (apt-get install sudo)")
+        key = self.key_path.with_suffix(".pub").read_text()
+        self.run(ref, f"id -u {user} >/dev/null 2>&1 || useradd -M -d /tmp/{user} -s /bin/bash {user}; "
+                      f"usermod -p '*' {user}; mkdir -p /tmp/{user} && chown {user} /tmp/{user}; "
+                      f"echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/{user} && "
+                      f"chmod 0440 /etc/sudoers.d/{user}; "
+                      f"cat > /etc/ssh/authorized_keys/{user} && chmod 0644 /etc/ssh/authorized_keys/{user}",
+                 input=key)
+
     def pids(self, ref: str) -> list[int]:
         """Processes living on the host (its network or mount namespace)."""
         return self._pids_of(self.host(ref).name)

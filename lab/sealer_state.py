@@ -191,13 +191,16 @@ def make_sealer_state(lab: Lab, *, history: dict, store: Path | None = None,
                       username: str = "sealer", password: str = "sealer-Passw0rd",
                       runtime: str = "containerd", ha: bool = False,
                       host_ssh: dict[str, dict[str, str]] | None = None,
-                      start_registry: bool = True) -> SealerCluster:
+                      ssh_user: str = "root", start_registry: bool = True) -> SealerCluster:
     """Leave the lab's hosts as sealer leaves a non-HA cluster (see the module docstring).
 
     ``store``/``image_ids``: registry data to put in master0's `<rootfs>/registry` (the lab's
     image store layout, merged as sealer's distribution storage). ``history``: the boot history
     written to master0's `~/.sealer/application.json`. The registry is started through the
     rootfs' `init-registry.sh`, as sealer does, unless ``start_registry`` is False.
+    ``ssh_user``: the Clusterfile's SSH user; other than root, every host gets that login with
+    passwordless sudo (`Lab.add_sudo_user`). Trust sealer did not write (an earlier stack's) is
+    removed first: a fresh cluster trusts only sealer's file.
     """
     inv = lab.inventory()
     masters = [h["ip"] for h in inv["hosts"] if h["role"] == "master"]
@@ -208,7 +211,7 @@ def make_sealer_state(lab: Lab, *, history: dict, store: Path | None = None,
     htpasswd = sealer_htpasswd(username, password)
     text = clusterfile(name=inv["cluster"], masters=masters, nodes=nodes,
                        data_root=inv["data_root"], domain=domain, port=port, username=username,
-                       password=password, ssh={"pk": SEALER_KEY, "port": "22", "user": "root"},
+                       password=password, ssh={"pk": SEALER_KEY, "port": "22", "user": ssh_user},
                        host_ssh=host_ssh, ha=ha)
 
     _write(lab, master0, f"{SEALER_HOME}/Clusterfile", text, 0o600)
@@ -223,6 +226,9 @@ def make_sealer_state(lab: Lab, *, history: dict, store: Path | None = None,
 
     trust = {}
     for ip in [*masters, *nodes]:
+        if ssh_user != "root":
+            lab.add_sudo_user(ip, ssh_user)
+        lab.run(ip, " ".join(f"rm -rf '{d}/{domain}:{port}';" for d in CERTS_DIRS.values()))
         path = f"{CERTS_DIRS[runtime]}/{domain}:{port}/{domain}.crt"
         _write(lab, ip, path, cert)
         trust[ip] = path

@@ -5,7 +5,8 @@
 # and verified (every blob sent is hashed on the host and must equal its name).
 # Runs on the machine that runs `pulumi up`.
 # Usage: sync-data.sh [--key-file PATH | --key-stdin] [--host-key LINE] [--jump USER@HOST:PORT]
-#                     USER@HOST PORT ROOTFS STORE IMAGE_HEX...
+#                     [--sudo] USER@HOST PORT ROOTFS STORE IMAGE_HEX...
+# --sudo: USER is not root; the commands and rsync's receiver run through `sudo -n`.
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
@@ -14,6 +15,7 @@ fi
 KEY_FILE=""
 HOST_KEY=""
 JUMP=""
+SUDO=""
 WORK=""
 
 cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
@@ -25,10 +27,20 @@ parse_flags() {
       --key-stdin) KEY_FILE="$WORK/id"; (umask 077 && cat >"$KEY_FILE"); shift ;;
       --host-key) HOST_KEY=$2; shift 2 ;;
       --jump) JUMP=$2; shift 2 ;;
+      --sudo) SUDO="sudo -n"; shift ;;
       *) break ;;
     esac
   done
   REST=("$@")
+}
+
+# A remote command line, as root: through `sudo -n bash -c` when USER is not root.
+as_root() {
+  if [[ -n "$SUDO" ]]; then
+    printf '%s bash -c %q' "$SUDO" "$1"
+  else
+    printf '%s' "$1"
+  fi
 }
 
 ssh_command() {
@@ -53,7 +65,7 @@ main() {
   set -- "${REST[@]}"
   local target=$1 port=$2 rootfs=$3 store=$4
   shift 4
-  local host=${target#*@} sources=() hex ssh_cmd dest
+  local host=${target#*@} sources=() hex ssh_cmd dest rsync_path=()
   for hex in "$@"; do
     [[ -d "$store/$hex/docker" ]] || fatal "image store $store has no data for sha256:$hex"
     sources+=("$store/$hex/docker")
@@ -64,8 +76,9 @@ main() {
   # copy left writing into it (its session is dead: this step is the replica's only writer), then
   # rsync's own session copies. Only receivers that see this mount namespace's directory: hosts
   # that share a kernel (containers, the lab) keep theirs.
-  "${ssh_cmd[@]}" "$target" "mkdir -p $dest && if command -v pkill >/dev/null; then pkill --ns \$\$ --nslist mnt -x -f 'rsync --server .* [.] '$dest/ || true; fi"
-  rsync -a --delay-updates --out-format='%n' -e "$(printf '%q ' "${ssh_cmd[@]}")" \
+  "${ssh_cmd[@]}" "$target" "$(as_root "mkdir -p $dest && if command -v pkill >/dev/null; then pkill --ns \$\$ --nslist mnt -x -f 'rsync --server .* [.] '$dest/ || true; fi")"
+  [[ -z "$SUDO" ]] || rsync_path=(--rsync-path="$SUDO rsync")
+  rsync -a --delay-updates --out-format='%n' -e "$(printf '%q ' "${ssh_cmd[@]}")" "${rsync_path[@]}" \
     "${sources[@]}" "$target:$rootfs/registry/" >"$WORK/sent"
   grep -E '/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data$' "$WORK/sent" >"$WORK/blobs" || true
   info "$(wc -l <"$WORK/sent") paths sent, $(wc -l <"$WORK/blobs") blobs; verifying them on $host"
@@ -74,7 +87,7 @@ main() {
   # content differs from its name fails the step. openssl hashes ~5x faster than coreutils'
   # sha256sum where the CPU has SHA extensions; one hasher per core, 16 paths each, so each
   # writes its lines (< 4 KiB) in one atomic pipe write.
-  "${ssh_cmd[@]}" "$target" "cd $dest && find . -depth -type d -name .~tmp~ -exec rm -rf {} + && if command -v openssl >/dev/null; then h='openssl dgst -sha256 -r'; else h=sha256sum; fi && xargs -r -d '\n' -P \"\$(nproc)\" -n 16 \$h" \
+  "${ssh_cmd[@]}" "$target" "$(as_root "cd $dest && find . -depth -type d -name .~tmp~ -exec rm -rf {} + && if command -v openssl >/dev/null; then h='openssl dgst -sha256 -r'; else h=sha256sum; fi && xargs -r -d '\n' -P \"\$(nproc)\" -n 16 \$h")" \
     <"$WORK/blobs" |
     awk '{ sub(/^\*/, "", $2); n = split($2, p, "/"); if (p[n - 1] != $1) { print "corrupt blob: " $2; bad++ } }
          END { exit bad > 0 }' >&2 || fatal "blob verification failed on $host"

@@ -21,6 +21,7 @@ from tests.e2e.labstack import engine_env, lab_env  # noqa: F401  (module-scoped
 pytestmark = pytest.mark.e2e
 
 STACK = "e2e-adopt"
+OPS_STACK = "e2e-adopt-ops"
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -54,20 +55,38 @@ def sealer(lab_env):  # noqa: F811
     return make_sealer_state(env.lab, history=history, store=env.store, image_ids=ids)
 
 
+def forget(env: dict[str, str], *stacks: str) -> None:
+    for name in stacks:
+        subprocess.run(["pulumi", "stack", "rm", "--yes", "--force", "--stack", name], cwd=REPO,
+                       env=env, capture_output=True)
+        (REPO / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="module")
 def engine(toolchain_env):
     env = engine_env(toolchain_env)
-    stack_file = REPO / f"Pulumi.{STACK}.yaml"
-    stack_file.unlink(missing_ok=True)
-    subprocess.run(["pulumi", "stack", "rm", "--yes", "--force", "--stack", STACK], cwd=REPO,
-                   env=env, capture_output=True)
+    forget(env, STACK, OPS_STACK)
     yield env
-    subprocess.run(["pulumi", "stack", "rm", "--yes", "--force", "--stack", STACK], cwd=REPO,
-                   env=env, capture_output=True)
-    stack_file.unlink(missing_ok=True)
+    forget(env, STACK, OPS_STACK)
 
 
 def test_adopt_validate_and_up_keep_sealers_trust_and_registry(lab_env, sealer, engine):  # noqa: F811
+    adopt_and_up(lab_env, sealer, engine, STACK)
+
+
+def test_a_cluster_reached_as_a_non_root_user_with_sudo(lab_env, engine):  # noqa: F811
+    """sealer reaches the hosts as `ops` with passwordless sudo: adopt reads master0 as ops
+    (sudo -n), the stack's user is ops, every step runs through sudo; the same guarantees hold."""
+    env = lab_env
+    history = json.loads(env.history_file.read_text())
+    ids = [env.cluster_image_id, *(a["image_id"] for a in history["applications"])]
+    sealer = make_sealer_state(env.lab, history=history, store=env.store, image_ids=ids,
+                               ssh_user="ops")
+    doc = adopt_and_up(lab_env, sealer, engine, OPS_STACK, "--user", "ops")
+    assert doc["sealer-registry:cluster"]["ssh"]["user"] == "ops"
+
+
+def adopt_and_up(lab_env, sealer, engine, name: str, *extra: str) -> dict:  # noqa: F811
     lab = lab_env.lab
     m0 = sealer.master0
     before = {ip: trust_files(lab, ip, sealer.domain, sealer.port) for ip in sealer.hosts}
@@ -75,21 +94,21 @@ def test_adopt_validate_and_up_keep_sealers_trust_and_registry(lab_env, sealer, 
     pids = registry_pids(lab, m0)
     assert len(pids) == 1
 
-    adopted = cli(engine, "adopt", "--from", m0, "--stack", STACK, "--ssh-key",
-                  str(lab_env.key_path), "--kubeconfig", str(lab_env.kubeconfig))
+    adopted = cli(engine, "adopt", "--from", m0, "--stack", name, "--ssh-key",
+                  str(lab_env.key_path), "--kubeconfig", str(lab_env.kubeconfig), *extra)
     assert adopted.returncode == 0, adopted.stderr
-    doc = yaml.safe_load((REPO / f"Pulumi.{STACK}.yaml").read_text())["config"]
+    doc = yaml.safe_load((REPO / f"Pulumi.{name}.yaml").read_text())["config"]
     registry = doc["sealer-registry:registry"]
     assert registry["tls"]["cert"] == sealer.cert
     assert registry["config"] == sealer.registry_config
     for secret in (registry["password"], registry["htpasswd"], registry["tls"]["key"],
                    doc["sealer-registry:cluster"]["ssh"]["private_key"]):
         assert set(secret) == {"secure"}
-    refused = cli(engine, "adopt", "--from", m0, "--stack", STACK)
+    refused = cli(engine, "adopt", "--from", m0, "--stack", name)
     assert refused.returncode == 2 and "pass --force" in refused.stderr
-    assert cli(engine, "validate", "--stack", STACK).returncode == 0
+    assert cli(engine, "validate", "--stack", name).returncode == 0
 
-    stack = ProgramStack(STACK, engine)
+    stack = ProgramStack(name, engine)
     first = stack.up()
     assert "registry-verify" in first.remote_commands()
     assert registry_pids(lab, m0) == pids, "sealer's registry was restarted"
@@ -105,6 +124,7 @@ def test_adopt_validate_and_up_keep_sealers_trust_and_registry(lab_env, sealer, 
         assert manifest_digest(lab, node, sealer, ref) == ref.split("@")[1], ref
     assert stack.up().changed() == {}
     assert registry_pids(lab, m0) == pids
+    return doc
 
 
 def manifest_digest(lab, ip: str, sealer, ref: str) -> str:

@@ -204,6 +204,15 @@ def test_a_registry_config_that_cannot_be_kept_is_left_out_with_a_note(tmp_path)
     assert any("restarts once" in note for note in result.notes)
 
 
+def test_a_non_root_clusterfile_user_is_the_stacks_user(tmp_path):
+    """sealer reaches the hosts as `ops` (with sudo): so does the stack; one host as root."""
+    sealer = files(text(ssh={"pk": KEY, "user": "ops"}, host_ssh={"10.0.0.21": {"user": "root"}}))
+    result = adopt(tmp_path, sealer)
+    assert result.plain["cluster"]["ssh"]["user"] == "ops"
+    assert result.plain["cluster"]["ssh"]["hosts"] == {"10.0.0.21": {"user": "root"}}
+    check_offline(result, tmp_path)
+
+
 def test_ssh_key_stands_in_where_the_clusterfile_uses_passwords(tmp_path):
     sealer = files(text(ssh={"passwd": "pw", "user": "root"}))
     (tmp_path / "id").write_text(SSH_KEY)
@@ -216,7 +225,6 @@ def test_ssh_key_stands_in_where_the_clusterfile_uses_passwords(tmp_path):
 @pytest.mark.parametrize("sealer, overrides, fragment", [
     (files(text(ha=True)), {}, "registry is HA"),
     (files(), {"from_ip": "10.0.0.12"}, "not the Clusterfile's master0 10.0.0.11"),
-    (files(text(ssh={"pk": KEY, "user": "ops"})), {}, "non-root user (10.0.0.11 as ops"),
     (files(text(ssh={"passwd": "pw"})), {}, "reaches 10.0.0.11, 10.0.0.12, 10.0.0.13, 10.0.0.21 by password"),
     (files(text(host_ssh={"10.0.0.21": {"pk": "/root/.ssh/other"}})), {}, "10.0.0.21 with another key"),
     (files(files={}), {}, f"spec.ssh.pk {KEY} cannot be read on master0"),

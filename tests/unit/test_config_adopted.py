@@ -138,3 +138,15 @@ def test_every_ssh_client_of_the_program_uses_a_hosts_own_user_and_port(tmp_path
         assert argv[-1] == "ops@198.18.0.21" and argv[argv.index("-p") + 1] == "2222"
         assert cli.known_hosts.read_text() == "[198.18.0.21]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5\n"
         assert cli.argv("198.18.0.11")[-1] == "root@198.18.0.11"
+
+
+def test_a_non_root_user_runs_every_step_through_sudo():
+    """Steps on a host reached as another user than root run through `sudo -n` (never a prompt),
+    rsync's remote side too; root's commands are unchanged (no diff for existing stacks)."""
+    from components.access import SshAccess
+
+    access = SshAccess(user="ops", port=22, private_key="k", hosts={"198.18.0.11": ("root", 22)})
+    assert access.as_root("198.18.0.21", "bash -s -- x") == "sudo -n bash -s -- x"
+    assert access.as_root("198.18.0.11", "bash -s -- x") == "bash -s -- x"
+    assert "--sudo" in access.rsync_flags("198.18.0.21")
+    assert "--sudo" not in access.rsync_flags("198.18.0.11")
