@@ -44,10 +44,12 @@ def main() -> None:
     history = cfg.history
     # The cluster image first; none when the stack copies no data (no apps.image_store).
     images = load_images(cfg.apps.image_store, cfg.image_ids) if cfg.apps.copies_data else []
-    ssh_key = secret_text(cluster.ssh.private_key) or read_file(
+    ssh_key = secret_text(cluster.ssh.private_key) or (read_file(
         cluster.ssh.private_key_path, "cluster.ssh.private_key_path")
+        if cluster.ssh.private_key_path else None)
     # `pulumi config set` drops a value's final newline; OpenSSH refuses a key file without it.
-    ssh_key = ssh_key.rstrip("\n") + "\n"
+    ssh_key = ssh_key.rstrip("\n") + "\n" if ssh_key else None
+    ssh_password = secret_text(cluster.ssh.password)
     kubeconfig = secret_text(cfg.kubernetes.kubeconfig) or read_file(
         cfg.kubernetes.kubeconfig_path, "kubernetes.kubeconfig_path")
     password = secret_text(reg.password)
@@ -63,7 +65,11 @@ def main() -> None:
 
     jump = cluster.ssh.jump_host
     access = SshAccess(
-        user=cluster.ssh.user, port=cluster.ssh.port, private_key=pulumi.Output.secret(ssh_key),
+        user=cluster.ssh.user, port=cluster.ssh.port,
+        private_key=pulumi.Output.secret(ssh_key) if ssh_key else None,
+        password=pulumi.Output.secret(ssh_password) if ssh_password else None,
+        passwords={ip: pulumi.Output.secret(h.password.get_secret_value())
+                   for ip, h in cluster.ssh.hosts.items() if h.password is not None},
         host_keys=dict(cluster.ssh.host_keys),
         jump=JumpHost(jump.host, jump.user, jump.port) if jump else None,
         hosts={ip: (cluster.ssh.user_for(ip), cluster.ssh.port_for(ip)) for ip in cluster.ssh.hosts})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import re
 import shlex
 import subprocess
 import tarfile
@@ -20,7 +22,8 @@ from cli.common import EXIT_OK, CliError, guarded, parse_ip, resolve_local_path
 from cli.engine import Engine
 from cli.ssh import ssh_error
 from components.remote_scripts import script_run
-from config import PROJECT, SECRET_PATHS, BootHistory, ConfigError, build_config, load_stack_file
+from config import PROJECT, BootHistory, ConfigError, build_config, load_stack_file
+from config.stack import is_secret_path
 from config.loader import stack_file_path
 from material.registry_config import brought_config_problems
 
@@ -35,8 +38,9 @@ Adopt a running sealer cluster: `adopt --from MASTER0 --stack NAME`.
    <dataRoot>/<name>/rootfs: certs/<domain>.crt|.key, etc/registry_config.yml and
    etc/registry_htpasswd, and the SSH key files the Clusterfile names (pk).
 2. Builds the stack config: hosts and roles, the SSH user and port (per-host ones under
-   cluster.ssh.hosts), the key sealer reaches every host with (the Clusterfile's pk, read on
-   master0, kept as a secret; --ssh-key where hosts use a password or several keys), every
+   cluster.ssh.hosts), the logins sealer uses: its pk (read on master0, kept as a secret) where
+   hosts use it, its passwd elsewhere (cluster.ssh.password and per-host passwords, secrets;
+   `encrypted: true` ones decrypted); --ssh-key when a host has no usable one; every
    host's host key (ssh-keyscan, trust on first use: compare the fingerprints
    printed), the registry's domain, port and login from the Clusterfile, sealer's cert and key
    (registry.tls.cert/key: nodes keep their trust), its htpasswd and its registry config as-is
@@ -49,9 +53,9 @@ Adopt a running sealer cluster: `adopt --from MASTER0 --stack NAME`.
 
 Refused, naming what to do: an existing Pulumi.NAME.yaml (without --force), a Clusterfile whose
 registry is HA (sealer.io/v2 runs it on every master behind an IPVS VIP unless
-localRegistry.ha is false; this program keeps one registry on master0), hosts sealer reaches by
-password only or with different keys (without --ssh-key), --from not being the
-Clusterfile's master0. A non-root SSH user needs passwordless sudo on every host: the program's
+localRegistry.ha is false; this program keeps one registry on master0), hosts with no usable
+login (another pk than the others' or a passphrase-protected one, and no passwd; give
+--ssh-key), --from not being the Clusterfile's master0. A non-root SSH user needs passwordless sudo on every host: the program's
 steps run through `sudo -n`.
 
 Exit codes: 0 written and valid; 2 refused or failed, nothing left behind (a stack this command
@@ -83,6 +87,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssh-key", metavar="PATH",
                         help="SSH private key to reach master0 (default: ssh's own keys and agent); "
                              "also the stack's key when the Clusterfile's pk cannot be")
+    parser.add_argument("--ssh-password-file", metavar="PATH",
+                        help="file holding the SSH password of --user on master0 (given to ssh "
+                             "by an askpass helper, never on a command line)")
     parser.add_argument("--user", default="root", help="SSH user on master0 (default root)")
     parser.add_argument("--port", type=int, default=22, help="SSH port of master0 (default 22)")
     parser.add_argument("--host-key", metavar="LINE",
@@ -178,14 +185,24 @@ class SealerFiles:
 class Master0:
     """OpenSSH to master0 with a pinned host key, BatchMode and bounded timeouts."""
 
-    def __init__(self, ip: str, user: str, port: int, key: Path | None, host_key: str, tmp: Path):
+    def __init__(self, ip: str, user: str, port: int, key: Path | None, host_key: str, tmp: Path,
+                 password_file: Path | None = None):
         self.ip, self.user, self.port, self.key = ip, user, port, key
         self.known_hosts = tmp / "known_hosts"
         name = ip if port == 22 else f"[{ip}]:{port}"
         self.known_hosts.write_text(f"{name} {host_key}\n")
+        self.askpass: Path | None = None
+        if password_file is not None:
+            # ssh asks this helper (SSH_ASKPASS_REQUIRE=force); it prints the operator's file.
+            self.askpass = tmp / "askpass"
+            self.askpass.write_text(f"#!/bin/sh\nexec cat {shlex.quote(str(password_file))}\n")
+            self.askpass.chmod(0o700)
 
     def argv(self) -> list[str]:
-        argv = ["ssh", "-F", "none", "-p", str(self.port), "-o", "BatchMode=yes",
+        batch = (["-o", "BatchMode=yes"] if self.askpass is None else
+                 ["-o", "BatchMode=no", "-o", "NumberOfPasswordPrompts=1",
+                  "-o", "PreferredAuthentications=publickey,keyboard-interactive,password"])
+        argv = ["ssh", "-F", "none", "-p", str(self.port), *batch,
                 "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", "-o", "ServerAliveInterval=3",
                 "-o", "ServerAliveCountMax=2", "-o", "LogLevel=ERROR",
                 "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
@@ -198,8 +215,10 @@ class Master0:
         run = script_run(READ_SCRIPT, *args)
         command = run.command if self.user == "root" else f"sudo -n {run.command}"
         try:
+            env = None if self.askpass is None else dict(
+                os.environ, SSH_ASKPASS=str(self.askpass), SSH_ASKPASS_REQUIRE="force")
             done = subprocess.run([*self.argv(), "--", command], input=run.stdin.encode(),
-                                  capture_output=True, timeout=READ_TIMEOUT_S)
+                                  capture_output=True, timeout=READ_TIMEOUT_S, env=env)
         except subprocess.TimeoutExpired:
             raise CliError(f"reading master0 {self.ip} timed out after {READ_TIMEOUT_S:.0f}s") from None
         stderr = done.stderr.decode("utf-8", "replace")
@@ -258,21 +277,47 @@ def _refusals(cf: Clusterfile, from_ip: str) -> None:
                        "first master, where sealer's registry runs)")
 
 
-def _key_problem(cf: Clusterfile, files: SealerFiles) -> str | None:
-    """Why the Clusterfile's pk cannot be the stack's one key; None when it can."""
-    password_only = sorted(ip for ip, s in cf.hosts_ssh.items() if not s.pk)
-    if password_only:
-        return (f"the Clusterfile reaches {', '.join(password_only)} by password (no pk): "
-                "password authentication is not supported yet")
-    other_key = sorted(ip for ip, s in cf.hosts_ssh.items() if s.pk != cf.ssh.pk)
-    if other_key:
-        return (f"the Clusterfile reaches {', '.join(other_key)} with another key than "
-                f"spec.ssh.pk ({cf.ssh.pk}): the stack has one key")
-    if any(s.pk_passwd for s in cf.hosts_ssh.values()):
-        return "the Clusterfile's pk is passphrase-protected (pkPasswd)"
-    if cf.ssh.pk not in files.files:
-        return f"spec.ssh.pk {cf.ssh.pk} cannot be read on master0"
-    return None
+def host_password_path(ip: str) -> str:
+    """The engine's `--path` of a host's own SSH password."""
+    return f'cluster.ssh.hosts["{ip}"].password'
+
+
+def _credentials(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
+                 ssh: dict[str, Any], secrets: dict[str, str], notes: list[str]) -> None:
+    """How the stack logs in to each host, as sealer does: the Clusterfile's pk (read on
+    master0) where a host uses it, its passwd elsewhere; --ssh-key for every host when some host
+    has neither (or its key cannot be used: another key, a passphrase, unreadable)."""
+    # The stack has one key: spec.ssh.pk, or the one pk the hosts share.
+    paths = {s.pk for s in cf.hosts_ssh.values() if s.pk and not s.pk_passwd}
+    pk = cf.ssh.pk if cf.ssh.pk in paths else (next(iter(paths)) if len(paths) == 1 else "")
+    key = files.files.get(pk) if pk else None
+    by_key = {ip for ip, s in cf.hosts_ssh.items() if key is not None and s.pk == pk and not s.pk_passwd}
+    by_password = {ip for ip, s in cf.hosts_ssh.items() if s.passwd}
+    neither = [ip for ip in cf.hosts if ip not in by_key | by_password]
+    if neither:
+        why = (f"pk {pk} cannot be read on master0" if pk and key is None
+               else "no passwd, and no pk the stack can use: another key than the other hosts', "
+                    "or a passphrase-protected one")
+        problem = f"the Clusterfile gives no usable login for {', '.join(neither)} ({why})"
+        if not args.ssh_key:
+            raise CliError(f"{problem}; give a key every host accepts with --ssh-key PATH")
+        ssh["private_key_path"] = str(resolve_local_path(args.ssh_key, args.project_dir))
+        notes.append(f"{problem}: the stack reaches every host with --ssh-key")
+        return
+    if by_key:
+        secrets["cluster.ssh.private_key"] = key
+        notes.append(f"the stack reaches {len(by_key)} hosts with the Clusterfile's key "
+                     f"{pk} (read on master0, kept as a secret)")
+    needs_password = sorted(by_password - by_key, key=cf.hosts.index)
+    if needs_password:
+        default = cf.ssh.passwd
+        if default:
+            secrets["cluster.ssh.password"] = default
+        for ip in needs_password:
+            if cf.hosts_ssh[ip].passwd != default:
+                secrets[host_password_path(ip)] = cf.hosts_ssh[ip].passwd
+        notes.append(f"the stack logs in to {', '.join(needs_password)} with the Clusterfile's "
+                     "passwd (kept as a secret)")
 
 
 def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
@@ -291,17 +336,7 @@ def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace
     overrides = {ip: o for ip, o in overrides.items() if o}
     if overrides:
         ssh["hosts"] = overrides
-    # The key sealer reaches every host with is the stack's; --ssh-key where there is none.
-    problem = _key_problem(cf, files)
-    if problem is None:
-        secrets["cluster.ssh.private_key"] = files.files[cf.ssh.pk]
-        notes.append(f"the stack reaches the hosts with the Clusterfile's key {cf.ssh.pk} (read "
-                     "on master0, kept as a secret)")
-    elif args.ssh_key:
-        ssh["private_key_path"] = str(resolve_local_path(args.ssh_key, args.project_dir))
-        notes.append(f"{problem}: the stack reaches every host with --ssh-key")
-    else:
-        raise CliError(f"{problem}; give a key every host accepts with --ssh-key PATH")
+    _credentials(cf, files, args, ssh, secrets, notes)
     unpinned = [ip for ip in cf.hosts if ip not in host_keys]
     if unpinned:
         notes.append(f"no host key pinned for {', '.join(unpinned)} (no answer to ssh-keyscan): "
@@ -369,11 +404,19 @@ def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace
     return Adoption(plain=plain, secrets=secrets, notes=notes)
 
 
+_PATH_PART = re.compile(r'([^.\[\]"]+)|\["([^"]+)"\]')
+
+
+def path_parts(path: str) -> list[str]:
+    """`a.b["10.0.0.1"].c` (the engine's `--path`) -> ["a", "b", "10.0.0.1", "c"]."""
+    return [m.group(1) or m.group(2) for m in _PATH_PART.finditer(path)]
+
+
 def _with_secrets(plain: dict[str, Any], secrets: dict[str, str]) -> dict[str, Any]:
     values = json.loads(json.dumps(plain))
     for path, value in secrets.items():
         node = values
-        *parents, last = path.split(".")
+        *parents, last = path_parts(path)
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
@@ -383,7 +426,7 @@ def _with_secrets(plain: dict[str, Any], secrets: dict[str, str]) -> dict[str, A
 def check_offline(adoption: Adoption, project_dir: Path) -> None:
     """The whole config, secrets in plaintext, as the program checks it: nothing is written if
     any value is refused."""
-    assert set(adoption.secrets) <= set(SECRET_PATHS)
+    assert all(is_secret_path(".".join(path_parts(p))) for p in adoption.secrets)
     try:
         build_config(_with_secrets(adoption.plain, adoption.secrets), base_dir=project_dir,
                      check_files=True)
@@ -424,6 +467,10 @@ def run(args: argparse.Namespace) -> int:
     key = resolve_local_path(args.ssh_key, project_dir) if args.ssh_key else None
     if key is not None and not key.is_file():
         raise CliError(f"--ssh-key: SSH key {key} does not exist")
+    password_file = (resolve_local_path(args.ssh_password_file, project_dir)
+                     if args.ssh_password_file else None)
+    if password_file is not None and not password_file.is_file():
+        raise CliError(f"--ssh-password-file: {password_file} does not exist")
 
     scanned = keyscan({args.from_ip: args.port})
     seen = scanned.get(args.from_ip)
@@ -438,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
                        f"{KEYSCAN_TIMEOUT_S}s")
 
     with tempfile.TemporaryDirectory(prefix="sealer-adopt-") as tmp:
-        master0 = Master0(args.from_ip, args.user, args.port, key, seen, Path(tmp))
+        master0 = Master0(args.from_ip, args.user, args.port, key, seen, Path(tmp), password_file)
         extra = ["--clusterfile", args.clusterfile] if args.clusterfile else []
         files = master0.read(*extra)
         try:

@@ -99,14 +99,29 @@ class Session:
             self._engine = Engine(self.stack, self.project_dir, self.pulumi)
         return self._engine
 
+    def _passwords(self) -> dict[str, str]:
+        """Each live host's SSH password, decrypted through the engine (only when the stack has
+        passwords; values stay in memory and in the SshAccess' 0600 files)."""
+        ssh = self.config.cluster.ssh
+        if ssh.password is None and not any(h.password is not None for h in ssh.hosts.values()):
+            return {}
+        default = self.engine.get_value("cluster.ssh.password") if ssh.password is not None else None
+        passwords = {}
+        for ip in self.config.live_hosts:
+            if ip in ssh.hosts and ssh.hosts[ip].password is not None:
+                passwords[ip] = self.engine.get_value(f'cluster.ssh.hosts["{ip}"].password')
+            elif default is not None:
+                passwords[ip] = default
+        return passwords
+
     def ssh(self) -> SshAccess:
         """SSH to the hosts with the stack's settings: `--ssh-key`, else the configured key path,
         else the stack's secret key decrypted through the engine (into a 0600 temp file removed
-        when the session ends)."""
+        when the session ends); the stack's passwords decrypted through the engine too."""
         if self._ssh is None:
             def decrypt() -> str:
                 return self.engine.get_value("cluster.ssh.private_key") + "\n"
             key = self._cleanup.enter_context(
                 ssh_key_file(self.config, self.project_dir, self.ssh_key, decrypt))
-            self._ssh = self._cleanup.enter_context(SshAccess(self.config, key))
+            self._ssh = self._cleanup.enter_context(SshAccess(self.config, key, self._passwords()))
         return self._ssh

@@ -23,15 +23,21 @@ class JumpHost:
 
 @dataclass(frozen=True)
 class SshAccess:
-    """SSH user, port and key for every cluster host. ``private_key`` is a secret Output.
-    ``hosts``: a host's own (user, port), where it differs (sealer's per-host ssh override)."""
+    """SSH user, port and key or password for every cluster host. ``private_key`` and the
+    passwords are secret Outputs (or None). ``hosts``: a host's own (user, port), where it
+    differs (sealer's per-host ssh override); ``passwords``: a host's own password."""
 
     user: str
     port: int
-    private_key: pulumi.Input[str]
+    private_key: pulumi.Input[str] | None
     host_keys: dict[str, str] = field(default_factory=dict)
     jump: JumpHost | None = None
     hosts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    password: pulumi.Input[str] | None = None
+    passwords: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+
+    def password_for(self, ip: str) -> pulumi.Input[str] | None:
+        return self.passwords.get(ip, self.password)
 
     def user_for(self, ip: str) -> str:
         return self.hosts.get(ip, (self.user, self.port))[0]
@@ -55,6 +61,7 @@ class SshAccess:
             port=self.port_for(ip),
             user=self.user_for(ip),
             private_key=self.private_key,
+            password=self.password_for(ip),
             host_key=self.host_keys.get(ip),
             proxy=proxy,
             dial_error_limit=DIAL_ERROR_LIMIT,
@@ -62,8 +69,9 @@ class SshAccess:
         )
 
     def rsync_flags(self, ip: str) -> list[str]:
-        """Flags of ``scripts/sync-data.sh`` for ``ip``; the key itself goes on its stdin."""
-        flags = ["--key-stdin"]
+        """Flags of ``scripts/sync-data.sh`` for ``ip``; the key, or the host's password, goes
+        on its stdin (``rsync_secret``)."""
+        flags = ["--password-stdin" if self.password_for(ip) is not None else "--key-stdin"]
         if self.user_for(ip) != "root":
             flags.append("--sudo")
         if ip in self.host_keys:
@@ -71,3 +79,10 @@ class SshAccess:
         if self.jump is not None:
             flags += ["--jump", f"{self.jump.user}@{self.jump.host}:{self.jump.port}"]
         return flags
+
+    def rsync_secret(self, ip: str) -> pulumi.Input[str]:
+        """What ``rsync_flags`` says goes on sync-data.sh's stdin."""
+        password = self.password_for(ip)
+        secret = password if password is not None else self.private_key
+        assert secret is not None, f"no SSH key or password for {ip}"
+        return secret

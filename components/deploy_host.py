@@ -104,7 +104,7 @@ class DeployHost(pulumi.ComponentResource):
             sync = script_run(
                 "sync-data.sh", *args.access.rsync_flags(ip),
                 f"{args.access.user_for(ip)}@{ip}", str(args.access.port_for(ip)), args.rootfs,
-                args.image_store, *images, data=args.access.private_key)
+                args.image_store, *images, data=args.access.rsync_secret(ip))
             self.data = local_step(HostStep.DATA.of(ip), sync, opts=child)
             steps.append(self.data)
 

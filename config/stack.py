@@ -10,8 +10,9 @@ live_hosts, deploy_hosts, rootfs, history, image_ids) are here too.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -27,12 +28,35 @@ PROJECT = "sealer-registry"
 # Dotted paths of every field that must be a Pulumi secret in the stack file.
 SECRET_PATHS: tuple[str, ...] = (
     "cluster.ssh.private_key",
+    "cluster.ssh.password",
     "registry.password",
     "registry.tls.ca_key",
     "registry.tls.key",
     "registry.htpasswd",
     "kubernetes.kubeconfig",
 )
+
+
+# And one per host with its own SSH password: `cluster.ssh.hosts.<ip>.password`.
+HOST_SECRET = "password"
+_HOST_SECRET_PATH = re.compile(r"cluster\.ssh\.hosts\.\S+\.password")
+
+
+def is_secret_path(path: str) -> bool:
+    """A dotted path of a field that must be a Pulumi secret (`SECRET_PATHS` or a host's
+    `cluster.ssh.hosts.<ip>.password`)."""
+    return path in SECRET_PATHS or bool(_HOST_SECRET_PATH.fullmatch(path))
+
+
+def host_secrets(values: Any) -> dict[str, Any]:
+    """``{"cluster.ssh.hosts.<ip>.password": value}`` of raw config values."""
+    cluster = values.get("cluster") if isinstance(values, dict) else None
+    ssh = cluster.get("ssh") if isinstance(cluster, dict) else None
+    hosts = ssh.get("hosts") if isinstance(ssh, dict) else None
+    if not isinstance(hosts, dict):
+        return {}
+    return {f"cluster.ssh.hosts.{ip}.{HOST_SECRET}": h[HOST_SECRET] for ip, h in hosts.items()
+            if isinstance(h, dict) and h.get(HOST_SECRET) is not None}
 
 
 class Distribution(StrEnum):

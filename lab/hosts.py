@@ -365,6 +365,18 @@ class Lab:
                       f"cat > /etc/ssh/authorized_keys/{user} && chmod 0644 /etc/ssh/authorized_keys/{user}",
                  input=key)
 
+    def allow_password_login(self, ref: str, user: str, password: str) -> None:
+        """``user`` (not root: sshd keeps root key-only) may log in with ``password``: its
+        password set (on stdin), PasswordAuthentication on in the host's sshd, sshd restarted."""
+        if user == "root":
+            raise LabError("lab hosts allow root logins by key only")
+        h = self.host(ref)
+        self.run(ref, "chpasswd", input=f"{user}:{password}\n")
+        self.run(ref, "sed -i 's/^PasswordAuthentication no$/PasswordAuthentication yes/' "
+                      "/etc/ssh/sshd_config && grep -q '^PasswordAuthentication yes$' /etc/ssh/sshd_config")
+        self.stop_sshd(h.name)
+        self.start_sshd(h.name)
+
     def pids(self, ref: str) -> list[int]:
         """Processes living on the host (its network or mount namespace)."""
         return self._pids_of(self.host(ref).name)

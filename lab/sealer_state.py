@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from cli.clusterfile import encrypt_passwd
 from lab.hosts import Lab
 
 # basefs' context/rootfs/etc/registry_config.yml, byte for byte (it has no final newline).
@@ -191,7 +192,8 @@ def make_sealer_state(lab: Lab, *, history: dict, store: Path | None = None,
                       username: str = "sealer", password: str = "sealer-Passw0rd",
                       runtime: str = "containerd", ha: bool = False,
                       host_ssh: dict[str, dict[str, str]] | None = None,
-                      ssh_user: str = "root", start_registry: bool = True) -> SealerCluster:
+                      ssh_user: str = "root", ssh_password: str | None = None,
+                      start_registry: bool = True) -> SealerCluster:
     """Leave the lab's hosts as sealer leaves a non-HA cluster (see the module docstring).
 
     ``store``/``image_ids``: registry data to put in master0's `<rootfs>/registry` (the lab's
@@ -199,7 +201,9 @@ def make_sealer_state(lab: Lab, *, history: dict, store: Path | None = None,
     written to master0's `~/.sealer/application.json`. The registry is started through the
     rootfs' `init-registry.sh`, as sealer does, unless ``start_registry`` is False.
     ``ssh_user``: the Clusterfile's SSH user; other than root, every host gets that login with
-    passwordless sudo (`Lab.add_sudo_user`). Trust sealer did not write (an earlier stack's) is
+    passwordless sudo (`Lab.add_sudo_user`). ``ssh_password``: the Clusterfile reaches the hosts
+    with this passwd (written `encrypted: true`, as sealer can) and no pk; the user may log in
+    with it (`Lab.allow_password_login`). Trust sealer did not write (an earlier stack's) is
     removed first: a fresh cluster trusts only sealer's file.
     """
     inv = lab.inventory()
@@ -209,10 +213,13 @@ def make_sealer_state(lab: Lab, *, history: dict, store: Path | None = None,
     rootfs = f"{inv['data_root']}/{inv['cluster']}/rootfs"
     cert, key = sealer_self_signed(domain)
     htpasswd = sealer_htpasswd(username, password)
+    ssh = {"pk": SEALER_KEY, "port": "22", "user": ssh_user}
+    if ssh_password is not None:
+        ssh = {"passwd": encrypt_passwd(ssh_password), "encrypted": True, "port": "22",
+               "user": ssh_user}
     text = clusterfile(name=inv["cluster"], masters=masters, nodes=nodes,
                        data_root=inv["data_root"], domain=domain, port=port, username=username,
-                       password=password, ssh={"pk": SEALER_KEY, "port": "22", "user": ssh_user},
-                       host_ssh=host_ssh, ha=ha)
+                       password=password, ssh=ssh, host_ssh=host_ssh, ha=ha)
 
     _write(lab, master0, f"{SEALER_HOME}/Clusterfile", text, 0o600)
     _write(lab, master0, f"{SEALER_HOME}/application.json", json.dumps(history, indent=2), 0o600)
@@ -228,6 +235,8 @@ def make_sealer_state(lab: Lab, *, history: dict, store: Path | None = None,
     for ip in [*masters, *nodes]:
         if ssh_user != "root":
             lab.add_sudo_user(ip, ssh_user)
+        if ssh_password is not None:
+            lab.allow_password_login(ip, ssh_user, ssh_password)
         lab.run(ip, " ".join(f"rm -rf '{d}/{domain}:{port}';" for d in CERTS_DIRS.values()))
         path = f"{CERTS_DIRS[runtime]}/{domain}:{port}/{domain}.crt"
         _write(lab, ip, path, cert)

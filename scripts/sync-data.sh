@@ -4,8 +4,10 @@
 # writes each file under a temporary name and, with --delay-updates, renames them all at the end),
 # and verified (every blob sent is hashed on the host and must equal its name).
 # Runs on the machine that runs `pulumi up`.
-# Usage: sync-data.sh [--key-file PATH | --key-stdin] [--host-key LINE] [--jump USER@HOST:PORT]
-#                     [--sudo] USER@HOST PORT ROOTFS STORE IMAGE_HEX...
+# Usage: sync-data.sh [--key-file PATH | --key-stdin | --password-stdin] [--host-key LINE]
+#                     [--jump USER@HOST:PORT] [--sudo] USER@HOST PORT ROOTFS STORE IMAGE_HEX...
+# --password-stdin: log in with the password on stdin; ssh gets it from an askpass helper that
+# reads a 0600 file in this script's private temp dir (never argv, never the environment).
 # --sudo: USER is not root; the commands and rsync's receiver run through `sudo -n`.
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
@@ -13,6 +15,7 @@ if ! declare -F info >/dev/null; then
 fi
 
 KEY_FILE=""
+PASSWORD_FILE=""
 HOST_KEY=""
 JUMP=""
 SUDO=""
@@ -25,6 +28,7 @@ parse_flags() {
     case "$1" in
       --key-file) KEY_FILE=$2; shift 2 ;;
       --key-stdin) KEY_FILE="$WORK/id"; (umask 077 && cat >"$KEY_FILE"); shift ;;
+      --password-stdin) PASSWORD_FILE="$WORK/password"; (umask 077 && cat >"$PASSWORD_FILE"); shift ;;
       --host-key) HOST_KEY=$2; shift 2 ;;
       --jump) JUMP=$2; shift 2 ;;
       --sudo) SUDO="sudo -n"; shift ;;
@@ -43,10 +47,24 @@ as_root() {
   fi
 }
 
+# ssh asks the askpass helper for the password (SSH_ASKPASS_REQUIRE=force: also without a
+# terminal); the helper prints the password file.
+use_askpass() {
+  printf '#!/bin/sh\nexec cat %q\n' "$PASSWORD_FILE" >"$WORK/askpass"
+  chmod 0700 "$WORK/askpass"
+  export SSH_ASKPASS="$WORK/askpass" SSH_ASKPASS_REQUIRE=force
+}
+
 ssh_command() {
   local host=$1 port=$2
-  local cmd=(ssh -p "$port" -o BatchMode=yes -o ConnectTimeout=5
+  local cmd=(ssh -p "$port" -o ConnectTimeout=5
     -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -c aes128-gcm@openssh.com)
+  if [[ -n "$PASSWORD_FILE" ]]; then
+    cmd+=(-o BatchMode=no -o "PreferredAuthentications=keyboard-interactive,password"
+      -o NumberOfPasswordPrompts=1 -o PubkeyAuthentication=no)
+  else
+    cmd+=(-o BatchMode=yes)
+  fi
   [[ -z "$KEY_FILE" ]] || cmd+=(-i "$KEY_FILE" -o IdentitiesOnly=yes)
   if [[ -n "$HOST_KEY" ]]; then
     printf '%s %s\n' "$([[ "$port" == 22 ]] && echo "$host" || echo "[$host]:$port")" "$HOST_KEY" >"$WORK/known_hosts"
@@ -63,6 +81,7 @@ main() {
   trap cleanup EXIT
   parse_flags "$@"
   set -- "${REST[@]}"
+  [[ -z "$PASSWORD_FILE" ]] || use_askpass
   local target=$1 port=$2 rootfs=$3 store=$4
   shift 4
   local host=${target#*@} sources=() hex ssh_cmd dest rsync_path=()

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.e2e
 
 STACK = "e2e-adopt"
 OPS_STACK = "e2e-adopt-ops"
+PASSWORD_STACK = "e2e-adopt-password"
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -65,9 +66,9 @@ def forget(env: dict[str, str], *stacks: str) -> None:
 @pytest.fixture(scope="module")
 def engine(toolchain_env):
     env = engine_env(toolchain_env)
-    forget(env, STACK, OPS_STACK)
+    forget(env, STACK, OPS_STACK, PASSWORD_STACK)
     yield env
-    forget(env, STACK, OPS_STACK)
+    forget(env, STACK, OPS_STACK, PASSWORD_STACK)
 
 
 def test_adopt_validate_and_up_keep_sealers_trust_and_registry(lab_env, sealer, engine):  # noqa: F811
@@ -86,6 +87,23 @@ def test_a_cluster_reached_as_a_non_root_user_with_sudo(lab_env, engine):  # noq
     assert doc["sealer-registry:cluster"]["ssh"]["user"] == "ops"
 
 
+def test_a_cluster_reached_by_password(lab_env, engine):  # noqa: F811
+    """sealer reaches the hosts as `ops` by an `encrypted: true` passwd, no pk: the stack has no
+    key, only cluster.ssh.password (a secret); the engine logs in with it."""
+    env = lab_env
+    history = json.loads(env.history_file.read_text())
+    ids = [env.cluster_image_id, *(a["image_id"] for a in history["applications"])]
+    sealer = make_sealer_state(env.lab, history=history, store=env.store, image_ids=ids,
+                               ssh_user="ops", ssh_password="ops-Passw0rd")
+    doc = adopt_and_up(lab_env, sealer, engine, PASSWORD_STACK, "--user", "ops")
+    ssh = doc["sealer-registry:cluster"]["ssh"]
+    assert set(ssh["password"]) == {"secure"}
+    assert "private_key" not in ssh and "private_key_path" not in ssh
+    for ip in sealer.hosts:  # the engine's steps logged in with the password
+        log = env.lab.run(ip, "cat /var/log/sshd.log").stdout
+        assert "Accepted password for ops" in log, ip
+
+
 def adopt_and_up(lab_env, sealer, engine, name: str, *extra: str) -> dict:  # noqa: F811
     lab = lab_env.lab
     m0 = sealer.master0
@@ -101,8 +119,10 @@ def adopt_and_up(lab_env, sealer, engine, name: str, *extra: str) -> dict:  # no
     registry = doc["sealer-registry:registry"]
     assert registry["tls"]["cert"] == sealer.cert
     assert registry["config"] == sealer.registry_config
-    for secret in (registry["password"], registry["htpasswd"], registry["tls"]["key"],
-                   doc["sealer-registry:cluster"]["ssh"]["private_key"]):
+    ssh = doc["sealer-registry:cluster"]["ssh"]
+    logins = [ssh[k] for k in ("private_key", "password") if k in ssh]
+    assert logins
+    for secret in (registry["password"], registry["htpasswd"], registry["tls"]["key"], *logins):
         assert set(secret) == {"secure"}
     refused = cli(engine, "adopt", "--from", m0, "--stack", name)
     assert refused.returncode == 2 and "pass --force" in refused.stderr

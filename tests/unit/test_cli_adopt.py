@@ -213,21 +213,35 @@ def test_a_non_root_clusterfile_user_is_the_stacks_user(tmp_path):
     check_offline(result, tmp_path)
 
 
-def test_ssh_key_stands_in_where_the_clusterfile_uses_passwords(tmp_path):
-    sealer = files(text(ssh={"passwd": "pw", "user": "root"}))
+def test_the_clusterfiles_passwords_become_secrets(tmp_path):
+    """Hosts sealer reaches by password: spec.ssh.passwd is cluster.ssh.password, a host's own
+    (decrypted when `encrypted`) its cluster.ssh.hosts password; a host with the pk uses the key."""
+    sealer = files(text(ssh={"passwd": "pw-0", "user": "root"},
+                        host_ssh={"10.0.0.21": {"passwd": encrypt_passwd("pw-21"), "encrypted": True},
+                                  "10.0.0.13": {"pk": KEY}}))
+    result = adopt(tmp_path, sealer)
+    assert result.secrets["cluster.ssh.password"] == "pw-0"
+    assert result.secrets['cluster.ssh.hosts["10.0.0.21"].password'] == "pw-21"
+    assert result.secrets["cluster.ssh.private_key"] == SSH_KEY
+    assert "private_key_path" not in result.plain["cluster"]["ssh"]
+    check_offline(result, tmp_path)
+
+
+def test_ssh_key_stands_in_where_the_clusterfile_gives_no_usable_login(tmp_path):
+    sealer = files(text(host_ssh={"10.0.0.21": {"pk": "/root/.ssh/other"}}))
     (tmp_path / "id").write_text(SSH_KEY)
     result = adopt(tmp_path, sealer, ssh_key="id")
     assert result.plain["cluster"]["ssh"]["private_key_path"] == str(tmp_path / "id")
     assert "cluster.ssh.private_key" not in result.secrets
-    assert any("by password" in note for note in result.notes)
+    assert any("no usable login for 10.0.0.21" in note for note in result.notes)
 
 
 @pytest.mark.parametrize("sealer, overrides, fragment", [
     (files(text(ha=True)), {}, "registry is HA"),
     (files(), {"from_ip": "10.0.0.12"}, "not the Clusterfile's master0 10.0.0.11"),
-    (files(text(ssh={"passwd": "pw"})), {}, "reaches 10.0.0.11, 10.0.0.12, 10.0.0.13, 10.0.0.21 by password"),
-    (files(text(host_ssh={"10.0.0.21": {"pk": "/root/.ssh/other"}})), {}, "10.0.0.21 with another key"),
-    (files(files={}), {}, f"spec.ssh.pk {KEY} cannot be read on master0"),
+    (files(text(host_ssh={"10.0.0.21": {"pk": "/root/.ssh/other"}})), {}, "no usable login for 10.0.0.21 (no passwd"),
+    (files(text(ssh={"pk": KEY, "pkPasswd": "x"})), {}, "a passphrase-protected one"),
+    (files(files={}), {}, f"pk {KEY} cannot be read on master0"),
     (files(certs={}), {}, "holds no sea.hub.crt and sea.hub.key"),
     (files(history=None), {}, "no boot history"),
     (files(history='{"schemaVersion": "v1alpha1", "buildClient": {}}'), {}, "sealer's own log"),

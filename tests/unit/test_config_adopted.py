@@ -150,3 +150,43 @@ def test_a_non_root_user_runs_every_step_through_sudo():
     assert access.as_root("198.18.0.11", "bash -s -- x") == "bash -s -- x"
     assert "--sudo" in access.rsync_flags("198.18.0.21")
     assert "--sudo" not in access.rsync_flags("198.18.0.11")
+
+
+# -- SSH passwords ------------------------------------------------------------------------------
+
+
+def test_a_password_alone_is_a_login_and_a_hosts_own_password_wins():
+    config = load(render(cluster__ssh__private_key_path=DELETE, cluster__ssh__password="pw-0",
+                         cluster__ssh__hosts={"198.18.0.21": {"password": "pw-21"}}))
+    ssh = config.cluster.ssh
+    assert not ssh.has_key
+    assert ssh.password_for("198.18.0.21").get_secret_value() == "pw-21"
+    assert ssh.password_for("198.18.0.11").get_secret_value() == "pw-0"
+
+
+def test_hosts_without_a_key_or_password_are_named():
+    values = render(cluster__ssh__private_key_path=DELETE,
+                    cluster__ssh__hosts={"198.18.0.21": {"password": "pw-21"}})
+    assert_rejected(values, "cluster.ssh", "a password for every host (none for 198.18.0.11, "
+                                           "198.18.0.12, 198.18.0.13, 198.18.0.22)")
+
+
+@pytest.mark.parametrize("password, fragment", [("", "must not be empty"),
+                                                ("pw\nroot", "holds a line break")])
+def test_a_password_that_cannot_travel_as_one_line_is_rejected(password, fragment):
+    assert_rejected(render(cluster__ssh__password=password), "cluster.ssh.password", fragment)
+    assert_rejected(render(cluster__ssh__hosts={"198.18.0.21": {"password": password}}),
+                    "cluster.ssh.hosts.198.18.0.21.password", fragment)
+
+
+def test_the_engine_and_rsync_log_in_with_a_hosts_password():
+    from components.access import SshAccess
+
+    access = SshAccess(user="root", port=22, private_key="key", password="pw-0",
+                       passwords={"198.18.0.21": "pw-21"})
+    assert access.connection("198.18.0.21").password == "pw-21"
+    assert access.connection("198.18.0.11").password == "pw-0"
+    assert access.rsync_flags("198.18.0.21")[0] == "--password-stdin"
+    assert access.rsync_secret("198.18.0.21") == "pw-21"
+    keyed = SshAccess(user="root", port=22, private_key="key")
+    assert (keyed.rsync_flags("198.18.0.11")[0], keyed.rsync_secret("198.18.0.11")) == ("--key-stdin", "key")
