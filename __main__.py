@@ -42,11 +42,14 @@ def main() -> None:
     cfg = read_runtime_config()
     reg, cluster, tls = cfg.registry, cfg.cluster, cfg.registry.tls
     history = cfg.history
-    images = load_images(cfg.apps.image_store, cfg.image_ids)  # the cluster image first
-    ssh_key = secret_text(cluster.ssh.private_key) or read_file(
+    # The cluster image first; none when the stack copies no data (no apps.image_store).
+    images = load_images(cfg.apps.image_store, cfg.image_ids) if cfg.apps.copies_data else []
+    ssh_key = secret_text(cluster.ssh.private_key) or (read_file(
         cluster.ssh.private_key_path, "cluster.ssh.private_key_path")
+        if cluster.ssh.private_key_path else None)
     # `pulumi config set` drops a value's final newline; OpenSSH refuses a key file without it.
-    ssh_key = ssh_key.rstrip("\n") + "\n"
+    ssh_key = ssh_key.rstrip("\n") + "\n" if ssh_key else None
+    ssh_password = secret_text(cluster.ssh.password)
     kubeconfig = secret_text(cfg.kubernetes.kubeconfig) or read_file(
         cfg.kubernetes.kubeconfig_path, "kubernetes.kubeconfig_path")
     password = secret_text(reg.password)
@@ -56,22 +59,28 @@ def main() -> None:
             insecure=reg.local_registry.insecure_mode, username=reg.username, password=password,
             ca_cert=tls.ca_cert if tls else None, ca_key=secret_text(tls.ca_key) if tls else None,
             cert=tls.cert if tls else None, key=secret_text(tls.key) if tls else None,
-            htpasswd=secret_text(reg.htpasswd))
+            htpasswd=secret_text(reg.htpasswd), registry_config=reg.config)
     except ValueError as exc:
         raise ConfigError([("registry", str(exc))]) from None
 
     jump = cluster.ssh.jump_host
     access = SshAccess(
-        user=cluster.ssh.user, port=cluster.ssh.port, private_key=pulumi.Output.secret(ssh_key),
+        user=cluster.ssh.user, port=cluster.ssh.port,
+        private_key=pulumi.Output.secret(ssh_key) if ssh_key else None,
+        password=pulumi.Output.secret(ssh_password) if ssh_password else None,
+        passwords={ip: pulumi.Output.secret(h.password.get_secret_value())
+                   for ip, h in cluster.ssh.hosts.items() if h.password is not None},
         host_keys=dict(cluster.ssh.host_keys),
-        jump=JumpHost(jump.host, jump.user, jump.port) if jump else None)
+        jump=JumpHost(jump.host, jump.user, jump.port) if jump else None,
+        hosts={ip: (cluster.ssh.user_for(ip), cluster.ssh.port_for(ip)) for ip in cluster.ssh.hosts})
 
     registry = ClusterRegistry(ROOT, ClusterRegistryArgs(
         cluster_name=cluster.name, rootfs=cfg.rootfs, topology=Topology.of(cfg),
         domain=reg.domain, port=reg.port,
         insecure=reg.local_registry.insecure_mode, username=reg.username,
         password=pulumi.Output.secret(password) if password else None,
-        material=material, access=access, image_store=str(Path(cfg.apps.image_store).expanduser().resolve()),
+        material=material, access=access, image_store=(str(Path(cfg.apps.image_store).expanduser().resolve())
+                                                    if cfg.apps.copies_data else ""),
         images=images, application_json=json.dumps(history.model_dump(mode="json"), indent=2, sort_keys=True),
         kubeconfig=pulumi.Output.secret(kubeconfig), kube_context=cfg.kubernetes.context or None,
         cluster_identifier=cfg.kubernetes.cluster_identifier,

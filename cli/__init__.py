@@ -13,6 +13,7 @@ and is listed in COMMANDS below. What they share:
     engine.py   the Pulumi engine (Automation API): select, config set/get, preview, up
     ssh.py, probe.py, health.py   reach the hosts, run the status probe, judge it
     change.py   the one flow of recover and rejoin (set, preview, plan, confirm, up, check)
+    clusterfile.py  sealer's Clusterfile read for `adopt` (hosts, roles, ssh, registry)
     plan.py     a preview's steps read back as a plan (step names from topology.py)
 """
 
@@ -24,6 +25,7 @@ from typing import Sequence
 
 # Command modules, in --help order.
 COMMANDS: tuple[str, ...] = (
+    "cli.adopt",
     "cli.validate",
     "cli.init_pki",
     "cli.status",
@@ -37,6 +39,7 @@ Exit codes: 0 ok; 1 degraded (status found a problem; recover/rejoin: `up` or th
 it failed, a rerun is safe; or not confirmed); 2 refused, nothing changed; 130 interrupted.
 
 examples:
+  python -m cli adopt --from 192.168.0.2 --stack prod --ssh-key ~/.ssh/id_rsa
   python -m cli validate --stack dev
   python -m cli init-pki --stack prod
   python -m cli status --stack prod

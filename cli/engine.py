@@ -157,17 +157,27 @@ class Progress:
 class Engine:
     """One stack of the project in ``project_dir``, selected through the Automation API."""
 
-    def __init__(self, stack: str, project_dir: str | os.PathLike, pulumi: str | None = None):
+    def __init__(self, stack: str, project_dir: str | os.PathLike, pulumi: str | None = None,
+                 *, create: bool = False):
+        """``create``: make the stack in the backend when it does not exist (with the engine's
+        default secrets provider); ``created`` then says so."""
         self.stack_name = stack
         self.project_dir = Path(project_dir).resolve()
         self.pulumi = use_pulumi(pulumi)
+        self.created = False
         if not (self.project_dir / "Pulumi.yaml").is_file():
             raise CliError(f"{self.project_dir} holds no Pulumi.yaml (check --project-dir)")
         from pulumi import automation as auto
 
         self._auto = auto
         try:
-            self.stack = auto.select_stack(stack_name=stack, work_dir=str(self.project_dir))
+            try:
+                self.stack = auto.select_stack(stack_name=stack, work_dir=str(self.project_dir))
+            except auto.StackNotFoundError:
+                if not create:
+                    raise
+                self.stack = auto.create_stack(stack_name=stack, work_dir=str(self.project_dir))
+                self.created = True
         except auto.StackNotFoundError:
             raise CliError(f"stack {stack!r} does not exist in the backend "
                            f"({os.environ.get('PULUMI_BACKEND_URL') or 'pulumi login'}): "
@@ -241,6 +251,10 @@ class Engine:
 
     def export(self) -> dict:
         return self.stack.export_stack().deployment
+
+    def remove_stack(self) -> None:
+        """`pulumi stack rm --yes` (only for a stack this command created and left empty)."""
+        self.cli("stack", "rm", "--yes")
 
 
 class UpFailed(CliError):

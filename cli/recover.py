@@ -108,6 +108,11 @@ def preflight(session: Session, host: str) -> dict:
     """Refuses (CliError, exit 2) unless ``host`` can become master0; touches nothing."""
     config = session.config
     check_role(config, host)
+    if not config.apps.copies_data:
+        raise CliError("the stack copies no registry data (no apps.image_store, as `adopt` "
+                       f"leaves it): {host} would serve a registry without the boot history's "
+                       "images; set apps.image_store and apps.cluster_image_id, run `pulumi up` "
+                       "while master0 is alive, then recover")
     images = session.images  # a missing image refuses here (post and pre)
     probe: HostProbe = preflight_probe(session, host)
     if not probe.reachable:

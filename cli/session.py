@@ -75,12 +75,16 @@ class Session:
         return Topology.of(self.config)
 
     @property
-    def image_store(self) -> Path:
-        return resolve_local_path(self.config.apps.image_store, self.project_dir)
+    def image_store(self) -> Path | None:
+        store = self.config.apps.image_store
+        return None if store is None else resolve_local_path(store, self.project_dir)
 
     @property
     def images(self) -> list[StoredImage]:
-        """The images the registry must serve, from the local image store the config names."""
+        """The images the registry must serve, from the local image store the config names (none
+        when the stack copies no data)."""
+        if self._images is None and self.image_store is None:
+            self._images = []
         if self._images is None:
             try:
                 self._images = load_images(self.image_store, self.config.image_ids)
@@ -95,14 +99,29 @@ class Session:
             self._engine = Engine(self.stack, self.project_dir, self.pulumi)
         return self._engine
 
+    def _passwords(self) -> dict[str, str]:
+        """Each live host's SSH password, decrypted through the engine (only when the stack has
+        passwords; values stay in memory and in the SshAccess' 0600 files)."""
+        ssh = self.config.cluster.ssh
+        if ssh.password is None and not any(h.password is not None for h in ssh.hosts.values()):
+            return {}
+        default = self.engine.get_value("cluster.ssh.password") if ssh.password is not None else None
+        passwords = {}
+        for ip in self.config.live_hosts:
+            if ip in ssh.hosts and ssh.hosts[ip].password is not None:
+                passwords[ip] = self.engine.get_value(f'cluster.ssh.hosts["{ip}"].password')
+            elif default is not None:
+                passwords[ip] = default
+        return passwords
+
     def ssh(self) -> SshAccess:
         """SSH to the hosts with the stack's settings: `--ssh-key`, else the configured key path,
         else the stack's secret key decrypted through the engine (into a 0600 temp file removed
-        when the session ends)."""
+        when the session ends); the stack's passwords decrypted through the engine too."""
         if self._ssh is None:
             def decrypt() -> str:
                 return self.engine.get_value("cluster.ssh.private_key") + "\n"
             key = self._cleanup.enter_context(
                 ssh_key_file(self.config, self.project_dir, self.ssh_key, decrypt))
-            self._ssh = self._cleanup.enter_context(SshAccess(self.config, key))
+            self._ssh = self._cleanup.enter_context(SshAccess(self.config, key, self._passwords()))
         return self._ssh

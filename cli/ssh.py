@@ -33,9 +33,12 @@ def ssh_error(stderr: str, returncode: int) -> str:
 
 class SshAccess:
     """ssh argv for the cluster's hosts, from the stack config (user, port, key, pinned host keys,
-    jump host). Use as a context manager: it owns a temp dir for known_hosts."""
+    jump host, passwords). Use as a context manager: it owns a temp dir for known_hosts and, for
+    hosts logged in to with a password, a 0600 password file and the askpass helper that prints
+    it (ssh asks it: SSH_ASKPASS_REQUIRE=force); no password is ever in argv or the environment."""
 
-    def __init__(self, config: StackConfig, key_file: Path):
+    def __init__(self, config: StackConfig, key_file: Path | None,
+                 passwords: dict[str, str] | None = None):
         self.config = config
         self.key_file = key_file
         self._tmp = tempfile.TemporaryDirectory(prefix="sealer-cli-ssh-")
@@ -43,9 +46,20 @@ class SshAccess:
         ssh = config.cluster.ssh
         lines = []
         for ip, key in ssh.host_keys.items():
-            name = ip if ssh.port == 22 else f"[{ip}]:{ssh.port}"
+            port = ssh.port_for(ip)
+            name = ip if port == 22 else f"[{ip}]:{port}"
             lines.append(f"{name} {key}\n")
         self.known_hosts.write_text("".join(lines))
+        self._askpass: dict[str, Path] = {}
+        for i, (ip, password) in enumerate(sorted((passwords or {}).items())):
+            secret = Path(self._tmp.name) / f"password-{i}"
+            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(password)
+            helper = Path(self._tmp.name) / f"askpass-{i}"
+            helper.write_text(f"#!/bin/sh\nexec cat '{secret}'\n")
+            helper.chmod(0o700)
+            self._askpass[ip] = helper
 
     def __enter__(self) -> "SshAccess":
         return self
@@ -55,11 +69,17 @@ class SshAccess:
 
     def argv(self, ip: str, connect_timeout: int = CONNECT_TIMEOUT_S) -> list[str]:
         ssh = self.config.cluster.ssh
-        argv = ["ssh", "-F", "none", "-p", str(ssh.port), "-i", str(self.key_file),
-                "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        argv = ["ssh", "-F", "none", "-p", str(ssh.port_for(ip)),
                 "-o", f"ConnectTimeout={connect_timeout}",
                 "-o", "ServerAliveInterval=3", "-o", "ServerAliveCountMax=2",
                 "-o", "LogLevel=ERROR", "-o", "GlobalKnownHostsFile=/dev/null"]
+        if self.key_file is not None:
+            argv += ["-i", str(self.key_file), "-o", "IdentitiesOnly=yes"]
+        if ip in self._askpass:
+            argv += ["-o", "BatchMode=no", "-o", "NumberOfPasswordPrompts=1",
+                     "-o", "PreferredAuthentications=publickey,keyboard-interactive,password"]
+        else:
+            argv += ["-o", "BatchMode=yes"]
         if ip in ssh.host_keys:
             argv += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}"]
         else:
@@ -67,25 +87,34 @@ class SshAccess:
         if ssh.jump_host is not None:
             j = ssh.jump_host
             argv += ["-J", f"{j.user}@{j.host}:{j.port}"]
-        return [*argv, f"{ssh.user}@{ip}"]
+        return [*argv, f"{ssh.user_for(ip)}@{ip}"]
+
+    def env(self, ip: str) -> dict[str, str] | None:
+        """The environment of ssh to ``ip``: the askpass helper for a password host."""
+        if ip not in self._askpass:
+            return None
+        return dict(os.environ, SSH_ASKPASS=str(self._askpass[ip]), SSH_ASKPASS_REQUIRE="force")
 
     def run(self, ip: str, script: ScriptRun, timeout: float = HOST_DEADLINE_S,
             connect_timeout: int = CONNECT_TIMEOUT_S) -> subprocess.CompletedProcess:
         """Run ``script`` on ``ip``; a timeout is returned as exit 255 with 'timed out'."""
+        command = script.command
+        if self.config.cluster.ssh.user_for(ip) != "root":
+            command = f"sudo -n {command}"  # as the program's steps run (components/access.py)
         try:
-            return subprocess.run([*self.argv(ip, connect_timeout), "--", script.command],
+            return subprocess.run([*self.argv(ip, connect_timeout), "--", command],
                                   input=script.stdin, capture_output=True, text=True,
-                                  timeout=timeout)
+                                  timeout=timeout, env=self.env(ip))
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess([], 255, "", f"ssh: timed out after {timeout:.0f}s")
 
 
 @contextmanager
 def ssh_key_file(config: StackConfig, project_dir: str | os.PathLike, explicit: str | None,
-                 decrypt: Callable[[], str]) -> Iterator[Path]:
+                 decrypt: Callable[[], str]) -> Iterator[Path | None]:
     """The SSH private key as a file: ``--ssh-key``, else ``cluster.ssh.private_key_path``, else
     the stack's encrypted ``cluster.ssh.private_key`` decrypted by the engine into a 0600 temp
-    file that is removed afterwards."""
+    file that is removed afterwards; None when the stack logs in with passwords only."""
     given = explicit or config.cluster.ssh.private_key_path
     if given:
         path = resolve_local_path(given, project_dir)
@@ -93,6 +122,9 @@ def ssh_key_file(config: StackConfig, project_dir: str | os.PathLike, explicit: 
             source = "--ssh-key" if explicit else "cluster.ssh.private_key_path"
             raise CliError(f"{source}: SSH key {path} does not exist")
         yield path
+        return
+    if config.cluster.ssh.private_key is None:
+        yield None
         return
     text = decrypt()
     with tempfile.TemporaryDirectory(prefix="sealer-cli-key-") as tmp:

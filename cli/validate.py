@@ -7,7 +7,7 @@ import sys
 
 from cli.common import EXIT_OK, add_stack_arguments, guarded
 from cli.session import Session
-from config import SECRET_PATHS
+from config.stack import is_secret_path
 
 NAME = "validate"
 HELP = "check Pulumi.<stack>.yaml against the config schema, offline"
@@ -36,7 +36,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     with Session(args, check_files=True) as session:
         config = session.config
-    skipped = sorted(p for p in config.secure_paths if p in SECRET_PATHS)
+    skipped = sorted(p for p in config.secure_paths if is_secret_path(p))
     if skipped:
         print(f"note: encrypted, content not checked offline: {', '.join(skipped)}", file=sys.stderr)
     print(

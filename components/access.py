@@ -1,4 +1,5 @@
-"""How the program reaches hosts: SSH settings shared by every per-host resource."""
+"""How the program reaches hosts: SSH settings shared by every per-host resource. A user other
+than root runs every step through `sudo -n` (passwordless sudo is required, never prompted)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,31 @@ class JumpHost:
 
 @dataclass(frozen=True)
 class SshAccess:
-    """SSH user, port and key for every cluster host. ``private_key`` is a secret Output."""
+    """SSH user, port and key or password for every cluster host. ``private_key`` and the
+    passwords are secret Outputs (or None). ``hosts``: a host's own (user, port), where it
+    differs (sealer's per-host ssh override); ``passwords``: a host's own password."""
 
     user: str
     port: int
-    private_key: pulumi.Input[str]
+    private_key: pulumi.Input[str] | None
     host_keys: dict[str, str] = field(default_factory=dict)
     jump: JumpHost | None = None
+    hosts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    password: pulumi.Input[str] | None = None
+    passwords: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+
+    def password_for(self, ip: str) -> pulumi.Input[str] | None:
+        return self.passwords.get(ip, self.password)
+
+    def user_for(self, ip: str) -> str:
+        return self.hosts.get(ip, (self.user, self.port))[0]
+
+    def as_root(self, ip: str, command: str) -> str:
+        """``command`` as root on ``ip``: through `sudo -n` (never prompting) for another user."""
+        return command if self.user_for(ip) == "root" else f"sudo -n {command}"
+
+    def port_for(self, ip: str) -> int:
+        return self.hosts.get(ip, (self.user, self.port))[1]
 
     def connection(self, ip: str) -> remote.ConnectionArgs:
         proxy = None
@@ -39,9 +58,10 @@ class SshAccess:
                 dial_error_limit=DIAL_ERROR_LIMIT, per_dial_timeout=PER_DIAL_TIMEOUT_S)
         return remote.ConnectionArgs(
             host=ip,
-            port=self.port,
-            user=self.user,
+            port=self.port_for(ip),
+            user=self.user_for(ip),
             private_key=self.private_key,
+            password=self.password_for(ip),
             host_key=self.host_keys.get(ip),
             proxy=proxy,
             dial_error_limit=DIAL_ERROR_LIMIT,
@@ -49,10 +69,20 @@ class SshAccess:
         )
 
     def rsync_flags(self, ip: str) -> list[str]:
-        """Flags of ``scripts/sync-data.sh`` for ``ip``; the key itself goes on its stdin."""
-        flags = ["--key-stdin"]
+        """Flags of ``scripts/sync-data.sh`` for ``ip``; the key, or the host's password, goes
+        on its stdin (``rsync_secret``)."""
+        flags = ["--password-stdin" if self.password_for(ip) is not None else "--key-stdin"]
+        if self.user_for(ip) != "root":
+            flags.append("--sudo")
         if ip in self.host_keys:
             flags += ["--host-key", self.host_keys[ip]]
         if self.jump is not None:
             flags += ["--jump", f"{self.jump.user}@{self.jump.host}:{self.jump.port}"]
         return flags
+
+    def rsync_secret(self, ip: str) -> pulumi.Input[str]:
+        """What ``rsync_flags`` says goes on sync-data.sh's stdin."""
+        password = self.password_for(ip)
+        secret = password if password is not None else self.private_key
+        assert secret is not None, f"no SSH key or password for {ip}"
+        return secret

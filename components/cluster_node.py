@@ -40,5 +40,5 @@ def node_step(args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None)
         run = script_run("configure-node.sh", args.domain, args.master0, str(args.port),
                          data=args.ca_cert)
     after = pulumi.ResourceOptions(depends_on=list(args.after))
-    return host_step(HostStep.NODE.of(args.ip), args.access.connection(args.ip), run,
+    return host_step(HostStep.NODE.of(args.ip), args.access, args.ip, run,
                      opts=after if opts is None else opts.merge(after))

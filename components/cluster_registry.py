@@ -97,7 +97,7 @@ class ClusterRegistry(pulumi.ComponentResource):
                             "https" if m.tls else "http", args.username or "", master0,
                             *refs, data=password_line)
         self.verify = host_step(
-            topology.VERIFY, args.access.connection(layout.verifier), verify,
+            topology.VERIFY, args.access, layout.verifier, verify,
             # The material can change with nothing else in this command: verify again then.
             triggers=[payload.fingerprint],
             opts=child.merge(pulumi.ResourceOptions(depends_on=[

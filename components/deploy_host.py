@@ -92,11 +92,10 @@ class DeployHost(pulumi.ComponentResource):
         if not host.deploys or host.down:
             raise ValueError(f"{ip} is not a live deploy host")
         child = pulumi.ResourceOptions(parent=self)
-        connection = args.access.connection(ip)
 
         write = script_run("write-rootfs.sh", args.rootfs,
                            data=pulumi.Output.secret(args.payload.data))
-        self.rootfs = host_step(HostStep.ROOTFS.of(ip), connection, write, quiet=True, opts=child)
+        self.rootfs = host_step(HostStep.ROOTFS.of(ip), args.access, ip, write, quiet=True, opts=child)
         steps: list[pulumi.Resource] = [self.rootfs]
 
         images = [image_hex(i) for i in host.images]
@@ -104,8 +103,8 @@ class DeployHost(pulumi.ComponentResource):
         if images:
             sync = script_run(
                 "sync-data.sh", *args.access.rsync_flags(ip),
-                f"{args.access.user}@{ip}", str(args.access.port), args.rootfs,
-                args.image_store, *images, data=args.access.private_key)
+                f"{args.access.user_for(ip)}@{ip}", str(args.access.port_for(ip)), args.rootfs,
+                args.image_store, *images, data=args.access.rsync_secret(ip))
             self.data = local_step(HostStep.DATA.of(ip), sync, opts=child)
             steps.append(self.data)
 
@@ -113,10 +112,10 @@ class DeployHost(pulumi.ComponentResource):
         if host.role is RegistryRole.LAUNCH:
             launch = script_run("launch-registry.sh", args.rootfs, str(args.port), args.domain,
                                 args.payload.fingerprint)
-            self.registry = host_step(host.registry_step, connection, launch, opts=after_files)
+            self.registry = host_step(host.registry_step, args.access, ip, launch, opts=after_files)
         else:
             standby = script_run("standby-registry.sh", args.rootfs)
-            self.registry = host_step(host.registry_step, connection, standby, opts=after_files)
+            self.registry = host_step(host.registry_step, args.access, ip, standby, opts=after_files)
 
         self.register_outputs({
             "ip": ip,

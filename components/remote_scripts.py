@@ -16,8 +16,13 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import pulumi
 from pulumi_command import local, remote
+
+if TYPE_CHECKING:
+    from components.access import SshAccess
 
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
 LAST_LINE = 'main "$@"\n'
@@ -80,17 +85,18 @@ def script_run(name: str, *args: str, data: pulumi.Input[str] | None = None) -> 
     return ScriptRun(command, pulumi.Output.from_input(data).apply(lambda d: body + d))
 
 
-def host_step(name: str, connection: remote.ConnectionArgs, run: ScriptRun, *,
+def host_step(name: str, access: "SshAccess", ip: str, run: ScriptRun, *,
               quiet: bool = False, opts: pulumi.ResourceOptions | None = None,
               triggers: list | None = None) -> remote.Command:
-    """A step on a host: ``run`` over SSH, no delete command (dropping the step never dials the
-    host). ``quiet`` for steps whose stdin holds secrets: nothing is logged and the output is
-    stored as a secret."""
+    """A step on host ``ip``: ``run`` over SSH as root (through `sudo -n` for another user), no
+    delete command (dropping the step never dials the host). ``quiet`` for steps whose stdin
+    holds secrets: nothing is logged and the output is stored as a secret."""
     if quiet:
         secret_out = pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr"])
         opts = secret_out if opts is None else opts.merge(secret_out)
     return remote.Command(
-        name, connection=connection, create=run.command, stdin=run.stdin, triggers=triggers,
+        name, connection=access.connection(ip), create=access.as_root(ip, run.command),
+        stdin=run.stdin, triggers=triggers,
         # Else an update asks sshd to SetEnv the previous output, which stock sshd refuses.
         add_previous_output_in_env=False,
         logging=remote.Logging.NONE if quiet else remote.Logging.STDOUT_AND_STDERR,

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any, Optional
 
 from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
 
 from config.base import ConfigModel, duplicates, raise_problems, section
 from config.scalars import AppName, ImageId, LocalPath, NonEmptyText, Text
@@ -86,10 +87,15 @@ HISTORY_FILE_READ = "history_file_read"
 
 
 class AppsConfig(ConfigModel):
+    """The boot history, and where the registry data comes from: ``image_store`` (with the
+    ``cluster_image_id`` it holds) is copied to the deploy hosts. Without both, the program copies
+    no data: the deploy hosts serve what they already hold (an adopted cluster: sealer's data on
+    master0), and recovery has no source to fill a new master0 from."""
+
     history: Optional[BootHistory] = None
     history_file: Optional[LocalPath] = None
-    image_store: LocalPath
-    cluster_image_id: ImageId
+    image_store: Optional[LocalPath] = None
+    cluster_image_id: Optional[ImageId] = None
 
     _loaded_history: Optional[BootHistory] = PrivateAttr(default=None)
 
@@ -98,9 +104,24 @@ class AppsConfig(ConfigModel):
         if (self.history is None) == (self.history_file is None):
             given = "both are set" if self.history is not None else "neither is set"
             raise_problems([("", f"exactly one of history / history_file is required ({given})")])
+        problems: list[tuple[str, str]] = []
+        if (self.image_store is None) != (self.cluster_image_id is None):
+            missing, other = (("image_store", "cluster_image_id") if self.image_store is None
+                              else ("cluster_image_id", "image_store"))
+            problems.append((missing, f"is required together with {other} (the store holds the "
+                                      "cluster image's data; omit both to copy no data)"))
         if self.history_file is not None:
-            self._loaded_history = _history_from_file(self.history_file, (info.context or {}).get(HISTORY_FILE_READ))
+            try:
+                self._loaded_history = _history_from_file(self.history_file, (info.context or {}).get(HISTORY_FILE_READ))
+            except PydanticCustomError as e:
+                problems += (e.context or {}).get("problems", [])
+        raise_problems(problems)
         return self
+
+    @property
+    def copies_data(self) -> bool:
+        """The program copies registry data from a local image store to the deploy hosts."""
+        return self.image_store is not None
 
     @property
     def boot_history(self) -> BootHistory:

@@ -9,7 +9,7 @@ config/stack.py.
 from __future__ import annotations
 
 import posixpath
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -24,6 +24,7 @@ from config.scalars import (
     SshUser,
     _host_ip,
     _host_key,
+    control_problem,
 )
 
 
@@ -33,13 +34,61 @@ class JumpHost(ConfigModel):
     port: Port = 22
 
 
+class HostSsh(ConfigModel):
+    """One host's own SSH settings (sealer's per-host `ssh` override); unset fields take the
+    cluster's (`cluster.ssh.user`, `cluster.ssh.port`, `cluster.ssh.password`)."""
+
+    user: Optional[SshUser] = None
+    port: Optional[Port] = None
+    password: Optional[SecretStr] = None
+
+    @field_validator("password")
+    @classmethod
+    def _check_password(cls, value: Optional[SecretStr]) -> Optional[SecretStr]:
+        if value is not None and not is_encrypted(value):
+            raise_problems([("", p) for p in [_ssh_password_problem(value.get_secret_value())] if p])
+        return value
+
+
 class SshConfig(ConfigModel):
     user: SshUser = "root"
     port: Port = 22
     private_key: Optional[SecretStr] = None
     private_key_path: Optional[LocalPath] = None
+    password: Optional[SecretStr] = None
     host_keys: dict[str, str] = Field(default_factory=dict)
     jump_host: Optional[JumpHost] = None
+    hosts: dict[str, HostSsh] = Field(default_factory=dict)
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _check_hosts(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        problems, hosts = [], {}
+        for host, settings in value.items():
+            try:
+                hosts[_host_ip(host)] = settings
+            except ValueError as e:
+                problems.append((f"[{host}]", str(e)))
+        raise_problems(problems)
+        return hosts
+
+    def user_for(self, ip: str) -> str:
+        override = self.hosts.get(ip)
+        return override.user if override is not None and override.user is not None else self.user
+
+    def port_for(self, ip: str) -> int:
+        override = self.hosts.get(ip)
+        return override.port if override is not None and override.port is not None else self.port
+
+    def password_for(self, ip: str) -> Optional[SecretStr]:
+        override = self.hosts.get(ip)
+        return override.password if override is not None and override.password is not None else self.password
+
+    @property
+    def has_key(self) -> bool:
+        return self.private_key is not None or self.private_key_path is not None
 
     @field_validator("host_keys")
     @classmethod
@@ -61,15 +110,27 @@ class SshConfig(ConfigModel):
     @model_validator(mode="after")
     def _check(self) -> "SshConfig":
         problems = []
-        if (self.private_key is None) == (self.private_key_path is None):
-            given = "both are set" if self.private_key is not None else "neither is set"
-            problems.append(("", f"exactly one of private_key / private_key_path is required ({given})"))
+        if self.private_key is not None and self.private_key_path is not None:
+            problems.append(("", "at most one of private_key / private_key_path (both are set)"))
+        if self.password is not None and not is_encrypted(self.password):
+            problem = _ssh_password_problem(self.password.get_secret_value())
+            if problem:
+                problems.append(("password", problem))
         if self.private_key is not None and not is_encrypted(self.private_key):
             problem = _ssh_private_key_problem(self.private_key.get_secret_value())
             if problem:
                 problems.append(("private_key", problem))
         raise_problems(problems)
         return self
+
+
+def _ssh_password_problem(password: str) -> str | None:
+    if not password:
+        return "<secret> must not be empty"
+    if control_problem(password):
+        # OpenSSH's askpass helper hands it on as one line.
+        return "<secret> holds a line break or control character"
+    return None
 
 
 def _ssh_private_key_problem(text: str) -> str | None:
@@ -110,7 +171,13 @@ class ClusterConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _check(self) -> "ClusterConfig":
-        raise_problems(_host_list_problems(self.masters, self.nodes))
+        problems = _host_list_problems(self.masters, self.nodes)
+        if not self.ssh.has_key:
+            without = [ip for ip in self.hosts if self.ssh.password_for(ip) is None]
+            if without:
+                problems.append(("ssh", "needs private_key or private_key_path, or a password for "
+                                        f"every host (none for {', '.join(without)})"))
+        raise_problems(problems)
         return self
 
     @classmethod

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from config.base import PROBLEMS_ERROR
 from config.errors import Problem
 from config.scalars import show
-from config.stack import SECRET_PATHS, StackConfig
+from config.stack import StackConfig, is_secret_path
 
 
 def join_path(base: str, rel: str) -> str:
@@ -76,7 +76,7 @@ def _message(err: dict, path: str, root: type[BaseModel]) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     value = err.get("input")
-    shown = "<secret>" if path in SECRET_PATHS else show(value)
+    shown = "<secret>" if is_secret_path(path) else show(value)
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":

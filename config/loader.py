@@ -22,7 +22,7 @@ from config.base import EncryptedSecret
 from config.errors import ConfigError, Problem
 from config.explain import explain
 from config.scalars import LocalPath, has_control
-from config.stack import PROJECT, SECRET_PATHS, StackConfig
+from config.stack import PROJECT, SECRET_PATHS, StackConfig, host_secrets, is_secret_path
 
 _PREFIX = f"{PROJECT}:"
 
@@ -99,11 +99,11 @@ def load_stack_file(path: str | os.PathLike, *, check_files: bool = False) -> St
     misplaced: set[str] = set()
     values = _replace_secure(values, "", secure, problems)
     for secret_path in secure:
-        if secret_path not in SECRET_PATHS:
+        if not is_secret_path(secret_path):
             misplaced.add(secret_path)
-            problems.append((secret_path, f"is encrypted, but it is not a secret field; store it in plaintext so it can be validated (secret fields: {', '.join(SECRET_PATHS)})"))
-    for secret_path in SECRET_PATHS:
-        value = _get(values, secret_path)
+            problems.append((secret_path, f"is encrypted, but it is not a secret field; store it in plaintext so it can be validated (secret fields: {', '.join(SECRET_PATHS)}, cluster.ssh.hosts.<ip>.password)"))
+    present = {p: _get(values, p) for p in SECRET_PATHS} | host_secrets(values)
+    for secret_path, value in present.items():
         if value is not None and not isinstance(value, EncryptedSecret):
             problems.append((secret_path, _secret_hint(secret_path)))
 
@@ -168,8 +168,9 @@ def from_pulumi_config(
                 continue
         parsed[name] = raw
     secret = {k[len(_PREFIX):] if k.startswith(_PREFIX) else k for k in secret_keys}
-    for secret_path in SECRET_PATHS:
-        if _get(parsed, secret_path) is not None and secret_path.split(".")[0] not in secret:
+    present = {p: _get(parsed, p) for p in SECRET_PATHS} | host_secrets(parsed)
+    for secret_path, value in present.items():
+        if value is not None and secret_path.split(".")[0] not in secret:
             problems.append((secret_path, _secret_hint(secret_path)))
     return build_config(parsed, base_dir=base_dir, secure_paths=secret, source="stack config", problems=problems,
                         check_files=check_files)

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, StrictBool, field_validator, model_valida
 
 from config.base import ConfigModel, duplicates, is_encrypted, raise_problems
 from config.scalars import DnsName, HostIP, NonEmptyStr, Port, RegistryUser, control_problem, show
+from material.registry_config import brought_config_problems
 
 def _pem_certificate(text: str):
     from cryptography import x509
@@ -135,6 +136,8 @@ class RegistryConfig(ConfigModel):
     local_registry: LocalRegistry = Field(default_factory=LocalRegistry)
     tls: Optional[TlsConfig] = None
     htpasswd: Optional[SecretStr] = None
+    # The registry config to write as-is (an adopted cluster's etc/registry_config.yml).
+    config: Optional[NonEmptyStr] = None
 
     @model_validator(mode="after")
     def _check(self) -> "RegistryConfig":
@@ -155,6 +158,8 @@ class RegistryConfig(ConfigModel):
         if self.htpasswd is not None:
             problems += self._htpasswd_problems()
         problems += _sealer_sed_problems(self.domain, self.port)
+        if self.config is not None:
+            problems += [("config", p) for p in brought_config_problems(self.config, self.port)]
         raise_problems(problems)
         return self
 

@@ -10,8 +10,9 @@ live_hosts, deploy_hosts, rootfs, history, image_ids) are here too.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -27,12 +28,35 @@ PROJECT = "sealer-registry"
 # Dotted paths of every field that must be a Pulumi secret in the stack file.
 SECRET_PATHS: tuple[str, ...] = (
     "cluster.ssh.private_key",
+    "cluster.ssh.password",
     "registry.password",
     "registry.tls.ca_key",
     "registry.tls.key",
     "registry.htpasswd",
     "kubernetes.kubeconfig",
 )
+
+
+# And one per host with its own SSH password: `cluster.ssh.hosts.<ip>.password`.
+HOST_SECRET = "password"
+_HOST_SECRET_PATH = re.compile(r"cluster\.ssh\.hosts\.\S+\.password")
+
+
+def is_secret_path(path: str) -> bool:
+    """A dotted path of a field that must be a Pulumi secret (`SECRET_PATHS` or a host's
+    `cluster.ssh.hosts.<ip>.password`)."""
+    return path in SECRET_PATHS or bool(_HOST_SECRET_PATH.fullmatch(path))
+
+
+def host_secrets(values: Any) -> dict[str, Any]:
+    """``{"cluster.ssh.hosts.<ip>.password": value}`` of raw config values."""
+    cluster = values.get("cluster") if isinstance(values, dict) else None
+    ssh = cluster.get("ssh") if isinstance(cluster, dict) else None
+    hosts = ssh.get("hosts") if isinstance(ssh, dict) else None
+    if not isinstance(hosts, dict):
+        return {}
+    return {f"cluster.ssh.hosts.{ip}.{HOST_SECRET}": h[HOST_SECRET] for ip, h in hosts.items()
+            if isinstance(h, dict) and h.get(HOST_SECRET) is not None}
 
 
 class Distribution(StrEnum):
@@ -63,6 +87,7 @@ class StackConfig(ConfigModel):
                 nodes=self.cluster.nodes,
                 deploy_hosts=self.registry.local_registry.deploy_hosts,
                 host_keys=list(self.cluster.ssh.host_keys),
+                ssh_hosts=list(self.cluster.ssh.hosts),
             )
         )
         if self.kubernetes.cluster_identifier is None:
@@ -78,6 +103,7 @@ class StackConfig(ConfigModel):
             masters, nodes = [], []
         deploy = section(registry, "local_registry").get("deploy_hosts")
         host_keys = section(section(cluster, "ssh"), "host_keys")
+        ssh_hosts = section(section(cluster, "ssh"), "hosts")
         return cross_problems(
             master0=master0,
             down_hosts=valid_ips(data.get("down_hosts", [])) or [],
@@ -85,6 +111,7 @@ class StackConfig(ConfigModel):
             nodes=nodes,
             deploy_hosts=valid_ips(deploy) if deploy is not None else None,
             host_keys=[ip for k in host_keys for ip in (valid_ips([k]) or [])],
+            ssh_hosts=[ip for k in ssh_hosts for ip in (valid_ips([k]) or [])],
         )
 
     # -- derived views the program uses --------------------------------------------------------
@@ -116,7 +143,10 @@ class StackConfig(ConfigModel):
 
     @property
     def image_ids(self) -> list[str]:
-        """Distinct images the registry must serve: the cluster image first, then the apps'."""
+        """Distinct images whose data the program copies and verifies: the cluster image first,
+        then the apps'. None without an image store: the deploy hosts serve what they hold."""
+        if not self.apps.copies_data:
+            return []
         return list(dict.fromkeys([self.apps.cluster_image_id, *self.history.image_ids]))
 
     @property
@@ -133,6 +163,7 @@ def cross_problems(
     nodes: list[str],
     deploy_hosts: Optional[list[str]],
     host_keys: Iterable[str] = (),
+    ssh_hosts: Iterable[str] = (),
 ) -> list[tuple[str, str]]:
     """Rules that relate hosts across sections; inputs are already-valid (normalised) IPs.
 
@@ -163,4 +194,7 @@ def cross_problems(
         for ip in host_keys:
             if ip not in hosts:
                 problems.append((f"cluster.ssh.host_keys[{ip}]", f"{ip} is not a cluster host (hosts: {listing})"))
+        for ip in ssh_hosts:
+            if ip not in hosts:
+                problems.append((f"cluster.ssh.hosts[{ip}]", f"{ip} is not a cluster host (hosts: {listing})"))
     return problems

@@ -405,6 +405,31 @@ class Lab:
             raise LabError(f"ssh {ref}: `{cmd}` -> exit {p.returncode}: {p.stderr!s}")
         return p
 
+    def add_sudo_user(self, ref: str, user: str) -> None:
+        """A non-root login on the host with the lab operator key and passwordless sudo (the
+        account a cluster reached as a non-root user has). Idempotent; needs `sudo` installed."""
+        if not shutil.which("sudo"):
+            raise LabError("sudo is not installed (apt-get install sudo)")
+        key = self.key_path.with_suffix(".pub").read_text()
+        self.run(ref, f"id -u {user} >/dev/null 2>&1 || useradd -M -d /tmp/{user} -s /bin/bash {user}; "
+                      f"usermod -p '*' {user}; mkdir -p /tmp/{user} && chown {user} /tmp/{user}; "
+                      f"echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/{user} && "
+                      f"chmod 0440 /etc/sudoers.d/{user}; "
+                      f"cat > /etc/ssh/authorized_keys/{user} && chmod 0644 /etc/ssh/authorized_keys/{user}",
+                 input=key)
+
+    def allow_password_login(self, ref: str, user: str, password: str) -> None:
+        """``user`` (not root: sshd keeps root key-only) may log in with ``password``: its
+        password set (on stdin), PasswordAuthentication on in the host's sshd, sshd restarted."""
+        if user == "root":
+            raise LabError("lab hosts allow root logins by key only")
+        h = self.host(ref)
+        self.run(ref, "chpasswd", input=f"{user}:{password}\n")
+        self.run(ref, "sed -i 's/^PasswordAuthentication no$/PasswordAuthentication yes/' "
+                      "/etc/ssh/sshd_config && grep -q '^PasswordAuthentication yes$' /etc/ssh/sshd_config")
+        self.stop_sshd(h.name)
+        self.start_sshd(h.name)
+
     def pids(self, ref: str) -> list[int]:
         """Processes living on the host (its network or mount namespace)."""
         return self._pids_of(self.host(ref).name)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import htpasswd as _htpasswd
 from . import pki as _pki
-from .registry_config import render_registry_yml
+from .registry_config import brought_config_problems, render_registry_yml
 
 __all__ = ["RegistryMaterial", "build_material"]
 
@@ -70,6 +70,7 @@ def build_material(
     cert: str | None = None,
     key: str | None = None,
     htpasswd: str | None = None,
+    registry_config: str | None = None,
 ) -> RegistryMaterial:
     """Compute the registry material for the stack config. Deterministic; raises ``ValueError``.
 
@@ -82,6 +83,10 @@ def build_material(
     given it must accept them, since nodes log in with them). Else with ``username`` and
     ``password`` one line is derived, salted from the CA key (or the brought leaf key). No
     username and no htpasswd → auth off.
+
+    Config: a brought ``registry_config`` (an adopted cluster's own ``etc/registry_config.yml``)
+    is written as-is, so the registry sealer started from it keeps serving; else the program
+    renders its own (``render_registry_yml``).
     """
     if (username is None) != (password is None) or (username == "") != (password == ""):
         raise ValueError("registry username and password must be given together")
@@ -124,14 +129,20 @@ def build_material(
             + "\n"
         )
 
+    if registry_config is not None:
+        problems = brought_config_problems(registry_config, port)
+        if problems:
+            raise ValueError(f"registry.config {problems[0]}")
+        registry_yml = registry_config
+    else:
+        registry_yml = render_registry_yml(
+            domain=domain, port=port, tls=cert_out is not None, auth=htpasswd_out is not None)
     return RegistryMaterial(
         ca_cert=ca_out,
         cert=cert_out,
         key=key_out,
         htpasswd=htpasswd_out,
-        registry_yml=render_registry_yml(
-            domain=domain, port=port, tls=cert_out is not None, auth=htpasswd_out is not None,
-        ),
+        registry_yml=registry_yml,
         ca_fingerprint=_pki.fingerprint(ca_out) if ca_out is not None else None,
     )
 

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "render_registry_yml", "registry_config", "sed_port_problem", "CONTAINER_PATHS", "DEBUG_ADDR",
-    "HTPASSWD_REALM", "SEALER_SED_TOKEN",
+    "render_registry_yml", "registry_config", "sed_port_problem", "brought_config_problems",
+    "CONTAINER_PATHS", "DEBUG_ADDR", "HTPASSWD_REALM", "SEALER_SED_TOKEN",
 ]
 
 # The debug listener (pprof, /metrics) is unauthenticated: the config binds it to loopback. Note
@@ -110,3 +110,50 @@ def render_registry_yml(*, domain: str, port: int, tls: bool, auth: bool) -> str
     if text.replace(SEALER_SED_TOKEN, str(port)) != text:  # pragma: no cover - _check covers it
         raise AssertionError("sealer's sed s/5000/PORT/g would change the rendered config")
     return text
+
+
+# Keys of a distribution config whose values are credentials (http.secret, storage drivers'
+# access keys, redis and proxy passwords): a brought config is kept in plaintext, so it must
+# hold none.
+_SECRET_KEYS = frozenset({"secret", "password", "accesskey", "secretkey", "accountkey",
+                          "clientsecret", "keyid", "privatekey"})
+
+
+def _secret_key_paths(node: Any, path: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{path}.{key}" if path else str(key)
+            if str(key).lower() in _SECRET_KEYS and value not in (None, ""):
+                found.append(here)
+            found += _secret_key_paths(value, here)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _secret_key_paths(value, f"{path}[{i}]")
+    return found
+
+
+def brought_config_problems(text: str, port: int) -> list[str]:
+    """Why a registry config brought as-is (an adopted cluster's ``etc/registry_config.yml``)
+    cannot be written and launched unchanged; empty when it can.
+
+    It must be a YAML mapping; sealer's ``sed s/5000/PORT/g`` must leave it unchanged (else every
+    launch rewrites it and it never equals what the program wrote); and it must hold no
+    credential (it is stored in plaintext in the stack file and in a ConfigMap).
+    """
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return [f"is not valid YAML ({str(exc).splitlines()[0]})"]
+    if not isinstance(doc, dict):
+        return ["is not a YAML mapping (a distribution registry config)"]
+    problems = []
+    if text.replace(SEALER_SED_TOKEN, str(port)) != text:
+        problems.append(f"holds '{SEALER_SED_TOKEN}' while the port is {port}: sealer's "
+                        f"init-registry.sh runs `sed -i s/{SEALER_SED_TOKEN}/{port}/g` on it at "
+                        "every launch")
+    secrets = _secret_key_paths(doc)
+    if secrets:
+        problems.append(f"holds credentials ({', '.join(secrets)}); it is kept in plaintext: "
+                        "leave registry.config out to use the program's own config")
+    return problems

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Launches the registry on this host through the rootfs' own init-registry.sh (sealer's contract:
 # init-registry.sh PORT VOLUME DOMAIN). sealer's script replaces a running registry every time,
-# so this step checks first: when the registry was launched here with this material and answers
-# on the port, it does nothing. A registry from other material (or from sealer itself) is stopped
-# before the launch.
+# so this step checks first and does nothing when the registry already serves this material:
+# launched here with it (the stamp), or, in an adopted cluster, started by sealer from files
+# equal to what the rootfs holds now (what it sees in its own root, the cert it presents). Any
+# other running registry is stopped before the launch.
 # Usage: launch-registry.sh ROOTFS PORT DOMAIN MATERIAL_FINGERPRINT
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
@@ -24,6 +25,40 @@ registry_answers() {
   [[ "$code" == 200 || "$code" == 401 ]]
 }
 
+# The pid of the process listening on TCP PORT on this host, if any.
+listener_pid() {
+  command -v ss >/dev/null 2>&1 || return 1
+  ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2
+}
+
+# sha256 of the DER of a PEM certificate file, or of the certificate served on PORT.
+cert_digest() { openssl x509 -outform DER 2>/dev/null | sha256sum | cut -d' ' -f1; }
+served_cert_digest() {
+  openssl s_client -connect "127.0.0.1:$1" -servername "$2" </dev/null 2>/dev/null | cert_digest
+}
+
+# Whether the registry listening on PORT serves the rootfs' files as they are now. sealer's
+# container (and the lab's) mounts etc/registry_config.yml and etc/registry_htpasswd as files:
+# the registry's root shows the files it started with even after the rootfs' were replaced.
+# The certs directory is mounted whole, so the cert is judged by what the registry presents.
+serves_rootfs_files() {
+  local rootfs=$1 port=$2 domain=$3 pid root
+  pid=$(listener_pid "$port") || return 1
+  [[ -n "$pid" ]] || return 1
+  root="/proc/$pid/root"
+  cmp -s "$rootfs/etc/registry_config.yml" "$root/etc/docker/registry/config.yml" || return 1
+  if [[ -f "$rootfs/etc/registry_htpasswd" ]]; then
+    cmp -s "$rootfs/etc/registry_htpasswd" "$root/htpasswd" || return 1
+  elif [[ -e "$root/htpasswd" ]]; then
+    return 1
+  fi
+  if [[ -f "$rootfs/certs/$domain.crt" ]]; then
+    command -v openssl >/dev/null 2>&1 || return 1
+    [[ "$(served_cert_digest "$port" "$domain")" == "$(cert_digest <"$rootfs/certs/$domain.crt")" ]] || return 1
+  fi
+  info "the running registry (pid $pid) serves the rootfs' config, htpasswd and certificate"
+}
+
 main() {
   local rootfs=$1 port=$2 domain=$3 fingerprint=$4
   local stamp="$rootfs/etc/.sealer-registry-material" deadline
@@ -35,6 +70,10 @@ main() {
       return 0
     fi
     info "registry launched with this material does not answer on :$port: launching it again"
+  elif registry_answers "$rootfs" "$port" "$domain" && serves_rootfs_files "$rootfs" "$port" "$domain"; then
+    printf '%s\n' "$fingerprint" >"$stamp"
+    info "registry already serves this material ($fingerprint) on :$port: kept it, skipped init-registry.sh"
+    return 0
   else
     # A running registry keeps the cert and htpasswd it started with; one we did not start
     # (sealer's own in an adopted cluster) may not be the rootfs script's to replace.

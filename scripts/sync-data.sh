@@ -4,16 +4,21 @@
 # writes each file under a temporary name and, with --delay-updates, renames them all at the end),
 # and verified (every blob sent is hashed on the host and must equal its name).
 # Runs on the machine that runs `pulumi up`.
-# Usage: sync-data.sh [--key-file PATH | --key-stdin] [--host-key LINE] [--jump USER@HOST:PORT]
-#                     USER@HOST PORT ROOTFS STORE IMAGE_HEX...
+# Usage: sync-data.sh [--key-file PATH | --key-stdin | --password-stdin] [--host-key LINE]
+#                     [--jump USER@HOST:PORT] [--sudo] USER@HOST PORT ROOTFS STORE IMAGE_HEX...
+# --password-stdin: log in with the password on stdin; ssh gets it from an askpass helper that
+# reads a 0600 file in this script's private temp dir (never argv, never the environment).
+# --sudo: USER is not root; the commands and rsync's receiver run through `sudo -n`.
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
 fi
 
 KEY_FILE=""
+PASSWORD_FILE=""
 HOST_KEY=""
 JUMP=""
+SUDO=""
 WORK=""
 
 cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
@@ -23,18 +28,43 @@ parse_flags() {
     case "$1" in
       --key-file) KEY_FILE=$2; shift 2 ;;
       --key-stdin) KEY_FILE="$WORK/id"; (umask 077 && cat >"$KEY_FILE"); shift ;;
+      --password-stdin) PASSWORD_FILE="$WORK/password"; (umask 077 && cat >"$PASSWORD_FILE"); shift ;;
       --host-key) HOST_KEY=$2; shift 2 ;;
       --jump) JUMP=$2; shift 2 ;;
+      --sudo) SUDO="sudo -n"; shift ;;
       *) break ;;
     esac
   done
   REST=("$@")
 }
 
+# A remote command line, as root: through `sudo -n bash -c` when USER is not root.
+as_root() {
+  if [[ -n "$SUDO" ]]; then
+    printf '%s bash -c %q' "$SUDO" "$1"
+  else
+    printf '%s' "$1"
+  fi
+}
+
+# ssh asks the askpass helper for the password (SSH_ASKPASS_REQUIRE=force: also without a
+# terminal); the helper prints the password file.
+use_askpass() {
+  printf '#!/bin/sh\nexec cat %q\n' "$PASSWORD_FILE" >"$WORK/askpass"
+  chmod 0700 "$WORK/askpass"
+  export SSH_ASKPASS="$WORK/askpass" SSH_ASKPASS_REQUIRE=force
+}
+
 ssh_command() {
   local host=$1 port=$2
-  local cmd=(ssh -p "$port" -o BatchMode=yes -o ConnectTimeout=5
+  local cmd=(ssh -p "$port" -o ConnectTimeout=5
     -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -c aes128-gcm@openssh.com)
+  if [[ -n "$PASSWORD_FILE" ]]; then
+    cmd+=(-o BatchMode=no -o "PreferredAuthentications=keyboard-interactive,password"
+      -o NumberOfPasswordPrompts=1 -o PubkeyAuthentication=no)
+  else
+    cmd+=(-o BatchMode=yes)
+  fi
   [[ -z "$KEY_FILE" ]] || cmd+=(-i "$KEY_FILE" -o IdentitiesOnly=yes)
   if [[ -n "$HOST_KEY" ]]; then
     printf '%s %s\n' "$([[ "$port" == 22 ]] && echo "$host" || echo "[$host]:$port")" "$HOST_KEY" >"$WORK/known_hosts"
@@ -51,9 +81,10 @@ main() {
   trap cleanup EXIT
   parse_flags "$@"
   set -- "${REST[@]}"
+  [[ -z "$PASSWORD_FILE" ]] || use_askpass
   local target=$1 port=$2 rootfs=$3 store=$4
   shift 4
-  local host=${target#*@} sources=() hex ssh_cmd dest
+  local host=${target#*@} sources=() hex ssh_cmd dest rsync_path=()
   for hex in "$@"; do
     [[ -d "$store/$hex/docker" ]] || fatal "image store $store has no data for sha256:$hex"
     sources+=("$store/$hex/docker")
@@ -68,8 +99,9 @@ main() {
   # while the new copy ran it overwrote the new copy's finished file there, which then went into
   # place truncated.
   local receivers="--ns \$\$ --nslist mnt -x -f 'rsync --server .* [.] '$dest/"
-  "${ssh_cmd[@]}" "$target" "mkdir -p $dest && if command -v pkill >/dev/null; then pkill $receivers || true; for i in \$(seq 50); do pgrep $receivers >/dev/null || break; sleep 0.1; done; pkill --signal KILL $receivers || true; fi"
-  rsync -a --delay-updates --out-format='%n' -e "$(printf '%q ' "${ssh_cmd[@]}")" \
+  "${ssh_cmd[@]}" "$target" "$(as_root "mkdir -p $dest && if command -v pkill >/dev/null; then pkill $receivers || true; for i in \$(seq 50); do pgrep $receivers >/dev/null || break; sleep 0.1; done; pkill --signal KILL $receivers || true; fi")"
+  [[ -z "$SUDO" ]] || rsync_path=(--rsync-path="$SUDO rsync")
+  rsync -a --delay-updates --out-format='%n' -e "$(printf '%q ' "${ssh_cmd[@]}")" "${rsync_path[@]}" \
     "${sources[@]}" "$target:$rootfs/registry/" >"$WORK/sent"
   grep -E '/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data$' "$WORK/sent" >"$WORK/blobs" || true
   info "$(wc -l <"$WORK/sent") paths sent, $(wc -l <"$WORK/blobs") blobs; verifying them on $host"
@@ -78,7 +110,7 @@ main() {
   # content differs from its name fails the step. openssl hashes ~5x faster than coreutils'
   # sha256sum where the CPU has SHA extensions; one hasher per core, 16 paths each, so each
   # writes its lines (< 4 KiB) in one atomic pipe write.
-  "${ssh_cmd[@]}" "$target" "cd $dest && find . -depth -type d -name .~tmp~ -exec rm -rf {} + && if command -v openssl >/dev/null; then h='openssl dgst -sha256 -r'; else h=sha256sum; fi && xargs -r -d '\n' -P \"\$(nproc)\" -n 16 \$h" \
+  "${ssh_cmd[@]}" "$target" "$(as_root "cd $dest && find . -depth -type d -name .~tmp~ -exec rm -rf {} + && if command -v openssl >/dev/null; then h='openssl dgst -sha256 -r'; else h=sha256sum; fi && xargs -r -d '\n' -P \"\$(nproc)\" -n 16 \$h")" \
     <"$WORK/blobs" |
     awk '{ sub(/^\*/, "", $2); n = split($2, p, "/"); if (p[n - 1] != $1) { print "corrupt blob: " $2; bad++ } }
          END { exit bad > 0 }' >&2 || fatal "blob verification failed on $host"

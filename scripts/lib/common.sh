@@ -16,11 +16,18 @@ on_err() { printf '%s: failed at line %s: %s (exit %s)\n' "$SCRIPT_NAME" "$1" "$
 trap 'on_err "$LINENO" "$BASH_COMMAND" "$?"' ERR
 
 # Installs $1 as $2 with mode $3 unless $2 already has that content and mode. Renames into place
-# (atomic on one filesystem); prints "changed" on stdout when it wrote.
+# (atomic on one filesystem); the same content with another mode only gets its mode (the file,
+# which a running registry may hold mounted, stays). Prints "changed" on stdout when it acted.
 put_file() {
   local src=$1 dest=$2 mode=$3
-  if [[ -f "$dest" ]] && cmp -s "$src" "$dest" && [[ "$(stat -c %a "$dest")" == "${mode#0}" ]]; then
-    info "unchanged: $dest"
+  if [[ -f "$dest" ]] && cmp -s "$src" "$dest"; then
+    if [[ "$(stat -c %a "$dest")" == "${mode#0}" ]]; then
+      info "unchanged: $dest"
+      return 0
+    fi
+    chmod "$mode" "$dest"
+    info "mode $mode: $dest"
+    echo changed
     return 0
   fi
   mkdir -p "$(dirname "$dest")"

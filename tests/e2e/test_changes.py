@@ -3,17 +3,14 @@ application to the boot history, adding a deploy host. Real engine, real lab hos
 
 from __future__ import annotations
 
-import datetime
 import json
 import random
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from lab import images as lab_images
+from lab.sealer_state import sealer_self_signed
 from lab.stack import DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, hosts_line, stack_values
 from material import pki
 from tests.e2e.kube import Kube, configmap_body, create
@@ -21,24 +18,6 @@ from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 ma
 from tests.e2e.lifecycle import pull_image
 
 SEALER_PASSWORD_IN_CONFIGMAP = "sealer-kept-this-in-plaintext"
-
-
-def sealer_self_signed(ips: list[str]) -> tuple[str, str]:
-    """A cert the way sealer makes it: self-signed, used as its own CA, IPs written as DNS SANs."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN),
-                                                        *(x509.DNSName(ip) for ip in ips)]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()).decode())
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +32,7 @@ def test_adopts_an_existing_sealer_cluster(lab_env, stack):
     nodes trusting sealer's self-signed cert, a `sealer-registry` ConfigMap holding the password —
     is adopted: one hosts line per node, the same cert still trusted, no password in the ConfigMap."""
     m0 = lab_env.masters[0]
-    cert, key = sealer_self_signed([m0])
+    cert, key = sealer_self_signed(DOMAIN, [m0])
     for ip in lab_env.all_ips:
         lab_env.lab.run(ip, f"printf '198.18.0.99 {DOMAIN} #hostalias-registry\\n{m0} {DOMAIN} "
                             f"#hostalias-set-by-sealer\\n' >> /etc/hosts && "

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lab import Lab
+from lab.hosts import PREFIX
 
 pytestmark = pytest.mark.e2e
 
@@ -128,16 +129,16 @@ def test_up_runs_local_and_remote_commands(project, lab):
     done, _ = project.up()
     assert (project.dir / "local-out").read_text() == PAYLOADS[0]
     assert lab.run("11", f"cat {PAYLOAD_FILE}").stdout == PAYLOADS[0]
-    assert runs_on(lab, "11") == ["srl-11"]
+    assert runs_on(lab, "11") == [f"{PREFIX}11"]
     outputs = json.loads(project.export())["deployment"]["resources"]
     remote = next(r for r in outputs if r["urn"].endswith("::remote"))
-    assert remote["outputs"]["stdout"] == "srl-11"
+    assert remote["outputs"]["stdout"] == f"{PREFIX}11"
 
 
 def test_second_up_changes_nothing(project, lab):
     assert project.planned_ops() == {}
     project.pulumi("up", "--yes", "--expect-no-changes")
-    assert runs_on(lab, "11") == ["srl-11"]
+    assert runs_on(lab, "11") == [f"{PREFIX}11"]
 
 
 def test_stdin_change_is_an_update_that_runs(project, lab):
@@ -145,7 +146,7 @@ def test_stdin_change_is_an_update_that_runs(project, lab):
     assert project.planned_ops() == {"local": "update", "remote": "update"}
     project.up()
     assert lab.run("11", f"cat {PAYLOAD_FILE}").stdout == PAYLOADS[1]
-    assert runs_on(lab, "11") == ["srl-11", "srl-11"]
+    assert runs_on(lab, "11") == [f"{PREFIX}11", f"{PREFIX}11"]
 
 
 def test_host_change_updates_on_the_new_host(project, lab):
@@ -154,9 +155,9 @@ def test_host_change_updates_on_the_new_host(project, lab):
     project.config("host_key", second.host_key)
     assert project.planned_ops() == {"remote": "update"}
     project.up()
-    assert runs_on(lab, "12") == ["srl-12"]
+    assert runs_on(lab, "12") == [f"{PREFIX}12"]
     assert lab.run("12", f"cat {PAYLOAD_FILE}").stdout == PAYLOADS[1]
-    assert runs_on(lab, "11") == ["srl-11", "srl-11"]  # the old host is not contacted
+    assert runs_on(lab, "11") == [f"{PREFIX}11", f"{PREFIX}11"]  # the old host is not contacted
 
 
 def test_delete_without_delete_command_does_not_dial_a_dead_host(project, lab):

@@ -634,7 +634,8 @@ def test_ssh_with_both_key_sources_is_rejected():
 
 def test_ssh_without_key_is_rejected():
     """The program needs one way to log in."""
-    assert_rejected(render(cluster__ssh__private_key_path=DELETE), "cluster.ssh", "neither is set")
+    assert_rejected(render(cluster__ssh__private_key_path=DELETE), "cluster.ssh",
+                    "needs private_key or private_key_path, or a password for every host")
 
 
 def test_ssh_private_key_that_does_not_parse_is_rejected():

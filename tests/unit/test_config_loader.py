@@ -295,8 +295,8 @@ def test_history_file_is_read_at_run_time(engine_config, tmp_path, monkeypatch):
 
 def test_history_file_is_not_reported_while_its_section_is_invalid(tmp_path):
     """As for any model rule, a section whose fields fail does not report its history file."""
-    lines = problems(history_file_values("nope.json", apps__image_store=DELETE), base_dir=tmp_path)
-    assert lines == ["error: apps.image_store: is required"]
+    lines = problems(history_file_values("nope.json", apps__cluster_image_id="sha256:xyz"), base_dir=tmp_path)
+    assert len(lines) == 1 and lines[0].startswith("error: apps.cluster_image_id: 'sha256:xyz' is not an image id"), lines
 
 
 def test_read_history_file_accepts_a_boot_history_and_names_the_file_in_problems(tmp_path):

@@ -1,0 +1,546 @@
+"""`adopt`: write a stack for an existing sealer cluster from what sealer left on master0."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cli.clusterfile import Clusterfile, ClusterfileError, parse_clusterfile
+from cli.common import EXIT_OK, CliError, guarded, parse_ip, resolve_local_path
+from cli.engine import Engine
+from cli.ssh import ssh_error
+from components.remote_scripts import script_run
+from config import PROJECT, BootHistory, ConfigError, build_config, load_stack_file
+from config.stack import is_secret_path
+from config.loader import stack_file_path
+from material.registry_config import brought_config_problems
+
+NAME = "adopt"
+HELP = "write a stack for an existing sealer cluster from what sealer left on master0"
+DESCRIPTION = """\
+Adopt a running sealer cluster: `adopt --from MASTER0 --stack NAME`.
+
+1. Pins master0's SSH host key (ssh-keyscan, or --host-key) and reads, in one SSH session as
+   --user (sudo -n when not root; nothing is changed there): the Clusterfile (~/.sealer/Clusterfile
+   of root, or --clusterfile), the boot history beside it (application.json), and from the rootfs
+   <dataRoot>/<name>/rootfs: certs/<domain>.crt|.key, etc/registry_config.yml and
+   etc/registry_htpasswd, and the SSH key files the Clusterfile names (pk).
+2. Builds the stack config: hosts and roles, the SSH user and port (per-host ones under
+   cluster.ssh.hosts), the logins sealer uses: its pk (read on master0, kept as a secret) where
+   hosts use it, its passwd elsewhere (cluster.ssh.password and per-host passwords, secrets;
+   `encrypted: true` ones decrypted); --ssh-key when a host has no usable one; every
+   host's host key (ssh-keyscan, trust on first use: compare the fingerprints
+   printed), the registry's domain, port and login from the Clusterfile, sealer's cert and key
+   (registry.tls.cert/key: nodes keep their trust), its htpasswd and its registry config as-is
+   (the registry sealer started keeps serving), the boot history inline. Without --image-store
+   the stack copies no registry data: master0 serves what sealer put there.
+3. Checks the whole config offline (every problem printed; nothing written if any), then writes
+   Pulumi.NAME.yaml: plain values in the file, every secret through `pulumi config set --secret`
+   on stdin (never on a command line), creating the stack in the backend if needed; and
+   validates the file as `python -m cli validate` does.
+
+Refused, naming what to do: an existing Pulumi.NAME.yaml (without --force), a Clusterfile whose
+registry is HA (sealer.io/v2 runs it on every master behind an IPVS VIP unless
+localRegistry.ha is false; this program keeps one registry on master0), hosts with no usable
+login (another pk than the others' or a passphrase-protected one, and no passwd; give
+--ssh-key), --from not being the Clusterfile's master0. A non-root SSH user needs passwordless sudo on every host: the program's
+steps run through `sudo -n`.
+
+Exit codes: 0 written and valid; 2 refused or failed, nothing left behind (a stack this command
+created is removed again). Needs the engine's environment (`pulumi` on PATH or --pulumi, the
+backend, PULUMI_CONFIG_PASSPHRASE[_FILE]) and OpenSSH (ssh, ssh-keyscan).
+"""
+EPILOG = """\
+examples:
+  $ python -m cli adopt --from 192.168.0.2 --stack prod --ssh-key ~/.ssh/id_rsa
+  $ python -m cli adopt --from 192.168.0.2 --stack prod --kubeconfig ~/prod.kubeconfig --force
+"""
+
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 60.0
+KEYSCAN_TIMEOUT_S = 3
+KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+             "rsa-sha2-512", "ssh-rsa")
+READ_SCRIPT = "adopt-read.sh"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_ip", required=True, metavar="IP",
+                        help="master0 of the sealer cluster (where sealer's registry runs)")
+    parser.add_argument("--stack", required=True, metavar="NAME",
+                        help="stack to write (Pulumi.NAME.yaml; created in the backend if missing)")
+    parser.add_argument("--project-dir", default=".", metavar="DIR",
+                        help="directory holding Pulumi.yaml (default: current directory)")
+    parser.add_argument("--pulumi", metavar="PATH", help="the pulumi CLI to use (default: on PATH)")
+    parser.add_argument("--ssh-key", metavar="PATH",
+                        help="SSH private key to reach master0 (default: ssh's own keys and agent); "
+                             "also the stack's key when the Clusterfile's pk cannot be")
+    parser.add_argument("--ssh-password-file", metavar="PATH",
+                        help="file holding the SSH password of --user on master0 (given to ssh "
+                             "by an askpass helper, never on a command line)")
+    parser.add_argument("--user", default="root", help="SSH user on master0 (default root)")
+    parser.add_argument("--port", type=int, default=22, help="SSH port of master0 (default 22)")
+    parser.add_argument("--host-key", metavar="LINE",
+                        help="master0's expected host key ('ssh-ed25519 AAAA...'); default: "
+                             "trust what ssh-keyscan sees and print its fingerprint")
+    parser.add_argument("--clusterfile", metavar="PATH",
+                        help="the Clusterfile's path on master0 (default: ~/.sealer/Clusterfile of root)")
+    parser.add_argument("--kubeconfig", default="~/.kube/config", metavar="PATH",
+                        help="kubeconfig the program reaches the cluster with (default ~/.kube/config)")
+    parser.add_argument("--history-file", metavar="PATH",
+                        help="a local boot history to use instead of master0's application.json")
+    parser.add_argument("--registry-password-file", metavar="PATH",
+                        help="file holding the registry password, when the Clusterfile has none")
+    parser.add_argument("--image-store", metavar="DIR",
+                        help="a local image store to copy registry data from (with "
+                             "--cluster-image-id); then every master is a deploy host")
+    parser.add_argument("--cluster-image-id", metavar="ID", help="sha256:... of the cluster image")
+    parser.add_argument("--distribution", choices=["pre", "post"], default="pre")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite an existing Pulumi.NAME.yaml")
+
+
+# -- reading master0 ------------------------------------------------------------------------------
+
+
+def keyscan(hosts: dict[str, int]) -> dict[str, str]:
+    """``{ip: "<type> <base64>"}`` of the hosts that answer ssh-keyscan within the timeout, the
+    strongest type first (ed25519, ecdsa, rsa). Hosts grouped by port (one scan each)."""
+    found: dict[str, dict[str, str]] = {}
+    by_port: dict[int, list[str]] = {}
+    for ip, port in hosts.items():
+        by_port.setdefault(port, []).append(ip)
+    for port, ips in by_port.items():
+        try:
+            done = subprocess.run(["ssh-keyscan", "-T", str(KEYSCAN_TIMEOUT_S), "-p", str(port),
+                                   "-t", "ed25519,ecdsa,rsa", *ips], capture_output=True,
+                                  text=True, timeout=KEYSCAN_TIMEOUT_S * len(ips) + 10)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise CliError(f"ssh-keyscan failed: {e}") from None
+        for line in done.stdout.splitlines():
+            parts = line.split()
+            if len(parts) < 3 or line.startswith("#"):
+                continue
+            host = parts[0].removeprefix("[").split("]:")[0]
+            found.setdefault(host, {})[parts[1]] = parts[2]
+    return {ip: next(f"{t} {keys[t]}" for t in KEY_TYPES if t in keys)
+            for ip, keys in found.items() if any(t in keys for t in KEY_TYPES)}
+
+
+def fingerprint(host_key: str) -> str:
+    """`SHA256:...` as ssh-keygen -lf prints it."""
+    import base64
+    import hashlib
+
+    blob = base64.b64decode(host_key.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+@dataclass
+class SealerFiles:
+    """What adopt-read.sh sent back."""
+
+    meta: dict[str, str]
+    clusterfile: str
+    history: str | None
+    certs: dict[str, str]
+    registry_config: str | None
+    htpasswd: str | None
+    files: dict[str, str]            # path on master0 -> content
+
+    @classmethod
+    def from_tar(cls, data: bytes) -> SealerFiles:
+        members: dict[str, bytes] = {}
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+                for member in tar.getmembers():
+                    if member.isfile():
+                        members[member.name.removeprefix("./")] = tar.extractfile(member).read()
+        except tarfile.TarError as e:
+            raise CliError(f"master0 sent no readable tar ({e})") from None
+        text = {k: v.decode("utf-8", "replace") for k, v in members.items()}
+        meta = dict(line.split("=", 1) for line in text.get("meta", "").splitlines() if "=" in line)
+        files = {meta[f"file.{k.removeprefix('files/')}"]: v for k, v in text.items()
+                 if k.startswith("files/") and f"file.{k.removeprefix('files/')}" in meta}
+        return cls(meta=meta, clusterfile=text.get("clusterfile", ""),
+                   history=text.get("application.json"),
+                   certs={k.removeprefix("rootfs/certs/"): v for k, v in text.items()
+                          if k.startswith("rootfs/certs/")},
+                   registry_config=text.get("rootfs/etc/registry_config.yml"),
+                   htpasswd=text.get("rootfs/etc/registry_htpasswd"), files=files)
+
+
+class Master0:
+    """OpenSSH to master0 with a pinned host key, BatchMode and bounded timeouts."""
+
+    def __init__(self, ip: str, user: str, port: int, key: Path | None, host_key: str, tmp: Path,
+                 password_file: Path | None = None):
+        self.ip, self.user, self.port, self.key = ip, user, port, key
+        self.known_hosts = tmp / "known_hosts"
+        name = ip if port == 22 else f"[{ip}]:{port}"
+        self.known_hosts.write_text(f"{name} {host_key}\n")
+        self.askpass: Path | None = None
+        if password_file is not None:
+            # ssh asks this helper (SSH_ASKPASS_REQUIRE=force); it prints the operator's file.
+            self.askpass = tmp / "askpass"
+            self.askpass.write_text(f"#!/bin/sh\nexec cat {shlex.quote(str(password_file))}\n")
+            self.askpass.chmod(0o700)
+
+    def argv(self) -> list[str]:
+        batch = (["-o", "BatchMode=yes"] if self.askpass is None else
+                 ["-o", "BatchMode=no", "-o", "NumberOfPasswordPrompts=1",
+                  "-o", "PreferredAuthentications=publickey,keyboard-interactive,password"])
+        argv = ["ssh", "-F", "none", "-p", str(self.port), *batch,
+                "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", "-o", "ServerAliveInterval=3",
+                "-o", "ServerAliveCountMax=2", "-o", "LogLevel=ERROR",
+                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "GlobalKnownHostsFile=/dev/null"]
+        if self.key is not None:
+            argv += ["-i", str(self.key), "-o", "IdentitiesOnly=yes"]
+        return [*argv, f"{self.user}@{self.ip}"]
+
+    def read(self, *args: str) -> SealerFiles:
+        run = script_run(READ_SCRIPT, *args)
+        command = run.command if self.user == "root" else f"sudo -n {run.command}"
+        try:
+            env = None if self.askpass is None else dict(
+                os.environ, SSH_ASKPASS=str(self.askpass), SSH_ASKPASS_REQUIRE="force")
+            done = subprocess.run([*self.argv(), "--", command], input=run.stdin.encode(),
+                                  capture_output=True, timeout=READ_TIMEOUT_S, env=env)
+        except subprocess.TimeoutExpired:
+            raise CliError(f"reading master0 {self.ip} timed out after {READ_TIMEOUT_S:.0f}s") from None
+        stderr = done.stderr.decode("utf-8", "replace")
+        if done.returncode != 0:
+            why = next((line.split("error: ", 1)[1] for line in stderr.splitlines()
+                        if f"{READ_SCRIPT}: error: " in line), None)
+            if why is None:
+                why = ssh_error(stderr, done.returncode)
+            raise CliError(f"cannot read what sealer left on {self.ip}: {why}")
+        return SealerFiles.from_tar(done.stdout)
+
+
+# -- the stack config -----------------------------------------------------------------------------
+
+
+@dataclass
+class Adoption:
+    """The stack config made from what sealer left: plain values, secrets, and what to say."""
+
+    plain: dict[str, Any]
+    secrets: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+def _boot_history(files: SealerFiles, history_path: str) -> dict:
+    text = files.history
+    where = f"{history_path} on master0"
+    if text is None:
+        raise CliError(f"no boot history at {where}: give one with --history-file PATH")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or "schemaVersion" in doc or "buildClient" in doc:
+        raise CliError(f"{where} is not a boot history ({{type, applications: [{{name, image_id, "
+                       "type, launch_cmd, version}], launch}}): sealer's own log of image "
+                       "extensions names no image ids; give one with --history-file PATH")
+    try:
+        BootHistory.model_validate(doc)
+    except Exception as e:
+        raise CliError(f"{where} is not a valid boot history ({str(e).splitlines()[0]}); give "
+                       "one with --history-file PATH") from None
+    return doc
+
+
+def _refusals(cf: Clusterfile, from_ip: str) -> None:
+    if cf.registry.ha:
+        raise CliError(
+            "the Clusterfile's registry is HA (spec.registry.localRegistry.ha is not false, and "
+            f"{cf.api_version} makes it true by default): sealer runs a registry on every master "
+            f"({', '.join(cf.masters)}) behind an IPVS VIP. This program keeps one registry on "
+            "master0 with standbys; adopting would stop the other masters' registries and "
+            "repoint every host, so it is refused")
+    if from_ip != cf.master0:
+        raise CliError(f"--from {from_ip} is not the Clusterfile's master0 {cf.master0} (the "
+                       "first master, where sealer's registry runs)")
+
+
+def host_password_path(ip: str) -> str:
+    """The engine's `--path` of a host's own SSH password."""
+    return f'cluster.ssh.hosts["{ip}"].password'
+
+
+def _credentials(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
+                 ssh: dict[str, Any], secrets: dict[str, str], notes: list[str]) -> None:
+    """How the stack logs in to each host, as sealer does: the Clusterfile's pk (read on
+    master0) where a host uses it, its passwd elsewhere; --ssh-key for every host when some host
+    has neither (or its key cannot be used: another key, a passphrase, unreadable)."""
+    # The stack has one key: spec.ssh.pk, or the one pk the hosts share.
+    paths = {s.pk for s in cf.hosts_ssh.values() if s.pk and not s.pk_passwd}
+    pk = cf.ssh.pk if cf.ssh.pk in paths else (next(iter(paths)) if len(paths) == 1 else "")
+    key = files.files.get(pk) if pk else None
+    by_key = {ip for ip, s in cf.hosts_ssh.items() if key is not None and s.pk == pk and not s.pk_passwd}
+    by_password = {ip for ip, s in cf.hosts_ssh.items() if s.passwd}
+    neither = [ip for ip in cf.hosts if ip not in by_key | by_password]
+    if neither:
+        why = (f"pk {pk} cannot be read on master0" if pk and key is None
+               else "no passwd, and no pk the stack can use: another key than the other hosts', "
+                    "or a passphrase-protected one")
+        problem = f"the Clusterfile gives no usable login for {', '.join(neither)} ({why})"
+        if not args.ssh_key:
+            raise CliError(f"{problem}; give a key every host accepts with --ssh-key PATH")
+        ssh["private_key_path"] = str(resolve_local_path(args.ssh_key, args.project_dir))
+        notes.append(f"{problem}: the stack reaches every host with --ssh-key")
+        return
+    if by_key:
+        secrets["cluster.ssh.private_key"] = key
+        notes.append(f"the stack reaches {len(by_key)} hosts with the Clusterfile's key "
+                     f"{pk} (read on master0, kept as a secret)")
+    needs_password = sorted(by_password - by_key, key=cf.hosts.index)
+    if needs_password:
+        default = cf.ssh.passwd
+        if default:
+            secrets["cluster.ssh.password"] = default
+        for ip in needs_password:
+            if cf.hosts_ssh[ip].passwd != default:
+                secrets[host_password_path(ip)] = cf.hosts_ssh[ip].passwd
+        notes.append(f"the stack logs in to {', '.join(needs_password)} with the Clusterfile's "
+                     "passwd (kept as a secret)")
+
+
+def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
+                   host_keys: dict[str, str]) -> Adoption:
+    """The stack config for ``cf`` from what master0 sent (pure: no I/O but local paths made
+    absolute)."""
+    notes: list[str] = []
+    secrets: dict[str, str] = {}
+    reg = cf.registry
+    _refusals(cf, args.from_ip)
+
+    ssh: dict[str, Any] = {"user": cf.ssh.user, "port": cf.ssh.port,
+                           "host_keys": {ip: host_keys[ip] for ip in cf.hosts if ip in host_keys}}
+    overrides = {ip: {k: v for k, v in (("user", s.user), ("port", s.port))
+                      if v != getattr(cf.ssh, k)} for ip, s in cf.overrides().items()}
+    overrides = {ip: o for ip, o in overrides.items() if o}
+    if overrides:
+        ssh["hosts"] = overrides
+    _credentials(cf, files, args, ssh, secrets, notes)
+    unpinned = [ip for ip in cf.hosts if ip not in host_keys]
+    if unpinned:
+        notes.append(f"no host key pinned for {', '.join(unpinned)} (no answer to ssh-keyscan): "
+                     "any key is accepted there until cluster.ssh.host_keys has one")
+
+    registry: dict[str, Any] = {"domain": reg.domain, "port": reg.port,
+                                "local_registry": {"insecure_mode": reg.insecure}}
+    if reg.insecure:
+        notes.append("the registry is insecure (plain HTTP): no certificate adopted")
+    else:
+        cert, key = files.certs.get(f"{reg.domain}.crt"), files.certs.get(f"{reg.domain}.key")
+        if cert is None or key is None:
+            raise CliError(f"{files.meta.get('rootfs')}/certs on master0 holds no "
+                           f"{reg.domain}.crt and {reg.domain}.key: sealer's registry cert is missing")
+        registry["tls"] = {"cert": cert}
+        secrets["registry.tls.key"] = key
+    password = reg.password
+    if args.registry_password_file:
+        password = resolve_local_path(args.registry_password_file, args.project_dir).read_text().rstrip("\n")
+    username = reg.username
+    if files.htpasswd is not None:
+        users = [line.split(":", 1)[0] for line in files.htpasswd.splitlines() if ":" in line]
+        username = username or (users[0] if len(users) == 1 else "")
+        if not username or not password:
+            raise CliError("master0 has etc/registry_htpasswd but the Clusterfile names no registry "
+                           "username/password: give the password with --registry-password-file "
+                           f"(users in the htpasswd: {', '.join(users) or 'none'})")
+        secrets["registry.htpasswd"] = files.htpasswd
+    if username and password:
+        registry["username"] = username
+        secrets["registry.password"] = password
+    if files.registry_config is not None:
+        problems = brought_config_problems(files.registry_config, reg.port)
+        if problems:
+            notes.append(f"sealer's etc/registry_config.yml {problems[0]}: the program writes its "
+                         "own, and the registry restarts once at the first `up`")
+        else:
+            registry["config"] = files.registry_config
+
+    apps: dict[str, Any] = {}
+    if args.history_file:
+        apps["history_file"] = str(resolve_local_path(args.history_file, args.project_dir))
+    else:
+        apps["history"] = _boot_history(files, files.meta.get("history", "application.json"))
+    deploy = [cf.master0]
+    if args.image_store or args.cluster_image_id:
+        apps["image_store"] = str(resolve_local_path(args.image_store, args.project_dir)) if args.image_store else None
+        apps["cluster_image_id"] = args.cluster_image_id
+        deploy = list(cf.masters)
+    else:
+        notes.append("no --image-store: the stack copies no registry data (master0 serves what "
+                     "sealer put there) and `recover` refuses until it has a source")
+    registry["local_registry"]["deploy_hosts"] = deploy
+
+    plain = {
+        "master0": cf.master0,
+        "down_hosts": [],
+        "distribution": args.distribution,
+        "cluster": {"name": cf.name, "data_root": cf.data_root, "masters": cf.masters,
+                    "nodes": cf.nodes, "ssh": ssh},
+        "registry": registry,
+        "apps": {k: v for k, v in apps.items() if v is not None},
+        "kubernetes": {"kubeconfig_path": str(resolve_local_path(args.kubeconfig, args.project_dir))},
+    }
+    return Adoption(plain=plain, secrets=secrets, notes=notes)
+
+
+_PATH_PART = re.compile(r'([^.\[\]"]+)|\["([^"]+)"\]')
+
+
+def path_parts(path: str) -> list[str]:
+    """`a.b["10.0.0.1"].c` (the engine's `--path`) -> ["a", "b", "10.0.0.1", "c"]."""
+    return [m.group(1) or m.group(2) for m in _PATH_PART.finditer(path)]
+
+
+def _with_secrets(plain: dict[str, Any], secrets: dict[str, str]) -> dict[str, Any]:
+    values = json.loads(json.dumps(plain))
+    for path, value in secrets.items():
+        node = values
+        *parents, last = path_parts(path)
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return values
+
+
+def check_offline(adoption: Adoption, project_dir: Path) -> None:
+    """The whole config, secrets in plaintext, as the program checks it: nothing is written if
+    any value is refused."""
+    assert all(is_secret_path(".".join(path_parts(p))) for p in adoption.secrets)
+    try:
+        build_config(_with_secrets(adoption.plain, adoption.secrets), base_dir=project_dir,
+                     check_files=True)
+    except ConfigError as e:
+        raise CliError("the adopted config is not valid (nothing written):\n" + "\n".join(e.lines())) from None
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (PEM, the registry config) as `|` blocks, as an operator writes them."""
+
+
+_BlockDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
+
+
+def write_stack(engine: Engine, stack_file: Path, adoption: Adoption) -> None:
+    """Plain values into the stack file (keeping what the engine put there: encryptionsalt,
+    secretsprovider), then each secret through the engine on stdin."""
+    doc: dict[str, Any] = {}
+    if stack_file.is_file():
+        doc = yaml.safe_load(stack_file.read_text()) or {}
+    doc["config"] = {f"{PROJECT}:{k}": v for k, v in adoption.plain.items()}
+    stack_file.write_text(yaml.dump(doc, Dumper=_BlockDumper, sort_keys=False, width=1 << 16))
+    for path, value in adoption.secrets.items():
+        engine.set_value(path, value, secret=True)
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+@guarded(NAME)
+def run(args: argparse.Namespace) -> int:
+    args.from_ip = parse_ip(args.from_ip)
+    project_dir = Path(args.project_dir)
+    stack_file = stack_file_path(args.stack, project_dir)
+    if stack_file.exists() and not args.force:
+        raise CliError(f"{stack_file} exists: pass --force to overwrite its config")
+    key = resolve_local_path(args.ssh_key, project_dir) if args.ssh_key else None
+    if key is not None and not key.is_file():
+        raise CliError(f"--ssh-key: SSH key {key} does not exist")
+    password_file = (resolve_local_path(args.ssh_password_file, project_dir)
+                     if args.ssh_password_file else None)
+    if password_file is not None and not password_file.is_file():
+        raise CliError(f"--ssh-password-file: {password_file} does not exist")
+
+    scanned = keyscan({args.from_ip: args.port})
+    seen = scanned.get(args.from_ip)
+    if args.host_key:
+        wanted = " ".join(args.host_key.split()[:2])
+        if seen is not None and seen.split()[0] == wanted.split()[0] and seen != wanted:
+            raise CliError(f"master0 {args.from_ip} presents {fingerprint(seen)}, not the "
+                           f"--host-key {fingerprint(wanted)}")
+        seen = wanted
+    if seen is None:
+        raise CliError(f"master0 {args.from_ip}:{args.port} does not answer ssh-keyscan within "
+                       f"{KEYSCAN_TIMEOUT_S}s")
+
+    with tempfile.TemporaryDirectory(prefix="sealer-adopt-") as tmp:
+        master0 = Master0(args.from_ip, args.user, args.port, key, seen, Path(tmp), password_file)
+        extra = ["--clusterfile", args.clusterfile] if args.clusterfile else []
+        files = master0.read(*extra)
+        try:
+            cf = parse_clusterfile(files.clusterfile)
+        except ClusterfileError as e:
+            raise CliError(f"the Clusterfile {files.meta.get('clusterfile')} on master0 {e}") from None
+        # One session unless the script's reading of the Clusterfile (awk) missed the rootfs or
+        # a key: then once more with the paths parsed here.
+        keys = sorted({s.pk for s in cf.hosts_ssh.values() if s.pk})
+        missing_keys = not set(keys) <= set(files.files)
+        if files.meta.get("rootfs") != cf.rootfs or missing_keys:
+            again = ["--clusterfile", files.meta["clusterfile"], "--rootfs", cf.rootfs]
+            files = master0.read(*again, *(a for path in keys for a in ("--file", path)))
+
+    host_keys = {args.from_ip: seen}
+    host_keys.update(keyscan({ip: cf.hosts_ssh[ip].port for ip in cf.hosts if ip != args.from_ip}))
+    adoption = build_adoption(cf, files, args, host_keys)
+    check_offline(adoption, project_dir)
+
+    engine = Engine(args.stack, project_dir, args.pulumi, create=True)
+    saved = stack_file.read_bytes() if stack_file.exists() else None
+    try:
+        write_stack(engine, stack_file, adoption)
+        load_stack_file(stack_file, check_files=True)
+    except BaseException as e:
+        # Nothing left behind: the file as it was, and no stack this command created.
+        if engine.created:
+            try:
+                engine.remove_stack()
+            except CliError:
+                pass
+        if saved is not None:
+            stack_file.write_bytes(saved)
+        else:
+            stack_file.unlink(missing_ok=True)
+        if isinstance(e, ConfigError):
+            raise CliError("the written stack file does not validate:\n" + "\n".join(e.lines())) from None
+        raise
+
+    report(args, cf, adoption, host_keys, engine.created)
+    return EXIT_OK
+
+
+def report(args: argparse.Namespace, cf: Clusterfile, adoption: Adoption,
+           host_keys: dict[str, str], created: bool) -> None:
+    reg = adoption.plain["registry"]
+    print(f"ok: stack {args.stack}{' (created)' if created else ''}: cluster {cf.name}, master0 "
+          f"{cf.master0}, {len(cf.masters)} masters, {len(cf.nodes)} nodes, registry "
+          f"{reg['domain']}:{reg['port']}"
+          f"{', login ' + reg['username'] if 'username' in reg else ''}")
+    print(f"  secrets set through the engine: {', '.join(sorted(adoption.secrets)) or 'none'}")
+    for ip in cf.hosts:
+        if ip in host_keys:
+            print(f"  host key {ip}: {host_keys[ip].split()[0]} {fingerprint(host_keys[ip])}")
+    for note in adoption.notes:
+        print(f"note: {note}")
+    print(f"next: python -m cli validate --stack {shlex.quote(args.stack)}; pulumi preview "
+          f"--stack {shlex.quote(args.stack)}; pulumi up --stack {shlex.quote(args.stack)}")

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Reads what sealer left on master0 and prints it as one tar on stdout (for `python -m cli adopt`);
+# changes nothing on the host. The tar holds:
+#   meta                 key=value lines: clusterfile, history, rootfs (the paths read)
+#   clusterfile          sealer's Clusterfile
+#   application.json     the boot history, when there is one
+#   rootfs/certs/...     every file of <rootfs>/certs (sealer's cert and key)
+#   rootfs/etc/registry_config.yml, rootfs/etc/registry_htpasswd   when they exist
+#   files/N              the Nth --file (default: every `pk:` path of the Clusterfile, the SSH
+#                        keys sealer reaches the hosts with), when readable
+# Without --rootfs the rootfs is <dataRoot>/<name>/rootfs of the Clusterfile's Cluster document,
+# read with awk (sigs.k8s.io/yaml's layout); the caller parses the Clusterfile properly and runs
+# this again with --rootfs when it finds another one.
+# Usage: adopt-read.sh [--clusterfile PATH] [--history PATH] [--rootfs DIR] [--file PATH]...
+if ! declare -F info >/dev/null; then
+  # shellcheck source=lib/common.sh
+  source "${BASH_SOURCE[0]%/*}/lib/common.sh"
+fi
+
+readonly DEFAULT_DATA_ROOT=/var/lib/sealer/data
+STAGE=""
+cleanup() { [[ -z "$STAGE" ]] || rm -rf "$STAGE"; }
+
+# sealer keeps ~/.sealer/Clusterfile of the user that ran it (root); sealer before v0.9 kept
+# ~/.sealer/<cluster>/Clusterfile.
+find_clusterfile() {
+  local home candidates=()
+  for home in /root "${HOME:-/root}"; do
+    if [[ -f "$home/.sealer/Clusterfile" ]]; then
+      printf '%s\n' "$home/.sealer/Clusterfile"
+      return 0
+    fi
+  done
+  shopt -s nullglob
+  candidates=(/root/.sealer/*/Clusterfile)
+  shopt -u nullglob
+  if ((${#candidates[@]} == 1)); then
+    printf '%s\n' "${candidates[0]}"
+    return 0
+  fi
+  ((${#candidates[@]} == 0)) || fatal "several Clusterfiles: ${candidates[*]}; name one with --clusterfile"
+  fatal "no Clusterfile in /root/.sealer or ${HOME:-/root}/.sealer; name it with --clusterfile"
+}
+
+# "<name>\t<dataRoot>" of the first `kind: Cluster` document (top-level keys at column 0, their
+# children indented by two spaces).
+cluster_name_and_root() {
+  awk '
+    function value(line) {
+      sub(/^[^:]*:[ \t]*/, "", line); sub(/[ \t]+#.*$/, "", line); sub(/[ \t]+$/, "", line)
+      gsub(/^["\047]|["\047]$/, "", line)
+      return line
+    }
+    function flush() {
+      if (kind == "Cluster" && !done) { print name "\t" root; done = 1 }
+      kind = ""; name = ""; root = ""; top = ""
+    }
+    /^---/ { flush(); next }
+    /^[A-Za-z]/ { top = $0; sub(/:.*/, "", top); if (top == "kind") kind = value($0); next }
+    top == "metadata" && /^  name:/ { name = value($0) }
+    top == "spec" && /^  dataRoot:/ { root = value($0) }
+    END { flush() }
+  ' "$1"
+}
+
+# Every `pk:` value of the Clusterfile (spec.ssh and the hosts' overrides).
+key_paths() {
+  awk '/^[ \t-]*pk:[ \t]*[^ \t]/ {
+    line = $0; sub(/^[^:]*:[ \t]*/, "", line); sub(/[ \t]+#.*$/, "", line); sub(/[ \t]+$/, "", line)
+    gsub(/^["\047]|["\047]$/, "", line); print line
+  }' "$1" | sort -u
+}
+
+copy_if_file() {
+  local src=$1 dest=$2
+  [[ -f "$src" ]] || return 0
+  mkdir -p "$(dirname "$dest")"
+  cp "$src" "$dest"
+}
+
+main() {
+  local clusterfile="" history="" rootfs="" files=() found name root i
+  while (($#)); do
+    case "$1" in
+      --clusterfile) clusterfile=$2; shift 2 ;;
+      --history) history=$2; shift 2 ;;
+      --rootfs) rootfs=$2; shift 2 ;;
+      --file) files+=("$2"); shift 2 ;;
+      *) fatal "unknown argument '$1'" ;;
+    esac
+  done
+  [[ -n "$clusterfile" ]] || clusterfile=$(find_clusterfile)
+  [[ -f "$clusterfile" ]] || fatal "no Clusterfile at $clusterfile"
+  [[ -n "$history" ]] || history="$(dirname "$clusterfile")/application.json"
+  ((${#files[@]})) || mapfile -t files < <(key_paths "$clusterfile")
+  if [[ -z "$rootfs" ]]; then
+    found=$(cluster_name_and_root "$clusterfile")
+    name=${found%%$'\t'*}
+    root=${found#*$'\t'}
+    [[ -n "$name" ]] || fatal "$clusterfile has no kind: Cluster document with metadata.name"
+    rootfs="${root:-$DEFAULT_DATA_ROOT}/$name/rootfs"
+  fi
+
+  STAGE=$(mktemp -d)
+  trap cleanup EXIT
+  cp "$clusterfile" "$STAGE/clusterfile"
+  copy_if_file "$history" "$STAGE/application.json"
+  if [[ -d "$rootfs/certs" ]]; then
+    mkdir -p "$STAGE/rootfs"
+    cp -R "$rootfs/certs" "$STAGE/rootfs/certs"
+  fi
+  copy_if_file "$rootfs/etc/registry_config.yml" "$STAGE/rootfs/etc/registry_config.yml"
+  copy_if_file "$rootfs/etc/registry_htpasswd" "$STAGE/rootfs/etc/registry_htpasswd"
+  {
+    printf 'clusterfile=%s\nhistory=%s\nrootfs=%s\n' "$clusterfile" "$history" "$rootfs"
+    for i in "${!files[@]}"; do
+      printf 'file.%s=%s\n' "$i" "${files[$i]}"
+      copy_if_file "${files[$i]}" "$STAGE/files/$i"
+    done
+  } >"$STAGE/meta"
+  info "read $clusterfile and $rootfs"
+  tar -C "$STAGE" -cf - .
+}
+
+main "$@"
