@@ -37,6 +37,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from config.errors import Problem
 from config.scalars import (
+    ApiserverURL,
     AppName,
     ClusterName,
     DataRoot,
@@ -579,10 +580,18 @@ class KubernetesConfig(_Model):
     kubeconfig_path: Optional[LocalPath] = None
     context: Text = ""
     cluster_identifier: Optional[ClusterName] = None
+    # The apiservers the records are written through, in order; the first whose host is not in
+    # down_hosts is used (kubeapi.py). Unset: https://<master>:6443 for every master.
+    endpoints: Optional[list[ApiserverURL]] = None
 
     @model_validator(mode="after")
     def _check(self) -> "KubernetesConfig":
         problems = []
+        if self.endpoints is not None:
+            if not self.endpoints:
+                problems.append(("endpoints", "is empty: list at least one https:// URL, or leave it "
+                                 "out to use https://<master>:6443 of every master"))
+            problems += _duplicates(self.endpoints, "endpoints")
         if (self.kubeconfig is None) == (self.kubeconfig_path is None):
             given = "both are set" if self.kubeconfig is not None else "neither is set"
             problems.append(("", f"exactly one of kubeconfig / kubeconfig_path is required ({given})"))

@@ -4,12 +4,14 @@ A host `srl-<octet>` is:
 - network namespace `srl-<octet>` with `eth0` = <ip>/24, its peer veth `srl-<octet>` on bridge `srl-br0`;
 - a holder process (`sleep infinity`, pid in `<state>/hosts/srl-<octet>/holder.pid`) started as
   `ip netns exec NS unshare --mount --uts --propagation private`, which keeps the host's mount
-  namespace alive. Inside it `/etc`, `/root`, `/tmp`, `/var/log`, `/var/lib/sealer` are bind mounts of
-  per-host directories (a directory mount, so rename-over of `/etc/hosts` works) and `/run` is a
-  tmpfs; the lab state directory is hidden under a tmpfs, so a host can't read the operator key
-  or another host's files;
+  namespace alive. Inside it `/etc` is an overlay and `/root`, `/tmp`, `/var/log`,
+  `/var/lib/sealer`, `/var/lib/etcd` are bind mounts of per-host directories (a directory mount, so
+  rename-over of `/etc/hosts` works) and `/run` is a tmpfs; the lab state directory is hidden under
+  a tmpfs, so a host can't read the operator key or another host's files;
 - `/usr/sbin/sshd` started inside both namespaces with the host's own `/etc/ssh` (own host key,
-  root login with the lab operator key only).
+  root login with the lab operator key only);
+- optional services (`Lab.start_service`: the control plane's etcd, kube-apiserver,
+  kube-controller-manager on the masters) started the same way, without SSH.
 
 Faults live in the root namespace, in nft table `bridge srl_lab`: every IP frame towards a host is
 counted (`packets_to`), and a killed host's interface is in set `killed`, whose IP frames are
@@ -49,7 +51,11 @@ DEFAULT_STATE = REPO / (".lab" if INSTANCE == 0 else f".lab{INSTANCE}")
 ROOTFS_SRC = Path(__file__).resolve().parent / "rootfs"
 # Directories that each host gets privately (bind mounts of <hostdir>/<name>).
 PRIVATE_DIRS = {"/etc": "etc", "/root": "root", "/tmp": "tmp", "/var/log": "var-log",
-                "/var/lib/sealer": "var-lib-sealer"}
+                "/var/lib/sealer": "var-lib-sealer", "/var/lib/etcd": "var-lib-etcd"}
+# Mount points the machine may lack: created for the lab (and removed by `down` when no lab of any
+# instance is left, since removing a mount point detaches it in every other mount namespace).
+MOUNTPOINTS = ("/var/lib/sealer", "/var/lib/etcd")
+SERVICES_DIR = "services"  # <hostdir>/services/<name>.json (argv) and <name>.pid
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -117,6 +123,7 @@ mount -t overlay srl-etc -o lowerdir=/etc,upperdir=etc,workdir=etc-work /etc
 mount --bind root /root
 mount --bind var-log /var/log
 mount --bind var-lib-sealer /var/lib/sealer
+mount --bind var-lib-etcd /var/lib/etcd
 mount --bind tmp /tmp
 mount -t tmpfs -o mode=0755,size=256m srl-run /run
 mkdir -p /run/sshd /run/lock
@@ -157,7 +164,6 @@ class Lab:
         self.key_path = self.state / "id_ed25519"
         self.inventory_path = self.state / "inventory.json"
         self.known_hosts_path = self.state / "known_hosts"
-        self._mountpoint_marker = self.state / "created-var-lib-sealer"
 
     # ---------------------------------------------------------------- inventory
     def inventory(self) -> dict:
@@ -236,12 +242,7 @@ class Lab:
         for f in (self.inventory_path, self.known_hosts_path, self.key_path,
                   self.key_path.with_suffix(".pub")):
             f.unlink(missing_ok=True)
-        if self._mountpoint_marker.exists():
-            try:
-                Path("/var/lib/sealer").rmdir()
-            except OSError:
-                pass
-            self._mountpoint_marker.unlink()
+        self._remove_mountpoints()
         if purge and self.state.exists():
             shutil.rmtree(self.state)
             removed.append(str(self.state))
@@ -282,6 +283,9 @@ class Lab:
            check=False)
         if not self.sshd_running(h.name):
             self.start_sshd(h.name)
+        for name in self.services(h.name):  # a crash killed them: the "reboot" starts them again
+            if self.service_pid(h.name, name) is None:
+                self._launch_service(h.name, name)
 
     def is_killed(self, ref: str) -> bool:
         h = self.host(ref)
@@ -303,6 +307,65 @@ class Lab:
 
     def sshd_running(self, ref: str) -> bool:
         return self._sshd_pid(self.host(ref).name) is not None
+
+    # ---------------------------------------------------------------- services
+    def start_service(self, ref: str, name: str, argv: list[str]) -> int:
+        """Run ``argv`` (a long-running program that stays in the foreground) inside the host's
+        namespaces, the way sshd is started: no SSH, its own session, stdout and stderr to the
+        host's ``/var/log/<name>.log``. ``argv[0]`` is an absolute path of the root namespace (the
+        toolchain's cache lives under /tmp or /root, which hosts see privately): it is executed
+        through ``/proc/<pid>/root``. The service is recorded, so that ``revive`` after a crash
+        starts it again like a boot would. Returns its pid; a running service is left alone."""
+        h = self.host(ref)
+        if not os.path.isabs(argv[0]) or not os.access(argv[0], os.X_OK):
+            raise LabError(f"service {name}: {argv[0]} is not an executable absolute path")
+        sdir = self.hosts_dir / h.name / SERVICES_DIR
+        sdir.mkdir(exist_ok=True)
+        (sdir / f"{name}.json").write_text(json.dumps({"argv": argv}) + "\n")
+        pid = self.service_pid(h.name, name)
+        return pid if pid is not None else self._launch_service(h.name, name)
+
+    def stop_service(self, ref: str, name: str, forget: bool = False, timeout: float = 10) -> bool:
+        """Stop the service (SIGTERM, then SIGKILL; a frozen one is killed at once). ``forget``
+        also drops its record (a revive no longer starts it). True if it was running."""
+        h = self.host(ref)
+        sdir = self.hosts_dir / h.name / SERVICES_DIR
+        pid = self.service_pid(h.name, name)
+        if pid is not None:
+            frozen = (self.hosts_dir / h.name / "frozen").exists()
+            _signal(pid, signal.SIGKILL if frozen else signal.SIGTERM)
+            if not _wait(lambda: not _alive(pid), timeout, f"{name} on {h.name} to stop",
+                         raise_=False):
+                _signal(pid, signal.SIGKILL)
+                _wait(lambda: not _alive(pid), 5, f"{name} on {h.name} to die")
+        (sdir / f"{name}.pid").unlink(missing_ok=True)
+        if forget:
+            (sdir / f"{name}.json").unlink(missing_ok=True)
+        return pid is not None
+
+    def service_pid(self, ref: str, name: str) -> int | None:
+        """The pid of the recorded service if it lives (a frozen one does)."""
+        h = self.host(ref)
+        sdir = self.hosts_dir / h.name / SERVICES_DIR
+        try:
+            pid = int((sdir / f"{name}.pid").read_text())
+            argv0 = json.loads((sdir / f"{name}.json").read_text())["argv"][0]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, ValueError, KeyError, IndexError):
+            return None
+        # The pid may have been reused by another program: the executable's name must match.
+        if os.path.basename(cmdline) != os.path.basename(argv0) or not _alive(pid):
+            return None
+        return pid
+
+    def services(self, ref: str) -> list[str]:
+        """Names of the services recorded for the host."""
+        sdir = self.hosts_dir / self.host(ref).name / SERVICES_DIR
+        return sorted(p.stem for p in sdir.glob("*.json")) if sdir.is_dir() else []
+
+    def service_log(self, ref: str, name: str) -> Path:
+        """The service's log as the root namespace sees it."""
+        return self.hosts_dir / self.host(ref).name / PRIVATE_DIRS["/var/log"] / f"{name}.log"
 
     def packets_to(self, ref: str) -> int:
         """IP packets (frames) sent towards the host over the bridge since it was created."""
@@ -364,10 +427,50 @@ class Lab:
         os.chmod(self.key_path, 0o600)
 
     def _ensure_mountpoint(self) -> None:
-        mp = Path("/var/lib/sealer")
-        if not mp.exists():
-            mp.mkdir(parents=True)
-            self._mountpoint_marker.touch()
+        for path in MOUNTPOINTS:
+            mp = Path(path)
+            if not mp.exists():
+                mp.mkdir(parents=True)
+                (self.state / f"created-{PRIVATE_DIRS[path]}").touch()
+
+    def _remove_mountpoints(self) -> None:
+        other_labs = any(line.split()[0].startswith("srl") for line in
+                         sh("ip", "netns", "list").stdout.splitlines() if line.split())
+        for path in MOUNTPOINTS:
+            marker = self.state / f"created-{PRIVATE_DIRS[path]}"
+            if not marker.exists():
+                continue
+            if not other_labs:
+                try:
+                    Path(path).rmdir()
+                except OSError:
+                    pass
+            marker.unlink()
+
+    def _launch_service(self, name: str, service: str) -> int:
+        sdir = self.hosts_dir / name / SERVICES_DIR
+        argv = json.loads((sdir / f"{service}.json").read_text())["argv"]
+        holder = self.holder_pid(name)
+        # Our own /proc/<pid>/root is the root namespace's /: the path resolves there while this
+        # process lives, which it does until the service has exec'd (waited for below).
+        exe = f"/proc/{os.getpid()}/root{argv[0]}"
+        log = self.service_log(name, service)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                ["nsenter", "-t", str(holder), "-n", "-m", "-u", "--", "env", "-i",
+                 f"PATH={HOST_PATH}", "HOME=/root", "LANG=C.UTF-8", exe, *argv[1:]],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True, cwd="/")
+        (sdir / f"{service}.pid").write_text(f"{proc.pid}\n")
+
+        def started() -> bool:
+            try:
+                cmd = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            except OSError:
+                return True  # gone already: the caller's readiness check reports it
+            return os.path.basename(cmd) == os.path.basename(argv[0])
+        _wait(started, 10, f"{service} on {name} to start")
+        return proc.pid
 
     def _ensure_bridge(self) -> None:
         if not _link_exists(BRIDGE):
@@ -462,6 +565,8 @@ table bridge {NFT_TABLE} {{
             return False
         if not _is_holder(pid) or (hdir / "frozen").exists() or (hdir / "crashed").exists():
             return False
+        if not all((hdir / sub).is_dir() for sub in PRIVATE_DIRS.values()):
+            return False  # made by an older lab without one of today's private dirs
         return self._sshd_pid(name) is not None and _ssh_banner(ip)
 
     def _prepare_host_dir(self, name: str, hdir: Path) -> None:
@@ -471,6 +576,7 @@ table bridge {NFT_TABLE} {{
                 (hdir / sub).mkdir()
         os.chmod(hdir / "tmp", 0o1777)
         os.chmod(hdir / "root", 0o700)
+        os.chmod(hdir / "var-lib-etcd", 0o700)
         # /etc is an overlay (lower: the machine's /etc, upper: <hostdir>/etc): private, writable,
         # rename-over works, and it costs nothing to create or remove.
         etc = hdir / "etc"
