@@ -25,7 +25,7 @@ from cli.common import CliError, resolve_local_path
 from cli.session import Session
 from config import ConfigError
 
-PROBE_TIMEOUT_S = 3.0
+PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -88,21 +88,33 @@ class _Credentials:
 
 
 def probe(endpoint: str, creds: _Credentials, timeout: float = PROBE_TIMEOUT_S) -> ApiProbe:
-    """``GET <endpoint>/readyz`` over one TLS connection, within ``timeout`` seconds in all."""
-    url = urlsplit(endpoint)
-    host, port = url.hostname or "", url.port or 443
+    """``GET <endpoint>/readyz`` until it answers 200, within ``timeout`` seconds in all. An
+    apiserver that answers but is not ready yet (its etcd member catching up after a revive) is
+    asked again; one that does not answer at all is not."""
     start = time.monotonic()
     deadline = start + timeout
+    while True:
+        ok, detail, answered = _readyz(endpoint, creds, deadline)
+        if ok or not answered or deadline - time.monotonic() < 0.5:
+            return ApiProbe(endpoint, ok, detail + ("" if ok else creds.note),
+                            time.monotonic() - start)
+        time.sleep(0.3)
+
+
+def _readyz(endpoint: str, creds: _Credentials, deadline: float) -> tuple[bool, str, bool]:
+    """One request over one TLS connection: (ready, what happened, the server answered HTTP)."""
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "", url.port or 443
 
     def left() -> float:
         return max(0.05, deadline - time.monotonic())
     try:
         with socket.create_connection((host, port), timeout=left()) as raw:
             with creds.context.wrap_socket(raw, server_hostname=creds.server_name or host) as tls:
-                tls.settimeout(left())
                 lines = [f"GET {url.path}/readyz HTTP/1.1", f"Host: {url.netloc}",
                          "User-Agent: sealer-registry-cli", "Connection: close",
                          *(f"{k}: {v}" for k, v in creds.headers.items())]
+                tls.settimeout(left())
                 tls.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
                 reply = b""
                 while b"\r\n" not in reply and len(reply) < 4096:
@@ -111,17 +123,17 @@ def probe(endpoint: str, creds: _Credentials, timeout: float = PROBE_TIMEOUT_S) 
                     if not chunk:
                         break
                     reply += chunk
-        status = reply.split(b"\r\n", 1)[0].decode(errors="replace").split()
-        code = int(status[1]) if len(status) > 1 and status[1].isdigit() else 0
-        ok = code == 200
-        detail = f"/readyz {code}" if code else "no HTTP answer"
     except ssl.SSLCertVerificationError as e:
-        ok, detail = False, f"TLS verification failed: {e.verify_message}"
+        return False, f"TLS verification failed: {e.verify_message}", False
+    except (TimeoutError, socket.timeout):
+        return False, "no answer in time", False
     except (OSError, ssl.SSLError) as e:
-        ok, detail = False, (str(e) or type(e).__name__).removeprefix("[Errno 110] ")
-        if isinstance(e, TimeoutError) or isinstance(e, socket.timeout):
-            detail = f"no answer within {timeout:.0f}s"
-    return ApiProbe(endpoint, ok, detail + creds.note, time.monotonic() - start)
+        return False, getattr(e, "strerror", None) or str(e) or type(e).__name__, False
+    status = reply.split(b"\r\n", 1)[0].decode(errors="replace").split()
+    code = int(status[1]) if len(status) > 1 and status[1].isdigit() else 0
+    if not code:
+        return False, "no HTTP answer", False
+    return code == 200, f"/readyz {code}", True
 
 
 def kubeconfig_text(session: Session) -> tuple[str, Path]:

@@ -28,7 +28,7 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
    history; the local image store must hold every image; NEW needs disk space for the data it
    lacks. The apiserver the records will be written through (the first of
    kubernetes.endpoints, else of the masters, not down) must answer GET /readyz with the
-   kubeconfig's credentials within 3 s. The old master0 is never dialled.
+   kubeconfig's credentials within 5 s. The old master0 is never dialled.
 2. Sets master0 to NEW and adds the old master0 to down_hosts (through the engine), runs
    `pulumi preview` and prints the plan. With --preview the previous config is restored and
    nothing else happens.

@@ -14,9 +14,9 @@ NAME = "rejoin"
 HELP = "take a revived host off down_hosts (probed first) and run up"
 DESCRIPTION = """\
 Bring a host that was listed in down_hosts (typically the old master0) back: probe it over SSH
-(3 s) and check that the apiserver the records will then go through answers (3 s) first, take
-it off down_hosts through the engine, preview and print the plan, confirm
-(unless --yes), run `pulumi up` with one line per step, and probe every live host. The rejoined
+(3 s) and check that the apiserver the records will then go through answers (5 s) first, take
+it off down_hosts through the engine, preview and print the plan, confirm (unless --yes), run
+`pulumi up` with one line per step, and probe every live host. The rejoined
 host's scripts are idempotent: its registry domain points at the current master0, it trusts the
 same CA, and a registry it still runs is stopped when it is not master0.
 

@@ -311,12 +311,15 @@ def _apiserver_url(value: str) -> str:
         raise ValueError(f"{shown}: give https://HOST[:PORT][/PATH] only (no user, query or fragment)")
     host = url.hostname or ""
     try:
-        ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         if not _is_dns_name(host):
             raise ValueError(f"{shown}: {host!r} is neither an IP address nor a valid DNS name") from None
     else:
-        host = _host_ip(host)
+        # Loopback is allowed: an SSH tunnel to an apiserver (`ssh -L 6443:<master>:6443`).
+        if ip.is_unspecified or ip.is_multicast:
+            raise ValueError(f"{shown}: {host} cannot be an apiserver's address")
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
     if port is not None:
         _port(port)
     return f"https://{host}{'' if port is None else f':{port}'}{url.path.rstrip('/')}"
