@@ -45,12 +45,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lab.hosts import GATEWAY, INSTANCE, PRIVATE_DIRS, Lab, LabError
+from lab.hosts import ETCD_PEER_PORT, GATEWAY, INSTANCE, PRIVATE_DIRS, Lab, LabError
 
 API_PORT = 6443
 API_DOMAIN = "apiserver.cluster.local"  # sealer's control-plane endpoint name
 ETCD_CLIENT_PORT = 2379
-ETCD_PEER_PORT = 2380
 SERVICE_CIDR = "10.96.0.0/24"  # only a setting: nothing routes to it
 CONTEXT = "sealer-lab"
 # Start order; stopped in reverse.

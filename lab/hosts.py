@@ -14,8 +14,10 @@ A host `srl-<octet>` is:
   kube-controller-manager on the masters) started the same way, without SSH.
 
 Faults live in the root namespace, in nft table `bridge srl_lab`: every IP frame towards a host is
-counted (`packets_to`), and a killed host's interface is in set `killed`, whose IP frames are
-dropped both ways (ARP still flows, so a connect times out like a machine that went dark).
+counted (`packets_to`; frames from or to the etcd peer port 2380, the control plane's own traffic
+between masters, on a counter of their own), and a killed host's interface is in set `killed`,
+whose IP frames are dropped both ways (ARP still flows, so a connect times out like a machine that
+went dark).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ PRIVATE_DIRS = {"/etc": "etc", "/root": "root", "/tmp": "tmp", "/var/log": "var-
 # Mount points the machine may lack: created for the lab (and removed by `down` when no lab of any
 # instance is left, since removing a mount point detaches it in every other mount namespace).
 MOUNTPOINTS = ("/var/lib/sealer", "/var/lib/etcd")
+ETCD_PEER_PORT = 2380  # the control plane's etcd peers (lab/controlplane.py): counted apart
 SERVICES_DIR = "services"  # <hostdir>/services/<name>.json (argv) and <name>.pid
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -368,17 +371,20 @@ class Lab:
         return self.hosts_dir / self.host(ref).name / PRIVATE_DIRS["/var/log"] / f"{name}.log"
 
     def packets_to(self, ref: str) -> int:
-        """IP packets (frames) sent towards the host over the bridge since it was created."""
+        """IP packets (frames) sent towards the host over the bridge since it was created, except
+        the etcd peer traffic of the control plane (other masters dialling its member)."""
         return self.link_counter(ref)["packets"]
 
     def bytes_to(self, ref: str) -> int:
         """Bytes of those frames: what went on the wire towards the host (e.g. a copy)."""
         return self.link_counter(ref)["bytes"]
 
-    def link_counter(self, ref: str) -> dict[str, int]:
-        """The nft counter of the host's bridge port: ``{"packets": n, "bytes": n}``."""
+    def link_counter(self, ref: str, etcd_peers: bool = False) -> dict[str, int]:
+        """The nft counter of the host's bridge port: ``{"packets": n, "bytes": n}``; every IP
+        frame but those from or to the etcd peer port, which ``etcd_peers=True`` counts."""
         h = self.host(ref)
-        out = sh("nft", "-j", "list", "counter", "bridge", NFT_TABLE, _counter(h.name)).stdout
+        name = _peer_counter(h.name) if etcd_peers else _counter(h.name)
+        out = sh("nft", "-j", "list", "counter", "bridge", NFT_TABLE, name).stdout
         for item in json.loads(out)["nftables"]:
             if "counter" in item:
                 return {"packets": int(item["counter"]["packets"]),
@@ -527,8 +533,16 @@ table bridge {NFT_TABLE} {{
         sh("ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", name)
         _disable_ipv6(name)
         sh("ip", "link", "set", name, "master", BRIDGE, "up")
-        counter = _counter(name)
+        counter, peers = _counter(name), _peer_counter(name)
         sh("nft", "add", "counter", "bridge", NFT_TABLE, counter)
+        sh("nft", "add", "counter", "bridge", NFT_TABLE, peers)
+        # etcd peer traffic is the control plane's own (the other masters' members keep dialling a
+        # dead one, as in a real cluster): counted apart, so that packets_to says what the program
+        # and everything else sent.
+        for port in ("dport", "sport"):  # its dials, and the streams it dialled
+            sh("nft", "add", "rule", "bridge", NFT_TABLE, "to_host", "oifname", name, "ether",
+               "type", "{", "ip,", "ip6", "}", "meta", "l4proto", "tcp", "th", port,
+               str(ETCD_PEER_PORT), "counter", "name", peers, "accept", "comment", f'"{name}"')
         sh("nft", "add", "rule", "bridge", NFT_TABLE, "to_host", "oifname", name, "ether", "type",
            "{", "ip,", "ip6", "}", "counter", "name", counter, "comment", f'"{name}"')
         log = open(hdir / "holder.log", "wb")
@@ -661,6 +675,7 @@ table bridge {NFT_TABLE} {{
                     sh("nft", "delete", "rule", "bridge", NFT_TABLE, "to_host", "handle", handle,
                        check=False)
             sh("nft", "delete", "counter", "bridge", NFT_TABLE, _counter(name), check=False)
+            sh("nft", "delete", "counter", "bridge", NFT_TABLE, _peer_counter(name), check=False)
             sh("nft", "delete", "element", "bridge", NFT_TABLE, "killed", f'{{ "{name}" }}',
                check=False)
         hdir = self.hosts_dir / name
@@ -687,6 +702,10 @@ table bridge {NFT_TABLE} {{
 # -------------------------------------------------------------------- helpers
 def _counter(name: str) -> str:
     return "to_" + name.replace("-", "_")
+
+
+def _peer_counter(name: str) -> str:
+    return "etcd_peers_to_" + name.replace("-", "_")
 
 
 def _link_exists(name: str) -> bool:

@@ -98,7 +98,8 @@ def test_up_again_keeps_the_running_control_plane(cp):
 def test_killing_master0_keeps_quorum_and_master1_serves(cp):
     """master0 killed (packets dropped, processes frozen): its apiserver does not answer, the
     other two etcd members keep a leader, master1's apiserver writes and master2's reads what was
-    written; revived, master0's apiserver serves that write too (its member caught up)."""
+    written; revived, master0's apiserver serves that write too (its member caught up). The other
+    members keep dialling the dead one's peer port, which packets_to leaves out."""
     lab, plane = cp
     m0, m1, m2 = (h.ip for h in lab.masters())
     name = f"quorum-{uuid.uuid4().hex[:6]}"
@@ -107,6 +108,8 @@ def test_killing_master0_keeps_quorum_and_master1_serves(cp):
         assert lab.service_pid(m0, "etcd") and lab.service_pid(m0, "kube-apiserver")  # frozen
         ok, detail = cplane.apiserver_ready(plane, m0, timeout=2)
         assert not ok and "timed out" in detail, detail
+        time.sleep(1)  # the probe's last retransmissions
+        packets, peers = lab.packets_to(m0), lab.link_counter(m0, etcd_peers=True)["packets"]
         wait_for(lambda: cplane.etcd_health(m1)[0] and cplane.etcd_health(m2)[0], 20,
                  "a leader among the two live members")
         code, body = wait_for(lambda: (lambda r: r if r[0] == 201 else None)(cplane.request(
@@ -115,6 +118,9 @@ def test_killing_master0_keeps_quorum_and_master1_serves(cp):
         code, body = cplane.request(plane, "GET", f"/api/v1/namespaces/kube-system/configmaps/{name}",
                                     server=cplane.server_of(m2))
         assert code == 200 and json.loads(body)["data"] == {"k": "v"}, body
+        wait_for(lambda: lab.link_counter(m0, etcd_peers=True)["packets"] > peers, 20,
+                 "the live members to dial the dead one")
+        assert lab.packets_to(m0) == packets
     finally:
         lab.revive(m0)
     code, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(cplane.request(
