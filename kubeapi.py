@@ -7,7 +7,10 @@ records step of a recovery would fail. So the program does not take the kubeconf
 is: it uses the first of the candidate endpoints whose host is not in ``down_hosts``:
 
 - ``kubernetes.endpoints`` when set (in its order: a load balancer, a VIP, some masters);
-- otherwise ``https://<master>:6443`` for every master in ``cluster.masters`` order.
+- otherwise ``https://<master>:6443`` of the registry's master0 first, then of the other masters
+  in ``cluster.masters`` order. master0 is the host the operator just checked (`recover` moved
+  the registry there), and it stays the endpoint when the old master0 rejoins: the endpoint moves
+  only with master0, not with a revived host that is still catching up.
 
 The choice is deterministic and made offline: no probe at preview or up (`validate` and a preview
 stay offline, and the plan does not depend on which apiserver answered first). `recover` checks,
@@ -42,27 +45,33 @@ def endpoint_host(url: str) -> str:
 
 
 def candidates(masters: Iterable[str], down_hosts: Iterable[str],
-               endpoints: Iterable[str] | None = None) -> list[str]:
-    """The apiserver URLs worth trying, in order: ``endpoints`` (or every master's
-    ``https://<ip>:6443``) without those whose host is in ``down_hosts``."""
+               endpoints: Iterable[str] | None = None, master0: str | None = None) -> list[str]:
+    """The apiserver URLs worth trying, in order: ``endpoints`` (or ``https://<ip>:6443`` of
+    master0, then of the other masters) without those whose host is in ``down_hosts``."""
     down = set(down_hosts)
-    urls = list(endpoints) if endpoints is not None else [
-        f"https://{ip}:{DEFAULT_PORT}" for ip in masters]
+    if endpoints is not None:
+        urls = list(endpoints)
+    else:
+        masters = list(masters)
+        ordered = ([master0] if master0 in masters else []) + [ip for ip in masters if ip != master0]
+        urls = [f"https://{ip}:{DEFAULT_PORT}" for ip in ordered]
     return [url for url in urls if endpoint_host(url) not in down]
 
 
-def config_candidates(config: StackConfig, down_hosts: Iterable[str] | None = None) -> list[str]:
-    """``candidates`` of a stack config (``down_hosts`` overrides the config's: the list a
-    change is about to set)."""
+def config_candidates(config: StackConfig, down_hosts: Iterable[str] | None = None,
+                      master0: str | None = None) -> list[str]:
+    """``candidates`` of a stack config; ``down_hosts`` and ``master0`` override the config's
+    (the values a change is about to set)."""
     return candidates(config.cluster.masters,
                       config.down_hosts if down_hosts is None else down_hosts,
-                      config.kubernetes.endpoints)
+                      config.kubernetes.endpoints, master0 or config.master0)
 
 
-def choose(config: StackConfig, down_hosts: Iterable[str] | None = None) -> str:
+def choose(config: StackConfig, down_hosts: Iterable[str] | None = None,
+           master0: str | None = None) -> str:
     """The endpoint the program writes the records through; ConfigError when every candidate
     is down."""
-    urls = config_candidates(config, down_hosts)
+    urls = config_candidates(config, down_hosts, master0)
     if not urls:
         field = "kubernetes.endpoints" if config.kubernetes.endpoints is not None else "cluster.masters"
         raise ConfigError([(field, "no apiserver left: the host of every endpoint is in down_hosts "

@@ -149,12 +149,13 @@ def kubeconfig_text(session: Session) -> tuple[str, Path]:
         raise CliError(f"cannot read the kubeconfig {path}: {e.strerror}") from None
 
 
-def check(session: Session, down_hosts: list[str]) -> ApiProbe:
-    """The endpoint the program will use once ``down_hosts`` is set must answer; CliError (exit
-    2, nothing changed) otherwise, naming a candidate that does answer when there is one."""
+def check(session: Session, down_hosts: list[str], master0: str | None = None) -> ApiProbe:
+    """The endpoint the program will use once ``down_hosts`` (and ``master0``) are set must
+    answer; CliError (exit 2, nothing changed) otherwise, naming a candidate that does answer
+    when there is one."""
     config = session.config
     try:
-        endpoint = kubeapi.choose(config, down_hosts)
+        endpoint = kubeapi.choose(config, down_hosts, master0)
     except ConfigError as e:  # every candidate is down
         raise CliError("\n".join(e.lines())) from None
     text, base = kubeconfig_text(session)
@@ -166,7 +167,7 @@ def check(session: Session, down_hosts: list[str]) -> ApiProbe:
     first = probe(endpoint, creds)
     if first.ok:
         return first
-    others = [probe(url, creds) for url in kubeapi.config_candidates(config, down_hosts)[1:]]
+    others = [probe(url, creds) for url in kubeapi.config_candidates(config, down_hosts, master0)[1:]]
     live = [p.endpoint for p in others if p.ok]
     if live:
         hint = (f"; {live[0]} answers: list it first in kubernetes.endpoints "

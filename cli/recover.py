@@ -27,7 +27,7 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
    reachable over SSH within 3 s; in pre mode its replica must hold every image of the boot
    history; the local image store must hold every image; NEW needs disk space for the data it
    lacks. The apiserver the records will be written through (the first of
-   kubernetes.endpoints, else of the masters, not down) must answer GET /readyz with the
+   kubernetes.endpoints not down; by default NEW's) must answer GET /readyz with the
    kubeconfig's credentials within 5 s. The old master0 is never dialled.
 2. Sets master0 to NEW and adds the old master0 to down_hosts (through the engine), runs
    `pulumi preview` and prints the plan. With --preview the previous config is restored and
@@ -125,7 +125,7 @@ def preflight(session: Session, host: str, down_hosts: list[str]) -> dict:
     if probe.disk_avail < needed:
         raise CliError(f"{host} has {human_bytes(probe.disk_avail)} free under {config.rootfs}, "
                        f"the registry data needs {human_bytes(needed)} more")
-    api = apiserver.check(session, down_hosts)
+    api = apiserver.check(session, down_hosts, master0=host)
     return {"host": host, "replica_images": present, "images_expected": len(images),
             "disk_avail_bytes": probe.disk_avail, "needed_bytes": needed,
             "apiserver": api.endpoint}

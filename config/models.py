@@ -581,7 +581,7 @@ class KubernetesConfig(_Model):
     context: Text = ""
     cluster_identifier: Optional[ClusterName] = None
     # The apiservers the records are written through, in order; the first whose host is not in
-    # down_hosts is used (kubeapi.py). Unset: https://<master>:6443 for every master.
+    # down_hosts is used (kubeapi.py). Unset: https://<ip>:6443 of master0, then the other masters.
     endpoints: Optional[list[ApiserverURL]] = None
 
     @model_validator(mode="after")
@@ -590,7 +590,7 @@ class KubernetesConfig(_Model):
         if self.endpoints is not None:
             if not self.endpoints:
                 problems.append(("endpoints", "is empty: list at least one https:// URL, or leave it "
-                                 "out to use https://<master>:6443 of every master"))
+                                 "out to use https://<ip>:6443 of the masters"))
             problems += _duplicates(self.endpoints, "endpoints")
         if (self.kubeconfig is None) == (self.kubeconfig_path is None):
             given = "both are set" if self.kubeconfig is not None else "neither is set"

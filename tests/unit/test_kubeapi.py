@@ -45,9 +45,12 @@ def clusters(text: str) -> dict[str, dict]:
 # -- the choice -------------------------------------------------------------------------------
 
 
-def test_default_candidates_are_every_master_in_config_order():
-    """Without kubernetes.endpoints every master's https://<ip>:6443 is a candidate, in order."""
+def test_default_candidates_are_master0_then_the_other_masters_in_config_order():
+    """Without kubernetes.endpoints every master's https://<ip>:6443 is a candidate: the
+    registry's master0 first, then the others in config order."""
     assert kubeapi.candidates(MASTERS, []) == [f"https://{ip}:6443" for ip in MASTERS]
+    assert kubeapi.candidates(MASTERS, [], master0=MASTERS[1]) == [
+        f"https://{ip}:6443" for ip in (MASTERS[1], MASTERS[0], MASTERS[2])]
 
 
 def test_a_down_master_is_no_candidate():
@@ -61,10 +64,15 @@ def test_configured_endpoints_replace_the_masters_and_keep_their_order():
     assert kubeapi.candidates(MASTERS, ["198.18.0.12"], endpoints) == endpoints[1:]
 
 
-def test_choose_takes_the_first_live_candidate():
+def test_choose_follows_master0_and_skips_down_hosts():
+    """After a recovery the records go through the new master0's apiserver; when the old master0
+    rejoins (off down_hosts) they stay there; a change about to set master0 and down_hosts (what
+    `recover` checks) is judged with those values."""
     config = build_config(render(down_hosts=[MASTERS[0]], master0=MASTERS[1]))
     assert kubeapi.choose(config) == "https://198.18.0.12:6443"
-    assert kubeapi.choose(config, down_hosts=[]) == "https://198.18.0.11:6443"
+    assert kubeapi.choose(config, down_hosts=[]) == "https://198.18.0.12:6443"
+    assert kubeapi.choose(config, down_hosts=[MASTERS[0], MASTERS[1]]) == "https://198.18.0.13:6443"
+    assert kubeapi.choose(build_config(render()), [MASTERS[0]], master0=MASTERS[2]) == "https://198.18.0.13:6443"
 
 
 def test_choose_refuses_when_every_endpoint_is_down():
