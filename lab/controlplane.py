@@ -303,6 +303,16 @@ def _private_etcd_dir(lab: Lab, ip: str) -> Path:
     return private
 
 
+def _empty(directory: Path) -> None:
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def _set_hosts_line(path: Path, ip: str) -> None:
     """``<ip> apiserver.cluster.local`` in the host's /etc/hosts, any earlier line for the name
     replaced; the file is rewritten in place (its inode kept)."""
@@ -317,9 +327,7 @@ def _set_hosts_line(path: Path, ip: str) -> None:
 def _install(lab: Lab, ip: str, pki: Path) -> None:
     """The master's /etc/kubernetes (pki, admin.conf, controller-manager.conf), its /etc/hosts
     line and an empty /var/lib/etcd."""
-    data = _private_etcd_dir(lab, ip)
-    for entry in data.iterdir():
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    _empty(_private_etcd_dir(lab, ip))
     etc = lab.host_path(ip, ETC_KUBERNETES)
     (etc / "pki").mkdir(parents=True, exist_ok=True)
     for name in ("ca.crt", "apiserver.crt", "sa.pub"):
@@ -338,7 +346,10 @@ def _wait(what: str, check, timeout: float, lab: Lab, ip: str, service: str) -> 
         if lab.service_pid(ip, service) is None:
             raise ControlPlaneError(f"{service} on {ip} exited while waiting for {what}; last lines "
                                     f"of {lab.service_log(ip, service)}:\n{_tail(lab.service_log(ip, service))}")
-        ok, last = check()
+        try:
+            ok, last = check()
+        except (OSError, ssl.SSLError, urllib.error.URLError) as e:
+            ok, last = False, str(e)
         if ok:
             return
         time.sleep(0.2)
@@ -445,10 +456,7 @@ def down(lab: Lab, purge: bool = False) -> list[str]:
             if lab.stop_service(h.ip, name, forget=True):
                 stopped.append(f"{name}@{h.ip}")
         if purge:
-            data = lab.hosts_dir / h.name / PRIVATE_DIRS["/var/lib/etcd"]
-            if data.is_dir():
-                for entry in data.iterdir():
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            _empty(lab.hosts_dir / h.name / PRIVATE_DIRS["/var/lib/etcd"])
     if purge:
         shutil.rmtree(_state_dir(lab), ignore_errors=True)
         kubeconfig_path(lab).unlink(missing_ok=True)

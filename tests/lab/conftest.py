@@ -16,6 +16,7 @@ from lab import Lab
 from lab.hosts import NFT_TABLE, PREFIX
 
 TEST_TIMEOUT_S = 180
+CONTROL_PLANE = (b"etcd", b"kube-apiserver", b"kube-controller-manager")  # services on masters
 NEEDED = ("ip", "nft", "unshare", "nsenter", "/usr/sbin/sshd", "ssh", "ssh-keygen",
           "docker-registry", "curl")
 
@@ -84,15 +85,17 @@ def _leftovers() -> list[str]:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read()
+            service = os.path.basename(cmd.split(b"\0")[0]) in CONTROL_PLANE
             if (cmd == b"sleep\0infinity\0" or cmd.startswith(b"/usr/sbin/sshd")
-                    or b"docker-registry\0serve" in cmd) and _other_instance(pid):
+                    or b"docker-registry\0serve" in cmd or service) and _other_instance(pid):
                 continue
             if cmd == b"sleep\0infinity\0" and os.readlink(f"/proc/{pid}/ns/mnt") != \
                     os.readlink("/proc/self/ns/mnt"):
                 found.append(f"holder process {pid}")
-            elif cmd.startswith(b"/usr/sbin/sshd") or b"docker-registry\0serve" in cmd:
+            elif cmd.startswith(b"/usr/sbin/sshd") or b"docker-registry\0serve" in cmd or service:
                 if os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net"):
-                    found.append(f"process {pid} {cmd[:60]!r}")
+                    shown = os.path.basename(cmd.split(b"\0")[0]) if service else cmd[:60]
+                    found.append(f"process {pid} {shown!r}")
         except OSError:
             pass
     return found

@@ -43,6 +43,16 @@ def wait_for(check, timeout: float, what: str):
         time.sleep(0.2)
 
 
+def answer(plane, method: str, path: str, server: str, want: int, body: dict | None = None):
+    """(code, body) when the apiserver answered ``want``; None when it answered otherwise or not
+    yet (a revived one takes seconds: its etcd member catches up)."""
+    try:
+        code, text = cplane.request(plane, method, path, body, timeout=3, server=server)
+    except OSError:
+        return None
+    return (code, text) if code == want else None
+
+
 def members(ip: str) -> list[str]:
     """Names of the etcd cluster's members, asked from ``ip``'s member (v3 JSON gateway)."""
     req = urllib.request.Request(f"http://{ip}:2379/v3/cluster/member/list", data=b"{}", method="POST")
@@ -112,9 +122,9 @@ def test_killing_master0_keeps_quorum_and_master1_serves(cp):
         packets, peers = lab.packets_to(m0), lab.link_counter(m0, etcd_peers=True)["packets"]
         wait_for(lambda: cplane.etcd_health(m1)[0] and cplane.etcd_health(m2)[0], 20,
                  "a leader among the two live members")
-        code, body = wait_for(lambda: (lambda r: r if r[0] == 201 else None)(cplane.request(
-            plane, "POST", "/api/v1/namespaces/kube-system/configmaps", configmap(name, "v"),
-            server=cplane.server_of(m1))), 30, "master1's apiserver to write")
+        wait_for(lambda: answer(plane, "POST", "/api/v1/namespaces/kube-system/configmaps",
+                                cplane.server_of(m1), want=201, body=configmap(name, "v")), 30,
+                 "master1's apiserver to write")
         code, body = cplane.request(plane, "GET", f"/api/v1/namespaces/kube-system/configmaps/{name}",
                                     server=cplane.server_of(m2))
         assert code == 200 and json.loads(body)["data"] == {"k": "v"}, body
@@ -123,9 +133,9 @@ def test_killing_master0_keeps_quorum_and_master1_serves(cp):
         assert lab.packets_to(m0) == packets
     finally:
         lab.revive(m0)
-    code, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(cplane.request(
-        plane, "GET", f"/api/v1/namespaces/kube-system/configmaps/{name}", timeout=3)), 30,
-        "master0's apiserver to serve again")
+    code, body = wait_for(lambda: answer(plane, "GET", f"/api/v1/namespaces/kube-system/configmaps/{name}",
+                                         cplane.server_of(m0), want=200), 30,
+                          "master0's apiserver to serve again (its member catching up)")
     assert json.loads(body)["data"] == {"k": "v"}
 
 
@@ -144,3 +154,13 @@ def test_a_crashed_master_gets_its_members_back_when_revived(cp):
     wait_for(lambda: cplane.etcd_health(m2)[0], 30, "master2's member to rejoin")
     wait_for(lambda: cplane.apiserver_ready(plane, m2)[0], 60, "master2's apiserver")
     assert members(m2) == sorted(h.name for h in lab.masters())
+
+
+def test_down_leaves_no_member_behind(cp, leftovers):
+    """`lab down` (last: the module's lab goes) ends every etcd, apiserver and controller-manager
+    with the hosts, frozen or not."""
+    lab, _ = cp
+    lab.kill(lab.masters()[1].ip)
+    assert any("kube-apiserver" in item for item in leftovers())
+    lab.down()
+    assert leftovers() == []
