@@ -3,6 +3,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 HOSTS ?=
+CONTROL_PLANE ?=
 MASTERS ?= 3
 NODES ?= 2
 APT_PACKAGES := openssh-server openssh-client docker-registry rsync curl iproute2 nftables \
@@ -18,7 +19,8 @@ help:
 	@echo "make lab-deps   apt + pip: everything the lab and the tests need (root)"
 	@echo "make toolchain  build (or reuse) the Pulumi engine, plugins and kube-apiserver"
 	@echo "make test       unit, lab and end-to-end tests (root; builds the toolchain if missing)"
-	@echo "make lab-up     bring up the lab (MASTERS=3 NODES=2, or HOSTS=N); make lab-down removes it"
+	@echo "make lab-up     bring up the lab (MASTERS=3 NODES=2, or HOSTS=N; CONTROL_PLANE=1: etcd +"
+	@echo "                kube-apiserver on every master); make lab-down removes it"
 
 deps:
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -50,7 +52,7 @@ test-e2e: toolchain
 test: toolchain lint test-unit test-lab test-e2e
 
 lab-up:
-	$(PYTHON) -m lab up $(if $(HOSTS),--hosts $(HOSTS),--masters $(MASTERS) --nodes $(NODES))
+	$(PYTHON) -m lab up $(if $(HOSTS),--hosts $(HOSTS),--masters $(MASTERS) --nodes $(NODES)) $(if $(filter 1,$(CONTROL_PLANE)),--control-plane)
 
 lab-down:
 	$(PYTHON) -m lab down

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pulumi
 
+import kubeapi
 from components.access import JumpHost, SshAccess
 from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs
 from config.errors import ConfigError
@@ -52,6 +53,14 @@ def main() -> None:
     ssh_password = secret_text(cluster.ssh.password)
     kubeconfig = secret_text(cfg.kubernetes.kubeconfig) or read_file(
         cfg.kubernetes.kubeconfig_path, "kubernetes.kubeconfig_path")
+    # The kubeconfig usually names master0, dead in a recovery: the records go through the first
+    # live apiserver of kubernetes.endpoints (default: the masters), chosen offline.
+    apiserver = kubeapi.choose(cfg)
+    try:
+        kubeconfig = kubeapi.provider_kubeconfig(kubeconfig, cfg.kubernetes.context or None, apiserver)
+    except ValueError as exc:
+        field = "kubernetes.kubeconfig" if cfg.kubernetes.kubeconfig else "kubernetes.kubeconfig_path"
+        raise ConfigError([(field, str(exc))]) from None
     password = secret_text(reg.password)
     try:
         material = build_material(
@@ -90,6 +99,7 @@ def main() -> None:
     pulumi.export("endpoint", registry.endpoint)
     pulumi.export("deploy_hosts", cfg.deploy_hosts)
     pulumi.export("down_hosts", list(cfg.down_hosts))
+    pulumi.export("apiserver", apiserver)
     pulumi.export("ca_fingerprint", material.ca_fingerprint)
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config import PROJECT
-from lab import controlplane as cplane
 from lab import images as lab_images
 from lab.hosts import BRIDGE, DEFAULT_STATE, INSTANCE, REPO, Lab
 from lab.stack import (DOMAIN, PORT, SECRETS, LabEnv, ProgramStack, RunReport, hosts_line,
@@ -206,17 +205,16 @@ class Run:
         tmp.replace(out)
 
     # ------------------------------------------------------------ lab pieces
-    def controlplane(self) -> cplane.ControlPlane:
+    def lab_env(self, nodes: int) -> LabEnv:
+        """The lab with its control plane on the masters (an etcd member and a kube-apiserver
+        each; the kubeconfig names master0's, so a recovery writes through a live master)."""
         from lab import toolchain
 
-        lab_dir = self.lab.state
-        self.cp_was_running = cplane.status(lab_dir)["ready"]
-        return cplane.up("127.0.0.1", 6443 + INSTANCE, lab_dir=lab_dir, bin_dir=toolchain.ensure_built(),
-                         etcd_client_port=cplane.ETCD_CLIENT_PORT + INSTANCE,
-                         etcd_peer_port=cplane.ETCD_PEER_PORT + INSTANCE)
-
-    def lab_env(self, nodes: int, kubeconfig: Path) -> LabEnv:
-        return make_lab_env(self.lab.state, kubeconfig, masters=3, nodes=nodes, apps=3, ca=self.ca)
+        started = time.monotonic()
+        env = make_lab_env(self.lab.state, masters=3, nodes=nodes, apps=3, ca=self.ca,
+                           bin_dir=toolchain.ensure_built())
+        log(f"lab of 3 masters + {nodes} nodes with its control plane in {time.monotonic() - started:.1f}s")
+        return env
 
     def deploy(self, name: str, env: LabEnv) -> BenchStack:
         stack = fresh_stack(name, self.env)
@@ -246,10 +244,10 @@ class Run:
             raise BenchError(f"hosts entry not moved to {new} on {wrong}")
 
     # ------------------------------------------------------------ phases
-    def phase_small(self, cp: cplane.ControlPlane) -> None:
+    def phase_small(self) -> None:
         n = self.args.nodes
         log(f"phase small: lab of 3 masters + {n} nodes (instance {INSTANCE})")
-        env = self.lab_env(n, cp.kubeconfig)
+        env = self.lab_env(n)
         stack = self.deploy("bench", env)
 
         load = os.getloadavg()[0]
@@ -306,11 +304,11 @@ class Run:
         summary = json.loads(marker.read_text())
         return copybench.Source(Path(summary["store"]), summary["cluster_image_id"].split(":", 1)[1])
 
-    def phase_large(self, cp: cplane.ControlPlane) -> None:
+    def phase_large(self) -> None:
         m = self.args.nodes_large
         log(f"phase large: fresh lab of 3 masters + {m} nodes")
         self.lab.down()
-        env = self.lab_env(m, cp.kubeconfig)
+        env = self.lab_env(m)
         stack = self.deploy("bench50", env)
         old, new = self.kill_and_plan(stack, env)
         live = [ip for ip in env.all_ips if ip != old]
@@ -410,12 +408,11 @@ class Run:
         try:
             self.env = engine_env()
             self.results["plugins"] = plugins(self.env["PATH"])
-            cp = self.controlplane()
-            log(f"control plane {cp.server}; pulumi state {BENCH_DIR / 'state'}")
+            log(f"pulumi state {BENCH_DIR / 'state'}")
             if "small" in self.args.only or "copy" in self.args.only:
-                self.phase_small(cp) if "small" in self.args.only else self.copy_only()
+                self.phase_small() if "small" in self.args.only else self.copy_only()
             if "large" in self.args.only:
-                self.phase_large(cp)
+                self.phase_large()
         except Exception as e:  # keep what was measured; say what failed
             self.results["errors"].append(f"{type(e).__name__}: {e}")
             traceback.print_exc()
@@ -439,9 +436,7 @@ class Run:
                 stack.remove()
             except Exception as e:  # noqa: BLE001  (teardown goes on)
                 log(f"could not remove stack {stack.name}: {e}")
-        if not getattr(self, "cp_was_running", True):
-            cplane.down(self.lab.state)
-        self.lab.down()
+        self.lab.down()  # the control plane lives on the masters: it goes with them
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

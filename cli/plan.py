@@ -55,6 +55,7 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
     other: list[str] = []
     retired: list[str] = []   # steps of live hosts no longer declared (no delete command runs)
     verify = None
+    provider = None
     changes = 0
     for name, op in ops.items():
         if op in ("same", "read", "refresh"):
@@ -72,6 +73,8 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
             records.append(f"{RECORDS[name]} ({op})")
         elif name == topology.VERIFY:
             verify = op
+        elif name == topology.K8S_PROVIDER:
+            provider = op
         else:
             other.append(f"{name} ({op})")
 
@@ -87,6 +90,10 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
         kinds = sorted({op for _, op in steps})
         what = label.format(domain=domain, master0=master0)
         lines.append(f"  {what} {_hosts(ips)} [{', '.join(kinds)}]")
+    if provider:
+        # Its kubeconfig follows the first live apiserver (kubeapi.py); the cluster identifier is
+        # fixed, so this is an in-place update that replaces no record.
+        lines.append(f"  reach the cluster through another apiserver (kubernetes provider) [{provider}]")
     if records:
         lines.append(f"  update the records: {', '.join(records)}")
     if verify:

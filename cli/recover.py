@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from cli import apiserver
 from cli.change import (Change, Outcome, Result, Timer, apply_change, failure, finish,
                         health_summary_json, plan_json, preflight_probe)
 from cli.common import (CliError, add_json_argument, add_ssh_key_argument, add_stack_arguments,
@@ -25,7 +26,9 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
 1. Preflight, touching nothing: NEW must be a master of the cluster, a deploy host, not down,
    reachable over SSH within 3 s; in pre mode its replica must hold every image of the boot
    history; the local image store must hold every image; NEW needs disk space for the data it
-   lacks. The old master0 is never dialled.
+   lacks. The apiserver the records will be written through (the first of
+   kubernetes.endpoints not down; by default NEW's) must answer GET /readyz with the
+   kubeconfig's credentials within 5 s. The old master0 is never dialled.
 2. Sets master0 to NEW and adds the old master0 to down_hosts (through the engine), runs
    `pulumi preview` and prints the plan. With --preview the previous config is restored and
    nothing else happens.
@@ -37,7 +40,7 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
   command "recover", stack, exit_code, error (null, or why it failed; a refusal or a failed
   `up` has only these four keys), outcome (previewed|aborted|applied), resumed (NEW already was
   master0), old_master0, master0, down_hosts, preflight {host, replica_images,
-  images_expected, disk_avail_bytes, needed_bytes}, plan {changes, repointed, launch_on,
+  images_expected, disk_avail_bytes, needed_bytes, apiserver}, plan {changes, repointed, launch_on,
   data_to, dropped {ip: resources}, records, lines}, verified (null unless applied: {healthy,
   master0_images, images_expected, problems}), seconds {preflight, preview, up, verify}.
 
@@ -104,8 +107,9 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def preflight(session: Session, host: str) -> dict:
-    """Refuses (CliError, exit 2) unless ``host`` can become master0; touches nothing."""
+def preflight(session: Session, host: str, down_hosts: list[str]) -> dict:
+    """Refuses (CliError, exit 2) unless ``host`` can become master0 and the records can be
+    written once ``down_hosts`` is set; touches nothing."""
     config = session.config
     check_role(config, host)
     if not config.apps.copies_data:
@@ -126,8 +130,10 @@ def preflight(session: Session, host: str) -> dict:
     if probe.disk_avail < needed:
         raise CliError(f"{host} has {human_bytes(probe.disk_avail)} free under {config.rootfs}, "
                        f"the registry data needs {human_bytes(needed)} more")
+    api = apiserver.check(session, down_hosts, master0=host)
     return {"host": host, "replica_images": present, "images_expected": len(images),
-            "disk_avail_bytes": probe.disk_avail, "needed_bytes": needed}
+            "disk_avail_bytes": probe.disk_avail, "needed_bytes": needed,
+            "apiserver": api.endpoint}
 
 
 def rerun_hint(args: argparse.Namespace) -> str:
@@ -157,13 +163,14 @@ def run(args: argparse.Namespace) -> int:
         out = session.out
         config = session.config
         host, old = args.host, config.master0
-        checked = preflight(session, host)
-        timer.add("preflight", time.monotonic() - start)
         resume = host == old
         down = list(config.down_hosts) + ([] if resume or old in config.down_hosts else [old])
+        checked = preflight(session, host, down)
+        timer.add("preflight", time.monotonic() - start)
         print(f"preflight ok: {host} is a reachable master and deploy host; replica "
               f"{checked['replica_images']}/{checked['images_expected']} images; "
-              f"{human_bytes(checked['disk_avail_bytes'])} free ({timer.phases['preflight']:.1f}s)"
+              f"{human_bytes(checked['disk_avail_bytes'])} free; the records go through the "
+              f"apiserver {checked['apiserver']}, which answers ({timer.phases['preflight']:.1f}s)"
               + ("" if not resume else f"; master0 is already {host}: resuming"), file=out)
 
         result = apply_change(session, Change(

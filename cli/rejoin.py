@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from cli import apiserver
 from cli.change import Change, Outcome, Timer, apply_change, finish, preflight_probe
 from cli.common import CliError, add_ssh_key_argument, add_stack_arguments, guarded, parse_ip
 from cli.session import Session
@@ -13,8 +14,9 @@ NAME = "rejoin"
 HELP = "take a revived host off down_hosts (probed first) and run up"
 DESCRIPTION = """\
 Bring a host that was listed in down_hosts (typically the old master0) back: probe it over SSH
-(3 s) first, take it off down_hosts through the engine, preview and print the plan, confirm
-(unless --yes), run `pulumi up` with one line per step, and probe every live host. The rejoined
+(3 s) and check that the apiserver the records will then go through answers (5 s) first, take
+it off down_hosts through the engine, preview and print the plan, confirm (unless --yes), run
+`pulumi up` with one line per step, and probe every live host. The rejoined
 host's scripts are idempotent: its registry domain points at the current master0, it trusts the
 same CA, and a registry it still runs is stopped when it is not master0.
 
@@ -56,12 +58,15 @@ def run(args: argparse.Namespace) -> int:
         probe = preflight_probe(session, host)
         if not probe.reachable:
             raise CliError(f"cannot reach {host} over SSH: {probe.error}; it stays in down_hosts")
+        down = [ip for ip in config.down_hosts if ip != host]
+        api = apiserver.check(session, down)
         timer.add("preflight", time.monotonic() - start)
         print(f"preflight ok: {host} answers over SSH; its registry is {probe.registry}, "
-              f"{config.registry.domain} points to {probe.resolves or 'nothing'} there")
+              f"{config.registry.domain} points to {probe.resolves or 'nothing'} there; the "
+              f"records go through the apiserver {api.endpoint}, which answers")
 
         result = apply_change(session, Change(
-            master0=None, down_hosts=[ip for ip in config.down_hosts if ip != host],
+            master0=None, down_hosts=down,
             rerun=rerun_hint(args),
             question=f"rejoin: take {host} off down_hosts of stack {session.stack}?"),
             timer, args.yes)

@@ -2,7 +2,8 @@
 
 Owns the rule that the kubeconfig comes from exactly one of `kubeconfig` (a secret) or
 `kubeconfig_path`, and the content check of an inline kubeconfig (skipped while encrypted).
-Its `cluster_identifier` defaults to the cluster's name (set by config/stack.py).
+Its `cluster_identifier` defaults to the cluster's name (set by config/stack.py); `endpoints` lists
+the apiservers to write through (kubeapi.py picks the first live one).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Optional
 import yaml
 from pydantic import SecretStr, model_validator
 
-from config.base import ConfigModel, is_encrypted, raise_problems
-from config.scalars import ClusterName, LocalPath, Text
+from config.base import ConfigModel, duplicates, is_encrypted, raise_problems
+from config.scalars import ApiserverURL, ClusterName, LocalPath, Text
 
 
 class KubernetesConfig(ConfigModel):
@@ -21,10 +22,18 @@ class KubernetesConfig(ConfigModel):
     kubeconfig_path: Optional[LocalPath] = None
     context: Text = ""
     cluster_identifier: Optional[ClusterName] = None
+    # The apiservers the records are written through, in order; the first whose host is not in
+    # down_hosts is used (kubeapi.py). Unset: https://<ip>:6443 of master0, then the other masters.
+    endpoints: Optional[list[ApiserverURL]] = None
 
     @model_validator(mode="after")
     def _check(self) -> "KubernetesConfig":
         problems = []
+        if self.endpoints is not None:
+            if not self.endpoints:
+                problems.append(("endpoints", "is empty: list at least one https:// URL, or leave it "
+                                 "out to use https://<ip>:6443 of the masters"))
+            problems += duplicates(self.endpoints, "endpoints")
         if (self.kubeconfig is None) == (self.kubeconfig_path is None):
             given = "both are set" if self.kubeconfig is not None else "neither is set"
             problems.append(("", f"exactly one of kubeconfig / kubeconfig_path is required ({given})"))

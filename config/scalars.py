@@ -291,6 +291,40 @@ def _host_key(value: str) -> str:
     return key
 
 
+def _apiserver_url(value: str) -> str:
+    """A kube-apiserver URL as a kubeconfig's ``server`` holds it: ``https://HOST[:PORT][/PATH]``,
+    HOST an IPv4 address or a DNS name. Returned canonical (host lowercased, no final ``/``)."""
+    from urllib.parse import urlsplit
+
+    shown = show(value)
+    if control_problem(value) or any(c.isspace() for c in value):
+        raise ValueError(f"{shown} is not a URL (it holds spaces or control characters)")
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError as e:
+        raise ValueError(f"{shown} is not a URL ({e})") from None
+    if url.scheme != "https":
+        raise ValueError(f"{shown} is not an https:// URL (a kube-apiserver serves TLS only, and "
+                         "the credentials must not travel in clear)")
+    if url.username is not None or url.query or url.fragment:
+        raise ValueError(f"{shown}: give https://HOST[:PORT][/PATH] only (no user, query or fragment)")
+    host = url.hostname or ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if not _is_dns_name(host):
+            raise ValueError(f"{shown}: {host!r} is neither an IP address nor a valid DNS name") from None
+    else:
+        # Loopback is allowed: an SSH tunnel to an apiserver (`ssh -L 6443:<master>:6443`).
+        if ip.is_unspecified or ip.is_multicast:
+            raise ValueError(f"{shown}: {host} cannot be an apiserver's address")
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
+    if port is not None:
+        _port(port)
+    return f"https://{host}{'' if port is None else f':{port}'}{url.path.rstrip('/')}"
+
+
 # ---------------------------------------------------------------------------------------------
 
 Port = Annotated[StrictInt, AfterValidator(_port)]
@@ -307,3 +341,4 @@ LocalPath = NonEmptyText  # a path on the machine that runs the program
 AppName = Annotated[str, AfterValidator(_non_empty), AfterValidator(_app_name)]
 SshUser = Annotated[str, AfterValidator(_ssh_user)]
 RegistryUser = Annotated[str, AfterValidator(_registry_user)]
+ApiserverURL = Annotated[str, AfterValidator(_apiserver_url)]

@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--data-root", default=DEFAULT_DATA_ROOT)
     up.add_argument("--cluster", default=DEFAULT_CLUSTER)
+    up.add_argument("--control-plane", action="store_true",
+                    help="also run etcd + kube-apiserver + kube-controller-manager on every master "
+                         "(needs the toolchain; kubeconfig in the state dir)")
     down = sub.add_parser("down", help="remove every namespace, link, process and file of the lab")
     down.add_argument("--purge", action="store_true",
                       help="also remove images, application.json, PKI, pulumi-state, Pulumi.lab.yaml")
@@ -52,6 +55,16 @@ def main(argv: list[str] | None = None) -> int:
             inv = lab.up(masters, nodes, data_root=a.data_root, cluster=a.cluster)
             print(f"lab up: {len(inv['hosts'])} hosts in {time.monotonic() - t0:.1f}s "
                   f"({lab.inventory_path})", file=sys.stderr)
+            if a.control_plane:
+                from lab import controlplane
+                t1 = time.monotonic()
+                try:
+                    cp = controlplane.up(lab)
+                except controlplane.ControlPlaneError as e:
+                    raise LabError(f"control plane: {e}") from None
+                print(f"control plane: etcd + kube-apiserver on {', '.join(cp.masters)} in "
+                      f"{time.monotonic() - t1:.1f}s; kubeconfig {cp.kubeconfig} ({cp.server})",
+                      file=sys.stderr)
         elif a.cmd == "down":
             t0 = time.monotonic()
             removed = lab.down(purge=a.purge)

@@ -1,33 +1,39 @@
-"""A real Kubernetes control plane for the e2e tier: etcd + kube-apiserver (+ a kube-controller-manager
-running only the garbage collector and namespace controller) in the root namespace.
+"""The lab's Kubernetes control plane, on the masters as sealer (kubeadm) puts it.
 
-- etcd listens on 127.0.0.1 only (client 23790, peer 23800 unless given: a second control plane on
-  the machine, e.g. `SEALER_LAB_INSTANCE=1`'s bench, passes its own), data under
-  `.lab/controlplane/etcd/` (fsync off: lab data).
-- kube-apiserver listens on `<address>:6443` (default 198.18.0.1, the lab bridge's address, so lab
-  hosts and the Pulumi program reach it at the same URL), TLS from a lab CA made here with
-  `cryptography`; `.lab/kubeconfig` holds an admin (system:masters) client certificate.
-- Both run in their own session in the root namespace with pidfiles: killing a lab host (its
-  namespaces) or the process that started them leaves them running; `down` stops exactly them.
+Each master runs, inside its own namespaces (``Lab.start_service``: started like sshd, without SSH):
+- an etcd member of one cluster of all masters: client ``http://<ip>:2379`` (and 127.0.0.1), peer
+  ``http://<ip>:2380``, data in the host's private ``/var/lib/etcd`` (fsync off: lab data);
+- a kube-apiserver on ``<ip>:6443`` (all the host's addresses) backed by its local etcd member, as
+  kubeadm's stacked etcd is; TLS from a lab CA, one serving certificate whose SANs are every master
+  IP, ``apiserver.cluster.local``, the lab bridge's address, 127.0.0.1 and the ``kubernetes`` names;
+- a kube-controller-manager (garbage collector and namespace controller only, leader-elected:
+  pulumi-kubernetes' foreground deletions wait for the collector) talking to its local apiserver.
 
-CLI: `python -m lab.controlplane up|down|status [--address A] [--port P] [--etcd-client-port N]
-[--etcd-peer-port N] [--lab-dir D] [--purge]`.
+Like sealer, each master's /etc/hosts maps ``apiserver.cluster.local`` to itself and
+``/etc/kubernetes/admin.conf`` reaches ``https://apiserver.cluster.local:6443``. The root namespace,
+where the operator runs pulumi, gets ``<state>/kubeconfig``: the admin credentials with master0's IP
+as the server, as an operator's kubeconfig copied from master0 usually is.
+
+Killing master0 (``Lab.kill``: packets dropped, processes frozen) kills its members; the etcd quorum
+(2 of 3) holds and the apiservers of the other masters keep serving. A crash-kill's revive
+restarts them (the lab's services come back with a "reboot").
+
+CLI: ``python -m lab.controlplane up|down|status [--state-dir D] [--purge]``
+(``python -m lab up --control-plane`` brings the hosts and the control plane up together).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import dataclasses
 import datetime
 import ipaddress
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
-import subprocess
 import sys
 import time
 import urllib.error
@@ -39,15 +45,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_LAB_DIR = REPO / ".lab"
-DEFAULT_ADDRESS = "198.18.0.1"
-DEFAULT_PORT = 6443
-# Off the usual 2379/2380 so a distribution etcd on the machine does not collide.
-ETCD_CLIENT_PORT = 23790
-ETCD_PEER_PORT = 23800
+from lab.hosts import ETCD_PEER_PORT, GATEWAY, INSTANCE, PRIVATE_DIRS, Lab, LabError
+
+API_PORT = 6443
+API_DOMAIN = "apiserver.cluster.local"  # sealer's control-plane endpoint name
+ETCD_CLIENT_PORT = 2379
 SERVICE_CIDR = "10.96.0.0/24"  # only a setting: nothing routes to it
 CONTEXT = "sealer-lab"
+# Start order; stopped in reverse.
+SERVICES = ("etcd", "kube-apiserver", "kube-controller-manager")
+HOSTS_MARK = "#apiserver-set-by-lab"
+ETC_KUBERNETES = "/etc/kubernetes"
 
 
 class ControlPlaneError(RuntimeError):
@@ -56,22 +64,25 @@ class ControlPlaneError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class ControlPlane:
-    address: str
-    port: int
-    kubeconfig: Path
-    state_dir: Path
+    masters: tuple[str, ...]  # IPs, master0 first
+    kubeconfig: Path          # the root namespace's: server is master0
+    pki: Path
 
     @property
     def server(self) -> str:
-        return f"https://{_host_for_url(self.address)}:{self.port}"
+        return server_of(self.masters[0])
 
 
-def _host_for_url(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
+def server_of(ip: str) -> str:
+    return f"https://{ip}:{API_PORT}"
 
 
-def _state_dir(lab_dir: Path) -> Path:
-    return lab_dir / "controlplane"
+def _state_dir(lab: Lab) -> Path:
+    return lab.state / "controlplane"
+
+
+def kubeconfig_path(lab: Lab) -> Path:
+    return lab.state / "kubeconfig"
 
 
 # ---------------------------------------------------------------- certificates
@@ -95,32 +106,31 @@ def _issue(subject: x509.Name, public_key, issuer: x509.Name, signing_key, *, ca
                .public_key(public_key).serial_number(x509.random_serial_number())
                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=days))
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=False,
-            encipher_only=False, decipher_only=False), critical=True)
-    else:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, key_encipherment=False, key_cert_sign=False, crl_sign=False,
-            content_commitment=False, data_encipherment=False, key_agreement=False,
-            encipher_only=False, decipher_only=False), critical=True)
+    builder = builder.add_extension(x509.KeyUsage(
+        digital_signature=True, key_cert_sign=ca, crl_sign=ca, content_commitment=False,
+        key_encipherment=False, data_encipherment=False, key_agreement=False,
+        encipher_only=False, decipher_only=False), critical=True)
+    if not ca:
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(signing_key, hashes.SHA256())
 
 
-def _serving_sans(address: str) -> list:
-    ips = {ipaddress.ip_address(a) for a in (address, "127.0.0.1", DEFAULT_ADDRESS, "10.96.0.1")}
-    names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+def serving_sans(masters: list[str]) -> list:
+    """What the apiserver certificate names: every master IP (as kubeadm names each master's
+    advertise address and sealer adds the masters to certSANs), apiserver.cluster.local, the lab
+    bridge's address, loopback, the service IP and the in-cluster names."""
+    ips = {ipaddress.ip_address(a) for a in (*masters, GATEWAY, "127.0.0.1", "10.96.0.1")}
+    names = [API_DOMAIN, "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
              "kubernetes.default.svc.cluster.local"]
     return [x509.DNSName(n) for n in names] + [x509.IPAddress(ip) for ip in sorted(ips, key=str)]
 
 
-def ensure_pki(pki: Path, address: str) -> None:
-    """CA, serving cert (re-issued when the address is not in it), service-account key pair and the
-    admin client cert. Existing material is kept so a restart keeps the kubeconfig valid."""
+def ensure_pki(pki: Path, masters: list[str]) -> None:
+    """CA, serving cert (re-issued when its SANs differ from what the masters need), service-account
+    key pair and the admin client cert. Existing material is kept so a restart keeps the
+    kubeconfig valid."""
     pki.mkdir(parents=True, exist_ok=True)
     ca_cert_path, ca_key_path = pki / "ca.crt", pki / "ca.key"
     if not (ca_cert_path.exists() and ca_key_path.exists()):
@@ -135,17 +145,17 @@ def ensure_pki(pki: Path, address: str) -> None:
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
 
     serving = pki / "apiserver.crt"
-    wanted_ip = ipaddress.ip_address(address)
+    wanted = serving_sans(masters)
     if serving.exists():
-        sans = x509.load_pem_x509_certificate(serving.read_bytes()).extensions.get_extension_for_class(
-            x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress)
-        if wanted_ip not in sans:
+        have = x509.load_pem_x509_certificate(serving.read_bytes()).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+        if set(have) != set(wanted):
             serving.unlink()
     if not serving.exists():
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
                       key.public_key(), ca_cert.subject, ca_key, ca=False,
-                      usages=[ExtendedKeyUsageOID.SERVER_AUTH], sans=_serving_sans(address))
+                      usages=[ExtendedKeyUsageOID.SERVER_AUTH], sans=wanted)
         _write_private(pki / "apiserver.key", _pem_key(key))
         serving.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
@@ -166,7 +176,7 @@ def ensure_pki(pki: Path, address: str) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def write_kubeconfig(path: Path, pki: Path, server: str) -> None:
+def kubeconfig_text(pki: Path, server: str) -> str:
     def b64(name: str) -> str:
         return base64.b64encode((pki / name).read_bytes()).decode()
 
@@ -180,75 +190,7 @@ def write_kubeconfig(path: Path, pki: Path, server: str) -> None:
         "current-context": CONTEXT,
     }
     # JSON is YAML: no YAML writer needed, and kubectl/client-go/pulumi-kubernetes all read it.
-    _write_private(path, (json.dumps(config, indent=2) + "\n").encode())
-
-
-# ---------------------------------------------------------------- processes
-
-def _read_pid(pidfile: Path, expect: str) -> int | None:
-    """The pid in pidfile if that process is alive and still runs `expect` (not a recycled pid)."""
-    try:
-        pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    if not cmdline or Path(cmdline[0].decode(errors="replace")).name != expect:
-        return None
-    try:
-        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                     if line.startswith("State:"))
-    except (OSError, StopIteration):
-        return None
-    return None if "Z" in state.split()[1] else pid
-
-
-def _start(argv: list[str], log: Path, pidfile: Path, env: dict[str, str]) -> int:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, cwd=str(pidfile.parent))
-    pidfile.write_text(f"{proc.pid}\n")
-    # Until exec, /proc/<pid>/cmdline is still Python's: wait for it so liveness checks are exact.
-    deadline = time.monotonic() + 10
-    while _read_pid(pidfile, Path(argv[0]).name) is None and proc.poll() is None:
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    return proc.pid
-
-
-def _stop(pidfile: Path, expect: str, timeout: float = 15.0) -> bool:
-    pid = _read_pid(pidfile, expect)
-    if pid is None:
-        pidfile.unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _read_pid(pidfile, expect) is not None:
-        time.sleep(0.1)
-    if _read_pid(pidfile, expect) is not None:
-        os.kill(pid, signal.SIGKILL)
-        while _read_pid(pidfile, expect) is not None:
-            time.sleep(0.05)
-    pidfile.unlink(missing_ok=True)
-    return True
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def address_is_local(address: str) -> bool:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((address, 0))
-        except OSError:
-            return False
-    return True
+    return json.dumps(config, indent=2) + "\n"
 
 
 # ---------------------------------------------------------------- API checks
@@ -260,206 +202,289 @@ def _ssl_context(pki: Path) -> ssl.SSLContext:
 
 
 def request(cp: ControlPlane, method: str, path: str, body: dict | None = None,
-             timeout: float = 5.0) -> tuple[int, str]:
+            timeout: float = 5.0, server: str | None = None) -> tuple[int, str]:
+    """One call with the admin credentials, to master0's apiserver unless ``server`` is given."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(cp.server + path, data=data, method=method,
+    req = urllib.request.Request((server or cp.server) + path, data=data, method=method,
                                  headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, context=_ssl_context(cp.state_dir / "pki"),
-                                    timeout=timeout) as resp:
+        with urllib.request.urlopen(req, context=_ssl_context(cp.pki), timeout=timeout) as resp:
             return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
 
 
-def _wait(cp: ControlPlane, what: str, check, timeout: float, log: Path, pidfile: Path,
-          expect: str) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if _read_pid(pidfile, expect) is None:
-            raise ControlPlaneError(f"{expect} exited while waiting for {what}; "
-                                    f"last lines of {log}:\n{_tail(log)}")
-        try:
-            ok, last = check()
-            if ok:
-                return
-        except (OSError, ssl.SSLError, urllib.error.URLError) as e:
-            last = str(e)
-        time.sleep(0.2)
-    raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what} ({last}); "
-                            f"last lines of {log}:\n{_tail(log)}")
+def etcd_health(ip: str, timeout: float = 2.0) -> tuple[bool, str]:
+    """The member's /health: true only while the cluster has a leader and quorum."""
+    try:
+        with urllib.request.urlopen(f"http://{ip}:{ETCD_CLIENT_PORT}/health", timeout=timeout) as r:
+            body = r.read().decode()
+    except urllib.error.HTTPError as e:  # 503 with a reason when there is no quorum
+        body = e.read().decode(errors="replace")
+    except (OSError, urllib.error.URLError) as e:
+        return False, str(e)
+    try:
+        return json.loads(body).get("health") == "true", body
+    except ValueError:
+        return False, body
 
 
-def _etcd_healthy(client_port: int = ETCD_CLIENT_PORT) -> tuple[bool, str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{client_port}/health", timeout=2) as resp:
-        body = resp.read().decode()
-    return json.loads(body).get("health") == "true", body
+def apiserver_ready(cp: ControlPlane, ip: str, timeout: float = 3.0) -> tuple[bool, str]:
+    try:
+        code, body = request(cp, "GET", "/readyz", timeout=timeout, server=server_of(ip))
+    except (OSError, ssl.SSLError, urllib.error.URLError) as e:
+        return False, str(e)
+    return code == 200, f"/readyz {code}: {body[-300:]}"
 
 
-# ---------------------------------------------------------------- public API
+# ---------------------------------------------------------------- the masters
 
-def _binaries(bin_dir: Path | None) -> tuple[Path, Path]:
+def _binaries(bin_dir: Path | None) -> dict[str, Path]:
     if bin_dir is None:
         from lab import toolchain
         bin_dir = toolchain.ensure_built()
-    binaries = tuple(bin_dir / name for name in ("etcd", "kube-apiserver", "kube-controller-manager"))
-    for binary in binaries:
+    binaries = {name: Path(bin_dir) / name for name in SERVICES}
+    for binary in binaries.values():
         if not os.access(binary, os.X_OK):
             raise ControlPlaneError(f"{binary.name} is missing from the toolchain ({binary}); "
                                     "run `make toolchain`")
     return binaries
 
 
-def status(lab_dir: Path = DEFAULT_LAB_DIR) -> dict:
-    state = _state_dir(lab_dir)
-    info = {"etcd": _read_pid(state / "etcd.pid", "etcd"),
-            "kube-apiserver": _read_pid(state / "kube-apiserver.pid", "kube-apiserver"),
-            "kube-controller-manager": _read_pid(state / "kube-controller-manager.pid",
-                                                 "kube-controller-manager"),
-            "kubeconfig": str(lab_dir / "kubeconfig"), "ready": False}
+def _etcd_argv(binary: Path, name: str, ip: str, cluster: str) -> list[str]:
+    client, peer = f"http://{ip}:{ETCD_CLIENT_PORT}", f"http://{ip}:{ETCD_PEER_PORT}"
+    return [str(binary), "--name", name, "--data-dir", "/var/lib/etcd",
+            "--listen-client-urls", f"{client},http://127.0.0.1:{ETCD_CLIENT_PORT}",
+            "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"sealer-lab-{INSTANCE}",
+            "--unsafe-no-fsync", "--log-level", "warn"]
+
+
+def _apiserver_argv(binary: Path, ip: str) -> list[str]:
+    pki = f"{ETC_KUBERNETES}/pki"
+    return [str(binary),
+            f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}",
+            "--bind-address=0.0.0.0", f"--advertise-address={ip}", f"--secure-port={API_PORT}",
+            f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
+            f"--client-ca-file={pki}/ca.crt",
+            f"--service-account-key-file={pki}/sa.pub",
+            f"--service-account-signing-key-file={pki}/sa.key",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            # No endpoints for the `kubernetes` Service: nothing in the lab routes to it.
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true", f"--cert-dir={pki}", "--v=1"]
+
+
+def _manager_argv(binary: Path) -> list[str]:
+    # Only the garbage collector and the namespace controller: they finish deletions.
+    return [str(binary), f"--kubeconfig={ETC_KUBERNETES}/controller-manager.conf",
+            "--controllers=garbage-collector-controller,namespace-controller",
+            "--leader-elect=true", "--use-service-account-credentials=false",
+            "--secure-port=0", "--v=1"]
+
+
+def _private_etcd_dir(lab: Lab, ip: str) -> Path:
+    """The host's /var/lib/etcd as the root namespace sees it, after checking that it is the
+    host's private directory (never the machine's own /var/lib/etcd)."""
+    name = lab.host(ip).name
+    private = lab.hosts_dir / name / PRIVATE_DIRS["/var/lib/etcd"]
+    seen = lab.host_path(ip, "/var/lib/etcd")
     try:
-        address, port = (state / "address").read_text().split()
-        info["server"] = ControlPlane(address, int(port), lab_dir / "kubeconfig", state).server
-        if info["kube-apiserver"]:
-            code, _ = request(ControlPlane(address, int(port), lab_dir / "kubeconfig", state),
-                               "GET", "/readyz", timeout=2)
-            info["ready"] = code == 200
-    except (OSError, ValueError, ssl.SSLError, urllib.error.URLError):
-        pass
+        same = os.path.samestat(os.stat(private), os.stat(seen))
+    except OSError:
+        same = False
+    if not same:
+        raise ControlPlaneError(f"{name}'s /var/lib/etcd is not its private {private}: recreate "
+                                "the host (`python -m lab down`, then `up`)")
+    return private
+
+
+def _empty(directory: Path) -> None:
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _set_hosts_line(path: Path, ip: str) -> None:
+    """``<ip> apiserver.cluster.local`` in the host's /etc/hosts, any earlier line for the name
+    replaced; the file is rewritten in place (its inode kept)."""
+    lines = [line for line in path.read_text().splitlines()
+             if API_DOMAIN not in line.split("#", 1)[0].split()[1:]]
+    lines.append(f"{ip} {API_DOMAIN} {HOSTS_MARK}")
+    with open(path, "r+") as f:
+        f.write("\n".join(lines) + "\n")
+        f.truncate()
+
+
+def _install(lab: Lab, ip: str, pki: Path) -> None:
+    """The master's /etc/kubernetes (pki, admin.conf, controller-manager.conf), its /etc/hosts
+    line and an empty /var/lib/etcd."""
+    _empty(_private_etcd_dir(lab, ip))
+    etc = lab.host_path(ip, ETC_KUBERNETES)
+    (etc / "pki").mkdir(parents=True, exist_ok=True)
+    for name in ("ca.crt", "apiserver.crt", "sa.pub"):
+        (etc / "pki" / name).write_bytes((pki / name).read_bytes())
+    for name in ("apiserver.key", "sa.key"):
+        _write_private(etc / "pki" / name, (pki / name).read_bytes())
+    _write_private(etc / "admin.conf", kubeconfig_text(pki, f"https://{API_DOMAIN}:{API_PORT}").encode())
+    _write_private(etc / "controller-manager.conf", kubeconfig_text(pki, server_of(ip)).encode())
+    _set_hosts_line(lab.host_path(ip, "/etc/hosts"), ip)
+
+
+def _wait(what: str, check, timeout: float, lab: Lab, ip: str, service: str) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if lab.service_pid(ip, service) is None:
+            raise ControlPlaneError(f"{service} on {ip} exited while waiting for {what}; last lines "
+                                    f"of {lab.service_log(ip, service)}:\n{_tail(lab.service_log(ip, service))}")
+        try:
+            ok, last = check()
+        except (OSError, ssl.SSLError, urllib.error.URLError) as e:
+            ok, last = False, str(e)
+        if ok:
+            return
+        time.sleep(0.2)
+    raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what} ({last}); last "
+                            f"lines of {lab.service_log(ip, service)}:\n{_tail(lab.service_log(ip, service))}")
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _parallel(fn, items) -> list:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+# ---------------------------------------------------------------- public API
+
+def status(lab: Lab) -> dict:
+    """Per master: pids of the three services, etcd health and apiserver readiness."""
+    pki = _state_dir(lab) / "pki"
+    masters = [h.ip for h in lab.masters()]
+    info: dict = {"kubeconfig": str(kubeconfig_path(lab)), "masters": {}, "ready": False}
+    if not masters:
+        return info
+    cp = ControlPlane(tuple(masters), kubeconfig_path(lab), pki)
+    info["server"] = cp.server
+    for ip in masters:
+        row = {name: lab.service_pid(ip, name) for name in SERVICES}
+        row["killed"] = lab.is_killed(ip)
+        row["etcd_healthy"] = (not row["killed"] and row["etcd"] is not None
+                               and etcd_health(ip, timeout=1)[0])
+        row["apiserver_ready"] = (not row["killed"] and row["kube-apiserver"] is not None
+                                  and (pki / "ca.crt").exists() and apiserver_ready(cp, ip, timeout=2)[0])
+        info["masters"][ip] = row
+    info["ready"] = all(r["etcd_healthy"] and r["apiserver_ready"] and r["kube-controller-manager"]
+                        for r in info["masters"].values())
     return info
 
 
-def up(address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT, lab_dir: Path = DEFAULT_LAB_DIR,
-       bin_dir: Path | None = None, timeout: float = 120.0,
-       etcd_client_port: int = ETCD_CLIENT_PORT, etcd_peer_port: int = ETCD_PEER_PORT) -> ControlPlane:
-    """Start etcd and kube-apiserver unless they already run on this address; wait for /readyz and
-    for namespace kube-system; write `<lab_dir>/kubeconfig`. Two control planes on one machine need
-    their own lab_dir, apiserver port and etcd ports."""
-    lab_dir = Path(lab_dir).resolve()  # the processes run with their state dir as cwd
-    state = _state_dir(lab_dir)
-    pki = state / "pki"
-    cp = ControlPlane(address, port, lab_dir / "kubeconfig", state)
-    ipaddress.ip_address(address)  # a bad address fails here, not in the apiserver's log
-
-    running = status(lab_dir)
-    if (running["kube-apiserver"] and running["kube-controller-manager"]
-            and running.get("server") == cp.server and running["ready"]):
-        write_kubeconfig(cp.kubeconfig, pki, cp.server)
+def up(lab: Lab, bin_dir: Path | None = None, timeout: float = 180.0) -> ControlPlane:
+    """Start the control plane on the lab's masters unless it already serves on all of them; wait
+    for etcd health, every apiserver's /readyz and namespace kube-system; write the root
+    namespace's kubeconfig. A partial control plane is restarted from empty etcd data."""
+    masters = lab.masters()
+    if not masters:
+        raise ControlPlaneError("the lab has no master: `python -m lab up --masters 3` first")
+    killed = [h.name for h in masters if lab.is_killed(h.name)]
+    if killed:
+        raise ControlPlaneError(f"master(s) {', '.join(killed)} are killed: revive them first")
+    ips = [h.ip for h in masters]
+    pki = _state_dir(lab) / "pki"
+    cp = ControlPlane(tuple(ips), kubeconfig_path(lab), pki)
+    ensure_pki(pki, ips)
+    current = status(lab)
+    if current["ready"] and all(
+            lab.host_path(ip, f"{ETC_KUBERNETES}/pki/apiserver.crt").read_bytes()
+            == (pki / "apiserver.crt").read_bytes() for ip in ips):
+        _write_private(cp.kubeconfig, kubeconfig_text(pki, cp.server).encode())
         return cp
-    if running["kube-apiserver"] and running.get("server") != cp.server:
-        down(lab_dir)  # same etcd data, other address: restart the apiserver there
 
-    if not address_is_local(address):
-        raise ControlPlaneError(
-            f"{address} is not an address of this machine: bring up the lab bridge first "
-            f"(python -m lab up) or pass --address 127.0.0.1")
-    etcd_bin, apiserver_bin, manager_bin = _binaries(bin_dir)
-    ensure_pki(pki, address)
-    (state / "address").write_text(f"{address} {port}\n")
-    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(state)}
+    binaries = _binaries(bin_dir)
+    down(lab)
+    cluster = ",".join(f"{h.name}=http://{h.ip}:{ETCD_PEER_PORT}" for h in masters)
+    _parallel(lambda ip: _install(lab, ip, pki), ips)
 
-    etcd_url = f"http://127.0.0.1:{etcd_client_port}"
-    peer_url = f"http://127.0.0.1:{etcd_peer_port}"
-    if _read_pid(state / "etcd.pid", "etcd") is None:
-        _start([str(etcd_bin), "--name", "lab", "--data-dir", str(state / "etcd"),
-                "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                "--initial-cluster", f"lab={peer_url}",
-                "--unsafe-no-fsync", "--log-level", "warn"],
-               state / "etcd.log", state / "etcd.pid", env)
-    _wait(cp, "etcd /health", lambda: _etcd_healthy(etcd_client_port), timeout, state / "etcd.log",
-          state / "etcd.pid", "etcd")
+    for h in masters:
+        lab.start_service(h.ip, "etcd", _etcd_argv(binaries["etcd"], h.name, h.ip, cluster))
+    _parallel(lambda ip: _wait("etcd /health", lambda: etcd_health(ip), timeout, lab, ip, "etcd"), ips)
 
-    if _read_pid(state / "kube-apiserver.pid", "kube-apiserver") is None:
-        _start([str(apiserver_bin),
-                f"--etcd-servers={etcd_url}",
-                f"--bind-address={address}", f"--advertise-address={address}",
-                f"--secure-port={port}",
-                f"--tls-cert-file={pki / 'apiserver.crt'}",
-                f"--tls-private-key-file={pki / 'apiserver.key'}",
-                f"--client-ca-file={pki / 'ca.crt'}",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--authorization-mode=Node,RBAC",
-                # No endpoints for the `kubernetes` Service: nothing in the lab routes to it.
-                "--endpoint-reconciler-type=none",
-                "--allow-privileged=true",
-                f"--cert-dir={pki}", "--v=1"],
-               state / "kube-apiserver.log", state / "kube-apiserver.pid", env)
-    log, pidfile = state / "kube-apiserver.log", state / "kube-apiserver.pid"
-
-    def ready() -> tuple[bool, str]:
-        code, body = request(cp, "GET", "/readyz", timeout=3)
-        return code == 200, f"/readyz {code}: {body[-300:]}"
+    for ip in ips:
+        lab.start_service(ip, "kube-apiserver", _apiserver_argv(binaries["kube-apiserver"], ip))
+    _parallel(lambda ip: _wait("kube-apiserver /readyz", lambda: apiserver_ready(cp, ip), timeout,
+                               lab, ip, "kube-apiserver"), ips)
 
     def kube_system() -> tuple[bool, str]:
-        code, body = request(cp, "GET", "/api/v1/namespaces/kube-system")
+        code, _ = request(cp, "GET", "/api/v1/namespaces/kube-system")
         if code == 404:
-            code, body = request(cp, "POST", "/api/v1/namespaces", {
+            code, _ = request(cp, "POST", "/api/v1/namespaces", {
                 "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}})
         return code in (200, 201, 409), f"kube-system {code}"
+    _wait("namespace kube-system", kube_system, timeout, lab, ips[0], "kube-apiserver")
 
-    _wait(cp, "kube-apiserver /readyz", ready, timeout, log, pidfile, "kube-apiserver")
-    _wait(cp, "namespace kube-system", kube_system, timeout, log, pidfile, "kube-apiserver")
-
-    # Only the garbage collector and the namespace controller: they finish deletions (pulumi-
-    # kubernetes deletes with foreground propagation, which waits for the collector).
-    manager_kubeconfig = state / "controller-manager.kubeconfig"
-    write_kubeconfig(manager_kubeconfig, pki, cp.server)
-    if _read_pid(state / "kube-controller-manager.pid", "kube-controller-manager") is None:
-        _start([str(manager_bin), f"--kubeconfig={manager_kubeconfig}",
-                "--controllers=garbage-collector-controller,namespace-controller",
-                "--leader-elect=false", "--use-service-account-credentials=false",
-                "--secure-port=0", "--v=1"],
-               state / "kube-controller-manager.log", state / "kube-controller-manager.pid", env)
-    manager_log, manager_pid = state / "kube-controller-manager.log", state / "kube-controller-manager.pid"
-    _wait(cp, "kube-controller-manager to start", lambda: (True, ""), timeout, manager_log,
-          manager_pid, "kube-controller-manager")
-    write_kubeconfig(cp.kubeconfig, pki, cp.server)
+    for ip in ips:
+        lab.start_service(ip, "kube-controller-manager",
+                          _manager_argv(binaries["kube-controller-manager"]))
+    _write_private(cp.kubeconfig, kubeconfig_text(pki, cp.server).encode())
     return cp
 
 
-def down(lab_dir: Path = DEFAULT_LAB_DIR, purge: bool = False) -> list[str]:
-    """Stop kube-apiserver then etcd (only the processes in the pidfiles). `purge` also removes the
-    etcd data, PKI and kubeconfig."""
-    lab_dir = Path(lab_dir)
-    state = _state_dir(lab_dir)
-    stopped = [name for name in ("kube-controller-manager", "kube-apiserver", "etcd")
-               if _stop(state / f"{name}.pid", name)]
+def down(lab: Lab, purge: bool = False) -> list[str]:
+    """Stop the services on every master (the lab's hosts stay) and forget them. ``purge`` also
+    empties the masters' /var/lib/etcd and removes the PKI and the kubeconfig."""
+    stopped = []
+    try:
+        masters = lab.masters()
+    except LabError:
+        masters = []
+    for h in masters:
+        for name in reversed(SERVICES):
+            if lab.stop_service(h.ip, name, forget=True):
+                stopped.append(f"{name}@{h.ip}")
+        if purge:
+            _empty(lab.hosts_dir / h.name / PRIVATE_DIRS["/var/lib/etcd"])
     if purge:
-        shutil.rmtree(state, ignore_errors=True)
-        (lab_dir / "kubeconfig").unlink(missing_ok=True)
+        shutil.rmtree(_state_dir(lab), ignore_errors=True)
+        kubeconfig_path(lab).unlink(missing_ok=True)
     return stopped
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.controlplane", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.controlplane",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("up", "down", "status"))
-    parser.add_argument("--address", default=DEFAULT_ADDRESS)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--etcd-client-port", type=int, default=ETCD_CLIENT_PORT)
-    parser.add_argument("--etcd-peer-port", type=int, default=ETCD_PEER_PORT)
-    parser.add_argument("--lab-dir", type=Path, default=DEFAULT_LAB_DIR)
+    parser.add_argument("--state-dir", help="lab state directory (default <repo>/.lab, env SEALER_LAB_DIR)")
     parser.add_argument("--purge", action="store_true", help="down: also delete etcd data and PKI")
     args = parser.parse_args(argv)
+    lab = Lab(args.state_dir)
     try:
         if args.command == "up":
             started = time.monotonic()
-            cp = up(args.address, args.port, args.lab_dir, etcd_client_port=args.etcd_client_port,
-                    etcd_peer_port=args.etcd_peer_port)
-            print(f"control plane ready at {cp.server} in {time.monotonic() - started:.1f}s; "
-                  f"kubeconfig {cp.kubeconfig}")
+            cp = up(lab)
+            print(f"control plane ready on {', '.join(cp.masters)} in "
+                  f"{time.monotonic() - started:.1f}s; kubeconfig {cp.kubeconfig} ({cp.server})")
         elif args.command == "down":
-            stopped = down(args.lab_dir, purge=args.purge)
+            stopped = down(lab, purge=args.purge)
             print("stopped " + (", ".join(stopped) if stopped else "nothing (not running)"))
         else:
-            info = status(args.lab_dir)
+            info = status(lab)
             print(json.dumps(info, indent=2))
             return 0 if info["ready"] else 3
-    except ControlPlaneError as e:
+    except (ControlPlaneError, LabError) as e:
         print(f"controlplane: {e}", file=sys.stderr)
         return 1
     return 0

@@ -5,18 +5,22 @@ A host `srl-<octet>` is:
 - a holder process (`sleep infinity`, pid in `<state>/hosts/srl-<octet>/holder.pid`) started as
   `ip netns exec NS unshare --mount --uts --propagation private`, which keeps the host's mount
   namespace alive. Inside it `/etc` is an overlay and `/root`, `/tmp`, `/var/log`, `/var/lib/sealer`,
-  `/var/lib/containerd` are bind mounts of per-host directories (a directory mount, so rename-over
-  of `/etc/hosts` works) and `/run` is a tmpfs; the lab state directory is hidden under a tmpfs, so
-  a host can't read the operator key or another host's files;
+  `/var/lib/containerd`, `/var/lib/etcd` are bind mounts of per-host directories (a directory
+  mount, so rename-over of `/etc/hosts` works) and `/run` is a tmpfs; the lab state directory is
+  hidden under a tmpfs, so a host can't read the operator key or another host's files;
 - `/usr/sbin/sshd` started inside both namespaces with the host's own `/etc/ssh` (own host key,
   root login with the lab operator key only);
 - Debian's `containerd` started inside both namespaces like a node's runtime: its own
   `/etc/containerd/config.toml` (CRI `config_path = "/etc/containerd/certs.d"`), content and
-  snapshots in the private `/var/lib/containerd`, socket `/run/containerd/containerd.sock`.
+  snapshots in the private `/var/lib/containerd`, socket `/run/containerd/containerd.sock`;
+- optional services (`Lab.start_service`: the control plane's etcd, kube-apiserver,
+  kube-controller-manager on the masters) started the same way, without SSH.
 
 Faults live in the root namespace, in nft table `bridge srl_lab`: every IP frame towards a host is
-counted (`packets_to`), and a killed host's interface is in set `killed`, whose IP frames are
-dropped both ways (ARP still flows, so a connect times out like a machine that went dark).
+counted (`packets_to`; frames from or to the etcd peer port 2380, the control plane's own traffic
+between masters, on a counter of their own), and a killed host's interface is in set `killed`,
+whose IP frames are dropped both ways (ARP still flows, so a connect times out like a machine that
+went dark).
 """
 from __future__ import annotations
 
@@ -52,9 +56,13 @@ DEFAULT_STATE = REPO / (".lab" if INSTANCE == 0 else f".lab{INSTANCE}")
 ROOTFS_SRC = Path(__file__).resolve().parent / "rootfs"
 # Directories that each host gets privately (bind mounts of <hostdir>/<name>).
 PRIVATE_DIRS = {"/etc": "etc", "/root": "root", "/tmp": "tmp", "/var/log": "var-log",
-                "/var/lib/sealer": "var-lib-sealer", "/var/lib/containerd": "var-lib-containerd"}
-# Mount points the holder binds over; made in the root namespace when missing (and removed by down).
-MOUNTPOINTS = ("/var/lib/sealer", "/var/lib/containerd")
+                "/var/lib/sealer": "var-lib-sealer", "/var/lib/containerd": "var-lib-containerd",
+                "/var/lib/etcd": "var-lib-etcd"}
+# Mount points the machine may lack: created for the lab (and removed by `down` when no lab of any
+# instance is left, since removing a mount point detaches it in every other mount namespace).
+MOUNTPOINTS = ("/var/lib/sealer", "/var/lib/containerd", "/var/lib/etcd")
+ETCD_PEER_PORT = 2380  # the control plane's etcd peers (lab/controlplane.py): counted apart
+SERVICES_DIR = "services"  # <hostdir>/services/<name>.json (argv) and <name>.pid
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -123,6 +131,7 @@ mount --bind root /root
 mount --bind var-log /var/log
 mount --bind var-lib-sealer /var/lib/sealer
 mount --bind var-lib-containerd /var/lib/containerd
+mount --bind var-lib-etcd /var/lib/etcd
 mount --bind tmp /tmp
 mount -t tmpfs -o mode=0755,size=256m srl-run /run
 mkdir -p /run/sshd /run/lock /run/containerd
@@ -185,8 +194,6 @@ class Lab:
         self.key_path = self.state / "id_ed25519"
         self.inventory_path = self.state / "inventory.json"
         self.known_hosts_path = self.state / "known_hosts"
-        self._mountpoint_markers = {mp: self.state / f"created-{mp.strip('/').replace('/', '-')}"
-                                    for mp in MOUNTPOINTS}
 
     # ---------------------------------------------------------------- inventory
     def inventory(self) -> dict:
@@ -265,13 +272,7 @@ class Lab:
         for f in (self.inventory_path, self.known_hosts_path, self.key_path,
                   self.key_path.with_suffix(".pub")):
             f.unlink(missing_ok=True)
-        for mp, marker in self._mountpoint_markers.items():
-            if marker.exists():
-                try:
-                    Path(mp).rmdir()
-                except OSError:
-                    pass
-                marker.unlink()
+        self._remove_mountpoints()
         if purge and self.state.exists():
             shutil.rmtree(self.state)
             removed.append(str(self.state))
@@ -318,6 +319,9 @@ class Lab:
         if not self.sshd_running(h.name):
             self.start_sshd(h.name)
         self._wait_containerd(h.name)
+        for name in self.services(h.name):  # a crash killed them: the "reboot" starts them again
+            if self.service_pid(h.name, name) is None:
+                self._launch_service(h.name, name)
 
     def is_killed(self, ref: str) -> bool:
         h = self.host(ref)
@@ -357,18 +361,80 @@ class Lab:
             self._start_containerd(h.name)
         self._wait_containerd(h.name)
 
+    # ---------------------------------------------------------------- services
+    def start_service(self, ref: str, name: str, argv: list[str]) -> int:
+        """Run ``argv`` (a long-running program that stays in the foreground) inside the host's
+        namespaces, the way sshd is started: no SSH, its own session, stdout and stderr to the
+        host's ``/var/log/<name>.log``. ``argv[0]`` is an absolute path of the root namespace (the
+        toolchain's cache lives under /tmp or /root, which hosts see privately): it is executed
+        through ``/proc/<pid>/root``. The service is recorded, so that ``revive`` after a crash
+        starts it again like a boot would. Returns its pid; a running service is left alone."""
+        h = self.host(ref)
+        if not os.path.isabs(argv[0]) or not os.access(argv[0], os.X_OK):
+            raise LabError(f"service {name}: {argv[0]} is not an executable absolute path")
+        sdir = self.hosts_dir / h.name / SERVICES_DIR
+        sdir.mkdir(exist_ok=True)
+        (sdir / f"{name}.json").write_text(json.dumps({"argv": argv}) + "\n")
+        pid = self.service_pid(h.name, name)
+        return pid if pid is not None else self._launch_service(h.name, name)
+
+    def stop_service(self, ref: str, name: str, forget: bool = False, timeout: float = 10) -> bool:
+        """Stop the service (SIGTERM, then SIGKILL; a frozen one is killed at once). ``forget``
+        also drops its record (a revive no longer starts it). True if it was running."""
+        h = self.host(ref)
+        sdir = self.hosts_dir / h.name / SERVICES_DIR
+        pid = self.service_pid(h.name, name)
+        if pid is not None:
+            frozen = (self.hosts_dir / h.name / "frozen").exists()
+            _signal(pid, signal.SIGKILL if frozen else signal.SIGTERM)
+            if not _wait(lambda: not _alive(pid), timeout, f"{name} on {h.name} to stop",
+                         raise_=False):
+                _signal(pid, signal.SIGKILL)
+                _wait(lambda: not _alive(pid), 5, f"{name} on {h.name} to die")
+        (sdir / f"{name}.pid").unlink(missing_ok=True)
+        if forget:
+            (sdir / f"{name}.json").unlink(missing_ok=True)
+        return pid is not None
+
+    def service_pid(self, ref: str, name: str) -> int | None:
+        """The pid of the recorded service if it lives (a frozen one does)."""
+        h = self.host(ref)
+        sdir = self.hosts_dir / h.name / SERVICES_DIR
+        try:
+            pid = int((sdir / f"{name}.pid").read_text())
+            argv0 = json.loads((sdir / f"{name}.json").read_text())["argv"][0]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, ValueError, KeyError, IndexError):
+            return None
+        # The pid may have been reused by another program: the executable's name must match.
+        if os.path.basename(cmdline) != os.path.basename(argv0) or not _alive(pid):
+            return None
+        return pid
+
+    def services(self, ref: str) -> list[str]:
+        """Names of the services recorded for the host."""
+        sdir = self.hosts_dir / self.host(ref).name / SERVICES_DIR
+        return sorted(p.stem for p in sdir.glob("*.json")) if sdir.is_dir() else []
+
+    def service_log(self, ref: str, name: str) -> Path:
+        """The service's log as the root namespace sees it."""
+        return self.hosts_dir / self.host(ref).name / PRIVATE_DIRS["/var/log"] / f"{name}.log"
+
     def packets_to(self, ref: str) -> int:
-        """IP packets (frames) sent towards the host over the bridge since it was created."""
+        """IP packets (frames) sent towards the host over the bridge since it was created, except
+        the etcd peer traffic of the control plane (other masters dialling its member)."""
         return self.link_counter(ref)["packets"]
 
     def bytes_to(self, ref: str) -> int:
         """Bytes of those frames: what went on the wire towards the host (e.g. a copy)."""
         return self.link_counter(ref)["bytes"]
 
-    def link_counter(self, ref: str) -> dict[str, int]:
-        """The nft counter of the host's bridge port: ``{"packets": n, "bytes": n}``."""
+    def link_counter(self, ref: str, etcd_peers: bool = False) -> dict[str, int]:
+        """The nft counter of the host's bridge port: ``{"packets": n, "bytes": n}``; every IP
+        frame but those from or to the etcd peer port, which ``etcd_peers=True`` counts."""
         h = self.host(ref)
-        out = sh("nft", "-j", "list", "counter", "bridge", NFT_TABLE, _counter(h.name)).stdout
+        name = _peer_counter(h.name) if etcd_peers else _counter(h.name)
+        out = sh("nft", "-j", "list", "counter", "bridge", NFT_TABLE, name).stdout
         for item in json.loads(out)["nftables"]:
             if "counter" in item:
                 return {"packets": int(item["counter"]["packets"]),
@@ -442,10 +508,50 @@ class Lab:
         os.chmod(self.key_path, 0o600)
 
     def _ensure_mountpoint(self) -> None:
-        for mp, marker in self._mountpoint_markers.items():
-            if not Path(mp).exists():
-                Path(mp).mkdir(parents=True)
-                marker.touch()
+        for path in MOUNTPOINTS:
+            mp = Path(path)
+            if not mp.exists():
+                mp.mkdir(parents=True)
+                (self.state / f"created-{PRIVATE_DIRS[path]}").touch()
+
+    def _remove_mountpoints(self) -> None:
+        other_labs = any(line.split()[0].startswith("srl") for line in
+                         sh("ip", "netns", "list").stdout.splitlines() if line.split())
+        for path in MOUNTPOINTS:
+            marker = self.state / f"created-{PRIVATE_DIRS[path]}"
+            if not marker.exists():
+                continue
+            if not other_labs:
+                try:
+                    Path(path).rmdir()
+                except OSError:
+                    pass
+            marker.unlink()
+
+    def _launch_service(self, name: str, service: str) -> int:
+        sdir = self.hosts_dir / name / SERVICES_DIR
+        argv = json.loads((sdir / f"{service}.json").read_text())["argv"]
+        holder = self.holder_pid(name)
+        # Our own /proc/<pid>/root is the root namespace's /: the path resolves there while this
+        # process lives, which it does until the service has exec'd (waited for below).
+        exe = f"/proc/{os.getpid()}/root{argv[0]}"
+        log = self.service_log(name, service)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                ["nsenter", "-t", str(holder), "-n", "-m", "-u", "--", "env", "-i",
+                 f"PATH={HOST_PATH}", "HOME=/root", "LANG=C.UTF-8", exe, *argv[1:]],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True, cwd="/")
+        (sdir / f"{service}.pid").write_text(f"{proc.pid}\n")
+
+        def started() -> bool:
+            try:
+                cmd = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            except OSError:
+                return True  # gone already: the caller's readiness check reports it
+            return os.path.basename(cmd) == os.path.basename(argv[0])
+        _wait(started, 10, f"{service} on {name} to start")
+        return proc.pid
 
     def _ensure_bridge(self) -> None:
         if not _link_exists(BRIDGE):
@@ -505,8 +611,16 @@ table bridge {NFT_TABLE} {{
         sh("ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", name)
         _disable_ipv6(name)
         sh("ip", "link", "set", name, "master", BRIDGE, "up")
-        counter = _counter(name)
+        counter, peers = _counter(name), _peer_counter(name)
         sh("nft", "add", "counter", "bridge", NFT_TABLE, counter)
+        sh("nft", "add", "counter", "bridge", NFT_TABLE, peers)
+        # etcd peer traffic is the control plane's own (the other masters' members keep dialling a
+        # dead one, as in a real cluster): counted apart, so that packets_to says what the program
+        # and everything else sent.
+        for port in ("dport", "sport"):  # its dials, and the streams it dialled
+            sh("nft", "add", "rule", "bridge", NFT_TABLE, "to_host", "oifname", name, "ether",
+               "type", "{", "ip,", "ip6", "}", "meta", "l4proto", "tcp", "th", port,
+               str(ETCD_PEER_PORT), "counter", "name", peers, "accept", "comment", f'"{name}"')
         sh("nft", "add", "rule", "bridge", NFT_TABLE, "to_host", "oifname", name, "ether", "type",
            "{", "ip,", "ip6", "}", "counter", "name", counter, "comment", f'"{name}"')
         log = open(hdir / "holder.log", "wb")
@@ -568,6 +682,8 @@ table bridge {NFT_TABLE} {{
             return False
         if not _is_holder(pid) or (hdir / "frozen").exists() or (hdir / "crashed").exists():
             return False
+        if not all((hdir / sub).is_dir() for sub in PRIVATE_DIRS.values()):
+            return False  # made by an older lab without one of today's private dirs
         return self._sshd_pid(name) is not None and _ssh_banner(ip)
 
     def _prepare_host_dir(self, name: str, hdir: Path) -> None:
@@ -577,6 +693,7 @@ table bridge {NFT_TABLE} {{
                 (hdir / sub).mkdir()
         os.chmod(hdir / "tmp", 0o1777)
         os.chmod(hdir / "root", 0o700)
+        os.chmod(hdir / "var-lib-etcd", 0o700)
         # /etc is an overlay (lower: the machine's /etc, upper: <hostdir>/etc): private, writable,
         # rename-over works, and it costs nothing to create or remove.
         etc = hdir / "etc"
@@ -673,6 +790,7 @@ table bridge {NFT_TABLE} {{
                     sh("nft", "delete", "rule", "bridge", NFT_TABLE, "to_host", "handle", handle,
                        check=False)
             sh("nft", "delete", "counter", "bridge", NFT_TABLE, _counter(name), check=False)
+            sh("nft", "delete", "counter", "bridge", NFT_TABLE, _peer_counter(name), check=False)
             sh("nft", "delete", "element", "bridge", NFT_TABLE, "killed", f'{{ "{name}" }}',
                check=False)
         hdir = self.hosts_dir / name
@@ -699,6 +817,10 @@ table bridge {NFT_TABLE} {{
 # -------------------------------------------------------------------- helpers
 def _counter(name: str) -> str:
     return "to_" + name.replace("-", "_")
+
+
+def _peer_counter(name: str) -> str:
+    return "etcd_peers_to_" + name.replace("-", "_")
 
 
 def _link_exists(name: str) -> bool:

@@ -3,7 +3,8 @@ that points this project at it (``stack_values``), and a stack of this project d
 Automation API (``ProgramStack``, whose ``RunReport`` says what a preview or up did).
 
 tests/e2e and bench both drive the program through it; what they assert stays with them. Needs
-the Pulumi SDK (and, to run a stack, the engine toolchain): ``python -m lab`` does not import it.
+the Pulumi SDK and the engine toolchain (the control plane's binaries, the engine to run a stack):
+``python -m lab`` does not import it.
 
 A ``ProgramStack`` owns one stack of the project; its plain config is written into
 ``Pulumi.<stack>.yaml`` and its secrets are set through the engine, exactly as an operator would
@@ -23,6 +24,7 @@ import yaml
 from pulumi import automation as auto
 
 from config import PROJECT
+from lab import controlplane
 from lab import images as lab_images
 from lab.hosts import REPO, Lab
 from material import pki
@@ -46,7 +48,7 @@ class LabEnv:
     history_file: Path
     cluster_image_id: str
     refs: list[str]            # every REPO:TAG@DIGEST the registry must serve
-    kubeconfig: Path
+    kubeconfig: Path           # the operator's: admin credentials, server master0's apiserver
     ca: tuple[str, str]        # (cert, key) for stacks that bring their own CA
 
     @property
@@ -69,13 +71,15 @@ class LabEnv:
         return self.lab.run(ip, "cat /etc/hosts").stdout
 
 
-def make_lab_env(state: Path, kubeconfig: Path, masters: int = 3, nodes: int = 2,
+def make_lab_env(state: Path, masters: int = 3, nodes: int = 2,
                  apps: int = 2, app_size: int = 512 << 10, cluster_size: int = 1 << 20,
-                 ca: tuple[str, str] | None = None) -> LabEnv:
-    """Bring up a lab in ``state`` (hosts, images, application.json); ``Lab(state).down()`` undoes
-    it. ``ca``: the registry CA to use (default: a new one)."""
+                 ca: tuple[str, str] | None = None, bin_dir: Path | None = None) -> LabEnv:
+    """Bring up a lab in ``state`` (hosts, the control plane on the masters, images,
+    application.json); ``Lab(state).down()`` undoes it. ``ca``: the registry CA to use (default:
+    a new one); ``bin_dir``: the toolchain's (default: built or found by lab.toolchain)."""
     lab = Lab(state)
     lab.up(masters=masters, nodes=nodes)
+    cp = controlplane.up(lab, bin_dir=bin_dir)
     summary = lab_images.generate(state / "images", apps=apps, app_size=app_size, layers=2,
                                   cluster_size=cluster_size, seed=0,
                                   history=state / "application.json")
@@ -84,7 +88,7 @@ def make_lab_env(state: Path, kubeconfig: Path, masters: int = 3, nodes: int = 2
     return LabEnv(lab=lab, inventory=lab.inventory(), key_path=lab.key_path,
                   store=Path(summary["store"]), history_file=Path(summary["history"]),
                   cluster_image_id=summary["cluster_image_id"], refs=refs,
-                  kubeconfig=Path(kubeconfig), ca=ca or pki.generate_ca())
+                  kubeconfig=cp.kubeconfig, ca=ca or pki.generate_ca())
 
 
 def stack_values(lab_env: LabEnv, *, master0: str, down_hosts=(), distribution: str = "pre",

@@ -1,4 +1,5 @@
-"""Fixtures of the e2e tier: the built engine toolchain and a real kube-apiserver.
+"""Fixtures of the e2e tier: the built engine toolchain and a real Kubernetes control plane on the
+masters of a lab (``controlplane``; the stack modules get theirs with ``labstack.lab_env``).
 
 Nothing here skips: a piece that is missing fails the test that needs it, naming the piece.
 """
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from lab import Lab
 from lab import controlplane as cplane
 from lab import toolchain
+from lab.hosts import LabError
 
 LAB_PASSPHRASE = "sealer-lab"
 
@@ -66,25 +69,17 @@ def toolchain_env(toolchain_bin, tmp_path_factory) -> dict[str, str]:
             os.environ[key] = value
 
 
-@pytest.fixture(scope="session")
-def controlplane_address() -> str:
-    """198.18.0.1 (the lab bridge) when it exists, else loopback; SEALER_CONTROLPLANE_ADDRESS wins.
-    The Pulumi program runs in the root namespace and reaches either."""
-    wanted = os.environ.get("SEALER_CONTROLPLANE_ADDRESS")
-    if wanted:
-        return wanted
-    return cplane.DEFAULT_ADDRESS if cplane.address_is_local(cplane.DEFAULT_ADDRESS) else "127.0.0.1"
-
-
-@pytest.fixture(scope="session")
-def controlplane(toolchain_bin, controlplane_address) -> cplane.ControlPlane:
-    """etcd + kube-apiserver for the session (kubeconfig in .lab/kubeconfig); left running if it
-    was running before the session."""
-    was_running = cplane.status()["ready"]
+@pytest.fixture(scope="module")
+def controlplane(toolchain_bin, tmp_path_factory) -> cplane.ControlPlane:
+    """A lab of one master and no node, running etcd + kube-apiserver + kube-controller-manager,
+    for one module; removed when the module ends (lab hosts are global to the machine)."""
+    lab = Lab(tmp_path_factory.mktemp("cplab"))
+    lab.down()  # a crashed earlier run holds the srl- names
     try:
-        cp = cplane.up(controlplane_address, bin_dir=toolchain_bin)
-    except cplane.ControlPlaneError as e:
+        lab.up(masters=1, nodes=0)
+        cp = cplane.up(lab, bin_dir=toolchain_bin)
+    except (cplane.ControlPlaneError, LabError) as e:
+        lab.down()
         pytest.fail(f"control plane did not come up: {e}", pytrace=False)
     yield cp
-    if not was_running:
-        cplane.down()
+    lab.down()

@@ -14,11 +14,13 @@ import yaml
 
 
 class Kube:
-    def __init__(self, kubeconfig: str | Path):
+    def __init__(self, kubeconfig: str | Path, server: str | None = None):
+        """``server``: another apiserver of the same cluster than the kubeconfig's (master0's,
+        dead after a kill)."""
         doc = yaml.safe_load(Path(kubeconfig).read_text())
         cluster = doc["clusters"][0]["cluster"]
         user = doc["users"][0]["user"]
-        self.server = cluster["server"].rstrip("/")
+        self.server = (server or cluster["server"]).rstrip("/")
         self._dir = tempfile.TemporaryDirectory(prefix="kube-")
         ca = Path(self._dir.name, "ca.crt")
         ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))

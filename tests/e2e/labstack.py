@@ -19,16 +19,22 @@ import yaml
 
 from config import PROJECT
 from lab import Lab
+from lab.controlplane import ControlPlaneError
 from lab.hosts import REPO
 from lab.stack import DOMAIN, PORT, LabEnv, make_lab_env
 
 
 @pytest.fixture(scope="module")
-def lab_env(controlplane, tmp_path_factory):
-    """A fresh lab (3 masters, 2 nodes) with small generated images, for one test module."""
+def lab_env(toolchain_bin, tmp_path_factory):
+    """A fresh lab (3 masters, each with an etcd member and a kube-apiserver; 2 nodes) with small
+    generated images, for one test module. Its kubeconfig names master0's apiserver."""
     state = tmp_path_factory.mktemp("lab")
     Lab(state).down()  # a crashed earlier run holds the srl- names
-    env = make_lab_env(state, controlplane.kubeconfig)
+    try:
+        env = make_lab_env(state, bin_dir=toolchain_bin)
+    except ControlPlaneError as e:
+        Lab(state).down()
+        pytest.fail(f"the lab's control plane did not come up: {e}", pytrace=False)
     yield env
     env.lab.down()
 

@@ -122,7 +122,10 @@ class Lifecycle:
                 assert hosts_line(lab_env.lab, ip) == [f"{new} {DOMAIN} #hostalias-set-by-sealer"]
         for ref in lab_env.refs:
             assert pull_image(lab_env.lab, lab_env.nodes[0], ref) == ref.split("@")[1]
-        kube = Kube(lab_env.kubeconfig)
+        # The kubeconfig names the dead master0's apiserver: the records went through a live
+        # master's (the etcd quorum of the other two holds them).
+        assert f"https://{old}:6443" in lab_env.kubeconfig.read_text()
+        kube = Kube(lab_env.kubeconfig, server=f"https://{lab_env.masters[2]}:6443")
         assert f"master0: {new}" in kube.configmap("sealer-registry")["data"]["registry"]
         print(f"\nrecovery up ({self.mode}): {report.seconds:.1f}s, "
               f"{len(report.remote_commands())} commands: {sorted(report.remote_commands())}")

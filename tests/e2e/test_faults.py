@@ -16,6 +16,7 @@ import time
 import pytest
 import yaml
 
+from lab.hosts import INSTANCE
 from lab.stack import DOMAIN, PORT, PROJECT_DIR, SECRETS, ProgramStack, stack_values
 from tests.e2e.kube import Kube
 from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
@@ -27,6 +28,17 @@ NEW_PASSWORD = "Rotated-Secret-7c1e"
 # Cases whose edit plants an undecryptable placeholder would fail in the engine's decryption,
 # before the program runs; the rest must be refused by the program itself.
 ENGINE_CASES = [c for c in CASES if "secure" not in json.dumps(c[1], default=str)]
+
+
+def _on_this_lab(value):
+    """The table's lab addresses (instance 0's 198.18.0.x) on this lab instance's subnet."""
+    if isinstance(value, str):
+        return value.replace("198.18.0.", f"198.18.{INSTANCE}.")
+    if isinstance(value, list):
+        return [_on_this_lab(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _on_this_lab(v) for k, v in value.items()}
+    return value
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +70,7 @@ def test_bad_config_is_refused_by_preview_naming_the_field(lab_env, stack, case_
     """`pulumi preview` of an invalid config fails naming the field — the program's
     `error: <field>: ...`, or the engine's own check of Pulumi.yaml's declared types and required
     keys, which runs first — and not one packet reaches any host."""
+    edits, fragment = _on_this_lab(edits), _on_this_lab(fragment)
     good = stack.stack_file.read_text()
     doc = yaml.safe_load(good)
     before = all_packets(lab_env)

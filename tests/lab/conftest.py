@@ -16,6 +16,7 @@ from lab import Lab
 from lab.hosts import NFT_TABLE, PREFIX
 
 TEST_TIMEOUT_S = 180
+CONTROL_PLANE = (b"etcd", b"kube-apiserver", b"kube-controller-manager")  # services on masters
 NEEDED = ("ip", "nft", "unshare", "nsenter", "/usr/sbin/sshd", "ssh", "ssh-keygen",
           "docker-registry", "curl", "containerd", "ctr")
 
@@ -84,8 +85,9 @@ def _leftovers() -> list[str]:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read()
+            service = os.path.basename(cmd.split(b"\0")[0]) in CONTROL_PLANE
             lab_daemon = (cmd.startswith(b"/usr/sbin/sshd") or b"docker-registry\0serve" in cmd
-                          or cmd.startswith(b"containerd\0--config\0"))
+                          or cmd.startswith(b"containerd\0--config\0") or service)
             if (cmd == b"sleep\0infinity\0" or lab_daemon) and _other_instance(pid):
                 continue
             if cmd == b"sleep\0infinity\0" and os.readlink(f"/proc/{pid}/ns/mnt") != \
@@ -93,7 +95,8 @@ def _leftovers() -> list[str]:
                 found.append(f"holder process {pid}")
             elif lab_daemon:
                 if os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net"):
-                    found.append(f"process {pid} {cmd[:60]!r}")
+                    shown = os.path.basename(cmd.split(b"\0")[0]) if service else cmd[:60]
+                    found.append(f"process {pid} {shown!r}")
         except OSError:
             pass
     return found

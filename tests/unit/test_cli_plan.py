@@ -15,6 +15,7 @@ def recovery_ops(post: bool = False) -> dict[str, str]:
         f"registry-standby-{NEW}": "delete",
         f"node-{NEW}": "update", f"node-{M3}": "update",
         f"node-{N1}": "update", f"node-{N2}": "update",
+        "k8s": "update",
         "sealer-registry-config": "update",
         "registry-verify": "update",
         f"registry-launch-{OLD}": "delete", f"rootfs-{OLD}": "delete", f"data-{OLD}": "delete",
@@ -35,6 +36,7 @@ def test_recovery_plan_names_each_host_and_what_it_gets():
                                     "(nothing runs there, it is not contacted)")
     assert f"  launch the registry on {NEW} [create]" in text
     assert f"  point sea.hub at {NEW} on 4 hosts: {NEW}, {M3}, {N1}, {N2} [update]" in text
+    assert "  reach the cluster through another apiserver (kubernetes provider) [update]" in text
     assert "  update the records: ConfigMap kube-system/sealer-registry (update)" in text
     assert "  verify from a node: every image of the boot history via sea.hub [update]" in text
     assert f"  forget 4 resources of {OLD} in the state (down: not contacted)" in text

@@ -115,6 +115,8 @@ CASES = [
     ("kubernetes-kubeconfig-plaintext", {"kubernetes.kubeconfig_path": DELETE, "kubernetes.kubeconfig": "apiVersion: v1"}, "kubernetes.kubeconfig", "must be a Pulumi secret (pulumi config set --secret --path kubernetes.kubeconfig ...)"),
     ("kubernetes-cluster-identifier-invalid", {"kubernetes.cluster_identifier": "My Cluster"}, "kubernetes.cluster_identifier", "'My Cluster' is not a valid cluster name"),
     ("kubernetes-unknown-key", {"kubernetes.contxt": "lab"}, "kubernetes.contxt", "did you mean 'context'?"),
+    ("kubernetes-endpoint-not-https", {"kubernetes.endpoints": ["http://198.18.0.12:6443"]}, "kubernetes.endpoints[0]", "'http://198.18.0.12:6443' is not an https:// URL"),
+    ("kubernetes-endpoints-empty", {"kubernetes.endpoints": []}, "kubernetes.endpoints", "is empty"),
     # values that would break a shell command, ssh, curl, htpasswd, DNS or /etc/hosts later
     ("registry-domain-trailing-newline", {"registry.domain": "sea.hub\n"}, "registry.domain", "'sea.hub\\n' is not a valid DNS name"),
     ("cluster-name-trailing-newline", {"cluster.name": "my-cluster\n"}, "cluster.name", "'my-cluster\\n' is not a valid cluster name"),

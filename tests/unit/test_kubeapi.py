@@ -1,0 +1,239 @@
+"""The apiserver the records go through (kubeapi.py) and the kubeconfig the provider gets: the
+pure choice, and the whole program under Pulumi mocks (what the `k8s` provider is declared with)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pulumi
+import pytest
+import yaml
+
+import kubeapi
+from config import PROJECT, ConfigError, build_config
+from test_config import CLUSTER_IMG, IMG, assert_rejected, render
+from tests.unit.pulumi_mocks import RecordingMocks
+
+REPO = Path(__file__).resolve().parents[2]
+MASTERS = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
+
+# An operator's kubeconfig as sealer leaves it on master0 (admin.conf): the server is the
+# control-plane name, with a second cluster the provider must leave alone.
+KUBECONFIG = {
+    "apiVersion": "v1", "kind": "Config", "current-context": "kubernetes-admin@kubernetes",
+    "clusters": [
+        {"name": "kubernetes", "cluster": {"server": "https://apiserver.cluster.local:6443",
+                                           "certificate-authority-data": "Q0EtREFUQQ=="}},
+        {"name": "other", "cluster": {"server": "https://10.9.9.9:6443"}},
+    ],
+    "contexts": [
+        {"name": "kubernetes-admin@kubernetes", "context": {"cluster": "kubernetes", "user": "kubernetes-admin"}},
+        {"name": "other", "context": {"cluster": "other", "user": "kubernetes-admin"}},
+    ],
+    "users": [{"name": "kubernetes-admin", "user": {"client-certificate-data": "Q0VSVA==",
+                                                    "client-key-data": "S0VZ"}}],
+}
+KUBECONFIG_TEXT = yaml.safe_dump(KUBECONFIG)
+
+
+def clusters(text: str) -> dict[str, dict]:
+    return {c["name"]: c["cluster"] for c in yaml.safe_load(text)["clusters"]}
+
+
+# -- the choice -------------------------------------------------------------------------------
+
+
+def test_default_candidates_are_master0_then_the_other_masters_in_config_order():
+    """Without kubernetes.endpoints every master's https://<ip>:6443 is a candidate: the
+    registry's master0 first, then the others in config order."""
+    assert kubeapi.candidates(MASTERS, []) == [f"https://{ip}:6443" for ip in MASTERS]
+    assert kubeapi.candidates(MASTERS, [], master0=MASTERS[1]) == [
+        f"https://{ip}:6443" for ip in (MASTERS[1], MASTERS[0], MASTERS[2])]
+
+
+def test_a_down_master_is_no_candidate():
+    """A master in down_hosts is never used: the records go through the next one."""
+    assert kubeapi.candidates(MASTERS, [MASTERS[0]]) == [f"https://{ip}:6443" for ip in MASTERS[1:]]
+
+
+def test_configured_endpoints_replace_the_masters_and_keep_their_order():
+    """kubernetes.endpoints is used as given (a VIP, a name, a master), minus down hosts."""
+    endpoints = ["https://198.18.0.12:6443", "https://lb.example.com", "https://198.18.0.11:6443"]
+    assert kubeapi.candidates(MASTERS, ["198.18.0.12"], endpoints) == endpoints[1:]
+
+
+def test_choose_follows_master0_and_skips_down_hosts():
+    """After a recovery the records go through the new master0's apiserver; when the old master0
+    rejoins (off down_hosts) they stay there; a change about to set master0 and down_hosts (what
+    `recover` checks) is judged with those values."""
+    config = build_config(render(down_hosts=[MASTERS[0]], master0=MASTERS[1]))
+    assert kubeapi.choose(config) == "https://198.18.0.12:6443"
+    assert kubeapi.choose(config, down_hosts=[]) == "https://198.18.0.12:6443"
+    assert kubeapi.choose(config, down_hosts=[MASTERS[0], MASTERS[1]]) == "https://198.18.0.13:6443"
+    assert kubeapi.choose(build_config(render()), [MASTERS[0]], master0=MASTERS[2]) == "https://198.18.0.13:6443"
+
+
+def test_choose_refuses_when_every_endpoint_is_down():
+    """Every configured endpoint on a down host: a config error naming the key, not an `up`
+    that fails at the records."""
+    config = build_config(render(down_hosts=[MASTERS[0]], master0=MASTERS[1],
+                                 kubernetes__endpoints=[f"https://{MASTERS[0]}:6443"]))
+    with pytest.raises(ConfigError) as info:
+        kubeapi.choose(config)
+    assert info.value.paths() == ["kubernetes.endpoints"]
+    assert "no apiserver left" in info.value.problems[0].message
+
+
+# -- the provider's kubeconfig ----------------------------------------------------------------
+
+
+def test_provider_kubeconfig_changes_only_the_contexts_server():
+    """The current context's cluster gets the endpoint; credentials, CA, other clusters and
+    contexts are the operator's."""
+    out = yaml.safe_load(kubeapi.provider_kubeconfig(KUBECONFIG_TEXT, None, "https://198.18.0.12:6443"))
+    assert clusters(yaml.safe_dump(out))["kubernetes"] == {
+        "server": "https://198.18.0.12:6443", "certificate-authority-data": "Q0EtREFUQQ=="}
+    assert clusters(yaml.safe_dump(out))["other"] == {"server": "https://10.9.9.9:6443"}
+    assert out["users"] == KUBECONFIG["users"] and out["contexts"] == KUBECONFIG["contexts"]
+    assert out["current-context"] == KUBECONFIG["current-context"]
+
+
+def test_provider_kubeconfig_follows_the_configured_context_and_keeps_tls_server_name():
+    """kubernetes.context selects the cluster; a tls-server-name the operator set stays (TLS is
+    then verified against that name)."""
+    doc = json.loads(json.dumps(KUBECONFIG))
+    doc["clusters"][1]["cluster"]["tls-server-name"] = "apiserver.cluster.local"
+    out = clusters(kubeapi.provider_kubeconfig(yaml.safe_dump(doc), "other", "https://10.0.0.2:6443"))
+    assert out["other"] == {"server": "https://10.0.0.2:6443", "tls-server-name": "apiserver.cluster.local"}
+    assert out["kubernetes"]["server"] == "https://apiserver.cluster.local:6443"
+
+
+@pytest.mark.parametrize("text, context, fragment", [
+    ("not: [a kubeconfig", None, "is not a kubeconfig"),
+    ("apiVersion: v1\nkind: Config\n", None, "is not a kubeconfig"),
+    (KUBECONFIG_TEXT, "prod", "context 'prod' is not in the kubeconfig (contexts: kubernetes-admin@kubernetes, other)"),
+    (KUBECONFIG_TEXT.replace("cluster: other", "cluster: gone"), "other", "cluster 'gone' of context 'other'"),
+])
+def test_unusable_kubeconfig_is_refused_without_quoting_it(text, context, fragment):
+    with pytest.raises(ValueError) as info:
+        kubeapi.provider_kubeconfig(text, context, "https://198.18.0.12:6443")
+    assert fragment in str(info.value)
+    assert "Q0VSVA==" not in str(info.value)
+
+
+# -- the config field -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, canonical", [
+    ("https://198.18.0.12:6443", "https://198.18.0.12:6443"),
+    ("https://APIserver.Cluster.Local:6443/", "https://apiserver.cluster.local:6443"),
+    ("https://lb.example.com", "https://lb.example.com"),
+    ("https://rancher.example.com/k8s/clusters/c-1", "https://rancher.example.com/k8s/clusters/c-1"),
+])
+def test_endpoints_accept_https_urls(given, canonical):
+    config = build_config(render(kubernetes__endpoints=[given]))
+    assert config.kubernetes.endpoints == [canonical]
+
+
+@pytest.mark.parametrize("given, path, fragment", [
+    (["http://198.18.0.12:6443"], "kubernetes.endpoints[0]", "is not an https:// URL"),
+    (["198.18.0.12:6443"], "kubernetes.endpoints[0]", "is not an https:// URL"),
+    (["https://198.18.0.12:99999"], "kubernetes.endpoints[0]", "is not a URL"),
+    (["https://admin:pw@198.18.0.12:6443"], "kubernetes.endpoints[0]", "no user, query or fragment"),
+    (["https://198.18.0.12:6443 "], "kubernetes.endpoints[0]", "spaces or control characters"),
+    (["https://bad_name:6443"], "kubernetes.endpoints[0]", "neither an IP address nor a valid DNS name"),
+    ([], "kubernetes.endpoints", "is empty"),
+    (["https://198.18.0.12:6443", "https://198.18.0.12:6443/"], "kubernetes.endpoints[1]", "listed twice"),
+])
+def test_endpoints_reject_what_is_not_an_apiserver_url(given, path, fragment):
+    assert_rejected(render(kubernetes__endpoints=given), path, fragment)
+
+
+# -- the program under mocks ------------------------------------------------------------------
+
+
+def image_store(base: Path) -> Path:
+    """A store holding the cluster image and both images of render()'s boot history."""
+    store = base / "images"
+    for n, image_id in enumerate([CLUSTER_IMG, IMG, "sha256:" + "ef" * 32]):
+        hexid = image_id.removeprefix("sha256:")
+        (store / hexid / "docker").mkdir(parents=True)
+        (store / hexid / "image.json").write_text(json.dumps({"image_id": image_id, "refs": [
+            {"repository": f"library/img{n}", "tag": "v1", "digest": "sha256:" + f"{n}" * 64}]}))
+    return store
+
+
+@pytest.fixture
+def program(tmp_path, monkeypatch):
+    """Runs __main__.py under recording mocks with ``overrides`` of render()'s config (local files
+    made under tmp_path); returns the mocks."""
+    from pulumi.runtime import config as runtime_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n")
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG_TEXT)
+    store = image_store(tmp_path)
+    saved = (runtime_config.CONFIG.get(), runtime_config._SECRET_KEYS.get())
+
+    def run(preview: bool = False, **overrides) -> RecordingMocks:
+        values = render(cluster__ssh__private_key_path=str(tmp_path / "id_ed25519"),
+                        kubernetes__kubeconfig_path=str(tmp_path / "kubeconfig"),
+                        apps__image_store=str(store), **overrides)
+        runtime_config.set_all_config(
+            {f"{PROJECT}:{k}": json.dumps(v) if isinstance(v, (dict, list)) else v
+             for k, v in values.items()}, [f"{PROJECT}:registry"])
+        mocks = RecordingMocks()
+        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="unit", preview=preview)
+
+        @pulumi.runtime.test
+        def declare():
+            runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
+        declare()
+        return mocks
+
+    yield run
+    runtime_config.CONFIG.set(saved[0])
+    runtime_config._SECRET_KEYS.set(saved[1])
+
+
+def provider(mocks: RecordingMocks):
+    [k8s] = [r for r in mocks.resources if r.typ == "pulumi:providers:kubernetes"]
+    return k8s
+
+
+def test_program_points_the_provider_at_the_first_master(program):
+    """All masters live: the provider reaches master0's apiserver by IP, with the kubeconfig's
+    credentials; the kubeconfig input is secret and the cluster identifier is the cluster's."""
+    k8s = provider(program())
+    assert clusters(k8s.inputs["kubeconfig"])["kubernetes"]["server"] == "https://198.18.0.11:6443"
+    assert yaml.safe_load(k8s.inputs["kubeconfig"])["users"] == KUBECONFIG["users"]
+    assert "kubeconfig" in k8s.secret_paths
+    assert k8s.inputs["clusterIdentifier"] == "my-cluster"
+
+
+@pytest.mark.parametrize("preview", [False, True])
+def test_program_after_recovery_reaches_a_live_master(program, preview):
+    """master0 dead and on down_hosts: the provider's server is the next master, at preview too
+    (chosen offline), and the cluster identifier is unchanged, so the provider is updated in
+    place and no record is replaced."""
+    k8s = provider(program(preview=preview, master0=MASTERS[1], down_hosts=[MASTERS[0]]))
+    assert clusters(k8s.inputs["kubeconfig"])["kubernetes"]["server"] == "https://198.18.0.12:6443"
+    assert k8s.inputs["clusterIdentifier"] == "my-cluster"
+
+
+def test_program_uses_the_configured_endpoints(program):
+    """kubernetes.endpoints wins over the masters; a down one is skipped."""
+    k8s = provider(program(master0=MASTERS[1], down_hosts=[MASTERS[0]], kubernetes__endpoints=[
+        "https://198.18.0.11:6443", "https://apiserver.cluster.local:6443"]))
+    assert clusters(k8s.inputs["kubeconfig"])["kubernetes"]["server"] == "https://apiserver.cluster.local:6443"
+
+
+def test_program_refuses_when_no_apiserver_is_left(program, capsys):
+    """Every endpoint down: the program exits 2 with one error line and declares nothing."""
+    with pytest.raises(SystemExit) as info:
+        program(master0=MASTERS[1], down_hosts=[MASTERS[0]],
+                kubernetes__endpoints=["https://198.18.0.11:6443"])
+    assert info.value.code == 2
+    assert "error: kubernetes.endpoints: no apiserver left" in capsys.readouterr().err
