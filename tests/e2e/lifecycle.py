@@ -167,7 +167,7 @@ echo "$n"
 """
 
 
-def pull_image(lab, node_ip, ref) -> int:
+def fetch_every_blob(lab, node_ip, ref) -> int:
     """Pulls ``ref`` from ``node_ip`` through its own /etc/hosts and CA the way a runtime does:
     the manifest by tag, which must hash to the ref's digest, then every blob it names (config and
     layers), each hashed against its digest. Returns how many blobs were verified; raises if any

@@ -19,7 +19,7 @@ import pytest
 from lab import images as lab_images
 from lab.stack import PROJECT_DIR, SECRETS, ProgramStack, registry_running, stack_values
 from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
-from tests.e2e.lifecycle import pull_image
+from tests.e2e.lifecycle import fetch_every_blob
 
 pytestmark = pytest.mark.faults
 
@@ -93,5 +93,5 @@ def test_a_deploy_host_killed_mid_transfer_converges_and_serves_every_image(lab_
     stack.set("master0", target)
     stack.up()
     assert registry_running(lab_env.lab, target) and not registry_running(lab_env.lab, m0)
-    blobs = sum(pull_image(lab_env.lab, lab_env.nodes[0], ref) for ref in refs)
+    blobs = sum(fetch_every_blob(lab_env.lab, lab_env.nodes[0], ref) for ref in refs)
     assert blobs >= len(refs) * 2
