@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from typing import Any, Iterable, Optional
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -89,6 +90,7 @@ class StackConfig(ConfigModel):
                 host_keys=list(self.cluster.ssh.host_keys),
                 ssh_hosts=list(self.cluster.ssh.hosts),
             )
+            + endpoint_problems(self.kubernetes.endpoints, self.down_hosts)
         )
         if self.kubernetes.cluster_identifier is None:
             self.kubernetes.cluster_identifier = self.cluster.name
@@ -153,6 +155,19 @@ class StackConfig(ConfigModel):
     def secure_paths(self) -> frozenset[str]:
         """Dotted paths (offline) or top-level keys (run time) that were Pulumi secrets."""
         return self._secure_paths
+
+
+def endpoint_problems(endpoints: Optional[list[str]], down_hosts: Iterable[str]) -> list[tuple[str, str]]:
+    """Configured apiserver endpoints that all sit on down hosts leave nothing to write the
+    records through: refused here, offline, instead of an `up` that fails at the records.
+    (Without `kubernetes.endpoints` master0 is a candidate, and master0 is never down.)"""
+    if not endpoints:
+        return []
+    down = set(down_hosts)
+    if all((urlsplit(url).hostname or "") in down for url in endpoints):
+        return [("kubernetes.endpoints", f"no apiserver left: the host of every endpoint "
+                 f"({', '.join(endpoints)}) is in down_hosts; list a live apiserver")]
+    return []
 
 
 def cross_problems(

@@ -117,6 +117,7 @@ CASES = [
     ("kubernetes-unknown-key", {"kubernetes.contxt": "lab"}, "kubernetes.contxt", "did you mean 'context'?"),
     ("kubernetes-endpoint-not-https", {"kubernetes.endpoints": ["http://198.18.0.12:6443"]}, "kubernetes.endpoints[0]", "'http://198.18.0.12:6443' is not an https:// URL"),
     ("kubernetes-endpoints-empty", {"kubernetes.endpoints": []}, "kubernetes.endpoints", "is empty"),
+    ("kubernetes-endpoints-all-down", {"kubernetes.endpoints": ["https://198.18.0.12:6443"], "down_hosts": ["198.18.0.12"]}, "kubernetes.endpoints", "no apiserver left: the host of every endpoint (https://198.18.0.12:6443) is in down_hosts"),
     # values that would break a shell command, ssh, curl, htpasswd, DNS or /etc/hosts later
     ("registry-domain-trailing-newline", {"registry.domain": "sea.hub\n"}, "registry.domain", "'sea.hub\\n' is not a valid DNS name"),
     ("cluster-name-trailing-newline", {"cluster.name": "my-cluster\n"}, "cluster.name", "'my-cluster\\n' is not a valid cluster name"),

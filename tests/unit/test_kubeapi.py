@@ -76,12 +76,13 @@ def test_choose_follows_master0_and_skips_down_hosts():
 
 
 def test_choose_refuses_when_every_endpoint_is_down():
-    """Every configured endpoint on a down host: a config error naming the key, not an `up`
-    that fails at the records."""
-    config = build_config(render(down_hosts=[MASTERS[0]], master0=MASTERS[1],
+    """A change about to mark the host of every configured endpoint down (what `recover` checks
+    before it writes anything): a config error naming the key, not an `up` that fails at the
+    records."""
+    config = build_config(render(master0=MASTERS[1],
                                  kubernetes__endpoints=[f"https://{MASTERS[0]}:6443"]))
     with pytest.raises(ConfigError) as info:
-        kubeapi.choose(config)
+        kubeapi.choose(config, down_hosts=[MASTERS[0]])
     assert info.value.paths() == ["kubernetes.endpoints"]
     assert "no apiserver left" in info.value.problems[0].message
 
@@ -237,3 +238,17 @@ def test_program_refuses_when_no_apiserver_is_left(program, capsys):
                 kubernetes__endpoints=["https://198.18.0.11:6443"])
     assert info.value.code == 2
     assert "error: kubernetes.endpoints: no apiserver left" in capsys.readouterr().err
+
+
+def test_config_with_every_endpoint_down_is_invalid():
+    """The stack config itself (so `validate` and the preview, offline) refuses endpoints that
+    all sit on down hosts, naming the key and the endpoints; one live endpoint is enough."""
+    dead = f"https://{MASTERS[0]}:6443"
+    with pytest.raises(ConfigError) as info:
+        build_config(render(down_hosts=[MASTERS[0]], master0=MASTERS[1], kubernetes__endpoints=[dead]))
+    assert info.value.paths() == ["kubernetes.endpoints"]
+    assert "no apiserver left" in info.value.problems[0].message
+    assert dead in info.value.problems[0].message
+    both = [dead, "https://lb.example.com:6443"]
+    config = build_config(render(down_hosts=[MASTERS[0]], master0=MASTERS[1], kubernetes__endpoints=both))
+    assert kubeapi.choose(config) == "https://lb.example.com:6443"
