@@ -406,3 +406,39 @@ def rank_candidates(*, masters: list[str], deploy_hosts: list[str], down: Iterab
             rejected[ip] = (f"no complete replica (stamp: {rep.stamp_problem or 'none'}; "
                             f"refs: {'incomplete' if rep.refs_complete is False else 'not read'})")
     return [*stamped, *by_refs, *bare], rejected
+
+
+# ------------------------------------------------------------------------------ a prober's report
+
+
+def read_report(prober: str, targets: list[str], ok: bool, stdout: str,
+                error: str = "") -> tuple[dict[str, Probe], Replica | None]:
+    """`scripts/watch-probe.sh`'s output on ``prober`` -> its probe of each target and its own
+    replica. ``ok`` False (ssh failed, timed out) or a report without ``probe=1`` or without a
+    line for a target: no vote for that target (the prober says nothing about it)."""
+    lines = stdout.splitlines()
+    if not ok or "probe=1" not in lines:
+        why = error or "the probe printed nothing"
+        return {t: Probe(prober, Vote.NOVOTE, why) for t in targets}, None
+    probes: dict[str, Probe] = {}
+    replica = Replica(stamp_problem="not reported")
+    for line in lines:
+        if line.startswith("replica="):
+            text = line.removeprefix("replica=")
+            if text == "none":
+                replica = Replica(stamp_problem="none")
+            else:
+                try:
+                    replica = Replica(stamp=parse_stamp(text))
+                except ValueError as e:
+                    replica = Replica(stamp_problem=f"unreadable: {e}")
+        elif line.startswith("target="):
+            fields = dict(part.partition("=")[::2] for part in line.split())
+            target, code, rc = fields.get("target", ""), fields.get("code", ""), fields.get("rc", "")
+            if target in targets and rc.isdigit():
+                vote, answered = vote_of(code, int(rc))
+                detail = f"http {code}" if code not in ("", "000") else f"curl exit {rc}"
+                probes[target] = Probe(prober, vote, detail, answered)
+    for t in targets:
+        probes.setdefault(t, Probe(prober, Vote.NOVOTE, "no result for this target"))
+    return probes, replica

@@ -10,6 +10,7 @@ import pytest
 
 from cli.failover import (Kind, Probe, Replica, Round, Settings, Stamp, Vote, Watch,
                           parse_duration, parse_stamp, pick_probers, quorum, rank_candidates,
+                          read_report,
                           vote_of)
 
 M0, M1, M2, N1, N2 = "10.0.0.11", "10.0.0.12", "10.0.0.13", "10.0.0.21", "10.0.0.22"
@@ -355,3 +356,38 @@ def test_a_rejoined_host_needs_a_stamp_newer_than_its_rejoin():
     assert ranked == [] and "rejoined by the watcher" in rejected[M1]
     ranked, _ = rank({M1: old}, rejoined_at={M1: STAMP.completed_at - 10})
     assert ranked == [M1]
+
+
+# ------------------------------------------------------------------------------ a prober's report
+
+
+def test_read_report_of_a_prober_that_ran():
+    out = (f"probe=1\nreplica={json.dumps(GOOD_STAMP)}\n"
+           f"target={M0} code=000 rc=28\ntarget={M2} code=401 rc=0\n")
+    probes, replica = read_report(M1, [M0, M2], True, out)
+    assert probes[M0] == Probe(M1, D, "curl exit 28", False)
+    assert probes[M2] == Probe(M1, A, "http 401", True)
+    assert replica == Replica(stamp=STAMP)
+
+
+@pytest.mark.parametrize("ok,out,error", [
+    (False, "", "Connection timed out"),              # ssh could not reach the prober
+    (True, "", ""),                                   # the probe printed nothing
+    (True, "hostname=x\n", ""),                       # not our probe
+    (True, "probe=1\nreplica=none\n", ""),            # no line for the target
+    (True, f"probe=1\ntarget={M0} code=000 rc=\n", ""),  # truncated line
+])
+def test_read_report_without_a_result_is_no_vote(ok, out, error):
+    probes, _ = read_report(M1, [M0], ok, out, error)
+    assert probes[M0].vote is X
+    if error:
+        assert probes[M0].detail == error
+
+
+@pytest.mark.parametrize("line,problem", [
+    ("replica=none", "none"),
+    ("replica={\"source\": ", "unreadable: not JSON"),
+])
+def test_read_report_of_a_missing_or_broken_stamp(line, problem):
+    _, replica = read_report(M1, [], True, f"probe=1\n{line}\n")
+    assert replica.stamp is None and replica.stamp_problem.startswith(problem)
