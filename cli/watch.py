@@ -451,7 +451,8 @@ class Watcher:
                  master0_images=health.master0_images if health else None,
                  images_expected=health.images_expected if health else None,
                  problems=list(health.problems) if health else [],
-                 verify_step=result.plan.lines and any("verify" in line for line in result.plan.lines),
+                 verify_step=any(line.strip().startswith("verify from a node")
+                                 for line in result.plan.lines),
                  repointed=result.plan.repointed, launch_on=result.plan.launch_on,
                  seconds={k: round(v, 2) for k, v in timer.phases.items()})
         return ok
@@ -471,7 +472,9 @@ class Watcher:
             return
         ok = self.apply(Change(master0=None, down_hosts=down, skip_preview=True, question="",
                                rerun=f"python -m cli rejoin --host {host} --stack "
-                                     f"{self.session.stack} --yes"))
+                                     f"{self.session.stack} --yes",
+                               after_up=lambda seconds: self.log("up", ok=True, rejoin=host,
+                                                                 seconds=round(seconds, 2))))
         self.rejoined_at[host] = time.time()
         self.replicas.pop(host, None)
         self.watch.rejoined(host)
