@@ -118,7 +118,7 @@ class EventLog:
 
     def __init__(self, stream: TextIO):
         self.stream = stream
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a signal handler may log while the main thread does
 
     def __call__(self, event: str, **fields) -> None:
         now = time.time()
