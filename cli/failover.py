@@ -218,6 +218,9 @@ class Watch:
             out += self._clear(rnd, "too few votes")
             return out
         self.undecidable = False
+        if alive >= quorum(n):
+            # master0 serves: whatever recovery put it there took effect.
+            self.unverified = False
         if dead < quorum(n):
             return self._clear(rnd, f"{dead} of {n} probers see it dead (majority {quorum(n)})")
         first = self.dead.last is None or rnd.at - self.dead.last > s.gap

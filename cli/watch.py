@@ -291,6 +291,10 @@ class Watcher:
         config = self.config = session.config
         self.watch = Watch(self.settings, config.master0, fenced=config.down_hosts,
                            rejoin_returning=args.rejoin_returning)
+        self.last_update = last_update(session)
+        # An `up` that failed or was interrupted (a watcher stopped mid-recovery, an operator's
+        # Ctrl-C) left master0 where it may not serve yet: a dead decision reruns it first.
+        self.watch.unverified = self.last_update in ("update failed", "update in-progress")
         self.links = ProberLinks(session.ssh())
         self.probers: list[str] = []
         self.replicas: dict[str, Replica] = {}
@@ -300,7 +304,8 @@ class Watcher:
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         self.log("start", stack=self.session.stack, master0=self.watch.master0,
-                 down_hosts=list(self.session.config.down_hosts),
+                 down_hosts=list(self.session.config.down_hosts), last_update=self.last_update,
+                 resume_first=self.watch.unverified,
                  settings={"interval_s": self.settings.interval, "window_s": self.settings.window,
                            "hold_down_s": self.settings.hold_down, "probers": self.args.probers,
                            "min_probers": self.settings.min_probers,
@@ -424,6 +429,9 @@ class Watcher:
                               f"after the hold-down ({self.settings.hold_down:g}s)")
                 self.watch.held_off(time.monotonic())
                 return
+            if self.stop.stopping:
+                self.log("fence", old=old, new=None, note="stopping: no recovery started")
+                return
             self.log("fence", old=old, new=new, down_hosts=down,
                      note=f"{old} goes on down_hosts: no step of the recovery dials it")
         verified = self.apply(Change(
@@ -481,6 +489,16 @@ class Watcher:
         self.log("rejoined", host=host, ok=ok, apiserver=api.endpoint,
                  note=f"standby: it points at master0 {self.watch.master0}; it becomes a "
                       "candidate for master0 only with a replica stamp written after now")
+
+
+def last_update(session: Session) -> str | None:
+    """The stack's last engine run as "<kind> <result>" (e.g. "update succeeded"), None for a
+    stack never updated."""
+    try:
+        runs = session.engine.stack.history(page_size=1, show_secrets=False)
+    except Exception as e:  # noqa: BLE001  (the engine's errors vary; the watcher goes on)
+        return f"unknown: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    return f"{runs[0].kind} {runs[0].result}" if runs else None
 
 
 def _replica_json(rep: Replica | None) -> dict | None:

@@ -176,6 +176,16 @@ def test_an_unverified_recovery_is_resumed_not_fenced():
     assert watch.master0 == M1 and M1 not in watch.fenced and not watch.unverified
 
 
+def test_a_serving_master0_ends_the_resume_mode():
+    """An unverified recovery whose master0 then serves (a quorum sees it alive) is done: when
+    that master0 dies later, it is a failover again, not a rerun against a dead host."""
+    watch = Watch(SETTINGS, M0)
+    watch.unverified = True  # e.g. the stack's last update failed before the watcher started
+    feed(watch, [rnd(0, A, A, D)])
+    assert not watch.unverified
+    assert kinds(feed(watch, dead_for(6, start=1))) == ["suspect", "failover"]
+
+
 def test_no_candidate_waits_a_hold_down():
     watch = Watch(SETTINGS, M0)
     feed(watch, dead_for(6))
