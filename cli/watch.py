@@ -10,6 +10,7 @@ returning host).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import signal
@@ -491,6 +492,29 @@ class Watcher:
                       "candidate for master0 only with a replica stamp written after now")
 
 
+def one_watcher(session: Session) -> None:
+    """Refuses a second watcher of the same stack from this project directory (two would both
+    act); the lock lives as long as this process. Watchers on two machines are the operator's
+    to avoid (docs/operations.md)."""
+    path = session.project_dir / f".watch-{session.stack.replace('/', '_')}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return  # a read-only clone: nothing to hold
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CliError(f"another `cli watch` watches stack {session.stack} from this directory "
+                       f"(it holds {path}): one watcher per stack") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD.append(fd)  # closed (and unlocked) when the process ends
+
+
+_HELD: list[int] = []
+
+
 def last_update(session: Session) -> str | None:
     """The stack's last engine run as "<kind> <result>" (e.g. "update succeeded"), None for a
     stack never updated."""
@@ -528,6 +552,7 @@ def run(args: argparse.Namespace) -> int:
         with Session(args) as session:
             session.out = sys.stderr
             session.config
+            one_watcher(session)
             session.images  # a missing image store refuses before any host is dialled
             session.engine.output = lambda line: print(f"engine: {line}", file=sys.stderr,
                                                        flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -119,3 +120,36 @@ def test_watch_is_listed_in_the_cli_help():
     done = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True,
                           text=True, cwd=Path(__file__).resolve().parents[2])
     assert "watch" in done.stdout
+
+
+def test_a_second_watcher_of_the_same_stack_is_refused(tmp_path):
+    """The lock is per stack and project directory; held by a live process, refused with exit 2
+    naming it; another stack is fine."""
+    from types import SimpleNamespace
+
+    from cli.common import CliError
+    from cli.watch import _HELD, one_watcher
+
+    session = SimpleNamespace(project_dir=tmp_path, stack="prod")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, types, time; sys.path.insert(0, %r)\n"
+        "from cli.watch import one_watcher\n"
+        "one_watcher(types.SimpleNamespace(project_dir=__import__('pathlib').Path(%r), stack='prod'))\n"
+        "print('held', flush=True); time.sleep(30)") % (str(Path(__file__).resolve().parents[2]),
+                                                         str(tmp_path))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CliError) as e:
+            one_watcher(session)
+        assert e.value.code == EXIT_REFUSED and "one watcher per stack" in e.value.message
+        one_watcher(SimpleNamespace(project_dir=tmp_path, stack="other"))
+        holder.kill()
+        holder.wait()
+        one_watcher(session)  # free again once the holder is gone
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        while _HELD:
+            os.close(_HELD.pop())
