@@ -137,19 +137,22 @@ class EventLog:
 # ------------------------------------------------------------------------------ signals
 
 
-def pulumi_children() -> list[int]:
-    """Our child processes that are the engine (`pulumi`), from /proc."""
+def pulumi_children(command: str = "up") -> list[int]:
+    """Our child processes that are the engine running ``command`` (`pulumi ... up ...`), from
+    /proc; a `pulumi config set` of the same flow is left alone (interrupted, it would leave
+    the stack file half changed)."""
     me, found = os.getpid(), []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         comm = stat[stat.find("(") + 1:stat.rfind(")")]
         ppid = int(stat[stat.rfind(")") + 2:].split()[1])
-        if ppid == me and comm == "pulumi":
+        if ppid == me and comm == "pulumi" and command.encode() in argv[1:]:
             found.append(int(entry.name))
     return found
 
@@ -451,6 +454,10 @@ class Watcher:
             result = apply_change(self.session, change, timer, assume_yes=True)
         except CliError as e:
             self.log("up", ok=False, error=e.message, interrupted=self.stop.interrupted_up)
+            return False
+        except Exception as e:  # noqa: BLE001  (the engine's own errors: the watcher goes on)
+            self.log("up", ok=False, error=f"{type(e).__name__}: {str(e).strip()[:2000]}",
+                     interrupted=self.stop.interrupted_up)
             return False
         finally:
             self.stop.in_up = False

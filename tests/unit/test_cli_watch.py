@@ -21,7 +21,7 @@ from cli.failover import Decision, Kind
 from cli.watch import EventLog, Stop, pulumi_children
 
 ENGINE = """#!/bin/bash
-trap 'echo INT >>"$1"; exit 0' INT
+trap 'echo INT >>"$1"; exit 0' INT  # $2: the engine's command, as in its argv
 echo ready >>"$1"
 while :; do sleep 0.02; done
 """
@@ -45,7 +45,7 @@ def engine(tmp_path):
     script.write_text(ENGINE)
     script.chmod(0o755)
     record = tmp_path / "signals"
-    proc = subprocess.Popen([str(script), str(record)])
+    proc = subprocess.Popen([str(script), str(record), "up"])
     deadline = time.monotonic() + 5
     while not (record.exists() and "ready" in record.read_text()):
         assert time.monotonic() < deadline
@@ -73,6 +73,14 @@ def test_sigterm_during_up_forwards_one_sigint_to_the_engine(engine):
     assert stop.stopping and stop.interrupted_up
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     assert events[0]["engine_sigint"] == [proc.pid]
+
+
+def test_only_an_engine_running_up_is_interrupted(engine):
+    """`pulumi config set` (the flow's first steps) is never interrupted: the stack file would
+    be half changed."""
+    proc, _ = engine
+    assert proc.pid in pulumi_children("up")
+    assert proc.pid not in pulumi_children("config")
 
 
 def test_sigterm_between_rounds_leaves_children_alone(engine):
