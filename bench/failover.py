@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from lab.watcher import Watcher
+from lab.stack import PORT
+from lab.watcher import Retransmits, Watcher
 
 WINDOW_S, INTERVAL_S, HOLD_DOWN_S = 6, 1, 30
 ARGS = ("--interval", f"{INTERVAL_S}s", "--window", f"{WINDOW_S}s", "--hold-down", f"{HOLD_DOWN_S}s")
@@ -36,13 +37,21 @@ def measure(lab, stack_name: str, env: dict[str, str], workdir: Path, masters: l
         time.sleep(2 * INTERVAL_S)  # a few alive rounds first, as in operation
         if watcher.decisions():
             raise FailoverError(f"the watcher decided before the kill: {watcher.decisions()}")
+        retx = Retransmits(lab, old, PORT)
+        packets: dict[str, tuple[int, int]] = {}
+
+        def count(key):
+            return lambda _e: packets.setdefault(key, (lab.packets_to(old), retx.packets()))
+
         killed = time.time()
         lab.kill(old)
-        packets: dict[str, int] = {}
-        decided = watcher.wait_for(lambda e: e.get("decision") == "failover", 60, "a failover",
-                                   then=lambda _e: packets.setdefault("decision", lab.packets_to(old)))
-        verified = watcher.wait_for(lambda e: e["event"] == "verified", 120, "the verification",
-                                    then=lambda _e: packets.setdefault("verified", lab.packets_to(old)))
+        try:
+            decided = watcher.wait_for(lambda e: e.get("decision") == "failover", 60,
+                                       "a failover", then=count("decision"))
+            verified = watcher.wait_for(lambda e: e["event"] == "verified", 120,
+                                        "the verification", then=count("verified"))
+        finally:
+            retx.remove()
         events = watcher.events()
         up = next(e for e in events if e["event"] == "up")
         fence = next(e for e in events if e["event"] == "fence")
@@ -55,7 +64,10 @@ def measure(lab, stack_name: str, env: dict[str, str], workdir: Path, masters: l
         "failover_up_done_s": round(up["epoch"] - killed, 2),
         "failover_verified_s": round(verified["epoch"] - killed, 2),
         "failover_up_s": up["seconds"],
-        "failover_packets_to_old": packets["verified"] - packets["decision"],
+        # Retransmissions of probe connections opened before the kill are not the recovery's.
+        "failover_packets_to_old": (packets["verified"][0] - packets["decision"][0]
+                                    - (packets["verified"][1] - packets["decision"][1])),
+        "failover_probe_retransmits": packets["verified"][1] - packets["decision"][1],
         "failover_new_master0": fence["new"],
         "failover_watch_exit": code,
     }

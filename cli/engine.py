@@ -167,6 +167,8 @@ class Engine:
         self.created = False
         # Each line the engine itself prints during `up` (`cli watch` logs them); None: dropped.
         self.output: Callable[[str], None] | None = None
+        # The message `up` records in the stack's history (None: the engine's default).
+        self.message: str | None = None
         if not (self.project_dir / "Pulumi.yaml").is_file():
             raise CliError(f"{self.project_dir} holds no Pulumi.yaml (check --project-dir)")
         from pulumi import automation as auto
@@ -246,7 +248,8 @@ class Engine:
         progress = Progress(out)
         start = time.monotonic()
         try:
-            self.stack.up(on_event=progress, on_output=self.output, color="never")
+            self.stack.up(on_event=progress, on_output=self.output, color="never",
+                          message=self.message)
         except Exception as e:
             raise UpFailed(progress.steps, _failure(progress.steps, e)) from None
         return progress.steps, time.monotonic() - start

@@ -80,6 +80,7 @@ examples:
 """
 
 PROBE_SCRIPT = "watch-probe.sh"
+UP_MESSAGE = "cli watch:"   # the history message of the watcher's own `up`s
 PROBE_TIMEOUT_S = 4.0       # ssh (multiplexed) + curl's 2 s at most
 MASTER_ALIVE = ("-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=2")
 
@@ -295,10 +296,12 @@ class Watcher:
         config = self.config = session.config
         self.watch = Watch(self.settings, config.master0, fenced=config.down_hosts,
                            rejoin_returning=args.rejoin_returning)
-        self.last_update = last_update(session)
+        self.last_update, message = last_update(session)
         # An `up` that failed or was interrupted (a watcher stopped mid-recovery, an operator's
-        # Ctrl-C) left master0 where it may not serve yet: a dead decision reruns it first.
+        # Ctrl-C) left master0 where it may not serve yet: a dead decision reruns it first; one
+        # of a watcher's own recoveries is rerun at once (its hosts may be half repointed).
         self.watch.unverified = self.last_update in ("update failed", "update in-progress")
+        self.resume_at_start = self.watch.unverified and message.startswith(UP_MESSAGE)
         self.links = ProberLinks(session.ssh())
         self.probers: list[str] = []
         self.replicas: dict[str, Replica] = {}
@@ -314,6 +317,13 @@ class Watcher:
                            "hold_down_s": self.settings.hold_down, "probers": self.args.probers,
                            "min_probers": self.settings.min_probers,
                            "rejoin_returning": self.args.rejoin_returning})
+        if self.resume_at_start:
+            decision = Decision(Kind.RESUME, self.watch.master0, time.monotonic(),
+                                f"the stack's last update, a recovery by `cli watch`, did not "
+                                f"finish ({self.last_update}): rerun it for master0 "
+                                f"{self.watch.master0}")
+            self.log.decision(decision)
+            self.failover(decision)
         try:
             while not self.stop.stopping:
                 started = time.monotonic()
@@ -406,6 +416,18 @@ class Watcher:
         resume = decision.kind is Kind.RESUME
         if resume:
             new, down = old, list(config.down_hosts)
+            try:
+                checked = recover_preflight(self.session, new, down)
+            except CliError as e:
+                self.log("candidates", ranked=[new], chosen=None, rejected={new: e.message},
+                         note=f"the rerun of the recovery cannot start there; if it stays dead "
+                              f"after the hold-down ({self.settings.hold_down:g}s), a failover "
+                              "fences it")
+                self.watch.held_off(time.monotonic())
+                self.watch.unverified = False
+                return
+            self.log("candidates", ranked=[new], chosen=new, rejected={}, preflight=checked,
+                     note="rerun of the recovery that made it master0")
         else:
             hosts = [ip for ip in config.cluster.masters
                      if ip != old and ip not in config.down_hosts and ip in config.deploy_hosts]
@@ -449,6 +471,9 @@ class Watcher:
     def apply(self, change: Change) -> bool:
         """`up` (and the check of every host) through the CLI's change flow; True when verified."""
         timer = Timer()
+        what = (f"master0 {change.master0}, down_hosts {', '.join(change.down_hosts) or 'none'}"
+                if change.master0 else f"down_hosts {', '.join(change.down_hosts) or 'none'}")
+        self.session.engine.message = f"{UP_MESSAGE} {what}"
         self.stop.in_up = True
         try:
             result = apply_change(self.session, change, timer, assume_yes=True)
@@ -522,14 +547,16 @@ def one_watcher(session: Session) -> None:
 _HELD: list[int] = []
 
 
-def last_update(session: Session) -> str | None:
-    """The stack's last engine run as "<kind> <result>" (e.g. "update succeeded"), None for a
-    stack never updated."""
+def last_update(session: Session) -> tuple[str | None, str]:
+    """The stack's last engine run as "<kind> <result>" (e.g. "update succeeded"; None for a
+    stack never updated) and its message."""
     try:
         runs = session.engine.stack.history(page_size=1, show_secrets=False)
     except Exception as e:  # noqa: BLE001  (the engine's errors vary; the watcher goes on)
-        return f"unknown: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-    return f"{runs[0].kind} {runs[0].result}" if runs else None
+        return f"unknown: {str(e).splitlines()[0] if str(e) else type(e).__name__}", ""
+    if not runs:
+        return None, ""
+    return f"{runs[0].kind} {runs[0].result}", runs[0].message or ""
 
 
 def _replica_json(rep: Replica | None) -> dict | None:

@@ -86,3 +86,33 @@ class Watcher:
                                    f"{signal.Signals(sig).name}\n{self.tail()}") from None
         self._stderr.close()
         return self.proc.returncode
+
+
+class Retransmits:
+    """Counts the TCP segments sent towards host ``ref``'s ``port`` that open no connection (no
+    SYN): retransmissions of connections opened before the host was killed. A probe whose socket
+    was closed with unacknowledged data (curl's --max-time) leaves the kernel retransmitting it
+    for minutes; that is not traffic of the recovery, whereas any new connection (a SYN) is."""
+
+    def __init__(self, lab, ref: str, port: int):
+        from lab.hosts import NFT_TABLE
+
+        self.table, self.name = NFT_TABLE, "retx_" + lab.host(ref).name.replace("-", "_")
+        ifname = lab.host(ref).name
+        subprocess.run(["nft", "-f", "-"], check=True, text=True, input=f"""
+add counter bridge {self.table} {self.name}
+add chain bridge {self.table} {self.name} {{ type filter hook postrouting priority 5; policy accept; }}
+add rule bridge {self.table} {self.name} oifname "{ifname}" ether type ip tcp dport {port} tcp flags & syn == 0 counter name {self.name}
+""")
+
+    def packets(self) -> int:
+        out = subprocess.run(["nft", "-j", "list", "counter", "bridge", self.table, self.name],
+                             check=True, capture_output=True, text=True).stdout
+        return next(int(i["counter"]["packets"]) for i in json.loads(out)["nftables"]
+                    if "counter" in i)
+
+    def remove(self) -> None:
+        subprocess.run(["nft", "delete", "chain", "bridge", self.table, self.name], check=False,
+                       capture_output=True)
+        subprocess.run(["nft", "delete", "counter", "bridge", self.table, self.name],
+                       check=False, capture_output=True)

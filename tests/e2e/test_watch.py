@@ -16,7 +16,7 @@ from config import PROJECT
 from lab.pull import containerd_pull
 from lab.stack import (DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, hosts_line,
                        registry_running, stack_values)
-from lab.watcher import Watcher
+from lab.watcher import Retransmits, Watcher
 from tests.e2e.labstack import lab_env  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
@@ -78,16 +78,21 @@ class TestWatch:
         (registry-verify included) and the check of every host pass, nodes pull through the new
         master0, and from the decision to the verification not one packet went to the old one."""
         old, new = lab_env.masters[0], lab_env.masters[1]
-        counted: dict[str, int] = {}
+        retx = Retransmits(lab_env.lab, old, PORT)
+        counted: dict[str, tuple[int, int]] = {}
+
+        def count(key):
+            return lambda _e: counted.setdefault(key, (lab_env.lab.packets_to(old), retx.packets()))
+
         TIMES["kill"] = time.time()
         lab_env.lab.kill(old)
-        decided = watcher.wait_for(lambda e: e.get("decision") == "failover", 40,
-                                   "a failover decision",
-                                   then=lambda _e: counted.setdefault("at_decision",
-                                                                      lab_env.lab.packets_to(old)))
-        verified = watcher.wait_for(lambda e: e["event"] == "verified", 90, "the verification",
-                                    then=lambda _e: counted.setdefault("at_verified",
-                                                                       lab_env.lab.packets_to(old)))
+        try:
+            decided = watcher.wait_for(lambda e: e.get("decision") == "failover", 40,
+                                       "a failover decision", then=count("decision"))
+            verified = watcher.wait_for(lambda e: e["event"] == "verified", 90,
+                                        "the verification", then=count("verified"))
+        finally:
+            retx.remove()
         events = watcher.events()
         fence = next(e for e in events if e["event"] == "fence")
         up = next(e for e in events if e["event"] == "up")
@@ -99,7 +104,11 @@ class TestWatch:
         assert verified["healthy"] is True, verified["problems"]
         assert verified["verify_step"] is True
         assert verified["master0_images"] == verified["images_expected"] > 0
-        assert counted["at_verified"] == counted["at_decision"], counted
+        (sent0, retx0), (sent1, retx1) = counted["decision"], counted["verified"]
+        print(f"\npackets to the old master0 from the decision to the verification: "
+              f"{sent1 - sent0}, of which retransmissions of probes opened before the kill: "
+              f"{retx1 - retx0}")
+        assert sent1 - sent0 - (retx1 - retx0) == 0, counted
         config = stack_config(stack)
         assert (config["master0"], config["down_hosts"]) == (new, [old])
         assert registry_running(lab_env.lab, new)
@@ -153,3 +162,47 @@ class TestWatch:
             code = again.stop(signal.SIGTERM)
             print(again.tail(200))
         assert code == 0
+
+    def test_sigterm_during_the_recovery_up_then_the_next_start_resumes_it(  # noqa: F811
+            self, lab_env, stack, toolchain_env, tmp_path_factory):
+        """master0 (now master1) killed; SIGTERM while the watcher's recovery `up` runs: the
+        engine gets one SIGINT, finishes its steps in flight, and the watcher exits 130. Started
+        again, the watcher sees its own unfinished recovery in the stack's history and reruns it
+        at once: verified, every live host on the new master0."""
+        dead = lab_env.masters[1]
+        work = tmp_path_factory.mktemp("watch3")
+        first = Watcher(stack.name, toolchain_env, work, *ARGS)
+        try:
+            first.wait_for(lambda e: e["event"] == "probers", 30, "the probers")
+            lab_env.lab.kill(dead)
+            fence = first.wait_for(lambda e: e["event"] == "fence", 40, "the fencing")
+            deadline = time.monotonic() + 30
+            while "] start " not in first.stderr_path.read_text(errors="replace"):
+                assert time.monotonic() < deadline, first.tail()
+                time.sleep(0.05)
+            code = first.stop(signal.SIGTERM, timeout=120)
+        finally:
+            print(first.tail(200))
+            first.stop(signal.SIGTERM, timeout=120)  # a no-op once stopped; never left running
+        new = fence["new"]
+        events = first.events()
+        sig = next(e for e in events if e["event"] == "signal")
+        up = next(e for e in events if e["event"] == "up")
+        assert sig["up_in_flight"] is True and len(sig["engine_sigint"]) == 1, sig
+        assert (up["ok"], up["interrupted"]) == (False, True), up
+        assert (code, events[-1]) == (130, {**events[-1], "event": "stop", "exit_code": 130})
+
+        again = Watcher(stack.name, toolchain_env, work / "again", *ARGS)
+        try:
+            start = again.wait_for(lambda e: e["event"] == "start", 30, "the start")
+            assert start["last_update"] == "update failed" and start["resume_first"] is True
+            verified = again.wait_for(lambda e: e["event"] == "verified", 90, "the rerun")
+            assert verified["healthy"] is True and verified["master0"] == new, verified
+            assert [e["decision"] for e in again.decisions()][:1] == ["resume"]
+        finally:
+            assert again.stop(signal.SIGTERM) == 0
+            print(again.tail(200))
+        assert stack_config(stack)["master0"] == new and dead in stack_config(stack)["down_hosts"]
+        for ip in lab_env.all_ips:
+            if ip != dead:
+                assert hosts_line(lab_env.lab, ip) == [f"{new} {DOMAIN} #hostalias-set-by-sealer"]
