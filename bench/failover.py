@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from lab.stack import PORT
-from lab.watcher import Retransmits, Watcher
+from lab.watcher import PacketKinds, Watcher
 
 WINDOW_S, INTERVAL_S, HOLD_DOWN_S = 6, 1, 30
 ARGS = ("--interval", f"{INTERVAL_S}s", "--window", f"{WINDOW_S}s", "--hold-down", f"{HOLD_DOWN_S}s")
@@ -37,11 +37,11 @@ def measure(lab, stack_name: str, env: dict[str, str], workdir: Path, masters: l
         time.sleep(2 * INTERVAL_S)  # a few alive rounds first, as in operation
         if watcher.decisions():
             raise FailoverError(f"the watcher decided before the kill: {watcher.decisions()}")
-        retx = Retransmits(lab, old, PORT)
+        retx = PacketKinds(lab, old, PORT)
         packets: dict[str, tuple[int, int]] = {}
 
         def count(key):
-            return lambda _e: packets.setdefault(key, (lab.packets_to(old), retx.packets()))
+            return lambda _e: packets.setdefault(key, (lab.packets_to(old), retx.breakdown()))
 
         killed = time.time()
         lab.kill(old)
@@ -66,8 +66,10 @@ def measure(lab, stack_name: str, env: dict[str, str], workdir: Path, masters: l
         "failover_up_s": up["seconds"],
         # Retransmissions of probe connections opened before the kill are not the recovery's.
         "failover_packets_to_old": (packets["verified"][0] - packets["decision"][0]
-                                    - (packets["verified"][1] - packets["decision"][1])),
-        "failover_probe_retransmits": packets["verified"][1] - packets["decision"][1],
+                                    - (packets["verified"][1]["retransmits"]
+                                       - packets["decision"][1]["retransmits"])),
+        "failover_packets_to_old_by_kind": {k: packets["verified"][1][k] - packets["decision"][1][k]
+                                            for k in packets["decision"][1]},
         "failover_new_master0": fence["new"],
         "failover_watch_exit": code,
     }

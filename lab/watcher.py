@@ -88,31 +88,59 @@ class Watcher:
         return self.proc.returncode
 
 
-class Retransmits:
+class PacketKinds:
     """Counts the TCP segments sent towards host ``ref``'s ``port`` that open no connection (no
     SYN): retransmissions of connections opened before the host was killed. A probe whose socket
     was closed with unacknowledged data (curl's --max-time) leaves the kernel retransmitting it
-    for minutes; that is not traffic of the recovery, whereas any new connection (a SYN) is."""
+    for minutes; that is not traffic of the recovery, whereas any new connection (a SYN) is.
+    ``breakdown`` also counts every other kind of packet towards the host, to say what a
+    non-zero count was."""
+
+    KINDS = {
+        "retransmits": "tcp dport {port} tcp flags & syn == 0",
+        "registry_syn": "tcp dport {port} tcp flags & syn == syn",
+        "ssh": "tcp dport 22",
+        "apiserver": "tcp dport 6443",
+        "etcd_peers": "tcp dport {peer} counter name {{counter}} accept",   # not in packets_to
+        "etcd_peers_back": "tcp sport {peer} counter name {{counter}} accept",
+        "other_tcp": "tcp dport != {{ 22, 6443, {port} }}",
+        "udp": "meta l4proto udp",
+        "icmp": "meta l4proto icmp",
+    }
 
     def __init__(self, lab, ref: str, port: int):
-        from lab.hosts import NFT_TABLE
+        from lab.hosts import ETCD_PEER_PORT, NFT_TABLE
 
-        self.table, self.name = NFT_TABLE, "retx_" + lab.host(ref).name.replace("-", "_")
+        self.table = NFT_TABLE
+        self.chain = "retx_" + lab.host(ref).name.replace("-", "_")
         ifname = lab.host(ref).name
-        subprocess.run(["nft", "-f", "-"], check=True, text=True, input=f"""
-add counter bridge {self.table} {self.name}
-add chain bridge {self.table} {self.name} {{ type filter hook postrouting priority 5; policy accept; }}
-add rule bridge {self.table} {self.name} oifname "{ifname}" ether type ip tcp dport {port} tcp flags & syn == 0 counter name {self.name}
-""")
+        lines = [f"add chain bridge {self.table} {self.chain} {{ type filter hook postrouting "
+                 "priority 5; policy accept; }"]
+        for kind, match in self.KINDS.items():
+            counter = f"{self.chain}_{kind}"
+            rule = match.format(port=port, peer=ETCD_PEER_PORT)
+            rule = rule.format(counter=counter) if "{counter}" in rule else f"{rule} counter name {counter}"
+            lines.append(f"add counter bridge {self.table} {counter}")
+            lines.append(f'add rule bridge {self.table} {self.chain} oifname "{ifname}" ether type '
+                         f"ip {rule}")
+        subprocess.run(["nft", "-f", "-"], check=True, text=True, input="\n".join(lines) + "\n")
 
-    def packets(self) -> int:
-        out = subprocess.run(["nft", "-j", "list", "counter", "bridge", self.table, self.name],
-                             check=True, capture_output=True, text=True).stdout
+    def _count(self, kind: str) -> int:
+        out = subprocess.run(["nft", "-j", "list", "counter", "bridge", self.table,
+                              f"{self.chain}_{kind}"], check=True, capture_output=True,
+                             text=True).stdout
         return next(int(i["counter"]["packets"]) for i in json.loads(out)["nftables"]
                     if "counter" in i)
 
+    def breakdown(self) -> dict[str, int]:
+        return {kind: self._count(kind) for kind in self.KINDS}
+
+    def packets(self) -> int:
+        return self._count("retransmits")
+
     def remove(self) -> None:
-        subprocess.run(["nft", "delete", "chain", "bridge", self.table, self.name], check=False,
+        subprocess.run(["nft", "delete", "chain", "bridge", self.table, self.chain], check=False,
                        capture_output=True)
-        subprocess.run(["nft", "delete", "counter", "bridge", self.table, self.name],
-                       check=False, capture_output=True)
+        for kind in self.KINDS:
+            subprocess.run(["nft", "delete", "counter", "bridge", self.table,
+                            f"{self.chain}_{kind}"], check=False, capture_output=True)
