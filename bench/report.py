@@ -73,6 +73,12 @@ TARGETS = [
     ("noop_s", "", None),
     ("preview_50_s", "<= 10 s", lambda r: _get(r, "preview_50_s") is not None and r["preview_50_s"] <= 10),
     ("rss_mb", "", None),
+    ("failover_detect_s", "", None),
+    ("failover_up_done_s", "", None),
+    ("failover_verified_s", "<= 30 s",
+     lambda r: _get(r, "failover_verified_s") is not None and r["failover_verified_s"] <= 30),
+    ("failover_packets_to_old", "= 0",
+     lambda r: _get(r, "failover_packets_to_old") is not None and r["failover_packets_to_old"] == 0),
 ]
 
 RATIOS = [
@@ -99,6 +105,10 @@ def table(results: dict) -> str:
         "rto_sequential_50_s": f"rto_sequential_50_s (3+{params.get('nodes_large')})",
         "preview_50_s": f"preview_50_s (3+{params.get('nodes_large')})",
         "rss_mb": f"rss_mb (up, 3+{params.get('nodes_large')})",
+        "failover_detect_s": "failover: kill -> dead decided (cli watch, 3+2)",
+        "failover_up_done_s": "failover: kill -> up done",
+        "failover_verified_s": "failover: kill -> verified",
+        "failover_packets_to_old": "failover: packets to the old master0",
     }
     size = params.get("copy_size_mib")
     for key in ("copy_1gib_s", "copy_tar_ssh_1gib_s", "copy_tar_ssh_gcm_1gib_s", "copy_sftp_md5_1gib_s"):

@@ -13,6 +13,7 @@ and is listed in COMMANDS below. What they share:
     engine.py   the Pulumi engine (Automation API): select, config set/get, preview, up
     ssh.py, probe.py, health.py   reach the hosts, run the status probe, judge it
     change.py   the one flow of recover and rejoin (set, preview, plan, confirm, up, check)
+    failover.py the watcher's decisions (quorum, window, hold-down), pure; watch.py does the I/O
     clusterfile.py  sealer's Clusterfile read for `adopt` (hosts, roles, ssh, registry)
     plan.py     a preview's steps read back as a plan (step names from topology.py)
 """
@@ -31,6 +32,7 @@ COMMANDS: tuple[str, ...] = (
     "cli.status",
     "cli.recover",
     "cli.rejoin",
+    "cli.watch",
 )
 
 _EPILOG = """\
@@ -46,6 +48,7 @@ examples:
   python -m cli status --json
   python -m cli recover master0 --host 198.18.0.12 --stack prod --preview
   python -m cli rejoin --host 198.18.0.11 --stack prod --yes
+  python -m cli watch --stack prod --window 6s --hold-down 60s
 """
 
 

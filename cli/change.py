@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from enum import StrEnum
 
 import yaml
@@ -49,6 +50,10 @@ class Change:
     question: str              # asked before `up` (unless --yes)
     rerun: str                 # the command that resumes after a failed `up`
     preview_only: bool = False
+    # `cli watch`: no preview (the plan is read from the steps `up` ran) and a hook when `up` is
+    # done, before the check of every host.
+    skip_preview: bool = False
+    after_up: Callable[[float], None] | None = None
 
 
 class Outcome(StrEnum):
@@ -137,6 +142,15 @@ def apply_change(session: Session, change: Change, timer: Timer, assume_yes: boo
     except BaseException:
         guard.restore()
         raise
+    master0 = change.master0 or before.master0
+
+    def render(ops: dict[str, str]) -> plan_mod.Plan:
+        return plan_mod.render(ops, master0=master0, domain=before.registry.domain,
+                               down_hosts=change.down_hosts,
+                               old_master0=before.master0 if change.master0 else None)
+
+    if change.skip_preview:
+        return _up(session, change, timer, guard, render)
     try:
         steps, seconds = engine.preview()
     except CliError as e:
@@ -146,10 +160,7 @@ def apply_change(session: Session, change: Change, timer: Timer, assume_yes: boo
         guard.restore()
         raise
     timer.add("preview", seconds)
-    master0 = change.master0 or before.master0
-    plan = plan_mod.render(steps.ops, master0=master0, domain=before.registry.domain,
-                           down_hosts=change.down_hosts,
-                           old_master0=before.master0 if change.master0 else None)
+    plan = render(steps.ops)
     print(f"plan for stack {session.stack} (pulumi preview, {seconds:.1f}s):", file=out)
     print(plan.text(), file=out)
     if change.preview_only:
@@ -159,16 +170,25 @@ def apply_change(session: Session, change: Change, timer: Timer, assume_yes: boo
         guard.restore()
         print("aborted: the stack config is restored; nothing was changed", file=out)
         return Result(Outcome.ABORTED, plan)
+    return _up(session, change, timer, guard, lambda _ops: plan)
 
+
+def _up(session: Session, change: Change, timer: Timer, guard: StackFileGuard, render) -> Result:
+    """`up` with live progress, then the check of every live host; ``render`` makes the plan
+    (from the preview's steps, or from those `up` ran)."""
+    out, engine = session.out, session.engine
     print(f"pulumi up (stack {session.stack}):", file=out)
     guard.committed = True
     try:
-        _, seconds = engine.up(out)
+        steps, seconds = engine.up(out)
     except UpFailed as e:
         raise CliError(f"pulumi up failed: {e.message}\nnote: the stack config keeps the "
                        f"change; after fixing the cause a rerun is safe (every step is "
                        f"idempotent): {change.rerun}", EXIT_DEGRADED) from None
     timer.add("up", seconds)
+    plan = render(steps.ops)
+    if change.after_up is not None:
+        change.after_up(seconds)
 
     print("verifying every live host:", file=out)
     start = time.monotonic()

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from cli.common import EXIT_DEGRADED, CliError
 from config import PROJECT, stack_file_path
@@ -165,6 +165,10 @@ class Engine:
         self.project_dir = Path(project_dir).resolve()
         self.pulumi = use_pulumi(pulumi)
         self.created = False
+        # Each line the engine itself prints during `up` (`cli watch` logs them); None: dropped.
+        self.output: Callable[[str], None] | None = None
+        # The message `up` records in the stack's history (None: the engine's default).
+        self.message: str | None = None
         if not (self.project_dir / "Pulumi.yaml").is_file():
             raise CliError(f"{self.project_dir} holds no Pulumi.yaml (check --project-dir)")
         from pulumi import automation as auto
@@ -244,7 +248,8 @@ class Engine:
         progress = Progress(out)
         start = time.monotonic()
         try:
-            self.stack.up(on_event=progress, color="never")
+            self.stack.up(on_event=progress, on_output=self.output, color="never",
+                          message=self.message)
         except Exception as e:
             raise UpFailed(progress.steps, _failure(progress.steps, e)) from None
         return progress.steps, time.monotonic() - start

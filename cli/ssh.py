@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from cli.common import CliError, resolve_local_path
 from components.remote_scripts import ScriptRun
@@ -67,7 +67,10 @@ class SshAccess:
     def __exit__(self, *exc) -> None:
         self._tmp.cleanup()
 
-    def argv(self, ip: str, connect_timeout: int = CONNECT_TIMEOUT_S) -> list[str]:
+    def argv(self, ip: str, connect_timeout: int = CONNECT_TIMEOUT_S,
+             options: Sequence[str] = ()) -> list[str]:
+        """``options``: more ssh options, e.g. a ControlPath (`cli watch` keeps one connection per
+        prober)."""
         ssh = self.config.cluster.ssh
         argv = ["ssh", "-F", "none", "-p", str(ssh.port_for(ip)),
                 "-o", f"ConnectTimeout={connect_timeout}",
@@ -87,7 +90,7 @@ class SshAccess:
         if ssh.jump_host is not None:
             j = ssh.jump_host
             argv += ["-J", f"{j.user}@{j.host}:{j.port}"]
-        return [*argv, f"{ssh.user_for(ip)}@{ip}"]
+        return [*argv, *options, f"{ssh.user_for(ip)}@{ip}"]
 
     def env(self, ip: str) -> dict[str, str] | None:
         """The environment of ssh to ``ip``: the askpass helper for a password host."""
@@ -96,13 +99,14 @@ class SshAccess:
         return dict(os.environ, SSH_ASKPASS=str(self._askpass[ip]), SSH_ASKPASS_REQUIRE="force")
 
     def run(self, ip: str, script: ScriptRun, timeout: float = HOST_DEADLINE_S,
-            connect_timeout: int = CONNECT_TIMEOUT_S) -> subprocess.CompletedProcess:
+            connect_timeout: int = CONNECT_TIMEOUT_S,
+            options: Sequence[str] = ()) -> subprocess.CompletedProcess:
         """Run ``script`` on ``ip``; a timeout is returned as exit 255 with 'timed out'."""
         command = script.command
         if self.config.cluster.ssh.user_for(ip) != "root":
             command = f"sudo -n {command}"  # as the program's steps run (components/access.py)
         try:
-            return subprocess.run([*self.argv(ip, connect_timeout), "--", command],
+            return subprocess.run([*self.argv(ip, connect_timeout, options), "--", command],
                                   input=script.stdin, capture_output=True, text=True,
                                   timeout=timeout, env=self.env(ip))
         except subprocess.TimeoutExpired:

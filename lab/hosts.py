@@ -323,6 +323,17 @@ class Lab:
             if self.service_pid(h.name, name) is None:
                 self._launch_service(h.name, name)
 
+    def partition(self, ref: str) -> None:
+        """Cut the host off the network (its IP traffic dropped on the bridge, both ways) while its
+        processes keep running: a pulled cable, not a dead machine. ``heal`` undoes it."""
+        h = self.host(ref)
+        sh("nft", "add", "element", "bridge", NFT_TABLE, "killed", f'{{ "{h.name}" }}')
+
+    def heal(self, ref: str) -> None:
+        h = self.host(ref)
+        sh("nft", "delete", "element", "bridge", NFT_TABLE, "killed", f'{{ "{h.name}" }}',
+           check=False)
+
     def is_killed(self, ref: str) -> bool:
         h = self.host(ref)
         return any((self.hosts_dir / h.name / f).exists() for f in ("crashed", "frozen"))

@@ -1,0 +1,596 @@
+"""`watch`: an unattended failover of master0's registry, decided by a quorum of probers.
+
+The decisions are pure (``cli.failover``); this module does the I/O: one long-lived SSH
+connection per prober (an OpenSSH ControlMaster), a round of `scripts/watch-probe.sh` on every
+prober each ``--interval``, one JSON line per decision, and the actions through the CLI's own
+flows (``recover``'s preflight and ``change.apply_change`` for a failover; ``rejoin``'s for a
+returning host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+from cli import apiserver
+from cli.change import Change, Outcome, Timer, apply_change, preflight_probe
+from cli.common import (EXIT_INTERRUPTED, EXIT_OK, CliError, add_ssh_key_argument,
+                        add_stack_arguments, guarded)
+from cli.failover import (Decision, Kind, Probe, Replica, Returning, Round, Settings, Watch,
+                          parse_duration, pick_probers, rank_candidates, read_report)
+from cli.probe import complete_images
+from cli.recover import preflight as recover_preflight
+from cli.session import Session
+from cli.ssh import SshAccess, ssh_error
+from components.remote_scripts import ScriptRun, script_run
+from config import StackConfig
+
+NAME = "watch"
+HELP = "probe master0's registry from several hosts; on a quorum over a window, fail over"
+DESCRIPTION = """\
+Watch master0's registry and recover without a person: `watch --stack NAME`.
+
+Every --interval, each prober (up to --probers live cluster hosts other than master0, masters
+first) asks https://<master0>:<port>/v2/ (200 or 401: alive) over one long-lived SSH connection
+per prober. master0 is decided dead only when a majority of the probers see it dead in every
+round for --window; a prober that cannot be reached is no vote (a partition of one prober never
+acts); fewer than --min-probers probers decide nothing.
+
+Then: the new master0 is the first live master and deploy host with a complete replica (the
+replica stamp <rootfs>/registry/.sealer-replica, else every boot-history ref present), checked as
+`recover master0` checks it; the old master0 goes on down_hosts (fenced: no step dials it) and
+the recovery `up` runs without preview, then the check of every live host. After a failover,
+--hold-down seconds without another; the new master0 is watched. A recovery that did not verify
+is rerun, never followed by the fencing of its new master0.
+
+A fenced host that answers again is logged (its registry is stale; nodes stay on master0). With
+--rejoin-returning it is rejoined as a standby (as `rejoin --host` does); it is never made
+master0 again before a replica stamp newer than its rejoin.
+
+Log: one JSON line per decision and action on stdout (or --log FILE): ts, event, and per event:
+  start {master0, probers, settings}; probers {probers}; decision {decision
+  (suspect|cleared|undecidable|failover|held|resume|returned|rejoin|gone), target, why, evidence
+  {prober: vote}}; candidates {ranked, rejected}; fence {old, new, down_hosts}; up {ok,
+  seconds, error}; verified {healthy, master0_images, images_expected, problems, seconds};
+  rejoined {host, ok}; config {master0, down_hosts}; signal {signal}; stop {exit_code}.
+The engine's own output and the progress of `up` go to stderr.
+
+Stops on SIGTERM or SIGINT: between rounds at once (exit 0); during an `up`, the engine gets one
+SIGINT (it finishes its steps in flight) and the watcher exits 130. Exit 2: bad arguments or
+config. The engine's environment is the operator's (PULUMI_BACKEND_URL or `pulumi login`,
+PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE).
+"""
+EPILOG = """\
+examples:
+  $ python -m cli watch --stack prod
+  $ python -m cli watch --stack prod --window 10s --hold-down 5m --log /var/log/sealer-watch.jsonl
+  $ python -m cli watch --stack prod --rejoin-returning
+"""
+
+PROBE_SCRIPT = "watch-probe.sh"
+UP_MESSAGE = "cli watch:"   # the history message of the watcher's own `up`s
+PROBE_TIMEOUT_S = 4.0       # ssh (multiplexed) + curl's 2 s at most
+MASTER_ALIVE = ("-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=2")
+
+
+def duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    add_stack_arguments(parser)
+    parser.add_argument("--interval", type=duration, default=1.0, metavar="DURATION",
+                        help="time between the starts of two probe rounds (default 1s)")
+    parser.add_argument("--window", type=duration, default=6.0, metavar="DURATION",
+                        help="how long a dead majority must hold before a failover (default 6s)")
+    parser.add_argument("--hold-down", type=duration, default=60.0, metavar="DURATION",
+                        help="after a failover, no other one for this long (default 60s)")
+    parser.add_argument("--probers", type=int, default=3, metavar="N",
+                        help="probe from up to N live hosts other than master0 (default 3)")
+    parser.add_argument("--min-probers", type=int, default=2, metavar="N",
+                        help="with fewer probers nothing is decided (default 2, at least 2)")
+    parser.add_argument("--rejoin-returning", action="store_true",
+                        help="rejoin a fenced host that answers again, as a standby (default: "
+                             "only log it)")
+    parser.add_argument("--log", metavar="FILE",
+                        help="append the JSON lines to FILE instead of stdout")
+    add_ssh_key_argument(parser)
+
+
+# ------------------------------------------------------------------------------ the log
+
+
+class EventLog:
+    """One JSON object per line, flushed at once: ts (UTC), epoch (seconds), event, fields."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self._lock = threading.RLock()  # a signal handler may log while the main thread does
+
+    def __call__(self, event: str, **fields) -> None:
+        now = time.time()
+        ts = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        line = json.dumps({"ts": ts, "epoch": round(now, 3), "event": event, **fields},
+                          default=str)
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def decision(self, d: Decision) -> None:
+        self("decision", **d.as_json())
+
+
+# ------------------------------------------------------------------------------ signals
+
+
+def pulumi_children(command: str = "up") -> list[int]:
+    """Our child processes that are the engine running ``command`` (`pulumi ... up ...`), from
+    /proc; a `pulumi config set` of the same flow is left alone (interrupted, it would leave
+    the stack file half changed)."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        comm = stat[stat.find("(") + 1:stat.rfind(")")]
+        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+        if ppid == me and comm == "pulumi" and command.encode() in argv[1:]:
+            found.append(int(entry.name))
+    return found
+
+
+def from_terminal() -> bool:
+    """True when we run in the terminal's foreground process group: a Ctrl-C there reached the
+    engine too (forwarding another would make it stop at once instead of finishing its steps)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class Stop:
+    """SIGTERM/SIGINT: stop between rounds; during an `up`, one SIGINT to the engine."""
+
+    def __init__(self, log: EventLog):
+        self.log = log
+        self.event = threading.Event()
+        self.in_up = False
+        self.interrupted_up = False
+        self.forwarded = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self.handle)
+        signal.signal(signal.SIGINT, self.handle)
+
+    def handle(self, signum, _frame) -> None:
+        self.event.set()
+        name = signal.Signals(signum).name
+        if self.in_up:
+            self.interrupted_up = True
+            if not self.forwarded:
+                self.forwarded = True
+                pids = [] if signum == signal.SIGINT and from_terminal() else pulumi_children()
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGINT)
+                    except ProcessLookupError:
+                        pass
+                self.log("signal", signal=name, up_in_flight=True, engine_sigint=pids)
+                return
+        self.log("signal", signal=name, up_in_flight=self.in_up)
+
+    @property
+    def stopping(self) -> bool:
+        return self.event.is_set()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.event.wait(seconds)
+
+
+# ------------------------------------------------------------------------------ probers
+
+
+class ProberLinks:
+    """One SSH connection per prober: an OpenSSH ControlMaster (`ssh -M -N`) that every probe of
+    that host goes through (ControlMaster=no: without the socket, ssh connects directly). A master
+    that died (the host went away) is started again before the next round."""
+
+    def __init__(self, access: SshAccess):
+        self.access = access
+        self._dir = tempfile.TemporaryDirectory(prefix="sw-")   # short: a socket path <= 108
+        self.masters: dict[str, subprocess.Popen] = {}
+
+    def _path(self) -> str:
+        return f"{self._dir.name}/%C"
+
+    def options(self) -> list[str]:
+        return ["-o", f"ControlPath={self._path()}", "-o", "ControlMaster=no"]
+
+    def keep(self, probers: list[str]) -> None:
+        for ip in list(self.masters):
+            if ip not in probers:
+                self._close(ip)
+        for ip in probers:
+            proc = self.masters.get(ip)
+            if proc is None or proc.poll() is not None:
+                argv = self.access.argv(ip, options=["-M", "-N", "-o", "ControlMaster=yes",
+                                                     "-o", f"ControlPath={self._path()}",
+                                                     "-o", "ControlPersist=no", *MASTER_ALIVE])
+                self.masters[ip] = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                                    stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.DEVNULL,
+                                                    env=self.access.env(ip),
+                                                    start_new_session=True)
+
+    def run(self, ip: str, command: ScriptRun, timeout: float) -> subprocess.CompletedProcess:
+        return self.access.run(ip, command, timeout=timeout, options=self.options())
+
+    def _close(self, ip: str) -> None:
+        proc = self.masters.pop(ip, None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        for ip in list(self.masters):
+            self._close(ip)
+        self._dir.cleanup()
+
+
+def probe_round(links: ProberLinks, config: StackConfig, probers: list[str],
+                targets: list[str]) -> tuple[list[Round], dict[str, Replica]]:
+    """Every prober at once, each probing every target; a Round per target."""
+    command = script_run(PROBE_SCRIPT, config.rootfs, str(config.registry.port), *targets)
+
+    def one(ip: str) -> tuple[dict[str, Probe], Replica | None]:
+        done = links.run(ip, command, PROBE_TIMEOUT_S)
+        error = "" if done.returncode == 0 else ssh_error(done.stderr, done.returncode)
+        return read_report(ip, targets, done.returncode == 0, done.stdout, error)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(probers))) as pool:
+        reports = dict(zip(probers, pool.map(one, probers)))
+    at = time.monotonic()
+    rounds = [Round(at, t, tuple(reports[p][0][t] for p in probers)) for t in targets]
+    replicas = {p: r[1] for p, r in reports.items() if r[1] is not None}
+    return rounds, replicas
+
+
+# ------------------------------------------------------------------------------ the watcher
+
+
+class Watcher:
+    def __init__(self, args: argparse.Namespace, session: Session, log: EventLog, stop: Stop):
+        self.args, self.session, self.log, self.stop = args, session, log, stop
+        self.settings = Settings(window=args.window, interval=args.interval,
+                                 hold_down=args.hold_down, min_probers=args.min_probers)
+        config = self.config = session.config
+        self.watch = Watch(self.settings, config.master0, fenced=config.down_hosts,
+                           rejoin_returning=args.rejoin_returning)
+        self.last_update, message = last_update(session)
+        # An `up` that failed or was interrupted (a watcher stopped mid-recovery, an operator's
+        # Ctrl-C) left master0 where it may not serve yet: a dead decision reruns it first; one
+        # of a watcher's own recoveries is rerun at once (its hosts may be half repointed).
+        self.watch.unverified = self.last_update in ("update failed", "update in-progress")
+        self.resume_at_start = self.watch.unverified and message.startswith(UP_MESSAGE)
+        self.links = ProberLinks(session.ssh())
+        self.probers: list[str] = []
+        self.replicas: dict[str, Replica] = {}
+        self.rejoined_at: dict[str, float] = {}
+        self.code = EXIT_OK
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        self.log("start", stack=self.session.stack, master0=self.watch.master0,
+                 down_hosts=list(self.session.config.down_hosts), last_update=self.last_update,
+                 resume_first=self.watch.unverified,
+                 settings={"interval_s": self.settings.interval, "window_s": self.settings.window,
+                           "hold_down_s": self.settings.hold_down, "probers": self.args.probers,
+                           "min_probers": self.settings.min_probers,
+                           "rejoin_returning": self.args.rejoin_returning})
+        if self.resume_at_start:
+            decision = Decision(Kind.RESUME, self.watch.master0, time.monotonic(),
+                                f"the stack's last update, a recovery by `cli watch`, did not "
+                                f"finish ({self.last_update}): rerun it for master0 "
+                                f"{self.watch.master0}")
+            self.log.decision(decision)
+            self.failover(decision)
+        try:
+            while not self.stop.stopping:
+                started = time.monotonic()
+                self.one_round()
+                self.stop.sleep(self.settings.interval - (time.monotonic() - started))
+        finally:
+            self.links.close()
+        if self.stop.interrupted_up:
+            self.code = EXIT_INTERRUPTED
+        self.log("stop", exit_code=self.code)
+        return self.code
+
+    def one_round(self) -> None:
+        config = self.sync_config()
+        probers = pick_probers(config.cluster.masters, config.cluster.nodes, self.watch.master0,
+                               config.down_hosts, self.args.probers)
+        if probers != self.probers:
+            self.probers = probers
+            self.log("probers", master0=self.watch.master0, probers=probers)
+        self.links.keep(probers)
+        # A fenced host is not probed during the hold-down: nothing dials the old master0 while
+        # the recovery runs and settles.
+        now = time.monotonic()
+        fenced = [] if self.watch.in_hold_down(now) else sorted(self.watch.fenced)
+        targets = [self.watch.master0, *fenced]
+        rounds, replicas = probe_round(self.links, config, probers, targets)
+        self.replicas.update(replicas)
+        for rnd in rounds:
+            for decision in self.watch.observe(rnd):
+                self.log.decision(decision)
+                if self.stop.stopping:
+                    return
+                if decision.kind in (Kind.FAILOVER, Kind.RESUME):
+                    self.failover(decision)
+                    return
+                if decision.kind is Kind.REJOIN:
+                    self.rejoin(decision.target)
+
+    def sync_config(self) -> StackConfig:
+        """The stack file again (an operator may have run `recover` or `rejoin`): the watcher
+        follows what the config says."""
+        try:
+            config = self.session.reload()
+        except CliError as e:
+            self.log("config", error=e.message, note="the stack file is not valid now: keeping "
+                                                     "the previous config")
+            self.session._config = self.config
+            return self.config
+        self.config = config
+        if config.master0 != self.watch.master0:
+            self.log("config", master0=config.master0, down_hosts=list(config.down_hosts),
+                     note="master0 changed outside the watcher: watching it")
+            self.watch.master0 = config.master0
+            self.watch.dead.reset()
+        for ip in list(self.watch.fenced):
+            if ip not in config.down_hosts:
+                self.watch.rejoined(ip)
+        for ip in config.down_hosts:
+            self.watch.fenced.setdefault(ip, Returning())
+        return config
+
+    # -- a failover ----------------------------------------------------------------------------
+    def read_replicas(self, hosts: list[str]) -> dict[str, Replica]:
+        """The replica of each host: the stamp its last probe reported (read again on the
+        masters that are not probers), and for those without a stamp, status-probe's refs."""
+        session, config = self.session, self.session.config
+        missing = [ip for ip in hosts if ip not in self.replicas]
+        if missing:
+            command = script_run(PROBE_SCRIPT, config.rootfs, str(config.registry.port))
+            for ip in missing:
+                done = session.ssh().run(ip, command, timeout=PROBE_TIMEOUT_S)
+                _, replica = read_report(ip, [], done.returncode == 0, done.stdout)
+                if replica is not None:
+                    self.replicas[ip] = replica
+        replicas = {}
+        for ip in hosts:
+            rep = self.replicas.get(ip, Replica(stamp_problem="not read"))
+            if rep.stamp is None:
+                probe = preflight_probe(session, ip)
+                if probe.reachable:
+                    images = session.images
+                    rep = Replica(stamp_problem=rep.stamp_problem,
+                                  refs_complete=complete_images(images, probe.missing_refs) == len(images))
+            replicas[ip] = rep
+        return replicas
+
+    def failover(self, decision: Decision) -> None:
+        config = self.session.config
+        old = self.watch.master0
+        resume = decision.kind is Kind.RESUME
+        if resume:
+            new, down = old, list(config.down_hosts)
+            try:
+                checked = recover_preflight(self.session, new, down)
+            except CliError as e:
+                self.log("candidates", ranked=[new], chosen=None, rejected={new: e.message},
+                         note=f"the rerun of the recovery cannot start there; if it stays dead "
+                              f"after the hold-down ({self.settings.hold_down:g}s), a failover "
+                              "fences it")
+                self.watch.held_off(time.monotonic())
+                self.watch.unverified = False
+                return
+            self.log("candidates", ranked=[new], chosen=new, rejected={}, preflight=checked,
+                     note="rerun of the recovery that made it master0")
+        else:
+            hosts = [ip for ip in config.cluster.masters
+                     if ip != old and ip not in config.down_hosts and ip in config.deploy_hosts]
+            replicas = self.read_replicas(hosts)
+            down = [*config.down_hosts, old]
+            ranked, rejected = rank_candidates(
+                masters=config.cluster.masters, deploy_hosts=config.deploy_hosts,
+                down=config.down_hosts, old_master0=old, replicas=replicas,
+                rejoined_at=self.rejoined_at, require_replica=str(config.distribution) == "pre")
+            new = None
+            for host in ranked:
+                try:
+                    checked = recover_preflight(self.session, host, down)
+                except CliError as e:
+                    rejected[host] = f"preflight: {e.message}"
+                    continue
+                new = host
+                self.log("candidates", ranked=ranked, chosen=host, rejected=rejected,
+                         preflight=checked,
+                         replica=_replica_json(replicas.get(host)))
+                break
+            if new is None:
+                self.log("candidates", ranked=ranked, chosen=None, rejected=rejected,
+                         note=f"no host can become master0; master0 stays {old}; trying again "
+                              f"after the hold-down ({self.settings.hold_down:g}s)")
+                self.watch.held_off(time.monotonic())
+                return
+            if self.stop.stopping:
+                self.log("fence", old=old, new=None, note="stopping: no recovery started")
+                return
+            self.log("fence", old=old, new=new, down_hosts=down,
+                     note=f"{old} goes on down_hosts: no step of the recovery dials it")
+        verified = self.apply(Change(
+            master0=new, down_hosts=down, skip_preview=True,
+            question="", rerun=f"python -m cli recover master0 --host {new} --stack "
+                               f"{self.session.stack} --yes",
+            after_up=lambda seconds: self.log("up", ok=True, master0=new,
+                                              seconds=round(seconds, 2))))
+        self.watch.failed_over(new, time.monotonic(), verified)
+
+    def apply(self, change: Change) -> bool:
+        """`up` (and the check of every host) through the CLI's change flow; True when verified."""
+        timer = Timer()
+        what = (f"master0 {change.master0}, down_hosts {', '.join(change.down_hosts) or 'none'}"
+                if change.master0 else f"down_hosts {', '.join(change.down_hosts) or 'none'}")
+        self.session.engine.message = f"{UP_MESSAGE} {what}"
+        self.stop.in_up = True
+        try:
+            result = apply_change(self.session, change, timer, assume_yes=True)
+        except CliError as e:
+            self.log("up", ok=False, error=e.message, interrupted=self.stop.interrupted_up)
+            return False
+        except Exception as e:  # noqa: BLE001  (the engine's own errors: the watcher goes on)
+            self.log("up", ok=False, error=f"{type(e).__name__}: {str(e).strip()[:2000]}",
+                     interrupted=self.stop.interrupted_up)
+            return False
+        finally:
+            self.stop.in_up = False
+        health = result.health
+        ok = result.outcome is Outcome.APPLIED and health is not None and health.healthy
+        self.log("verified", healthy=ok, master0=result.config.master0 if result.config else None,
+                 master0_images=health.master0_images if health else None,
+                 images_expected=health.images_expected if health else None,
+                 problems=list(health.problems) if health else [],
+                 verify_step=any(line.strip().startswith("verify from a node")
+                                 for line in result.plan.lines),
+                 repointed=result.plan.repointed, launch_on=result.plan.launch_on,
+                 seconds={k: round(v, 2) for k, v in timer.phases.items()})
+        return ok
+
+    # -- a returning host --------------------------------------------------------------------
+    def rejoin(self, host: str) -> None:
+        config = self.session.config
+        down = [ip for ip in config.down_hosts if ip != host]
+        probe = preflight_probe(self.session, host)
+        if not probe.reachable:
+            self.log("rejoined", host=host, ok=False, error=f"cannot reach it over SSH: {probe.error}")
+            return
+        try:
+            api = apiserver.check(self.session, down)
+        except CliError as e:
+            self.log("rejoined", host=host, ok=False, error=e.message)
+            return
+        ok = self.apply(Change(master0=None, down_hosts=down, skip_preview=True, question="",
+                               rerun=f"python -m cli rejoin --host {host} --stack "
+                                     f"{self.session.stack} --yes",
+                               after_up=lambda seconds: self.log("up", ok=True, rejoin=host,
+                                                                 seconds=round(seconds, 2))))
+        self.rejoined_at[host] = time.time()
+        self.replicas.pop(host, None)
+        self.watch.rejoined(host)
+        self.log("rejoined", host=host, ok=ok, apiserver=api.endpoint,
+                 note=f"standby: it points at master0 {self.watch.master0}; it becomes a "
+                      "candidate for master0 only with a replica stamp written after now")
+
+
+def one_watcher(session: Session) -> None:
+    """Refuses a second watcher of the same stack from this project directory (two would both
+    act); the lock lives as long as this process. Watchers on two machines are the operator's
+    to avoid (docs/operations.md)."""
+    path = session.project_dir / f".watch-{session.stack.replace('/', '_')}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return  # a read-only clone: nothing to hold
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CliError(f"another `cli watch` watches stack {session.stack} from this directory "
+                       f"(it holds {path}): one watcher per stack") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD.append(fd)  # closed (and unlocked) when the process ends
+
+
+_HELD: list[int] = []
+
+
+def last_update(session: Session) -> tuple[str | None, str]:
+    """The stack's last engine run as "<kind> <result>" (e.g. "update succeeded"; None for a
+    stack never updated) and its message."""
+    try:
+        runs = session.engine.stack.history(page_size=1, show_secrets=False)
+    except Exception as e:  # noqa: BLE001  (the engine's errors vary; the watcher goes on)
+        return f"unknown: {str(e).splitlines()[0] if str(e) else type(e).__name__}", ""
+    if not runs:
+        return None, ""
+    return f"{runs[0].kind} {runs[0].result}", runs[0].message or ""
+
+
+def _replica_json(rep: Replica | None) -> dict | None:
+    if rep is None:
+        return None
+    stamp = rep.stamp
+    return {"stamp": None if stamp is None else {"source": stamp.source,
+                                                 "completed_at": stamp.completed_at,
+                                                 "files": stamp.files, "bytes": stamp.bytes},
+            "stamp_problem": rep.stamp_problem, "refs_complete": rep.refs_complete}
+
+
+@guarded(NAME)
+def run(args: argparse.Namespace) -> int:
+    settings = Settings(window=args.window, interval=args.interval, hold_down=args.hold_down,
+                        min_probers=args.min_probers)
+    problems = settings.problems()
+    if args.probers < 2:
+        problems.append(f"--probers {args.probers}: must be at least 2")
+    if problems:
+        raise CliError("\n".join(problems))
+    stream = open(args.log, "a", buffering=1) if args.log else sys.stdout
+    log = EventLog(stream)
+    stop = Stop(log)
+    stop.install()
+    try:
+        with Session(args) as session:
+            session.out = sys.stderr
+            session.config
+            one_watcher(session)
+            session.images  # a missing image store refuses before any host is dialled
+            session.engine.output = lambda line: print(f"engine: {line}", file=sys.stderr,
+                                                       flush=True)
+            return Watcher(args, session, log, stop).run()
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
