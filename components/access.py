@@ -99,20 +99,20 @@ class SshAccess:
         return args
 
     def pull_credentials(self, ips: list[str]) -> pulumi.Output[str]:
-        """What ``scripts/pull-data.sh`` reads on its stdin to log in to ``ips``: the cluster key
-        (``key <base64>``) and each source's password (``password <ip> <base64>``). A secret
-        Output: it travels only on the step's stdin."""
+        """What ``scripts/pull-data.sh`` reads on its stdin to log in to ``ips``
+        (``credential_lines``). A secret Output: it travels only on the step's stdin."""
         passwords = {ip: self.password_for(ip) for ip in ips if self.password_for(ip) is not None}
         order = list(passwords)
+        return pulumi.Output.secret(pulumi.Output.all(self.private_key, *passwords.values()).apply(
+            lambda v: credential_lines(v[0], dict(zip(order, v[1:])))))
 
-        def lines(values: list) -> str:
-            key, *secrets = values
-            out = [] if key is None else [f"key {_b64(key)}"]
-            out += [f"password {ip} {_b64(p)}" for ip, p in zip(order, secrets)]
-            return "".join(line + "\n" for line in out)
 
-        return pulumi.Output.secret(
-            pulumi.Output.all(self.private_key, *passwords.values()).apply(lines))
+def credential_lines(key: str | None, passwords: dict[str, str]) -> str:
+    """``key <base64>`` (the cluster key, if any) and ``password <ip> <base64>`` per source with
+    its own password: one line each, so no secret's bytes can break the format."""
+    out = [] if key is None else [f"key {_b64(key)}"]
+    out += [f"password {ip} {_b64(p)}" for ip, p in passwords.items()]
+    return "".join(line + "\n" for line in out)
 
 
 def _b64(text: str) -> str:

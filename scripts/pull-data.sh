@@ -106,8 +106,8 @@ REMOTE
 # `||` list, where bash ignores `set -e`: every step checks its own status.
 pull_from() {
   local registry=$1 ip=$2 port=$3 user=$4 host_key=$5 ssh_cmd rsync_path=() token h blobs
-  use_askpass_for "$ip"
   mapfile -t ssh_cmd < <(ssh_command "$ip" "$port" "$host_key")
+  use_askpass_for "$ip"  # after ssh_command wrote the helper
   read_source "$registry" "$user" "$ip" "$WORK/source" "${ssh_cmd[@]}" </dev/null ||
     { warn "cannot read $ip's registry over SSH"; return 4; }
   head -1 "$WORK/source" >"$WORK/source-stamp" && tail -n +2 "$WORK/source" >"$WORK/list" || return 4
