@@ -116,9 +116,13 @@ class DeployHost(pulumi.ComponentResource):
                 # Host to host: the step runs on this host and pulls over SSH (the cluster's key
                 # or the source's password on stdin only; quiet step).
                 sources = list(args.data_sources)
+                # With an image store, master0's data changes with the images: the replicas pull
+                # again then. Without one, the program cannot see a change of master0's tree.
+                generation = (["--generation", hashlib.sha256(" ".join(images).encode()).hexdigest()[:16]]
+                              if images and args.image_store else [])
                 pull = script_run(
                     "pull-data.sh", "--master0" if host.role is RegistryRole.LAUNCH else "--replica",
-                    args.rootfs, *args.access.pull_sources(sources),
+                    args.rootfs, *generation, *args.access.pull_sources(sources),
                     data=args.access.pull_credentials(sources))
                 self.data = host_step(HostStep.DATA.of(ip), args.access, ip, pull, quiet=True,
                                       opts=data_opts)

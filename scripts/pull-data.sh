@@ -7,11 +7,13 @@
 # size), never deleting (no --delete: an empty or wrong source cannot wipe a replica).
 # The replica stamp (lib/replica.sh) is removed before the copy writes and written after it is
 # verified; an interrupted copy leaves .sealer-replica.run behind, so it is never taken for data.
-# Usage: pull-data.sh --replica|--master0 ROOTFS [--source IP PORT USER HOST_KEY|-]...
+# Usage: pull-data.sh --replica|--master0 ROOTFS [--generation G] [--source IP PORT USER HOST_KEY|-]...
 #   --replica: copy from the first source (master0), which must hold a complete stamp.
 #   --master0: this host is the source: keep its own data when its stamp is complete (or it holds
 #     data no copy of ours ever touched: sealer's); else copy from the first source holding a
 #     complete stamp. Then write the stamp "self".
+#   --generation: what the program knows of the source's content (a digest of the image-store
+#     images master0 gets); unused here, a change only makes the engine run the step again.
 # stdin: credentials, one per line (never argv or the environment): "key <base64 private key>",
 #   "password <ip> <base64 password>" (a source with a password logs in with it).
 if ! declare -F info >/dev/null; then
@@ -169,6 +171,10 @@ main() {
   read_credentials
   registry=$rootfs/registry
   mkdir -p "$registry"
+  if [[ "${1:-}" == --generation ]]; then
+    info "source generation $2"
+    shift 2
+  fi
   if [[ "$mode" == --master0 ]]; then
     if stamp_complete "$registry" || holds_own_data "$registry"; then
       info "this host holds the data ($(stamp_complete "$registry" && echo "complete stamp" || echo "own data, no stamp")); copying nothing"

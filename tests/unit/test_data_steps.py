@@ -64,10 +64,22 @@ def test_a_replica_pulls_from_master0_on_its_own_host_after_master0_s_data(ca):
     for replica in MASTERS[1:]:
         step = steps[f"data-{replica}"]
         assert step.typ == REMOTE and step.inputs["connection"]["host"] == replica
-        assert step.inputs["create"] == (f"bash -s -- --replica {ROOTFS} --source {MASTERS[0]} 22 root "
-                                         "'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfMaster0'")
+        assert step.inputs["create"].startswith(f"bash -s -- --replica {ROOTFS} --generation ")
+        assert step.inputs["create"].endswith(f" --source {MASTERS[0]} 22 root "
+                                              "'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfMaster0'")
         assert registry.deploy_hosts[replica].data_after == [registry.deploy_hosts[MASTERS[0]].data]
     assert registry.deploy_hosts[MASTERS[0]].data_after == []
+
+
+def test_a_new_image_in_the_store_makes_the_replicas_pull_again(ca):
+    """master0's data changes with the store's images; the replica's step input changes too."""
+    args = make_args(ca)
+    fewer = replace(args, topology=Topology.build(
+        master0=MASTERS[0], masters=MASTERS, nodes=[h.ip for h in args.topology.hosts if h.ip not in MASTERS],
+        deploy_hosts=MASTERS[:2], down_hosts=[], distribution="pre",
+        image_ids=[args.images[0].image_id]), images=args.images[:1])
+    one, two = (declare(a)[0].by_name()[f"data-{MASTERS[1]}"].inputs["create"] for a in (fewer, args))
+    assert one != two and "--generation" in one
 
 
 def test_master0_with_an_image_store_is_filled_from_it_and_stamped_self(ca):
