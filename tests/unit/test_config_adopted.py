@@ -1,5 +1,5 @@
 """Config rules an adopted cluster relies on (each with accepting and rejecting cases): a stack
-that copies no data (no image store), a registry config brought as-is, and per-host SSH settings."""
+that names no image store (the data is the cluster's own), a registry config brought as-is, and per-host SSH settings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.unit.test_config import DELETE, PKI, assert_rejected, load, render
 from topology import HostStep, Topology
 
 
-# -- no image store: the program copies no data --------------------------------------------------
+# -- no image store: the data is the cluster's own, copied host to host ----------------------------
 
 
 def test_a_stack_without_image_store_copies_from_the_cluster():
