@@ -249,6 +249,20 @@ def test_probe_script_reports_present_and_missing_refs(tmp_path):
     assert probe.disk_avail > 0 and probe.registry_bytes > 0
 
 
+def test_probe_script_reports_a_complete_stamp_and_not_a_broken_one(tmp_path):
+    rootfs = tmp_path / "data/lab/rootfs"
+    (rootfs / "registry").mkdir(parents=True)
+    stamp = rootfs / "registry/.sealer-replica"
+    stamp.write_text('{"source": "198.18.0.11", "completed_at": 100, "files": 3, "bytes": 42, '
+                     '"tree": "' + "a" * 64 + '"}\n')
+    probe = run_probe(rootfs, tmp_path)
+    assert probe.replica == {"source": "198.18.0.11", "completed_at": 100, "files": 3, "bytes": 42,
+                             "tree": "a" * 64}
+    assert probe.replica_age is not None and probe.replica_age > 0
+    stamp.write_text('{"source": "198.18.0.11", "completed_at": 100}\n')
+    assert run_probe(rootfs, tmp_path).replica is None
+
+
 def test_probe_script_on_a_host_without_rootfs(tmp_path):
     probe = run_probe(tmp_path / "data/lab/rootfs", tmp_path, ca_sha="0" * 64)
     assert probe.refs_ok == 0 and len(probe.missing_refs) == 3
