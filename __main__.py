@@ -43,7 +43,7 @@ def main() -> None:
     cfg = read_runtime_config()
     reg, cluster, tls = cfg.registry, cfg.cluster, cfg.registry.tls
     history = cfg.history
-    # The cluster image first; none when the stack copies no data (no apps.image_store).
+    # The cluster image first; none without apps.image_store (the data is the cluster's own).
     images = load_images(cfg.apps.image_store, cfg.image_ids) if cfg.apps.copies_data else []
     ssh_key = secret_text(cluster.ssh.private_key) or (read_file(
         cluster.ssh.private_key_path, "cluster.ssh.private_key_path")

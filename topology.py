@@ -52,7 +52,7 @@ class HostStep(StrEnum):
 
     DEPLOY = "deploy"                      # component: the deploy host's steps below
     ROOTFS = "rootfs"                      # registry config, certificate, htpasswd on the host
-    DATA = "data"                          # registry data copied from the image store (rsync)
+    DATA = "data"                          # registry data: master0 keeps/stamps or fills its own, replicas pull it
     LAUNCH = "registry-launch"             # the registry runs (master0)
     STANDBY = "registry-standby"           # the registry is kept stopped (other deploy hosts)
     NODE = "node"                          # CA trust and the domain's hosts entry
@@ -85,7 +85,8 @@ class HostPlan:
     role: RegistryRole
     down: bool                 # listed in down_hosts: nothing is declared on it, never dialled
     holds_data: bool           # the program keeps the registry data here (pre: every deploy host)
-    images: tuple[str, ...]    # image ids of that data, the cluster image first (empty: none)
+    images: tuple[str, ...]    # image-store ids of that data, the cluster image first (empty:
+                               # no image store; the data is the cluster's own)
 
     @property
     def deploys(self) -> bool:
@@ -107,7 +108,7 @@ class HostPlan:
         names = [HostStep.NODE.of(self.ip)]
         if self.deploys:
             names += [HostStep.DEPLOY.of(self.ip), HostStep.ROOTFS.of(self.ip)]
-            if self.images:
+            if self.holds_data:
                 names.append(HostStep.DATA.of(self.ip))
             names.append(self.registry_step)
         return names
@@ -166,6 +167,15 @@ class Topology:
     @property
     def down_hosts(self) -> list[str]:
         return [h.ip for h in self.hosts if h.down]
+
+    def data_sources(self, ip: str) -> list[str]:
+        """Where the data step of deploy host ``ip`` copies from, in order, host to host: a
+        replica pulls from master0 (never from a down host); master0 keeps its own data, or
+        copies from the first other live deploy host (config order) holding a complete replica."""
+        if ip != self.master0:
+            return [self.master0]
+        down = set(self.down_hosts)
+        return [d for d in self.deploy_hosts if d != ip and d not in down]
 
     def host(self, ip: str) -> HostPlan:
         for h in self.hosts:

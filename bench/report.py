@@ -65,6 +65,13 @@ TARGETS = [
     ("copy_tar_ssh_1gib_s", "baseline", None),
     ("copy_tar_ssh_gcm_1gib_s", "baseline (our cipher)", None),
     ("copy_sftp_md5_1gib_s", "baseline (sealer)", None),
+    ("h2h_pull_1gib_s", "tar|ssh gcm host to host / this >= 0.8",
+     lambda r: None if _ratio(r, "h2h_tar_ssh_gcm_1gib_s", "h2h_pull_1gib_s") is None
+     else _ratio(r, "h2h_tar_ssh_gcm_1gib_s", "h2h_pull_1gib_s") >= 0.8),
+    ("h2h_tar_ssh_gcm_1gib_s", "baseline host to host (our cipher)", None),
+    ("h2h_tar_ssh_1gib_s", "baseline host to host", None),
+    ("h2h_resync_files", "= 0", lambda r: _get(r, "h2h_resync_files") is not None and r["h2h_resync_files"] == 0),
+    ("h2h_resync_s", "<= 2 s", lambda r: _get(r, "h2h_resync_s") is not None and r["h2h_resync_s"] <= 2),
     ("resync_bytes", "= 0", lambda r: _get(r, "resync_bytes") is not None and r["resync_bytes"] == 0),
     ("resync_s", "<= 2 s", lambda r: _get(r, "resync_s") is not None and r["resync_s"] <= 2),
     ("noop_changes", "= 0", lambda r: _get(r, "noop_changes") is not None and r["noop_changes"] == 0),
@@ -86,6 +93,7 @@ RATIOS = [
     ("rto_sequential_50_s / rto_50_s", "rto_sequential_50_s", "rto_50_s"),
     ("copy_tar_ssh_1gib_s / copy_1gib_s", "copy_tar_ssh_1gib_s", "copy_1gib_s"),
     ("copy_sftp_md5_1gib_s / copy_1gib_s", "copy_sftp_md5_1gib_s", "copy_1gib_s"),
+    ("h2h_tar_ssh_gcm_1gib_s / h2h_pull_1gib_s", "h2h_tar_ssh_gcm_1gib_s", "h2h_pull_1gib_s"),
 ]
 
 
@@ -111,7 +119,8 @@ def table(results: dict) -> str:
         "failover_packets_to_old": "failover: packets to the old master0",
     }
     size = params.get("copy_size_mib")
-    for key in ("copy_1gib_s", "copy_tar_ssh_1gib_s", "copy_tar_ssh_gcm_1gib_s", "copy_sftp_md5_1gib_s"):
+    for key in ("copy_1gib_s", "copy_tar_ssh_1gib_s", "copy_tar_ssh_gcm_1gib_s", "copy_sftp_md5_1gib_s",
+                "h2h_pull_1gib_s", "h2h_tar_ssh_gcm_1gib_s", "h2h_tar_ssh_1gib_s"):
         labels[key] = f"{key} ({size} MiB)"
     rows = [("measure", "value", "target", "met")]
     met = verdicts(results)

@@ -1,7 +1,8 @@
 """The bench's phases and its command line (see bench/__init__.py and `python -m bench --help`).
 
 Phase `small`: a lab of 3 masters + N nodes, a stack deployed in `pre` mode, a second `up`
-(no-op figures), the copies to one node, then master0 killed and the recovery `up` (rto_s).
+(no-op figures), the copies to one node (`copy`), the host-to-host copies between two nodes
+(`hostcopy`, bench/hostcopy.py), then master0 killed and the recovery `up` (rto_s).
 Phase `large`: a fresh lab of 3 masters + M nodes, deployed, master0 killed; the sequential
 baseline recovery by SSH (then undone), the recovery preview and the recovery `up` under a memory
 sampler (rto_50_s, rss_mb).
@@ -34,6 +35,7 @@ from topology import parse_step
 
 from bench import copy as copybench
 from bench import failover as failoverbench
+from bench import hostcopy
 from bench.procmem import TreePeak
 from bench.report import machine, plugins, table, verdicts
 
@@ -264,6 +266,8 @@ class Run:
 
         if "copy" in self.args.only:
             self.phase_copy(env.nodes[-1])
+        if "hostcopy" in self.args.only:
+            self.phase_hostcopy(env.nodes[-2], env.nodes[-1])
 
         old, new = self.kill_and_plan(stack, env)
         before = self.lab.packets_to(old)
@@ -287,6 +291,19 @@ class Run:
                                        "blobs": sum(1 for f in src.files() if "/blobs/" in f)}
         for key, value in res.items():
             if key in ("copy", "copy_tar_ssh", "copy_tar_ssh_gcm", "copy_sftp_md5"):
+                key = f"{key}_1gib_s"
+            self.record(key, value)
+
+    def phase_hostcopy(self, source: str, replica: str) -> None:
+        size = self.args.copy_size
+        log(f"phase hostcopy: {size >> 20} MiB registry {source} -> {replica}, {self.args.repeat} round(s)")
+        src = self.copy_source()
+        load = os.getloadavg()[0]
+        res = hostcopy.measure(self.lab, source, replica, src, self.args.repeat, log)
+        self.results["conditions"]["hostcopy"] = {"load_before": round(load, 2),
+                                                  "load_after": round(os.getloadavg()[0], 2)}
+        for key, value in res.items():
+            if key in ("h2h_pull", "h2h_tar_ssh_gcm", "h2h_tar_ssh"):
                 key = f"{key}_1gib_s"
             self.record(key, value)
 
@@ -413,7 +430,7 @@ class Run:
             self.env = engine_env()
             self.results["plugins"] = plugins(self.env["PATH"])
             log(f"pulumi state {BENCH_DIR / 'state'}")
-            if "small" in self.args.only or "copy" in self.args.only:
+            if self.args.only & {"small", "copy", "hostcopy"}:
                 self.phase_small() if "small" in self.args.only else self.copy_only()
             if "large" in self.args.only:
                 self.phase_large()
@@ -446,7 +463,10 @@ class Run:
 
     def copy_only(self) -> None:
         self.lab.up(masters=1, nodes=1)
-        self.phase_copy(self.lab.nodes()[0].name)
+        if "copy" in self.args.only:
+            self.phase_copy(self.lab.nodes()[0].name)
+        if "hostcopy" in self.args.only:
+            self.phase_hostcopy(self.lab.masters()[0].name, self.lab.nodes()[0].name)
 
     def teardown(self) -> None:
         for stack in self.stacks:
@@ -470,8 +490,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, help="engine --parallel for every up/preview")
     p.add_argument("--profile", action="store_true",
                    help="large phase: also a no-op up and the registry moved at several --parallel")
-    p.add_argument("--only", default="small,copy,large,failover",
-                   help="phases to run, comma separated: small,copy,large,failover")
+    p.add_argument("--only", default="small,copy,hostcopy,large,failover",
+                   help="phases to run, comma separated: small,copy,hostcopy,large,failover")
     p.add_argument("--out", default=str(BENCH_DIR / "results.json"))
     p.add_argument("--keep", action="store_true", help="leave the lab, control plane and stacks up")
     p.add_argument("--allow-instance-0", action="store_true", help=argparse.SUPPRESS)
@@ -481,7 +501,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.copy_size = a.copy_size or ((64 << 20) if a.quick else (1 << 30))
     a.repeat = a.repeat or (1 if a.quick else 3)
     a.only = {s.strip() for s in a.only.split(",") if s.strip()}
-    unknown = a.only - {"small", "copy", "large", "failover"}
+    unknown = a.only - {"small", "copy", "hostcopy", "large", "failover"}
     if unknown:
         p.error(f"unknown phase(s) {sorted(unknown)}")
     return a

@@ -44,8 +44,10 @@ Adopt a running sealer cluster: `adopt --from MASTER0 --stack NAME`.
    host's host key (ssh-keyscan, trust on first use: compare the fingerprints
    printed), the registry's domain, port and login from the Clusterfile, sealer's cert and key
    (registry.tls.cert/key: nodes keep their trust), its htpasswd and its registry config as-is
-   (the registry sealer started keeps serving), the boot history inline. Without --image-store
-   the stack copies no registry data: master0 serves what sealer put there.
+   (the registry sealer started keeps serving), the boot history inline. Every master is a
+   deploy host. Without --image-store the data is sealer's on master0: in pre mode (the
+   default) `pulumi up` replicates it host to host to the other masters, so `recover` can move
+   master0 onto one of them.
 3. Checks the whole config offline (every problem printed; nothing written if any), then writes
    Pulumi.NAME.yaml: plain values in the file, every secret through `pulumi config set --secret`
    on stdin (never on a command line), creating the stack in the backend if needed; and
@@ -381,15 +383,15 @@ def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace
         apps["history_file"] = str(resolve_local_path(args.history_file, args.project_dir))
     else:
         apps["history"] = _boot_history(files, files.meta.get("history", "application.json"))
-    deploy = [cf.master0]
     if args.image_store or args.cluster_image_id:
         apps["image_store"] = str(resolve_local_path(args.image_store, args.project_dir)) if args.image_store else None
         apps["cluster_image_id"] = args.cluster_image_id
-        deploy = list(cf.masters)
     else:
-        notes.append("no --image-store: the stack copies no registry data (master0 serves what "
-                     "sealer put there) and `recover` refuses until it has a source")
-    registry["local_registry"]["deploy_hosts"] = deploy
+        notes.append("no --image-store: the registry data is sealer's on master0; "
+                     + ("`pulumi up` replicates it host to host to the other masters (pre mode)"
+                        if args.distribution == "pre" else
+                        "in post mode only master0 holds it: `recover` needs a replica or a store"))
+    registry["local_registry"]["deploy_hosts"] = list(cf.masters)
 
     plain = {
         "master0": cf.master0,

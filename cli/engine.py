@@ -93,9 +93,18 @@ class Steps:
     diagnostics: list[str] = field(default_factory=list)     # error diagnostics without a resource
 
     def record(self, name: str, type_: str, op: str) -> None:
-        self.types[name] = type_
-        if self.ops.get(name) in ("replace", "create-replacement") and op in ("delete-replaced", "create-replacement"):
+        before = self.ops.get(name)
+        if before in ("replace", "create-replacement") and op in ("delete-replaced", "create-replacement"):
             return
+        # A step whose type changes (the data step: local store push <-> remote pull) is a new
+        # URN: the engine creates one and deletes the other under the same name. It reads as a
+        # replace, with the new step's type.
+        if {before, op} == {"create", "delete"}:
+            if op == "create":
+                self.types[name] = type_
+            self.ops[name] = "replace"
+            return
+        self.types[name] = type_
         self.ops[name] = op
 
 

@@ -35,25 +35,43 @@ class HostHealth:
     # whether the containerd serving the CRI reads certs.d: certs.d | unset | elsewhere:<dirs> |
     # stale | no-cri | down | unknown | - (see scripts/lib/containerd.sh)
     containerd: str | None = None
+    replica: dict | None = None     # the replica stamp (deploy hosts): source, age_s, files, bytes
+
+    def replica_cell(self) -> str:
+        """``self 4m`` / ``198.18.0.11 2h`` (where it was copied from, how long ago) / ``none``."""
+        if self.deploy == RegistryRole.NONE:
+            return "-"
+        if self.replica is None:
+            return "none"
+        age = self.replica["age_s"]
+        return f"{self.replica['source']} {'?' if age is None else short_age(age)}"
 
     def row(self, expected: int) -> tuple[str, ...]:
-        """The table's cells: HOST ROLE REACHABLE DEPLOY REGISTRY IMAGES DOMAIN CA CONTAINERD."""
+        """The table's cells: HOST ROLE REACHABLE DEPLOY REGISTRY IMAGES REPLICA DOMAIN CA
+        CONTAINERD."""
         deploy = "-" if self.deploy == RegistryRole.NONE else self.deploy
         if self.down:
-            return (self.ip, self.role, "down (listed)", deploy, "-", "-", "-", "-", "-")
+            return (self.ip, self.role, "down (listed)", deploy, "-", "-", "-", "-", "-", "-")
         if not self.reachable:
-            return (self.ip, self.role, "no", deploy, "?", "?", "?", "?", "?")
+            return (self.ip, self.role, "no", deploy, "?", "?", "?", "?", "?", "?")
         is_deploy = self.deploy != RegistryRole.NONE
         registry = self.registry if is_deploy or self.registry == "running" else "-"
         data = f"{self.images}/{expected}" if is_deploy else "-"
-        return (self.ip, self.role, "yes", deploy, registry, data, self.resolves or "(none)",
-                self.ca or "", self.containerd or "?")
+        return (self.ip, self.role, "yes", deploy, registry, data, self.replica_cell(),
+                self.resolves or "(none)", self.ca or "", self.containerd or "?")
 
     def as_json(self) -> dict:
         return {"ip": self.ip, "role": self.role, "deploy": self.deploy, "down": self.down,
                 "reachable": self.reachable, "error": self.error, "registry": self.registry,
                 "images": self.images, "resolves": self.resolves, "ca": self.ca,
-                "containerd": self.containerd}
+                "containerd": self.containerd, "replica": self.replica}
+
+
+def short_age(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 # containerd states that are fine: it reads certs.d, or the kubelet does not pull through it.
@@ -122,6 +140,9 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
         health.registry, health.resolves, health.ca = probe.registry, probe.resolves, probe.ca
         health.containerd = probe.containerd
         health.images = present if plan.deploys else None
+        if plan.deploys and probe.replica is not None:
+            health.replica = {"source": probe.replica["source"], "age_s": probe.replica_age,
+                              "files": probe.replica["files"], "bytes": probe.replica["bytes"]}
         if plan.place is Place.MASTER0:
             master0_images = present
             if probe.registry != "running":
@@ -131,6 +152,9 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
         if plan.holds_data and present < expected:
             problems.append(f"{ip} holds {present} of {expected} images "
                             f"(missing e.g. {probe.missing_refs[0] if probe.missing_refs else '?'})")
+        if plan.holds_data and probe.replica is None:
+            problems.append(f"{ip} holds no complete replica stamp (registry/.sealer-replica): its "
+                            "data step has not completed; run `pulumi up`")
         if probe.resolves != master0:
             problems.append(f"{ip}: {domain} points to {probe.resolves or 'nothing'}, "
                             f"not to master0 {master0}")
@@ -151,8 +175,8 @@ def check_cluster(session: Session) -> Assessment:
 
 
 def render_table(result: Assessment, domain: str = "sea.hub") -> str:
-    head = ("HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", f"{domain.upper()} ->", "CA",
-            "CONTAINERD")
+    head = ("HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", "REPLICA",
+            f"{domain.upper()} ->", "CA", "CONTAINERD")
     body = result.rows()
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()

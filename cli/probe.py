@@ -8,6 +8,7 @@ report; `recover` and `rejoin` use the same probe for their preflight.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +37,16 @@ class HostProbe:
     containerd: str = ""          # certs.d | unset | elsewhere:<dirs> | stale | no-cri | down | unknown | -
     disk_avail: int = 0
     registry_bytes: int = 0
+    replica: dict | None = None   # the replica stamp when complete (scripts/lib/replica.sh)
+    clock: int = 0                # the host's unix time when probed
     seconds: float = 0.0
+
+    @property
+    def replica_age(self) -> int | None:
+        """Seconds since the stamp was written, by the host's own clock."""
+        if self.replica is None or not self.clock:
+            return None
+        return max(0, self.clock - int(self.replica.get("completed_at", self.clock)))
 
 
 def parse_probe(ip: str, stdout: str) -> HostProbe:
@@ -50,7 +60,9 @@ def parse_probe(ip: str, stdout: str) -> HostProbe:
             seen = True
         elif key == "ref_missing":
             probe.missing_refs.append(value)
-        elif key in ("refs_ok", "disk_avail", "registry_bytes"):
+        elif key == "replica":
+            probe.replica = parse_stamp(value)
+        elif key in ("refs_ok", "disk_avail", "registry_bytes", "clock"):
             setattr(probe, key, int(value) if value.isdigit() else 0)
         elif key in ("hostname", "registry", "resolves", "ca", "containerd"):
             setattr(probe, key, value)
@@ -58,6 +70,21 @@ def parse_probe(ip: str, stdout: str) -> HostProbe:
         probe.reachable = False
         probe.error = "the probe printed nothing"
     return probe
+
+
+STAMP_KEYS = {"source": str, "completed_at": int, "files": int, "bytes": int, "tree": str}
+
+
+def parse_stamp(text: str) -> dict | None:
+    """The replica stamp's fields, or None when there is none or it does not parse."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or any(not isinstance(doc.get(k), t) or isinstance(doc.get(k), bool)
+                                        for k, t in STAMP_KEYS.items()):
+        return None
+    return {k: doc[k] for k in STAMP_KEYS}
 
 
 def ca_digest(config: StackConfig) -> str:

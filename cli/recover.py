@@ -12,7 +12,8 @@ from cli.change import (Change, Outcome, Result, Timer, apply_change, failure, f
                         health_summary_json, plan_json, preflight_probe)
 from cli.common import (CliError, add_json_argument, add_ssh_key_argument, add_stack_arguments,
                         guarded, parse_ip, print_json)
-from cli.probe import HostProbe, complete_images
+from cli.change import PREFLIGHT_TIMEOUT_S
+from cli.probe import HostProbe, complete_images, probe_command, probe_hosts
 from cli.session import Session
 from config import StackConfig
 from config.image_store import StoredImage
@@ -25,8 +26,10 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
 
 1. Preflight, touching nothing: NEW must be a master of the cluster, a deploy host, not down,
    reachable over SSH within 3 s; in pre mode its replica must hold every image of the boot
-   history; the local image store must hold every image; NEW needs disk space for the data it
-   lacks. The apiserver the records will be written through (the first of
+   history; the local image store, when the stack names one, must hold every image; NEW needs
+   disk space for the data it lacks. A stack without image store (adopted) copies host to host:
+   pre mode needs NEW's own complete replica (its replica stamp), post mode NEW's or another
+   live deploy host's. The apiserver the records will be written through (the first of
    kubernetes.endpoints not down; by default NEW's) must answer GET /readyz with the
    kubeconfig's credentials within 5 s. The old master0 is never dialled.
 2. Sets master0 to NEW and adds the old master0 to down_hosts (through the engine), runs
@@ -40,7 +43,7 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
   command "recover", stack, exit_code, error (null, or why it failed; a refusal or a failed
   `up` has only these four keys), outcome (previewed|aborted|applied), resumed (NEW already was
   master0), old_master0, master0, down_hosts, preflight {host, replica_images,
-  images_expected, disk_avail_bytes, needed_bytes, apiserver}, plan {changes, repointed, launch_on,
+  images_expected, disk_avail_bytes, needed_bytes, apiserver, data_source}, plan {changes, repointed, launch_on,
   data_to, dropped {ip: resources}, records, lines}, verified (null unless applied: {healthy,
   master0_images, images_expected, problems}), seconds {preflight, preview, up, verify}.
 
@@ -112,11 +115,6 @@ def preflight(session: Session, host: str, down_hosts: list[str]) -> dict:
     written once ``down_hosts`` is set; touches nothing."""
     config = session.config
     check_role(config, host)
-    if not config.apps.copies_data:
-        raise CliError("the stack copies no registry data (no apps.image_store, as `adopt` "
-                       f"leaves it): {host} would serve a registry without the boot history's "
-                       "images; set apps.image_store and apps.cluster_image_id, run `pulumi up` "
-                       "while master0 is alive, then recover")
     images = session.images  # a missing image refuses here (post and pre)
     probe: HostProbe = preflight_probe(session, host)
     if not probe.reachable:
@@ -126,14 +124,46 @@ def preflight(session: Session, host: str, down_hosts: list[str]) -> dict:
         raise CliError(f"{host}'s replica holds {present} of {len(images)} images (missing "
                        f"{probe.missing_refs[0]}); in pre mode the new master0 must already hold "
                        "the data: run `pulumi up` while master0 is alive, or use post mode")
-    needed = max(0, image_bytes(session.image_store, images) - probe.registry_bytes)
+    if config.apps.copies_data:
+        needed = max(0, image_bytes(session.image_store, images) - probe.registry_bytes)
+        source = "the image store"
+    else:
+        source, needed = data_source(session, host, probe, down_hosts)
     if probe.disk_avail < needed:
         raise CliError(f"{host} has {human_bytes(probe.disk_avail)} free under {config.rootfs}, "
                        f"the registry data needs {human_bytes(needed)} more")
     api = apiserver.check(session, down_hosts, master0=host)
     return {"host": host, "replica_images": present, "images_expected": len(images),
             "disk_avail_bytes": probe.disk_avail, "needed_bytes": needed,
-            "apiserver": api.endpoint}
+            "apiserver": api.endpoint, "data_source": source}
+
+
+def data_source(session: Session, host: str, probe: HostProbe,
+                down_hosts: list[str]) -> tuple[str, int]:
+    """Where the new master0's data comes from when the stack names no image store (an adopted
+    cluster), and how many bytes it lacks: its own complete replica (pre mode needs one), else
+    (post) the first other live deploy host holding a complete replica, as its data step will
+    choose. Refuses when there is none: the new master0 would serve no data."""
+    config = session.config
+    if probe.replica is not None:
+        return f"{host}'s own replica", 0
+    if config.distribution == "pre":
+        raise CliError(f"{host} holds no complete replica (no registry/.sealer-replica stamp; the "
+                       "stack names no image store): in pre mode the new master0 must already hold "
+                       "the data: run `pulumi up` while master0 is alive, or choose a master whose "
+                       "`status` REPLICA column shows a stamp")
+    down = set(down_hosts)
+    others = [ip for ip in config.deploy_hosts if ip != host and ip not in down]
+    probes = probe_hosts(session.ssh(), others, probe_command(config, []), PREFLIGHT_TIMEOUT_S)
+    for ip in others:
+        replica = probes[ip].replica if probes[ip].reachable else None
+        if replica is not None:
+            return f"{ip}'s replica", max(0, int(replica["bytes"]) - probe.registry_bytes)
+    tried = ", ".join(f"{ip} ({'no complete replica' if probes[ip].reachable else 'unreachable'})"
+                      for ip in others) or "no other live deploy host"
+    raise CliError(f"no source for the registry data: {host} holds no complete replica, the stack "
+                   f"names no image store (apps.image_store), and no live deploy host holds one "
+                   f"(tried: {tried})")
 
 
 def rerun_hint(args: argparse.Namespace) -> str:
@@ -169,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         timer.add("preflight", time.monotonic() - start)
         print(f"preflight ok: {host} is a reachable master and deploy host; replica "
               f"{checked['replica_images']}/{checked['images_expected']} images; "
+              f"data from {checked['data_source']}; "
               f"{human_bytes(checked['disk_avail_bytes'])} free; the records go through the "
               f"apiserver {checked['apiserver']}, which answers ({timer.phases['preflight']:.1f}s)"
               + ("" if not resume else f"; master0 is already {host}: resuming"), file=out)

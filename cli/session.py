@@ -82,7 +82,7 @@ class Session:
     @property
     def images(self) -> list[StoredImage]:
         """The images the registry must serve, from the local image store the config names (none
-        when the stack copies no data)."""
+        when the stack names no image store)."""
         if self._images is None and self.image_store is None:
             self._images = []
         if self._images is None:

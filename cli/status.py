@@ -17,7 +17,9 @@ DESCRIPTION = """\
 Probe every cluster host over SSH (one session per host, all at once, ConnectTimeout 3 s) and print
 one row per host: whether it is reachable, its role, whether it is a deploy host, whether a
 registry answers there, how many images of the boot history its registry data holds completely
-(each image.json ref's tag link names its digest and the manifest blob exists), where the registry
+(each image.json ref's tag link names its digest and the manifest blob exists), its replica
+stamp (REPLICA: where the data was copied from, "self" on the source, and how long ago; "none"
+when no complete copy is stamped: a deploy host that should hold data then is a problem), where the registry
 domain points, whether its CA trust equals the configured CA, and whether the containerd that
 serves its CRI reads /etc/containerd/certs.d (CRI config_path from `containerd config dump` of the
 running daemon's config; "stale" when that config changed after the daemon started; "no-cri" and
@@ -31,17 +33,18 @@ gives the expected images.
   [text], hosts [{ip, role (master0|master|node), deploy (launch|standby|none), down,
   reachable (null when down), error, registry (running|stopped|null), images (complete images
   on a deploy host, else null), resolves ("" when the domain maps to nothing, null when not
-  probed), ca (ok|differs|partial|absent|-|null)}].
+  probed), ca (ok|differs|partial|absent|-|null), replica (null, or {source, age_s, files,
+  bytes}: the replica stamp of a deploy host)}].
 
 Exit codes: 0 healthy, 1 degraded (each problem is printed), 2 bad input.
 """
 EPILOG = """\
 example:
   $ python -m cli status --stack demo
-  HOST         ROLE     REACHABLE  DEPLOY   REGISTRY  IMAGES  SEA.HUB ->   CA  CONTAINERD
-  198.18.0.11  master0  yes        launch   running   4/4     198.18.0.11  ok  certs.d
-  198.18.0.12  master   yes        standby  stopped   4/4     198.18.0.11  ok  certs.d
-  198.18.0.21  node     yes        -        -         -       198.18.0.11  ok  certs.d
+  HOST         ROLE     REACHABLE  DEPLOY   REGISTRY  IMAGES  REPLICA         SEA.HUB ->   CA  CONTAINERD
+  198.18.0.11  master0  yes        launch   running   4/4     self 3m         198.18.0.11  ok  certs.d
+  198.18.0.12  master   yes        standby  stopped   4/4     198.18.0.11 3m  198.18.0.11  ok  certs.d
+  198.18.0.21  node     yes        -        -         -       -               198.18.0.11  ok  certs.d
   healthy: master0 198.18.0.11 serves 4/4 images; 3 of 3 live hosts point at it (0.9s)
   $ python -m cli status --json | jq -r '.hosts[] | select(.reachable == false) | .ip'
 """

@@ -3,6 +3,7 @@ than root runs every step through `sudo -n` (passwordless sudo is required, neve
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 
 import pulumi
@@ -86,3 +87,33 @@ class SshAccess:
         secret = password if password is not None else self.private_key
         assert secret is not None, f"no SSH key or password for {ip}"
         return secret
+
+    def pull_sources(self, ips: list[str]) -> list[str]:
+        """``scripts/pull-data.sh`` arguments naming each source host, in order: ``--source IP
+        PORT USER HOST_KEY|-``. Between cluster hosts there is no jump host; the host key is
+        checked when the config gives one."""
+        args: list[str] = []
+        for ip in ips:
+            args += ["--source", ip, str(self.port_for(ip)), self.user_for(ip),
+                     self.host_keys.get(ip, "-")]
+        return args
+
+    def pull_credentials(self, ips: list[str]) -> pulumi.Output[str]:
+        """What ``scripts/pull-data.sh`` reads on its stdin to log in to ``ips``
+        (``credential_lines``). A secret Output: it travels only on the step's stdin."""
+        passwords = {ip: self.password_for(ip) for ip in ips if self.password_for(ip) is not None}
+        order = list(passwords)
+        return pulumi.Output.secret(pulumi.Output.all(self.private_key, *passwords.values()).apply(
+            lambda v: credential_lines(v[0], dict(zip(order, v[1:])))))
+
+
+def credential_lines(key: str | None, passwords: dict[str, str]) -> str:
+    """``key <base64>`` (the cluster key, if any) and ``password <ip> <base64>`` per source with
+    its own password: one line each, so no secret's bytes can break the format."""
+    out = [] if key is None else [f"key {_b64(key)}"]
+    out += [f"password {ip} {_b64(p)}" for ip, p in passwords.items()]
+    return "".join(line + "\n" for line in out)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

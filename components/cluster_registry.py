@@ -76,10 +76,14 @@ class ClusterRegistry(pulumi.ComponentResource):
 
         payload = RootfsPayload.of(m, args.domain)  # the same files on every deploy host
         self.deploy_hosts: dict[str, DeployHost] = {}
-        for host in layout.live_deploy:
+        # master0 first: the replicas' data steps pull from it once its own data step is done.
+        for host in sorted(layout.live_deploy, key=lambda h: h.ip != master0):
+            first = self.deploy_hosts.get(master0)
             self.deploy_hosts[host.ip] = DeployHost(HostStep.DEPLOY.of(host.ip), DeployHostArgs(
                 host=host, rootfs=args.rootfs, domain=args.domain, port=args.port,
                 access=args.access, payload=payload, image_store=args.image_store,
+                data_sources=tuple(layout.data_sources(host.ip)),
+                after=(first.data,) if first is not None and first.data is not None else (),
             ), opts=child)
         launch = self.deploy_hosts[master0].registry
 

@@ -73,7 +73,9 @@ class DeployHostArgs:
     port: int
     access: SshAccess
     payload: RootfsPayload
-    image_store: str   # the local image store the data is copied from
+    image_store: str   # the local image store master0's data is copied from ("" = none)
+    data_sources: tuple[str, ...] = ()  # hosts the data step may copy from (topology.data_sources)
+    after: tuple[pulumi.Resource, ...] = ()  # a replica's data step runs after master0's
 
 
 class DeployHost(pulumi.ComponentResource):
@@ -99,13 +101,31 @@ class DeployHost(pulumi.ComponentResource):
         steps: list[pulumi.Resource] = [self.rootfs]
 
         images = [image_hex(i) for i in host.images]
-        self.data: local.Command | None = None
-        if images:
-            sync = script_run(
-                "sync-data.sh", *args.access.rsync_flags(ip),
-                f"{args.access.user_for(ip)}@{ip}", str(args.access.port_for(ip)), args.rootfs,
-                args.image_store, *images, data=args.access.rsync_secret(ip))
-            self.data = local_step(HostStep.DATA.of(ip), sync, opts=child)
+        self.data: local.Command | remote.Command | None = None
+        self.data_after = list(args.after)  # what the data step waits for (tests read it)
+        if host.holds_data:
+            data_opts = child.merge(pulumi.ResourceOptions(depends_on=list(args.after)))
+            if host.role is RegistryRole.LAUNCH and images and args.image_store:
+                # master0 from the operator's image store (the lab's, or a stack that names one).
+                sync = script_run(
+                    "sync-data.sh", *args.access.rsync_flags(ip), "--stamp-self",
+                    f"{args.access.user_for(ip)}@{ip}", str(args.access.port_for(ip)), args.rootfs,
+                    args.image_store, *images, data=args.access.rsync_secret(ip))
+                self.data = local_step(HostStep.DATA.of(ip), sync, opts=data_opts)
+            else:
+                # Host to host: the step runs on this host and pulls over SSH (the cluster's key
+                # or the source's password on stdin only; quiet step).
+                sources = list(args.data_sources)
+                # With an image store, master0's data changes with the images: the replicas pull
+                # again then. Without one, the program cannot see a change of master0's tree.
+                generation = (["--generation", hashlib.sha256(" ".join(images).encode()).hexdigest()[:16]]
+                              if images and args.image_store else [])
+                pull = script_run(
+                    "pull-data.sh", "--master0" if host.role is RegistryRole.LAUNCH else "--replica",
+                    args.rootfs, *generation, *args.access.pull_sources(sources),
+                    data=args.access.pull_credentials(sources))
+                self.data = host_step(HostStep.DATA.of(ip), args.access, ip, pull, quiet=True,
+                                      opts=data_opts)
             steps.append(self.data)
 
         after_files = child.merge(pulumi.ResourceOptions(depends_on=steps))

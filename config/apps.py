@@ -87,10 +87,10 @@ HISTORY_FILE_READ = "history_file_read"
 
 
 class AppsConfig(ConfigModel):
-    """The boot history, and where the registry data comes from: ``image_store`` (with the
-    ``cluster_image_id`` it holds) is copied to the deploy hosts. Without both, the program copies
-    no data: the deploy hosts serve what they already hold (an adopted cluster: sealer's data on
-    master0), and recovery has no source to fill a new master0 from."""
+    """The boot history, and an optional local source of the registry data: ``image_store`` (with
+    the ``cluster_image_id`` it holds) is pushed to master0, whose tree the other deploy hosts pull
+    host to host. Without both, the data is the cluster's own (an adopted cluster: sealer's on
+    master0): master0 keeps it and the replicas pull it; a new master0 is filled from a replica."""
 
     history: Optional[BootHistory] = None
     history_file: Optional[LocalPath] = None
@@ -120,7 +120,7 @@ class AppsConfig(ConfigModel):
 
     @property
     def copies_data(self) -> bool:
-        """The program copies registry data from a local image store to the deploy hosts."""
+        """The program pushes registry data from a local image store to master0."""
         return self.image_store is not None
 
     @property

@@ -7,12 +7,15 @@
 # Output (stdout): probe, hostname, registry (running|stopped), ref_missing (once per missing
 # REF), refs_ok, resolves, ca (ok|differs|partial|absent|-), containerd (whether the containerd
 # that serves the CRI reads /etc/containerd/certs.d: see containerd_certs_d_state), disk_avail,
-# registry_bytes.
+# registry_bytes, replica (the replica stamp's line when complete, else none), clock (the host's
+# unix time, to age the stamp by the host's own clock).
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
   # shellcheck source=lib/containerd.sh
   source "${BASH_SOURCE[0]%/*}/lib/containerd.sh"
+  # shellcheck source=lib/replica.sh
+  source "${BASH_SOURCE[0]%/*}/lib/replica.sh"
 fi
 
 # running when something answers /v2/ on the registry port (401 counts: auth is on).
@@ -106,6 +109,12 @@ main() {
   echo "disk_avail=$(disk_avail "$rootfs")"
   bytes=$(du -sb "$rootfs/registry" 2>/dev/null | cut -f1 || true)
   echo "registry_bytes=${bytes:-0}"
+  if stamp_complete "$rootfs/registry"; then
+    echo "replica=$(cat "$rootfs/registry/.sealer-replica")"
+  else
+    echo "replica=none"
+  fi
+  echo "clock=$(date +%s)"
 }
 
 main "$@"

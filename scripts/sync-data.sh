@@ -5,13 +5,18 @@
 # and verified (every blob sent is hashed on the host and must equal its name).
 # Runs on the machine that runs `pulumi up`.
 # Usage: sync-data.sh [--key-file PATH | --key-stdin | --password-stdin] [--host-key LINE]
-#                     [--jump USER@HOST:PORT] [--sudo] USER@HOST PORT ROOTFS STORE IMAGE_HEX...
+#                     [--jump USER@HOST:PORT] [--sudo] [--stamp-self]
+#                     USER@HOST PORT ROOTFS STORE IMAGE_HEX...
+# --stamp-self: the host is the cluster's source (master0): its replica stamp (lib/replica.sh) is
+# removed before the copy and written as "source": "self" after the verification.
 # --password-stdin: log in with the password on stdin; ssh gets it from an askpass helper that
 # reads a 0600 file in this script's private temp dir (never argv, never the environment).
 # --sudo: USER is not root; the commands and rsync's receiver run through `sudo -n`.
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
+  # shellcheck source=lib/replica.sh
+  source "${BASH_SOURCE[0]%/*}/lib/replica.sh"
 fi
 
 KEY_FILE=""
@@ -19,6 +24,7 @@ PASSWORD_FILE=""
 HOST_KEY=""
 JUMP=""
 SUDO=""
+STAMP=""
 WORK=""
 
 cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
@@ -32,6 +38,7 @@ parse_flags() {
       --host-key) HOST_KEY=$2; shift 2 ;;
       --jump) JUMP=$2; shift 2 ;;
       --sudo) SUDO="sudo -n"; shift ;;
+      --stamp-self) STAMP=1; shift ;;
       *) break ;;
     esac
   done
@@ -98,8 +105,14 @@ main() {
   # SIGKILL): on SIGTERM a receiver's cleanup keeps its partial file as .~tmp~/<name>, and done
   # while the new copy ran it overwrote the new copy's finished file there, which then went into
   # place truncated.
-  local receivers="--ns \$\$ --nslist mnt -x -f 'rsync --server .* [.] '$dest/"
-  "${ssh_cmd[@]}" "$target" "$(as_root "mkdir -p $dest && if command -v pkill >/dev/null; then pkill $receivers || true; for i in \$(seq 50); do pgrep $receivers >/dev/null || break; sleep 0.1; done; pkill --signal KILL $receivers || true; fi")"
+  local receivers="--ns \$\$ --nslist mnt -x -f 'rsync --server .* [.] '$dest/" unstamp="" stamp=""
+  if [[ -n "$STAMP" ]]; then
+    # As pull-data.sh: no stamp while the copy writes, and the mark of an unfinished copy.
+    unstamp="rm -f $dest/.sealer-replica && echo store >$dest/.sealer-replica.run && "
+    stamp="bash -c $(printf '%q' "$(declare -f tree_list write_stamp)
+tree_list $dest >$dest/.sealer-replica.list && write_stamp $dest self $dest/.sealer-replica.list && rm -f $dest/.sealer-replica.list $dest/.sealer-replica.run")"
+  fi
+  "${ssh_cmd[@]}" "$target" "$(as_root "mkdir -p $dest && ${unstamp}if command -v pkill >/dev/null; then pkill $receivers || true; for i in \$(seq 50); do pgrep $receivers >/dev/null || break; sleep 0.1; done; pkill --signal KILL $receivers || true; fi")"
   [[ -z "$SUDO" ]] || rsync_path=(--rsync-path="$SUDO rsync")
   rsync -a --delay-updates --out-format='%n' -e "$(printf '%q ' "${ssh_cmd[@]}")" "${rsync_path[@]}" \
     "${sources[@]}" "$target:$rootfs/registry/" >"$WORK/sent"
@@ -114,6 +127,11 @@ main() {
     <"$WORK/blobs" |
     awk '{ sub(/^\*/, "", $2); n = split($2, p, "/"); if (p[n - 1] != $1) { print "corrupt blob: " $2; bad++ } }
          END { exit bad > 0 }' >&2 || fatal "blob verification failed on $host"
+  if [[ -n "$stamp" ]]; then
+    # Verified: this host is the source, "self" (one more session, for master0 only).
+    "${ssh_cmd[@]}" "$target" "$(as_root "$stamp")"
+    info "source stamp written on $host"
+  fi
   echo "synced $# images to $host"
 }
 

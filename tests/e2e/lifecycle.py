@@ -19,6 +19,12 @@ from lab.stack import (DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, hosts_line
 from tests.e2e.kube import Kube
 
 
+def replica_stamp(lab_env, ip) -> dict | None:
+    """The host's replica stamp (scripts/lib/replica.sh), None when it has none."""
+    done = lab_env.lab.run(ip, f"cat {lab_env.rootfs}/registry/.sealer-replica", check=False)
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
 def pull_image(lab, node_ip, ref) -> str:
     """The digest ``ref``'s tag resolves to in a real containerd pull on ``node_ip`` (manifest,
     config and every layer digest-verified) through its own /etc/hosts and
@@ -64,6 +70,19 @@ class Lifecycle:
         for ref in lab_env.refs:
             assert pull_image(lab_env.lab, lab_env.nodes[0], ref) == ref.split("@")[1]
         assert "registry-verify" in report.remote_commands()
+        # master0 is the source ("self"); in pre mode every other deploy host copied its tree
+        # host to host (the step ran on the replica) and stamped it with master0's tree digest.
+        source = replica_stamp(lab_env, m0)
+        assert source is not None and source["source"] == "self" and source["files"] > 0
+        for ip in lab_env.masters[1:]:
+            got = replica_stamp(lab_env, ip)
+            if self.mode == "pre":
+                assert got is not None and got["source"] == m0, (ip, got)
+                assert (got["tree"], got["files"], got["bytes"]) == (
+                    source["tree"], source["files"], source["bytes"])
+                assert report.types.get(f"data-{ip}") == "command:remote:Command"
+            else:
+                assert got is None and f"data-{ip}" not in report.steps
 
     def test_records_in_cluster(self, lab_env, stack):
         """ConfigMaps and Secret exist in kube-system with the right keys; no secret in plaintext
@@ -105,6 +124,12 @@ class Lifecycle:
                 assert changed.get(f"node-{ip}") == "update", ip
         if self.mode == "post":
             assert changed.get(f"data-{new}") == "create"
+        else:
+            # The replica's pull (remote) becomes master0's store push (local): the type is part
+            # of the URN, so the engine creates the new step and deletes the old one, whose
+            # delete runs nothing (none declared). The other replica pulls from the new master0.
+            assert changed.get(f"data-{new}") in ("create", "delete")
+            assert changed.get(f"data-{lab_env.masters[2]}") == "update"
         touching_old = [n for n, op in changed.items() if n.endswith(old) and op != "delete"]
         assert touching_old == []
         assert lab_env.lab.packets_to(old) == before
@@ -122,6 +147,9 @@ class Lifecycle:
                 assert hosts_line(lab_env.lab, ip) == [f"{new} {DOMAIN} #hostalias-set-by-sealer"]
         for ref in lab_env.refs:
             assert pull_image(lab_env.lab, lab_env.nodes[0], ref) == ref.split("@")[1]
+        assert replica_stamp(lab_env, new)["source"] == "self"
+        if self.mode == "pre":
+            assert replica_stamp(lab_env, lab_env.masters[2])["source"] == new
         # The kubeconfig names the dead master0's apiserver: the records went through a live
         # master's (the etcd quorum of the other two holds them).
         assert f"https://{old}:6443" in lab_env.kubeconfig.read_text()
@@ -142,6 +170,8 @@ class Lifecycle:
         assert not registry_running(lab_env.lab, old)
         for ip in lab_env.all_ips:
             assert hosts_line(lab_env.lab, ip) == [f"{new} {DOMAIN} #hostalias-set-by-sealer"]
+        if self.mode == "pre":  # its data step pulled from the new master0 (no --delete: its own stays)
+            assert replica_stamp(lab_env, old)["source"] == new
         assert stack.up().changed() == {}
 
 

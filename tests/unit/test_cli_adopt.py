@@ -168,15 +168,16 @@ def test_sealer_files_from_the_read_scripts_tar():
 
 def test_adoption_brings_sealers_material_and_keeps_every_secret_out_of_the_plain_config(tmp_path):
     """Hosts, the Clusterfile's key (a secret), sealer's cert (plain) and key, htpasswd and
-    password (secrets), its registry config as-is, the boot history inline, master0 alone as the
-    deploy host and no data source; the whole config validates offline."""
+    password (secrets), its registry config as-is, the boot history inline, every master a
+    deploy host (replicas of sealer's data, host to host) and no image store; the whole config
+    validates offline."""
     result = adopt(tmp_path)
     plain = result.plain
     assert plain["cluster"]["masters"] == MASTERS and plain["cluster"]["nodes"] == NODES
     assert plain["cluster"]["ssh"]["host_keys"] == HOST_KEYS
     assert plain["registry"]["tls"] == {"cert": CERT}
     assert plain["registry"]["config"] == BASEFS_REGISTRY_CONFIG
-    assert plain["registry"]["local_registry"]["deploy_hosts"] == [MASTERS[0]]
+    assert plain["registry"]["local_registry"]["deploy_hosts"] == MASTERS
     assert plain["apps"] == {"history": HISTORY}
     assert set(result.secrets) == {"cluster.ssh.private_key", "registry.tls.key",
                                    "registry.htpasswd", "registry.password"}

@@ -22,7 +22,7 @@ ERROR_KEYS = {"command", "stack", "exit_code", "error"}
 STATUS_KEYS = ERROR_KEYS | {"healthy", "master0", "domain", "images_expected", "master0_images",
                             "seconds", "problems", "hosts"}
 HOST_KEYS = {"ip", "role", "deploy", "down", "reachable", "error", "registry", "images",
-             "resolves", "ca", "containerd"}
+             "resolves", "ca", "containerd", "replica"}
 RECOVER_KEYS = ERROR_KEYS | {"outcome", "resumed", "old_master0", "master0", "down_hosts",
                              "preflight", "plan", "verified", "seconds"}
 CLUSTER_HEX = "c" * 64
@@ -125,7 +125,9 @@ def test_health_json_reports_typed_values_of_reachable_hosts():
     m1, _, m3, n1 = doc["hosts"]
     assert m1 == {"ip": M1, "role": "master0", "deploy": "launch", "down": False, "reachable": True,
                   "error": None, "registry": "running", "images": 2, "resolves": M1, "ca": "ok",
-                  "containerd": "certs.d"}
+                  "containerd": "certs.d",
+                  "replica": {"source": "self", "age_s": 180, "files": 12, "bytes": 3456}}
+    assert (m3["deploy"], m3["replica"]) == ("none", None)
     assert (m3["deploy"], m3["images"], n1["role"], n1["images"]) == ("none", None, "node", None)
 
 

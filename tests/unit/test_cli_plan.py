@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cli.plan import render
 
 OLD, NEW = "198.18.0.11", "198.18.0.12"
@@ -74,3 +76,18 @@ def test_no_changes_says_so():
 def test_unknown_resources_are_listed_verbatim():
     plan = render({"something-else": "create"}, master0=NEW, domain="sea.hub", down_hosts=[])
     assert plan.lines == ["  something-else (create)"]
+
+
+@pytest.mark.parametrize("first, second", [("create", "delete"), ("delete", "create")])
+def test_a_step_that_changes_type_reads_as_a_replace_with_the_new_type(first, second):
+    """The data step of a new master0 turns from a remote pull into the store push: the engine
+    creates one URN and deletes the other under one name; the plan copies the data there."""
+    from cli.engine import Steps
+    steps = Steps()
+    types = {"create": "command:local:Command", "delete": "command:remote:Command"}
+    steps.record("data-198.18.0.12", types[first], first)
+    steps.record("data-198.18.0.12", types[second], second)
+    assert steps.ops == {"data-198.18.0.12": "replace"}
+    assert steps.types == {"data-198.18.0.12": "command:local:Command"}
+    plan = render(steps.ops, master0="198.18.0.12", domain="sea.hub", down_hosts=["198.18.0.11"])
+    assert plan.data_to == ["198.18.0.12"]

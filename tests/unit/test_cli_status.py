@@ -41,7 +41,9 @@ def make_config(distribution: str = "pre", down_hosts=(), master0: str = M1):
     })
 
 
-COLUMNS = ("host", "role", "reachable", "deploy", "registry", "images", "resolves", "ca", "containerd")
+COLUMNS = ("host", "role", "reachable", "deploy", "registry", "images", "replica", "resolves", "ca",
+           "containerd")
+STAMP = {"source": "self", "completed_at": 1000, "files": 12, "bytes": 3456, "tree": "e" * 64}
 
 
 def cells(result) -> list[dict[str, str]]:
@@ -51,7 +53,8 @@ def cells(result) -> list[dict[str, str]]:
 
 def healthy_probe(ip: str, master0: str = M1, registry: str = "stopped", missing=()) -> HostProbe:
     return HostProbe(ip=ip, reachable=True, registry=registry, refs_ok=3 - len(missing),
-                     missing_refs=list(missing), resolves=master0, ca="ok", containerd="certs.d")
+                     missing_refs=list(missing), resolves=master0, ca="ok", containerd="certs.d",
+                     replica=dict(STAMP, source="self" if ip == master0 else master0), clock=1180)
 
 
 def healthy_probes(master0: str = M1) -> dict[str, HostProbe]:
@@ -140,16 +143,45 @@ def test_containerd_that_does_not_read_certs_d_is_a_problem_line(state, why):
 def test_render_table_aligns_columns():
     result = assess(make_config(), IMAGES, healthy_probes())
     lines = render_table(result).splitlines()
-    assert lines[0].split() == ["HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", "SEA.HUB", "->", "CA",
-                                "CONTAINERD"]
-    assert lines[1].split() == [M1, "master0", "yes", "launch", "running", "2/2", M1, "ok", "certs.d"]
+    assert lines[0].split() == ["HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", "REPLICA",
+                                "SEA.HUB", "->", "CA", "CONTAINERD"]
+    assert lines[1].split() == [M1, "master0", "yes", "launch", "running", "2/2", "self", "3m", M1, "ok",
+                                "certs.d"]
+    assert lines[2].split()[6:8] == [M1, "3m"]
     assert {line.index(M1) for line in lines[1:2]} == {0}
+
+
+def test_replica_column_shows_source_and_age_and_a_missing_stamp_is_a_problem():
+    """A deploy host that holds data without a complete stamp is a problem (pre: the standby
+    too; post: master0 only); hosts without a deploy role show '-'."""
+    probes = healthy_probes()
+    probes[M2].replica = None
+    pre = assess(make_config("pre"), IMAGES, probes)
+    assert [r["replica"] for r in cells(pre)] == ["self 3m", "none", "-", "-"]
+    assert pre.problems == [f"{M2} holds no complete replica stamp (registry/.sealer-replica): its "
+                            "data step has not completed; run `pulumi up`"]
+    assert assess(make_config("post"), IMAGES, probes).problems == []
+    assert pre.hosts[0].as_json()["replica"] == {"source": "self", "age_s": 180, "files": 12, "bytes": 3456}
+
+
+@pytest.mark.parametrize("text, ok", [
+    ('{"source": "self", "completed_at": 5, "files": 1, "bytes": 2, "tree": "ab"}', True),
+    ('{"source": "198.18.0.11", "completed_at": 5, "files": 0, "bytes": 0, "tree": "ab", "x": 1}', True),
+    ("none", False), ("{}", False), ("[1]", False),
+    ('{"source": "self", "completed_at": "5", "files": 1, "bytes": 2, "tree": "ab"}', False),
+    ('{"source": "self", "completed_at": true, "files": 1, "bytes": 2, "tree": "ab"}', False),
+])
+def test_parse_stamp_accepts_the_contract_s_fields_only(text, ok):
+    from cli.probe import parse_stamp
+    assert (parse_stamp(text) is not None) is ok
 
 
 def test_parse_probe_reads_every_key():
     out = ("probe=1\nhostname=srl-11\nregistry=running\nref_missing=a:b@sha256:x\nrefs_ok=2\n"
-           "resolves=198.18.0.11\nca=ok\ncontainerd=elsewhere:/a:/b\ndisk_avail=123\nregistry_bytes=45\n")
+           "resolves=198.18.0.11\nca=ok\ncontainerd=elsewhere:/a:/b\ndisk_avail=123\nregistry_bytes=45\n"
+           'replica={"source": "self", "completed_at": 100, "files": 1, "bytes": 2, "tree": "ab"}\nclock=160\n')
     p = parse_probe(M1, out)
+    assert p.replica["source"] == "self" and p.replica_age == 60
     assert (p.reachable, p.hostname, p.registry, p.missing_refs, p.refs_ok, p.resolves, p.ca,
             p.containerd, p.disk_avail, p.registry_bytes) == (
         True, "srl-11", "running", ["a:b@sha256:x"], 2, "198.18.0.11", "ok", "elsewhere:/a:/b", 123, 45)
@@ -217,10 +249,25 @@ def test_probe_script_reports_present_and_missing_refs(tmp_path):
     assert probe.disk_avail > 0 and probe.registry_bytes > 0
 
 
+def test_probe_script_reports_a_complete_stamp_and_not_a_broken_one(tmp_path):
+    rootfs = tmp_path / "data/lab/rootfs"
+    (rootfs / "registry").mkdir(parents=True)
+    stamp = rootfs / "registry/.sealer-replica"
+    stamp.write_text('{"source": "198.18.0.11", "completed_at": 100, "files": 3, "bytes": 42, '
+                     '"tree": "' + "a" * 64 + '"}\n')
+    probe = run_probe(rootfs, tmp_path)
+    assert probe.replica == {"source": "198.18.0.11", "completed_at": 100, "files": 3, "bytes": 42,
+                             "tree": "a" * 64}
+    assert probe.replica_age is not None and probe.replica_age > 0
+    stamp.write_text('{"source": "198.18.0.11", "completed_at": 100}\n')
+    assert run_probe(rootfs, tmp_path).replica is None
+
+
 def test_probe_script_on_a_host_without_rootfs(tmp_path):
     probe = run_probe(tmp_path / "data/lab/rootfs", tmp_path, ca_sha="0" * 64)
     assert probe.refs_ok == 0 and len(probe.missing_refs) == 3
     assert probe.registry_bytes == 0 and probe.disk_avail > 0
+    assert probe.replica is None and probe.clock > 0
     assert probe.ca in ("absent", "differs")
 
 

@@ -90,8 +90,8 @@ def test_names_and_counts_for_three_masters_four_nodes(ca):
     assert f"registry-standby-{MASTERS[1]}" in names
     assert not any(n.endswith(MASTERS[2]) for n in names if n.startswith(("deploy-", "rootfs-", "data-", "registry-")))
     remote = [r for r in declare(make_args(ca)).of_type("command:remote:Command")]
-    # 7 node steps + 2 rootfs + 2 registry steps + verify
-    assert len(remote) == 7 + 2 + 2 + 1
+    # 7 node steps + 2 rootfs + 2 registry steps + verify + the replica's data pull
+    assert len(remote) == 7 + 2 + 2 + 1 + 1
     node = declare(make_args(ca)).by_name()[f"node-{NODES[0]}"].inputs
     assert node["create"] == f"bash -s -- sea.hub {MASTERS[0]} 5000"
     assert node["stdin"].endswith(ca[0])
@@ -133,8 +133,13 @@ def test_changing_master0_changes_only_launch_hosts_entries_and_verify(ca):
             f"data-{MASTERS[0]}"} <= removed
     changed = {n for n in set(before) & set(after) if before[n].inputs != after[n].inputs}
     expected = {f"node-{ip}" for ip in MASTERS[1:] + NODES} | {
-        "registry-verify", "sealer-registry-config"}
+        "registry-verify", "sealer-registry-config", f"data-{MASTERS[1]}"}
     assert changed == expected
+    # With an image store the new master0's data comes from it: its pull step (remote) becomes
+    # the store push (local), a replace whose delete half runs no command (none is declared).
+    data = f"data-{MASTERS[1]}"
+    assert (before[data].typ, after[data].typ) == ("command:remote:Command", "command:local:Command")
+    assert not before[data].inputs.get("delete") and MASTERS[0] not in after[data].inputs["create"]
 
 
 def test_declared_names_are_the_topology_s(ca):

@@ -1,5 +1,5 @@
 """Config rules an adopted cluster relies on (each with accepting and rejecting cases): a stack
-that copies no data (no image store), a registry config brought as-is, and per-host SSH settings."""
+that names no image store (the data is the cluster's own), a registry config brought as-is, and per-host SSH settings."""
 
 from __future__ import annotations
 
@@ -12,17 +12,20 @@ from tests.unit.test_config import DELETE, PKI, assert_rejected, load, render
 from topology import HostStep, Topology
 
 
-# -- no image store: the program copies no data --------------------------------------------------
+# -- no image store: the data is the cluster's own, copied host to host ----------------------------
 
 
-def test_a_stack_without_image_store_copies_no_data():
-    """Without apps.image_store and apps.cluster_image_id the stack is valid, names no images and
-    plans no data step on any host; the deploy hosts keep what they hold."""
+def test_a_stack_without_image_store_copies_from_the_cluster():
+    """Without apps.image_store and apps.cluster_image_id the stack is valid and names no images;
+    the data steps stay (master0 stamps its own data, pre-mode replicas pull it host to host)."""
     config = load(render(apps__image_store=DELETE, apps__cluster_image_id=DELETE))
     assert not config.apps.copies_data
     assert config.image_ids == []
-    steps = Topology.of(config).resource_names()
-    assert not [s for s in steps if s.startswith(f"{HostStep.DATA.value}-")]
+    layout = Topology.of(config)
+    steps = layout.resource_names()
+    holders = [h.ip for h in layout.live_deploy if h.holds_data]
+    assert holders and {HostStep.DATA.of(ip) for ip in holders} == {
+        s for s in steps if s.startswith(f"{HostStep.DATA.value}-")}
     assert HostStep.ROOTFS.of("198.18.0.11") in steps
 
 

@@ -23,7 +23,7 @@ def bash_listing(source: str) -> str:
 def uncompacted(name: str) -> str:
     """The same composition as script_body, from the files as they are, comments and all."""
     text = (SCRIPTS_DIR / name).read_text()
-    libs = ["common.sh"] + [lib for lib in ("registry.sh", "containerd.sh") if f"lib/{lib}" in text]
+    libs = ["common.sh"] + [lib for lib in ("registry.sh", "containerd.sh", "replica.sh") if f"lib/{lib}" in text]
     return (f"SCRIPT_NAME={name}\n" + "".join((SCRIPTS_DIR / "lib" / lib).read_text() for lib in libs)
             + text[:-len(LAST_LINE)])
 

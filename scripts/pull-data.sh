@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Fills this deploy host's registry data (<rootfs>/registry/docker) from another cluster host,
+# host to host: rsync over SSH run here, the source only reads. The machine running `pulumi` only
+# sends this script. Incremental (unchanged files are not sent), atomic (--delay-updates: files
+# arrive under .~tmp~ and are renamed into place together at the end), verified (every blob
+# received is hashed here against its name, and every file the source listed is here with its
+# size), never deleting (no --delete: an empty or wrong source cannot wipe a replica).
+# The replica stamp (lib/replica.sh) is removed before the copy writes and written after it is
+# verified; an interrupted copy leaves .sealer-replica.run behind, so it is never taken for data.
+# Usage: pull-data.sh --replica|--master0 ROOTFS [--generation G] [--source IP PORT USER HOST_KEY|-]...
+#   --replica: copy from the first source (master0), which must hold a complete stamp.
+#   --master0: this host is the source: keep its own data when its stamp is complete (or it holds
+#     data no copy of ours ever touched: sealer's); else copy from the first source holding a
+#     complete stamp. Then write the stamp "self".
+#   --generation: what the program knows of the source's content (a digest of the image-store
+#     images master0 gets); unused here, a change only makes the engine run the step again.
+# stdin: credentials, one per line (never argv or the environment): "key <base64 private key>",
+#   "password <ip> <base64 password>" (a source with a password logs in with it).
+if ! declare -F info >/dev/null; then
+  # shellcheck source=lib/common.sh
+  source "${BASH_SOURCE[0]%/*}/lib/common.sh"
+  # shellcheck source=lib/replica.sh
+  source "${BASH_SOURCE[0]%/*}/lib/replica.sh"
+fi
+
+WORK=""
+RUN_MARK=.sealer-replica.run
+
+cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
+
+# Credentials from stdin into 0600 files of the private temp dir.
+read_credentials() {
+  local kind a b
+  while read -r kind a b; do
+    case "$kind" in
+      key) (umask 077 && printf '%s' "$a" | base64 -d >"$WORK/id") ;;
+      password) (umask 077 && printf '%s' "$b" | base64 -d >"$WORK/password-$a") ;;
+      "") ;;
+      *) fatal "unknown credential line on stdin: $kind" ;;
+    esac
+  done
+}
+
+# ssh command for a source (one argument per line); exports the askpass helper when the source
+# logs in with a password (SSH_ASKPASS_REQUIRE=force: also without a terminal).
+ssh_command() {
+  local ip=$1 port=$2 host_key=$3
+  local cmd=(ssh -p "$port" -o ConnectTimeout=5 -o ServerAliveInterval=5 -o ServerAliveCountMax=3
+    -c aes128-gcm@openssh.com -F /dev/null)
+  if [[ -f "$WORK/password-$ip" ]]; then
+    printf '#!/bin/sh\nexec cat %q\n' "$WORK/password-$ip" >"$WORK/askpass-$ip"
+    chmod 0700 "$WORK/askpass-$ip"
+    cmd+=(-o BatchMode=no -o "PreferredAuthentications=keyboard-interactive,password"
+      -o NumberOfPasswordPrompts=1 -o PubkeyAuthentication=no)
+  else
+    [[ -f "$WORK/id" ]] || fatal "no SSH key or password on stdin for $ip"
+    cmd+=(-o BatchMode=yes -i "$WORK/id" -o IdentitiesOnly=yes)
+  fi
+  if [[ "$host_key" != - ]]; then
+    printf '%s %s\n' "$([[ "$port" == 22 ]] && echo "$ip" || echo "[$ip]:$port")" "$host_key" >"$WORK/known_hosts-$ip"
+    cmd+=(-o StrictHostKeyChecking=yes -o UserKnownHostsFile="$WORK/known_hosts-$ip")
+  else
+    cmd+=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+  fi
+  printf '%s\n' "${cmd[@]}"
+}
+
+use_askpass_for() {
+  if [[ -f "$WORK/askpass-$1" ]]; then
+    export SSH_ASKPASS="$WORK/askpass-$1" SSH_ASKPASS_REQUIRE=force
+  else
+    unset SSH_ASKPASS SSH_ASKPASS_REQUIRE
+  fi
+}
+
+# End an rsync of ours that an interrupted earlier run left writing into this registry (its
+# session is dead: this step is the replica's only writer). Only processes that see this mount
+# namespace: hosts sharing a kernel (containers, the lab) keep theirs. Wait until they are gone
+# (5 s, then SIGKILL): a receiver's cleanup on SIGTERM writes its partial file under .~tmp~.
+end_stale_copies() {
+  local registry=$1 pattern i
+  command -v pkill >/dev/null || { warn "no pkill: cannot end an interrupted copy's rsync"; return 0; }
+  pattern="^rsync -a --delay-updates .* [^ ]+:$registry/docker $registry/\$"
+  pkill --ns $$ --nslist mnt -f "$pattern" || true
+  for i in $(seq 50); do
+    pgrep --ns $$ --nslist mnt -f "$pattern" >/dev/null || return 0
+    sleep 0.1
+  done
+  pkill --signal KILL --ns $$ --nslist mnt -f "$pattern" || true
+  info "ended the rsync of an interrupted copy (after ${i}x0.1 s)"
+}
+
+# The source's stamp then its tree list, in one session; fails unless the stamp is complete.
+read_source() {
+  local registry=$1 user=$2 ip=$3 out=$4 prefix=""
+  shift 4
+  [[ "$user" == root ]] || prefix="sudo -n "
+  "$@" "$user@$ip" "${prefix}bash -s" >"$out" <<REMOTE
+$(declare -f tree_list)
+cat $(printf '%q' "$registry/.sealer-replica") 2>/dev/null || echo none
+tree_list $(printf '%q' "$registry")
+REMOTE
+}
+
+# pull_from REGISTRY IP PORT USER HOST_KEY: copy and verify; on success the stamp names IP (the
+# caller may rewrite it as self). Returns 3 when the source holds no complete replica, 4 when it
+# cannot be read, 5 when the copy failed; a verification failure ends the script. Called in an
+# `||` list, where bash ignores `set -e`: every step checks its own status.
+pull_from() {
+  local registry=$1 ip=$2 port=$3 user=$4 host_key=$5 ssh_cmd rsync_path=() token h blobs
+  mapfile -t ssh_cmd < <(ssh_command "$ip" "$port" "$host_key")
+  use_askpass_for "$ip"  # after ssh_command wrote the helper
+  read_source "$registry" "$user" "$ip" "$WORK/source" "${ssh_cmd[@]}" </dev/null ||
+    { warn "cannot read $ip's registry over SSH"; return 4; }
+  head -1 "$WORK/source" >"$WORK/source-stamp" && tail -n +2 "$WORK/source" >"$WORK/list" || return 4
+  mkdir -p "$WORK/src" && cp "$WORK/source-stamp" "$WORK/src/.sealer-replica" || return 4
+  stamp_complete "$WORK/src" || { info "$ip holds no complete replica (stamp: $(cat "$WORK/source-stamp"))"; return 3; }
+  info "copying from $ip: $(wc -l <"$WORK/list") files"
+  token="$$-$(date +%s%N)-$RANDOM"
+  { rm -f "$registry/.sealer-replica" && printf '%s\n' "$token" >"$registry/$RUN_MARK"; } ||
+    fatal "cannot write in $registry"
+  end_stale_copies "$registry"
+  [[ "$user" == root ]] || rsync_path=(--rsync-path="sudo -n rsync")
+  rsync -a --delay-updates --exclude=_uploads/ --out-format='%n' -e "$(printf '%q ' "${ssh_cmd[@]}")" \
+    "${rsync_path[@]}" "$user@$ip:$registry/docker" "$registry/" >"$WORK/received" </dev/null ||
+    { warn "the copy from $ip failed (exit $?)"; return 5; }
+  # Partial files an interrupted copy kept under .~tmp~ are never renamed into place now.
+  find "$registry/docker" -depth -type d -name .~tmp~ -exec rm -rf {} + ||
+    fatal "cannot remove the partial files under $registry/docker"
+  grep -E '/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data$' "$WORK/received" >"$WORK/blobs" || true
+  blobs=$(wc -l <"$WORK/blobs")
+  info "$(wc -l <"$WORK/received") paths received from $ip, $blobs blobs; verifying them"
+  # openssl hashes ~5x faster than sha256sum with SHA extensions; one hasher per core, 16
+  # paths each, so each writes its lines in one atomic pipe write.
+  if command -v openssl >/dev/null; then h="openssl dgst -sha256 -r"; else h=sha256sum; fi
+  # shellcheck disable=SC2086 # $h is a command and its flags
+  (cd "$registry" && xargs -r -d '\n' -P "$(nproc)" -n 16 $h <"$WORK/blobs") |
+    awk '{ sub(/^\*/, "", $2); n = split($2, p, "/"); if (p[n - 1] != $1) { print "corrupt blob: " $2; bad++ } }
+         END { exit bad > 0 }' >&2 || fatal "blob verification failed: a blob received from $ip does not match its digest"
+  { tree_list "$registry" >"$WORK/have" && LC_ALL=C comm -23 "$WORK/list" "$WORK/have" >"$WORK/missing"; } ||
+    fatal "cannot list $registry"
+  [[ ! -s "$WORK/missing" ]] ||
+    fatal "$(wc -l <"$WORK/missing") files of $ip's tree are not here with their size (first: $(head -1 "$WORK/missing"))"
+  [[ "$(cat "$registry/$RUN_MARK" 2>/dev/null || true)" == "$token" ]] ||
+    fatal "another copy into $registry started meanwhile; not writing the stamp"
+  { write_stamp "$registry" "$ip" "$WORK/list" && rm -f "$registry/$RUN_MARK"; } ||
+    fatal "cannot write the stamp in $registry"
+  info "replica complete from $ip: $(cat "$registry/.sealer-replica")"
+}
+
+# Data on this host that no copy of ours left unfinished (sealer's own registry, or a store push).
+holds_own_data() {
+  local registry=$1
+  [[ ! -e "$registry/$RUN_MARK" && -d "$registry/docker/registry/v2" ]] &&
+    [[ -n "$(find "$registry/docker/registry/v2" -type f -print -quit)" ]]
+}
+
+stamp_self() {
+  local registry=$1
+  tree_list "$registry" >"$WORK/self"
+  write_stamp "$registry" self "$WORK/self"
+  info "source stamp: $(cat "$registry/.sealer-replica")"
+}
+
+main() {
+  local mode=$1 rootfs=$2 registry tried=() rc
+  shift 2
+  [[ "$mode" == --replica || "$mode" == --master0 ]] || fatal "first argument: --replica or --master0, not $mode"
+  WORK=$(mktemp -d)
+  trap cleanup EXIT
+  read_credentials
+  registry=$rootfs/registry
+  mkdir -p "$registry"
+  if [[ "${1:-}" == --generation ]]; then
+    info "source generation $2"
+    shift 2
+  fi
+  if [[ "$mode" == --master0 ]]; then
+    if stamp_complete "$registry" || holds_own_data "$registry"; then
+      info "this host holds the data ($(stamp_complete "$registry" && echo "complete stamp" || echo "own data, no stamp")); copying nothing"
+      end_stale_copies "$registry"
+      find "$registry/docker" -depth -type d -name .~tmp~ -exec rm -rf {} + 2>/dev/null || true
+      stamp_self "$registry"
+      return 0
+    fi
+    tried+=("this host (no complete stamp$([[ -e "$registry/$RUN_MARK" ]] && echo ", an interrupted copy"))")
+  fi
+  while (($#)); do
+    [[ "$1" == --source && $# -ge 5 ]] || fatal "bad source arguments: $*"
+    rc=0
+    pull_from "$registry" "$2" "$3" "$4" "$5" || rc=$?
+    if ((rc == 0)); then
+      [[ "$mode" == --replica ]] || stamp_self "$registry"
+      return 0
+    fi
+    case $rc in
+      3) tried+=("$2 (no complete replica)") ;;
+      4) tried+=("$2 (unreachable)") ;;
+      *) tried+=("$2 (copy failed)") ;;
+    esac
+    [[ "$mode" == --master0 ]] || break
+    shift 5
+  done
+  fatal "no source holds the registry data; tried: ${tried[*]:-no source}"
+}
+
+main "$@"
