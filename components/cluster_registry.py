@@ -74,12 +74,14 @@ class ClusterRegistry(pulumi.ComponentResource):
             application_json=args.application_json,
         ), opts=child)
 
-        payload = RootfsPayload.of(m, args.domain)  # the same files on every deploy host
+        payload = RootfsPayload.of(m, args.domain)  # master0's, and a cold standby's
+        read_only = RootfsPayload.of(m, args.domain, read_only=True) if layout.mirrors else None
         self.deploy_hosts: dict[str, DeployHost] = {}
         for host in layout.live_deploy:
             self.deploy_hosts[host.ip] = DeployHost(HostStep.DEPLOY.of(host.ip), DeployHostArgs(
                 host=host, rootfs=args.rootfs, domain=args.domain, port=args.port,
-                access=args.access, payload=payload, image_store=args.image_store,
+                access=args.access, payload=read_only if host.read_only else payload,
+                image_store=args.image_store,
             ), opts=child)
         launch = self.deploy_hosts[master0].registry
 
@@ -87,7 +89,7 @@ class ClusterRegistry(pulumi.ComponentResource):
         for host in layout.live:
             self.nodes[host.ip] = node_step(ClusterNodeArgs(
                 ip=host.ip, domain=args.domain, port=args.port, master0=master0,
-                access=args.access, ca_cert=m.ca_cert, after=[launch],
+                access=args.access, ca_cert=m.ca_cert, mirrors=layout.mirrors, after=[launch],
             ), opts=child)
 
         refs = [str(ref) for img in args.images for ref in img.refs]

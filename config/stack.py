@@ -89,6 +89,7 @@ class StackConfig(ConfigModel):
                 host_keys=list(self.cluster.ssh.host_keys),
                 ssh_hosts=list(self.cluster.ssh.hosts),
             )
+            + standby_problems(self.distribution, self.registry.local_registry.standby)
         )
         if self.kubernetes.cluster_identifier is None:
             self.kubernetes.cluster_identifier = self.cluster.name
@@ -112,7 +113,7 @@ class StackConfig(ConfigModel):
             deploy_hosts=valid_ips(deploy) if deploy is not None else None,
             host_keys=[ip for k in host_keys for ip in (valid_ips([k]) or [])],
             ssh_hosts=[ip for k in ssh_hosts for ip in (valid_ips([k]) or [])],
-        )
+        ) + standby_problems(data.get("distribution"), section(registry, "local_registry").get("standby"))
 
     # -- derived views the program uses --------------------------------------------------------
     @property
@@ -153,6 +154,16 @@ class StackConfig(ConfigModel):
     def secure_paths(self) -> frozenset[str]:
         """Dotted paths (offline) or top-level keys (run time) that were Pulumi secrets."""
         return self._secure_paths
+
+
+def standby_problems(distribution: object, standby: object) -> list[tuple[str, str]]:
+    """A warm standby serves its own replica of the data: only `pre` puts one on every deploy
+    host (in `post` the other deploy hosts hold nothing until a recovery copies it)."""
+    if str(standby) == "warm" and str(distribution) == "post":
+        return [("registry.local_registry.standby",
+                 "warm needs distribution: pre (got distribution: post, where only master0 holds "
+                 "the registry data and a warm standby would serve nothing)")]
+    return []
 
 
 def cross_problems(
