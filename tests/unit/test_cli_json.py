@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 ERROR_KEYS = {"command", "stack", "exit_code", "error"}
 STATUS_KEYS = ERROR_KEYS | {"healthy", "master0", "domain", "images_expected", "master0_images",
                             "seconds", "problems", "hosts"}
-HOST_KEYS = {"ip", "role", "deploy", "down", "reachable", "error", "registry", "images",
+HOST_KEYS = {"ip", "role", "deploy", "down", "reachable", "error", "registry", "registry_mode", "images",
              "resolves", "ca", "containerd"}
 RECOVER_KEYS = ERROR_KEYS | {"outcome", "resumed", "old_master0", "master0", "down_hosts",
                              "preflight", "plan", "verified", "seconds"}
@@ -124,8 +124,8 @@ def test_health_json_reports_typed_values_of_reachable_hosts():
     assert doc["healthy"] is True and doc["images_expected"] == 2 and doc["master0_images"] == 2
     m1, _, m3, n1 = doc["hosts"]
     assert m1 == {"ip": M1, "role": "master0", "deploy": "launch", "down": False, "reachable": True,
-                  "error": None, "registry": "running", "images": 2, "resolves": M1, "ca": "ok",
-                  "containerd": "certs.d"}
+                  "error": None, "registry": "running", "registry_mode": None, "images": 2,
+                  "resolves": M1, "ca": "ok", "containerd": "certs.d"}
     assert (m3["deploy"], m3["images"], n1["role"], n1["images"]) == ("none", None, "node", None)
 
 
