@@ -70,3 +70,36 @@ def containerd_pull(lab, host: str, repo_tag: str, user: str = "", password: str
     return Pull(done.returncode == 0 and digest.startswith("sha256:"), digest, done.stderr,
                 time.monotonic() - start)
 
+
+
+@dataclasses.dataclass
+class PullRound:
+    """Pulls of a list of refs on one host, one after the other, the way a node restarting its
+    pods would: each ``(ref, Pull)`` in order."""
+
+    pulls: list[tuple[str, Pull]]
+
+    @property
+    def failures(self) -> list[str]:
+        """Refs that did not pull, or whose tag resolved to another digest than the ref's."""
+        return [ref for ref, p in self.pulls if not p.ok or p.digest != ref.rsplit("@", 1)[1]]
+
+    @property
+    def seconds(self) -> list[float]:
+        return [p.seconds for _, p in self.pulls]
+
+    def hops(self) -> int:
+        """How many times containerd gave up on a host and tried the next (its log says so)."""
+        return sum(p.stderr.count('msg="trying next host"') for _, p in self.pulls)
+
+    def lines(self) -> list[str]:
+        return [f"{ref.split('@')[0]}: {'ok' if ref not in self.failures else 'FAILED'} "
+                f"{p.seconds:.2f}s" for ref, p in self.pulls]
+
+
+def pull_round(lab, host: str, refs: list[str], user: str, password: str, domain: str = "sea.hub",
+               port: int = 5000, timeout: int = 600, namespace: str = "lab-pull") -> PullRound:
+    """Pull every ``REPO:TAG@DIGEST`` of ``refs`` on ``host`` through ``domain:port`` with the
+    host's containerd and its certs.d (``containerd_pull``), one at a time."""
+    return PullRound([(ref, containerd_pull(lab, host, ref.split("@")[0], user, password, domain,
+                                            port, namespace, timeout)) for ref in refs])

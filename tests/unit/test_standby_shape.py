@@ -224,3 +224,17 @@ def test_configure_node_refuses_a_mirror_that_is_not_an_address(tmp_path):
                            "sea.hub", "198.18.0.11", "5000", str(tmp_path / "hosts")],
                           capture_output=True, text=True, input="")
     assert done.returncode != 0 and "--mirror needs an IP address" in done.stderr
+
+
+def test_the_bench_s_replicas_first_variant_only_reorders_the_hosts():
+    """bench/standby.py's alternative order: the same tables, the warm standbys before master0."""
+    from bench.standby import replicas_first
+
+    script = (SCRIPTS_DIR / "configure-node.sh").read_text().removesuffix('main "$@"\n')
+    text = subprocess.run(["bash", "-c", f"{script}\nMIRRORS+=(198.18.0.12 198.18.0.13)\n"
+                                         "render_hosts_toml sea.hub 5000"],
+                          capture_output=True, text=True, check=True).stdout
+    original, reordered = tomllib.loads(text), tomllib.loads(replicas_first(text))
+    assert reordered == original
+    order = [line.split('"')[1] for line in replicas_first(text).splitlines() if line.startswith("[host.")]
+    assert order == ["https://198.18.0.12:5000", "https://198.18.0.13:5000", "https://sea.hub:5000"]
