@@ -95,7 +95,9 @@ class ClusterRegistry(pulumi.ComponentResource):
         refs = [str(ref) for img in args.images for ref in img.refs]
         password_line = (pulumi.Output.from_input(args.password).apply(lambda p: p + "\n")
                          if args.password is not None else "")
-        verify = script_run("verify-registry.sh", args.domain, str(args.port),
+        # The warm standbys too (TLS only): nodes fall back on them while master0 is dead.
+        mirrors = [a for ip in layout.mirrors for a in ("--mirror", ip)] if m.tls else []
+        verify = script_run("verify-registry.sh", *mirrors, args.domain, str(args.port),
                             "https" if m.tls else "http", args.username or "", master0,
                             *refs, data=password_line)
         self.verify = host_step(

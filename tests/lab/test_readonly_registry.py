@@ -149,3 +149,24 @@ def test_a_role_flip_relaunches_the_registry_on_the_other_config(lab, warm):
     assert http_code(lab, CLIENT, "POST", url)[0] == 405
     again = write_and_launch(lab, SPARE, warm["ro"])
     assert "skipped init-registry.sh" in again.stderr
+
+
+def verify(lab, mirrors: list[str], refs: list[str]):
+    """registry-verify's script as the program runs it for a warm stack (password on stdin)."""
+    args = [a for ip in mirrors for a in ("--mirror", ip)]
+    run = script_run("verify-registry.sh", *args, DOMAIN, str(PORT), "https", USER, SERVER_IP, *refs,
+                     data=PASSWORD + "\n")
+    return lab.ssh(CLIENT, run.command, input=run.stdin, check=False, timeout=300)
+
+
+def test_the_verification_checks_each_warm_standby(lab, warm):
+    """Every ref resolves on the replica too and its upload is refused; a read-write registry
+    named as a warm standby fails the verification."""
+    refs = [f"{r['repository']}:{r['tag']}@{r['digest']}" for r in warm["refs"]]
+    done = verify(lab, [SPARE_IP], refs)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == (f"verified {len(refs)} on 1 warm standbys ({SPARE_IP}): "
+                                           "read-only, over TLS by IP")
+    wrong = verify(lab, [SERVER_IP], refs)
+    assert wrong.returncode != 0
+    assert f"warm standby {SERVER_IP} answers an upload with 202, not 405" in wrong.stderr

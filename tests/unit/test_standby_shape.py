@@ -238,3 +238,10 @@ def test_the_bench_s_replicas_first_variant_only_reorders_the_hosts():
     assert reordered == original
     order = [line.split('"')[1] for line in replicas_first(text).splitlines() if line.startswith("[host.")]
     assert order == ["https://198.18.0.12:5000", "https://198.18.0.13:5000", "https://sea.hub:5000"]
+
+
+def test_the_verification_checks_the_warm_standbys_and_not_cold_ones(ca):
+    warm = declare(make_args(ca, **WARM)).by_name()["registry-verify"].inputs["create"]
+    assert warm.startswith(f"bash -s -- --mirror {MASTERS[1]} --mirror {MASTERS[2]} sea.hub 5000 https admin {MASTERS[0]} ")
+    cold = declare(make_args(ca, deploy_hosts=MASTERS)).by_name()["registry-verify"].inputs["create"]
+    assert cold.startswith(f"bash -s -- sea.hub 5000 https admin {MASTERS[0]} ")
