@@ -7,7 +7,7 @@ read-only. A fresh lab of 3 masters + 2 nodes; the tests of the class run in ord
 
 from __future__ import annotations
 
-import subprocess
+import socket
 import time
 
 import pytest
@@ -46,10 +46,11 @@ def settled_packets(lab, ip: str, live: list[str], quiet_s: float = 5.0, limit_s
     no longer knows the destination's port: after the 6-minute outage round the bridge had
     forgotten the second node (not used meanwhile), and the engine's first SSH frame to it was
     flooded to the dead master0's port too (seen with an nft set of saddr . daddr . dport: one
-    frame 198.18.x.1 -> node2:22). A ping from the root namespace to every live host first makes
-    the bridge learn their ports again."""
+    frame 198.18.x.1 -> node2:22). A TCP connect from the root namespace to every live host's sshd
+    first makes the bridge learn their ports again."""
     for host in live:
-        subprocess.run(["ping", "-c", "1", "-W", "1", host], capture_output=True, check=False)
+        with socket.create_connection((host, 22), timeout=3):
+            pass
     start, last = time.monotonic(), lab.packets_to(ip)
     first = last
     while time.monotonic() - start < limit_s:
