@@ -43,7 +43,8 @@ class Place(StrEnum):
 
 class RegistryRole(StrEnum):
     LAUNCH = "launch"    # master0: the registry runs here
-    STANDBY = "standby"  # any other deploy host: data and files ready, registry stopped
+    STANDBY = "standby"  # any other deploy host: data and files ready, registry stopped (cold)
+    #                      or serving its replica read-only (warm)
     NONE = "none"        # not a deploy host: a registry client only
 
 
@@ -87,6 +88,8 @@ class HostPlan:
     holds_data: bool           # the program keeps the registry data here (pre: every deploy host)
     images: tuple[str, ...]    # image-store ids of that data, the cluster image first (empty:
                                # no image store; the data is the cluster's own)
+    # A warm standby: its registry serves its replica read-only (standby role, warm, pre mode).
+    read_only: bool = False
 
     @property
     def deploys(self) -> bool:
@@ -121,6 +124,7 @@ class Topology:
     hosts: tuple[HostPlan, ...]  # every cluster host in config order (masters first)
     deploy_hosts: tuple[str, ...]  # as configured (down ones included)
     verifier: str              # the live host that verifies: a node other than master0 if any
+    standby: str = "cold"      # registry.local_registry.standby: cold | warm
 
     @classmethod
     def of(cls, config: StackConfig) -> Topology:
@@ -128,18 +132,20 @@ class Topology:
         return cls.build(master0=config.master0, masters=config.cluster.masters,
                          nodes=config.cluster.nodes, deploy_hosts=config.deploy_hosts,
                          down_hosts=config.down_hosts, distribution=str(config.distribution),
-                         image_ids=config.image_ids)
+                         image_ids=config.image_ids,
+                         standby=str(config.registry.local_registry.standby))
 
     @classmethod
     def build(cls, *, master0: str, masters: Iterable[str], nodes: Iterable[str],
               deploy_hosts: Iterable[str], down_hosts: Iterable[str], distribution: str,
-              image_ids: Iterable[str]) -> Topology:
+              image_ids: Iterable[str], standby: str = "cold") -> Topology:
         """The plan from the config's values (``of`` is the usual entry).
 
         Down hosts get nothing: no resource of theirs is declared, so the engine drops their old
         resources from state without dialling them (none has a delete command). When a host is
         taken off ``down_hosts`` its resources are created again and the idempotent scripts bring
-        it in line with the current master0."""
+        it in line with the current master0 (a warm standby, or a stopped registry when cold: a
+        revived old master0 never serves its stale data read-write)."""
         masters, nodes = list(masters), list(nodes)
         deploy, down = list(deploy_hosts), set(down_hosts)
         images = tuple(dict.fromkeys(image_ids))
@@ -150,11 +156,13 @@ class Topology:
             if ip in deploy:
                 role = RegistryRole.LAUNCH if ip == master0 else RegistryRole.STANDBY
             holds = role is not RegistryRole.NONE and (distribution == "pre" or ip == master0)
-            hosts.append(HostPlan(ip, place, role, ip in down, holds, images if holds else ()))
+            read_only = role is RegistryRole.STANDBY and holds and str(standby) == "warm"
+            hosts.append(HostPlan(ip, place, role, ip in down, holds, images if holds else (),
+                                  read_only))
         live = {h.ip for h in hosts if not h.down}
         others = [ip for ip in [*nodes, *masters] if ip in live and ip != master0]
         return cls(master0, str(distribution), tuple(hosts), tuple(deploy),
-                   others[0] if others else master0)
+                   others[0] if others else master0, str(standby))
 
     @property
     def live(self) -> list[HostPlan]:
@@ -163,6 +171,12 @@ class Topology:
     @property
     def live_deploy(self) -> list[HostPlan]:
         return [h for h in self.live if h.deploys]
+
+    @property
+    def mirrors(self) -> list[str]:
+        """The live warm standbys, in config order: the registry hosts a node's containerd tries
+        after master0 (pull and resolve only)."""
+        return [h.ip for h in self.live if h.read_only]
 
     @property
     def down_hosts(self) -> list[str]:

@@ -86,6 +86,12 @@ TARGETS = [
      lambda r: _get(r, "failover_verified_s") is not None and r["failover_verified_s"] <= 30),
     ("failover_packets_to_old", "= 0",
      lambda r: _get(r, "failover_packets_to_old") is not None and r["failover_packets_to_old"] == 0),
+    ("standby_pull_dead_failures", "= 0 (pulls, master0 dead)",
+     lambda r: _get(r, "standby_pull_dead_failures") is not None and r["standby_pull_dead_failures"] == 0),
+    ("standby_pull_alive_max_s", "per image, master0 alive", None),
+    ("standby_pull_dead_max_s", "per image, master0 dead: <= 3 x 30 s (containerd 1.6)",
+     lambda r: _get(r, "standby_pull_dead_max_s") is not None and r["standby_pull_dead_max_s"] <= 100),
+    ("standby_pull_dead_replicas_first_max_s", "same, standbys first in hosts.toml", None),
 ]
 
 RATIOS = [

@@ -8,6 +8,8 @@ baseline recovery by SSH (then undone), the recovery preview and the recovery `u
 sampler (rto_50_s, rss_mb).
 Phase `failover`: a fresh lab of 3 masters + 2 nodes, deployed, `cli watch` running, master0
 killed: kill -> dead decided -> up done -> verified, from the watcher's log (bench/failover.py).
+Phase `standby`: a fresh lab of 3 masters + 2 nodes, a stack with warm standby deployed; every
+boot-history image pulled on a node with master0 alive, then killed (bench/standby.py).
 Every figure is the wall time of the real thing, engine start included.
 """
 
@@ -36,6 +38,7 @@ from topology import parse_step
 from bench import copy as copybench
 from bench import failover as failoverbench
 from bench import hostcopy
+from bench import standby as standbybench
 from bench.procmem import TreePeak
 from bench.report import machine, plugins, table, verdicts
 
@@ -436,6 +439,8 @@ class Run:
                 self.phase_large()
             if "failover" in self.args.only:
                 self.phase_failover()
+            if "standby" in self.args.only:
+                self.phase_standby()
         except Exception as e:  # keep what was measured; say what failed
             self.results["errors"].append(f"{type(e).__name__}: {e}")
             traceback.print_exc()
@@ -460,6 +465,22 @@ class Run:
                                         env.masters, log)
         for key, value in figures.items():
             self.record(key, value, load if key == "failover_verified_s" else None)
+
+    def phase_standby(self) -> None:
+        """Pull delay with master0 dead and warm standbys serving (bench/standby.py)."""
+        log("phase standby: fresh lab of 3 masters + 2 nodes, warm standby, master0 killed")
+        self.lab.down()
+        env = self.lab_env(2)
+        stack = fresh_stack("benchwarm", self.env)
+        self.stacks.append(stack)
+        values = stack_values(env, master0=env.masters[0], distribution="pre")
+        values["registry"]["local_registry"]["standby"] = "warm"
+        stack.configure(values, {**SECRETS, "registry.tls.ca_key": env.ca[1]})
+        deployed = stack.up(self.args.parallel)
+        log(f"deployed benchwarm in {deployed.seconds:.1f}s")
+        load = os.getloadavg()[0]
+        for key, value in standbybench.measure(self.lab, env, log).items():
+            self.record(key, value, load if key == "standby_pull_dead_max_s" else None)
 
     def copy_only(self) -> None:
         self.lab.up(masters=1, nodes=1)
@@ -490,8 +511,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, help="engine --parallel for every up/preview")
     p.add_argument("--profile", action="store_true",
                    help="large phase: also a no-op up and the registry moved at several --parallel")
-    p.add_argument("--only", default="small,copy,hostcopy,large,failover",
-                   help="phases to run, comma separated: small,copy,hostcopy,large,failover")
+    p.add_argument("--only", default="small,copy,hostcopy,large,failover,standby",
+                   help="phases to run, comma separated: small,copy,hostcopy,large,failover,standby")
     p.add_argument("--out", default=str(BENCH_DIR / "results.json"))
     p.add_argument("--keep", action="store_true", help="leave the lab, control plane and stacks up")
     p.add_argument("--allow-instance-0", action="store_true", help=argparse.SUPPRESS)
@@ -501,7 +522,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.copy_size = a.copy_size or ((64 << 20) if a.quick else (1 << 30))
     a.repeat = a.repeat or (1 if a.quick else 3)
     a.only = {s.strip() for s in a.only.split(",") if s.strip()}
-    unknown = a.only - {"small", "copy", "hostcopy", "large", "failover"}
+    unknown = a.only - {"small", "copy", "hostcopy", "large", "failover", "standby"}
     if unknown:
         p.error(f"unknown phase(s) {sorted(unknown)}")
     return a

@@ -29,6 +29,7 @@ class HostHealth:
     reachable: bool | None     # None: down, not probed
     error: str | None = None   # why it is unreachable
     registry: str | None = None     # running | stopped
+    registry_mode: str | None = None  # read-only | read-write while running
     images: int | None = None       # images its registry data holds completely (deploy hosts)
     resolves: str | None = None     # where the registry domain points there ("": nowhere)
     ca: str | None = None           # ok | differs | partial | absent | - (insecure mode)
@@ -56,6 +57,8 @@ class HostHealth:
             return (self.ip, self.role, "no", deploy, "?", "?", "?", "?", "?", "?")
         is_deploy = self.deploy != RegistryRole.NONE
         registry = self.registry if is_deploy or self.registry == "running" else "-"
+        if registry == "running" and self.registry_mode == "read-only":
+            registry = "read-only"
         data = f"{self.images}/{expected}" if is_deploy else "-"
         return (self.ip, self.role, "yes", deploy, registry, data, self.replica_cell(),
                 self.resolves or "(none)", self.ca or "", self.containerd or "?")
@@ -63,6 +66,7 @@ class HostHealth:
     def as_json(self) -> dict:
         return {"ip": self.ip, "role": self.role, "deploy": self.deploy, "down": self.down,
                 "reachable": self.reachable, "error": self.error, "registry": self.registry,
+                "registry_mode": self.registry_mode,
                 "images": self.images, "resolves": self.resolves, "ca": self.ca,
                 "containerd": self.containerd, "replica": self.replica}
 
@@ -138,6 +142,7 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
         present = complete_images(images, probe.missing_refs)
         health.reachable = True
         health.registry, health.resolves, health.ca = probe.registry, probe.resolves, probe.ca
+        health.registry_mode = probe.registry_mode or None
         health.containerd = probe.containerd
         health.images = present if plan.deploys else None
         if plan.deploys and probe.replica is not None:
@@ -147,6 +152,14 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
             master0_images = present
             if probe.registry != "running":
                 problems.append(f"{ip} (master0) runs no registry")
+            elif probe.registry_mode == "read-only":
+                problems.append(f"{ip} (master0) runs its registry read-only: pushes are refused")
+        elif plan.read_only:
+            if probe.registry != "running":
+                problems.append(f"{ip} (warm standby) runs no registry: nodes' pulls lose this mirror")
+            elif probe.registry_mode != "read-only":
+                problems.append(f"{ip} (warm standby) runs its registry read-write: a second "
+                                "registry that takes pushes")
         elif probe.registry == "running" and plan.deploys:
             problems.append(f"{ip} runs a registry but is not master0 (a second, possibly stale registry)")
         if plan.holds_data and present < expected:

@@ -30,6 +30,7 @@ class HostProbe:
     error: str = ""
     hostname: str = ""
     registry: str = ""            # running | stopped
+    registry_mode: str = ""       # read-only | read-write when running, else ""
     refs_ok: int = 0
     missing_refs: list[str] = field(default_factory=list)
     resolves: str = ""            # where the registry domain points on the host
@@ -64,7 +65,7 @@ def parse_probe(ip: str, stdout: str) -> HostProbe:
             probe.replica = parse_stamp(value)
         elif key in ("refs_ok", "disk_avail", "registry_bytes", "clock"):
             setattr(probe, key, int(value) if value.isdigit() else 0)
-        elif key in ("hostname", "registry", "resolves", "ca", "containerd"):
+        elif key in ("hostname", "registry", "registry_mode", "resolves", "ca", "containerd"):
             setattr(probe, key, value)
     if not seen:
         probe.reachable = False

@@ -16,7 +16,7 @@ HELP = ("show each host's registry side (reachable, registry, data, sea.hub, CA,
 DESCRIPTION = """\
 Probe every cluster host over SSH (one session per host, all at once, ConnectTimeout 3 s) and print
 one row per host: whether it is reachable, its role, whether it is a deploy host, whether a
-registry answers there, how many images of the boot history its registry data holds completely
+registry answers there ("read-only" for a warm standby's), how many images of the boot history its registry data holds completely
 (each image.json ref's tag link names its digest and the manifest blob exists), its replica
 stamp (REPLICA: where the data was copied from, "self" on the source, and how long ago; "none"
 when no complete copy is stamped: a deploy host that should hold data then is a problem), where the registry
@@ -31,7 +31,8 @@ gives the expected images.
   command "status", stack, exit_code, error (null unless the command failed; then only these
   four keys), healthy, master0, domain, images_expected, master0_images, seconds, problems
   [text], hosts [{ip, role (master0|master|node), deploy (launch|standby|none), down,
-  reachable (null when down), error, registry (running|stopped|null), images (complete images
+  reachable (null when down), error, registry (running|stopped|null), registry_mode (read-only|
+  read-write while running, else null; a warm standby serves read-only), images (complete images
   on a deploy host, else null), resolves ("" when the domain maps to nothing, null when not
   probed), ca (ok|differs|partial|absent|-|null), replica (null, or {source, age_s, files,
   bytes}: the replica stamp of a deploy host)}].

@@ -27,17 +27,21 @@ class ClusterNodeArgs:
     master0: str
     access: SshAccess
     ca_cert: str | None  # None in insecure mode: nothing to trust
+    # Warm standbys, after master0 in the node's containerd hosts.toml (TLS only: without a CA
+    # there is no hosts.toml).
+    mirrors: list[str] = field(default_factory=list)
     # The hosts entry moves only once these are done (the new registry is up).
     after: list[pulumi.Resource] = field(default_factory=list)
 
 
 def node_step(args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None) -> remote.Command:
-    """``node-<ip>``: ``configure-node.sh DOMAIN MASTER0 [PORT]`` with the CA on stdin. No delete
-    command (see DeployHost): dropping a down host's step never dials it."""
+    """``node-<ip>``: ``configure-node.sh [--mirror IP]... DOMAIN MASTER0 [PORT]`` with the CA on
+    stdin. No delete command (see DeployHost): dropping a down host's step never dials it."""
     if args.ca_cert is None:
         run = script_run("configure-node.sh", args.domain, args.master0)
     else:
-        run = script_run("configure-node.sh", args.domain, args.master0, str(args.port),
+        mirrors = [a for ip in args.mirrors for a in ("--mirror", ip)]
+        run = script_run("configure-node.sh", *mirrors, args.domain, args.master0, str(args.port),
                          data=args.ca_cert)
     after = pulumi.ResourceOptions(depends_on=list(args.after))
     return host_step(HostStep.NODE.of(args.ip), args.access, args.ip, run,

@@ -74,14 +74,16 @@ class ClusterRegistry(pulumi.ComponentResource):
             application_json=args.application_json,
         ), opts=child)
 
-        payload = RootfsPayload.of(m, args.domain)  # the same files on every deploy host
+        payload = RootfsPayload.of(m, args.domain)  # master0's, and a cold standby's
+        read_only = RootfsPayload.of(m, args.domain, read_only=True) if layout.mirrors else None
         self.deploy_hosts: dict[str, DeployHost] = {}
         # master0 first: the replicas' data steps pull from it once its own data step is done.
         for host in sorted(layout.live_deploy, key=lambda h: h.ip != master0):
             first = self.deploy_hosts.get(master0)
             self.deploy_hosts[host.ip] = DeployHost(HostStep.DEPLOY.of(host.ip), DeployHostArgs(
                 host=host, rootfs=args.rootfs, domain=args.domain, port=args.port,
-                access=args.access, payload=payload, image_store=args.image_store,
+                access=args.access, payload=read_only if host.read_only else payload,
+                image_store=args.image_store,
                 data_sources=tuple(layout.data_sources(host.ip)),
                 after=(first.data,) if first is not None and first.data is not None else (),
             ), opts=child)
@@ -91,13 +93,15 @@ class ClusterRegistry(pulumi.ComponentResource):
         for host in layout.live:
             self.nodes[host.ip] = node_step(ClusterNodeArgs(
                 ip=host.ip, domain=args.domain, port=args.port, master0=master0,
-                access=args.access, ca_cert=m.ca_cert, after=[launch],
+                access=args.access, ca_cert=m.ca_cert, mirrors=layout.mirrors, after=[launch],
             ), opts=child)
 
         refs = [str(ref) for img in args.images for ref in img.refs]
         password_line = (pulumi.Output.from_input(args.password).apply(lambda p: p + "\n")
                          if args.password is not None else "")
-        verify = script_run("verify-registry.sh", args.domain, str(args.port),
+        # The warm standbys too (TLS only): nodes fall back on them while master0 is dead.
+        mirrors = [a for ip in layout.mirrors for a in ("--mirror", ip)] if m.tls else []
+        verify = script_run("verify-registry.sh", *mirrors, args.domain, str(args.port),
                             "https" if m.tls else "http", args.username or "", master0,
                             *refs, data=password_line)
         self.verify = host_step(

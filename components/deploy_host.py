@@ -1,6 +1,7 @@
 """A registry deploy host: rootfs files, registry data, and either the running registry
-(master0) or a registry kept stopped (every other deploy host). Which host does what, and the
-names of its steps, come from its ``topology.HostPlan``."""
+(master0), a registry kept stopped (every other deploy host, cold standby) or a registry serving
+its replica read-only (warm standby). Which host does what, and the names of its steps, come from
+its ``topology.HostPlan``."""
 
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ import pulumi
 from pulumi_command import local, remote
 
 from material import RegistryMaterial
+from material.registry_config import read_only_registry_yml
 from topology import HostPlan, HostStep, RegistryRole, image_hex
 
 from .access import SshAccess
 from .remote_scripts import host_step, local_step, script_run
 
 
-def rootfs_files(material: RegistryMaterial, domain: str) -> dict[str, str]:
-    """The files this program owns under the rootfs, by path relative to it."""
+def rootfs_files(material: RegistryMaterial, domain: str, read_only: bool = False) -> dict[str, str]:
+    """The files this program owns under the rootfs, by path relative to it; with ``read_only``
+    the registry config of a warm standby (distribution's read-only mode on)."""
+    config = read_only_registry_yml(material.registry_yml) if read_only else material.registry_yml
     # sealer's init-registry.sh reads registry_config.yml; registry.yml is the seed's name.
-    files = {"etc/registry_config.yml": material.registry_yml,
-             "etc/registry.yml": material.registry_yml}
+    files = {"etc/registry_config.yml": config, "etc/registry.yml": config}
     if material.htpasswd is not None:
         files["etc/registry_htpasswd"] = material.htpasswd
     if material.cert is not None and material.key is not None:
@@ -54,14 +57,15 @@ def material_fingerprint(payload: str) -> str:
 @dataclass(frozen=True)
 class RootfsPayload:
     """The rootfs files as the hosts receive them, and their fingerprint; made once per program
-    (every deploy host gets the same files, and the verification reruns when they change)."""
+    (master0 gets the read-write one; warm standbys the read-only one, cold standbys the
+    read-write one, ready for a recovery; the verification reruns when master0's changes)."""
 
     data: str          # rootfs_payload(...): base64 of a reproducible tar
     fingerprint: str   # material_fingerprint(data)
 
     @classmethod
-    def of(cls, material: RegistryMaterial, domain: str) -> RootfsPayload:
-        data = rootfs_payload(rootfs_files(material, domain))
+    def of(cls, material: RegistryMaterial, domain: str, read_only: bool = False) -> RootfsPayload:
+        data = rootfs_payload(rootfs_files(material, domain, read_only))
         return cls(data, material_fingerprint(data))
 
 
@@ -72,7 +76,7 @@ class DeployHostArgs:
     domain: str
     port: int
     access: SshAccess
-    payload: RootfsPayload
+    payload: RootfsPayload  # read-only for a warm standby (host.read_only)
     image_store: str   # the local image store master0's data is copied from ("" = none)
     data_sources: tuple[str, ...] = ()  # hosts the data step may copy from (topology.data_sources)
     after: tuple[pulumi.Resource, ...] = ()  # a replica's data step runs after master0's
@@ -80,6 +84,11 @@ class DeployHostArgs:
 
 class DeployHost(pulumi.ComponentResource):
     """``deploy-<ip>``: ``rootfs-<ip>``, ``data-<ip>``, ``registry-launch|standby-<ip>``.
+
+    ``registry-standby-<ip>`` stops the registry (cold) or, on a warm standby, launches it through
+    the rootfs' init-registry.sh like master0's but on the read-only payload: the fingerprint
+    differs from master0's, so a host that changes role (master0 moved, a revived old master0
+    taken off down_hosts) has its registry relaunched on the config of its new role.
 
     No child has a delete command: removing this host from the stack (it died, it left the
     deploy hosts, master0 moved) never dials it.
@@ -129,7 +138,7 @@ class DeployHost(pulumi.ComponentResource):
             steps.append(self.data)
 
         after_files = child.merge(pulumi.ResourceOptions(depends_on=steps))
-        if host.role is RegistryRole.LAUNCH:
+        if host.role is RegistryRole.LAUNCH or host.read_only:
             launch = script_run("launch-registry.sh", args.rootfs, str(args.port), args.domain,
                                 args.payload.fingerprint)
             self.registry = host_step(host.registry_step, args.access, ip, launch, opts=after_files)

@@ -10,6 +10,7 @@ config/stack.py. Content checks skip values still encrypted (offline validation)
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Any, Optional
 
 from pydantic import Field, SecretStr, StrictBool, field_validator, model_validator
@@ -46,9 +47,17 @@ def _public_der(key) -> bytes:
 
 
 
+class Standby(StrEnum):
+    """What a deploy host other than master0 does with its replica of the registry data."""
+
+    COLD = "cold"  # the registry is kept stopped there (a recovery launches it)
+    WARM = "warm"  # the registry serves it read-only (distribution's storage.maintenance.readonly)
+
+
 class LocalRegistry(ConfigModel):
     deploy_hosts: Optional[list[HostIP]] = None
     insecure_mode: StrictBool = False
+    standby: Standby = Standby.COLD
 
     @field_validator("deploy_hosts")
     @classmethod

@@ -91,6 +91,7 @@ class StackConfig(ConfigModel):
                 ssh_hosts=list(self.cluster.ssh.hosts),
             )
             + endpoint_problems(self.kubernetes.endpoints, self.down_hosts)
+            + standby_problems(self.distribution, self.registry.local_registry.standby)
         )
         if self.kubernetes.cluster_identifier is None:
             self.kubernetes.cluster_identifier = self.cluster.name
@@ -114,7 +115,7 @@ class StackConfig(ConfigModel):
             deploy_hosts=valid_ips(deploy) if deploy is not None else None,
             host_keys=[ip for k in host_keys for ip in (valid_ips([k]) or [])],
             ssh_hosts=[ip for k in ssh_hosts for ip in (valid_ips([k]) or [])],
-        )
+        ) + standby_problems(data.get("distribution"), section(registry, "local_registry").get("standby"))
 
     # -- derived views the program uses --------------------------------------------------------
     @property
@@ -167,6 +168,16 @@ def endpoint_problems(endpoints: Optional[list[str]], down_hosts: Iterable[str])
     if all((urlsplit(url).hostname or "") in down for url in endpoints):
         return [("kubernetes.endpoints", f"no apiserver left: the host of every endpoint "
                  f"({', '.join(endpoints)}) is in down_hosts; list a live apiserver")]
+    return []
+
+
+def standby_problems(distribution: object, standby: object) -> list[tuple[str, str]]:
+    """A warm standby serves its own replica of the data: only `pre` puts one on every deploy
+    host (in `post` the other deploy hosts hold nothing until a recovery copies it)."""
+    if str(standby) == "warm" and str(distribution) == "post":
+        return [("registry.local_registry.standby",
+                 "warm needs distribution: pre (got distribution: post, where only master0 holds "
+                 "the registry data and a warm standby would serve nothing)")]
     return []
 
 

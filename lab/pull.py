@@ -12,7 +12,8 @@ import dataclasses
 import shlex
 import time
 
-# $1 domain, $2 port, $3 repo:tag, $4 user ("" = anonymous), $5 containerd namespace; stdin: password.
+# $1 domain, $2 port, $3 repo:tag, $4 user ("" = anonymous), $5 containerd namespace, $6 seconds
+# the fetch may take; stdin: password.
 # Prints the digest the tag resolved to on stdout; ctr's errors on stderr; exit 1 when the pull failed.
 PULL_SCRIPT = r"""
 set -u
@@ -36,11 +37,13 @@ if [ -d "$src" ]; then cp -pR "$src/." "$dest/"; fi
 if [ -n "$user" ]; then
   token=$(printf '%s:%s' "$user" "$pass" | base64 | tr -d '\n')
   printf '\n[header]\n  Authorization = "Basic %s"\n' "$token" >>"$dest/hosts.toml"
-  if grep -Fq "[host.\"https://$domain:$port\"]" "$src/hosts.toml" 2>/dev/null; then
-    printf '\n[host."https://%s:%s".header]\n  Authorization = "Basic %s"\n' "$domain" "$port" "$token" >>"$dest/hosts.toml"
-  fi
+  # Every registry host of the file (master0 through the domain, then warm standbys): the way
+  # containerd 1.6's CRI hands the kubelet's pull-secret credentials to each host it tries.
+  for url in $(sed -n 's/^\[host\."\(https:\/\/[^"]*\)"\]$/\1/p' "$dest/hosts.toml"); do
+    printf '\n[host."%s".header]\n  Authorization = "Basic %s"\n' "$url" "$token" >>"$dest/hosts.toml"
+  done
 fi
-timeout 120 ctr -n "$ns" content fetch --hosts-dir "$work/certs.d" "$image" >/dev/null || exit 1
+timeout "$6" ctr -n "$ns" content fetch --hosts-dir "$work/certs.d" "$image" >/dev/null || exit 1
 ctr -n "$ns" images ls | awk -v i="$image" '$1 == i { print $3 }'
 """
 
@@ -55,13 +58,48 @@ class Pull:
 
 def containerd_pull(lab, host: str, repo_tag: str, user: str = "", password: str = "",
                     domain: str = "sea.hub", port: int = 5000,
-                    namespace: str = "lab-pull") -> Pull:
-    """Pull ``repo_tag`` (``repo:tag``) on ``host`` through ``domain:port`` with its containerd."""
+                    namespace: str = "lab-pull", timeout: int = 120) -> Pull:
+    """Pull ``repo_tag`` (``repo:tag``) on ``host`` through ``domain:port`` with its containerd;
+    the fetch fails after ``timeout`` seconds."""
     start = time.monotonic()
     q = shlex.quote
     done = lab.run(host, f"bash -c {q(PULL_SCRIPT)} pull {q(domain)} {port} {q(repo_tag)} {q(user)} "
-                         f"{q(namespace)}", input=password + "\n", check=False, timeout=180)
+                         f"{q(namespace)} {int(timeout)}", input=password + "\n", check=False,
+                  timeout=timeout + 60)
     digest = done.stdout.strip() if done.returncode == 0 else ""
     return Pull(done.returncode == 0 and digest.startswith("sha256:"), digest, done.stderr,
                 time.monotonic() - start)
 
+
+
+@dataclasses.dataclass
+class PullRound:
+    """Pulls of a list of refs on one host, one after the other, the way a node restarting its
+    pods would: each ``(ref, Pull)`` in order."""
+
+    pulls: list[tuple[str, Pull]]
+
+    @property
+    def failures(self) -> list[str]:
+        """Refs that did not pull, or whose tag resolved to another digest than the ref's."""
+        return [ref for ref, p in self.pulls if not p.ok or p.digest != ref.rsplit("@", 1)[1]]
+
+    @property
+    def seconds(self) -> list[float]:
+        return [p.seconds for _, p in self.pulls]
+
+    def hops(self) -> int:
+        """How many times containerd gave up on a host and tried the next (its log says so)."""
+        return sum(p.stderr.count('msg="trying next host"') for _, p in self.pulls)
+
+    def lines(self) -> list[str]:
+        return [f"{ref.split('@')[0]}: {'ok' if ref not in self.failures else 'FAILED'} "
+                f"{p.seconds:.2f}s" for ref, p in self.pulls]
+
+
+def pull_round(lab, host: str, refs: list[str], user: str, password: str, domain: str = "sea.hub",
+               port: int = 5000, timeout: int = 600, namespace: str = "lab-pull") -> PullRound:
+    """Pull every ``REPO:TAG@DIGEST`` of ``refs`` on ``host`` through ``domain:port`` with the
+    host's containerd and its certs.d (``containerd_pull``), one at a time."""
+    return PullRound([(ref, containerd_pull(lab, host, ref.split("@")[0], user, password, domain,
+                                            port, namespace, timeout)) for ref in refs])

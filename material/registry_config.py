@@ -21,7 +21,7 @@ import yaml
 
 __all__ = [
     "render_registry_yml", "registry_config", "sed_port_problem", "brought_config_problems",
-    "CONTAINER_PATHS", "DEBUG_ADDR", "HTPASSWD_REALM", "SEALER_SED_TOKEN",
+    "read_only_registry_yml", "is_read_only", "CONTAINER_PATHS", "DEBUG_ADDR", "HTPASSWD_REALM", "SEALER_SED_TOKEN",
 ]
 
 # The debug listener (pprof, /metrics) is unauthenticated: the config binds it to loopback. Note
@@ -110,6 +110,44 @@ def render_registry_yml(*, domain: str, port: int, tls: bool, auth: bool) -> str
     if text.replace(SEALER_SED_TOKEN, str(port)) != text:  # pragma: no cover - _check covers it
         raise AssertionError("sealer's sed s/5000/PORT/g would change the rendered config")
     return text
+
+
+def read_only_registry_yml(text: str) -> str:
+    """The registry config ``text`` (ours or a brought one) with distribution's read-only mode on
+    (``storage.maintenance.readonly.enabled: true``): the registry serves pulls from its storage
+    and answers every upload and delete with 405 (UNSUPPORTED). A warm standby runs it on its
+    replica of the data, so no write lands anywhere but on master0.
+
+    Keys sorted like ``render_registry_yml``; sealer's sed stays a no-op when it was one on
+    ``text`` (the added keys hold no digit)."""
+    doc = yaml.safe_load(text)
+    if not isinstance(doc, dict):
+        raise ValueError("the registry config is not a YAML mapping")
+    storage = doc.setdefault("storage", {})
+    if not isinstance(storage, dict):
+        raise ValueError("the registry config's storage is not a mapping")
+    maintenance = storage.get("maintenance")
+    if not isinstance(maintenance, dict):
+        maintenance = storage["maintenance"] = {}
+    readonly = maintenance.get("readonly")
+    if not isinstance(readonly, dict):
+        readonly = maintenance["readonly"] = {}
+    readonly["enabled"] = True
+    return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, allow_unicode=False)
+
+
+def is_read_only(text: str) -> bool:
+    """Whether the registry config ``text`` turns distribution's read-only mode on."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    node: Any = doc
+    for key in ("storage", "maintenance", "readonly", "enabled"):
+        if not isinstance(node, dict):
+            return False
+        node = node.get(key)
+    return node is True
 
 
 # Keys of a distribution config whose values are credentials (http.secret, storage drivers'

@@ -4,7 +4,10 @@
 # sealer's marker, removing every other mapping of DOMAIN (sealer's `#hostalias-set-by-sealer` /
 # `#hostalias-registry` lines included) and keeping other names. Each file is written only when
 # its content differs. Without PORT (insecure mode) there is nothing to trust.
-# Usage: configure-node.sh DOMAIN IP [PORT] [HOSTS_FILE]
+# Each --mirror names a warm standby (a read-only registry on a replica of the data): containerd's
+# hosts.toml lists DOMAIN:PORT (master0, the only host that takes pushes) first, then each mirror
+# as https://MIRROR:PORT for pull and resolve, so a pull goes on when master0 does not answer.
+# Usage: configure-node.sh [--mirror IP]... DOMAIN IP [PORT] [HOSTS_FILE]
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
@@ -13,10 +16,18 @@ fi
 WORK=""
 cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
 
-# The CA at the top level too: containerd falls back to the server entry after the host entry
-# fails (a 404 as well), and without it the operator reads an x509 error instead of "not found".
+MIRRORS=()
+# How long containerd waits for a TCP connect to one registry host before it tries the next.
+# Honoured by containerd 2.0.7+ and 2.1+ only; 1.6 and 1.7 ignore the key and wait 30 s
+# (docs/how-it-works.md, "Mirrors on nodes").
+readonly DIAL_TIMEOUT=2s
+
+# The CA at the top level too: containerd falls back to the server entry after the host entries
+# fail (a 404 as well), and without it the operator reads an x509 error instead of "not found".
+# containerd tries the [host] tables in file order; the leaf certificate carries every deploy
+# host's IP as an IP SAN, so https://MIRROR:PORT verifies with the same CA.
 render_hosts_toml() {
-  local domain=$1 port=$2
+  local domain=$1 port=$2 mirror
   cat <<TOML
 server = "https://$domain:$port"
 ca = "/etc/containerd/certs.d/$domain:$port/ca.crt"
@@ -25,6 +36,17 @@ ca = "/etc/containerd/certs.d/$domain:$port/ca.crt"
   capabilities = ["pull", "resolve", "push"]
   ca = "/etc/containerd/certs.d/$domain:$port/ca.crt"
 TOML
+  ((${#MIRRORS[@]})) || return 0
+  printf '  dial_timeout = "%s"\n' "$DIAL_TIMEOUT"
+  for mirror in "${MIRRORS[@]}"; do
+    cat <<TOML
+
+[host."https://$mirror:$port"]
+  capabilities = ["pull", "resolve"]
+  ca = "/etc/containerd/certs.d/$domain:$port/ca.crt"
+  dial_timeout = "$DIAL_TIMEOUT"
+TOML
+  done
 }
 
 trust_ca() {
@@ -79,6 +101,11 @@ set_hosts() {
 }
 
 main() {
+  while [[ "${1:-}" == --mirror ]]; do
+    [[ "${2:-}" =~ ^[0-9a-fA-F.:]+$ ]] || fatal "--mirror needs an IP address, got '${2:-}'"
+    MIRRORS+=("$2")
+    shift 2
+  done
   local domain=$1 ip=$2 port=${3:-} file=${4:-/etc/hosts}
   WORK=$(mktemp -d)
   trap cleanup EXIT

@@ -25,12 +25,6 @@ registry_answers() {
   [[ "$code" == 200 || "$code" == 401 ]]
 }
 
-# The pid of the process listening on TCP PORT on this host, if any.
-listener_pid() {
-  command -v ss >/dev/null 2>&1 || return 1
-  ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2
-}
-
 # sha256 of the DER of a PEM certificate file, or of the certificate served on PORT.
 cert_digest() { openssl x509 -outform DER 2>/dev/null | sha256sum | cut -d' ' -f1; }
 served_cert_digest() {

@@ -4,7 +4,8 @@
 # Usage: status-probe.sh ROOTFS DOMAIN PORT CA_SHA256 REF...
 #   CA_SHA256: sha256 of the configured CA certificate (see pem_digest), or "-" when there is none (insecure mode)
 #   REF: REPO:TAG@DIGEST of an image of the boot history
-# Output (stdout): probe, hostname, registry (running|stopped), ref_missing (once per missing
+# Output (stdout): probe, hostname, registry (running|stopped), registry_mode (read-only|
+# read-write when running, else empty: a warm standby serves read-only), ref_missing (once per missing
 # REF), refs_ok, resolves, ca (ok|differs|partial|absent|-), containerd (whether the containerd
 # that serves the CRI reads /etc/containerd/certs.d: see containerd_certs_d_state), disk_avail,
 # registry_bytes, replica (the replica stamp's line when complete, else none), clock (the host's
@@ -16,6 +17,8 @@ if ! declare -F info >/dev/null; then
   source "${BASH_SOURCE[0]%/*}/lib/containerd.sh"
   # shellcheck source=lib/replica.sh
   source "${BASH_SOURCE[0]%/*}/lib/replica.sh"
+  # shellcheck source=lib/registry.sh
+  source "${BASH_SOURCE[0]%/*}/lib/registry.sh"
 fi
 
 # running when something answers /v2/ on the registry port (401 counts: auth is on).
@@ -97,11 +100,17 @@ disk_avail() {
 }
 
 main() {
-  local rootfs=$1 domain=$2 port=$3 ca_sha=$4 bytes
+  local rootfs=$1 domain=$2 port=$3 ca_sha=$4 bytes registry
   shift 4
   echo "probe=1"
   echo "hostname=$(hostname 2>/dev/null || true)"
-  echo "registry=$(registry_state "$port")"
+  registry=$(registry_state "$port")
+  echo "registry=$registry"
+  if [[ "$registry" == running ]]; then
+    echo "registry_mode=$(registry_mode "$rootfs" "$port")"
+  else
+    echo "registry_mode="
+  fi
   check_refs "$rootfs/registry/docker/registry/v2" "$@"
   echo "resolves=$(resolved_address "$domain")"
   echo "ca=$(ca_state "$domain" "$port" "$ca_sha")"

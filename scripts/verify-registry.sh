@@ -8,7 +8,10 @@
 # on a command line. Pulls go to containerd namespace sealer-registry-verify, emptied and removed
 # before and after. A node without a containerd daemon (docker only) and insecure mode (plain
 # http) get the older check instead: each tag's manifest digest through curl, said in the output.
-# Usage: verify-registry.sh DOMAIN PORT SCHEME USERNAME MASTER0 REF...
+# Each --mirror is a warm standby that nodes' containerd tries after master0: over TLS verified by
+# the same CA at https://MIRROR:PORT, every tag must resolve to its digest there too, and a blob
+# upload must be refused (405: the registry is read-only).
+# Usage: verify-registry.sh [--mirror IP]... DOMAIN PORT SCHEME USERNAME MASTER0 REF...
 #        (stdin: the password, if USERNAME)
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
@@ -25,6 +28,7 @@ readonly PULL_TIMEOUT_S=600
 WORK=""
 PASSWORD=""
 NAMESPACE_USED=0
+MIRRORS=()
 
 cleanup() {
   ((NAMESPACE_USED == 0)) || empty_namespace
@@ -173,7 +177,44 @@ verify_with_curl() {
   echo "verified $# (manifests with curl: $why)"
 }
 
+# ------------------------------------------------------------------------- warm standbys
+
+# Every ref's manifest digest at https://MIRROR:PORT, and a refused upload. Prints a summary.
+verify_mirrors() {
+  local domain=$1 port=$2 user=$3 mirror ref repo=library/verify tag want got code failed=0
+  shift 3
+  local cfg="$WORK/mirror.cfg"
+  write_curl_config "$cfg" "$domain" "$port" https "$user"
+  for mirror in "${MIRRORS[@]}"; do
+    for ref in "$@"; do
+      want=${ref##*@}
+      repo=${ref%@*}
+      tag=${repo##*:}
+      repo=${repo%:*}
+      got=$(manifest_digest "$cfg" "https://$mirror:$port/v2/$repo/manifests/$tag" || true)
+      if [[ "$got" != "$want" ]]; then
+        warn "warm standby $mirror: $repo:$tag resolves to '${got:-nothing}', expected $want"
+        failed=$((failed + 1))
+      fi
+    done
+    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 -K "$cfg" -X POST --data-binary '' \
+      "https://$mirror:$port/v2/$repo/blobs/uploads/" || true)
+    if [[ "$code" != 405 ]]; then
+      warn "warm standby $mirror answers an upload with ${code:-nothing}, not 405: it is not read-only"
+      failed=$((failed + 1))
+    fi
+  done
+  ((failed == 0)) || fatal "$failed problems on the warm standbys ${MIRRORS[*]}"
+  info "warm standbys ${MIRRORS[*]} serve the $# images read-only over TLS"
+  echo "verified $# on ${#MIRRORS[@]} warm standbys (${MIRRORS[*]}): read-only, over TLS by IP"
+}
+
 main() {
+  while [[ "${1:-}" == --mirror ]]; do
+    [[ "${2:-}" =~ ^[0-9a-fA-F.:]+$ ]] || fatal "--mirror needs an IP address, got '${2:-}'"
+    MIRRORS+=("$2")
+    shift 2
+  done
   local domain=$1 port=$2 scheme=$3 user=$4 master0=$5 resolved
   shift 5
   umask 077
@@ -190,6 +231,9 @@ main() {
     verify_with_curl "$domain" "$port" "$scheme" "$user" "no containerd answers on this node" "$@"
   else
     verify_with_containerd "$domain" "$port" "$user" "$@"
+  fi
+  if ((${#MIRRORS[@]})) && [[ "$scheme" == https ]]; then
+    verify_mirrors "$domain" "$port" "$user" "$@"
   fi
 }
 

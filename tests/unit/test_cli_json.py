@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 ERROR_KEYS = {"command", "stack", "exit_code", "error"}
 STATUS_KEYS = ERROR_KEYS | {"healthy", "master0", "domain", "images_expected", "master0_images",
                             "seconds", "problems", "hosts"}
-HOST_KEYS = {"ip", "role", "deploy", "down", "reachable", "error", "registry", "images",
-             "resolves", "ca", "containerd", "replica"}
+HOST_KEYS = {"ip", "role", "deploy", "down", "reachable", "error", "registry", "registry_mode",
+             "images", "resolves", "ca", "containerd", "replica"}
 RECOVER_KEYS = ERROR_KEYS | {"outcome", "resumed", "old_master0", "master0", "down_hosts",
                              "preflight", "plan", "verified", "seconds"}
 CLUSTER_HEX = "c" * 64
@@ -124,7 +124,7 @@ def test_health_json_reports_typed_values_of_reachable_hosts():
     assert doc["healthy"] is True and doc["images_expected"] == 2 and doc["master0_images"] == 2
     m1, _, m3, n1 = doc["hosts"]
     assert m1 == {"ip": M1, "role": "master0", "deploy": "launch", "down": False, "reachable": True,
-                  "error": None, "registry": "running", "images": 2, "resolves": M1, "ca": "ok",
+                  "error": None, "registry": "running", "registry_mode": None, "images": 2, "resolves": M1, "ca": "ok",
                   "containerd": "certs.d",
                   "replica": {"source": "self", "age_s": 180, "files": 12, "bytes": 3456}}
     assert (m3["deploy"], m3["replica"]) == ("none", None)

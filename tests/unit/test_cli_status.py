@@ -27,12 +27,12 @@ IMAGES = [
 ]
 
 
-def make_config(distribution: str = "pre", down_hosts=(), master0: str = M1):
+def make_config(distribution: str = "pre", down_hosts=(), master0: str = M1, standby: str = "cold"):
     return build_config({
         "master0": master0, "down_hosts": list(down_hosts), "distribution": distribution,
         "cluster": {"name": "lab", "masters": [M1, M2, M3], "nodes": [N1],
                     "ssh": {"private_key_path": "/nonexistent/id"}},
-        "registry": {"local_registry": {"deploy_hosts": [M1, M2]},
+        "registry": {"local_registry": {"deploy_hosts": [M1, M2], "standby": standby},
                      "tls": {"ca_cert": CA_CERT, "ca_key": CA_KEY}},
         "apps": {"history": {"type": "boot", "applications": [
             {"name": "app0", "image_id": APP_IMG, "type": "kube"}]},
@@ -278,3 +278,60 @@ def test_probe_script_is_shellcheck_clean():
         pytest.skip("shellcheck not installed")
     done = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
+
+
+def warm_probes(mode: str = "read-only") -> dict[str, HostProbe]:
+    probes = healthy_probes()
+    probes[M1].registry_mode = "read-write"
+    probes[M2].registry, probes[M2].registry_mode = "running", mode
+    return probes
+
+
+def test_a_warm_standby_serving_read_only_is_healthy_and_shown_read_only():
+    result = assess(make_config(standby="warm"), IMAGES, warm_probes())
+    assert result.problems == []
+    assert [(r["deploy"], r["registry"]) for r in cells(result)][:2] == [
+        ("launch", "running"), ("standby", "read-only")]
+
+
+def test_a_warm_standby_serving_read_write_or_nothing_is_a_problem():
+    rw = assess(make_config(standby="warm"), IMAGES, warm_probes("read-write"))
+    assert rw.problems == [f"{M2} (warm standby) runs its registry read-write: a second registry "
+                           "that takes pushes"]
+    stopped = warm_probes()
+    stopped[M2].registry, stopped[M2].registry_mode = "stopped", ""
+    assert assess(make_config(standby="warm"), IMAGES, stopped).problems == [
+        f"{M2} (warm standby) runs no registry: nodes' pulls lose this mirror"]
+
+
+def test_a_cold_standby_running_even_read_only_is_a_second_registry():
+    result = assess(make_config(), IMAGES, warm_probes())
+    assert result.problems == [f"{M2} runs a registry but is not master0 (a second, possibly stale registry)"]
+
+
+def test_a_read_only_master0_is_a_problem():
+    probes = warm_probes()
+    probes[M1].registry_mode = "read-only"
+    assert assess(make_config(standby="warm"), IMAGES, probes).problems == [
+        f"{M1} (master0) runs its registry read-only: pushes are refused"]
+
+
+def test_probe_parses_the_registry_mode():
+    assert parse_probe(M2, "probe=1\nregistry=running\nregistry_mode=read-only\n").registry_mode == "read-only"
+    assert parse_probe(M2, "probe=1\nregistry=stopped\nregistry_mode=\n").registry_mode == ""
+
+
+@pytest.mark.parametrize("config, mode", [
+    ("storage:\n  maintenance:\n    readonly:\n      enabled: true\n", "read-only"),
+    ("storage:\n  maintenance: {readonly: {enabled: true}}\n", "read-only"),
+    ("storage:\n  maintenance:\n    readonly: {enabled: true}\n", "read-only"),
+    ("storage:\n  maintenance:\n    readonly:\n      enabled: false\n", "read-write"),
+    ("storage:\n  maintenance:\n    uploadpurging:\n      enabled: true\n", "read-write"),
+    ("health:\n  storagedriver:\n    enabled: true\nreadonly:\n  enabled: true\n", "read-write"),
+])
+def test_registry_config_mode_reads_distribution_s_read_only_key(config, mode):
+    scripts = Path(__file__).resolve().parents[2] / "scripts" / "lib"
+    done = subprocess.run(["bash", "-c", f"source {scripts}/common.sh; source {scripts}/registry.sh; "
+                                         "registry_config_mode"],
+                          input=config, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == mode

@@ -37,9 +37,9 @@ def ca():
 
 def make_args(ca, **overrides) -> ClusterRegistryArgs:
     """A valid 3-master, 4-node cluster; ``overrides`` replace single fields (the topology's
-    master0, masters, nodes, deploy_hosts, down_hosts, distribution included)."""
+    master0, masters, nodes, deploy_hosts, down_hosts, distribution, standby included)."""
     layout = dict(master0=MASTERS[0], masters=MASTERS, nodes=NODES, deploy_hosts=MASTERS[:2],
-                  down_hosts=[], distribution=Distribution.PRE)
+                  down_hosts=[], distribution=Distribution.PRE, standby="cold")
     for key in layout:
         if key in overrides:
             layout[key] = overrides.pop(key)

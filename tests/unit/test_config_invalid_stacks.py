@@ -88,6 +88,8 @@ CASES = [
     ("registry-deploy-host-unknown", {"registry.local_registry.deploy_hosts[2]": "198.18.0.99"}, "registry.local_registry.deploy_hosts[2]", "198.18.0.99 is not a cluster host"),
     ("registry-deploy-hosts-without-master0", {"registry.local_registry.deploy_hosts": ["198.18.0.12"]}, "registry.local_registry.deploy_hosts", "master0 198.18.0.11 is not a deploy host"),
     ("registry-insecure-mode-string", {"registry.local_registry.insecure_mode": "no"}, "registry.local_registry.insecure_mode", "expected true or false, got 'no'"),
+    ("registry-standby-unknown", {"registry.local_registry.standby": "hot"}, "registry.local_registry.standby", "'hot' is not one of 'cold' or 'warm'"),
+    ("registry-standby-warm-in-post", {"distribution": "post", "registry.local_registry.standby": "warm"}, "registry.local_registry.standby", "warm needs distribution: pre (got distribution: post"),
     ("registry-tls-missing", {"registry.tls": DELETE}, "registry.tls", "is required unless local_registry.insecure_mode is true"),
     ("registry-tls-with-insecure-mode", {"registry.local_registry.insecure_mode": True}, "registry.tls", "must not be set when local_registry.insecure_mode is true"),
     ("registry-tls-ca-cert-garbage", {"registry.tls.ca_cert": "not a certificate"}, "registry.tls.ca_cert", "'not a certificate' is not a PEM certificate"),

@@ -1,0 +1,247 @@
+"""Warm standby (``registry.local_registry.standby: warm``): which payload and which registry
+step each deploy host gets, how a move of master0 flips the roles, what nodes' containerd is told,
+and the config rules (Pulumi mocks; the config models)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import tarfile
+import tomllib
+
+import pytest
+
+from components.remote_scripts import SCRIPTS_DIR, script_body
+from material.registry_config import is_read_only, read_only_registry_yml, render_registry_yml
+from tests.unit.test_components import MASTERS, NODES, ROOTFS, declare, make_args
+from tests.unit.test_config import load, problems, render
+from topology import Topology
+from material import pki
+
+WARM = dict(standby="warm", deploy_hosts=MASTERS)
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return pki.generate_ca()
+
+
+def rootfs_config(declared, ip: str) -> str:
+    """etc/registry_config.yml as the rootfs step of ``ip`` writes it (the tar after the script)."""
+    stdin = declared[f"rootfs-{ip}"].inputs["stdin"]
+    body = script_body("write-rootfs.sh")
+    assert stdin.startswith(body)
+    tar = tarfile.open(fileobj=io.BytesIO(base64.b64decode(stdin[len(body):])))
+    files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}
+    assert files["etc/registry.yml"] == files["etc/registry_config.yml"]
+    return files["etc/registry_config.yml"]
+
+
+def registry_command(declared, step: str) -> tuple[str, str]:
+    """(the command line, the script it runs) of a registry step."""
+    inputs = declared[step].inputs
+    for script in ("launch-registry.sh", "standby-registry.sh"):
+        if inputs["stdin"] == script_body(script):
+            return inputs["create"], script
+    raise AssertionError(f"{step} runs an unknown script")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_read_only_config_turns_on_distribution_s_read_only_mode_and_keeps_the_rest():
+    ours = render_registry_yml(domain="sea.hub", port=5000, tls=True, auth=True)
+    ro = read_only_registry_yml(ours)
+    assert not is_read_only(ours) and is_read_only(ro)
+    assert "maintenance:\n    readonly:\n      enabled: true\n" in ro
+    assert ro.replace("  maintenance:\n    readonly:\n      enabled: true\n", "") == ours
+    brought = "version: 0.1\nstorage:\n  filesystem: {rootdirectory: /var/lib/registry}\n  maintenance:\n    uploadpurging: {enabled: false}\n"
+    kept = read_only_registry_yml(brought)
+    assert is_read_only(kept) and "uploadpurging" in kept
+    with pytest.raises(ValueError):
+        read_only_registry_yml("- a list\n")
+
+
+@pytest.mark.parametrize("standby", ["cold", "warm"])
+def test_standby_values_are_accepted_in_pre_mode(standby):
+    values = render()
+    values["registry"]["local_registry"]["standby"] = standby
+    assert str(load(values).registry.local_registry.standby) == standby
+
+
+def test_standby_defaults_to_cold():
+    assert str(load(render()).registry.local_registry.standby) == "cold"
+
+
+def test_cold_standby_is_accepted_in_post_mode():
+    values = render(distribution="post")
+    values["registry"]["local_registry"]["standby"] = "cold"
+    assert str(load(values).distribution) == "post"
+
+
+def test_warm_standby_in_post_mode_is_refused_naming_the_field_and_value():
+    values = render(distribution="post")
+    values["registry"]["local_registry"]["standby"] = "warm"
+    found = problems(values)
+    assert any(p.startswith("error: registry.local_registry.standby: warm needs distribution: pre")
+               and "got distribution: post" in p for p in found), found
+
+
+@pytest.mark.parametrize("bad", ["hot", "WARM", "", True, 1])
+def test_unknown_standby_values_are_refused(bad):
+    values = render()
+    values["registry"]["local_registry"]["standby"] = bad
+    assert any(p.startswith("error: registry.local_registry.standby:") for p in problems(values))
+
+
+# ----------------------------------------------------------------------------- topology
+
+
+def test_topology_marks_only_live_pre_mode_standbys_read_only():
+    kw = dict(master0=MASTERS[0], masters=MASTERS, nodes=NODES, deploy_hosts=MASTERS,
+              down_hosts=[MASTERS[2]], distribution="pre", image_ids=["sha256:" + "a" * 64])
+    warm = Topology.build(**kw, standby="warm")
+    assert [h.ip for h in warm.hosts if h.read_only] == MASTERS[1:]
+    assert warm.mirrors == [MASTERS[1]]  # the down standby is no mirror
+    assert Topology.build(**kw).mirrors == []
+    assert Topology.build(**{**kw, "distribution": "post"}, standby="warm").mirrors == []
+
+
+# ----------------------------------------------------------------------------- program shape
+
+
+def test_warm_standbys_launch_the_read_only_config_and_master0_the_read_write_one(ca):
+    """master0's rootfs holds the read-write config and registry-launch runs launch-registry.sh;
+    each other deploy host's rootfs holds the read-only config and its registry-standby step runs
+    launch-registry.sh too, with the fingerprint of the read-only files."""
+    declared = declare(make_args(ca, **WARM)).by_name()
+    m0 = MASTERS[0]
+    assert not is_read_only(rootfs_config(declared, m0))
+    launch, script = registry_command(declared, f"registry-launch-{m0}")
+    assert script == "launch-registry.sh"
+    for ip in MASTERS[1:]:
+        assert is_read_only(rootfs_config(declared, ip))
+        cmd, script = registry_command(declared, f"registry-standby-{ip}")
+        assert script == "launch-registry.sh"
+        assert cmd.split()[3:6] == launch.split()[3:6] == [ROOTFS, "5000", "sea.hub"]
+        assert cmd.split()[6] != launch.split()[6]  # another fingerprint: other files
+
+
+def test_cold_standbys_stop_the_registry_and_hold_the_read_write_config(ca):
+    declared = declare(make_args(ca, deploy_hosts=MASTERS)).by_name()
+    for ip in MASTERS[1:]:
+        assert not is_read_only(rootfs_config(declared, ip))
+        assert registry_command(declared, f"registry-standby-{ip}") == (
+            f"bash -s -- {ROOTFS}", "standby-registry.sh")
+        assert "--mirror" not in declared[f"node-{ip}"].inputs["create"]
+
+
+def test_nodes_list_the_live_warm_standbys_after_master0(ca):
+    declared = declare(make_args(ca, **WARM)).by_name()
+    for ip in MASTERS + NODES:
+        assert declared[f"node-{ip}"].inputs["create"] == (
+            f"bash -s -- --mirror {MASTERS[1]} --mirror {MASTERS[2]} sea.hub {MASTERS[0]} 5000")
+
+
+def test_master0_move_flips_roles_and_a_revived_old_master0_comes_back_read_only(ca):
+    """Recovery (old master0 down): the new master0 launches the read-write files (master0's
+    fingerprint), the remaining standby stays read-only and nodes drop the new master0 from their
+    mirrors. Rejoin (old master0 off down_hosts): it comes back as a read-only standby."""
+    before = declare(make_args(ca, **WARM)).by_name()
+    old, new, other = MASTERS
+    recovered = declare(make_args(ca, **WARM, master0=new, down_hosts=[old])).by_name()
+    assert not is_read_only(rootfs_config(recovered, new))
+    cmd, script = registry_command(recovered, f"registry-launch-{new}")
+    assert script == "launch-registry.sh"
+    assert cmd.split()[6] == registry_command(before, f"registry-launch-{old}")[0].split()[6]
+    assert is_read_only(rootfs_config(recovered, other))
+    assert recovered[f"registry-standby-{other}"].inputs == before[f"registry-standby-{other}"].inputs
+    assert recovered[f"node-{NODES[0]}"].inputs["create"] == f"bash -s -- --mirror {other} sea.hub {new} 5000"
+    assert not [n for n in recovered if n.endswith(old)]
+
+    rejoined = declare(make_args(ca, **WARM, master0=new)).by_name()
+    assert is_read_only(rootfs_config(rejoined, old))
+    cmd, script = registry_command(rejoined, f"registry-standby-{old}")
+    assert script == "launch-registry.sh"
+    assert cmd == registry_command(before, f"registry-standby-{other}")[0]
+    assert rejoined[f"node-{NODES[0]}"].inputs["create"] == (
+        f"bash -s -- --mirror {old} --mirror {other} sea.hub {new} 5000")
+
+
+def test_warm_standby_changes_nothing_in_a_cluster_without_standbys(ca):
+    """With master0 as the only deploy host, warm and cold declare the same inputs."""
+    cold = declare(make_args(ca, deploy_hosts=[MASTERS[0]])).by_name()
+    warm = declare(make_args(ca, deploy_hosts=[MASTERS[0]], standby="warm")).by_name()
+    assert {n: r.inputs for n, r in cold.items()} == {n: r.inputs for n, r in warm.items()}
+
+
+def test_insecure_mode_nodes_get_no_mirror(ca):
+    declared = declare(make_args(ca, **WARM, insecure=True)).by_name()
+    assert declared[f"node-{NODES[0]}"].inputs["create"] == f"bash -s -- sea.hub {MASTERS[0]}"
+
+
+# ----------------------------------------------------------------------------- hosts.toml
+
+
+def hosts_toml(*mirrors: str) -> dict:
+    """configure-node.sh's hosts.toml for sea.hub:5000 with ``mirrors``, parsed."""
+    script = (SCRIPTS_DIR / "configure-node.sh").read_text().removesuffix('main "$@"\n')
+    args = " ".join(f"MIRRORS+=({m})" for m in mirrors)
+    done = subprocess.run(["bash", "-c", f"{script}\n{args}\nrender_hosts_toml sea.hub 5000"],
+                          capture_output=True, text=True, check=True,
+                          env={"PATH": "/usr/bin:/bin"})
+    parsed = tomllib.loads(done.stdout)
+    # containerd tries the [host] tables in file order (1.6 sorts them by line number).
+    order = [line.split('"')[1] for line in done.stdout.splitlines() if line.startswith("[host.")]
+    assert order == list(parsed["host"])
+    return parsed
+
+
+def test_hosts_toml_lists_master0_then_the_mirrors_pull_only():
+    ca = "/etc/containerd/certs.d/sea.hub:5000/ca.crt"
+    doc = hosts_toml("198.18.0.12", "198.18.0.13")
+    assert doc["server"] == "https://sea.hub:5000" and doc["ca"] == ca
+    assert list(doc["host"]) == ["https://sea.hub:5000", "https://198.18.0.12:5000",
+                                 "https://198.18.0.13:5000"]
+    assert doc["host"]["https://sea.hub:5000"]["capabilities"] == ["pull", "resolve", "push"]
+    for url in list(doc["host"])[1:]:
+        assert doc["host"][url] == {"capabilities": ["pull", "resolve"], "ca": ca,
+                                    "dial_timeout": "2s"}
+    assert doc["host"]["https://sea.hub:5000"]["dial_timeout"] == "2s"
+
+
+def test_hosts_toml_without_mirrors_is_today_s():
+    assert hosts_toml() == {"server": "https://sea.hub:5000",
+                            "ca": "/etc/containerd/certs.d/sea.hub:5000/ca.crt",
+                            "host": {"https://sea.hub:5000": {
+                                "capabilities": ["pull", "resolve", "push"],
+                                "ca": "/etc/containerd/certs.d/sea.hub:5000/ca.crt"}}}
+
+
+def test_configure_node_refuses_a_mirror_that_is_not_an_address(tmp_path):
+    done = subprocess.run(["bash", str(SCRIPTS_DIR / "configure-node.sh"), "--mirror", "$(id)",
+                           "sea.hub", "198.18.0.11", "5000", str(tmp_path / "hosts")],
+                          capture_output=True, text=True, input="")
+    assert done.returncode != 0 and "--mirror needs an IP address" in done.stderr
+
+
+def test_the_bench_s_replicas_first_variant_only_reorders_the_hosts():
+    """bench/standby.py's alternative order: the same tables, the warm standbys before master0."""
+    from bench.standby import replicas_first
+
+    script = (SCRIPTS_DIR / "configure-node.sh").read_text().removesuffix('main "$@"\n')
+    text = subprocess.run(["bash", "-c", f"{script}\nMIRRORS+=(198.18.0.12 198.18.0.13)\n"
+                                         "render_hosts_toml sea.hub 5000"],
+                          capture_output=True, text=True, check=True).stdout
+    original, reordered = tomllib.loads(text), tomllib.loads(replicas_first(text))
+    assert reordered == original
+    order = [line.split('"')[1] for line in replicas_first(text).splitlines() if line.startswith("[host.")]
+    assert order == ["https://198.18.0.12:5000", "https://198.18.0.13:5000", "https://sea.hub:5000"]
+
+
+def test_the_verification_checks_the_warm_standbys_and_not_cold_ones(ca):
+    warm = declare(make_args(ca, **WARM)).by_name()["registry-verify"].inputs["create"]
+    assert warm.startswith(f"bash -s -- --mirror {MASTERS[1]} --mirror {MASTERS[2]} sea.hub 5000 https admin {MASTERS[0]} ")
+    cold = declare(make_args(ca, deploy_hosts=MASTERS)).by_name()["registry-verify"].inputs["create"]
+    assert cold.startswith(f"bash -s -- sea.hub 5000 https admin {MASTERS[0]} ")
