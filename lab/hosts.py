@@ -16,8 +16,8 @@ A host `srl-<octet>` is:
 - optional services (`Lab.start_service`: the control plane's etcd, kube-apiserver,
   kube-controller-manager on the masters) started the same way, without SSH.
 
-Faults live in the root namespace, in nft table `bridge srl_lab`: every IP frame towards a host is
-counted (`packets_to`; frames from or to the etcd peer port 2380, the control plane's own traffic
+Faults live in the root namespace, in nft table `bridge srl_lab`: every IP frame towards a host
+(addressed to its IP: frames the bridge floods to every port are not) is counted (`packets_to`; frames from or to the etcd peer port 2380, the control plane's own traffic
 between masters, on a counter of their own), and a killed host's interface is in set `killed`,
 whose IP frames are dropped both ways (ARP still flows, so a connect times out like a machine that
 went dark).
@@ -629,11 +629,15 @@ table bridge {NFT_TABLE} {{
         # dead one, as in a real cluster): counted apart, so that packets_to says what the program
         # and everything else sent.
         for port in ("dport", "sport"):  # its dials, and the streams it dialled
-            sh("nft", "add", "rule", "bridge", NFT_TABLE, "to_host", "oifname", name, "ether",
-               "type", "{", "ip,", "ip6", "}", "meta", "l4proto", "tcp", "th", port,
+            sh("nft", "add", "rule", "bridge", NFT_TABLE, "to_host", "oifname", name, "ip",
+               "daddr", ip, "meta", "l4proto", "tcp", "th", port,
                str(ETCD_PEER_PORT), "counter", "name", peers, "accept", "comment", f'"{name}"')
+        # Only frames addressed to this host's IP: a bridge that forgot where another host's MAC
+        # is floods that host's frames through every port, this one included.
+        sh("nft", "add", "rule", "bridge", NFT_TABLE, "to_host", "oifname", name, "ip", "daddr",
+           ip, "counter", "name", counter, "comment", f'"{name}"')
         sh("nft", "add", "rule", "bridge", NFT_TABLE, "to_host", "oifname", name, "ether", "type",
-           "{", "ip,", "ip6", "}", "counter", "name", counter, "comment", f'"{name}"')
+           "ip6", "counter", "name", counter, "comment", f'"{name}"')
         log = open(hdir / "holder.log", "wb")
         subprocess.Popen(["ip", "netns", "exec", name, "unshare", "--mount", "--uts",
                           "--propagation", "private", "--", "/bin/sh", "-c", HOLDER_SCRIPT,

@@ -27,3 +27,22 @@ def test_link_counter_counts_what_was_sent_to_that_host_only(lab):
     assert lab.bytes_to(target) - before[target]["bytes"] >= 200_000
     assert lab.packets_to(target) - before[target]["packets"] >= 10
     assert lab.link_counter(other) == before[other]
+
+
+def test_frames_the_bridge_floods_are_not_counted_on_other_ports(lab):
+    """With the bridge's forwarding table flushed, frames towards one host go out of every port
+    until the bridge learns the MAC again; a host's counter counts only frames addressed to its
+    IP, so traffic between two other hosts never shows as packets to it (a dead master0 would
+    seem dialled)."""
+    from lab.hosts import BRIDGE, sh
+
+    a, b, other = lab.masters()[0], lab.masters()[1], lab.masters()[2]
+    before = settled(lab, other.name)
+    for _ in range(3):
+        sh("bridge", "fdb", "flush", "dev", BRIDGE, "dynamic", check=False)
+        for h in lab.hosts():
+            if h.name not in (a.name, b.name, other.name):
+                continue
+            sh("bridge", "fdb", "flush", "dev", h.name, "dynamic", check=False)
+        lab.ssh(a.name, f"curl -s -o /dev/null --max-time 2 http://{b.ip}:1/ || true")
+    assert lab.link_counter(other.name) == before
