@@ -55,16 +55,18 @@ the recovery `up` runs without preview, then the check of every live host. After
 --hold-down seconds without another; the new master0 is watched. A recovery that did not verify
 is rerun, never followed by the fencing of its new master0.
 
-A fenced host that answers again is logged (its registry is stale; nodes stay on master0). With
---rejoin-returning it is rejoined as a standby (as `rejoin --host` does); it is never made
-master0 again before a replica stamp newer than its rejoin.
+A fenced host that answers again is logged and its stale registry stopped over SSH (it ran as
+master0, read-write, on data that ended at its death; nodes stay on master0); it stays on
+down_hosts. With --rejoin-returning it is rejoined as a standby instead (as `rejoin --host`
+does); it is never made master0 again before a replica stamp newer than its rejoin.
 
 Log: one JSON line per decision and action on stdout (or --log FILE): ts, event, and per event:
   start {master0, probers, settings}; probers {probers}; decision {decision
   (suspect|cleared|undecidable|failover|held|resume|returned|rejoin|gone), target, why, evidence
   {prober: vote}}; candidates {ranked, rejected}; fence {old, new, down_hosts}; up {ok,
   seconds, error}; verified {healthy, master0_images, images_expected, problems, seconds};
-  rejoined {host, ok}; config {master0, down_hosts}; signal {signal}; stop {exit_code}.
+  fenced_registry {host, ok, error}; rejoined {host, ok}; config {master0, down_hosts}; signal
+  {signal}; stop {exit_code}.
 The engine's own output and the progress of `up` go to stderr.
 
 Stops on SIGTERM or SIGINT: between rounds at once (exit 0); during an `up`, the engine gets one
@@ -361,6 +363,8 @@ class Watcher:
                     return
                 if decision.kind is Kind.REJOIN:
                     self.rejoin(decision.target)
+                elif decision.kind is Kind.RETURNED and not self.args.rejoin_returning:
+                    self.stop_stale_registry(decision.target)
 
     def sync_config(self) -> StackConfig:
         """The stack file again (an operator may have run `recover` or `rejoin`): the watcher
@@ -499,6 +503,20 @@ class Watcher:
         return ok
 
     # -- a returning host --------------------------------------------------------------------
+    def stop_stale_registry(self, host: str) -> None:
+        """A fenced host that came back still runs the registry it ran as master0: read-write,
+        on data that stopped at its death. No node points at it, but anything dialling its IP
+        (a stale mirror list, a person, a script) would read stale tags or push where nothing
+        replicates. Fencing ends that: its registry is stopped as a cold standby's is
+        (scripts/standby-registry.sh), and the host stays on down_hosts for the operator (or
+        --rejoin-returning) to take back."""
+        config = self.session.config
+        done = self.links.access.run(host, script_run("standby-registry.sh", config.rootfs),
+                                     timeout=60)
+        error = "" if done.returncode == 0 else ssh_error(done.stderr, done.returncode)
+        self.log("fenced_registry", host=host, ok=done.returncode == 0, error=error or None,
+                 note="its stale registry is stopped; it stays on down_hosts")
+
     def rejoin(self, host: str) -> None:
         config = self.session.config
         down = [ip for ip in config.down_hosts if ip != host]

@@ -126,13 +126,18 @@ class TestWatch:
 
     def test_returning_old_master0_is_logged_not_readmitted(self, lab_env, stack, watcher):  # noqa: F811
         """The old master0 revived (its stale registry answers again): after the hold-down it is
-        seen answering over the window and logged; it stays on down_hosts, nodes keep pointing at
-        the new master0, and SIGTERM then stops the watcher cleanly (exit 0)."""
+        seen answering over the window and logged, and its stale registry is stopped; it stays on
+        down_hosts, nodes keep pointing at the new master0, and SIGTERM then stops the watcher
+        cleanly (exit 0)."""
         old, new = lab_env.masters[0], lab_env.masters[1]
         lab_env.lab.revive(old)
         returned = watcher.wait_for(lambda e: e.get("decision") == "returned", HOLD_DOWN + WINDOW + 30,
                                     "the old master0's return")
         assert returned["target"] == old and "stale" in returned["why"]
+        fenced = watcher.wait_for(lambda e: e["event"] == "fenced_registry", 60,
+                                  "the stop of its stale registry")
+        assert (fenced["host"], fenced["ok"]) == (old, True), fenced
+        assert not registry_running(lab_env.lab, old)
         time.sleep(2 * INTERVAL)
         assert [e["decision"] for e in watcher.decisions()].count("rejoin") == 0
         assert stack_config(stack)["down_hosts"] == [old]

@@ -2,7 +2,8 @@
 watch` running, master0 killed (packets dropped) while a node pulls every boot-history image.
 The pulls go on through the read-only replicas with 0 failures, the watcher recovers without a
 person, and then the node's containerd no longer lists the dead host at all (pulls take their
-normal time again). The revived old master0 stays fenced: no node resolves or mirrors to it.
+normal time again). The revived old master0 stays fenced: its stale registry is stopped, and no
+node resolves or mirrors to it.
 A fresh lab of 3 masters + 2 nodes; the tests run in order on one stack.
 """
 
@@ -87,12 +88,18 @@ class TestWatchWithWarmStandby:
         assert upload_code(lab_env.lab, node, standby, repo) == 405
 
     def test_revived_old_master0_stays_out_of_every_node(self, lab_env, stack, watcher):  # noqa: F811
-        """The old master0 revived (its registry, stale and read-write, answers again): it stays
-        on down_hosts, no host maps the domain to it and no node's containerd lists it, so no
-        node can pull from or push to it; the watcher stops cleanly."""
+        """The old master0 revived (its registry, stale and read-write, answers again): the
+        watcher stops that registry (an upload to its IP is no longer accepted); it stays on
+        down_hosts, no host maps the domain to it and no node's containerd lists it; the watcher
+        stops cleanly."""
         old, new, _ = lab_env.masters
         lab_env.lab.revive(old)
         watcher.wait_for(lambda e: e.get("decision") == "returned", 60, "the old master0's return")
+        fenced = watcher.wait_for(lambda e: e["event"] == "fenced_registry", 60,
+                                  "the stop of its stale registry")
+        assert fenced["ok"] is True, fenced
+        repo = lab_env.refs[0].split(":")[0]
+        assert upload_code(lab_env.lab, lab_env.nodes[0], old, repo) not in (200, 201, 202)
         assert stack_config(stack)["down_hosts"] == [old]
         for ip in lab_env.all_ips[1:]:
             assert hosts_line(lab_env.lab, ip) == [f"{new} {DOMAIN} #hostalias-set-by-sealer"]
