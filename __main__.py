@@ -15,8 +15,8 @@ import pulumi
 import kubeapi
 from components.access import JumpHost, SshAccess
 from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs
+from components.deploy_host import StoreSource
 from config.errors import ConfigError
-from config.image_store import load_images
 from config.loader import load_stack_file, read_runtime_config, stack_file_path
 from material import build_material
 from topology import ROOT, Topology
@@ -33,6 +33,24 @@ def read_file(path: str, field: str) -> str:
         raise ConfigError([(field, f"cannot read {path!r}: {exc.strerror}")]) from exc
 
 
+def store_source(cfg, images, material) -> StoreSource | None:
+    """How master0 is filled from apps.image_store (None: no store, the cluster's own data)."""
+    store = cfg.apps.image_store
+    if store is None:
+        return None
+    reg = cfg.registry
+    login = secret_text(store.password)
+    registry_password = secret_text(reg.password)
+    return StoreSource(
+        registry=store.registry,
+        refs=tuple(str(ref) for img in images for ref in img.refs),
+        ca_pem=read_file(store.ca_file, "apps.image_store.ca_file") if store.ca_file else None,
+        login=pulumi.Output.secret(f"{store.username}:{login}") if login is not None else None,
+        registry_login=(pulumi.Output.secret(f"{reg.username}:{registry_password}")
+                        if registry_password is not None else None),
+        registry_ca=material.ca_cert if material.tls else None)
+
+
 def main() -> None:
     # The engine only knows secrecy per top-level key; the stack file shows each value, so a
     # plaintext password next to an encrypted key is refused here as `cli validate` refuses it
@@ -44,7 +62,7 @@ def main() -> None:
     reg, cluster, tls = cfg.registry, cfg.cluster, cfg.registry.tls
     history = cfg.history
     # The cluster image first; none without apps.image_store (the data is the cluster's own).
-    images = load_images(cfg.apps.image_store, cfg.image_ids) if cfg.apps.copies_data else []
+    images = cfg.apps.stored_images
     ssh_key = secret_text(cluster.ssh.private_key) or (read_file(
         cluster.ssh.private_key_path, "cluster.ssh.private_key_path")
         if cluster.ssh.private_key_path else None)
@@ -88,8 +106,7 @@ def main() -> None:
         domain=reg.domain, port=reg.port,
         insecure=reg.local_registry.insecure_mode, username=reg.username,
         password=pulumi.Output.secret(password) if password else None,
-        material=material, access=access, image_store=(str(Path(cfg.apps.image_store).expanduser().resolve())
-                                                    if cfg.apps.copies_data else ""),
+        material=material, access=access, store=store_source(cfg, images, material),
         images=images, application_json=json.dumps(history.model_dump(mode="json"), indent=2, sort_keys=True),
         kubeconfig=pulumi.Output.secret(kubeconfig), kube_context=cfg.kubernetes.context or None,
         cluster_identifier=cfg.kubernetes.cluster_identifier,

@@ -45,9 +45,10 @@ Adopt a running sealer cluster: `adopt --from MASTER0 --stack NAME`.
    printed), the registry's domain, port and login from the Clusterfile, sealer's cert and key
    (registry.tls.cert/key: nodes keep their trust), its htpasswd and its registry config as-is
    (the registry sealer started keeps serving), the boot history inline. Every master is a
-   deploy host. Without --image-store the data is sealer's on master0: in pre mode (the
-   default) `pulumi up` replicates it host to host to the other masters, so `recover` can move
-   master0 onto one of them.
+   deploy host. The data is sealer's on master0: in pre mode (the default) `pulumi up`
+   replicates it host to host to the other masters, so `recover` can move master0 onto one of
+   them (an image store, a registry holding the cluster's images, can be added to the stack
+   file later: apps.image_store).
 3. Checks the whole config offline (every problem printed; nothing written if any), then writes
    Pulumi.NAME.yaml: plain values in the file, every secret through `pulumi config set --secret`
    on stdin (never on a command line), creating the stack in the backend if needed; and
@@ -105,10 +106,6 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="a local boot history to use instead of master0's application.json")
     parser.add_argument("--registry-password-file", metavar="PATH",
                         help="file holding the registry password, when the Clusterfile has none")
-    parser.add_argument("--image-store", metavar="DIR",
-                        help="a local image store to copy registry data from (with "
-                             "--cluster-image-id); then every master is a deploy host")
-    parser.add_argument("--cluster-image-id", metavar="ID", help="sha256:... of the cluster image")
     parser.add_argument("--distribution", choices=["pre", "post"], default="pre")
     parser.add_argument("--force", action="store_true",
                         help="overwrite an existing Pulumi.NAME.yaml")
@@ -383,14 +380,11 @@ def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace
         apps["history_file"] = str(resolve_local_path(args.history_file, args.project_dir))
     else:
         apps["history"] = _boot_history(files, files.meta.get("history", "application.json"))
-    if args.image_store or args.cluster_image_id:
-        apps["image_store"] = str(resolve_local_path(args.image_store, args.project_dir)) if args.image_store else None
-        apps["cluster_image_id"] = args.cluster_image_id
-    else:
-        notes.append("no --image-store: the registry data is sealer's on master0; "
-                     + ("`pulumi up` replicates it host to host to the other masters (pre mode)"
-                        if args.distribution == "pre" else
-                        "in post mode only master0 holds it: `recover` needs a replica or a store"))
+    notes.append("the registry data is sealer's on master0; "
+                 + ("`pulumi up` replicates it host to host to the other masters (pre mode)"
+                    if args.distribution == "pre" else
+                    "in post mode only master0 holds it: `recover` needs a replica or an image "
+                    "store (apps.image_store)"))
     registry["local_registry"]["deploy_hosts"] = list(cf.masters)
 
     plain = {

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
 from cli import apiserver
 from cli.change import (Change, Outcome, Result, Timer, apply_change, failure, finish,
@@ -16,7 +14,7 @@ from cli.change import PREFLIGHT_TIMEOUT_S
 from cli.probe import HostProbe, complete_images, probe_command, probe_hosts
 from cli.session import Session
 from config import StackConfig
-from config.image_store import StoredImage
+from cli.store import check_store
 from topology import Place, Topology
 
 NAME = "recover"
@@ -90,18 +88,6 @@ def check_role(config: StackConfig, host: str) -> None:
                        f"{', '.join(config.deploy_hosts)}): it holds no registry files to serve from")
 
 
-def image_bytes(store: Path, images: list[StoredImage]) -> int:
-    total = 0
-    for img in images:
-        for root, _, files in os.walk(store / img.hex / "docker"):
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(root, name)).st_size
-                except OSError:
-                    pass
-    return total
-
-
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -124,9 +110,11 @@ def preflight(session: Session, host: str, down_hosts: list[str]) -> dict:
         raise CliError(f"{host}'s replica holds {present} of {len(images)} images (missing "
                        f"{probe.missing_refs[0]}); in pre mode the new master0 must already hold "
                        "the data: run `pulumi up` while master0 is alive, or use post mode")
-    if config.apps.copies_data:
-        needed = max(0, image_bytes(session.image_store, images) - probe.registry_bytes)
-        source = "the image store"
+    if config.apps.copies_data and present == len(images):
+        # The fill step finds every ref served already and copies nothing: the store may be down.
+        source, needed = f"{host}'s own replica", 0
+    elif config.apps.copies_data:
+        source, needed = store_source(session, probe)
     else:
         source, needed = data_source(session, host, probe, down_hosts)
     if probe.disk_avail < needed:
@@ -136,6 +124,19 @@ def preflight(session: Session, host: str, down_hosts: list[str]) -> dict:
     return {"host": host, "replica_images": present, "images_expected": len(images),
             "disk_avail_bytes": probe.disk_avail, "needed_bytes": needed,
             "apiserver": api.endpoint, "data_source": source}
+
+
+def store_source(session: Session, probe: HostProbe) -> tuple[str, int]:
+    """The image store fills the new master0: it must serve every pinned ref now."""
+    store = session.config.apps.image_store
+    assert store is not None
+    check = check_store(store, session.store_password(), session.images, session.project_dir)
+    if check.problems:
+        more = f" (and {len(check.problems) - 1} more)" if len(check.problems) > 1 else ""
+        raise CliError(f"the image store {store.registry} (apps.image_store.registry) serves "
+                       f"{check.served} of {check.refs} refs: {check.problems[0]}{more}; "
+                       "nothing was changed")
+    return f"the image store {store.registry}", max(0, check.bytes - probe.registry_bytes)
 
 
 def data_source(session: Session, host: str, probe: HostProbe,

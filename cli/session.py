@@ -18,11 +18,11 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from cli.common import CliError, resolve_local_path
+from cli.common import CliError
 from cli.engine import Engine, selected_stack
 from cli.ssh import SshAccess, ssh_key_file
 from config import ConfigError, StackConfig, load_stack_file, stack_file_path
-from config.image_store import StoredImage, load_images
+from config.image_store import StoredImage
 from topology import Topology
 
 
@@ -75,22 +75,19 @@ class Session:
         return Topology.of(self.config)
 
     @property
-    def image_store(self) -> Path | None:
-        store = self.config.apps.image_store
-        return None if store is None else resolve_local_path(store, self.project_dir)
-
-    @property
     def images(self) -> list[StoredImage]:
-        """The images the registry must serve, from the local image store the config names (none
-        when the stack names no image store)."""
-        if self._images is None and self.image_store is None:
-            self._images = []
+        """The images the registry must serve, with the refs the image store pins (none when
+        the stack names no image store: the deploy hosts serve what they hold)."""
         if self._images is None:
-            try:
-                self._images = load_images(self.image_store, self.config.image_ids)
-            except ConfigError as e:
-                raise CliError("\n".join(e.lines())) from None
+            self._images = self.config.apps.stored_images
         return self._images
+
+    def store_password(self) -> str | None:
+        """The image store's password, decrypted through the engine (None: anonymous)."""
+        store = self.config.apps.image_store
+        if store is None or store.password is None:
+            return None
+        return self.engine.get_value("apps.image_store.password")
 
     # -- the engine and the hosts ----------------------------------------------------------------
     @property

@@ -17,7 +17,7 @@ from topology import HostStep, Topology
 
 from .access import SshAccess
 from .cluster_node import ClusterNodeArgs, node_step
-from .deploy_host import DeployHost, DeployHostArgs, RootfsPayload
+from .deploy_host import DeployHost, DeployHostArgs, RootfsPayload, StoreSource
 from .records import RegistryRecords, RegistryRecordsArgs
 from .remote_scripts import host_step, script_run
 
@@ -34,7 +34,7 @@ class ClusterRegistryArgs:
     password: pulumi.Input[str] | None  # secret Output
     material: RegistryMaterial
     access: SshAccess
-    image_store: str
+    store: StoreSource | None           # the image store master0 is filled from (None: own data)
     images: list[StoredImage]           # the cluster image and every boot-history image
     application_json: str
     kubeconfig: pulumi.Input[str]       # secret Output
@@ -83,7 +83,7 @@ class ClusterRegistry(pulumi.ComponentResource):
             self.deploy_hosts[host.ip] = DeployHost(HostStep.DEPLOY.of(host.ip), DeployHostArgs(
                 host=host, rootfs=args.rootfs, domain=args.domain, port=args.port,
                 access=args.access, payload=read_only if host.read_only else payload,
-                image_store=args.image_store,
+                store=args.store,
                 data_sources=tuple(layout.data_sources(host.ip)),
                 after=(first.data,) if first is not None and first.data is not None else (),
             ), opts=child)
@@ -110,7 +110,8 @@ class ClusterRegistry(pulumi.ComponentResource):
             triggers=[payload.fingerprint],
             opts=child.merge(pulumi.ResourceOptions(depends_on=[
                 launch, *self.nodes.values(),
-                *(d.registry for d in self.deploy_hosts.values())])))
+                *(d.registry for d in self.deploy_hosts.values()),
+                *(d.data for d in self.deploy_hosts.values() if d.data is not None)])))
 
         self.master0 = master0
         self.endpoint = f"{args.domain}:{args.port}"

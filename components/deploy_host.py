@@ -70,6 +70,37 @@ class RootfsPayload:
 
 
 @dataclass(frozen=True)
+class StoreSource:
+    """The image store (config/image_store.py) as master0's fill step needs it: skopeo copies
+    each ref from ``registry`` into master0's registry (scripts/fill-from-store.sh)."""
+
+    registry: str                                  # HOST:PORT of the store
+    refs: tuple[str, ...]                          # REPOSITORY:TAG@DIGEST of every image, in order
+    ca_pem: str | None = None                      # the store's CA (None: the system's trust)
+    login: pulumi.Input[str] | None = None         # secret "USER:PASSWORD" at the store
+    registry_login: pulumi.Input[str] | None = None  # secret "USER:PASSWORD" at master0's registry
+    registry_ca: str | None = None                 # the cluster's CA (None: insecure mode, HTTP)
+
+    @property
+    def generation(self) -> str:
+        """Changes with the refs: the replicas pull again when master0's images change."""
+        return hashlib.sha256(" ".join(self.refs).encode()).hexdigest()[:16]
+
+    def stdin(self, ssh_secret: pulumi.Input[str]) -> pulumi.Output[str]:
+        """fill-from-store.sh's stdin: ``NAME BASE64`` lines (a secret Output)."""
+        def lines(values: list) -> str:
+            secret, login, registry_login = values
+            parts = {"ssh": secret, "store-auth": login, "dest-auth": registry_login,
+                     "store-ca": self.ca_pem, "dest-ca": self.registry_ca}
+            return "".join(f"{name} {_b64(value)}\n" for name, value in parts.items() if value is not None)
+        return pulumi.Output.secret(pulumi.Output.all(ssh_secret, self.login, self.registry_login).apply(lines))
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@dataclass(frozen=True)
 class DeployHostArgs:
     host: HostPlan     # a deploy host: role launch or standby; its images, if it holds data
     rootfs: str
@@ -77,7 +108,7 @@ class DeployHostArgs:
     port: int
     access: SshAccess
     payload: RootfsPayload  # read-only for a warm standby (host.read_only)
-    image_store: str   # the local image store master0's data is copied from ("" = none)
+    store: StoreSource | None  # the image store master0 is filled from (None: the cluster's own data)
     data_sources: tuple[str, ...] = ()  # hosts the data step may copy from (topology.data_sources)
     after: tuple[pulumi.Resource, ...] = ()  # a replica's data step runs after master0's
 
@@ -112,29 +143,20 @@ class DeployHost(pulumi.ComponentResource):
         images = [image_hex(i) for i in host.images]
         self.data: local.Command | remote.Command | None = None
         self.data_after = list(args.after)  # what the data step waits for (tests read it)
-        if host.holds_data:
-            data_opts = child.merge(pulumi.ResourceOptions(depends_on=list(args.after)))
-            if host.role is RegistryRole.LAUNCH and images and args.image_store:
-                # master0 from the operator's image store (the lab's, or a stack that names one).
-                sync = script_run(
-                    "sync-data.sh", *args.access.rsync_flags(ip), "--stamp-self",
-                    f"{args.access.user_for(ip)}@{ip}", str(args.access.port_for(ip)), args.rootfs,
-                    args.image_store, *images, data=args.access.rsync_secret(ip))
-                self.data = local_step(HostStep.DATA.of(ip), sync, opts=data_opts)
-            else:
-                # Host to host: the step runs on this host and pulls over SSH (the cluster's key
-                # or the source's password on stdin only; quiet step).
-                sources = list(args.data_sources)
-                # With an image store, master0's data changes with the images: the replicas pull
-                # again then. Without one, the program cannot see a change of master0's tree.
-                generation = (["--generation", hashlib.sha256(" ".join(images).encode()).hexdigest()[:16]]
-                              if images and args.image_store else [])
-                pull = script_run(
-                    "pull-data.sh", "--master0" if host.role is RegistryRole.LAUNCH else "--replica",
-                    args.rootfs, *generation, *args.access.pull_sources(sources),
-                    data=args.access.pull_credentials(sources))
-                self.data = host_step(HostStep.DATA.of(ip), args.access, ip, pull, quiet=True,
-                                      opts=data_opts)
+        fills = host.role is RegistryRole.LAUNCH and args.store is not None and host.holds_data
+        if host.holds_data and not fills:
+            # Host to host: the step runs on this host and pulls over SSH (the cluster's key or
+            # the source's password on stdin only; quiet step). Replicas run after master0's data
+            # step; with an image store, master0's data changes with the refs: pull again then.
+            # Without one, the program cannot see a change of master0's tree.
+            generation = ["--generation", args.store.generation] if args.store is not None else []
+            sources = list(args.data_sources)
+            pull = script_run(
+                "pull-data.sh", "--master0" if host.role is RegistryRole.LAUNCH else "--replica",
+                args.rootfs, *generation, *args.access.pull_sources(sources),
+                data=args.access.pull_credentials(sources))
+            self.data = host_step(HostStep.DATA.of(ip), args.access, ip, pull, quiet=True,
+                                  opts=child.merge(pulumi.ResourceOptions(depends_on=list(args.after))))
             steps.append(self.data)
 
         after_files = child.merge(pulumi.ResourceOptions(depends_on=steps))
@@ -145,6 +167,19 @@ class DeployHost(pulumi.ComponentResource):
         else:
             standby = script_run("standby-registry.sh", args.rootfs)
             self.registry = host_step(host.registry_step, args.access, ip, standby, opts=after_files)
+
+        if fills:
+            # master0 from the image store, through its running registry (skopeo on this
+            # machine: store -> master0; every secret on the step's stdin).
+            store = args.store
+            assert store is not None
+            fill = script_run(
+                "fill-from-store.sh", *args.access.rsync_flags(ip),
+                f"{args.access.user_for(ip)}@{ip}", str(args.access.port_for(ip)), args.rootfs,
+                store.registry, str(args.port), *store.refs,
+                data=store.stdin(args.access.rsync_secret(ip)))
+            self.data = local_step(HostStep.DATA.of(ip), fill, opts=child.merge(
+                pulumi.ResourceOptions(depends_on=[self.registry, *args.after])))
 
         self.register_outputs({
             "ip": ip,

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Optional
 
-from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from config.base import ConfigModel, duplicates, raise_problems, section
+from config.image_store import ImageStoreConfig, StoredImage
 from config.scalars import AppName, ImageId, LocalPath, NonEmptyText, Text
 
 
@@ -87,17 +88,29 @@ HISTORY_FILE_READ = "history_file_read"
 
 
 class AppsConfig(ConfigModel):
-    """The boot history, and an optional local source of the registry data: ``image_store`` (with
-    the ``cluster_image_id`` it holds) is pushed to master0, whose tree the other deploy hosts pull
-    host to host. Without both, the data is the cluster's own (an adopted cluster: sealer's on
-    master0): master0 keeps it and the replicas pull it; a new master0 is filled from a replica."""
+    """The boot history, and an optional source of the registry data: ``image_store``, a registry
+    holding the images of the cluster image (``cluster_image_id``) and of every boot-history image,
+    pinned by digest. The program copies them into master0's registry, whose tree the other deploy
+    hosts pull host to host. Without both, the data is the cluster's own (an adopted cluster:
+    sealer's on master0): master0 keeps it and the replicas pull it; a new master0 is filled from
+    a replica."""
 
     history: Optional[BootHistory] = None
     history_file: Optional[LocalPath] = None
-    image_store: Optional[LocalPath] = None
+    image_store: Optional[ImageStoreConfig] = None
     cluster_image_id: Optional[ImageId] = None
 
     _loaded_history: Optional[BootHistory] = PrivateAttr(default=None)
+
+    @field_validator("image_store", mode="before")
+    @classmethod
+    def _not_a_directory(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(
+                f"{value!r} is a path; the image store is a registry holding the cluster's images: "
+                "{registry: host[:port], username, password (secret), ca_file, images: {<image id>: "
+                "[repository:tag@sha256:<digest>, ...]}} (README, 'Configuration reference')")
+        return value
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> "AppsConfig":
@@ -115,13 +128,30 @@ class AppsConfig(ConfigModel):
                 self._loaded_history = _history_from_file(self.history_file, (info.context or {}).get(HISTORY_FILE_READ))
             except PydanticCustomError as e:
                 problems += (e.context or {}).get("problems", [])
+        if self.image_store is not None and self.cluster_image_id is not None and not problems:
+            for image_id in self.image_store.missing(self.image_ids):
+                what = "the cluster image" if image_id == self.cluster_image_id else "a boot-history image"
+                problems.append(("image_store.images", f"has no refs for {image_id} ({what}); "
+                                                       "list the refs of every image the cluster runs"))
         raise_problems(problems)
         return self
 
     @property
     def copies_data(self) -> bool:
-        """The program pushes registry data from a local image store to master0."""
+        """The program copies registry data from the image store into master0's registry."""
         return self.image_store is not None
+
+    @property
+    def image_ids(self) -> list[str]:
+        """The cluster image first, then the boot history's (none without an image store)."""
+        if not self.copies_data:
+            return []
+        return list(dict.fromkeys([self.cluster_image_id, *self.boot_history.image_ids]))
+
+    @property
+    def stored_images(self) -> list[StoredImage]:
+        """The images the registry must serve, with their pinned refs (none without a store)."""
+        return self.image_store.stored(self.image_ids) if self.image_store is not None else []
 
     @property
     def boot_history(self) -> BootHistory:

@@ -285,12 +285,12 @@ def read_history_file(given: str, base_dir: str | os.PathLike | None) -> History
         return HistoryFileRead(given, problems=tuple(f"{where}: {p.path or '.'}: {p.message}" for p in problems))
 
 
-# (field, "file" | "directory"). apps.history_file is not here: `read_history_file` reads it
+# (field, "file" | "directory" | "certificates": a file of PEM certificates). apps.history_file is not here: `read_history_file` reads it
 # whether or not files are checked, so a missing one is already reported.
 LOCAL_PATHS: tuple[tuple[str, str], ...] = (
     ("cluster.ssh.private_key_path", "file"),
     ("kubernetes.kubeconfig_path", "file"),
-    ("apps.image_store", "directory"),
+    ("apps.image_store.ca_file", "certificates"),
 )
 
 
@@ -306,6 +306,11 @@ def local_file_problems(values: Mapping[str, Any], base_dir: str | os.PathLike |
         path = Path(os.path.abspath(resolve_path(given, base_dir)))
         where = given if str(path) == given else f"{given} ({path})"
         problem = _directory_problem(path) if kind == "directory" else _file_problem(path)
+        if problem is None and kind == "certificates":
+            problem = _certificates_problem(path)
+            if problem:
+                problems.append((field, f"{where} {problem}"))
+                continue
         if problem:
             problems.append((field, f"cannot {'list the directory' if kind == 'directory' else 'read'} {where}: {problem}"))
     return problems
@@ -317,6 +322,20 @@ def _directory_problem(path: Path) -> str | None:
             return None
     except OSError as e:
         return e.strerror or str(e)
+
+
+def _certificates_problem(path: Path) -> str | None:
+    from cryptography import x509
+
+    try:
+        data = path.read_bytes()
+        if not x509.load_pem_x509_certificates(data):
+            return "holds no PEM certificate"
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    except ValueError:
+        return "is not a file of PEM certificates (-----BEGIN CERTIFICATE-----)"
+    return None
 
 
 def _file_problem(path: Path) -> str | None:

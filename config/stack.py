@@ -35,6 +35,7 @@ SECRET_PATHS: tuple[str, ...] = (
     "registry.tls.key",
     "registry.htpasswd",
     "kubernetes.kubeconfig",
+    "apps.image_store.password",
 )
 
 
@@ -148,9 +149,7 @@ class StackConfig(ConfigModel):
     def image_ids(self) -> list[str]:
         """Distinct images whose data the program copies and verifies: the cluster image first,
         then the apps'. None without an image store: the deploy hosts serve what they hold."""
-        if not self.apps.copies_data:
-            return []
-        return list(dict.fromkeys([self.apps.cluster_image_id, *self.history.image_ids]))
+        return self.apps.image_ids
 
     @property
     def secure_paths(self) -> frozenset[str]:

@@ -17,6 +17,8 @@ if ! declare -F info >/dev/null; then
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
   # shellcheck source=lib/replica.sh
   source "${BASH_SOURCE[0]%/*}/lib/replica.sh"
+  # shellcheck source=lib/ssh-client.sh
+  source "${BASH_SOURCE[0]%/*}/lib/ssh-client.sh"
 fi
 
 KEY_FILE=""
@@ -43,44 +45,6 @@ parse_flags() {
     esac
   done
   REST=("$@")
-}
-
-# A remote command line, as root: through `sudo -n bash -c` when USER is not root.
-as_root() {
-  if [[ -n "$SUDO" ]]; then
-    printf '%s bash -c %q' "$SUDO" "$1"
-  else
-    printf '%s' "$1"
-  fi
-}
-
-# ssh asks the askpass helper for the password (SSH_ASKPASS_REQUIRE=force: also without a
-# terminal); the helper prints the password file.
-use_askpass() {
-  printf '#!/bin/sh\nexec cat %q\n' "$PASSWORD_FILE" >"$WORK/askpass"
-  chmod 0700 "$WORK/askpass"
-  export SSH_ASKPASS="$WORK/askpass" SSH_ASKPASS_REQUIRE=force
-}
-
-ssh_command() {
-  local host=$1 port=$2
-  local cmd=(ssh -p "$port" -o ConnectTimeout=5
-    -o ServerAliveInterval=5 -o ServerAliveCountMax=3 -c aes128-gcm@openssh.com)
-  if [[ -n "$PASSWORD_FILE" ]]; then
-    cmd+=(-o BatchMode=no -o "PreferredAuthentications=keyboard-interactive,password"
-      -o NumberOfPasswordPrompts=1 -o PubkeyAuthentication=no)
-  else
-    cmd+=(-o BatchMode=yes)
-  fi
-  [[ -z "$KEY_FILE" ]] || cmd+=(-i "$KEY_FILE" -o IdentitiesOnly=yes)
-  if [[ -n "$HOST_KEY" ]]; then
-    printf '%s %s\n' "$([[ "$port" == 22 ]] && echo "$host" || echo "[$host]:$port")" "$HOST_KEY" >"$WORK/known_hosts"
-    cmd+=(-o StrictHostKeyChecking=yes -o UserKnownHostsFile="$WORK/known_hosts")
-  else
-    cmd+=(-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
-  fi
-  [[ -z "$JUMP" ]] || cmd+=(-J "$JUMP")
-  printf '%s\n' "${cmd[@]}"
 }
 
 main() {

@@ -55,7 +55,7 @@ def args(tmp_path, **overrides) -> argparse.Namespace:
     (tmp_path / "kubeconfig").write_text("apiVersion: v1\nclusters: []\n")
     values = dict(from_ip=MASTERS[0], ssh_key=None, project_dir=str(tmp_path),
                   kubeconfig=str(tmp_path / "kubeconfig"), history_file=None,
-                  registry_password_file=None, image_store=None, cluster_image_id=None,
+                  registry_password_file=None,
                   distribution="pre")
     values.update(overrides)
     return argparse.Namespace(**values)
@@ -190,13 +190,6 @@ def test_per_host_port_becomes_cluster_ssh_hosts(tmp_path):
     result = adopt(tmp_path, sealer)
     assert result.plain["cluster"]["ssh"]["hosts"] == {"10.0.0.21": {"port": 2222}}
     check_offline(result, tmp_path)
-
-
-def test_with_an_image_store_every_master_is_a_deploy_host(tmp_path):
-    (tmp_path / "store").mkdir()
-    result = adopt(tmp_path, image_store="store", cluster_image_id="sha256:" + "cd" * 32)
-    assert result.plain["registry"]["local_registry"]["deploy_hosts"] == MASTERS
-    assert result.plain["apps"]["image_store"] == str(tmp_path / "store")
 
 
 def test_a_registry_config_that_cannot_be_kept_is_left_out_with_a_note(tmp_path):

@@ -1,0 +1,102 @@
+"""The image store as `recover` checks it before it changes anything: the store answers with
+the configured login and TLS, serves every pinned ref with its digest, and how many bytes the
+images hold (the new master0 needs that much room). Read-only, through skopeo (as the fill step:
+scripts/fill-from-store.sh); the password only in a 0600 auth file of a private temp dir.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from config.image_store import ImageRef, ImageStoreConfig, StoredImage
+
+TIMEOUT_S = 20
+_POLICY = '{"default": [{"type": "insecureAcceptAnything"}]}\n'
+
+
+@dataclass
+class StoreCheck:
+    registry: str
+    refs: int = 0
+    served: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+class _Skopeo:
+    def __init__(self, store: ImageStoreConfig, password: str | None, project_dir: Path, work: Path):
+        self.store = store
+        (work / "policy.json").write_text(_POLICY)
+        auths = {}
+        if store.username is not None and password is not None:
+            auths[store.registry] = {"auth": base64.b64encode(f"{store.username}:{password}".encode()).decode()}
+        auth = work / "auth.json"
+        auth.touch(mode=0o600)
+        auth.write_text(json.dumps({"auths": auths}))
+        self.flags = ["--policy", str(work / "policy.json"), "--command-timeout", f"{TIMEOUT_S}s"]
+        self.inspect = ["--authfile", str(auth)]
+        if store.ca_file:
+            certs = work / "certs"
+            certs.mkdir(mode=0o700)
+            ca = Path(store.ca_file).expanduser()
+            (certs / "ca.crt").write_bytes((ca if ca.is_absolute() else project_dir / ca).read_bytes())
+            self.inspect += ["--cert-dir", str(certs)]
+
+    def raw(self, repository: str, digest: str) -> bytes:
+        out = subprocess.run(
+            ["skopeo", *self.flags, "inspect", "--raw", *self.inspect,
+             f"docker://{self.store.registry}/{repository}@{digest}"],
+            capture_output=True, timeout=TIMEOUT_S + 5)
+        if out.returncode != 0:
+            lines = out.stderr.decode(errors="replace").strip().splitlines() or [f"exit {out.returncode}"]
+            raise RuntimeError(lines[-1][:300])
+        if "sha256:" + hashlib.sha256(out.stdout).hexdigest() != digest:
+            raise RuntimeError(f"the store serves another manifest than {digest}")
+        return out.stdout
+
+
+def _ref_blobs(skopeo: _Skopeo, ref: ImageRef) -> dict[str, int]:
+    """Size of each blob (config, layers) of the ref, of every manifest of an index."""
+    doc = json.loads(skopeo.raw(ref.repository, ref.digest))
+    blobs: dict[str, int] = {}
+    if "manifests" in doc:
+        for m in doc["manifests"]:
+            blobs |= _ref_blobs(skopeo, ImageRef(ref.repository, ref.tag, m["digest"]))
+        return blobs
+    for blob in [doc.get("config", {}), *doc.get("layers", [])]:
+        if "digest" in blob:
+            blobs[blob["digest"]] = int(blob.get("size", 0))
+    return blobs
+
+
+def check_store(store: ImageStoreConfig, password: str | None, images: list[StoredImage],
+                project_dir: Path) -> StoreCheck:
+    """Asks the store for every ref (4 at a time); each ref it cannot serve is one problem."""
+    refs = list(dict.fromkeys(ref for img in images for ref in img.refs))
+    result = StoreCheck(store.registry, refs=len(refs))
+    with tempfile.TemporaryDirectory(prefix="sealer-store-") as tmp:
+        skopeo = _Skopeo(store, password, project_dir, Path(tmp))
+
+        def one(ref: ImageRef) -> tuple[ImageRef, dict[str, int] | str]:
+            try:
+                return ref, _ref_blobs(skopeo, ref)
+            except (RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+                return ref, str(exc) or type(exc).__name__
+
+        blobs: dict[str, int] = {}
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for ref, outcome in pool.map(one, refs):
+                if isinstance(outcome, dict):
+                    result.served += 1
+                    blobs |= outcome
+                else:
+                    result.problems.append(f"{ref}: {outcome}")
+    result.bytes = sum(blobs.values())  # a blob two images share is stored once
+    return result
