@@ -37,6 +37,9 @@ WORK=""
 SSH_SECRET=""
 # A hung store must not hang `pulumi up`: one ref's copy gets this long (skopeo's own timeout).
 COPY_TIMEOUT=${FILL_COPY_TIMEOUT:-30m}
+PARALLEL=4
+MANIFEST_TYPES="application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
 
 CONTROL=()
 
@@ -88,6 +91,9 @@ write_auth() {
   [[ ! -f "$WORK/in/store-auth" ]] || entries+=("$(printf '"%s": {"auth": "%s"}' "$store" "$(cat "$WORK/in/store-auth")")")
   [[ ! -f "$WORK/in/dest-auth" ]] || entries+=("$(printf '"%s": {"auth": "%s"}' "$dest" "$(cat "$WORK/in/dest-auth")")")
   (IFS=,; umask 077 && printf '{"auths": {%s}}\n' "${entries[*]}" >"$WORK/auth.json")
+  (umask 077 && if [[ -f "$WORK/in/dest-auth" ]]; then
+    printf 'Authorization: Basic %s\n' "$(cat "$WORK/in/dest-auth")"
+  fi >"$WORK/dest-header")
 }
 
 # The skopeo flags of both ends. The refs are pinned by digest, so the policy accepts any
@@ -96,7 +102,6 @@ skopeo_flags() {
   printf '{"default": [{"type": "insecureAcceptAnything"}]}\n' >"$WORK/policy.json"
   FLAGS=(--policy "$WORK/policy.json" --command-timeout "$COPY_TIMEOUT")
   COPY=(--authfile "$WORK/auth.json" --retry-times 2)
-  INSPECT=(--authfile "$WORK/auth.json" --retry-times 2)
   if [[ -f "$WORK/in/store-ca" ]]; then
     mkdir -m 0700 "$WORK/store-certs"
     cp "$WORK/in/store-ca" "$WORK/store-certs/ca.crt"
@@ -106,34 +111,56 @@ skopeo_flags() {
     mkdir -m 0700 "$WORK/dest-certs"
     cp "$WORK/in/dest-ca" "$WORK/dest-certs/ca.crt"
     COPY+=(--dest-cert-dir "$WORK/dest-certs")
-    INSPECT+=(--cert-dir "$WORK/dest-certs")
   else
     COPY+=(--dest-tls-verify=false)
-    INSPECT+=(--tls-verify=false)
   fi
 }
 
-# The sha256 of the manifest DEST serves for REPOSITORY:TAG ("" when it serves none).
+# The digest DEST (127.0.0.1:PORT, the tunnel) serves for REPOSITORY:TAG ("" when none): one
+# HEAD with curl (the login as a header file, the cluster CA), far cheaper than a skopeo run.
 served_digest() {
-  local raw
-  raw=$(skopeo "${FLAGS[@]}" inspect --raw "${INSPECT[@]}" "docker://$1" 2>/dev/null) || return 0
-  printf 'sha256:%s\n' "$(printf '%s' "$raw" | sha256sum | cut -d' ' -f1)"
+  local dest=$1 name=$2 scheme=https tls=()
+  if [[ -f "$WORK/dest-certs/ca.crt" ]]; then tls=(--cacert "$WORK/dest-certs/ca.crt"); else scheme=http; fi
+  curl -sS -I --max-time 30 "${tls[@]}" -H @"$WORK/dest-header" -H "Accept: $MANIFEST_TYPES" \
+    "$scheme://$dest/v2/${name%:*}/manifests/${name##*:}" 2>/dev/null |
+    tr -d '\r' | awk 'tolower($1) == "docker-content-digest:" { print $2 }'
 }
 
+# Copies one ref unless DEST serves it already; writes "copied" or "present" to $WORK/done.N.
 copy_ref() {
-  local store=$1 dest=$2 ref=$3
+  local store=$1 dest=$2 ref=$3 n=$4
   local name=${ref%@*} digest=${ref##*@}
   local repo=${name%:*}
-  if [[ "$(served_digest "$dest/$name")" == "$digest" ]]; then
-    PRESENT=$((PRESENT + 1))
+  if [[ "$(served_digest "$dest" "$name")" == "$digest" ]]; then
+    echo present >"$WORK/done.$n"
     return 0
   fi
   skopeo "${FLAGS[@]}" copy -q --all --preserve-digests "${COPY[@]}" \
-    "docker://$store/$repo@$digest" "docker://$dest/$name" >"$WORK/copy.log" 2>&1 ||
-    fatal "copy of $ref from $store to $dest failed: $(tail -n 3 "$WORK/copy.log" | tr '\n' ' ')"
-  [[ "$(served_digest "$dest/$name")" == "$digest" ]] ||
-    fatal "$dest serves $name with another digest than $digest after the copy"
-  COPIED=$((COPIED + 1))
+    "docker://$store/$repo@$digest" "docker://$dest/$name" >"$WORK/copy.$n.log" 2>&1 ||
+    fatal "copy of $ref from $store failed: $(tail -n 3 "$WORK/copy.$n.log" | tr '\n' ' ')"
+  [[ "$(served_digest "$dest" "$name")" == "$digest" ]] ||
+    fatal "master0 serves $name with another digest than $digest after the copy"
+  echo copied >"$WORK/done.$n"
+}
+
+# Every ref, PARALLEL at a time (each copy is mostly round trips: they overlap well); fails
+# after the running copies end if any failed.
+copy_all() {
+  local store=$1 dest=$2 n=0 failed=0 pids=() ref
+  shift 2
+  for ref in "$@"; do
+    copy_ref "$store" "$dest" "$ref" "$n" &
+    pids+=("$!")
+    n=$((n + 1))
+    if ((${#pids[@]} >= PARALLEL)); then
+      wait "${pids[0]}" || failed=1
+      pids=("${pids[@]:1}")
+    fi
+  done
+  for ref in "${pids[@]}"; do wait "$ref" || failed=1; done
+  ((failed == 0)) || fatal "the fill from $store did not complete (no stamp written)"
+  COPIED=$(cat "$WORK"/done.* 2>/dev/null | grep -c copied || true)
+  PRESENT=$(cat "$WORK"/done.* 2>/dev/null | grep -c present || true)
 }
 
 # A free local TCP port for the forward (the kernel picks it; ExitOnForwardFailure catches a race).
@@ -159,7 +186,7 @@ main() {
   local target=$1 port=$2 rootfs=$3 store=$4 registry_port=$5
   shift 5
   read_inputs
-  local host=${target#*@} registry ref local_port dest
+  local host=${target#*@} registry local_port dest
   mapfile -t SSH_CMD < <(ssh_command "$host" "$port")
   local_port=$(free_port)
   dest="127.0.0.1:$local_port"
@@ -169,10 +196,7 @@ main() {
   registry=$(printf '%q' "$rootfs/registry")
   # No stamp while the registry's tree changes (as pull-data.sh and sync-data.sh).
   "${CONTROL[@]}" "$target" "$(as_root "mkdir -p $registry && rm -f $registry/.sealer-replica && echo store >$registry/.sealer-replica.run")"
-  PRESENT=0 COPIED=0
-  for ref in "$@"; do
-    copy_ref "$store" "$dest" "$ref"
-  done
+  copy_all "$store" "$dest" "$@"
   info "$COPIED refs copied from $store, $PRESENT already served by $host"
   "${CONTROL[@]}" "$target" "$(as_root "bash -c $(printf '%q' "$(declare -f tree_list write_stamp)
 tree_list $registry >$registry/.sealer-replica.list && write_stamp $registry self $registry/.sealer-replica.list && rm -f $registry/.sealer-replica.list $registry/.sealer-replica.run")")"

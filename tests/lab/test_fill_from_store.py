@@ -138,7 +138,8 @@ def test_no_secret_is_on_a_command_line(lab, setup):
     watcher.start()
     try:
         proc = fill(lab, served, material, served.refs, popen=True)
-        out, err = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
+        out, err = proc.stdout.read(), proc.stderr.read()
     finally:
         stop.set()
         watcher.join()
