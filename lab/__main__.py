@@ -1,4 +1,4 @@
-"""python -m lab up|down|status|kill|revive|stop-sshd|start-sshd|run|images|stackfile"""
+"""python -m lab up|down|status|kill|revive|stop-sshd|start-sshd|run|images|store|stackfile"""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     img = sub.add_parser("images", help="generate registry data into an image store")
     from lab import images as images_mod
     images_mod.add_arguments(img)
+    sto = sub.add_parser("store", help="the store registry: serve the generated images on "
+                                       "<gateway>:5443 (up prints the apps.image_store block)")
+    from lab import store as store_mod
+    store_mod.add_arguments(sto)
     stk = sub.add_parser("stackfile", help="write Pulumi.lab.yaml (needs the toolchain's pulumi)")
     from lab import stackfile as stackfile_mod
     stackfile_mod.add_arguments(stk)
@@ -94,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             return p.returncode
         elif a.cmd == "images":
             print(json.dumps(images_mod.main(a, lab), indent=2))
+        elif a.cmd == "store":
+            t0 = time.monotonic()
+            print(json.dumps(store_mod.main(a, lab), indent=2))
+            print(f"store {a.action}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
         elif a.cmd == "stackfile":
             print(stackfile_mod.main(a, lab))
     except LabError as e:

@@ -253,10 +253,15 @@ class Lab:
 
     def down(self, purge: bool = False) -> list[str]:
         """Remove everything `up` made, also after a crash: discovered by the `srl-` prefix and
-        by pid files under the state dir. Returns what it removed. The image store, application.json,
-        the stack's PKI/password and pulumi-state stay unless purge=True, which removes the whole
-        state dir (and Pulumi.lab.yaml when the state dir is the repo's default)."""
+        by pid files under the state dir. Returns what it removed. The store registry (lab.store)
+        stops and its union tree goes. The image store, application.json, the stack's and the
+        store registry's PKI, the stack's password and pulumi-state stay unless purge=True, which
+        removes the whole state dir (and Pulumi.lab.yaml when the state dir is the repo's
+        default)."""
+        from lab import store  # not at the top: lab.store imports this module
         removed = []
+        if store.stop(self.state, clean=True):
+            removed.append(f"store registry {store.ADDRESS}")
         names = self._existing_host_names()
         for name in sorted(names):
             self._remove_host(name)

@@ -26,6 +26,7 @@ from pulumi import automation as auto
 from config import PROJECT
 from lab import controlplane
 from lab import images as lab_images
+from lab import store as lab_store
 from lab.hosts import REPO, Lab
 from material import pki
 
@@ -50,6 +51,9 @@ class LabEnv:
     refs: list[str]            # every REPO:TAG@DIGEST the registry must serve
     kubeconfig: Path           # the operator's: admin credentials, server master0's apiserver
     ca: tuple[str, str]        # (cert, key) for stacks that bring their own CA
+    # The store registry serving ``store`` (lab/store.py): ``.config()`` is the stack's
+    # ``apps.image_store`` block, ``.secrets`` its password by config path.
+    store_registry: lab_store.StoreRegistry | None = None
 
     @property
     def masters(self) -> list[str]:
@@ -75,7 +79,7 @@ def make_lab_env(state: Path, masters: int = 3, nodes: int = 2,
                  apps: int = 2, app_size: int = 512 << 10, cluster_size: int = 1 << 20,
                  ca: tuple[str, str] | None = None, bin_dir: Path | None = None) -> LabEnv:
     """Bring up a lab in ``state`` (hosts, the control plane on the masters, images,
-    application.json); ``Lab(state).down()`` undoes it. ``ca``: the registry CA to use (default:
+    application.json, the store registry serving them); ``Lab(state).down()`` undoes it. ``ca``: the registry CA to use (default:
     a new one); ``bin_dir``: the toolchain's (default: built or found by lab.toolchain)."""
     lab = Lab(state)
     lab.up(masters=masters, nodes=nodes)
@@ -85,10 +89,12 @@ def make_lab_env(state: Path, masters: int = 3, nodes: int = 2,
                                   history=state / "application.json")
     refs = [f"{r['repository']}:{r['tag']}@{r['digest']}"
             for img in [summary["cluster"], *summary["apps"]] for r in img["refs"]]
+    store_registry = lab_store.ensure(lab, summary["store"])
     return LabEnv(lab=lab, inventory=lab.inventory(), key_path=lab.key_path,
                   store=Path(summary["store"]), history_file=Path(summary["history"]),
                   cluster_image_id=summary["cluster_image_id"], refs=refs,
-                  kubeconfig=cp.kubeconfig, ca=ca or pki.generate_ca())
+                  kubeconfig=cp.kubeconfig, ca=ca or pki.generate_ca(),
+                  store_registry=store_registry)
 
 
 def stack_values(lab_env: LabEnv, *, master0: str, down_hosts=(), distribution: str = "pre",
