@@ -25,6 +25,7 @@ import yaml
 from config import PROJECT
 from lab import controlplane as cplane
 from lab import images as lab_images
+from lab import store as lab_store
 from lab.hosts import REPO, Lab, LabError
 
 STACK = "demo"
@@ -115,7 +116,8 @@ def stack_config(lab: Lab, store: Path, history: Path, cluster_image_id: str,
         },
         "registry": {"domain": "sea.hub", "port": 5000, "username": "admin",
                      "local_registry": {"deploy_hosts": masters[:2], "insecure_mode": False}},
-        "apps": {"history_file": str(history), "image_store": str(store),
+        "apps": {"history_file": str(history),
+                 "image_store": lab_store.ensure(lab, store).config(),  # the lab's store registry
                  "cluster_image_id": cluster_image_id},
         "kubernetes": {"kubeconfig_path": str(kubeconfig), "cluster_identifier": inv["cluster"]},
     }
@@ -160,6 +162,8 @@ def run_demo(keep: bool) -> int:
         password = os.urandom(12).hex()
         pulumi(env, "config", "set", "--secret", "--path", "registry.password", "--stack", STACK,
                input=password)
+        for path, value in lab_store.SECRETS.items():
+            pulumi(env, "config", "set", "--secret", "--path", path, "--stack", STACK, input=value)
         if cli(env, "init-pki") != 0:
             raise DemoError("init-pki failed")
 

@@ -34,7 +34,7 @@ PROJECT_DIR = REPO
 DOMAIN = "sea.hub"
 PORT = 5000
 PASSWORD = "e2e-Registry-Passw0rd"
-SECRETS = {"registry.password": PASSWORD}
+SECRETS = {"registry.password": PASSWORD, **lab_store.SECRETS}
 
 
 # ------------------------------------------------------------------------------ the lab
@@ -122,7 +122,9 @@ def stack_values(lab_env: LabEnv, *, master0: str, down_hosts=(), distribution: 
             "local_registry": {"deploy_hosts": deploy_hosts or masters, "insecure_mode": False},
             "tls": {"ca_cert": lab_env.ca[0]},
         },
-        "apps": {"history_file": str(lab_env.history_file), "image_store": str(lab_env.store),
+        # The store registry serves every image of lab_env.store (ensure: also one a test added).
+        "apps": {"history_file": str(lab_env.history_file),
+                 "image_store": lab_store.ensure(lab_env.lab, lab_env.store).config(),
                  "cluster_image_id": lab_env.cluster_image_id},
         "kubernetes": {"kubeconfig_path": str(lab_env.kubeconfig), "cluster_identifier": "lab"},
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from lab import store as lab_store
 from lab.hosts import REPO, Lab, LabError
 
 STACK = "lab"
@@ -100,12 +101,14 @@ def stack_config(lab: Lab, master0: str | None = None, deploy_hosts: list[str] |
         raise LabError(f"no {images}: run `python -m lab images` first (the stack's apps section "
                        "names the image store, application.json and the cluster image)")
     summary = json.loads(images.read_text())
-    plain["apps"] = {"history_file": summary["history"], "image_store": summary["store"],
+    plain["apps"] = {"history_file": summary["history"],
+                     "image_store": lab_store.ensure(lab, summary["store"]).config(),
                      "cluster_image_id": summary["cluster_image_id"]}
     secret = {
         "cluster.ssh.private_key": lab.key_path.read_text(),
         "registry.password": lab_password(lab.state),
         "registry.tls.ca_key": ca_key,
+        **lab_store.SECRETS,
     }
     return plain, secret
 

@@ -19,6 +19,7 @@ import yaml
 
 from config import PROJECT
 from lab import Lab
+from lab import store as lab_store
 from lab.controlplane import ControlPlaneError
 from lab.hosts import REPO
 from lab.stack import DOMAIN, PORT, LabEnv, make_lab_env
@@ -58,7 +59,8 @@ def cli_stack_values(env: LabEnv, *, master0: str, deploy_hosts: list[str],
             "domain": DOMAIN, "port": PORT, "username": "admin",
             "local_registry": {"deploy_hosts": list(deploy_hosts), "insecure_mode": False},
         },
-        "apps": {"history_file": str(env.history_file), "image_store": str(env.store),
+        "apps": {"history_file": str(env.history_file),
+                 "image_store": lab_store.ensure(env.lab, env.store).config(),
                  "cluster_image_id": env.cluster_image_id},
         "kubernetes": {"kubeconfig_path": str(env.kubeconfig), "cluster_identifier": inv["cluster"]},
     }

@@ -9,6 +9,7 @@ operator gives at its prompt. The block must end with a healthy `status`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import store as lab_store
 from lab.hosts import REPO
 from tests.e2e.labstack import lab_env  # noqa: F401  (fixture)
 
@@ -84,11 +86,14 @@ def test_the_readme_quickstart_runs_as_written(lab_env, toolchain_env, tmp_path)
     (home / ".sealer").mkdir()
     (home / ".sealer" / "application.json").write_bytes(env.history_file.read_bytes())
     (project / "registry-password.txt").write_text(PASSWORD + "\n")
+    store = lab_store.ensure(env.lab, env.store)
+    (project / "store-password.txt").write_text(store.password + "\n")
     values = {
         "<master0 IP>": masters[0], "<master1 IP>": masters[1], "<master2 IP>": masters[2],
         "<node IP>": nodes[0], "<sealer cluster name>": env.inventory["cluster"],
-        "<registry user>": "admin", "<directory of the registry data>": str(env.store),
-        "<sha256:... of the cluster image>": env.cluster_image_id,
+        "<registry user>": "admin", "<sha256:... of the cluster image>": env.cluster_image_id,
+        "<store registry host:port>": store.registry, "<store user>": store.username,
+        "<store CA file>": str(store.ca_file), "<pinned refs of each image>": json.dumps(store.images),
     }
     shell_env = {
         "HOME": str(home),
@@ -113,6 +118,7 @@ def test_the_readme_quickstart_runs_as_written(lab_env, toolchain_env, tmp_path)
     # The secrets the quickstart set are encrypted in the stack file, never plaintext.
     stack_file = (project / "Pulumi.prod.yaml").read_text()
     assert PASSWORD not in stack_file and "PRIVATE KEY" not in stack_file
+    assert store.password not in stack_file
     assert re.findall(r"^[^#\n]*<[^<>\n]+>", stack_file, re.M) == []
     # Nothing else ran: the registry answers on master0.
     code = env.lab.run(masters[0], "curl -sk -o /dev/null -w '%{http_code}' --max-time 3 "
