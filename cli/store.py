@@ -30,13 +30,24 @@ class StoreCheck:
     problems: list[str] = field(default_factory=list)
 
 
-class _Skopeo:
-    def __init__(self, store: ImageStoreConfig, password: str | None, project_dir: Path, work: Path):
-        self.store = store
+class StoreReader:
+    """skopeo reads of the store, with a private temp dir for the policy, the 0600 auth file
+    and the CA (a context manager)."""
+
+    def __init__(self, store: ImageStoreConfig, password: str | None, project_dir: Path):
+        self.store, self.password, self.project_dir = store, password, project_dir
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.flags: list[str] = []
+        self.inspect: list[str] = []
+
+    def __enter__(self) -> "StoreReader":
+        self._tmp = tempfile.TemporaryDirectory(prefix="sealer-store-")
+        work = Path(self._tmp.name)
+        store = self.store
         (work / "policy.json").write_text(_POLICY)
         auths = {}
-        if store.username is not None and password is not None:
-            auths[store.registry] = {"auth": base64.b64encode(f"{store.username}:{password}".encode()).decode()}
+        if store.username is not None and self.password is not None:
+            auths[store.registry] = {"auth": base64.b64encode(f"{store.username}:{self.password}".encode()).decode()}
         auth = work / "auth.json"
         auth.touch(mode=0o600)
         auth.write_text(json.dumps({"auths": auths}))
@@ -46,23 +57,37 @@ class _Skopeo:
             certs = work / "certs"
             certs.mkdir(mode=0o700)
             ca = Path(store.ca_file).expanduser()
-            (certs / "ca.crt").write_bytes((ca if ca.is_absolute() else project_dir / ca).read_bytes())
+            (certs / "ca.crt").write_bytes((ca if ca.is_absolute() else self.project_dir / ca).read_bytes())
             self.inspect += ["--cert-dir", str(certs)]
+        return self
 
-    def raw(self, repository: str, digest: str) -> bytes:
+    def __exit__(self, *exc) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def _manifest(self, reference: str) -> bytes:
         out = subprocess.run(
             ["skopeo", *self.flags, "inspect", "--raw", *self.inspect,
-             f"docker://{self.store.registry}/{repository}@{digest}"],
+             f"docker://{self.store.registry}/{reference}"],
             capture_output=True, timeout=TIMEOUT_S + 5)
         if out.returncode != 0:
             lines = out.stderr.decode(errors="replace").strip().splitlines() or [f"exit {out.returncode}"]
             raise RuntimeError(lines[-1][:300])
-        if "sha256:" + hashlib.sha256(out.stdout).hexdigest() != digest:
-            raise RuntimeError(f"the store serves another manifest than {digest}")
         return out.stdout
 
+    def raw(self, repository: str, digest: str) -> bytes:
+        """The manifest of REPOSITORY@DIGEST; it must hash to DIGEST."""
+        data = self._manifest(f"{repository}@{digest}")
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise RuntimeError(f"the store serves another manifest than {digest}")
+        return data
 
-def _ref_blobs(skopeo: _Skopeo, ref: ImageRef) -> dict[str, int]:
+    def digest(self, repository: str, tag: str) -> str:
+        """The digest of the manifest (or index) the store serves for REPOSITORY:TAG now."""
+        return "sha256:" + hashlib.sha256(self._manifest(f"{repository}:{tag}")).hexdigest()
+
+
+def _ref_blobs(skopeo: StoreReader, ref: ImageRef) -> dict[str, int]:
     """Size of each blob (config, layers) of the ref, of every manifest of an index."""
     doc = json.loads(skopeo.raw(ref.repository, ref.digest))
     blobs: dict[str, int] = {}
@@ -81,8 +106,7 @@ def check_store(store: ImageStoreConfig, password: str | None, images: list[Stor
     """Asks the store for every ref (4 at a time); each ref it cannot serve is one problem."""
     refs = list(dict.fromkeys(ref for img in images for ref in img.refs))
     result = StoreCheck(store.registry, refs=len(refs))
-    with tempfile.TemporaryDirectory(prefix="sealer-store-") as tmp:
-        skopeo = _Skopeo(store, password, project_dir, Path(tmp))
+    with StoreReader(store, password, project_dir) as skopeo:
 
         def one(ref: ImageRef) -> tuple[ImageRef, dict[str, int] | str]:
             try:

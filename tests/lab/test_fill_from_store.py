@@ -10,14 +10,17 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
+import yaml
 
 from components.deploy_host import RootfsPayload, StoreSource
 from components.remote_scripts import script_run
 from lab import images, store as lab_store
+from lab.hosts import REPO
 from material import pki
 from tests.lab.test_readonly_registry import write_and_launch
 from tests.lab.test_registry import DOMAIN, PASSWORD, PORT, ROOTFS, SERVER, SERVER_IP, USER, make_material
@@ -146,3 +149,28 @@ def test_no_secret_is_on_a_command_line(lab, setup):
     assert proc.returncode == 0, err
     assert seen == []
     assert not any(s in out + err for s in secrets)
+
+
+def test_pin_images_prints_the_digests_the_store_serves(lab, setup, tmp_path):
+    """`python -m cli pin-images` asks the store for each REPOSITORY:TAG and prints the
+    apps.image_store.images block the generator's own pins agree with; the password only in a file."""
+    served, _ = setup
+    password_file = tmp_path / "store-password"
+    password_file.write_text(served.password + "\n")
+    args = [f"{image_id}={','.join(ref.split('@')[0] for ref in refs)}"
+            for image_id, refs in served.images.items()]
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "pin-images", "--registry", served.registry,
+         "--username", served.username, "--password-file", str(password_file),
+         "--ca-file", str(served.ca_file), *args],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout) == {"images": served.images}
+    # A tag the store does not have is refused, naming it.
+    image_id = next(iter(served.images))
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "pin-images", "--registry", served.registry,
+         "--username", served.username, "--password-file", str(password_file),
+         "--ca-file", str(served.ca_file), f"{image_id}=library/nothing:v0"],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and "library/nothing:v0" in done.stderr, done.stderr
