@@ -50,10 +50,14 @@ class _Skopeo:
             self.inspect += ["--cert-dir", str(certs)]
 
     def raw(self, repository: str, digest: str) -> bytes:
-        out = subprocess.run(
-            ["skopeo", *self.flags, "inspect", "--raw", *self.inspect,
-             f"docker://{self.store.registry}/{repository}@{digest}"],
-            capture_output=True, timeout=TIMEOUT_S + 5)
+        try:
+            out = subprocess.run(
+                ["skopeo", *self.flags, "inspect", "--raw", *self.inspect,
+                 f"docker://{self.store.registry}/{repository}@{digest}"],
+                capture_output=True, timeout=TIMEOUT_S + 5)
+        except OSError as exc:  # no skopeo here: each ref says so instead of a traceback
+            raise RuntimeError(f"cannot run skopeo (it reads the image store; install it): "
+                               f"{exc.strerror or exc}") from None
         if out.returncode != 0:
             lines = out.stderr.decode(errors="replace").strip().splitlines() or [f"exit {out.returncode}"]
             raise RuntimeError(lines[-1][:300])
@@ -87,7 +91,7 @@ def check_store(store: ImageStoreConfig, password: str | None, images: list[Stor
         def one(ref: ImageRef) -> tuple[ImageRef, dict[str, int] | str]:
             try:
                 return ref, _ref_blobs(skopeo, ref)
-            except (RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+            except (RuntimeError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired) as exc:
                 return ref, str(exc) or type(exc).__name__
 
         blobs: dict[str, int] = {}
