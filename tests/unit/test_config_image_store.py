@@ -127,6 +127,8 @@ def test_registry_address_is_host_and_port_443_by_default(given, kept):
     ("store_1.example.com", "is neither an IPv4 address nor a DNS name"),
     ("-store.example.com", "is neither an IPv4 address nor a DNS name"),
     ("0.0.0.0", "is not a registry's IPv4 address"),
+    ("10.0.0.300", "'10.0.0.300' is not a valid IPv4 address, and a name whose last label is a number reads as one"),
+    ("store.0x7f:5000", "a name whose last label is a number reads as one"),
     ("224.0.0.1:5000", "is not a registry's IPv4 address"),
     (5000, "expected a string, got 5000"),
 ])
@@ -177,10 +179,11 @@ def test_a_username_outside_the_portable_set_is_refused(username):
 
 @pytest.mark.parametrize("given", ["/var/lib/sealer-registry/images", ".lab/images", ""])
 def test_a_path_where_the_registry_belongs_is_refused_with_the_new_form(given):
-    """The store used to be a local directory: an old stack file's path gets the new form."""
+    """The store used to be a local directory: an old stack file's path gets the new form and
+    where it is documented."""
     lines = assert_rejected(render(apps__image_store=given), "apps.image_store", f"{given!r} is a path; "
                             "the image store is a registry holding the cluster's images: {registry: host[:port]")
-    assert len(lines) == 1, lines
+    assert len(lines) == 1 and lines[0].endswith("(docs/config.md, 'Config reference')"), lines
 
 
 def test_unknown_keys_of_the_store_are_refused():
