@@ -86,7 +86,12 @@ def check_store(store: ImageStoreConfig, password: str | None, images: list[Stor
     refs = list(dict.fromkeys(ref for img in images for ref in img.refs))
     result = StoreCheck(store.registry, refs=len(refs))
     with tempfile.TemporaryDirectory(prefix="sealer-store-") as tmp:
-        skopeo = _Skopeo(store, password, project_dir, Path(tmp))
+        try:
+            skopeo = _Skopeo(store, password, project_dir, Path(tmp))
+        except OSError as exc:  # recover loads the config without checking its files
+            result.problems.append(f"cannot read apps.image_store.ca_file {store.ca_file}: "
+                                   f"{exc.strerror or exc}")
+            return result
 
         def one(ref: ImageRef) -> tuple[ImageRef, dict[str, int] | str]:
             try:
