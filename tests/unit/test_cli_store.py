@@ -231,3 +231,11 @@ def test_a_manifest_the_check_cannot_read_is_a_problem_not_a_crash(store, tmp_pa
     ref = f"library/odd:v1@{digest}"
     result = check_store(config(), None, images([ref]), tmp_path)
     assert result.served == 0 and len(result.problems) == 1 and result.problems[0].startswith(f"{ref}: ")
+
+
+def test_an_unreadable_ca_file_is_a_problem_and_the_store_is_not_asked(store, tmp_path):
+    """recover reads the config without checking its files: a ca_file gone since is reported."""
+    result = check_store(config(ca_file="gone.pem"), None, images(["library/app:v1@sha256:" + "1" * 64]), tmp_path)
+    assert (result.served, result.bytes) == (0, 0)
+    assert result.problems == ["cannot read apps.image_store.ca_file gone.pem: No such file or directory"]
+    assert store.calls == []
