@@ -141,7 +141,7 @@ def test_the_fill_step_gets_every_secret_on_its_secret_stdin_only(ca):
 def test_a_host_password_replaces_the_key_of_the_fill(ca):
     """master0 reached with its own password: --password-stdin, the password is the ssh line."""
     fill = declare(make_args(ca), passwords={MASTERS[0]: HOST_PASSWORD})[0].by_name()[f"data-{MASTERS[0]}"]
-    assert fill.inputs["create"].startswith(f"bash -s -- --password-stdin --host-key 'ssh-ed25519 ")
+    assert fill.inputs["create"].startswith("bash -s -- --password-stdin --host-key 'ssh-ed25519 ")
     assert f"\nssh {b64(HOST_PASSWORD)}\n" in fill.inputs["stdin"]
     assert HOST_PASSWORD not in fill.inputs["create"] and SSH_KEY not in fill.inputs["stdin"]
 
