@@ -255,6 +255,17 @@ def test_program_fills_master0_from_the_configured_store_with_its_login_and_ca(p
     assert STORE_PASSWORD not in stdin and STORE_PASSWORD not in fill.inputs["create"]
 
 
+def test_a_brought_cert_that_does_not_name_127_0_0_1_is_not_verified_through_the_tunnel(program):
+    """An adopted cluster keeps sealer's self-signed cert (the domain and IPs as DNS names): the
+    fill reaches master0's registry at 127.0.0.1 through SSH, where that cert cannot verify, so
+    it gets no dest-ca (TLS unverified inside the tunnel) instead of failing every copy."""
+    from lab.sealer_state import sealer_self_signed
+
+    cert, key = sealer_self_signed("sea.hub", ["127.0.0.1", *MASTERS])
+    fill = program(registry__tls={"cert": cert, "key": key}).by_name()[f"data-{MASTERS[0]}"]
+    assert "\nstore-ca " in fill.inputs["stdin"] and "\ndest-ca " not in fill.inputs["stdin"]
+
+
 def test_program_without_a_store_fills_nothing_from_one(program):
     """No apps.image_store (an adopted cluster): master0 keeps its own data, nothing is local."""
     mocks = program(apps__image_store=DELETE, apps__cluster_image_id=DELETE)
