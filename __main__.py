@@ -18,7 +18,7 @@ from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs
 from components.deploy_host import StoreSource
 from config.errors import ConfigError
 from config.loader import load_stack_file, read_runtime_config, stack_file_path
-from material import build_material
+from material import build_material, pki
 from topology import ROOT, Topology
 
 
@@ -48,7 +48,15 @@ def store_source(cfg, images, material) -> StoreSource | None:
         login=pulumi.Output.secret(f"{store.username}:{login}") if login is not None else None,
         registry_login=(pulumi.Output.secret(f"{reg.username}:{registry_password}")
                         if registry_password is not None else None),
-        registry_ca=material.ca_cert if material.tls else None)
+        registry_ca=material.ca_cert if _names_loopback(material) else None)
+
+
+def _names_loopback(material) -> bool:
+    """fill-from-store.sh reaches master0's registry at 127.0.0.1, through its SSH tunnel: the CA
+    verifies that only when the serving cert names 127.0.0.1 (the program's leaf does; sealer's
+    own cert, brought by `adopt`, names the domain and the IPs as DNS names only). Otherwise the
+    fill uses TLS unverified inside the tunnel, whose far end is master0 (its SSH host key)."""
+    return material.tls and "127.0.0.1" in pki.leaf_sans(material.cert)["ip"]
 
 
 def main() -> None:

@@ -66,10 +66,14 @@ class StoreReader:
             self._tmp.cleanup()
 
     def _manifest(self, reference: str) -> bytes:
-        out = subprocess.run(
-            ["skopeo", *self.flags, "inspect", "--raw", *self.inspect,
-             f"docker://{self.store.registry}/{reference}"],
-            capture_output=True, timeout=TIMEOUT_S + 5)
+        try:
+            out = subprocess.run(
+                ["skopeo", *self.flags, "inspect", "--raw", *self.inspect,
+                 f"docker://{self.store.registry}/{reference}"],
+                capture_output=True, timeout=TIMEOUT_S + 5)
+        except OSError as exc:  # no skopeo here: each ref says so instead of a traceback
+            raise RuntimeError(f"cannot run skopeo (it reads the image store; install it): "
+                               f"{exc.strerror or exc}") from None
         if out.returncode != 0:
             lines = out.stderr.decode(errors="replace").strip().splitlines() or [f"exit {out.returncode}"]
             raise RuntimeError(lines[-1][:300])
@@ -106,12 +110,19 @@ def check_store(store: ImageStoreConfig, password: str | None, images: list[Stor
     """Asks the store for every ref (4 at a time); each ref it cannot serve is one problem."""
     refs = list(dict.fromkeys(ref for img in images for ref in img.refs))
     result = StoreCheck(store.registry, refs=len(refs))
-    with StoreReader(store, password, project_dir) as skopeo:
-
+    reader = StoreReader(store, password, project_dir)
+    try:
+        skopeo = reader.__enter__()
+    except OSError as exc:  # recover loads the config without checking its files
+        reader.__exit__(None, None, None)
+        result.problems.append(f"cannot read apps.image_store.ca_file {store.ca_file}: "
+                               f"{exc.strerror or exc}")
+        return result
+    try:
         def one(ref: ImageRef) -> tuple[ImageRef, dict[str, int] | str]:
             try:
                 return ref, _ref_blobs(skopeo, ref)
-            except (RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+            except (RuntimeError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired) as exc:
                 return ref, str(exc) or type(exc).__name__
 
         blobs: dict[str, int] = {}
@@ -122,5 +133,7 @@ def check_store(store: ImageStoreConfig, password: str | None, images: list[Stor
                     blobs |= outcome
                 else:
                     result.problems.append(f"{ref}: {outcome}")
+    finally:
+        reader.__exit__(None, None, None)
     result.bytes = sum(blobs.values())  # a blob two images share is stored once
     return result

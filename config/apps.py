@@ -109,7 +109,7 @@ class AppsConfig(ConfigModel):
             raise ValueError(
                 f"{value!r} is a path; the image store is a registry holding the cluster's images: "
                 "{registry: host[:port], username, password (secret), ca_file, images: {<image id>: "
-                "[repository:tag@sha256:<digest>, ...]}} (README, 'Configuration reference')")
+                "[repository:tag@sha256:<digest>, ...]}} (docs/config.md, 'Config reference')")
         return value
 
     @model_validator(mode="after")

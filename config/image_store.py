@@ -23,7 +23,7 @@ from typing import Any, Optional
 from pydantic import SecretStr, field_validator, model_validator
 
 from config.base import ConfigModel, is_encrypted, raise_problems
-from config.scalars import LocalPath, RegistryUser, control_problem, show
+from config.scalars import _NUMERIC_LABEL, LocalPath, RegistryUser, control_problem, show
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # The distribution reference grammar (repository path components, tag): refs become URL paths
@@ -87,6 +87,10 @@ def _address(value: str) -> str:
     except ValueError:
         if not _DNS.fullmatch(host):
             raise ValueError(f"{show(value)}: {host!r} is neither an IPv4 address nor a DNS name") from None
+        if _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]):
+            # A typo'd address (10.0.0.300) would pass as a name and fail only at the fill.
+            raise ValueError(f"{show(value)}: {host!r} is not a valid IPv4 address, and a name "
+                             "whose last label is a number reads as one") from None
     else:
         if ip.version != 4 or ip.is_unspecified or ip.is_multicast:
             raise ValueError(f"{show(value)}: {host!r} is not a registry's IPv4 address")

@@ -54,10 +54,6 @@ def loopback_stack(tmp_path: Path, down_hosts=()) -> Path:
     """A project whose hosts refuse every SSH connection at once (see refusing_ssh)."""
     refusing_ssh(tmp_path)
     (tmp_path / "Pulumi.yaml").write_text("name: sealer-registry\nruntime: python\n")
-    store = tmp_path / "store" / CLUSTER_HEX
-    (store / "docker").mkdir(parents=True)
-    (store / "image.json").write_text(json.dumps({"image_id": f"sha256:{CLUSTER_HEX}", "refs": [
-        {"repository": "sealer/cluster", "tag": "v1", "digest": "sha256:" + "d" * 64}]}))
     (tmp_path / "id").write_text("not a key\n")
     (tmp_path / "kubeconfig").write_text("")
     config = {
@@ -65,7 +61,9 @@ def loopback_stack(tmp_path: Path, down_hosts=()) -> Path:
         "cluster": {"name": "loop", "masters": [M0], "nodes": [NODE],
                     "ssh": {"user": "root", "port": 9, "private_key_path": "id"}},
         "registry": {"local_registry": {"insecure_mode": True}},
-        "apps": {"image_store": "store", "cluster_image_id": f"sha256:{CLUSTER_HEX}",
+        "apps": {"image_store": {"registry": "198.18.0.1:5443", "images": {
+                     f"sha256:{CLUSTER_HEX}": ["sealer/cluster:v1@sha256:" + "d" * 64]}},
+                 "cluster_image_id": f"sha256:{CLUSTER_HEX}",
                  "history": {"type": "boot", "applications": []}},
         "kubernetes": {"kubeconfig_path": "kubeconfig"},
     }

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from test_config import PKI
+
 REPO = Path(__file__).resolve().parents[2]
 STUB = """#!/bin/sh
 case "$*" in
@@ -53,7 +55,8 @@ def project_with_dev_stack(tmp_path: Path) -> Path:
     project.mkdir()
     for name in ("Pulumi.yaml", "Pulumi.dev.yaml"):
         (project / name).write_text((REPO / name).read_text())
-    (project / ".lab" / "images").mkdir(parents=True)
+    (project / ".lab" / "store-registry" / "ca").mkdir(parents=True)
+    (project / ".lab" / "store-registry" / "ca" / "store-ca.crt").write_text(PKI.ca_cert)
     (project / ".lab" / "id_ed25519").write_text("key\n")
     (project / ".lab" / "kubeconfig").write_text("kubeconfig\n")
     return project

@@ -36,7 +36,9 @@ def make_config(distribution: str = "pre", down_hosts=(), master0: str = M1, sta
                      "tls": {"ca_cert": CA_CERT, "ca_key": CA_KEY}},
         "apps": {"history": {"type": "boot", "applications": [
             {"name": "app0", "image_id": APP_IMG, "type": "kube"}]},
-            "image_store": "/nonexistent", "cluster_image_id": CLUSTER_IMG},
+            "image_store": {"registry": "store.example.com", "images": {
+                img.image_id: [str(ref) for ref in img.refs] for img in IMAGES}},
+            "cluster_image_id": CLUSTER_IMG},
         "kubernetes": {"kubeconfig_path": "/nonexistent"},
     })
 

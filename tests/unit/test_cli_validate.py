@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from test_config import PKI
+
 REPO = Path(__file__).resolve().parents[2]
+STORE_CA = ".lab/store-registry/ca/store-ca.crt"  # apps.image_store.ca_file of Pulumi.dev.yaml
 
 
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -29,7 +32,8 @@ def dev_project(tmp_path: Path, lab_files: bool = True) -> Path:
     project.mkdir()
     (project / "Pulumi.dev.yaml").write_text((REPO / "Pulumi.dev.yaml").read_text())
     if lab_files:
-        (project / ".lab" / "images").mkdir(parents=True)
+        (project / STORE_CA).parent.mkdir(parents=True)
+        (project / STORE_CA).write_text(PKI.ca_cert)
         (project / ".lab" / "id_ed25519").write_text("key\n")
         (project / ".lab" / "kubeconfig").write_text("apiVersion: v1\n")
     return project
@@ -51,15 +55,15 @@ def test_project_dir_option_finds_the_stack_from_elsewhere(tmp_path):
 
 
 def test_files_the_stack_names_must_exist(tmp_path):
-    """Without the lab's files the dev stack names an SSH key, a kubeconfig and an image store
-    that are not there: one line each, with the field and the resolved path."""
+    """Without the lab's files the dev stack names an SSH key, a kubeconfig and the image store's
+    CA file that are not there: one line each, with the field and the resolved path."""
     project = dev_project(tmp_path, lab_files=False)
     result = run_cli("validate", "--stack", "dev", cwd=project)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: cluster.ssh.private_key_path: cannot read .lab/id_ed25519 ({project}/.lab/id_ed25519): No such file or directory",
         f"error: kubernetes.kubeconfig_path: cannot read .lab/kubeconfig ({project}/.lab/kubeconfig): No such file or directory",
-        f"error: apps.image_store: cannot list the directory .lab/images ({project}/.lab/images): No such file or directory",
+        f"error: apps.image_store.ca_file: cannot read {STORE_CA} ({project}/{STORE_CA}): No such file or directory",
     ]
 
 

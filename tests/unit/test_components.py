@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import replace
 
@@ -10,7 +11,7 @@ import pytest
 
 from components.access import SshAccess
 from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs
-from components.deploy_host import rootfs_files
+from components.deploy_host import StoreSource, rootfs_files
 from config import PROJECT
 from config.image_store import ImageRef, StoredImage
 from config import Distribution
@@ -28,6 +29,25 @@ IMAGES = [
     StoredImage("sha256:" + "a" * 64, (ImageRef("library/cluster", "v1", "sha256:" + "1" * 64),)),
     StoredImage("sha256:" + "b" * 64, (ImageRef("apps/app0", "v1", "sha256:" + "2" * 64),)),
 ]
+STORE = "store.example.com:443"
+STORE_LOGIN = "reader:st0re-Pull-s3cret"  # USER:PASSWORD at the image store
+STORE_CA = "-----BEGIN CERTIFICATE-----\nstore-ca-for-tests\n-----END CERTIFICATE-----\n"
+
+
+def store_source(images=IMAGES, registry_ca: str | None = None) -> StoreSource:
+    """The image store of ``images`` as __main__.store_source makes it, without its logins
+    (secret Outputs exist only inside a Pulumi run: ``with_logins``)."""
+    return StoreSource(registry=STORE, refs=tuple(str(r) for img in images for r in img.refs),
+                       ca_pem=STORE_CA, registry_ca=registry_ca)
+
+
+def with_logins(args: ClusterRegistryArgs) -> ClusterRegistryArgs:
+    """``args`` whose store logs in at the store and at master0's registry (secret Outputs)."""
+    if args.store is None:
+        return args
+    registry_login = pulumi.Output.secret(f"{args.username}:{PASSWORD}") if args.username else None
+    return replace(args, store=replace(args.store, login=pulumi.Output.secret(STORE_LOGIN),
+                                       registry_login=registry_login))
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +67,7 @@ def make_args(ca, **overrides) -> ClusterRegistryArgs:
         cluster_name="lab", rootfs=ROOTFS,
         topology=Topology.build(**layout, image_ids=[img.image_id for img in IMAGES]),
         domain="sea.hub", port=5000, insecure=False, username="admin", password=None,
-        material=None, access=None, image_store="/srv/images", images=IMAGES,
+        material=None, access=None, store=..., images=IMAGES,
         application_json=json.dumps({"type": "app", "applications": []}), kubeconfig=None)
     fields.update(overrides)
     if fields["material"] is None:
@@ -56,6 +76,9 @@ def make_args(ca, **overrides) -> ClusterRegistryArgs:
             deploy_ips=layout["deploy_hosts"], insecure=fields["insecure"],
             username=fields["username"], password=PASSWORD if fields["username"] else None,
             ca_cert=ca[0], ca_key=ca[1])
+    if fields["store"] is ...:
+        material = fields["material"]
+        fields["store"] = store_source(fields["images"], material.ca_cert if material.tls else None)
     return ClusterRegistryArgs(**fields)
 
 
@@ -67,7 +90,7 @@ def declare(args: ClusterRegistryArgs) -> RecordingMocks:
     @pulumi.runtime.test
     def run():
         access = SshAccess(user="root", port=22, private_key=pulumi.Output.secret(SSH_KEY))
-        full = replace(args, access=access,
+        full = replace(with_logins(args), access=access,
                        password=pulumi.Output.secret(PASSWORD) if args.username else None,
                        kubeconfig=pulumi.Output.secret(KUBECONFIG))
         registry = ClusterRegistry("sealer-registry", full)
@@ -204,12 +227,21 @@ def _strings(value):
 SECRET_INPUTS = {"stdin", "stringData", "connection", "kubeconfig", "proxy"}
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+# The logins of the image store's fill step, as its stdin carries them (base64 of USER:PASSWORD).
+STORE_SECRETS = [STORE_LOGIN.split(":", 1)[1], _b64(STORE_LOGIN), _b64(f"admin:{PASSWORD}"), _b64(SSH_KEY)]
+
+
 def test_no_secret_in_non_secret_inputs_or_command_text(ca):
-    """Password, SSH key, TLS key, htpasswd and kubeconfig appear only in stdin, Secret data,
-    the connection and the provider's kubeconfig — never in a command line or a ConfigMap."""
+    """Password, SSH key, TLS key, htpasswd, kubeconfig and the image store's logins appear only
+    in stdin, Secret data, the connection and the provider's kubeconfig — never in a command line
+    or a ConfigMap."""
     args = make_args(ca)
     secrets = [PASSWORD, SSH_KEY, args.material.key, args.material.htpasswd, "kube-token-xyz",
-               args.material.htpasswd.split(":", 1)[1]]
+               args.material.htpasswd.split(":", 1)[1], *STORE_SECRETS]
     for r in declare(args).resources:
         for key, value in r.inputs.items():
             if key in SECRET_INPUTS:
@@ -222,15 +254,15 @@ def test_no_secret_in_non_secret_inputs_or_command_text(ca):
 def test_secret_carrying_inputs_are_secret_outputs(ca):
     """Every input that carries a secret reaches the engine marked secret."""
     args = make_args(ca)
-    secrets = [PASSWORD, SSH_KEY, args.material.key, args.material.htpasswd, "kube-token-xyz"]
-    seen = 0
+    secrets = [PASSWORD, SSH_KEY, args.material.key, args.material.htpasswd, "kube-token-xyz", *STORE_SECRETS]
+    seen = set()
     for r in declare(args).resources:
         for key, value in r.inputs.items():
             if any(s in text for text in _strings(value) for s in secrets):
-                seen += 1
+                seen.add(f"{r.name}.{key}")
                 assert any(p == key or p.startswith(key + ".") or key.startswith(p)
                            for p in r.secret_paths), f"{r.name}.{key} carries a secret in plaintext"
-    assert seen > 0
+    assert f"data-{MASTERS[0]}.stdin" in seen  # the fill step: the store's login on its stdin
 
 
 def test_rootfs_files_are_the_ones_sealers_init_registry_reads(ca):

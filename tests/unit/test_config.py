@@ -23,7 +23,9 @@ from config import AppType, Distribution
 
 DELETE = object()
 IMG = "sha256:" + "ab" * 32
+IMG1 = "sha256:" + "ef" * 32
 CLUSTER_IMG = "sha256:" + "cd" * 32
+STORE = "store.example.com"
 PASSWORD = "s3cret-Passw0rd"
 
 
@@ -68,6 +70,11 @@ class PKI:
     htpasswd = "admin:" + bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode() + "\n"
 
 
+def pinned(ref: str, digest_byte: str) -> str:
+    """``ref`` pinned by a made-up manifest digest (``digest_byte`` repeated): an image store ref."""
+    return f"{ref}@sha256:{digest_byte * 32}"
+
+
 def base_values() -> dict:
     return {
         "master0": "198.18.0.11",
@@ -93,11 +100,15 @@ def base_values() -> dict:
                 "type": "boot",
                 "applications": [
                     {"name": "app0", "image_id": IMG, "type": "helm", "launch_cmd": "helm install app0", "version": "v1"},
-                    {"name": "app1", "image_id": "sha256:" + "ef" * 32, "type": "kube"},
+                    {"name": "app1", "image_id": IMG1, "type": "kube"},
                 ],
                 "launch": {"app_names": ["app0", "app1"]},
             },
-            "image_store": "/var/lib/sealer-registry/images",
+            "image_store": {"registry": STORE, "images": {
+                CLUSTER_IMG: [pinned("sealer/cluster-base:v1.22.15", "c0")],
+                IMG: [pinned("library/app0:v1", "a0"), pinned("library/app0-init:v1", "a1")],
+                IMG1: [pinned("library/app1:latest", "b0")],
+            }},
             "cluster_image_id": CLUSTER_IMG,
         },
         "kubernetes": {"kubeconfig_path": "~/.kube/config"},

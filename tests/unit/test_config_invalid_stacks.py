@@ -21,6 +21,8 @@ NS = "sealer-registry"
 DELETE = object()
 SECURE = {"secure": "v1:cGxhY2Vob2xkZXIh:UkVQTEFDRQ=="}
 LEAKED = "Plaintext-Leak-9f3c"  # a plaintext secret that must never be echoed
+STORE_IMAGES = "apps.image_store.images"
+APP0_IMG, APP1_IMG = (f"sha256:{b * 32}" for b in ("a0", "a1"))  # Pulumi.dev.yaml's boot history
 PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----\n"
 
 
@@ -136,7 +138,17 @@ CASES = [
     ("apps-name-with-slash", {"apps.history.applications[0].name": "../app0"}, "apps.history.applications[0].name", "'../app0' is not a valid application name"),
     ("ssh-key-path-missing", {"cluster.ssh.private_key_path": "missing/id_ed25519"}, "cluster.ssh.private_key_path", "cannot read missing/id_ed25519"),
     ("kubeconfig-path-missing", {"kubernetes.kubeconfig_path": "/nonexistent/kubeconfig"}, "kubernetes.kubeconfig_path", "cannot read /nonexistent/kubeconfig: No such file or directory"),
-    ("apps-image-store-not-there", {"apps.image_store": "/nonexistent/images"}, "apps.image_store", "cannot list the directory /nonexistent/images: No such file or directory"),
+    ("apps-image-store-a-path", {"apps.image_store": "/nonexistent/images"}, "apps.image_store", "'/nonexistent/images' is a path; the image store is a registry holding the cluster's images"),
+    ("apps-image-store-registry-url", {"apps.image_store.registry": "https://198.18.0.1:5443"}, "apps.image_store.registry", "'https://198.18.0.1:5443' is not host[:port] (give host[:port], without https://)"),
+    ("apps-image-store-registry-bad-port", {"apps.image_store.registry": "198.18.0.1:0"}, "apps.image_store.registry", "port 0 is not in 1..65535"),
+    ("apps-image-store-password-plaintext", {"apps.image_store.password": LEAKED}, "apps.image_store.password", "must be a Pulumi secret (pulumi config set --secret --path apps.image_store.password ...)"),
+    ("apps-image-store-password-alone", {"apps.image_store.username": DELETE}, "apps.image_store.username", "is required when password is set"),
+    ("apps-image-store-username-alone", {"apps.image_store.password": DELETE}, "apps.image_store.password", "is required when username is set (username: 'store-reader')"),
+    ("apps-image-store-image-missing", {f"{STORE_IMAGES}.{APP1_IMG}": DELETE}, STORE_IMAGES, f"has no refs for {APP1_IMG} (a boot-history image)"),
+    ("apps-image-store-ref-unpinned", {f"{STORE_IMAGES}.{APP0_IMG}[0]": "library/app0:v1"}, f"{STORE_IMAGES}.{APP0_IMG}[0]", "'library/app0:v1' is not 'repository:tag@sha256:<64 hex>'"),
+    ("apps-image-store-unknown-key", {"apps.image_store.path": ".lab/images"}, "apps.image_store.path", "unknown key 'path'"),
+    ("apps-image-store-ca-file-not-there", {"apps.image_store.ca_file": "/nonexistent/ca.pem"}, "apps.image_store.ca_file", "cannot read /nonexistent/ca.pem: No such file or directory"),
+    ("apps-image-store-ca-file-not-pem", {"apps.image_store.ca_file": ".lab/id_ed25519"}, "apps.image_store.ca_file", "is not a file of PEM certificates"),
     ("top-level-unknown-key", {"master": "198.18.0.11"}, "master", "unknown key 'master' (did you mean 'master0'?"),
     ("flat-dotted-key", {"registry.password": DELETE, "'registry.password'": LEAKED}, "registry.password", "is a flat key; nest it with `pulumi config set --path registry.password ...`"),
 ]
@@ -154,7 +166,9 @@ def _apply(doc: dict, edits: dict) -> dict:
 
 def run_validate(tmp_path: Path, doc, capsys) -> tuple[int, str, str]:
     # the local files Pulumi.dev.yaml names (the lab makes them)
-    (tmp_path / ".lab" / "images").mkdir(parents=True, exist_ok=True)
+    store_ca = tmp_path / ".lab" / "store-registry" / "ca" / "store-ca.crt"
+    store_ca.parent.mkdir(parents=True, exist_ok=True)
+    store_ca.write_text(DEV["config"][f"{NS}:registry"]["tls"]["ca_cert"])
     (tmp_path / ".lab" / "id_ed25519").write_text("key\n")
     (tmp_path / ".lab" / "kubeconfig").write_text("apiVersion: v1\n")
     path = tmp_path / "Pulumi.case.yaml"

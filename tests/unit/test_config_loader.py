@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from config import ConfigError, EncryptedSecret, StackConfig, from_pulumi_config, load_stack_file, read_runtime_config
 from config.loader import read_history_file
-from test_config import DELETE, PASSWORD, base_values, problems, render
+from test_config import DELETE, PASSWORD, PKI, base_values, problems, render
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,10 +34,10 @@ def local_files(base: Path) -> dict:
     (base / "keys").mkdir(parents=True, exist_ok=True)
     (base / "keys" / "id_ed25519").write_text("key\n")
     (base / "kubeconfig").write_text("apiVersion: v1\n")
-    (base / "images").mkdir(exist_ok=True)
+    (base / "store-ca.pem").write_text(PKI.ca_cert)
     return {"cluster__ssh__private_key_path": str(base / "keys" / "id_ed25519"),
             "kubernetes__kubeconfig_path": str(base / "kubeconfig"),
-            "apps__image_store": str(base / "images")}
+            "apps__image_store__ca_file": str(base / "store-ca.pem")}
 
 
 def offline_values(**overrides) -> dict:
@@ -75,6 +75,33 @@ def test_plaintext_password_in_stack_file_is_rejected(tmp_path):
     assert PASSWORD not in str(info.value)
 
 
+def test_image_store_password_in_stack_file_must_be_a_pulumi_secret(tmp_path):
+    """The store's password is a secret like the registry's: plaintext is refused with the
+    command that stores it, not echoed; encrypted it counts as present and is recorded."""
+    values = offline_values(apps__image_store__username="reader", apps__image_store__password="pull-s3cret")
+    with pytest.raises(ConfigError) as info:
+        load_stack_file(stack_file(tmp_path, values))
+    assert info.value.lines() == [
+        "error: apps.image_store.password: must be a Pulumi secret "
+        "(pulumi config set --secret --path apps.image_store.password ...)"]
+    assert "pull-s3cret" not in str(info.value)
+    values["apps"]["image_store"]["password"] = secure()
+    config = load_stack_file(stack_file(tmp_path, values))
+    assert isinstance(config.apps.image_store.password, EncryptedSecret)
+    assert "apps.image_store.password" in config.secure_paths
+
+
+def test_image_store_password_at_run_time_must_come_from_a_secret_key(tmp_path):
+    """At run time `apps` must be a secret key of the engine when it holds the store's password."""
+    values = engine_values(render(apps__image_store__username="reader", apps__image_store__password="pull-s3cret"))
+    with pytest.raises(ConfigError) as info:
+        from_pulumi_config(values, {"sealer-registry:registry"})
+    assert "apps.image_store.password" in info.value.paths()
+    assert "pull-s3cret" not in str(info.value)
+    config = from_pulumi_config(values, {"sealer-registry:registry", "sealer-registry:apps"})
+    assert config.apps.image_store.password.get_secret_value() == "pull-s3cret"
+
+
 def test_other_namespaces_are_ignored(tmp_path):
     """Provider config (kubernetes:, command:) sits beside ours in the same file."""
     path = stack_file(tmp_path, offline_values(), {"kubernetes:context": "lab", "command:foo": 1})
@@ -106,7 +133,9 @@ def test_dev_stack_matches_the_documented_example():
     assert config.distribution == "pre"
     assert config.deploy_hosts == ["198.18.0.11", "198.18.0.12"]
     assert len(config.apps.history.applications) == 2
-    assert config.apps.image_store == ".lab/images"
+    assert config.apps.image_store.registry == "198.18.0.1:5443"
+    assert config.apps.image_store.ca_file == ".lab/store-registry/ca/store-ca.crt"
+    assert config.image_ids == [config.apps.cluster_image_id, *config.history.image_ids]
     assert config.kubernetes.kubeconfig_path == ".lab/kubeconfig"
 
 
@@ -196,37 +225,57 @@ def test_yaml_yes_no_are_strings_as_for_the_engine(tmp_path):
 
 
 def test_local_files_that_exist_are_accepted(tmp_path):
-    """With check_files, existing files and an existing directory pass."""
+    """With check_files, existing files and a file of PEM certificates pass."""
     path = stack_file(tmp_path, offline_values(**local_files(tmp_path)))
-    assert load_stack_file(path, check_files=True).apps.image_store == str(tmp_path / "images")
+    assert load_stack_file(path, check_files=True).apps.image_store.ca_file == str(tmp_path / "store-ca.pem")
 
 
 def test_missing_local_files_are_all_reported_with_their_fields(tmp_path):
     """Every unreadable path is one problem on its field, in one pass, next to model problems."""
     values = offline_values(cluster__ssh__private_key_path="keys/id", kubernetes__kubeconfig_path="/nonexistent/kc",
-                            apps__image_store="images", registry__port=0)
+                            apps__image_store__ca_file="ca.pem", registry__port=0)
     with pytest.raises(ConfigError) as info:
         load_stack_file(stack_file(tmp_path, values), check_files=True)
     assert info.value.lines() == [
         "error: registry.port: 0 is not a valid port (1-65535)",
         f"error: cluster.ssh.private_key_path: cannot read keys/id ({tmp_path}/keys/id): No such file or directory",
         "error: kubernetes.kubeconfig_path: cannot read /nonexistent/kc: No such file or directory",
-        f"error: apps.image_store: cannot list the directory images ({tmp_path}/images): No such file or directory",
+        f"error: apps.image_store.ca_file: cannot read ca.pem ({tmp_path}/ca.pem): No such file or directory",
     ]
 
 
-def test_a_file_where_a_directory_belongs_and_the_reverse_are_refused(tmp_path):
-    """The image store is a directory; the key and the kubeconfig are files."""
-    files = local_files(tmp_path)
-    values = offline_values(cluster__ssh__private_key_path=str(tmp_path / "images"),
-                            apps__image_store=files["kubernetes__kubeconfig_path"],
-                            kubernetes__kubeconfig_path=files["kubernetes__kubeconfig_path"])
+def test_a_directory_where_a_file_belongs_is_refused(tmp_path):
+    """The key, the kubeconfig and the store's CA file are files."""
+    values = offline_values(**{**local_files(tmp_path), "cluster__ssh__private_key_path": str(tmp_path / "keys"),
+                               "apps__image_store__ca_file": str(tmp_path / "keys")})
     with pytest.raises(ConfigError) as info:
         load_stack_file(stack_file(tmp_path, values), check_files=True)
     assert info.value.lines() == [
-        f"error: cluster.ssh.private_key_path: cannot read {tmp_path}/images: it is a directory",
-        f"error: apps.image_store: cannot list the directory {tmp_path}/kubeconfig: Not a directory",
+        f"error: cluster.ssh.private_key_path: cannot read {tmp_path}/keys: it is a directory",
+        f"error: apps.image_store.ca_file: cannot read {tmp_path}/keys: it is a directory",
     ]
+
+
+@pytest.mark.parametrize("content, problem", [
+    (PKI.ca_key, "is not a file of PEM certificates (-----BEGIN CERTIFICATE-----)"),
+    ("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+     "is not a file of PEM certificates (-----BEGIN CERTIFICATE-----)"),
+    ("", "is not a file of PEM certificates (-----BEGIN CERTIFICATE-----)"),
+])
+def test_a_store_ca_file_that_holds_no_certificate_is_refused(tmp_path, content, problem):
+    """skopeo would take any file as the store's CA and fail at the fill: the loader reads it."""
+    files = local_files(tmp_path)
+    (tmp_path / "store-ca.pem").write_text(content)
+    with pytest.raises(ConfigError) as info:
+        load_stack_file(stack_file(tmp_path, offline_values(**files)), check_files=True)
+    assert info.value.lines() == [f"error: apps.image_store.ca_file: {tmp_path}/store-ca.pem {problem}"]
+
+
+def test_a_store_ca_file_with_a_chain_of_certificates_is_accepted(tmp_path):
+    files = local_files(tmp_path)
+    (tmp_path / "store-ca.pem").write_text(PKI.ca_cert + PKI.leaf_cert)
+    path = stack_file(tmp_path, offline_values(**files))
+    assert load_stack_file(path, check_files=True).apps.image_store.ca_file == str(tmp_path / "store-ca.pem")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
@@ -245,13 +294,17 @@ def test_relative_and_home_paths_resolve_like_the_program_reads_them(tmp_path, m
     local_files(tmp_path / "home")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     values = offline_values(cluster__ssh__private_key_path="~/keys/id_ed25519", kubernetes__kubeconfig_path="kubeconfig",
-                            apps__image_store="images")
-    assert load_stack_file(stack_file(tmp_path / "project", values), check_files=True).apps.image_store == "images"
+                            apps__image_store__ca_file="store-ca.pem")
+    config = load_stack_file(stack_file(tmp_path / "project", values), check_files=True)
+    assert config.apps.image_store.ca_file == "store-ca.pem"
+    values["apps"]["image_store"]["ca_file"] = "~/store-ca.pem"
+    assert load_stack_file(stack_file(tmp_path / "project", values), check_files=True).apps.image_store.ca_file == "~/store-ca.pem"
 
 
 def test_files_are_not_checked_unless_asked(tmp_path):
     """status/recover/rejoin and init-pki read the config without the files (they take --ssh-key)."""
-    assert load_stack_file(stack_file(tmp_path, offline_values())).apps.image_store == "/var/lib/sealer-registry/images"
+    values = offline_values(apps__image_store__ca_file="/nonexistent/ca.pem")
+    assert load_stack_file(stack_file(tmp_path, values)).apps.image_store.ca_file == "/nonexistent/ca.pem"
 
 
 def test_runtime_config_checks_the_files_at_preview(engine_config, tmp_path, monkeypatch):

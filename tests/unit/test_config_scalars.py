@@ -53,12 +53,15 @@ def test_bcrypt_cost_takes_ascii_digits_only():
 
 # -- 2. user names: POSIX portable names only -----------------------------------------------------
 
-USER_FIELDS = [("cluster.ssh.user", 32), ("cluster.ssh.jump_host.user", 32), ("registry.username", 64)]
+USER_FIELDS = [("cluster.ssh.user", 32), ("cluster.ssh.jump_host.user", 32), ("registry.username", 64),
+               ("apps.image_store.username", 64)]
 
 
 def _user_values(path: str, user: str) -> dict:
     if path == "cluster.ssh.jump_host.user":
         return render(cluster__ssh__jump_host={"host": "bastion.example.com", "user": user})
+    if path == "apps.image_store.username":  # the store's login is USER:PASSWORD in skopeo's auth file
+        return render(apps__image_store__username=user, apps__image_store__password="pull-s3cret")
     return render(**{path.replace(".", "__"): user})
 
 
@@ -207,7 +210,7 @@ def test_jump_host_name_that_is_no_remote_host_is_refused(host, fragment):
 
 @pytest.mark.parametrize("path", [
     "kubernetes.context", "apps.history.applications.0.version", "apps.history.type",
-    "cluster.ssh.private_key_path", "kubernetes.kubeconfig_path", "apps.image_store",
+    "cluster.ssh.private_key_path", "kubernetes.kubeconfig_path", "apps.image_store.ca_file",
 ])
 @pytest.mark.parametrize("bad", ["x\n", "x\ny", "x\x00", "x\x1b[0m", "x\r"])
 def test_text_with_control_characters_is_refused(path, bad):
@@ -221,6 +224,7 @@ def test_text_with_control_characters_is_refused(path, bad):
     ("apps.history.applications.0.version", "v1.2.3+build 7"),
     ("apps.history.type", "boot"),
     ("cluster.ssh.private_key_path", "~/keys/id ed25519"),
+    ("apps.image_store.ca_file", "~/certs/store ca.pem"),
 ])
 def test_printable_text_is_accepted(path, good):
     assert load(render(**{path.replace(".", "__"): good})) is not None

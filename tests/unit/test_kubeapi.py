@@ -3,6 +3,7 @@ pure choice, and the whole program under Pulumi mocks (what the `k8s` provider i
 
 from __future__ import annotations
 
+import base64
 import json
 import runpy
 from pathlib import Path
@@ -13,7 +14,7 @@ import yaml
 
 import kubeapi
 from config import PROJECT, ConfigError, build_config
-from test_config import CLUSTER_IMG, IMG, assert_rejected, render
+from test_config import DELETE, PASSWORD, PKI, assert_rejected, render
 from tests.unit.pulumi_mocks import RecordingMocks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,15 +156,7 @@ def test_endpoints_reject_what_is_not_an_apiserver_url(given, path, fragment):
 # -- the program under mocks ------------------------------------------------------------------
 
 
-def image_store(base: Path) -> Path:
-    """A store holding the cluster image and both images of render()'s boot history."""
-    store = base / "images"
-    for n, image_id in enumerate([CLUSTER_IMG, IMG, "sha256:" + "ef" * 32]):
-        hexid = image_id.removeprefix("sha256:")
-        (store / hexid / "docker").mkdir(parents=True)
-        (store / hexid / "image.json").write_text(json.dumps({"image_id": image_id, "refs": [
-            {"repository": f"library/img{n}", "tag": "v1", "digest": "sha256:" + f"{n}" * 64}]}))
-    return store
+STORE_PASSWORD = "st0re-Pull-s3cret"
 
 
 @pytest.fixture
@@ -175,16 +168,18 @@ def program(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n")
     (tmp_path / "kubeconfig").write_text(KUBECONFIG_TEXT)
-    store = image_store(tmp_path)
+    (tmp_path / "store-ca.pem").write_text(PKI.ca_cert)
     saved = (runtime_config.CONFIG.get(), runtime_config._SECRET_KEYS.get())
 
     def run(preview: bool = False, **overrides) -> RecordingMocks:
         values = render(cluster__ssh__private_key_path=str(tmp_path / "id_ed25519"),
                         kubernetes__kubeconfig_path=str(tmp_path / "kubeconfig"),
-                        apps__image_store=str(store), **overrides)
+                        apps__image_store__ca_file=str(tmp_path / "store-ca.pem"),
+                        apps__image_store__username="reader", apps__image_store__password=STORE_PASSWORD,
+                        **overrides)
         runtime_config.set_all_config(
             {f"{PROJECT}:{k}": json.dumps(v) if isinstance(v, (dict, list)) else v
-             for k, v in values.items()}, [f"{PROJECT}:registry"])
+             for k, v in values.items()}, [f"{PROJECT}:registry", f"{PROJECT}:apps"])
         mocks = RecordingMocks()
         pulumi.runtime.set_mocks(mocks, project=PROJECT, stack="unit", preview=preview)
 
@@ -238,6 +233,44 @@ def test_program_refuses_when_no_apiserver_is_left(program, capsys):
                 kubernetes__endpoints=["https://198.18.0.11:6443"])
     assert info.value.code == 2
     assert "error: kubernetes.endpoints: no apiserver left" in capsys.readouterr().err
+
+
+def test_program_fills_master0_from_the_configured_store_with_its_login_and_ca(program):
+    """__main__ wires apps.image_store into master0's fill step: the store's address and every
+    pinned ref of render()'s images on the command line (cluster image first), the store's login,
+    its CA file's content, the registry's login and the cluster's CA on the secret stdin only."""
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    fill = program().by_name()[f"data-{MASTERS[0]}"]
+    refs = [ref for image_refs in render()["apps"]["image_store"]["images"].values() for ref in image_refs]
+    assert fill.typ == "command:local:Command"
+    assert fill.inputs["create"].endswith(" store.example.com:443 5000 " + " ".join(refs))
+    assert "stdin" in fill.secret_paths
+    stdin = fill.inputs["stdin"]
+    for line in (f"store-auth {b64('reader:' + STORE_PASSWORD)}", f"dest-auth {b64('admin:' + PASSWORD)}",
+                 f"store-ca {b64(PKI.ca_cert)}"):
+        assert f"\n{line}\n" in stdin
+    assert "\ndest-ca " in stdin
+    assert STORE_PASSWORD not in stdin and STORE_PASSWORD not in fill.inputs["create"]
+
+
+def test_a_brought_cert_that_does_not_name_127_0_0_1_is_not_verified_through_the_tunnel(program):
+    """An adopted cluster keeps sealer's self-signed cert (the domain and IPs as DNS names): the
+    fill reaches master0's registry at 127.0.0.1 through SSH, where that cert cannot verify, so
+    it gets no dest-ca (TLS unverified inside the tunnel) instead of failing every copy."""
+    from lab.sealer_state import sealer_self_signed
+
+    cert, key = sealer_self_signed("sea.hub", ["127.0.0.1", *MASTERS])
+    fill = program(registry__tls={"cert": cert, "key": key}).by_name()[f"data-{MASTERS[0]}"]
+    assert "\nstore-ca " in fill.inputs["stdin"] and "\ndest-ca " not in fill.inputs["stdin"]
+
+
+def test_program_without_a_store_fills_nothing_from_one(program):
+    """No apps.image_store (an adopted cluster): master0 keeps its own data, nothing is local."""
+    mocks = program(apps__image_store=DELETE, apps__cluster_image_id=DELETE)
+    assert mocks.by_name()[f"data-{MASTERS[0]}"].typ == "command:remote:Command"
+    assert not mocks.of_type("command:local:Command")
 
 
 def test_config_with_every_endpoint_down_is_invalid():

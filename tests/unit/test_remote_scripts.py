@@ -23,7 +23,9 @@ def bash_listing(source: str) -> str:
 def uncompacted(name: str) -> str:
     """The same composition as script_body, from the files as they are, comments and all."""
     text = (SCRIPTS_DIR / name).read_text()
-    libs = ["common.sh"] + [lib for lib in ("registry.sh", "containerd.sh", "replica.sh") if f"lib/{lib}" in text]
+    sourced = [p.name for p in (SCRIPTS_DIR / "lib").glob("*.sh")
+               if p.name != "common.sh" and f'source "${{BASH_SOURCE[0]%/*}}/lib/{p.name}"' in text]
+    libs = ["common.sh"] + sorted(sourced, key=lambda lib: text.index(f"/lib/{lib}\""))
     return (f"SCRIPT_NAME={name}\n" + "".join((SCRIPTS_DIR / "lib" / lib).read_text() for lib in libs)
             + text[:-len(LAST_LINE)])
 
@@ -58,6 +60,9 @@ def test_only_the_libs_a_script_sources_are_sent():
     assert "stop_registry()" not in script_body("configure-node.sh")
     assert "put_file()" in script_body("configure-node.sh")
     assert "containerd_certs_d_state()" in script_body("verify-registry.sh")
+    for name in ("fill-from-store.sh", "sync-data.sh"):  # the machine running pulumi: ssh to a host
+        assert "use_askpass()" in script_body(name) and "write_stamp()" in script_body(name)
+    assert "use_askpass()" not in script_body("pull-data.sh")
     assert "containerd_certs_d_state()" not in script_body("configure-node.sh")
 
 

@@ -119,7 +119,10 @@ def test_of_a_validated_config_uses_its_hosts_roles_and_images():
         "registry": {"local_registry": {"insecure_mode": True}},
         "apps": {"history": {"type": "boot", "applications": [
             {"name": "app0", "image_id": APP_IMG, "type": "kube"}]},
-            "image_store": "/nonexistent", "cluster_image_id": CLUSTER_IMG},
+            "image_store": {"registry": "store.example.com", "images": {
+                CLUSTER_IMG: ["sealer/cluster-base:v1@sha256:" + "0c" * 32],
+                APP_IMG: ["library/app0:v1@sha256:" + "0a" * 32]}},
+            "cluster_image_id": CLUSTER_IMG},
         "kubernetes": {"kubeconfig_path": "/nonexistent"},
     })
     t = Topology.of(config)
