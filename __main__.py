@@ -48,7 +48,8 @@ def store_source(cfg, images, material) -> StoreSource | None:
         login=pulumi.Output.secret(f"{store.username}:{login}") if login is not None else None,
         registry_login=(pulumi.Output.secret(f"{reg.username}:{registry_password}")
                         if registry_password is not None else None),
-        registry_ca=material.ca_cert if _names_loopback(material) else None)
+        registry_ca=material.ca_cert if _names_loopback(material) else None,
+        dest_tls=("verify" if _names_loopback(material) else "skip-verify") if material.tls else "http")
 
 
 def _names_loopback(material) -> bool:

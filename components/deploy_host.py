@@ -79,7 +79,8 @@ class StoreSource:
     ca_pem: str | None = None                      # the store's CA (None: the system's trust)
     login: pulumi.Input[str] | None = None         # secret "USER:PASSWORD" at the store
     registry_login: pulumi.Input[str] | None = None  # secret "USER:PASSWORD" at master0's registry
-    registry_ca: str | None = None                 # the cluster's CA (None: insecure mode, HTTP)
+    registry_ca: str | None = None                 # the cluster's CA, when it verifies 127.0.0.1
+    dest_tls: str = "verify"                       # verify | skip-verify (a cert without 127.0.0.1) | http
 
     @property
     def generation(self) -> str:
@@ -174,7 +175,7 @@ class DeployHost(pulumi.ComponentResource):
             store = args.store
             assert store is not None
             fill = script_run(
-                "fill-from-store.sh", *args.access.rsync_flags(ip),
+                "fill-from-store.sh", *args.access.rsync_flags(ip), "--dest-tls", store.dest_tls,
                 f"{args.access.user_for(ip)}@{ip}", str(args.access.port_for(ip)), args.rootfs,
                 store.registry, str(args.port), *store.refs,
                 data=store.stdin(args.access.rsync_secret(ip)))

@@ -117,7 +117,7 @@ def stack_config(lab: Lab, store: Path, history: Path, cluster_image_id: str,
         "registry": {"domain": "sea.hub", "port": 5000, "username": "admin",
                      "local_registry": {"deploy_hosts": masters[:2], "insecure_mode": False}},
         "apps": {"history_file": str(history),
-                 "image_store": lab_store.ensure(lab, store).config(),  # the lab's store registry
+                 "image_store": lab_store.config_for(lab.state, store),  # the lab's store registry
                  "cluster_image_id": cluster_image_id},
         "kubernetes": {"kubeconfig_path": str(kubeconfig), "cluster_identifier": inv["cluster"]},
     }
@@ -141,7 +141,9 @@ def run_demo(keep: bool) -> int:
                                       cluster_size=2 << 20, seed=0,
                                       history=lab.state / "application.json")
         images = 1 + len(summary["apps"])
-        print(f"hosts: {', '.join(h.ip for h in lab.hosts())}; {images} images in {summary['store']}")
+        served = lab_store.ensure(lab, summary["store"])
+        print(f"hosts: {', '.join(h.ip for h in lab.hosts())}; {images} images in the store "
+              f"registry https://{served.registry} ({summary['store']})")
 
         say("control plane: an etcd member + kube-apiserver + kube-controller-manager on each master")
         t0 = time.monotonic()

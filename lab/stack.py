@@ -122,9 +122,10 @@ def stack_values(lab_env: LabEnv, *, master0: str, down_hosts=(), distribution: 
             "local_registry": {"deploy_hosts": deploy_hosts or masters, "insecure_mode": False},
             "tls": {"ca_cert": lab_env.ca[0]},
         },
-        # The store registry serves every image of lab_env.store (ensure: also one a test added).
+        # The lab's store registry (make_lab_env starts it; a test that adds an image to the
+        # store calls lab_store.ensure again).
         "apps": {"history_file": str(lab_env.history_file),
-                 "image_store": lab_store.ensure(lab_env.lab, lab_env.store).config(),
+                 "image_store": lab_store.config_for(lab_env.lab.state, lab_env.store),
                  "cluster_image_id": lab_env.cluster_image_id},
         "kubernetes": {"kubeconfig_path": str(lab_env.kubeconfig), "cluster_identifier": "lab"},
     }

@@ -102,7 +102,7 @@ def stack_config(lab: Lab, master0: str | None = None, deploy_hosts: list[str] |
                        "names the image store, application.json and the cluster image)")
     summary = json.loads(images.read_text())
     plain["apps"] = {"history_file": summary["history"],
-                     "image_store": lab_store.ensure(lab, summary["store"]).config(),
+                     "image_store": lab_store.config_for(lab.state, summary["store"]),
                      "cluster_image_id": summary["cluster_image_id"]}
     secret = {
         "cluster.ssh.private_key": lab.key_path.read_text(),
@@ -147,6 +147,7 @@ def write_stack_file(lab: Lab | None = None, out: Path | None = None,
     lab = lab or Lab()
     out = Path(out or project_dir / f"Pulumi.{STACK}.yaml")
     plain, secret = stack_config(lab, **overrides)
+    lab_store.ensure(lab)  # the store registry the stack names serves the lab's images
     with tempfile.TemporaryDirectory(prefix="lab-stackfile-") as tmp:
         work = Path(tmp)
         env = _pulumi_env(lab, Path(os.environ.get("PULUMI_HOME") or work / "pulumi-home"))

@@ -443,6 +443,14 @@ def ensure(state, store: Path | os.PathLike | None = None) -> StoreRegistry:
                          cert_dir=p.ca_dir, images=images_map(store), pid=pid, root=p.root)
 
 
+def config_for(state, store: Path | os.PathLike | None = None) -> dict:
+    """The `apps.image_store` block for `store` served by this lab, without starting anything
+    (what `ensure(...).config()` returns once the registry serves it; the password is `SECRETS`)."""
+    store = Path(store).resolve() if store else _default_store(state)
+    return {"registry": ADDRESS, "username": USERNAME, "ca_file": str(_paths(state).ca_file),
+            "images": images_map(store)}
+
+
 def store_config(state, store: Path | os.PathLike | None = None) -> dict:
     """`ensure(state, store).config()`: the stack's `apps.image_store` block without the password
     (give `SECRETS` to the engine as secrets)."""

@@ -10,10 +10,12 @@
 # commands) forwarding a local port to master0's 127.0.0.1:REGISTRY_PORT: only SSH to the hosts
 # is needed, as for every other step, and the registry's certificate names 127.0.0.1.
 # Usage: fill-from-store.sh [--key-stdin | --password-stdin] [--host-key LINE]
-#                           [--jump USER@HOST:PORT] [--sudo]
+#                           [--jump USER@HOST:PORT] [--sudo] [--dest-tls MODE]
 #                           USER@HOST SSH_PORT ROOTFS STORE REGISTRY_PORT REF...
-# STORE: HOST:PORT of the store (HTTPS). master0's registry over plain HTTP when stdin carries no
-# dest-ca (the registry's insecure mode).
+# STORE: HOST:PORT of the store (HTTPS, always verified). --dest-tls, how master0's registry is
+# reached through the tunnel: verify (default; stdin's dest-ca, the certificate names 127.0.0.1),
+# skip-verify (HTTPS unverified: a brought certificate that does not name 127.0.0.1, e.g.
+# sealer's own; the tunnel's far end is master0, checked by SSH), http (insecure mode).
 # stdin, one "NAME BASE64" line each: ssh (the key or the password: --key-stdin/--password-stdin),
 # store-auth and dest-auth (base64 of USER:PASSWORD at the store and at master0's registry, as a
 # containers auth.json holds them), store-ca (PEM the store's certificate chains to; none: the
@@ -35,6 +37,7 @@ JUMP=""
 SUDO=""
 WORK=""
 SSH_SECRET=""
+DEST_TLS=verify
 # A hung store must not hang `pulumi up`: one ref's copy gets this long (skopeo's own timeout).
 COPY_TIMEOUT=${FILL_COPY_TIMEOUT:-30m}
 PARALLEL=4
@@ -56,6 +59,7 @@ parse_flags() {
       --host-key) HOST_KEY=$2; shift 2 ;;
       --jump) JUMP=$2; shift 2 ;;
       --sudo) SUDO="sudo -n"; shift ;;
+      --dest-tls) DEST_TLS=$2; shift 2 ;;
       *) break ;;
     esac
   done
@@ -107,22 +111,25 @@ skopeo_flags() {
     cp "$WORK/in/store-ca" "$WORK/store-certs/ca.crt"
     COPY+=(--src-cert-dir "$WORK/store-certs")
   fi
-  if [[ -f "$WORK/in/dest-ca" ]]; then
-    mkdir -m 0700 "$WORK/dest-certs"
-    cp "$WORK/in/dest-ca" "$WORK/dest-certs/ca.crt"
-    COPY+=(--dest-cert-dir "$WORK/dest-certs")
-  else
-    COPY+=(--dest-tls-verify=false)
-  fi
+  case "$DEST_TLS" in
+    verify)
+      [[ -f "$WORK/in/dest-ca" ]] || fatal "--dest-tls verify needs a dest-ca line on stdin"
+      mkdir -m 0700 "$WORK/dest-certs"
+      cp "$WORK/in/dest-ca" "$WORK/dest-certs/ca.crt"
+      COPY+=(--dest-cert-dir "$WORK/dest-certs")
+      CURL_TLS=(--cacert "$WORK/dest-certs/ca.crt") SCHEME=https ;;
+    skip-verify) COPY+=(--dest-tls-verify=false) CURL_TLS=(--insecure) SCHEME=https ;;
+    http) COPY+=(--dest-tls-verify=false) CURL_TLS=() SCHEME=http ;;
+    *) fatal "--dest-tls $DEST_TLS: not verify, skip-verify or http" ;;
+  esac
 }
 
 # The digest DEST (127.0.0.1:PORT, the tunnel) serves for REPOSITORY:TAG ("" when none): one
 # HEAD with curl (the login as a header file, the cluster CA), far cheaper than a skopeo run.
 served_digest() {
-  local dest=$1 name=$2 scheme=https tls=()
-  if [[ -f "$WORK/dest-certs/ca.crt" ]]; then tls=(--cacert "$WORK/dest-certs/ca.crt"); else scheme=http; fi
-  curl -sS -I --max-time 30 "${tls[@]}" -H @"$WORK/dest-header" -H "Accept: $MANIFEST_TYPES" \
-    "$scheme://$dest/v2/${name%:*}/manifests/${name##*:}" 2>/dev/null |
+  local dest=$1 name=$2
+  curl -sS -I --max-time 30 "${CURL_TLS[@]}" -H @"$WORK/dest-header" -H "Accept: $MANIFEST_TYPES" \
+    "$SCHEME://$dest/v2/${name%:*}/manifests/${name##*:}" 2>/dev/null |
     tr -d '\r' | awk 'tolower($1) == "docker-content-digest:" { print $2 }'
 }
 

@@ -60,7 +60,7 @@ def cli_stack_values(env: LabEnv, *, master0: str, deploy_hosts: list[str],
             "local_registry": {"deploy_hosts": list(deploy_hosts), "insecure_mode": False},
         },
         "apps": {"history_file": str(env.history_file),
-                 "image_store": lab_store.ensure(env.lab, env.store).config(),
+                 "image_store": lab_store.config_for(env.lab.state, env.store),
                  "cluster_image_id": env.cluster_image_id},
         "kubernetes": {"kubeconfig_path": str(env.kubeconfig), "cluster_identifier": inv["cluster"]},
     }

@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 
 from lab import images as lab_images
+from lab import store as lab_store
 from lab.sealer_state import sealer_self_signed
 from lab.stack import DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, hosts_line, stack_values
 from material import pki
@@ -95,6 +96,8 @@ def test_adding_an_app_distributes_its_data_and_updates_sealer_apps(lab_env, sta
                                     "launch_cmd": "kubectl apply -f extra.yaml", "version": "v2"})
     history["launch"]["app_names"].append("extra")
     lab_env.history_file.write_text(json.dumps(history, indent=2) + "\n")
+    # The operator pushes the new image to the store and pins its refs in the stack.
+    stack.set("apps.image_store.images", lab_store.ensure(lab_env.lab, lab_env.store).images)
     report = stack.up()
     deploy = lab_env.masters
     for ip in deploy:

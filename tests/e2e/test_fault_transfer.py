@@ -22,6 +22,7 @@ import time
 import pytest
 
 from lab import images as lab_images
+from lab import store as lab_store
 from lab.stack import PROJECT_DIR, SECRETS, ProgramStack, registry_running, stack_values
 from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
 from tests.e2e.lifecycle import fetch_every_blob
@@ -42,7 +43,7 @@ def stack(lab_env, toolchain_env):  # noqa: F811
     stack.remove()
 
 
-def add_big_app(lab_env, tmp_path) -> list[str]:  # noqa: F811
+def add_big_app(lab_env, stack, tmp_path) -> list[str]:  # noqa: F811
     img = lab_images.build_image(lab_env.store, tmp_path, [("library/big", "v1", BIG, 6)], "big",
                                  random.Random(11), 32 << 20, 64 << 20)
     history = json.loads(lab_env.history_file.read_text())
@@ -50,6 +51,8 @@ def add_big_app(lab_env, tmp_path) -> list[str]:  # noqa: F811
                                     "launch_cmd": "kubectl apply -f big.yaml", "version": "v1"})
     history["launch"]["app_names"].append("big")
     lab_env.history_file.write_text(json.dumps(history, indent=2) + "\n")
+    # The operator pushes the new image to the store and pins its refs in the stack.
+    stack.set("apps.image_store.images", lab_store.ensure(lab_env.lab, lab_env.store).images)
     return [f"{r['repository']}:{r['tag']}@{r['digest']}" for r in img["refs"]]
 
 
@@ -62,7 +65,7 @@ def partial_files(lab_env, ip) -> str:  # noqa: F811
 def test_a_deploy_host_killed_mid_transfer_converges_and_serves_every_image(lab_env, stack,  # noqa: F811
                                                                           tmp_path):
     m0, target = lab_env.masters[0], lab_env.masters[1]
-    refs = lab_env.refs + add_big_app(lab_env, tmp_path)
+    refs = lab_env.refs + add_big_app(lab_env, stack, tmp_path)
     up = subprocess.Popen(["pulumi", "up", "--yes", "--skip-preview", "--non-interactive",
                            "--stack", stack.name], cwd=PROJECT_DIR, env=stack.env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

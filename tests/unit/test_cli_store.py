@@ -209,13 +209,14 @@ def test_the_temp_dir_is_private(store, tmp_path, monkeypatch):
     """The auth file's directory is the check's own (mkdtemp: 0700)."""
     seen = {}
     import cli.store as cs
-    real = cs._Skopeo.__init__
+    real = cs.StoreReader.__enter__
 
-    def spy(self, store_cfg, password, project_dir, work):
-        seen["mode"] = stat.S_IMODE(work.stat().st_mode)
-        real(self, store_cfg, password, project_dir, work)
+    def spy(self):
+        entered = real(self)
+        seen["mode"] = stat.S_IMODE(Path(self._tmp.name).stat().st_mode)
+        return entered
 
-    monkeypatch.setattr(cs._Skopeo, "__init__", spy)
+    monkeypatch.setattr(cs.StoreReader, "__enter__", spy)
     digest = store.manifest(blob("cfg", 1), blob("layer", 2))
     check_store(config(), None, images([f"library/app:v1@{digest}"]), tmp_path)
     assert seen["mode"] == 0o700

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from config import ConfigError, build_config
 from lab import demo, stackfile
+from lab import store as lab_store
 from lab.hosts import DEFAULT_CLUSTER, DEFAULT_DATA_ROOT, SUBNET, Lab
 from material import pki
 from lab.stack import PASSWORD
@@ -45,6 +46,15 @@ def lab(tmp_path) -> Lab:
                                               "user": "root", "hosts": hosts}))
     (lab.state / "kubeconfig").write_text("apiVersion: v1\nclusters: []\n")
     (lab.state / "images").mkdir()
+    # The lab's store registry: its CA (what lab.store makes) and one image per id of the history.
+    ca_file = lab.state / "store-registry" / "ca" / "store-ca.crt"
+    ca_file.parent.mkdir(parents=True)
+    ca_file.write_text(pki.generate_ca()[0])
+    for image_id, repo in [(CLUSTER_IMG, "sealer/cluster-base"), (APP_IMG, "library/app0")]:
+        image = lab.state / "images" / image_id.removeprefix("sha256:")
+        (image / "docker" / "registry" / "v2").mkdir(parents=True)
+        (image / "image.json").write_text(json.dumps({"image_id": image_id, "refs": [
+            {"repository": repo, "tag": "v1", "digest": "sha256:" + "d0" * 32}]}))
     history = {"type": "boot", "applications": [{"name": "app0", "image_id": APP_IMG, "type": "helm",
                                                  "launch_cmd": "helm install app0 app0", "version": "v1"}],
                "launch": {"app_names": ["app0"]}}
@@ -82,14 +92,14 @@ def test_demo_values_validate(lab):
     plain = demo.stack_config(lab, state / "images", state / "application.json", CLUSTER_IMG, state / "kubeconfig")
     ca_cert, ca_key = pki.generate_ca()
     config = validate(plain, {"registry.password": "demo-Passw0rd", "registry.tls.ca_cert": ca_cert,
-                              "registry.tls.ca_key": ca_key})
+                              "registry.tls.ca_key": ca_key, **lab_store.SECRETS})
     assert config.deploy_hosts == [str(SUBNET.network_address + 11), str(SUBNET.network_address + 12)]
 
 
 def _lab_env(lab: Lab) -> SimpleNamespace:
     inv = lab.inventory()
     return SimpleNamespace(
-        inventory=inv, key_path=lab.key_path, store=lab.state / "images",
+        lab=lab, inventory=inv, key_path=lab.key_path, store=lab.state / "images",
         history_file=lab.state / "application.json", cluster_image_id=CLUSTER_IMG,
         kubeconfig=lab.state / "kubeconfig", ca=pki.generate_ca(),
         masters=[h["ip"] for h in inv["hosts"] if h["role"] == "master"],
@@ -109,7 +119,7 @@ def test_e2e_cli_values_validate(lab):
     env = _lab_env(lab)
     plain = labstack.cli_stack_values(env, master0=env.masters[0], deploy_hosts=env.masters[:2])
     config = validate(plain, {"registry.password": PASSWORD, "registry.tls.ca_cert": env.ca[0],
-                              "registry.tls.ca_key": env.ca[1]})
+                              "registry.tls.ca_key": env.ca[1], **lab_store.SECRETS})
     assert config.deploy_hosts == env.masters[:2]
 
 

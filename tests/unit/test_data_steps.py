@@ -112,7 +112,7 @@ def test_master0_with_an_image_store_is_filled_from_it_through_its_launched_regi
     refs = [str(ref) for img in IMAGES for ref in img.refs]
     assert fill.inputs["create"] == " ".join([
         "bash -s -- --key-stdin --host-key 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfMaster0'",
-        f"root@{MASTERS[0]}", "22", ROOTFS, STORE, "5000", *refs])
+        "--dest-tls verify", f"root@{MASTERS[0]}", "22", ROOTFS, STORE, "5000", *refs])
     assert fill.inputs["stdin"].startswith("SCRIPT_NAME=fill-from-store.sh\n")
     assert f"registry-launch-{MASTERS[0]}" in depends_on[f"data-{MASTERS[0]}"]
     for replica in MASTERS[1:]:
