@@ -186,7 +186,10 @@ open_tunnel() {
 
 main() {
   WORK=$(mktemp -d)
+  # An interrupted step (the engine cancelled) still closes the SSH connection it opened.
   trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   parse_flags "$@"
   set -- "${REST[@]}"
   (($# >= 5)) || fatal "usage: fill-from-store.sh [flags] USER@HOST SSH_PORT ROOTFS STORE REGISTRY_PORT REF..."
