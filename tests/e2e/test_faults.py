@@ -20,7 +20,7 @@ from lab.hosts import INSTANCE
 from lab.stack import DOMAIN, PORT, PROJECT_DIR, SECRETS, ProgramStack, stack_values
 from tests.e2e.kube import Kube
 from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
-from tests.unit.test_config_invalid_stacks import CASES, _apply
+from tests.unit.test_config_invalid_stacks import APP0_IMG, APP1_IMG, CASES, _apply
 
 pytestmark = pytest.mark.faults
 
@@ -30,14 +30,22 @@ NEW_PASSWORD = "Rotated-Secret-7c1e"
 ENGINE_CASES = [c for c in CASES if "secure" not in json.dumps(c[1], default=str)]
 
 
-def _on_this_lab(value):
-    """The table's lab addresses (instance 0's 198.18.0.x) on this lab instance's subnet."""
+def _on_this_lab(value, lab_env=None):  # noqa: F811
+    """The table's lab values on this lab: its addresses (instance 0's 198.18.0.x) on this lab
+    instance's subnet, Pulumi.dev.yaml's boot-history image ids as this lab's (the apps in order),
+    and its key file (a file that is not PEM certificates) as this lab's."""
     if isinstance(value, str):
-        return value.replace("198.18.0.", f"198.18.{INSTANCE}.")
+        value = value.replace("198.18.0.", f"198.18.{INSTANCE}.")
+        if lab_env is not None:
+            ids = [a["image_id"] for a in json.loads(lab_env.history_file.read_text())["applications"]]
+            for fake, real in zip((APP0_IMG, APP1_IMG), ids):
+                value = value.replace(fake, real)
+            value = value.replace(".lab/id_ed25519", str(lab_env.key_path))
+        return value
     if isinstance(value, list):
-        return [_on_this_lab(v) for v in value]
+        return [_on_this_lab(v, lab_env) for v in value]
     if isinstance(value, dict):
-        return {k: _on_this_lab(v) for k, v in value.items()}
+        return {_on_this_lab(k, lab_env): _on_this_lab(v, lab_env) for k, v in value.items()}
     return value
 
 
@@ -70,7 +78,8 @@ def test_bad_config_is_refused_by_preview_naming_the_field(lab_env, stack, case_
     """`pulumi preview` of an invalid config fails naming the field — the program's
     `error: <field>: ...`, or the engine's own check of Pulumi.yaml's declared types and required
     keys, which runs first — and not one packet reaches any host."""
-    edits, fragment = _on_this_lab(edits), _on_this_lab(fragment)
+    edits, fragment = _on_this_lab(edits, lab_env), _on_this_lab(fragment, lab_env)
+    path = _on_this_lab(path, lab_env)
     good = stack.stack_file.read_text()
     doc = yaml.safe_load(good)
     before = all_packets(lab_env)
