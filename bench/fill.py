@@ -292,7 +292,7 @@ def measure(lab: Lab, host: str, src: Source, ca: tuple[str, str], repeat: int,
         "fill_bytes": src.bytes(),
         "fill_blobs": len(blobs),
         "fill_blob_bytes": sum((src.tree / f).stat().st_size for f in blobs),
-        "fill_wire_bytes": {k: v for k, v in wire.items()},  # the last round's
+        "fill_wire_bytes": dict(wire),  # the last round's
         "fill_cpu_s": cpu,                                    # the last round's
     })
     return result
