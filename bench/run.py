@@ -1,8 +1,9 @@
 """The bench's phases and its command line (see bench/__init__.py and `python -m bench --help`).
 
 Phase `small`: a lab of 3 masters + N nodes, a stack deployed in `pre` mode, a second `up`
-(no-op figures), the copies to one node (`copy`), the host-to-host copies between two nodes
-(`hostcopy`, bench/hostcopy.py), then master0 killed and the recovery `up` (rto_s).
+(no-op figures), the fill of an empty registry on one node from the image store (`fill`,
+bench/fill.py), the host-to-host copies between two nodes (`hostcopy`, bench/hostcopy.py), then
+master0 killed and the recovery `up` (rto_s).
 Phase `large`: a fresh lab of 3 masters + M nodes, deployed, master0 killed; the sequential
 baseline recovery by SSH (then undone), the recovery preview and the recovery `up` under a memory
 sampler (rto_50_s, rss_mb).
@@ -36,6 +37,7 @@ from material import pki
 from topology import parse_step
 
 from bench import copy as copybench
+from bench import fill as fillbench
 from bench import failover as failoverbench
 from bench import hostcopy
 from bench import standby as standbybench
@@ -45,6 +47,8 @@ from bench.report import machine, plugins, table, verdicts
 BENCH_DIR = REPO / ".bench"
 PASSPHRASE = "sealer-lab"
 SEQUENTIAL = Path(__file__).resolve().parent / "sequential_recover.sh"
+PHASES = ("small", "fill", "hostcopy", "large", "failover", "standby")
+ENGINE_PHASES = {"small", "large", "failover", "standby"}  # fill and hostcopy alone run no pulumi
 T0 = time.monotonic()
 
 
@@ -267,8 +271,8 @@ class Run:
         self.results.setdefault("profile", {})["noop"] = stack.profile
         log(f"no-op up: {noop.seconds:.1f}s, changes {noop.changed()}, commands {noop.remote_commands()}")
 
-        if "copy" in self.args.only:
-            self.phase_copy(env.nodes[-1])
+        if "fill" in self.args.only:
+            self.phase_fill(env.nodes[-1])
         if "hostcopy" in self.args.only:
             self.phase_hostcopy(env.nodes[-2], env.nodes[-1])
 
@@ -282,19 +286,23 @@ class Run:
         self.check_recovered(env, old, new, before)
         log(f"recovery up (3+{n}): {rec.seconds:.1f}s, {len(rec.remote_commands())} commands")
 
-    def phase_copy(self, host: str) -> None:
+    def phase_fill(self, host: str) -> None:
+        """master0's fill from the image store (bench/fill.py) into an empty registry on ``host``."""
         size = self.args.copy_size
-        log(f"phase copy: {size >> 20} MiB registry to {host}, {self.args.repeat} round(s)")
+        log(f"phase fill: {size >> 20} MiB image from the store registry to {host}, "
+            f"{self.args.repeat} round(s)")
         src = self.copy_source()
         load = os.getloadavg()[0]
-        res = copybench.measure(self.lab, host, src, self.args.repeat, log)
-        self.results["conditions"]["copy"] = {"load_before": round(load, 2),
+        res = fillbench.measure(self.lab, host, src, self.ca, self.args.repeat, log)
+        self.results["conditions"]["fill"] = {"load_before": round(load, 2),
                                               "load_after": round(os.getloadavg()[0], 2)}
         self.results["copy_source"] = {"files": len(src.files()), "bytes": src.bytes(),
                                        "blobs": sum(1 for f in src.files() if "/blobs/" in f)}
         for key, value in res.items():
-            if key in ("copy", "copy_tar_ssh", "copy_tar_ssh_gcm", "copy_sftp_md5"):
+            if key in ("fill", "fill_skopeo_direct", "fill_tar_ssh_gcm"):
                 key = f"{key}_1gib_s"
+            elif key == "fill_noop":
+                key = "fill_noop_s"
             self.record(key, value)
 
     def phase_hostcopy(self, source: str, replica: str) -> None:
@@ -430,10 +438,11 @@ class Run:
             raise BenchError("lab instance 0 is up (make test?): run with SEALER_LAB_INSTANCE=1")
         started = time.monotonic()
         try:
-            self.env = engine_env()
-            self.results["plugins"] = plugins(self.env["PATH"])
-            log(f"pulumi state {BENCH_DIR / 'state'}")
-            if self.args.only & {"small", "copy", "hostcopy"}:
+            if self.args.only & ENGINE_PHASES:
+                self.env = engine_env()
+                self.results["plugins"] = plugins(self.env["PATH"])
+                log(f"pulumi state {BENCH_DIR / 'state'}")
+            if self.args.only & {"small", "fill", "hostcopy"}:
                 self.phase_small() if "small" in self.args.only else self.copy_only()
             if "large" in self.args.only:
                 self.phase_large()
@@ -484,8 +493,8 @@ class Run:
 
     def copy_only(self) -> None:
         self.lab.up(masters=1, nodes=1)
-        if "copy" in self.args.only:
-            self.phase_copy(self.lab.nodes()[0].name)
+        if "fill" in self.args.only:
+            self.phase_fill(self.lab.nodes()[0].name)
         if "hostcopy" in self.args.only:
             self.phase_hostcopy(self.lab.masters()[0].name, self.lab.nodes()[0].name)
 
@@ -511,8 +520,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, help="engine --parallel for every up/preview")
     p.add_argument("--profile", action="store_true",
                    help="large phase: also a no-op up and the registry moved at several --parallel")
-    p.add_argument("--only", default="small,copy,hostcopy,large,failover,standby",
-                   help="phases to run, comma separated: small,copy,hostcopy,large,failover,standby")
+    p.add_argument("--only", default=",".join(PHASES),
+                   help=f"phases to run, comma separated: {','.join(PHASES)} (fill and hostcopy "
+                        "run inside small when it runs, else on a lab of 1 master + 1 node, "
+                        "without the engine)")
     p.add_argument("--out", default=str(BENCH_DIR / "results.json"))
     p.add_argument("--keep", action="store_true", help="leave the lab, control plane and stacks up")
     p.add_argument("--allow-instance-0", action="store_true", help=argparse.SUPPRESS)
@@ -522,7 +533,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.copy_size = a.copy_size or ((64 << 20) if a.quick else (1 << 30))
     a.repeat = a.repeat or (1 if a.quick else 3)
     a.only = {s.strip() for s in a.only.split(",") if s.strip()}
-    unknown = a.only - {"small", "copy", "hostcopy", "large", "failover", "standby"}
+    unknown = a.only - set(PHASES)
     if unknown:
         p.error(f"unknown phase(s) {sorted(unknown)}")
     return a
