@@ -46,7 +46,10 @@ def store_source(cfg, images, material) -> StoreSource | None:
         refs=tuple(str(ref) for img in images for ref in img.refs),
         ca_pem=read_file(store.ca_file, "apps.image_store.ca_file") if store.ca_file else None,
         login=pulumi.Output.secret(f"{store.username}:{login}") if login is not None else None,
-        registry_login=(pulumi.Output.secret(f"{reg.username}:{registry_password}")
+        # The registry's machine user for the fill (cheap bcrypt, material.FILL_USER), else the
+        # configured login (a brought htpasswd).
+        registry_login=(pulumi.Output.secret(material.fill_login) if material.fill_login else
+                        pulumi.Output.secret(f"{reg.username}:{registry_password}")
                         if registry_password is not None else None),
         registry_ca=material.ca_cert if _names_loopback(material) else None,
         dest_tls=("verify" if _names_loopback(material) else "skip-verify") if material.tls else "http")

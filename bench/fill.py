@@ -118,7 +118,7 @@ def fill(lab: Lab, target: Target, served: lab_store.StoreRegistry, refs: list[s
     access = SshAccess(user="root", port=h.ssh_port, private_key="", host_keys={h.ip: h.host_key})
     lines = "".join(f"{name} {_b64(value)}\n" for name, value in {
         "ssh": lab.key_path.read_text(), "store-auth": f"{served.username}:{served.password}",
-        "dest-auth": f"{USER}:{PASSWORD}", "store-ca": served.ca_file.read_text(),
+        "dest-auth": target.material.fill_login, "store-ca": served.ca_file.read_text(),
         "dest-ca": target.material.ca_cert}.items())
     run = script_run("fill-from-store.sh", *access.rsync_flags(h.ip), f"root@{h.ip}", str(h.ssh_port),
                      ROOTFS, served.registry, str(PORT), *refs, data=lines)

@@ -42,7 +42,7 @@ def setup(lab, tmp_path_factory):
 def fill(lab, served, material, refs, **popen):
     source = StoreSource(registry=served.registry, refs=tuple(refs),
                          ca_pem=served.ca_file.read_text(), login=f"{served.username}:{served.password}",
-                         registry_login=f"{USER}:{PASSWORD}", registry_ca=material.ca_cert)
+                         registry_login=material.fill_login, registry_ca=material.ca_cert)
     lines = "".join(f"{n} {base64.b64encode(v.encode()).decode()}\n" for n, v in {
         "ssh": lab.key_path.read_text(), "store-auth": source.login, "dest-auth": source.registry_login,
         "store-ca": source.ca_pem, "dest-ca": source.registry_ca}.items())

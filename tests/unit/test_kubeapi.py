@@ -248,9 +248,12 @@ def test_program_fills_master0_from_the_configured_store_with_its_login_and_ca(p
     assert fill.inputs["create"].endswith(" store.example.com:443 5000 " + " ".join(refs))
     assert "stdin" in fill.secret_paths
     stdin = fill.inputs["stdin"]
-    for line in (f"store-auth {b64('reader:' + STORE_PASSWORD)}", f"dest-auth {b64('admin:' + PASSWORD)}",
-                 f"store-ca {b64(PKI.ca_cert)}"):
+    for line in (f"store-auth {b64('reader:' + STORE_PASSWORD)}", f"store-ca {b64(PKI.ca_cert)}"):
         assert f"\n{line}\n" in stdin
+    # master0's registry: the machine user of the htpasswd the program wrote (cheap bcrypt).
+    dest = base64.b64decode(stdin.split("\ndest-auth ", 1)[1].split("\n", 1)[0]).decode()
+    user, _, fill_password = dest.partition(":")
+    assert user == "sealer-fill" and len(fill_password) >= 43 and fill_password != PASSWORD
     assert "\ndest-ca " in stdin
     assert STORE_PASSWORD not in stdin and STORE_PASSWORD not in fill.inputs["create"]
 
