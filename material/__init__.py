@@ -133,7 +133,7 @@ def build_material(
         salt_key = _salt_key(ca_key, key, domain, password)
         htpasswd_out = _htpasswd.htpasswd_line(username, password, salt_key) + "\n"
         if username != FILL_USER:
-            fill_password = _fill_password(salt_key)
+            fill_password = _fill_password(salt_key, password)
             htpasswd_out += _htpasswd.htpasswd_line(FILL_USER, fill_password, salt_key,
                                                     rounds=FILL_ROUNDS) + "\n"
             fill_login = f"{FILL_USER}:{fill_password}"
@@ -161,15 +161,17 @@ def build_material(
 # and distribution's htpasswd auth runs bcrypt on every request: at the operator's cost 10 that is
 # ~75 ms of master0's CPU a request (measured: 79 CPU s for 1 GiB in 195 blobs, 13x the tar | ssh
 # time). The fill logs in as this machine user instead, whose password is 256 random-looking bits
-# derived from the same secret as the salts (HMAC): key stretching protects guessable passwords,
+# derived from the salts' secret and the operator's password (HMAC): key stretching protects guessable passwords,
 # and this one is not guessable, so cost 4 (~1 ms) loses nothing. It exists only in the htpasswd
 # (as a hash) and on the fill step's secret stdin.
 FILL_USER = "sealer-fill"
 FILL_ROUNDS = 4
 
 
-def _fill_password(salt_key: bytes) -> str:
-    digest = hmac.new(salt_key, b"sealer-registry fill password", hashlib.sha256).digest()
+def _fill_password(salt_key: bytes, password: str) -> str:
+    """Rotates with the operator's password (and the CA key): a rotation after a leak covers it."""
+    digest = hmac.new(salt_key, b"sealer-registry fill password\0" + password.encode(),
+                      hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 

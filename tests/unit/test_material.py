@@ -594,3 +594,20 @@ def test_real_binary_docker_registry_serves_rendered_config_over_tls_with_auth(t
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
         log.close()
+
+
+def test_the_fill_user_is_a_cheap_bcrypt_entry_with_a_long_derived_password(ca):
+    """The image-store fill logs in as `sealer-fill`: bcrypt cost 4 (htpasswd auth hashes on every
+    request) with a password of 256 bits derived from the secret, stable, changed with the
+    operator's password; none with a brought htpasswd or with that very username."""
+    m = _material(ca)
+    operator, fill = m.htpasswd.splitlines()
+    assert operator.startswith("admin:$2b$10$") and fill.startswith("sealer-fill:$2b$04$")
+    user, password = m.fill_login.split(":", 1)
+    assert user == "sealer-fill" and len(base64.urlsafe_b64decode(password + "=")) == 32
+    assert hp.verify(m.htpasswd, "sealer-fill", password)
+    assert not hp.verify(m.htpasswd, "sealer-fill", "s3cret")
+    assert _material(ca).fill_login == m.fill_login
+    assert _material(ca, password="other-s3cret").fill_login != m.fill_login
+    assert _material(ca, htpasswd=operator + "\n").fill_login is None
+    assert _material(ca, username="sealer-fill").fill_login is None
