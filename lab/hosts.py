@@ -5,7 +5,7 @@ A host `srl-<octet>` is:
 - a holder process (`sleep infinity`, pid in `<state>/hosts/srl-<octet>/holder.pid`) started as
   `ip netns exec NS unshare --mount --uts --propagation private`, which keeps the host's mount
   namespace alive. Inside it `/etc` is an overlay and `/root`, `/tmp`, `/var/log`, `/var/lib/sealer`,
-  `/var/lib/containerd`, `/var/lib/etcd` are bind mounts of per-host directories (a directory
+  `/var/lib/containerd`, `/var/lib/etcd`, `/var/lib/docker` are bind mounts of per-host directories (a directory
   mount, so rename-over of `/etc/hosts` works) and `/run` is a tmpfs; the lab state directory is
   hidden under a tmpfs, so a host can't read the operator key or another host's files;
 - `/usr/sbin/sshd` started inside both namespaces with the host's own `/etc/ssh` (own host key,
@@ -57,10 +57,10 @@ ROOTFS_SRC = Path(__file__).resolve().parent / "rootfs"
 # Directories that each host gets privately (bind mounts of <hostdir>/<name>).
 PRIVATE_DIRS = {"/etc": "etc", "/root": "root", "/tmp": "tmp", "/var/log": "var-log",
                 "/var/lib/sealer": "var-lib-sealer", "/var/lib/containerd": "var-lib-containerd",
-                "/var/lib/etcd": "var-lib-etcd"}
+                "/var/lib/etcd": "var-lib-etcd", "/var/lib/docker": "var-lib-docker"}
 # Mount points the machine may lack: created for the lab (and removed by `down` when no lab of any
 # instance is left, since removing a mount point detaches it in every other mount namespace).
-MOUNTPOINTS = ("/var/lib/sealer", "/var/lib/containerd", "/var/lib/etcd")
+MOUNTPOINTS = ("/var/lib/sealer", "/var/lib/containerd", "/var/lib/etcd", "/var/lib/docker")
 ETCD_PEER_PORT = 2380  # the control plane's etcd peers (lab/controlplane.py): counted apart
 SERVICES_DIR = "services"  # <hostdir>/services/<name>.json (argv) and <name>.pid
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -132,6 +132,7 @@ mount --bind var-log /var/log
 mount --bind var-lib-sealer /var/lib/sealer
 mount --bind var-lib-containerd /var/lib/containerd
 mount --bind var-lib-etcd /var/lib/etcd
+mount --bind var-lib-docker /var/lib/docker
 mount --bind tmp /tmp
 mount -t tmpfs -o mode=0755,size=256m srl-run /run
 mkdir -p /run/sshd /run/lock /run/containerd

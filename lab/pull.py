@@ -1,6 +1,9 @@
 """A real client pull on a lab host, for the lab and e2e tests: the host's containerd fetches an
-image through `<domain>:<port>` (its own /etc/hosts), trusting what the host's
-/etc/containerd/certs.d/<domain>:<port>/ holds. The credentials become an Authorization header in a
+image through `<domain>:<port>` (its own /etc/hosts), trusting what the certs directory its
+containerd reads holds for `<domain>:<port>` (the CRI `config_path` of the host's config.toml:
+/etc/containerd/certs.d on a lab host, /etc/docker/certs.d/ with basefs' config, see
+lab/runtimes.py). A directory without hosts.toml is read as containerd does: its `*.crt` are CAs,
+`*.cert`/`*.key` client pairs. The credentials become an Authorization header in a
 private copy of that directory (0700, removed afterwards); they travel on stdin, never on a command
 line. `ctr content fetch` fetches the manifest, the config and every layer, each checked against
 its digest by containerd's content store. The pulled image lives in its own containerd namespace,
@@ -12,13 +15,15 @@ import dataclasses
 import shlex
 import time
 
+from lab.runtimes import LAB_CONFIG_PATH, containerd_config_path
+
 # $1 domain, $2 port, $3 repo:tag, $4 user ("" = anonymous), $5 containerd namespace, $6 seconds
-# the fetch may take; stdin: password.
+# the fetch may take, $7 the certs directory (config_path); stdin: password.
 # Prints the digest the tag resolved to on stdout; ctr's errors on stderr; exit 1 when the pull failed.
 PULL_SCRIPT = r"""
 set -u
 domain=$1 port=$2 image=$1:$2/$3 user=$4 ns=$5
-src=/etc/containerd/certs.d/$domain:$port
+src=${7%/}/$domain:$port
 pass=
 [ -z "$user" ] || IFS= read -r pass || true
 umask 077
@@ -33,7 +38,19 @@ trap clean EXIT
 dest=$work/certs.d/$domain:$port
 mkdir -p "$dest"
 if [ -d "$src" ]; then cp -pR "$src/." "$dest/"; fi
-[ -f "$dest/hosts.toml" ] || printf 'server = "https://%s:%s"\n' "$domain" "$port" >"$dest/hosts.toml"
+if [ -n "$user" ] && [ ! -f "$dest/hosts.toml" ]; then
+  # The header needs a hosts.toml, and containerd reads a directory's loose cert files only when
+  # it has none: name them in it (as containerd would have loaded them).
+  # The same trust for the server and a [host] table of it: containerd 1.6 drops a file with no
+  # [host] table ("invalid `host` tree"), and one without a server tries its default server last.
+  cas=$(for f in "$dest"/*.crt; do [ -f "$f" ] && printf '"%s", ' "$f"; done)
+  pairs=$(for f in "$dest"/*.cert; do [ -f "$f" ] && [ -f "${f%.cert}.key" ] &&
+    printf '["%s", "%s"], ' "$f" "${f%.cert}.key"; done)
+  trust=$( [ -z "$cas" ] || printf 'ca = [%s]\n' "${cas%, }"
+           [ -z "$pairs" ] || printf 'client = [%s]\n' "${pairs%, }" )
+  printf 'server = "https://%s:%s"\n%s\n\n[host."https://%s:%s"]\n  capabilities = ["pull", "resolve"]\n%s\n' \
+    "$domain" "$port" "$trust" "$domain" "$port" "$trust" >"$dest/hosts.toml"
+fi
 if [ -n "$user" ]; then
   token=$(printf '%s:%s' "$user" "$pass" | base64 | tr -d '\n')
   printf '\n[header]\n  Authorization = "Basic %s"\n' "$token" >>"$dest/hosts.toml"
@@ -58,14 +75,19 @@ class Pull:
 
 def containerd_pull(lab, host: str, repo_tag: str, user: str = "", password: str = "",
                     domain: str = "sea.hub", port: int = 5000,
-                    namespace: str = "lab-pull", timeout: int = 120) -> Pull:
+                    namespace: str = "lab-pull", timeout: int = 120,
+                    certs_dir: str | None = None) -> Pull:
     """Pull ``repo_tag`` (``repo:tag``) on ``host`` through ``domain:port`` with its containerd;
-    the fetch fails after ``timeout`` seconds."""
+    the fetch fails after ``timeout`` seconds. ``certs_dir``: the hosts directory to trust;
+    default: the ``config_path`` of the config the host's containerd uses (the lab's
+    /etc/containerd/certs.d when it sets none)."""
+    if certs_dir is None:
+        certs_dir = containerd_config_path(lab, host) or LAB_CONFIG_PATH
     start = time.monotonic()
     q = shlex.quote
     done = lab.run(host, f"bash -c {q(PULL_SCRIPT)} pull {q(domain)} {port} {q(repo_tag)} {q(user)} "
-                         f"{q(namespace)} {int(timeout)}", input=password + "\n", check=False,
-                  timeout=timeout + 60)
+                         f"{q(namespace)} {int(timeout)} {q(certs_dir)}", input=password + "\n",
+                   check=False, timeout=timeout + 60)
     digest = done.stdout.strip() if done.returncode == 0 else ""
     return Pull(done.returncode == 0 and digest.startswith("sha256:"), digest, done.stderr,
                 time.monotonic() - start)
