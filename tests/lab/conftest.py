@@ -18,7 +18,7 @@ from lab.hosts import NFT_TABLE, PREFIX
 TEST_TIMEOUT_S = 180
 CONTROL_PLANE = (b"etcd", b"kube-apiserver", b"kube-controller-manager")  # services on masters
 NEEDED = ("ip", "nft", "unshare", "nsenter", "/usr/sbin/sshd", "ssh", "ssh-keygen",
-          "docker-registry", "curl", "containerd", "ctr")
+          "docker-registry", "curl", "containerd", "ctr", "dockerd")
 
 
 def pytest_collection_modifyitems(config, items):
