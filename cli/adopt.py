@@ -17,7 +17,10 @@ from typing import Any
 
 import yaml
 
-from cli.clusterfile import Clusterfile, ClusterfileError, parse_clusterfile
+from cli.clusterfile import (Clusterfile, ClusterfileError, differences, parse_clusterfile,
+                             parse_registry_settings)
+from cli.sealer_log import (HistoryError, LaunchOverride, history_from_log, is_sealer_log_entry,
+                            parse_flags, split_log)
 from cli.common import EXIT_OK, CliError, guarded, parse_ip, resolve_local_path
 from cli.engine import Engine
 from cli.ssh import ssh_error
@@ -158,6 +161,9 @@ class SealerFiles:
     registry_config: str | None
     htpasswd: str | None
     files: dict[str, str]            # path on master0 -> content
+    flags: str = ""                  # `<mtime> <name>` per <rootfs>/cache/registry file
+    registry_settings: str | None = None   # v0.8's <rootfs>/etc/registry.yml
+    configmaps: dict[str, str] = field(default_factory=dict)  # read with kubectl on master0
 
     @classmethod
     def from_tar(cls, data: bytes) -> SealerFiles:
@@ -178,7 +184,11 @@ class SealerFiles:
                    certs={k.removeprefix("rootfs/certs/"): v for k, v in text.items()
                           if k.startswith("rootfs/certs/")},
                    registry_config=text.get("rootfs/etc/registry_config.yml"),
-                   htpasswd=text.get("rootfs/etc/registry_htpasswd"), files=files)
+                   htpasswd=text.get("rootfs/etc/registry_htpasswd"), files=files,
+                   flags=text.get("flags", ""),
+                   registry_settings=text.get("rootfs/etc/registry.yml"),
+                   configmaps={k.removeprefix("cm/"): v for k, v in text.items()
+                               if k.startswith("cm/")})
 
 
 class Master0:
@@ -230,6 +240,94 @@ class Master0:
         return SealerFiles.from_tar(done.stdout)
 
 
+# -- the cluster's ConfigMaps -----------------------------------------------------------------------
+
+CONFIGMAPS = {"sealer-clusterfile": "Clusterfile", "sealer-registry": "registry"}
+"""The ConfigMaps in kube-system adopt reads, and their data key (pkg/clusterfile/clusterfile.go
+@v0.11.0:39-43; pkg/cluster-runtime/installer.go@v0.11.0:43,417-442)."""
+API_TIMEOUT_S = 5.0
+
+
+def read_configmaps_api(kubeconfig: Path) -> tuple[dict[str, str | None] | None, str]:
+    """``({name: data or None (absent)}, "")`` read through the kubeconfig's apiserver with its own
+    credentials (cli/apiserver.py), or ``(None, why not)`` when the API cannot be asked."""
+    import http.client
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    import kubeapi
+    from cli.apiserver import _Credentials
+
+    try:
+        text = kubeconfig.read_text()
+        server = kubeapi.current_server(text, None)
+        creds = _Credentials(text, None, kubeconfig.parent)
+    except (OSError, ValueError, ssl.SSLError, yaml.YAMLError, AttributeError) as e:
+        return None, f"the kubeconfig {kubeconfig} cannot be used ({getattr(e, 'strerror', None) or e})"
+    url = urlsplit(server)
+    out: dict[str, str | None] = {}
+    for name, key in CONFIGMAPS.items():
+        try:
+            raw = socket.create_connection((url.hostname or "", url.port or 443), timeout=API_TIMEOUT_S)
+            tls = creds.context.wrap_socket(raw, server_hostname=creds.server_name or url.hostname)
+            conn = http.client.HTTPConnection(url.hostname or "", url.port or 443, timeout=API_TIMEOUT_S)
+            conn.sock = tls
+            conn.request("GET", f"{url.path.rstrip('/')}/api/v1/namespaces/kube-system/configmaps/{name}",
+                         headers={"Accept": "application/json", **creds.headers})
+            reply = conn.getresponse()
+            body = reply.read()
+            conn.close()
+        except (OSError, ssl.SSLError, http.client.HTTPException) as e:
+            return None, f"the apiserver {server} does not answer ({getattr(e, 'strerror', None) or e})"
+        if reply.status == 404:
+            out[name] = None
+            continue
+        if reply.status != 200:
+            return None, f"the apiserver {server} answers {reply.status} for ConfigMap kube-system/{name}"
+        try:
+            out[name] = (json.loads(body).get("data") or {}).get(key) or None
+        except (ValueError, AttributeError):
+            return None, f"the apiserver {server} sent no ConfigMap for kube-system/{name}"
+    return out, ""
+
+
+def configmaps_from_master0(files: SealerFiles) -> tuple[dict[str, str | None], list[str]]:
+    """What adopt-read.sh --kubectl read on master0, and what could not be read."""
+    out: dict[str, str | None] = {}
+    problems = []
+    for name in CONFIGMAPS:
+        state = files.meta.get(f"cm.{name}", "error")
+        if state == "error":
+            problems.append(f"ConfigMap kube-system/{name} could not be read with kubectl on master0 "
+                            "(no kubectl or /etc/kubernetes/admin.conf there, or the apiserver "
+                            "does not answer)")
+        out[name] = files.configmaps.get(name) if state == "found" else None
+    return out, problems
+
+
+def choose_clusterfile(file_text: str, file_path: str, cm_text: str | None,
+                       notes: list[str]) -> str:
+    """The ConfigMap's Clusterfile when the cluster has one (sealer reads it before the file:
+    pkg/clusterfile/clusterfile.go@v0.11.0:202-271), with how the file differs in the notes."""
+    if cm_text is None:
+        notes.append(f"the Clusterfile is {file_path} (the cluster has no ConfigMap "
+                     "kube-system/sealer-clusterfile: sealer before v0.9 keeps none)")
+        return file_text
+    try:
+        diff = differences(cm_text, file_text)
+    except ClusterfileError:
+        diff = ["(the file is not YAML)"]
+    if diff:
+        notes.append(f"the Clusterfile is ConfigMap kube-system/sealer-clusterfile (sealer reads it "
+                     f"first); {file_path} differs in {len(diff)} fields (ConfigMap -> file): "
+                     + "; ".join(diff))
+    else:
+        notes.append(f"the Clusterfile is ConfigMap kube-system/sealer-clusterfile; {file_path} "
+                     "holds the same")
+    return cm_text
+
+
 # -- the stack config -----------------------------------------------------------------------------
 
 
@@ -242,19 +340,8 @@ class Adoption:
     notes: list[str] = field(default_factory=list)
 
 
-def _boot_history(files: SealerFiles, history_path: str) -> dict:
-    text = files.history
-    where = f"{history_path} on master0"
-    if text is None:
-        raise CliError(f"no boot history at {where}: give one with --history-file PATH")
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or "schemaVersion" in doc or "buildClient" in doc:
-        raise CliError(f"{where} is not a boot history ({{type, applications: [{{name, image_id, "
-                       "type, launch_cmd, version}], launch}}): sealer's own log of image "
-                       "extensions names no image ids; give one with --history-file PATH")
+def _seed_history(doc: Any, where: str) -> dict:
+    """This project's own boot-history document (older stacks and tests keep working)."""
     try:
         BootHistory.model_validate(doc)
     except Exception as e:
@@ -263,14 +350,113 @@ def _boot_history(files: SealerFiles, history_path: str) -> dict:
     return doc
 
 
+def boot_history(cf: Clusterfile, files: SealerFiles, notes: list[str]) -> dict:
+    """The boot history from what sealer keeps (cli/sealer_log.py): the application log paired
+    with master0's cache/registry flags, the Clusterfile's launch overrides; or this project's seed
+    document; or, with neither log nor flags (sealer v0.8 records none), an empty history."""
+    where = f"{files.meta.get('history', 'application.json')} on master0"
+    flags, skipped = parse_flags(files.flags)
+    if skipped:
+        notes.append(f"cache/registry on master0 holds files that are not image ids, skipped: "
+                     f"{', '.join(skipped[:5])}")
+    if files.history is None or not files.history.strip():
+        if flags:
+            raise CliError(f"no application log at {where}, but cache/registry holds {len(flags)} "
+                           "image ids: which applications they hold is unknown; give the boot "
+                           "history with --history-file PATH")
+        notes.append(f"no application log at {where} and no cache/registry flags (sealer before "
+                     "v0.9 records neither): the boot history lists no applications")
+        return {"type": "unrecorded", "applications": [], "launch": {"app_names": []}}
+    try:
+        entries = split_log(files.history)
+    except Exception as e:
+        raise CliError(f"{where} {e}; give the boot history with --history-file PATH") from None
+    if len(entries) == 1 and isinstance(entries[0], dict) and not is_sealer_log_entry(entries[0]):
+        return _seed_history(entries[0], where)
+    if not all(is_sealer_log_entry(e) for e in entries):
+        raise CliError(f"{where} mixes sealer's image extensions with other JSON: give the boot "
+                       "history with --history-file PATH")
+    overrides = []
+    if cf.app_names is not None or cf.cmds:
+        overrides.append(LaunchOverride("the Cluster document's spec.appNames/cmd",
+                                        cf.app_names, cf.cmds))
+    overrides += [LaunchOverride(f"Application document {a.name or '(unnamed)'}",
+                                 a.launch_apps, a.cmds) for a in cf.applications]
+    try:
+        built = history_from_log(entries, flags, cluster_image=cf.image, overrides=overrides)
+    except HistoryError as e:
+        raise CliError(f"{where} {e}; give the boot history with --history-file PATH") from None
+    notes += built.notes
+    notes.append(f"boot history: {len(built.history['applications'])} applications from "
+                 f"{len(entries)} entries of {where} paired with {len(flags)} cache/registry "
+                 "image ids in run order (flag mtimes)")
+    return _seed_history(built.history, f"the boot history built from {where}")
+
+
+@dataclass(frozen=True)
+class RegistryMode:
+    """How sealer runs the builtin registry on this cluster, and what said so."""
+
+    ha: bool
+    source: str
+    vip: str = ""
+    deploy_hosts: tuple[str, ...] = ()
+
+
+def _registry_configmap(text: str) -> dict:
+    """ConfigMap sealer-registry's `registry` (go-yaml v3, lowercase keys:
+    pkg/cluster-runtime/installer.go@v0.11.0:417-442)."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CliError(f"ConfigMap kube-system/sealer-registry is not YAML: "
+                       f"{str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise CliError("ConfigMap kube-system/sealer-registry's `registry` is not a mapping")
+    return doc
+
+
+EXTERNAL_ONLY = ("has only an external registry ({where}): sealer runs no builtin registry on "
+                 "this cluster, and this program keeps sealer's builtin one alive: nothing to adopt")
+
+
+def registry_mode(cf: Clusterfile, files: SealerFiles, registry_cm: str | None,
+                  notes: list[str]) -> RegistryMode:
+    """HA or not, from the cluster: the ConfigMap sealer-registry (v0.10+; `local.localregistry.ha`,
+    `local.deployhosts`, `local.vip`) first; else the Clusterfile as the v0.11 decoder reads it
+    (pkg/clusterfile/decoder.go@v0.11.0:185-209: a missing `ha` is true, whatever apiVersion);
+    a Clusterfile with no registry section and sealer v0.8's etc/registry.yml in the rootfs is
+    v0.8's single registry on master0. Refuses a cluster with only an external registry."""
+    reg = cf.registry
+    if registry_cm is not None:
+        doc = _registry_configmap(registry_cm)
+        local = doc.get("local")
+        if not isinstance(local, dict):
+            raise CliError("the cluster " + EXTERNAL_ONLY.format(
+                where="ConfigMap kube-system/sealer-registry: `local` is null"))
+        settings = local.get("localregistry") if isinstance(local.get("localregistry"), dict) else {}
+        ha = settings.get("ha") is True
+        if reg.local_given and reg.ha != ha:
+            notes.append(f"the Clusterfile says ha: {str(reg.ha).lower()}, the cluster's ConfigMap "
+                         f"sealer-registry ha: {str(ha).lower()}: the ConfigMap (what sealer "
+                         "deployed) is followed")
+        hosts = tuple(str(h) for h in local.get("deployhosts") or [])
+        return RegistryMode(ha, "ConfigMap kube-system/sealer-registry", str(local.get("vip") or ""),
+                            hosts)
+    if not reg.local_given and reg.external is not None:
+        raise CliError("the Clusterfile " + EXTERNAL_ONLY.format(
+            where="spec.registry.externalRegistry, no localRegistry"))
+    if not reg.local_given and files.registry_settings is not None:
+        return RegistryMode(False, "sealer v0.8's etc/registry.yml (no spec.registry in the "
+                                   "Clusterfile)")
+    if reg.local_given:
+        return RegistryMode(reg.ha, "the Clusterfile's spec.registry.localRegistry"
+                            + ("" if reg.ha_given else " (no `ha`: sealer's decoder makes it true)"))
+    return RegistryMode(True, "the Clusterfile (no spec.registry: sealer's decoder makes a local "
+                              "registry with ha: true)")
+
+
 def _refusals(cf: Clusterfile, from_ip: str) -> None:
-    if cf.registry.ha:
-        raise CliError(
-            "the Clusterfile's registry is HA (spec.registry.localRegistry.ha is not false, and "
-            f"{cf.api_version} makes it true by default): sealer runs a registry on every master "
-            f"({', '.join(cf.masters)}) behind an IPVS VIP. This program keeps one registry on "
-            "master0 with standbys; adopting would stop the other masters' registries and "
-            "repoint every host, so it is refused")
     if from_ip != cf.master0:
         raise CliError(f"--from {from_ip} is not the Clusterfile's master0 {cf.master0} (the "
                        "first master, where sealer's registry runs)")
@@ -283,9 +469,12 @@ def host_password_path(ip: str) -> str:
 
 def _credentials(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
                  ssh: dict[str, Any], secrets: dict[str, str], notes: list[str]) -> None:
-    """How the stack logs in to each host, as sealer does: the Clusterfile's pk (read on
-    master0) where a host uses it, its passwd elsewhere; --ssh-key for every host when some host
-    has neither (or its key cannot be used: another key, a passphrase, unreadable)."""
+    """How the stack logs in to each host: as sealer does, with the key AND the password when the
+    Clusterfile has both (sealer offers both, utils/ssh/connect.go@v0.11.0:97-110; the engine's
+    connection and the CLI's ssh offer the key first and fall back to the password):
+    the Clusterfile's pk (read on master0) as cluster.ssh.private_key, spec.ssh.passwd as
+    cluster.ssh.password and a host's own passwd under cluster.ssh.hosts. The stack holds one
+    key; --ssh-key replaces it when some host has neither a usable key nor a password."""
     # The stack has one key: spec.ssh.pk, or the one pk the hosts share.
     paths = {s.pk for s in cf.hosts_ssh.values() if s.pk and not s.pk_passwd}
     pk = cf.ssh.pk if cf.ssh.pk in paths else (next(iter(paths)) if len(paths) == 1 else "")
@@ -302,31 +491,49 @@ def _credentials(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
             raise CliError(f"{problem}; give a key every host accepts with --ssh-key PATH")
         ssh["private_key_path"] = str(resolve_local_path(args.ssh_key, args.project_dir))
         notes.append(f"{problem}: the stack reaches every host with --ssh-key")
-        return
-    if by_key:
+    elif by_key:
         secrets["cluster.ssh.private_key"] = key
         notes.append(f"the stack reaches {len(by_key)} hosts with the Clusterfile's key "
                      f"{pk} (read on master0, kept as a secret)")
-    needs_password = sorted(by_password - by_key, key=cf.hosts.index)
-    if needs_password:
+    with_password = sorted(by_password, key=cf.hosts.index)
+    if with_password:
         default = cf.ssh.passwd
         if default:
             secrets["cluster.ssh.password"] = default
-        for ip in needs_password:
+        for ip in with_password:
             if cf.hosts_ssh[ip].passwd != default:
                 secrets[host_password_path(ip)] = cf.hosts_ssh[ip].passwd
-        notes.append(f"the stack logs in to {', '.join(needs_password)} with the Clusterfile's "
-                     "passwd (kept as a secret)")
+        both = [ip for ip in with_password if ip in by_key and "private_key_path" not in ssh]
+        notes.append(f"the Clusterfile's passwd is kept as a secret for {', '.join(with_password)}"
+                     + (f" ({len(both)} of them also have the key: the key is offered first, the "
+                        "password is the fallback, as sealer does)" if both else ""))
 
 
 def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
-                   host_keys: dict[str, str]) -> Adoption:
-    """The stack config for ``cf`` from what master0 sent (pure: no I/O but local paths made
-    absolute)."""
-    notes: list[str] = []
+                   host_keys: dict[str, str], registry_cm: str | None = None,
+                   notes: list[str] | None = None) -> Adoption:
+    """The stack config for ``cf`` from what master0 sent and the cluster's ConfigMap
+    sealer-registry (``registry_cm``, its `registry` key, when the cluster has one) (pure: no
+    I/O but local paths made absolute)."""
+    notes = list(notes or [])
     secrets: dict[str, str] = {}
     reg = cf.registry
+    notes += [f"the Clusterfile: {q}" for q in cf.quirks]
+    mode = registry_mode(cf, files, registry_cm, notes)
     _refusals(cf, args.from_ip)
+    if not reg.local_given and files.registry_settings is not None:
+        try:
+            settings = parse_registry_settings(files.registry_settings)
+        except ClusterfileError as e:
+            raise CliError(f"{files.meta.get('rootfs')}/{e}") from None
+        if settings.ip and settings.ip != cf.master0:
+            raise CliError(f"sealer's etc/registry.yml puts the registry on {settings.ip} (ip), "
+                           f"not on master0 {cf.master0}: this program keeps a registry on "
+                           "master0 only")
+        reg = type(reg)(domain=settings.domain, port=settings.port, username=settings.username,
+                        password=settings.password, ha=False, local_given=False)
+        notes.append("the registry's domain, port and login are sealer v0.8's etc/registry.yml "
+                     "(its settings file, left as it is)")
 
     ssh: dict[str, Any] = {"user": cf.ssh.user, "port": cf.ssh.port,
                            "host_keys": {ip: host_keys[ip] for ip in cf.hosts if ip in host_keys}}
@@ -343,6 +550,18 @@ def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace
 
     registry: dict[str, Any] = {"domain": reg.domain, "port": reg.port,
                                 "local_registry": {"insecure_mode": reg.insecure}}
+    if mode.ha:
+        registry["local_registry"]["ha"] = True
+        notes.append(f"sealer's registry is HA ({mode.source}): a registry on every master "
+                     f"({', '.join(cf.masters)}); the stack keeps them (registry.local_registry.ha)"
+                     f" and changes no hosts line: the VIP {mode.vip or '10.103.97.2'} stays "
+                     "lvscare's (reg-lvscare on the nodes)")
+        if mode.deploy_hosts and sorted(mode.deploy_hosts) != sorted(cf.masters):
+            notes.append(f"sealer deployed its registry to {', '.join(mode.deploy_hosts)}, the "
+                         f"Clusterfile's masters are {', '.join(cf.masters)}: every master is a "
+                         "deploy host of the stack")
+    else:
+        notes.append(f"sealer's registry runs on master0 only ({mode.source})")
     if reg.insecure:
         notes.append("the registry is insecure (plain HTTP): no certificate adopted")
     else:
@@ -379,12 +598,15 @@ def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace
     if args.history_file:
         apps["history_file"] = str(resolve_local_path(args.history_file, args.project_dir))
     else:
-        apps["history"] = _boot_history(files, files.meta.get("history", "application.json"))
-    notes.append("the registry data is sealer's on master0; "
-                 + ("`pulumi up` replicates it host to host to the other masters (pre mode)"
-                    if args.distribution == "pre" else
-                    "in post mode only master0 holds it: `recover` needs a replica or an image "
-                    "store (apps.image_store)"))
+        apps["history"] = boot_history(cf, files, notes)
+    if mode.ha:
+        notes.append("the registry data is sealer's on every master (HA)")
+    else:
+        notes.append("the registry data is sealer's on master0; "
+                     + ("`pulumi up` replicates it host to host to the other masters (pre mode)"
+                        if args.distribution == "pre" else
+                        "in post mode only master0 holds it: `recover` needs a replica or an "
+                        "image store (apps.image_store)"))
     registry["local_registry"]["deploy_hosts"] = list(cf.masters)
 
     plain = {
@@ -480,25 +702,40 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"master0 {args.from_ip}:{args.port} does not answer ssh-keyscan within "
                        f"{KEYSCAN_TIMEOUT_S}s")
 
+    notes: list[str] = []
+    configmaps, why = read_configmaps_api(resolve_local_path(args.kubeconfig, project_dir))
+    if configmaps is None:
+        notes.append(f"the cluster's ConfigMaps were read with kubectl on master0: {why}")
     with tempfile.TemporaryDirectory(prefix="sealer-adopt-") as tmp:
         master0 = Master0(args.from_ip, args.user, args.port, key, seen, Path(tmp), password_file)
         extra = ["--clusterfile", args.clusterfile] if args.clusterfile else []
-        files = master0.read(*extra)
+        files = master0.read(*extra, *([] if configmaps is not None else ["--kubectl"]))
+        if configmaps is None:
+            configmaps, problems = configmaps_from_master0(files)
+            notes += [f"{p}: read as absent; if the cluster has it, adopt again with a "
+                      "--kubeconfig that reaches the apiserver" for p in problems]
+        where = files.meta.get("clusterfile")
+        text = choose_clusterfile(files.clusterfile, str(where), configmaps["sealer-clusterfile"],
+                                  notes)
         try:
-            cf = parse_clusterfile(files.clusterfile)
+            cf = parse_clusterfile(text)
         except ClusterfileError as e:
-            raise CliError(f"the Clusterfile {files.meta.get('clusterfile')} on master0 {e}") from None
+            source = ("ConfigMap kube-system/sealer-clusterfile"
+                      if configmaps["sealer-clusterfile"] is not None else f"{where} on master0")
+            raise CliError(f"the Clusterfile {source} {e}") from None
         # One session unless the script's reading of the Clusterfile (awk) missed the rootfs or
         # a key: then once more with the paths parsed here.
         keys = sorted({s.pk for s in cf.hosts_ssh.values() if s.pk})
         missing_keys = not set(keys) <= set(files.files)
         if files.meta.get("rootfs") != cf.rootfs or missing_keys:
             again = ["--clusterfile", files.meta["clusterfile"], "--rootfs", cf.rootfs]
+            clusterfile_text = files.clusterfile
             files = master0.read(*again, *(a for path in keys for a in ("--file", path)))
+            files.clusterfile = clusterfile_text
 
     host_keys = {args.from_ip: seen}
     host_keys.update(keyscan({ip: cf.hosts_ssh[ip].port for ip in cf.hosts if ip != args.from_ip}))
-    adoption = build_adoption(cf, files, args, host_keys)
+    adoption = build_adoption(cf, files, args, host_keys, configmaps["sealer-registry"], notes)
     check_offline(adoption, project_dir)
 
     engine = Engine(args.stack, project_dir, args.pulumi, create=True)
