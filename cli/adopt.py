@@ -167,15 +167,7 @@ class SealerFiles:
 
     @classmethod
     def from_tar(cls, data: bytes) -> SealerFiles:
-        members: dict[str, bytes] = {}
-        try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-                for member in tar.getmembers():
-                    if member.isfile():
-                        members[member.name.removeprefix("./")] = tar.extractfile(member).read()
-        except tarfile.TarError as e:
-            raise CliError(f"master0 sent no readable tar ({e})") from None
-        text = {k: v.decode("utf-8", "replace") for k, v in members.items()}
+        text = _tar_texts(data)
         meta = dict(line.split("=", 1) for line in text.get("meta", "").splitlines() if "=" in line)
         files = {meta[f"file.{k.removeprefix('files/')}"]: v for k, v in text.items()
                  if k.startswith("files/") and f"file.{k.removeprefix('files/')}" in meta}
@@ -191,13 +183,42 @@ class SealerFiles:
                                if k.startswith("cm/")})
 
 
+@dataclass(frozen=True)
+class NodeFacts:
+    """What `adopt-read.sh --node DOMAIN` sent back from one host."""
+
+    ip: str
+    hosts_lines: list[str]           # /etc/hosts lines naming the domain
+    lvscare: str | None              # /etc/kubernetes/manifests/reg-lvscare.yaml
+
+    @classmethod
+    def from_tar(cls, ip: str, data: bytes) -> NodeFacts:
+        text = _tar_texts(data)
+        return cls(ip, [line for line in text.get("node/hosts", "").splitlines() if line.strip()],
+                   text.get("node/reg-lvscare.yaml"))
+
+
+def _tar_texts(data: bytes) -> dict[str, str]:
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    members[member.name.removeprefix("./")] = tar.extractfile(member).read()
+    except tarfile.TarError as e:
+        raise CliError(f"the host sent no readable tar ({e})") from None
+    return {k: v.decode("utf-8", "replace") for k, v in members.items()}
+
+
 class Master0:
-    """OpenSSH to master0 with a pinned host key, BatchMode and bounded timeouts."""
+    """OpenSSH to master0 (or, for `read_node`, another host) with a pinned host key, BatchMode
+    and bounded timeouts."""
 
     def __init__(self, ip: str, user: str, port: int, key: Path | None, host_key: str, tmp: Path,
-                 password_file: Path | None = None):
+                 password_file: Path | None = None, extra_keys: tuple[Path, ...] = ()):
         self.ip, self.user, self.port, self.key = ip, user, port, key
-        self.known_hosts = tmp / "known_hosts"
+        self.extra_keys = extra_keys
+        self.known_hosts = tmp / f"known_hosts-{ip}"
         name = ip if port == 22 else f"[{ip}]:{port}"
         self.known_hosts.write_text(f"{name} {host_key}\n")
         self.askpass: Path | None = None
@@ -216,11 +237,20 @@ class Master0:
                 "-o", "ServerAliveCountMax=2", "-o", "LogLevel=ERROR",
                 "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
                 "-o", "GlobalKnownHostsFile=/dev/null"]
-        if self.key is not None:
-            argv += ["-i", str(self.key), "-o", "IdentitiesOnly=yes"]
+        keys = [k for k in (self.key, *self.extra_keys) if k is not None]
+        for key in keys:
+            argv += ["-i", str(key)]
+        if keys:
+            argv += ["-o", "IdentitiesOnly=yes"]
         return [*argv, f"{self.user}@{self.ip}"]
 
     def read(self, *args: str) -> SealerFiles:
+        return SealerFiles.from_tar(self._run(*args))
+
+    def read_node(self, domain: str) -> NodeFacts:
+        return NodeFacts.from_tar(self.ip, self._run("--node", domain))
+
+    def _run(self, *args: str) -> bytes:
         run = script_run(READ_SCRIPT, *args)
         command = run.command if self.user == "root" else f"sudo -n {run.command}"
         try:
@@ -229,7 +259,7 @@ class Master0:
             done = subprocess.run([*self.argv(), "--", command], input=run.stdin.encode(),
                                   capture_output=True, timeout=READ_TIMEOUT_S, env=env)
         except subprocess.TimeoutExpired:
-            raise CliError(f"reading master0 {self.ip} timed out after {READ_TIMEOUT_S:.0f}s") from None
+            raise CliError(f"reading {self.ip} timed out after {READ_TIMEOUT_S:.0f}s") from None
         stderr = done.stderr.decode("utf-8", "replace")
         if done.returncode != 0:
             why = next((line.split("error: ", 1)[1] for line in stderr.splitlines()
@@ -237,7 +267,7 @@ class Master0:
             if why is None:
                 why = ssh_error(stderr, done.returncode)
             raise CliError(f"cannot read what sealer left on {self.ip}: {why}")
-        return SealerFiles.from_tar(done.stdout)
+        return done.stdout
 
 
 # -- the cluster's ConfigMaps -----------------------------------------------------------------------
@@ -416,14 +446,52 @@ def _registry_configmap(text: str) -> dict:
     return doc
 
 
+def node_evidence(facts: NodeFacts, cf: Clusterfile) -> tuple[bool | None, str, str]:
+    """``(ha, what showed it, vip)`` from one host: a `reg-lvscare` static pod is sealer's HA
+    layout (its `--vs` is the VIP); else the host's /etc/hosts line for the domain: master0's IP
+    on a node or another master means one registry on master0, a master's own IP or a VIP on a
+    node means HA (pkg/registry/local.go@v0.11.0:148-237). ``None`` when it shows nothing."""
+    where = f"{facts.ip}"
+    if facts.lvscare is not None:
+        args = _lvscare_args(facts.lvscare)
+        vip = next((args[i + 1].rsplit(":", 1)[0] for i, a in enumerate(args[:-1]) if a == "--vs"), "")
+        return True, f"{where} runs sealer's reg-lvscare static pod", vip
+    ips = [line.split()[0] for line in facts.hosts_lines]
+    if not ips:
+        return None, f"{where} has no /etc/hosts line for the domain", ""
+    ip = ips[-1]   # the resolver takes the first match, sealer appends: both agree on one line
+    if ip == cf.master0 and facts.ip != cf.master0:
+        return False, f"{where} maps the domain to master0 {ip}", ""
+    if facts.ip in cf.masters and ip == facts.ip:
+        return True, f"master {where} maps the domain to itself", ""
+    if facts.ip in cf.nodes and ip not in cf.hosts:
+        return True, f"node {where} maps the domain to {ip}, no host of the cluster (a VIP)", ip
+    return None, f"{where} maps the domain to {ip}", ""
+
+
+def _lvscare_args(manifest: str) -> list[str]:
+    """The lvscare container's args (a v1.Pod, pkg/ipvs/ipvs.go@v0.11.0:41-105)."""
+    try:
+        pod = yaml.safe_load(manifest)
+        return [str(a) for c in pod["spec"]["containers"] for a in c.get("args") or []]
+    except (yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return []
+
+
+def probe_host(cf: Clusterfile) -> str | None:
+    """The host whose view tells the registry mode: the first node, else the second master."""
+    return cf.nodes[0] if cf.nodes else (cf.masters[1] if len(cf.masters) > 1 else None)
+
+
 EXTERNAL_ONLY = ("has only an external registry ({where}): sealer runs no builtin registry on "
                  "this cluster, and this program keeps sealer's builtin one alive: nothing to adopt")
 
 
 def registry_mode(cf: Clusterfile, files: SealerFiles, registry_cm: str | None,
-                  notes: list[str]) -> RegistryMode:
+                  notes: list[str], node: NodeFacts | None = None) -> RegistryMode:
     """HA or not, from the cluster: the ConfigMap sealer-registry (v0.10+; `local.localregistry.ha`,
-    `local.deployhosts`, `local.vip`) first; else the Clusterfile as the v0.11 decoder reads it
+    `local.deployhosts`, `local.vip`) first; then what a node shows (``node``: reg-lvscare, its
+    /etc/hosts line, `node_evidence`); else the Clusterfile as the v0.11 decoder reads it
     (pkg/clusterfile/decoder.go@v0.11.0:185-209: a missing `ha` is true, whatever apiVersion);
     a Clusterfile with no registry section and sealer v0.8's etc/registry.yml in the rootfs is
     v0.8's single registry on master0. Refuses a cluster with only an external registry."""
@@ -446,6 +514,15 @@ def registry_mode(cf: Clusterfile, files: SealerFiles, registry_cm: str | None,
     if not reg.local_given and reg.external is not None:
         raise CliError("the Clusterfile " + EXTERNAL_ONLY.format(
             where="spec.registry.externalRegistry, no localRegistry"))
+    if node is not None:
+        ha, shown, vip = node_evidence(node, cf)
+        if ha is not None:
+            said = reg.ha if reg.local_given else files.registry_settings is None
+            if said != ha:
+                notes.append(f"the Clusterfile says ha: {str(said).lower()}, but {shown}: the "
+                             "cluster is followed")
+            return RegistryMode(ha, shown, vip)
+        notes.append(f"the registry mode is not shown by {shown}")
     if not reg.local_given and files.registry_settings is not None:
         return RegistryMode(False, "sealer v0.8's etc/registry.yml (no spec.registry in the "
                                    "Clusterfile)")
@@ -511,7 +588,7 @@ def _credentials(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
 
 def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
                    host_keys: dict[str, str], registry_cm: str | None = None,
-                   notes: list[str] | None = None) -> Adoption:
+                   notes: list[str] | None = None, node: NodeFacts | None = None) -> Adoption:
     """The stack config for ``cf`` from what master0 sent and the cluster's ConfigMap
     sealer-registry (``registry_cm``, its `registry` key, when the cluster has one) (pure: no
     I/O but local paths made absolute)."""
@@ -519,7 +596,7 @@ def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace
     secrets: dict[str, str] = {}
     reg = cf.registry
     notes += [f"the Clusterfile: {q}" for q in cf.quirks]
-    mode = registry_mode(cf, files, registry_cm, notes)
+    mode = registry_mode(cf, files, registry_cm, notes, node)
     _refusals(cf, args.from_ip)
     if not reg.local_given and files.registry_settings is not None:
         try:
@@ -735,7 +812,10 @@ def run(args: argparse.Namespace) -> int:
 
     host_keys = {args.from_ip: seen}
     host_keys.update(keyscan({ip: cf.hosts_ssh[ip].port for ip in cf.hosts if ip != args.from_ip}))
-    adoption = build_adoption(cf, files, args, host_keys, configmaps["sealer-registry"], notes)
+    node = None
+    if configmaps["sealer-registry"] is None:
+        node = read_probe_host(cf, files, args, key, password_file, host_keys, notes)
+    adoption = build_adoption(cf, files, args, host_keys, configmaps["sealer-registry"], notes, node)
     check_offline(adoption, project_dir)
 
     engine = Engine(args.stack, project_dir, args.pulumi, create=True)
@@ -760,6 +840,41 @@ def run(args: argparse.Namespace) -> int:
 
     report(args, cf, adoption, host_keys, engine.created)
     return EXIT_OK
+
+
+def read_probe_host(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
+                    key: Path | None, password_file: Path | None, host_keys: dict[str, str],
+                    notes: list[str]) -> NodeFacts | None:
+    """What one more host shows of the registry mode (`probe_host`), read as master0 was, also
+    offering the Clusterfile's key; None (with a note) when it cannot be read."""
+    ip = probe_host(cf)
+    if ip is None or ip not in host_keys:
+        if ip is not None:
+            notes.append(f"{ip} did not answer ssh-keyscan: the registry mode is not checked there")
+        return None
+    with tempfile.TemporaryDirectory(prefix="sealer-adopt-") as tmp:
+        extra: tuple[Path, ...] = ()
+        sealer_key = files.files.get(cf.hosts_ssh[ip].pk)
+        if sealer_key:
+            path = Path(tmp, "sealer-key")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(sealer_key.rstrip("\n") + "\n")
+            extra = (path,)
+        ssh = cf.hosts_ssh[ip]
+        # As sealer reaches it: the Clusterfile's user, its key beside the operator's.
+        host = Master0(ip, ssh.user, ssh.port, key, host_keys[ip], Path(tmp), password_file, extra)
+        domain = cf.registry.domain
+        if not cf.registry.local_given and files.registry_settings is not None:
+            try:
+                domain = parse_registry_settings(files.registry_settings).domain
+            except ClusterfileError:
+                pass  # reported by build_adoption
+        try:
+            return host.read_node(domain)
+        except CliError as e:
+            notes.append(f"the registry mode was not checked on {ip} ({e})")
+            return None
 
 
 def report(args: argparse.Namespace, cf: Clusterfile, adoption: Adoption,

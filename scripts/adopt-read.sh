@@ -17,8 +17,12 @@
 # Without --rootfs the rootfs is <dataRoot>/<name>/rootfs of the Clusterfile's Cluster document,
 # read with awk (sigs.k8s.io/yaml's layout); the caller parses the Clusterfile properly and runs
 # this again with --rootfs when it finds another one.
+# With --node DOMAIN (run on a node, not master0) the tar holds only what shows sealer's registry
+# mode there: node/hosts (the /etc/hosts lines naming DOMAIN) and node/reg-lvscare.yaml (sealer's
+# static pod keeping the HA registry's VIP, pkg/registry/local.go@v0.11.0:148-237), when present.
 # Usage: adopt-read.sh [--clusterfile PATH] [--history PATH] [--rootfs DIR] [--kubectl]
 #                      [--file PATH]...
+#        adopt-read.sh --node DOMAIN
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
@@ -26,6 +30,7 @@ fi
 
 readonly DEFAULT_DATA_ROOT=/var/lib/sealer/data
 readonly ADMIN_CONF=/etc/kubernetes/admin.conf
+readonly LVSCARE_MANIFEST=/etc/kubernetes/manifests/reg-lvscare.yaml
 STAGE=""
 cleanup() { [[ -z "$STAGE" ]] || rm -rf "$STAGE"; }
 
@@ -112,7 +117,25 @@ copy_if_file() {
   cp "$src" "$dest"
 }
 
+read_node() {
+  local domain=$1
+  STAGE=$(mktemp -d)
+  trap cleanup EXIT
+  mkdir -p "$STAGE/node"
+  # Field match, not a regex: the domain's dots are literal.
+  awk -v d="$domain" '$1 !~ /^#/ { for (i = 2; i <= NF; i++) if ($i == d) { print; next } }' \
+    /etc/hosts >"$STAGE/node/hosts"
+  copy_if_file "$LVSCARE_MANIFEST" "$STAGE/node/reg-lvscare.yaml"
+  info "read /etc/hosts and $LVSCARE_MANIFEST"
+  tar -C "$STAGE" -cf - .
+}
+
 main() {
+  if [[ "${1:-}" == --node ]]; then
+    (($# == 2)) || fatal "usage: --node DOMAIN"
+    read_node "$2"
+    return 0
+  fi
   local clusterfile="" history="" rootfs="" kubectl=false files=() found name root i
   while (($#)); do
     case "$1" in

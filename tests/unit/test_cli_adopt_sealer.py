@@ -311,3 +311,66 @@ def test_a_quoted_localregistry_port_is_read_and_noted():
     cf = parse_clusterfile(V011.replace("      port: 5000\n", '      port: "5000"\n'))
     assert cf.registry.port == 5000
     assert "sealer v0.11 decodes an int there" in cf.quirks[0]
+
+
+# -- what a node shows ------------------------------------------------------------------------------
+
+LVSCARE = (FIXTURES / "v0.11" / "reg-lvscare.yaml").read_text()
+
+
+def node(ip: str, *lines: str, lvscare: str | None = None):
+    from cli.adopt import NodeFacts
+    return NodeFacts(ip, list(lines), lvscare)
+
+
+def test_a_node_running_reg_lvscare_shows_ha_and_the_vip():
+    from cli.adopt import node_evidence
+    ha, shown, vip = node_evidence(node("10.0.0.21", "10.103.97.2 sea.hub #hostalias-set-by-sealer",
+                                        lvscare=LVSCARE), parse_clusterfile(V011))
+    assert (ha, vip) == (True, "10.103.97.2") and "reg-lvscare" in shown
+
+
+@pytest.mark.parametrize("host, line, ha", [
+    ("10.0.0.21", "10.0.0.11 sea.hub #hostalias-set-by-sealer", False),   # node -> master0
+    ("10.0.0.21", "10.0.0.11 sea.hub", False),                             # v0.8's unmarked line
+    ("10.0.0.12", "10.0.0.12 sea.hub #hostalias-set-by-sealer", True),    # master -> itself
+    ("10.0.0.21", "10.103.97.2 sea.hub #hostalias-set-by-sealer", True),  # node -> a VIP
+    ("10.0.0.21", "10.0.0.12 sea.hub", None),                              # another master: unclear
+])
+def test_a_hosts_line_shows_the_mode(host, line, ha):
+    from cli.adopt import node_evidence
+    assert node_evidence(node(host, line), parse_clusterfile(V011))[0] is ha
+
+
+def test_a_host_with_no_line_shows_nothing_and_the_clusterfile_decides():
+    notes: list[str] = []
+    mode = registry_mode(parse_clusterfile(V011), files(), None, notes, node("10.0.0.21"))
+    assert mode.ha is False and "not shown by 10.0.0.21" in notes[0]
+
+
+def test_what_a_node_shows_is_followed_over_the_clusterfile():
+    notes: list[str] = []
+    mode = registry_mode(parse_clusterfile(V011), files(), None, notes,
+                         node("10.0.0.21", lvscare=LVSCARE))
+    assert mode.ha is True and "the Clusterfile says ha: false" in notes[0]
+
+
+def test_v08_with_a_node_mapping_master0_is_not_ha():
+    mode = registry_mode(parse_clusterfile(V08), files(V08, registry_settings=V08_SETTINGS), None,
+                         [], node("10.0.0.21", "10.0.0.11 sea.hub"))
+    assert mode.ha is False
+
+
+def test_node_facts_from_the_read_scripts_tar():
+    import io
+    import tarfile
+
+    from cli.adopt import NodeFacts
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in {"./node/hosts": "10.0.0.11 sea.hub\n", "./node/reg-lvscare.yaml": LVSCARE}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data.encode())
+            tar.addfile(info, io.BytesIO(data.encode()))
+    facts = NodeFacts.from_tar("10.0.0.21", buf.getvalue())
+    assert (facts.hosts_lines, facts.lvscare) == (["10.0.0.11 sea.hub"], LVSCARE)
