@@ -35,34 +35,40 @@ HELP = "write a stack for an existing sealer cluster from what sealer left on ma
 DESCRIPTION = """\
 Adopt a running sealer cluster: `adopt --from MASTER0 --stack NAME`.
 
-1. Pins master0's SSH host key (ssh-keyscan, or --host-key) and reads, in one SSH session as
-   --user (sudo -n when not root; nothing is changed there): the Clusterfile (~/.sealer/Clusterfile
-   of root, or --clusterfile), the boot history beside it (application.json), and from the rootfs
-   <dataRoot>/<name>/rootfs: certs/<domain>.crt|.key, etc/registry_config.yml and
-   etc/registry_htpasswd, and the SSH key files the Clusterfile names (pk).
-2. Builds the stack config: hosts and roles, the SSH user and port (per-host ones under
-   cluster.ssh.hosts), the logins sealer uses: its pk (read on master0, kept as a secret) where
-   hosts use it, its passwd elsewhere (cluster.ssh.password and per-host passwords, secrets;
-   `encrypted: true` ones decrypted); --ssh-key when a host has no usable one; every
-   host's host key (ssh-keyscan, trust on first use: compare the fingerprints
-   printed), the registry's domain, port and login from the Clusterfile, sealer's cert and key
-   (registry.tls.cert/key: nodes keep their trust), its htpasswd and its registry config as-is
-   (the registry sealer started keeps serving), the boot history inline. Every master is a
-   deploy host. The data is sealer's on master0: in pre mode (the default) `pulumi up`
-   replicates it host to host to the other masters, so `recover` can move master0 onto one of
-   them (an image store, a registry holding the cluster's images, can be added to the stack
-   file later: apps.image_store).
+1. Reads the ConfigMaps kube-system/sealer-clusterfile (the Clusterfile sealer reads first) and
+   sealer-registry through --kubeconfig; pins master0's SSH host key (ssh-keyscan, or --host-key)
+   and reads, in one SSH session as --user (sudo -n when not root; nothing is changed there):
+   the Clusterfile file (~/.sealer/Clusterfile of root, v0.8's ~/.sealer/<name>/Clusterfile, or
+   --clusterfile), the application log beside it (application.json), the ConfigMaps with kubectl
+   and /etc/kubernetes/admin.conf when the API did not answer, and from the rootfs
+   <dataRoot>/<name>/rootfs: certs/<domain>.crt|.key, etc/registry_config.yml,
+   etc/registry_htpasswd, v0.8's etc/registry.yml, the cache/registry flags (image ids and their
+   mtimes), and the SSH key files the Clusterfile names (pk). Without the sealer-registry
+   ConfigMap it also reads one node's /etc/hosts line for the domain and reg-lvscare manifest.
+2. Builds the stack config: the ConfigMap's Clusterfile (how the file differs is printed), hosts
+   and roles, the SSH user and port (per-host ones under cluster.ssh.hosts), every login sealer
+   has: its pk (read on master0) as cluster.ssh.private_key AND its passwd as
+   cluster.ssh.password (per-host ones under cluster.ssh.hosts; `encrypted: true` ones
+   decrypted), secrets; --ssh-key when a host has no usable one; every host's host key
+   (ssh-keyscan, trust on first use: compare the fingerprints printed); the registry mode from
+   the cluster (ConfigMap sealer-registry, else a node's reg-lvscare or hosts line, else the
+   Clusterfile as sealer's decoder reads it): HA clusters get registry.local_registry.ha (every
+   master keeps its registry, no hosts line or VIP is touched); the registry's domain, port and
+   login (v0.8: from its etc/registry.yml), sealer's cert and key (nodes keep their trust), its
+   htpasswd and registry config as-is (the registry sealer started keeps serving); the boot
+   history built from the application log paired in run order with the cache/registry image
+   ids (cli/sealer_log.py), inline. Every master is a deploy host.
 3. Checks the whole config offline (every problem printed; nothing written if any), then writes
    Pulumi.NAME.yaml: plain values in the file, every secret through `pulumi config set --secret`
    on stdin (never on a command line), creating the stack in the backend if needed; and
    validates the file as `python -m cli validate` does.
 
-Refused, naming what to do: an existing Pulumi.NAME.yaml (without --force), a Clusterfile whose
-registry is HA (sealer.io/v2 runs it on every master behind an IPVS VIP unless
-localRegistry.ha is false; this program keeps one registry on master0), hosts with no usable
-login (another pk than the others' or a passphrase-protected one, and no passwd; give
---ssh-key), --from not being the Clusterfile's master0. A non-root SSH user needs passwordless sudo on every host: the program's
-steps run through `sudo -n`.
+Refused, naming what to do: an existing Pulumi.NAME.yaml (without --force), a cluster with only
+an external registry (no builtin one to keep), an application log that cannot be paired with
+the cache/registry ids (give --history-file), hosts with no usable login (another pk than the
+others' or a passphrase-protected one, and no passwd; give --ssh-key), --from not being the
+Clusterfile's master0. A non-root SSH user needs passwordless sudo on every host: the
+program's steps run through `sudo -n`.
 
 Exit codes: 0 written and valid; 2 refused or failed, nothing left behind (a stack this command
 created is removed again). Needs the engine's environment (`pulumi` on PATH or --pulumi, the
@@ -106,7 +112,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default="~/.kube/config", metavar="PATH",
                         help="kubeconfig the program reaches the cluster with (default ~/.kube/config)")
     parser.add_argument("--history-file", metavar="PATH",
-                        help="a local boot history to use instead of master0's application.json")
+                        help="a local boot history ({type, applications: [{name, image_id, type, "
+                             "launch_cmd, version}], launch}) instead of the one built from "
+                             "master0's application log and cache/registry ids")
     parser.add_argument("--registry-password-file", metavar="PATH",
                         help="file holding the registry password, when the Clusterfile has none")
     parser.add_argument("--distribution", choices=["pre", "post"], default="pre")
