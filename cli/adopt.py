@@ -349,8 +349,8 @@ def choose_clusterfile(file_text: str, file_path: str, cm_text: str | None,
     """The ConfigMap's Clusterfile when the cluster has one (sealer reads it before the file:
     pkg/clusterfile/clusterfile.go@v0.11.0:202-271), with how the file differs in the notes."""
     if cm_text is None:
-        notes.append(f"the Clusterfile is {file_path} (the cluster has no ConfigMap "
-                     "kube-system/sealer-clusterfile: sealer before v0.9 keeps none)")
+        notes.append(f"the Clusterfile is {file_path} (no ConfigMap kube-system/sealer-clusterfile "
+                     "was read: sealer before v0.9 keeps none)")
         return file_text
     try:
         diff = differences(cm_text, file_text)

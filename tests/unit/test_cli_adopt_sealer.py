@@ -83,7 +83,7 @@ def test_the_configmaps_clusterfile_is_used_and_the_files_difference_noted():
 def test_without_the_configmap_the_file_is_the_clusterfile():
     notes: list[str] = []
     assert choose_clusterfile(V08, "/root/.sealer/my-cluster/Clusterfile", None, notes) == V08
-    assert "no ConfigMap kube-system/sealer-clusterfile" in notes[0]
+    assert "no ConfigMap kube-system/sealer-clusterfile was read" in notes[0]
 
 
 def test_the_difference_never_shows_a_password():
