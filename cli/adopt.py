@@ -590,8 +590,8 @@ def _credentials(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
                 secrets[host_password_path(ip)] = cf.hosts_ssh[ip].passwd
         both = [ip for ip in with_password if ip in by_key and "private_key_path" not in ssh]
         notes.append(f"the Clusterfile's passwd is kept as a secret for {', '.join(with_password)}"
-                     + (f" ({len(both)} of them also have the key: the key is offered first, the "
-                        "password is the fallback, as sealer does)" if both else ""))
+                     + (f" ({len(both)} of them also have the key: the engine offers both, as "
+                        "sealer does)" if both else ""))
 
 
 def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,

@@ -116,7 +116,7 @@ def test_the_key_and_the_password_are_both_kept(tmp_path):
     result = adopt(tmp_path)
     assert result.secrets["cluster.ssh.private_key"] == SSH_KEY
     assert result.secrets["cluster.ssh.password"] == "Seal3r-pw"
-    assert any("the key is offered first, the password is the fallback" in n for n in result.notes)
+    assert any("the engine offers both, as sealer does" in n for n in result.notes)
     check_offline(result, tmp_path)
 
 
@@ -374,3 +374,12 @@ def test_node_facts_from_the_read_scripts_tar():
             tar.addfile(info, io.BytesIO(data.encode()))
     facts = NodeFacts.from_tar("10.0.0.21", buf.getvalue())
     assert (facts.hosts_lines, facts.lvscare) == (["10.0.0.11 sea.hub"], LVSCARE)
+
+
+def test_history_file_overrides_a_log_that_cannot_be_paired(tmp_path):
+    import json
+    (tmp_path / "history.json").write_text(json.dumps(
+        {"type": "boot", "applications": [{"name": "calico", "image_id": ID_A}]}))
+    result = adopt(tmp_path, files(flags=""), history_file="history.json")
+    assert result.plain["apps"] == {"history_file": str(tmp_path / "history.json")}
+    check_offline(result, tmp_path)
