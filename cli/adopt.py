@@ -17,7 +17,10 @@ from typing import Any
 
 import yaml
 
-from cli.clusterfile import Clusterfile, ClusterfileError, parse_clusterfile
+from cli.clusterfile import (Clusterfile, ClusterfileError, differences, parse_clusterfile,
+                             parse_registry_settings)
+from cli.sealer_log import (HistoryError, LaunchOverride, history_from_log, is_sealer_log_entry,
+                            parse_flags, split_log)
 from cli.common import EXIT_OK, CliError, guarded, parse_ip, resolve_local_path
 from cli.engine import Engine
 from cli.ssh import ssh_error
@@ -32,34 +35,40 @@ HELP = "write a stack for an existing sealer cluster from what sealer left on ma
 DESCRIPTION = """\
 Adopt a running sealer cluster: `adopt --from MASTER0 --stack NAME`.
 
-1. Pins master0's SSH host key (ssh-keyscan, or --host-key) and reads, in one SSH session as
-   --user (sudo -n when not root; nothing is changed there): the Clusterfile (~/.sealer/Clusterfile
-   of root, or --clusterfile), the boot history beside it (application.json), and from the rootfs
-   <dataRoot>/<name>/rootfs: certs/<domain>.crt|.key, etc/registry_config.yml and
-   etc/registry_htpasswd, and the SSH key files the Clusterfile names (pk).
-2. Builds the stack config: hosts and roles, the SSH user and port (per-host ones under
-   cluster.ssh.hosts), the logins sealer uses: its pk (read on master0, kept as a secret) where
-   hosts use it, its passwd elsewhere (cluster.ssh.password and per-host passwords, secrets;
-   `encrypted: true` ones decrypted); --ssh-key when a host has no usable one; every
-   host's host key (ssh-keyscan, trust on first use: compare the fingerprints
-   printed), the registry's domain, port and login from the Clusterfile, sealer's cert and key
-   (registry.tls.cert/key: nodes keep their trust), its htpasswd and its registry config as-is
-   (the registry sealer started keeps serving), the boot history inline. Every master is a
-   deploy host. The data is sealer's on master0: in pre mode (the default) `pulumi up`
-   replicates it host to host to the other masters, so `recover` can move master0 onto one of
-   them (an image store, a registry holding the cluster's images, can be added to the stack
-   file later: apps.image_store).
+1. Reads the ConfigMaps kube-system/sealer-clusterfile (the Clusterfile sealer reads first) and
+   sealer-registry through --kubeconfig; pins master0's SSH host key (ssh-keyscan, or --host-key)
+   and reads, in one SSH session as --user (sudo -n when not root; nothing is changed there):
+   the Clusterfile file (~/.sealer/Clusterfile of root, v0.8's ~/.sealer/<name>/Clusterfile, or
+   --clusterfile), the application log beside it (application.json), the ConfigMaps with kubectl
+   and /etc/kubernetes/admin.conf when the API did not answer, and from the rootfs
+   <dataRoot>/<name>/rootfs: certs/<domain>.crt|.key, etc/registry_config.yml,
+   etc/registry_htpasswd, v0.8's etc/registry.yml, the cache/registry flags (image ids and their
+   mtimes), and the SSH key files the Clusterfile names (pk). Without the sealer-registry
+   ConfigMap it also reads one node's /etc/hosts line for the domain and reg-lvscare manifest.
+2. Builds the stack config: the ConfigMap's Clusterfile (how the file differs is printed), hosts
+   and roles, the SSH user and port (per-host ones under cluster.ssh.hosts), every login sealer
+   has: its pk (read on master0) as cluster.ssh.private_key AND its passwd as
+   cluster.ssh.password (per-host ones under cluster.ssh.hosts; `encrypted: true` ones
+   decrypted), secrets; --ssh-key when a host has no usable one; every host's host key
+   (ssh-keyscan, trust on first use: compare the fingerprints printed); the registry mode from
+   the cluster (ConfigMap sealer-registry, else a node's reg-lvscare or hosts line, else the
+   Clusterfile as sealer's decoder reads it): HA clusters get registry.local_registry.ha (every
+   master keeps its registry, no hosts line or VIP is touched); the registry's domain, port and
+   login (v0.8: from its etc/registry.yml), sealer's cert and key (nodes keep their trust), its
+   htpasswd and registry config as-is (the registry sealer started keeps serving); the boot
+   history built from the application log paired in run order with the cache/registry image
+   ids (cli/sealer_log.py), inline. Every master is a deploy host.
 3. Checks the whole config offline (every problem printed; nothing written if any), then writes
    Pulumi.NAME.yaml: plain values in the file, every secret through `pulumi config set --secret`
    on stdin (never on a command line), creating the stack in the backend if needed; and
    validates the file as `python -m cli validate` does.
 
-Refused, naming what to do: an existing Pulumi.NAME.yaml (without --force), a Clusterfile whose
-registry is HA (sealer.io/v2 runs it on every master behind an IPVS VIP unless
-localRegistry.ha is false; this program keeps one registry on master0), hosts with no usable
-login (another pk than the others' or a passphrase-protected one, and no passwd; give
---ssh-key), --from not being the Clusterfile's master0. A non-root SSH user needs passwordless sudo on every host: the program's
-steps run through `sudo -n`.
+Refused, naming what to do: an existing Pulumi.NAME.yaml (without --force), a cluster with only
+an external registry (no builtin one to keep), an application log that cannot be paired with
+the cache/registry ids (give --history-file), hosts with no usable login (another pk than the
+others' or a passphrase-protected one, and no passwd; give --ssh-key), --from not being the
+Clusterfile's master0. A non-root SSH user needs passwordless sudo on every host: the
+program's steps run through `sudo -n`.
 
 Exit codes: 0 written and valid; 2 refused or failed, nothing left behind (a stack this command
 created is removed again). Needs the engine's environment (`pulumi` on PATH or --pulumi, the
@@ -103,7 +112,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default="~/.kube/config", metavar="PATH",
                         help="kubeconfig the program reaches the cluster with (default ~/.kube/config)")
     parser.add_argument("--history-file", metavar="PATH",
-                        help="a local boot history to use instead of master0's application.json")
+                        help="a local boot history ({type, applications: [{name, image_id, type, "
+                             "launch_cmd, version}], launch}) instead of the one built from "
+                             "master0's application log and cache/registry ids")
     parser.add_argument("--registry-password-file", metavar="PATH",
                         help="file holding the registry password, when the Clusterfile has none")
     parser.add_argument("--distribution", choices=["pre", "post"], default="pre")
@@ -158,18 +169,13 @@ class SealerFiles:
     registry_config: str | None
     htpasswd: str | None
     files: dict[str, str]            # path on master0 -> content
+    flags: str = ""                  # `<mtime> <name>` per <rootfs>/cache/registry file
+    registry_settings: str | None = None   # v0.8's <rootfs>/etc/registry.yml
+    configmaps: dict[str, str] = field(default_factory=dict)  # read with kubectl on master0
 
     @classmethod
     def from_tar(cls, data: bytes) -> SealerFiles:
-        members: dict[str, bytes] = {}
-        try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-                for member in tar.getmembers():
-                    if member.isfile():
-                        members[member.name.removeprefix("./")] = tar.extractfile(member).read()
-        except tarfile.TarError as e:
-            raise CliError(f"master0 sent no readable tar ({e})") from None
-        text = {k: v.decode("utf-8", "replace") for k, v in members.items()}
+        text = _tar_texts(data)
         meta = dict(line.split("=", 1) for line in text.get("meta", "").splitlines() if "=" in line)
         files = {meta[f"file.{k.removeprefix('files/')}"]: v for k, v in text.items()
                  if k.startswith("files/") and f"file.{k.removeprefix('files/')}" in meta}
@@ -178,16 +184,49 @@ class SealerFiles:
                    certs={k.removeprefix("rootfs/certs/"): v for k, v in text.items()
                           if k.startswith("rootfs/certs/")},
                    registry_config=text.get("rootfs/etc/registry_config.yml"),
-                   htpasswd=text.get("rootfs/etc/registry_htpasswd"), files=files)
+                   htpasswd=text.get("rootfs/etc/registry_htpasswd"), files=files,
+                   flags=text.get("flags", ""),
+                   registry_settings=text.get("rootfs/etc/registry.yml"),
+                   configmaps={k.removeprefix("cm/"): v for k, v in text.items()
+                               if k.startswith("cm/")})
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What `adopt-read.sh --node DOMAIN` sent back from one host."""
+
+    ip: str
+    hosts_lines: list[str]           # /etc/hosts lines naming the domain
+    lvscare: str | None              # /etc/kubernetes/manifests/reg-lvscare.yaml
+
+    @classmethod
+    def from_tar(cls, ip: str, data: bytes) -> NodeFacts:
+        text = _tar_texts(data)
+        return cls(ip, [line for line in text.get("node/hosts", "").splitlines() if line.strip()],
+                   text.get("node/reg-lvscare.yaml"))
+
+
+def _tar_texts(data: bytes) -> dict[str, str]:
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    members[member.name.removeprefix("./")] = tar.extractfile(member).read()
+    except tarfile.TarError as e:
+        raise CliError(f"the host sent no readable tar ({e})") from None
+    return {k: v.decode("utf-8", "replace") for k, v in members.items()}
 
 
 class Master0:
-    """OpenSSH to master0 with a pinned host key, BatchMode and bounded timeouts."""
+    """OpenSSH to master0 (or, for `read_node`, another host) with a pinned host key, BatchMode
+    and bounded timeouts."""
 
     def __init__(self, ip: str, user: str, port: int, key: Path | None, host_key: str, tmp: Path,
-                 password_file: Path | None = None):
+                 password_file: Path | None = None, extra_keys: tuple[Path, ...] = ()):
         self.ip, self.user, self.port, self.key = ip, user, port, key
-        self.known_hosts = tmp / "known_hosts"
+        self.extra_keys = extra_keys
+        self.known_hosts = tmp / f"known_hosts-{ip}"
         name = ip if port == 22 else f"[{ip}]:{port}"
         self.known_hosts.write_text(f"{name} {host_key}\n")
         self.askpass: Path | None = None
@@ -206,11 +245,20 @@ class Master0:
                 "-o", "ServerAliveCountMax=2", "-o", "LogLevel=ERROR",
                 "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
                 "-o", "GlobalKnownHostsFile=/dev/null"]
-        if self.key is not None:
-            argv += ["-i", str(self.key), "-o", "IdentitiesOnly=yes"]
+        keys = [k for k in (self.key, *self.extra_keys) if k is not None]
+        for key in keys:
+            argv += ["-i", str(key)]
+        if keys:
+            argv += ["-o", "IdentitiesOnly=yes"]
         return [*argv, f"{self.user}@{self.ip}"]
 
     def read(self, *args: str) -> SealerFiles:
+        return SealerFiles.from_tar(self._run(*args))
+
+    def read_node(self, domain: str) -> NodeFacts:
+        return NodeFacts.from_tar(self.ip, self._run("--node", domain))
+
+    def _run(self, *args: str) -> bytes:
         run = script_run(READ_SCRIPT, *args)
         command = run.command if self.user == "root" else f"sudo -n {run.command}"
         try:
@@ -219,7 +267,7 @@ class Master0:
             done = subprocess.run([*self.argv(), "--", command], input=run.stdin.encode(),
                                   capture_output=True, timeout=READ_TIMEOUT_S, env=env)
         except subprocess.TimeoutExpired:
-            raise CliError(f"reading master0 {self.ip} timed out after {READ_TIMEOUT_S:.0f}s") from None
+            raise CliError(f"reading {self.ip} timed out after {READ_TIMEOUT_S:.0f}s") from None
         stderr = done.stderr.decode("utf-8", "replace")
         if done.returncode != 0:
             why = next((line.split("error: ", 1)[1] for line in stderr.splitlines()
@@ -227,7 +275,95 @@ class Master0:
             if why is None:
                 why = ssh_error(stderr, done.returncode)
             raise CliError(f"cannot read what sealer left on {self.ip}: {why}")
-        return SealerFiles.from_tar(done.stdout)
+        return done.stdout
+
+
+# -- the cluster's ConfigMaps -----------------------------------------------------------------------
+
+CONFIGMAPS = {"sealer-clusterfile": "Clusterfile", "sealer-registry": "registry"}
+"""The ConfigMaps in kube-system adopt reads, and their data key (pkg/clusterfile/clusterfile.go
+@v0.11.0:39-43; pkg/cluster-runtime/installer.go@v0.11.0:43,417-442)."""
+API_TIMEOUT_S = 5.0
+
+
+def read_configmaps_api(kubeconfig: Path) -> tuple[dict[str, str | None] | None, str]:
+    """``({name: data or None (absent)}, "")`` read through the kubeconfig's apiserver with its own
+    credentials (cli/apiserver.py), or ``(None, why not)`` when the API cannot be asked."""
+    import http.client
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    import kubeapi
+    from cli.apiserver import _Credentials
+
+    try:
+        text = kubeconfig.read_text()
+        server = kubeapi.current_server(text, None)
+        creds = _Credentials(text, None, kubeconfig.parent)
+    except (OSError, ValueError, ssl.SSLError, yaml.YAMLError, AttributeError) as e:
+        return None, f"the kubeconfig {kubeconfig} cannot be used ({getattr(e, 'strerror', None) or e})"
+    url = urlsplit(server)
+    out: dict[str, str | None] = {}
+    for name, key in CONFIGMAPS.items():
+        try:
+            raw = socket.create_connection((url.hostname or "", url.port or 443), timeout=API_TIMEOUT_S)
+            tls = creds.context.wrap_socket(raw, server_hostname=creds.server_name or url.hostname)
+            conn = http.client.HTTPConnection(url.hostname or "", url.port or 443, timeout=API_TIMEOUT_S)
+            conn.sock = tls
+            conn.request("GET", f"{url.path.rstrip('/')}/api/v1/namespaces/kube-system/configmaps/{name}",
+                         headers={"Accept": "application/json", **creds.headers})
+            reply = conn.getresponse()
+            body = reply.read()
+            conn.close()
+        except (OSError, ssl.SSLError, http.client.HTTPException) as e:
+            return None, f"the apiserver {server} does not answer ({getattr(e, 'strerror', None) or e})"
+        if reply.status == 404:
+            out[name] = None
+            continue
+        if reply.status != 200:
+            return None, f"the apiserver {server} answers {reply.status} for ConfigMap kube-system/{name}"
+        try:
+            out[name] = (json.loads(body).get("data") or {}).get(key) or None
+        except (ValueError, AttributeError):
+            return None, f"the apiserver {server} sent no ConfigMap for kube-system/{name}"
+    return out, ""
+
+
+def configmaps_from_master0(files: SealerFiles) -> tuple[dict[str, str | None], list[str]]:
+    """What adopt-read.sh --kubectl read on master0, and what could not be read."""
+    out: dict[str, str | None] = {}
+    problems = []
+    for name in CONFIGMAPS:
+        state = files.meta.get(f"cm.{name}", "error")
+        if state == "error":
+            problems.append(f"ConfigMap kube-system/{name} could not be read with kubectl on master0 "
+                            "(no kubectl or /etc/kubernetes/admin.conf there, or the apiserver "
+                            "does not answer)")
+        out[name] = files.configmaps.get(name) if state == "found" else None
+    return out, problems
+
+
+def choose_clusterfile(file_text: str, file_path: str, cm_text: str | None,
+                       notes: list[str]) -> str:
+    """The ConfigMap's Clusterfile when the cluster has one (sealer reads it before the file:
+    pkg/clusterfile/clusterfile.go@v0.11.0:202-271), with how the file differs in the notes."""
+    if cm_text is None:
+        notes.append(f"the Clusterfile is {file_path} (no ConfigMap kube-system/sealer-clusterfile "
+                     "was read: sealer before v0.9 keeps none)")
+        return file_text
+    try:
+        diff = differences(cm_text, file_text)
+    except ClusterfileError:
+        diff = ["(the file is not YAML)"]
+    if diff:
+        notes.append(f"the Clusterfile is ConfigMap kube-system/sealer-clusterfile (sealer reads it "
+                     f"first); {file_path} differs in {len(diff)} fields (ConfigMap -> file): "
+                     + "; ".join(diff))
+    else:
+        notes.append(f"the Clusterfile is ConfigMap kube-system/sealer-clusterfile; {file_path} "
+                     "holds the same")
+    return cm_text
 
 
 # -- the stack config -----------------------------------------------------------------------------
@@ -242,19 +378,8 @@ class Adoption:
     notes: list[str] = field(default_factory=list)
 
 
-def _boot_history(files: SealerFiles, history_path: str) -> dict:
-    text = files.history
-    where = f"{history_path} on master0"
-    if text is None:
-        raise CliError(f"no boot history at {where}: give one with --history-file PATH")
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or "schemaVersion" in doc or "buildClient" in doc:
-        raise CliError(f"{where} is not a boot history ({{type, applications: [{{name, image_id, "
-                       "type, launch_cmd, version}], launch}}): sealer's own log of image "
-                       "extensions names no image ids; give one with --history-file PATH")
+def _seed_history(doc: Any, where: str) -> dict:
+    """This project's own boot-history document (older stacks and tests keep working)."""
     try:
         BootHistory.model_validate(doc)
     except Exception as e:
@@ -263,14 +388,160 @@ def _boot_history(files: SealerFiles, history_path: str) -> dict:
     return doc
 
 
+def boot_history(cf: Clusterfile, files: SealerFiles, notes: list[str]) -> dict:
+    """The boot history from what sealer keeps (cli/sealer_log.py): the application log paired
+    with master0's cache/registry flags, the Clusterfile's launch overrides; or this project's seed
+    document; or, with neither log nor flags (sealer v0.8 records none), an empty history."""
+    where = f"{files.meta.get('history', 'application.json')} on master0"
+    flags, skipped = parse_flags(files.flags)
+    if skipped:
+        notes.append(f"cache/registry on master0 holds files that are not image ids, skipped: "
+                     f"{', '.join(skipped[:5])}")
+    if files.history is None or not files.history.strip():
+        if flags:
+            raise CliError(f"no application log at {where}, but cache/registry holds {len(flags)} "
+                           "image ids: which applications they hold is unknown; give the boot "
+                           "history with --history-file PATH")
+        notes.append(f"no application log at {where} and no cache/registry flags (sealer before "
+                     "v0.9 records neither): the boot history lists no applications")
+        return {"type": "unrecorded", "applications": [], "launch": {"app_names": []}}
+    try:
+        entries = split_log(files.history)
+    except Exception as e:
+        raise CliError(f"{where} {e}; give the boot history with --history-file PATH") from None
+    if len(entries) == 1 and isinstance(entries[0], dict) and not is_sealer_log_entry(entries[0]):
+        return _seed_history(entries[0], where)
+    if not all(is_sealer_log_entry(e) for e in entries):
+        raise CliError(f"{where} mixes sealer's image extensions with other JSON: give the boot "
+                       "history with --history-file PATH")
+    overrides = []
+    if cf.app_names is not None or cf.cmds:
+        overrides.append(LaunchOverride("the Cluster document's spec.appNames/cmd",
+                                        cf.app_names, cf.cmds))
+    overrides += [LaunchOverride(f"Application document {a.name or '(unnamed)'}",
+                                 a.launch_apps, a.cmds) for a in cf.applications]
+    try:
+        built = history_from_log(entries, flags, cluster_image=cf.image, overrides=overrides)
+    except HistoryError as e:
+        raise CliError(f"{where} {e}; give the boot history with --history-file PATH") from None
+    notes += built.notes
+    notes.append(f"boot history: {len(built.history['applications'])} applications from "
+                 f"{len(entries)} entries of {where} paired with {len(flags)} cache/registry "
+                 "image ids in run order (flag mtimes)")
+    return _seed_history(built.history, f"the boot history built from {where}")
+
+
+@dataclass(frozen=True)
+class RegistryMode:
+    """How sealer runs the builtin registry on this cluster, and what said so."""
+
+    ha: bool
+    source: str
+    vip: str = ""
+    deploy_hosts: tuple[str, ...] = ()
+
+
+def _registry_configmap(text: str) -> dict:
+    """ConfigMap sealer-registry's `registry` (go-yaml v3, lowercase keys:
+    pkg/cluster-runtime/installer.go@v0.11.0:417-442)."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CliError(f"ConfigMap kube-system/sealer-registry is not YAML: "
+                       f"{str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise CliError("ConfigMap kube-system/sealer-registry's `registry` is not a mapping")
+    return doc
+
+
+def node_evidence(facts: NodeFacts, cf: Clusterfile) -> tuple[bool | None, str, str]:
+    """``(ha, what showed it, vip)`` from one host: a `reg-lvscare` static pod is sealer's HA
+    layout (its `--vs` is the VIP); else the host's /etc/hosts line for the domain: master0's IP
+    on a node or another master means one registry on master0, a master's own IP or a VIP on a
+    node means HA (pkg/registry/local.go@v0.11.0:148-237). ``None`` when it shows nothing."""
+    where = f"{facts.ip}"
+    if facts.lvscare is not None:
+        args = _lvscare_args(facts.lvscare)
+        vip = next((args[i + 1].rsplit(":", 1)[0] for i, a in enumerate(args[:-1]) if a == "--vs"), "")
+        return True, f"{where} runs sealer's reg-lvscare static pod", vip
+    ips = [line.split()[0] for line in facts.hosts_lines]
+    if not ips:
+        return None, f"{where} has no /etc/hosts line for the domain", ""
+    ip = ips[-1]   # the resolver takes the first match, sealer appends: both agree on one line
+    if ip == cf.master0 and facts.ip != cf.master0:
+        return False, f"{where} maps the domain to master0 {ip}", ""
+    if facts.ip in cf.masters and ip == facts.ip:
+        return True, f"master {where} maps the domain to itself", ""
+    if facts.ip in cf.nodes and ip not in cf.hosts:
+        return True, f"node {where} maps the domain to {ip}, no host of the cluster (a VIP)", ip
+    return None, f"{where} maps the domain to {ip}", ""
+
+
+def _lvscare_args(manifest: str) -> list[str]:
+    """The lvscare container's args (a v1.Pod, pkg/ipvs/ipvs.go@v0.11.0:41-105)."""
+    try:
+        pod = yaml.safe_load(manifest)
+        return [str(a) for c in pod["spec"]["containers"] for a in c.get("args") or []]
+    except (yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return []
+
+
+def probe_host(cf: Clusterfile) -> str | None:
+    """The host whose view tells the registry mode: the first node, else the second master."""
+    return cf.nodes[0] if cf.nodes else (cf.masters[1] if len(cf.masters) > 1 else None)
+
+
+EXTERNAL_ONLY = ("has only an external registry ({where}): sealer runs no builtin registry on "
+                 "this cluster, and this program keeps sealer's builtin one alive: nothing to adopt")
+
+
+def registry_mode(cf: Clusterfile, files: SealerFiles, registry_cm: str | None,
+                  notes: list[str], node: NodeFacts | None = None) -> RegistryMode:
+    """HA or not, from the cluster: the ConfigMap sealer-registry (v0.10+; `local.localregistry.ha`,
+    `local.deployhosts`, `local.vip`) first; then what a node shows (``node``: reg-lvscare, its
+    /etc/hosts line, `node_evidence`); else the Clusterfile as the v0.11 decoder reads it
+    (pkg/clusterfile/decoder.go@v0.11.0:185-209: a missing `ha` is true, whatever apiVersion);
+    a Clusterfile with no registry section and sealer v0.8's etc/registry.yml in the rootfs is
+    v0.8's single registry on master0. Refuses a cluster with only an external registry."""
+    reg = cf.registry
+    if registry_cm is not None:
+        doc = _registry_configmap(registry_cm)
+        local = doc.get("local")
+        if not isinstance(local, dict):
+            raise CliError("the cluster " + EXTERNAL_ONLY.format(
+                where="ConfigMap kube-system/sealer-registry: `local` is null"))
+        settings = local.get("localregistry") if isinstance(local.get("localregistry"), dict) else {}
+        ha = settings.get("ha") is True
+        if reg.local_given and reg.ha != ha:
+            notes.append(f"the Clusterfile says ha: {str(reg.ha).lower()}, the cluster's ConfigMap "
+                         f"sealer-registry ha: {str(ha).lower()}: the ConfigMap (what sealer "
+                         "deployed) is followed")
+        hosts = tuple(str(h) for h in local.get("deployhosts") or [])
+        return RegistryMode(ha, "ConfigMap kube-system/sealer-registry", str(local.get("vip") or ""),
+                            hosts)
+    if not reg.local_given and reg.external is not None:
+        raise CliError("the Clusterfile " + EXTERNAL_ONLY.format(
+            where="spec.registry.externalRegistry, no localRegistry"))
+    if node is not None:
+        ha, shown, vip = node_evidence(node, cf)
+        if ha is not None:
+            said = reg.ha if reg.local_given else files.registry_settings is None
+            if said != ha:
+                notes.append(f"the Clusterfile says ha: {str(said).lower()}, but {shown}: the "
+                             "cluster is followed")
+            return RegistryMode(ha, shown, vip)
+        notes.append(f"the registry mode is not shown by {shown}")
+    if not reg.local_given and files.registry_settings is not None:
+        return RegistryMode(False, "sealer v0.8's etc/registry.yml (no spec.registry in the "
+                                   "Clusterfile)")
+    if reg.local_given:
+        return RegistryMode(reg.ha, "the Clusterfile's spec.registry.localRegistry"
+                            + ("" if reg.ha_given else " (no `ha`: sealer's decoder makes it true)"))
+    return RegistryMode(True, "the Clusterfile (no spec.registry: sealer's decoder makes a local "
+                              "registry with ha: true)")
+
+
 def _refusals(cf: Clusterfile, from_ip: str) -> None:
-    if cf.registry.ha:
-        raise CliError(
-            "the Clusterfile's registry is HA (spec.registry.localRegistry.ha is not false, and "
-            f"{cf.api_version} makes it true by default): sealer runs a registry on every master "
-            f"({', '.join(cf.masters)}) behind an IPVS VIP. This program keeps one registry on "
-            "master0 with standbys; adopting would stop the other masters' registries and "
-            "repoint every host, so it is refused")
     if from_ip != cf.master0:
         raise CliError(f"--from {from_ip} is not the Clusterfile's master0 {cf.master0} (the "
                        "first master, where sealer's registry runs)")
@@ -283,9 +554,12 @@ def host_password_path(ip: str) -> str:
 
 def _credentials(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
                  ssh: dict[str, Any], secrets: dict[str, str], notes: list[str]) -> None:
-    """How the stack logs in to each host, as sealer does: the Clusterfile's pk (read on
-    master0) where a host uses it, its passwd elsewhere; --ssh-key for every host when some host
-    has neither (or its key cannot be used: another key, a passphrase, unreadable)."""
+    """How the stack logs in to each host: as sealer does, with the key AND the password when the
+    Clusterfile has both (sealer offers both, utils/ssh/connect.go@v0.11.0:97-110; the engine's
+    connection and the CLI's ssh offer the key first and fall back to the password):
+    the Clusterfile's pk (read on master0) as cluster.ssh.private_key, spec.ssh.passwd as
+    cluster.ssh.password and a host's own passwd under cluster.ssh.hosts. The stack holds one
+    key; --ssh-key replaces it when some host has neither a usable key nor a password."""
     # The stack has one key: spec.ssh.pk, or the one pk the hosts share.
     paths = {s.pk for s in cf.hosts_ssh.values() if s.pk and not s.pk_passwd}
     pk = cf.ssh.pk if cf.ssh.pk in paths else (next(iter(paths)) if len(paths) == 1 else "")
@@ -302,31 +576,49 @@ def _credentials(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
             raise CliError(f"{problem}; give a key every host accepts with --ssh-key PATH")
         ssh["private_key_path"] = str(resolve_local_path(args.ssh_key, args.project_dir))
         notes.append(f"{problem}: the stack reaches every host with --ssh-key")
-        return
-    if by_key:
+    elif by_key:
         secrets["cluster.ssh.private_key"] = key
         notes.append(f"the stack reaches {len(by_key)} hosts with the Clusterfile's key "
                      f"{pk} (read on master0, kept as a secret)")
-    needs_password = sorted(by_password - by_key, key=cf.hosts.index)
-    if needs_password:
+    with_password = sorted(by_password, key=cf.hosts.index)
+    if with_password:
         default = cf.ssh.passwd
         if default:
             secrets["cluster.ssh.password"] = default
-        for ip in needs_password:
+        for ip in with_password:
             if cf.hosts_ssh[ip].passwd != default:
                 secrets[host_password_path(ip)] = cf.hosts_ssh[ip].passwd
-        notes.append(f"the stack logs in to {', '.join(needs_password)} with the Clusterfile's "
-                     "passwd (kept as a secret)")
+        both = [ip for ip in with_password if ip in by_key and "private_key_path" not in ssh]
+        notes.append(f"the Clusterfile's passwd is kept as a secret for {', '.join(with_password)}"
+                     + (f" ({len(both)} of them also have the key: the engine offers both, as "
+                        "sealer does)" if both else ""))
 
 
 def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
-                   host_keys: dict[str, str]) -> Adoption:
-    """The stack config for ``cf`` from what master0 sent (pure: no I/O but local paths made
-    absolute)."""
-    notes: list[str] = []
+                   host_keys: dict[str, str], registry_cm: str | None = None,
+                   notes: list[str] | None = None, node: NodeFacts | None = None) -> Adoption:
+    """The stack config for ``cf`` from what master0 sent and the cluster's ConfigMap
+    sealer-registry (``registry_cm``, its `registry` key, when the cluster has one) (pure: no
+    I/O but local paths made absolute)."""
+    notes = list(notes or [])
     secrets: dict[str, str] = {}
     reg = cf.registry
+    notes += [f"the Clusterfile: {q}" for q in cf.quirks]
+    mode = registry_mode(cf, files, registry_cm, notes, node)
     _refusals(cf, args.from_ip)
+    if not reg.local_given and files.registry_settings is not None:
+        try:
+            settings = parse_registry_settings(files.registry_settings)
+        except ClusterfileError as e:
+            raise CliError(f"{files.meta.get('rootfs')}/{e}") from None
+        if settings.ip and settings.ip != cf.master0:
+            raise CliError(f"sealer's etc/registry.yml puts the registry on {settings.ip} (ip), "
+                           f"not on master0 {cf.master0}: this program keeps a registry on "
+                           "master0 only")
+        reg = type(reg)(domain=settings.domain, port=settings.port, username=settings.username,
+                        password=settings.password, ha=False, local_given=False)
+        notes.append("the registry's domain, port and login are sealer v0.8's etc/registry.yml "
+                     "(its settings file, left as it is)")
 
     ssh: dict[str, Any] = {"user": cf.ssh.user, "port": cf.ssh.port,
                            "host_keys": {ip: host_keys[ip] for ip in cf.hosts if ip in host_keys}}
@@ -343,6 +635,18 @@ def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace
 
     registry: dict[str, Any] = {"domain": reg.domain, "port": reg.port,
                                 "local_registry": {"insecure_mode": reg.insecure}}
+    if mode.ha:
+        registry["local_registry"]["ha"] = True
+        notes.append(f"sealer's registry is HA ({mode.source}): a registry on every master "
+                     f"({', '.join(cf.masters)}); the stack keeps them (registry.local_registry.ha)"
+                     f" and changes no hosts line: the VIP {mode.vip or '10.103.97.2'} stays "
+                     "lvscare's (reg-lvscare on the nodes)")
+        if mode.deploy_hosts and sorted(mode.deploy_hosts) != sorted(cf.masters):
+            notes.append(f"sealer deployed its registry to {', '.join(mode.deploy_hosts)}, the "
+                         f"Clusterfile's masters are {', '.join(cf.masters)}: every master is a "
+                         "deploy host of the stack")
+    else:
+        notes.append(f"sealer's registry runs on master0 only ({mode.source})")
     if reg.insecure:
         notes.append("the registry is insecure (plain HTTP): no certificate adopted")
     else:
@@ -379,12 +683,15 @@ def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace
     if args.history_file:
         apps["history_file"] = str(resolve_local_path(args.history_file, args.project_dir))
     else:
-        apps["history"] = _boot_history(files, files.meta.get("history", "application.json"))
-    notes.append("the registry data is sealer's on master0; "
-                 + ("`pulumi up` replicates it host to host to the other masters (pre mode)"
-                    if args.distribution == "pre" else
-                    "in post mode only master0 holds it: `recover` needs a replica or an image "
-                    "store (apps.image_store)"))
+        apps["history"] = boot_history(cf, files, notes)
+    if mode.ha:
+        notes.append("the registry data is sealer's on every master (HA)")
+    else:
+        notes.append("the registry data is sealer's on master0; "
+                     + ("`pulumi up` replicates it host to host to the other masters (pre mode)"
+                        if args.distribution == "pre" else
+                        "in post mode only master0 holds it: `recover` needs a replica or an "
+                        "image store (apps.image_store)"))
     registry["local_registry"]["deploy_hosts"] = list(cf.masters)
 
     plain = {
@@ -480,25 +787,43 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"master0 {args.from_ip}:{args.port} does not answer ssh-keyscan within "
                        f"{KEYSCAN_TIMEOUT_S}s")
 
+    notes: list[str] = []
+    configmaps, why = read_configmaps_api(resolve_local_path(args.kubeconfig, project_dir))
+    if configmaps is None:
+        notes.append(f"the cluster's ConfigMaps were read with kubectl on master0: {why}")
     with tempfile.TemporaryDirectory(prefix="sealer-adopt-") as tmp:
         master0 = Master0(args.from_ip, args.user, args.port, key, seen, Path(tmp), password_file)
         extra = ["--clusterfile", args.clusterfile] if args.clusterfile else []
-        files = master0.read(*extra)
+        files = master0.read(*extra, *([] if configmaps is not None else ["--kubectl"]))
+        if configmaps is None:
+            configmaps, problems = configmaps_from_master0(files)
+            notes += [f"{p}: read as absent; if the cluster has it, adopt again with a "
+                      "--kubeconfig that reaches the apiserver" for p in problems]
+        where = files.meta.get("clusterfile")
+        text = choose_clusterfile(files.clusterfile, str(where), configmaps["sealer-clusterfile"],
+                                  notes)
         try:
-            cf = parse_clusterfile(files.clusterfile)
+            cf = parse_clusterfile(text)
         except ClusterfileError as e:
-            raise CliError(f"the Clusterfile {files.meta.get('clusterfile')} on master0 {e}") from None
+            source = ("ConfigMap kube-system/sealer-clusterfile"
+                      if configmaps["sealer-clusterfile"] is not None else f"{where} on master0")
+            raise CliError(f"the Clusterfile {source} {e}") from None
         # One session unless the script's reading of the Clusterfile (awk) missed the rootfs or
         # a key: then once more with the paths parsed here.
         keys = sorted({s.pk for s in cf.hosts_ssh.values() if s.pk})
         missing_keys = not set(keys) <= set(files.files)
         if files.meta.get("rootfs") != cf.rootfs or missing_keys:
             again = ["--clusterfile", files.meta["clusterfile"], "--rootfs", cf.rootfs]
+            clusterfile_text = files.clusterfile
             files = master0.read(*again, *(a for path in keys for a in ("--file", path)))
+            files.clusterfile = clusterfile_text
 
     host_keys = {args.from_ip: seen}
     host_keys.update(keyscan({ip: cf.hosts_ssh[ip].port for ip in cf.hosts if ip != args.from_ip}))
-    adoption = build_adoption(cf, files, args, host_keys)
+    node = None
+    if configmaps["sealer-registry"] is None:
+        node = read_probe_host(cf, files, args, key, password_file, host_keys, notes)
+    adoption = build_adoption(cf, files, args, host_keys, configmaps["sealer-registry"], notes, node)
     check_offline(adoption, project_dir)
 
     engine = Engine(args.stack, project_dir, args.pulumi, create=True)
@@ -523,6 +848,41 @@ def run(args: argparse.Namespace) -> int:
 
     report(args, cf, adoption, host_keys, engine.created)
     return EXIT_OK
+
+
+def read_probe_host(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace,
+                    key: Path | None, password_file: Path | None, host_keys: dict[str, str],
+                    notes: list[str]) -> NodeFacts | None:
+    """What one more host shows of the registry mode (`probe_host`), read as master0 was, also
+    offering the Clusterfile's key; None (with a note) when it cannot be read."""
+    ip = probe_host(cf)
+    if ip is None or ip not in host_keys:
+        if ip is not None:
+            notes.append(f"{ip} did not answer ssh-keyscan: the registry mode is not checked there")
+        return None
+    with tempfile.TemporaryDirectory(prefix="sealer-adopt-") as tmp:
+        extra: tuple[Path, ...] = ()
+        sealer_key = files.files.get(cf.hosts_ssh[ip].pk)
+        if sealer_key:
+            path = Path(tmp, "sealer-key")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(sealer_key.rstrip("\n") + "\n")
+            extra = (path,)
+        ssh = cf.hosts_ssh[ip]
+        # As sealer reaches it: the Clusterfile's user, its key beside the operator's.
+        host = Master0(ip, ssh.user, ssh.port, key, host_keys[ip], Path(tmp), password_file, extra)
+        domain = cf.registry.domain
+        if not cf.registry.local_given and files.registry_settings is not None:
+            try:
+                domain = parse_registry_settings(files.registry_settings).domain
+            except ClusterfileError:
+                pass  # reported by build_adoption
+        try:
+            return host.read_node(domain)
+        except CliError as e:
+            notes.append(f"the registry mode was not checked on {ip} ({e})")
+            return None
 
 
 def report(args: argparse.Namespace, cf: Clusterfile, adoption: Adoption,

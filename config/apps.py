@@ -21,14 +21,19 @@ from config.scalars import AppName, ImageId, LocalPath, NonEmptyText, Text
 
 
 class AppType(StrEnum):
+    """sealer's application types (pkg/define/application/types.go@v0.11.0: kube, helm, shell).
+    An application may have none (`type` is `omitempty` in its image extension,
+    pkg/define/application/v1/application.go@v0.11.0:27-41): `type` is then null here."""
+
     HELM = "helm"
     KUBE = "kube"
+    SHELL = "shell"
 
 
 class Application(ConfigModel):
     name: AppName
     image_id: ImageId
-    type: AppType
+    type: Optional[AppType] = None
     launch_cmd: str = ""  # shell code by design: sealer runs it; it only travels inside JSON
     version: Text = ""
 

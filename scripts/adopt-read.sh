@@ -5,19 +5,32 @@
 #   clusterfile          sealer's Clusterfile
 #   application.json     the boot history, when there is one
 #   rootfs/certs/...     every file of <rootfs>/certs (sealer's cert and key)
-#   rootfs/etc/registry_config.yml, rootfs/etc/registry_htpasswd   when they exist
+#   rootfs/etc/registry_config.yml, rootfs/etc/registry_htpasswd, rootfs/etc/registry.yml
+#                        when they exist (registry.yml: sealer v0.8's settings file)
+#   flags                `<mtime> <name>` per file of <rootfs>/cache/registry (sealer's flag per
+#                        image whose registry data reached the host; the names are image ids)
+#   cm/NAME              with --kubectl: the ConfigMap kube-system/NAME's data key (NAME
+#                        sealer-clusterfile: key Clusterfile; sealer-registry: key registry), read
+#                        with master0's kubectl and admin.conf; meta `cm.NAME=found|absent|error`
 #   files/N              the Nth --file (default: every `pk:` path of the Clusterfile, the SSH
 #                        keys sealer reaches the hosts with), when readable
 # Without --rootfs the rootfs is <dataRoot>/<name>/rootfs of the Clusterfile's Cluster document,
 # read with awk (sigs.k8s.io/yaml's layout); the caller parses the Clusterfile properly and runs
 # this again with --rootfs when it finds another one.
-# Usage: adopt-read.sh [--clusterfile PATH] [--history PATH] [--rootfs DIR] [--file PATH]...
+# With --node DOMAIN (run on a node, not master0) the tar holds only what shows sealer's registry
+# mode there: node/hosts (the /etc/hosts lines naming DOMAIN) and node/reg-lvscare.yaml (sealer's
+# static pod keeping the HA registry's VIP, pkg/registry/local.go@v0.11.0:148-237), when present.
+# Usage: adopt-read.sh [--clusterfile PATH] [--history PATH] [--rootfs DIR] [--kubectl]
+#                      [--file PATH]...
+#        adopt-read.sh --node DOMAIN
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
 fi
 
 readonly DEFAULT_DATA_ROOT=/var/lib/sealer/data
+readonly ADMIN_CONF=/etc/kubernetes/admin.conf
+readonly LVSCARE_MANIFEST=/etc/kubernetes/manifests/reg-lvscare.yaml
 STAGE=""
 cleanup() { [[ -z "$STAGE" ]] || rm -rf "$STAGE"; }
 
@@ -71,6 +84,32 @@ key_paths() {
   }' "$1" | sort -u
 }
 
+# One ConfigMap's data key into $STAGE/cm/NAME; prints found, absent or error.
+read_configmap() {
+  local name=$1 key=$2 out
+  if ! command -v kubectl >/dev/null 2>&1 || [[ ! -f "$ADMIN_CONF" ]]; then
+    printf 'error\n'
+    return 0
+  fi
+  mkdir -p "$STAGE/cm"
+  if ! out=$(kubectl --kubeconfig "$ADMIN_CONF" --request-timeout=10s get configmap -n kube-system \
+      "$name" --ignore-not-found -o "jsonpath={.data.$key}" 2>/dev/null); then
+    printf 'error\n'
+  elif [[ -z "$out" ]]; then
+    printf 'absent\n'
+  else
+    printf '%s' "$out" >"$STAGE/cm/$name"
+    printf 'found\n'
+  fi
+}
+
+# sealer's flag files, `<mtime> <name>` (their order is the order the images were run).
+registry_flags() {
+  local dir=$1/cache/registry
+  [[ -d "$dir" ]] || return 0
+  find "$dir" -mindepth 1 -maxdepth 1 -type f -printf '%T@ %f\n'
+}
+
 copy_if_file() {
   local src=$1 dest=$2
   [[ -f "$src" ]] || return 0
@@ -78,13 +117,32 @@ copy_if_file() {
   cp "$src" "$dest"
 }
 
+read_node() {
+  local domain=$1
+  STAGE=$(mktemp -d)
+  trap cleanup EXIT
+  mkdir -p "$STAGE/node"
+  # Field match, not a regex: the domain's dots are literal.
+  awk -v d="$domain" '$1 !~ /^#/ { for (i = 2; i <= NF; i++) if ($i == d) { print; next } }' \
+    /etc/hosts >"$STAGE/node/hosts"
+  copy_if_file "$LVSCARE_MANIFEST" "$STAGE/node/reg-lvscare.yaml"
+  info "read /etc/hosts and $LVSCARE_MANIFEST"
+  tar -C "$STAGE" -cf - .
+}
+
 main() {
-  local clusterfile="" history="" rootfs="" files=() found name root i
+  if [[ "${1:-}" == --node ]]; then
+    (($# == 2)) || fatal "usage: --node DOMAIN"
+    read_node "$2"
+    return 0
+  fi
+  local clusterfile="" history="" rootfs="" kubectl=false files=() found name root i
   while (($#)); do
     case "$1" in
       --clusterfile) clusterfile=$2; shift 2 ;;
       --history) history=$2; shift 2 ;;
       --rootfs) rootfs=$2; shift 2 ;;
+      --kubectl) kubectl=true; shift ;;
       --file) files+=("$2"); shift 2 ;;
       *) fatal "unknown argument '$1'" ;;
     esac
@@ -111,8 +169,14 @@ main() {
   fi
   copy_if_file "$rootfs/etc/registry_config.yml" "$STAGE/rootfs/etc/registry_config.yml"
   copy_if_file "$rootfs/etc/registry_htpasswd" "$STAGE/rootfs/etc/registry_htpasswd"
+  copy_if_file "$rootfs/etc/registry.yml" "$STAGE/rootfs/etc/registry.yml"
+  registry_flags "$rootfs" >"$STAGE/flags"
   {
     printf 'clusterfile=%s\nhistory=%s\nrootfs=%s\n' "$clusterfile" "$history" "$rootfs"
+    if [[ "$kubectl" == true ]]; then
+      printf 'cm.sealer-clusterfile=%s\n' "$(read_configmap sealer-clusterfile Clusterfile)"
+      printf 'cm.sealer-registry=%s\n' "$(read_configmap sealer-registry registry)"
+    fi
     for i in "${!files[@]}"; do
       printf 'file.%s=%s\n' "$i" "${files[$i]}"
       copy_if_file "${files[$i]}" "$STAGE/files/$i"

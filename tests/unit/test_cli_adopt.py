@@ -95,16 +95,16 @@ def test_clusterfile_hosts_roles_registry_and_rootfs():
 
 
 def test_clusterfile_defaults_are_sealers():
-    """No dataRoot, registry section or ssh port: sealer's defaults; sealer.io/v2 makes the
-    registry HA when `ha` is not false, older API versions ran it on master0 only."""
+    """No dataRoot, registry section or ssh port: sealer's defaults; the v0.11 decoder makes the
+    registry HA whatever the apiVersion (decoder.go@v0.11.0:185-209 never looks at it)."""
     doc = yaml.safe_load(text())
     del doc["spec"]["dataRoot"], doc["spec"]["registry"], doc["spec"]["ssh"]["port"]
     cf = parse_clusterfile(yaml.safe_dump(doc))
     assert (cf.data_root, cf.registry.domain, cf.registry.port, cf.ssh.port) == (
         "/var/lib/sealer/data", "sea.hub", 5000, 22)
-    assert cf.registry.ha is True
+    assert (cf.registry.ha, cf.registry.local_given, cf.registry.ha_given) == (True, False, False)
     doc["apiVersion"] = "sealer.cloud/v2"
-    assert parse_clusterfile(yaml.safe_dump(doc)).registry.ha is False
+    assert parse_clusterfile(yaml.safe_dump(doc)).registry.ha is True
 
 
 def test_per_host_ssh_overrides_merge_field_by_field_and_decrypt():
@@ -231,14 +231,14 @@ def test_ssh_key_stands_in_where_the_clusterfile_gives_no_usable_login(tmp_path)
 
 
 @pytest.mark.parametrize("sealer, overrides, fragment", [
-    (files(text(ha=True)), {}, "registry is HA"),
     (files(), {"from_ip": "10.0.0.12"}, "not the Clusterfile's master0 10.0.0.11"),
     (files(text(host_ssh={"10.0.0.21": {"pk": "/root/.ssh/other"}})), {}, "no usable login for 10.0.0.21 (no passwd"),
     (files(text(ssh={"pk": KEY, "pkPasswd": "x"})), {}, "a passphrase-protected one"),
     (files(files={}), {}, f"pk {KEY} cannot be read on master0"),
     (files(certs={}), {}, "holds no sea.hub.crt and sea.hub.key"),
-    (files(history=None), {}, "no boot history"),
-    (files(history='{"schemaVersion": "v1alpha1", "buildClient": {}}'), {}, "sealer's own log"),
+    (files(history=None, flags="1.5 " + "ab" * 32 + "\n"), {}, "no application log"),
+    (files(history='{"schemaVersion": "v1alpha1", "buildClient": {}}'), {},
+     "holds 1 image extensions but master0's cache/registry holds 0 image ids"),
     (files(text(username="", password="")), {}, "names no registry username/password"),
 ])
 def test_adoption_refuses_what_it_cannot_keep(tmp_path, sealer, overrides, fragment):

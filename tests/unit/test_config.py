@@ -538,15 +538,29 @@ def test_duplicate_application_name_is_rejected():
     assert_rejected(render(apps__history__applications__1__name="app0"), "apps.history.applications[1].name", "listed twice")
 
 
-@pytest.mark.parametrize("app_type", ["helm", "kube"])
-def test_application_type_helm_or_kube_is_accepted(app_type):
-    """sealer knows helm and kube applications."""
+@pytest.mark.parametrize("app_type", ["helm", "kube", "shell"])
+def test_application_type_helm_kube_or_shell_is_accepted(app_type):
+    """sealer knows helm, kube and shell applications (pkg/define/application/types.go@v0.11.0)."""
     assert load(render(apps__history__applications__0__type=app_type)).history.applications[0].type == app_type
 
 
-def test_unknown_application_type_is_rejected():
-    """Any other application type is rejected, naming the allowed ones."""
-    assert_rejected(render(apps__history__applications__0__type="chart"), "apps.history.applications[0].type", "'chart' is not one of 'helm' or 'kube'")
+@pytest.mark.parametrize("untyped", ["missing", None])
+def test_an_application_with_no_type_is_accepted(untyped):
+    """sealer writes no `type` when its build found none (omitempty): the app has type null."""
+    stack = render()
+    app = stack["apps"]["history"]["applications"][0]
+    if untyped == "missing":
+        del app["type"]
+    else:
+        app["type"] = None
+    assert load(stack).history.applications[0].type is None
+
+
+@pytest.mark.parametrize("bad", ["chart", "unknown", ""])
+def test_unknown_application_type_is_rejected(bad):
+    """Any other application type is rejected, naming the allowed ones (sealer's build never
+    writes `unknown`: it leaves the type out)."""
+    assert_rejected(render(apps__history__applications__0__type=bad), "apps.history.applications[0].type", f"{bad!r} is not one of 'helm', 'kube' or 'shell'")
 
 
 def test_launch_naming_unknown_application_is_rejected():

@@ -107,7 +107,7 @@ CASES = [
     ("apps-cluster-image-id-short", {"apps.cluster_image_id": "sha256:abc"}, "apps.cluster_image_id", "'sha256:abc' is not an image id"),
     ("apps-image-id-uppercase", {"apps.history.applications[0].image_id": "sha256:" + "AB" * 32}, "apps.history.applications[0].image_id", "is not an image id"),
     ("apps-image-id-no-prefix", {"apps.history.applications[1].image_id": "a1" * 32}, "apps.history.applications[1].image_id", "is not an image id"),
-    ("apps-type-unknown", {"apps.history.applications[1].type": "chart"}, "apps.history.applications[1].type", "'chart' is not one of 'helm' or 'kube'"),
+    ("apps-type-unknown", {"apps.history.applications[1].type": "chart"}, "apps.history.applications[1].type", "'chart' is not one of 'helm', 'kube' or 'shell'"),
     ("apps-duplicate-name", {"apps.history.applications[1].name": "app0"}, "apps.history.applications[1].name", "listed twice"),
     ("apps-launch-unknown-app", {"apps.history.launch.app_names[1]": "app9"}, "apps.history.launch.app_names[1]", "'app9' names no application (applications: app0, app1)"),
     ("apps-history-and-file", {"apps.history_file": "/root/.sealer/application.json"}, "apps", "exactly one of history / history_file is required (both are set)"),
