@@ -320,7 +320,7 @@ def cluster_env(user_env: list[str], domain: str, port: int, runtime_type: str) 
 
 def cluster_document(*, flavour: Flavour, name: str, image: str, masters: list[str],
                      nodes: list[str], ssh: dict[str, Any], domain: str, port: int,
-                     username: str = "", password: str = "", runtime_type: str = "docker",
+                     username: str = "", password: str = "", runtime_type: str = "",
                      user_env: list[str] = (), data_root: str = "/var/lib/sealer/data",
                      host_ssh: dict[str, dict[str, Any]] | None = None) -> dict:
     """The Cluster document as sealer saves it (types/api/v2/cluster_types.go@v0.11.0; v0.8.7).

@@ -673,3 +673,56 @@ def pull(lab: Lab, state: SealerCluster, host: str, repo_tag: str, timeout: int 
     digest = done.stdout.strip() if done.returncode == 0 else ""
     return Pull(done.returncode == 0 and digest.startswith("sha256:"), digest, done.stderr,
                 time.monotonic() - began)
+
+
+# -- python -m lab sealer ----------------------------------------------------------------------------
+
+SECRET_FIELDS = ("password", "cert", "key", "htpasswd", "ssh_password", "clusterfile",
+                 "clusterfile_configmap", "registry_configmap", "registry_settings",
+                 "application_log", "history", "lvscare_manifest")
+
+
+def summary(state: SealerCluster) -> dict:
+    """What `python -m lab sealer` prints: where things are, never a secret or a file's text."""
+    out = {k: v for k, v in vars(state).items() if k not in SECRET_FIELDS}
+    out["flavour"] = state.flavour.value
+    out["configmaps"] = state.clusterfile_configmap is not None
+    out["login"] = state.htpasswd is not None
+    return out
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--flavour", default=Flavour.V011_HA.value,
+                   choices=[f.value for f in Flavour],
+                   help="what sealer left: v0.11-ha (sealer's default), v0.11 (ha: false), v0.8")
+    p.add_argument("--store", type=Path, help="image store (default <state>/images)")
+    p.add_argument("--no-login", action="store_true", help="no registry username/password")
+    p.add_argument("--runtime", default="docker", choices=["docker", "containerd"],
+                   help="the cluster's container runtime type (where sealer writes the CA)")
+    p.add_argument("--ssh-user", default="root")
+    p.add_argument("--control-plane", action="store_true",
+                   help="start the control plane if it is not up (for the v0.11 ConfigMaps); "
+                        "without it the ConfigMaps are written only when it already serves")
+
+
+def main(a, lab: Lab) -> dict:
+    """`python -m lab sealer`: the lab's images (from `python -m lab images`) run by sealer."""
+    from lab import controlplane
+    summary_file = lab.state / "images.json"
+    history, ids, store = {}, [], None
+    if summary_file.exists():
+        images = json.loads(summary_file.read_text())
+        history = json.loads(Path(images["history"]).read_text()) if images.get("history") else {}
+        ids = [images["cluster_image_id"], *(i["image_id"] for i in images.get("apps", []))]
+        store = Path(a.store or images["store"])
+    cp = None
+    if a.control_plane or controlplane.status(lab)["ready"]:
+        try:
+            cp = controlplane.up(lab)
+        except controlplane.ControlPlaneError as e:
+            raise LabError(f"control plane: {e}") from None
+    kwargs = {"username": "", "password": ""} if a.no_login else {}
+    state = make_sealer_state(lab, flavour=a.flavour, history=history, store=store,
+                              image_ids=ids, runtime=a.runtime, ssh_user=a.ssh_user, cp=cp,
+                              **kwargs)
+    return summary(state)

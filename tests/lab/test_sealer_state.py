@@ -395,6 +395,27 @@ def test_no_login_means_no_htpasswd_and_open_reads(small_lab, store):
     assert "username" not in local and "password" not in local
 
 
+def test_a_containerd_cluster_leaves_basefs_containerd_without_sealers_ca(small_lab, store):
+    """`runtime: containerd`: sealer writes the CA under /etc/containerd/certs.d
+    (pkg/container-runtime/installer.go@v0.11.0:86), basefs' containerd reads /etc/docker/certs.d/:
+    its pull fails x509, while a containerd reading /etc/containerd/certs.d pulls."""
+    path, gen = store
+    ids = [gen["cluster_image_id"], *(a["image_id"] for a in gen["apps"])]
+    lab_node, basefs_node = small_lab.inventory()["hosts"][-2]["ip"], small_lab.inventory()["hosts"][-1]["ip"]
+    state = make_sealer_state(small_lab, flavour="v0.11", history=gen["application"], store=path,
+                              image_ids=ids, runtime="containerd",
+                              runtimes={lab_node: "containerd", basefs_node: "containerd-basefs"})
+    assert state.trust_files[basefs_node] == "/etc/containerd/certs.d/sea.hub:5000/sea.hub.crt"
+    ref = refs_of(gen)[0]
+    good = pull(small_lab, state, lab_node, f"{ref['repository']}:{ref['tag']}")
+    assert good.ok and good.digest == ref["digest"], good.stderr[-2000:]
+    bad = pull(small_lab, state, basefs_node, f"{ref['repository']}:{ref['tag']}", timeout=30)
+    assert not bad.ok and "x509" in bad.stderr, bad.stderr[-2000:]
+    cluster = parse_clusterfile(state.clusterfile)[0]
+    assert cluster["spec"]["containerRuntime"] == {"type": "containerd"}
+    assert "ContainerRuntime=containerd" in cluster["spec"]["env"]
+
+
 # -- ConfigMaps (needs the control plane) ----------------------------------------------------------
 
 
