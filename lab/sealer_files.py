@@ -420,9 +420,10 @@ def registry_info(*, domain: str, port: int, username: str, password: str, ha: b
 def lvscare_manifest(*, vip: str, port: int, masters: list[str], domain: str,
                      insecure: bool = False) -> str:
     """`/etc/kubernetes/manifests/reg-lvscare.yaml` on nodes: the v1.Pod of pkg/ipvs/ipvs.go
-    @v0.11.0:41-105 through sigs.k8s.io/yaml, written with `echo "<yaml>" > file` (so one more
-    newline) (ipvs.go:32-38; pkg/registry/local.go@v0.11.0:171-200: real servers sorted as
-    strings, health path `/`, scheme https unless insecure)."""
+    @v0.11.0:41-105 through sigs.k8s.io/yaml, written with `echo "<yaml>" > file`
+    (ipvs.go:32-38): one more newline, and the shell eats the `""` of `type: ""` (the hostPath
+    type), leaving `type: ` (null). Real servers sorted as strings, health path `/`, scheme
+    https unless insecure (pkg/registry/local.go@v0.11.0:171-200)."""
     reals = [f"{m}:{port}" for m in sorted(masters)]
     args = ["care", "--vs", f"{vip}:{port}", "--health-path", "/", "--health-schem",
             "http" if insecure else "https"]
@@ -444,7 +445,8 @@ def lvscare_manifest(*, vip: str, port: int, masters: list[str], domain: str,
         },
         "status": {},
     }
-    return sigs_yaml(pod) + "\n"
+    # Inside echo's double quotes each `""` closes and reopens the quoting: it vanishes.
+    return sigs_yaml(pod).replace('""', "") + "\n"
 
 
 def registry_settings_v08(*, ip: str | None, domain: str, port: int, username: str,
