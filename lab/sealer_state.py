@@ -82,7 +82,7 @@ import yaml
 
 from cli.clusterfile import encrypt_passwd
 from lab import sealer_files as sf
-from lab.hosts import Lab, LabError
+from lab.hosts import INSTANCE, Lab, LabError
 from lab.sealer_files import (BASEFS_REGISTRY_CONFIG, CERTS_DIRS, HOST_ALIAS_MARK, SEA_HUB,  # noqa: F401
                               Flavour)
 
@@ -278,8 +278,9 @@ def _vip_module():
     return vip
 
 
-# Until lab/vip.py exists: a VIP inside 198.18.0.0/15 and outside every instance's /24.
-FALLBACK_VIP = "198.19.97.2"
+# Until lab/vip.py exists: its address (198.19.<instance>.2: inside 198.18.0.0/15, outside every
+# instance's /24).
+FALLBACK_VIP = f"198.19.{INSTANCE}.2"
 
 
 def lab_vip() -> str:
@@ -486,12 +487,14 @@ def make_sealer_state(lab: Lab, *, history: dict, store: Path | None = None,
 
     # -- runtimes --------------------------------------------------------------------------------
     docker = _docker_module()
+    docker_hosts, running_docker = [], False
     for ip in hosts:
         rt = runtimes[ip]
         if rt == "docker":
             if docker is None:
                 raise LabError(f"runtimes[{ip}] = docker needs lab/docker.py")
-            docker.start(lab, ip)
+            docker_hosts.append(ip)
+            running_docker = running_docker or docker.running(lab, ip)
         else:
             _set_containerd_certs(lab, ip, basefs=(rt == "containerd-basefs"))
 
@@ -558,6 +561,15 @@ def make_sealer_state(lab: Lab, *, history: dict, store: Path | None = None,
         if flavour.ha and ip in nodes:
             lvscare = sf.lvscare_manifest(vip=vip, port=port, masters=masters, domain=domain)
             _write(lab, ip, sf.LVSCARE_MANIFEST, lvscare, 0o644)
+
+    # dockerd resolves through Go's resolver, which caches /etc/hosts for 5 s (net/hosts.go
+    # cacheMaxAge): one started now reads the new lines; one that ran before may answer from the
+    # old file for up to 5 s, so wait that out once.
+    hosts_written = time.monotonic()
+    for ip in docker_hosts:
+        docker.start(lab, ip)
+    if running_docker:
+        time.sleep(max(0.0, 5.1 - (time.monotonic() - hosts_written)))
 
     # -- the registries --------------------------------------------------------------------------
     if start_registry:
