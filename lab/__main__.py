@@ -1,4 +1,4 @@
-"""python -m lab up|down|status|kill|revive|stop-sshd|start-sshd|run|images|store|stackfile"""
+"""python -m lab up|down|status|kill|revive|stop-sshd|start-sshd|run|images|store|stackfile|sealer"""
 from __future__ import annotations
 
 import argparse
@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     stk = sub.add_parser("stackfile", help="write Pulumi.lab.yaml (needs the toolchain's pulumi)")
     from lab import stackfile as stackfile_mod
     stackfile_mod.add_arguments(stk)
+
+    sea = sub.add_parser("sealer", help="leave the up lab as sealer leaves a cluster "
+                                        "(--flavour v0.11-ha|v0.11|v0.8)")
+    from lab import sealer_state as sealer_mod
+    sealer_mod.add_arguments(sea)
 
     a = ap.parse_args(argv)
     lab = Lab(a.state_dir)
@@ -104,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"store {a.action}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
         elif a.cmd == "stackfile":
             print(stackfile_mod.main(a, lab))
+        elif a.cmd == "sealer":
+            t0 = time.monotonic()
+            print(json.dumps(sealer_mod.main(a, lab), indent=2))
+            print(f"sealer {a.flavour}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
     except LabError as e:
         print(f"lab: error: {e}", file=sys.stderr)
         return 1
