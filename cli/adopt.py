@@ -172,6 +172,8 @@ class SealerFiles:
     flags: str = ""                  # `<mtime> <name>` per <rootfs>/cache/registry file
     registry_settings: str | None = None   # v0.8's <rootfs>/etc/registry.yml
     configmaps: dict[str, str] = field(default_factory=dict)  # read with kubectl on master0
+    # The config the running registry reads, when the rootfs has no etc/registry_config.yml.
+    running_config: str | None = None
 
     @classmethod
     def from_tar(cls, data: bytes) -> SealerFiles:
@@ -188,7 +190,8 @@ class SealerFiles:
                    flags=text.get("flags", ""),
                    registry_settings=text.get("rootfs/etc/registry.yml"),
                    configmaps={k.removeprefix("cm/"): v for k, v in text.items()
-                               if k.startswith("cm/")})
+                               if k.startswith("cm/")},
+                   running_config=text.get("running/config.yml"))
 
 
 @dataclass(frozen=True)
@@ -678,6 +681,18 @@ def build_adoption(cf: Clusterfile, files: SealerFiles, args: argparse.Namespace
                          "own, and the registry restarts once at the first `up`")
         else:
             registry["config"] = files.registry_config
+    elif files.running_config is not None:
+        # sealer v0.8: no etc/registry_config.yml, the registry runs its image's own config. The
+        # program writes it there, where init-registry.sh reads it, so the registry keeps its config.
+        problems = brought_config_problems(files.running_config, reg.port)
+        if problems:
+            notes.append(f"the running registry's config {problems[0]}: the program writes its "
+                         "own, and the registry restarts once at the first `up`")
+        else:
+            registry["config"] = files.running_config
+            notes.append("no etc/registry_config.yml on master0 (sealer v0.8): the running "
+                         "registry's own config is adopted; `up` writes it to "
+                         "etc/registry_config.yml, which init-registry.sh reads")
 
     apps: dict[str, Any] = {}
     if args.history_file:

@@ -27,6 +27,10 @@ if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
 fi
+if ! declare -F listener_pid >/dev/null; then
+  # shellcheck source=lib/registry.sh
+  source "${BASH_SOURCE[0]%/*}/lib/registry.sh"
+fi
 
 readonly DEFAULT_DATA_ROOT=/var/lib/sealer/data
 readonly ADMIN_CONF=/etc/kubernetes/admin.conf
@@ -110,6 +114,24 @@ registry_flags() {
   find "$dir" -mindepth 1 -maxdepth 1 -type f -printf '%T@ %f\n'
 }
 
+# The port sealer v0.8's settings file names (a string there: `port: "5000"`), else 5000.
+settings_port() {
+  local port=""
+  [[ -f "$1" ]] && port=$(awk -F': *' '$1 == "port" { gsub(/["\047 ]/, "", $2); print $2 }' "$1")
+  [[ "$port" =~ ^[0-9]+$ ]] || port=5000
+  printf '%s\n' "$port"
+}
+
+# With no etc/registry_config.yml (sealer v0.8: basefs' sealer-v0.8.6 rootfs has none), sealer's
+# init-registry.sh runs the registry image's own config. The config the running registry reads is
+# in its root: adopting exactly that lets the first `up` keep the registry running.
+running_config() {
+  local port=$1 pid
+  pid=$(listener_pid "$port") || return 0
+  [[ -n "$pid" && -f "/proc/$pid/root/etc/docker/registry/config.yml" ]] || return 0
+  cat "/proc/$pid/root/etc/docker/registry/config.yml"
+}
+
 copy_if_file() {
   local src=$1 dest=$2
   [[ -f "$src" ]] || return 0
@@ -170,6 +192,11 @@ main() {
   copy_if_file "$rootfs/etc/registry_config.yml" "$STAGE/rootfs/etc/registry_config.yml"
   copy_if_file "$rootfs/etc/registry_htpasswd" "$STAGE/rootfs/etc/registry_htpasswd"
   copy_if_file "$rootfs/etc/registry.yml" "$STAGE/rootfs/etc/registry.yml"
+  if [[ ! -f "$rootfs/etc/registry_config.yml" ]]; then
+    mkdir -p "$STAGE/running"
+    running_config "$(settings_port "$rootfs/etc/registry.yml")" >"$STAGE/running/config.yml"
+    [[ -s "$STAGE/running/config.yml" ]] || rm -f "$STAGE/running/config.yml"
+  fi
   registry_flags "$rootfs" >"$STAGE/flags"
   {
     printf 'clusterfile=%s\nhistory=%s\nrootfs=%s\n' "$clusterfile" "$history" "$rootfs"

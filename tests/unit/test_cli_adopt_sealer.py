@@ -287,6 +287,29 @@ def test_v08s_settings_file_gives_domain_port_and_login(tmp_path):
     assert reg["config"] == BASEFS_REGISTRY_CONFIG   # registry_config.yml, never registry.yml
 
 
+def test_v08_without_registry_config_adopts_the_running_registrys_config(tmp_path):
+    """v0.8's rootfs has no etc/registry_config.yml: the config the running registry reads is
+    adopted (the program writes it where init-registry.sh reads it: no restart)."""
+    sealer = files(V08, history=None, flags="", registry_settings=V08_SETTINGS,
+                   registry_config=None, running_config=BASEFS_REGISTRY_CONFIG)
+    result = adopt(tmp_path, sealer)
+    assert result.plain["registry"]["config"] == BASEFS_REGISTRY_CONFIG
+    assert any("running registry's own config is adopted" in n for n in result.notes)
+
+
+def test_a_running_config_is_ignored_when_the_rootfs_has_one(tmp_path):
+    sealer = files(running_config="version: 0.1\nother: true\n")
+    assert adopt(tmp_path, sealer).plain["registry"]["config"] == BASEFS_REGISTRY_CONFIG
+
+
+def test_a_running_config_the_program_cannot_keep_is_noted_not_adopted(tmp_path):
+    sealer = files(V08, history=None, flags="", registry_settings=V08_SETTINGS,
+                   registry_config=None, running_config="version: 0.1\nhttp:\n  secret: s3cret\n")
+    result = adopt(tmp_path, sealer)
+    assert "config" not in result.plain["registry"]
+    assert any("the running registry's config" in n for n in result.notes)
+
+
 def test_v08s_settings_file_on_another_host_is_refused(tmp_path):
     sealer = files(V08, history=None, flags="", registry_settings="ip: 10.0.0.12\n" + V08_SETTINGS)
     with pytest.raises(CliError, match="puts the registry on 10.0.0.12 .*not on master0 10.0.0.11"):
