@@ -26,8 +26,10 @@ def rootfs_files(material: RegistryMaterial, domain: str, read_only: bool = Fals
     """The files this program owns under the rootfs, by path relative to it; with ``read_only``
     the registry config of a warm standby (distribution's read-only mode on)."""
     config = read_only_registry_yml(material.registry_yml) if read_only else material.registry_yml
-    # sealer's init-registry.sh reads registry_config.yml; registry.yml is the seed's name.
-    files = {"etc/registry_config.yml": config, "etc/registry.yml": config}
+    # sealer's init-registry.sh reads registry_config.yml, and only that. etc/registry.yml is
+    # never written: in sealer v0.8 it is sealer's own settings file {ip, domain, port, username,
+    # password}, read on every sealer command (pkg/runtime/registry.go@v0.8.7).
+    files = {"etc/registry_config.yml": config}
     if material.htpasswd is not None:
         files["etc/registry_htpasswd"] = material.htpasswd
     if material.cert is not None and material.key is not None:

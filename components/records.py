@@ -62,9 +62,12 @@ class RegistryRecords(pulumi.ComponentResource):
         )
         on_cluster = pulumi.ResourceOptions(parent=self, provider=self.provider)
 
+        # The distribution config under the name of the rootfs file it is (registry_config.yml)
+        # only: a `registry.yml` key would hold it under the name of sealer v0.8's settings file
+        # ({ip, domain, port, username, password}, pkg/runtime/registry.go@v0.8.7), and whoever
+        # restores rootfs files from this ConfigMap by key would write it over sealer's.
         data = {
             "registry": yaml.safe_dump(args.summary, sort_keys=True),
-            "registry.yml": args.registry_yml,
             "registry_config.yml": args.registry_yml,
         }
         if args.ca_cert is not None:

@@ -267,20 +267,21 @@ def test_secret_carrying_inputs_are_secret_outputs(ca):
 
 def test_rootfs_files_are_the_ones_sealers_init_registry_reads(ca):
     """etc/registry_config.yml (what sealer's init-registry.sh mounts as the registry's config)
-    and etc/registry.yml (the seed's name) hold the same config; the htpasswd and the cert pair
-    sit where that script mounts them from."""
+    holds the config; the htpasswd and the cert pair sit where that script mounts them from.
+    etc/registry.yml is never among them: in sealer v0.8 it is sealer's own settings file."""
     material = make_args(ca).material
     files = rootfs_files(material, "sea.hub")
-    assert set(files) == {"etc/registry_config.yml", "etc/registry.yml", "etc/registry_htpasswd",
+    assert set(files) == {"etc/registry_config.yml", "etc/registry_htpasswd",
                           "certs/sea.hub.crt", "certs/sea.hub.key"}
-    assert files["etc/registry_config.yml"] == files["etc/registry.yml"] == material.registry_yml
+    assert files["etc/registry_config.yml"] == material.registry_yml
     insecure = rootfs_files(make_args(ca, insecure=True).material, "sea.hub")
-    assert set(insecure) == {"etc/registry_config.yml", "etc/registry.yml", "etc/registry_htpasswd"}
+    assert set(insecure) == {"etc/registry_config.yml", "etc/registry_htpasswd"}
+    assert "etc/registry.yml" not in rootfs_files(material, "sea.hub", read_only=True)
 
 
 def test_records_hold_config_certs_and_history_but_no_secret(ca):
-    """ConfigMap sealer-registry: the registry config (under both file names), CA, leaf, summary
-    with master0 and deploy hosts;
+    """ConfigMap sealer-registry: the registry config (as registry_config.yml only: registry.yml
+    is sealer v0.8's settings file's name), CA, leaf, summary with master0 and deploy hosts;
     Secret sealer-registry: the key and htpasswd; sealer-apps: application.json."""
     args = make_args(ca)
     by_name = declare(args).by_name()
@@ -288,7 +289,7 @@ def test_records_hold_config_certs_and_history_but_no_secret(ca):
     assert cm["metadata"] == {"name": "sealer-registry", "namespace": "kube-system",
                               "labels": {"app.kubernetes.io/managed-by": "pulumi"},
                               "annotations": {"pulumi.com/patchForce": "true"}}
-    assert cm["data"]["registry.yml"] == args.material.registry_yml
+    assert "registry.yml" not in cm["data"]
     assert cm["data"]["registry_config.yml"] == args.material.registry_yml
     assert cm["data"]["ca.crt"] == args.material.ca_cert
     assert cm["data"]["tls.crt"] == args.material.cert
