@@ -69,6 +69,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
+def refuse_ha(config: StackConfig, command: str) -> None:
+    """`recover` and `watch` move master0's registry; in sealer's HA layout there is nothing of
+    the kind to move: every master serves its own registry and nodes reach them through lvscare's
+    VIP, which drops a dead master by itself. Refused (exit 2) before anything is dialled."""
+    if config.ha:
+        raise CliError(
+            f"{command}: stack {config.cluster.name!r} uses sealer's HA registry layout "
+            "(registry.local_registry.ha: true): every master runs its own registry and nodes pull "
+            "through lvscare's VIP, which stops sending to a dead master by itself, so pulls "
+            "continue without a recovery; fencing a dead master (down_hosts) and sealer's state "
+            "after it come with the HA issue. Nothing was changed")
+
+
 def check_role(config: StackConfig, host: str) -> None:
     """The refusals that need only the config (and its topology)."""
     cluster = config.cluster
@@ -193,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
     with Session(args) as session:
         out = session.out
         config = session.config
+        refuse_ha(config, NAME)
         host, old = args.host, config.master0
         resume = host == old
         down = list(config.down_hosts) + ([] if resume or old in config.down_hosts else [old])

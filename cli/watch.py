@@ -32,6 +32,7 @@ from cli.failover import (Decision, Kind, Probe, Replica, Returning, Round, Sett
                           parse_duration, pick_probers, rank_candidates, read_report)
 from cli.probe import complete_images
 from cli.recover import preflight as recover_preflight
+from cli.recover import refuse_ha
 from cli.session import Session
 from cli.ssh import SshAccess, ssh_error
 from components.remote_scripts import ScriptRun, script_run
@@ -603,7 +604,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Session(args) as session:
             session.out = sys.stderr
-            session.config
+            refuse_ha(session.config, NAME)
             one_watcher(session)
             session.images  # a missing image store refuses before any host is dialled
             session.engine.output = lambda line: print(f"engine: {line}", file=sys.stderr,

@@ -58,6 +58,11 @@ class LocalRegistry(ConfigModel):
     deploy_hosts: Optional[list[HostIP]] = None
     insecure_mode: StrictBool = False
     standby: Standby = Standby.COLD
+    # sealer's HA layout (its default since v0.9, pkg/registry/local.go@v0.11.0:148-237): a
+    # read-write registry on every master, masters map the domain to themselves, nodes to a
+    # node-local IPVS VIP kept by reg-lvscare. The program keeps the registries and the trust, and
+    # rewrites no hosts line (config/stack.py: ha_problems; topology.py: the roles).
+    ha: StrictBool = False
 
     @field_validator("deploy_hosts")
     @classmethod
