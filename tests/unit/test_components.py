@@ -59,7 +59,7 @@ def make_args(ca, **overrides) -> ClusterRegistryArgs:
     """A valid 3-master, 4-node cluster; ``overrides`` replace single fields (the topology's
     master0, masters, nodes, deploy_hosts, down_hosts, distribution, standby included)."""
     layout = dict(master0=MASTERS[0], masters=MASTERS, nodes=NODES, deploy_hosts=MASTERS[:2],
-                  down_hosts=[], distribution=Distribution.PRE, standby="cold")
+                  down_hosts=[], distribution=Distribution.PRE, standby="cold", ha=False)
     for key in layout:
         if key in overrides:
             layout[key] = overrides.pop(key)
