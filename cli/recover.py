@@ -45,8 +45,12 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
   data_to, dropped {ip: resources}, records, lines}, verified (null unless applied: {healthy,
   master0_images, images_expected, problems}), seconds {preflight, preview, up, verify}.
 
+A stack with registry.local_registry.ha (sealer's HA layout) is refused before anything is
+dialled: every master serves its own registry and lvscare's VIP routes around a dead one.
+
 Exit codes: 0 recovered and verified (or previewed); 1 `up` or the verification failed (a rerun
-is safe), or not confirmed; 2 refused (bad input or preflight): nothing was changed. The engine's
+is safe), or not confirmed; 2 refused (bad input or preflight, or an HA stack): nothing was
+changed. The engine's
 environment is the operator's: `pulumi` on PATH (or --pulumi), PULUMI_BACKEND_URL / `pulumi
 login`, PULUMI_CONFIG_PASSPHRASE.
 """

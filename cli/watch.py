@@ -72,7 +72,8 @@ The engine's own output and the progress of `up` go to stderr.
 
 Stops on SIGTERM or SIGINT: between rounds at once (exit 0); during an `up`, the engine gets one
 SIGINT (it finishes its steps in flight) and the watcher exits 130. Exit 2: bad arguments or
-config. The engine's environment is the operator's (PULUMI_BACKEND_URL or `pulumi login`,
+config, or a stack in sealer's HA layout (registry.local_registry.ha: every master serves and
+lvscare's VIP routes around a dead one; nothing to move). The engine's environment is the operator's (PULUMI_BACKEND_URL or `pulumi login`,
 PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE).
 """
 EPILOG = """\
