@@ -305,3 +305,11 @@ def test_watch_on_an_ha_stack_exits_2_touching_nothing(monkeypatch, capsys, tmp_
             log=None, json=False))
     assert code == 2
     assert "sealer's HA registry layout" in capsys.readouterr().err
+
+
+def test_ha_program_is_the_same_on_a_second_run(ca):
+    """A second `up` changes nothing: every input of every step is the same from one run to the
+    next (the material is derived, the payload a reproducible tar)."""
+    first, second = declare(ha_args(ca)).by_name(), declare(ha_args(ca)).by_name()
+    assert set(first) == set(second)
+    assert [n for n in first if first[n].inputs != second[n].inputs] == []
