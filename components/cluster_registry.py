@@ -88,7 +88,6 @@ class ClusterRegistry(pulumi.ComponentResource):
                 data_sources=tuple(layout.data_sources(host.ip)),
                 after=(first.data,) if first is not None and first.data is not None else (),
             ), opts=child)
-        launch = self.deploy_hosts[master0].registry
         # The registries that serve read-write: master0's; with ha, every live master's.
         launches = [self.deploy_hosts[ip].registry for ip in layout.registries]
 
