@@ -18,7 +18,7 @@ from topology import HostStep, Topology
 from .access import SshAccess
 from .cluster_node import ClusterNodeArgs, node_step
 from .deploy_host import DeployHost, DeployHostArgs, RootfsPayload, StoreSource
-from .records import RegistryRecords, RegistryRecordsArgs
+from .records import RegistryRecords, RegistryRecordsArgs, sealer_registry_info
 from .remote_scripts import host_step, script_run
 
 
@@ -67,6 +67,10 @@ class ClusterRegistry(pulumi.ComponentResource):
                 "ca_fingerprint": m.ca_fingerprint or "",
                 **({"ha": True} if layout.ha else {}), **args.extra_summary,
             },
+            sealer_info=sealer_registry_info(
+                domain=args.domain, port=args.port, username=args.username,
+                insecure=args.insecure, ha=layout.ha,
+                deploy_hosts=list(layout.deploy_hosts), master0=master0),
             registry_yml=m.registry_yml,
             ca_cert=m.ca_cert,
             cert=m.cert,

@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 
 import pulumi
+import yaml
 import pytest
 
 from components.access import SshAccess
@@ -295,6 +296,13 @@ def test_records_hold_config_certs_and_history_but_no_secret(ca):
     assert cm["data"]["tls.crt"] == args.material.cert
     assert "master0: 198.18.0.11" in cm["data"]["registry"]
     assert "password" not in cm["data"]["registry"]
+    # sealer's own keys, in its shape (go-yaml v3, lowercase), without the password.
+    sealer = yaml.safe_load(cm["data"]["registry"])
+    assert sealer["external"] is None
+    assert sealer["local"]["localregistry"] == {
+        "registryconfig": {"domain": "sea.hub", "port": 5000, "username": "admin"},
+        "ha": False, "insecure": False, "cert": {"subjectaltname": None}}
+    assert sealer["local"]["deployhosts"] == ["198.18.0.11"]
     secret = by_name["sealer-registry-secret"].inputs
     assert set(secret["stringData"]) == {"tls.key", "htpasswd"}
     apps = by_name["sealer-apps"].inputs

@@ -197,11 +197,19 @@ def test_ha_verification_checks_each_master_by_name_and_not_the_master0_mapping(
     assert "--registry" not in plain and f" admin {MASTERS[0]} " in plain
 
 
-def test_ha_records_say_ha_and_non_ha_records_are_unchanged(ca):
-    ha = declare(ha_args(ca)).by_name()["sealer-registry-config"].inputs["data"]["registry"]
-    assert "ha: true" in ha
-    plain = declare(make_args(ca)).by_name()["sealer-registry-config"].inputs["data"]["registry"]
-    assert "ha:" not in plain
+def test_ha_records_say_ha_in_sealer_s_keys_and_ours(ca):
+    """The `registry` value keeps sealer's shape (`local.localregistry.ha`, `local.deployhosts`:
+    what `adopt` reads to decide the mode) next to the program's summary."""
+    import yaml
+
+    ha = yaml.safe_load(declare(ha_args(ca)).by_name()["sealer-registry-config"]
+                        .inputs["data"]["registry"])
+    assert ha["ha"] is True and ha["local"]["localregistry"]["ha"] is True
+    assert ha["local"]["deployhosts"] == MASTERS and "vip" not in ha["local"]
+    plain = yaml.safe_load(declare(make_args(ca)).by_name()["sealer-registry-config"]
+                           .inputs["data"]["registry"])
+    assert "ha" not in plain and plain["local"]["localregistry"]["ha"] is False
+    assert plain["local"]["deployhosts"] == [MASTERS[0]] and plain["local"]["vip"] == ""
 
 
 # ------------------------------------------------------------------------------ status
