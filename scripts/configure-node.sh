@@ -4,7 +4,8 @@
 # certificate (sealer's <domain>.crt is kept as it is, and no ca.crt is added beside it); then maps
 # DOMAIN to IP in /etc/hosts with sealer's marker, removing every other mapping of DOMAIN
 # (sealer's `#hostalias-set-by-sealer` / `#hostalias-registry` lines included) and keeping other
-# names. Each file is written only when its content differs. Without PORT (insecure mode) there
+# names; a file whose one mapping of DOMAIN already points at IP is kept as it is (marked or not).
+# Each file is written only when its content differs. Without PORT (insecure mode) there
 # is nothing to trust. --keep-hosts (sealer's HA layout) leaves /etc/hosts alone: there a master
 # maps DOMAIN to itself and a node to lvscare's VIP, both sealer's lines.
 # Each --mirror names a warm standby (a read-only registry on a replica of the data): containerd's
@@ -97,6 +98,22 @@ render_hosts() {
   ' "$file"
 }
 
+# Whether FILE maps DOMAIN on exactly one line, and to IP: then the file is left as it is, whatever
+# that line's marker (sealer v0.8 writes `<ip> <domain>` unmarked, pkg/runtime/registry.go@v0.8.7;
+# v0.9+ `#hostalias-set-by-sealer`), so a host sealer set up is not rewritten by the first `up`.
+maps_only_to() {
+  local file=$1 domain=$2 ip=$3
+  awk -v d="$domain" -v ip="$ip" '
+    {
+      body = $0; p = index(body, "#")
+      if (p > 0) body = substr(body, 1, p - 1)
+      n = split(body, f, " ")
+      for (i = 2; i <= n; i++) if (f[i] == d) { lines++; if (f[1] != ip) other = 1; break }
+    }
+    END { exit !(lines == 1 && !other) }
+  ' "$file"
+}
+
 # Renames into place where it can; a bind-mounted /etc/hosts (containers) refuses renames with
 # EBUSY, and there we rewrite the file in place, keeping its inode.
 replace_file() {
@@ -112,6 +129,10 @@ replace_file() {
 set_hosts() {
   local domain=$1 ip=$2 file=$3
   [[ -f "$file" ]] || : >"$file"
+  if maps_only_to "$file" "$domain" "$ip"; then
+    info "unchanged: $domain -> $ip"
+    return 0
+  fi
   render_hosts "$file" "$domain" "$ip" >"$WORK/hosts"
   if cmp -s "$WORK/hosts" "$file"; then
     info "unchanged: $domain -> $ip"
