@@ -42,7 +42,8 @@ class Place(StrEnum):
 
 
 class RegistryRole(StrEnum):
-    LAUNCH = "launch"    # master0: the registry runs here
+    LAUNCH = "launch"    # master0 (with ha: every deploy host, each read-write on its own data):
+    #                      the registry runs here
     STANDBY = "standby"  # any other deploy host: data and files ready, registry stopped (cold)
     #                      or serving its replica read-only (warm)
     NONE = "none"        # not a deploy host: a registry client only
@@ -90,6 +91,20 @@ class HostPlan:
                                # no image store; the data is the cluster's own)
     # A warm standby: its registry serves its replica read-only (standby role, warm, pre mode).
     read_only: bool = False
+    # sealer's HA layout (registry.local_registry.ha): see Topology.build.
+    ha: bool = False
+
+    @property
+    def copies_data(self) -> bool:
+        """The program has a data step here. Not in HA: each master serves its own data, as
+        sealer copied it (the seam for replicating between masters: ``Topology.data_sources``)."""
+        return self.holds_data and not self.ha
+
+    def hosts_entry(self, master0: str) -> str | None:
+        """The address this host's hosts line maps the registry domain to; None: the program
+        leaves /etc/hosts alone (HA: masters map it to themselves, nodes to lvscare's VIP, both
+        sealer's)."""
+        return None if self.ha else master0
 
     @property
     def deploys(self) -> bool:
@@ -111,7 +126,7 @@ class HostPlan:
         names = [HostStep.NODE.of(self.ip)]
         if self.deploys:
             names += [HostStep.DEPLOY.of(self.ip), HostStep.ROOTFS.of(self.ip)]
-            if self.holds_data:
+            if self.copies_data:
                 names.append(HostStep.DATA.of(self.ip))
             names.append(self.registry_step)
         return names
@@ -125,6 +140,7 @@ class Topology:
     deploy_hosts: tuple[str, ...]  # as configured (down ones included)
     verifier: str              # the live host that verifies: a node other than master0 if any
     standby: str = "cold"      # registry.local_registry.standby: cold | warm
+    ha: bool = False           # registry.local_registry.ha: sealer's HA layout
 
     @classmethod
     def of(cls, config: StackConfig) -> Topology:
@@ -133,19 +149,25 @@ class Topology:
                          nodes=config.cluster.nodes, deploy_hosts=config.deploy_hosts,
                          down_hosts=config.down_hosts, distribution=str(config.distribution),
                          image_ids=config.image_ids,
-                         standby=str(config.registry.local_registry.standby))
+                         standby=str(config.registry.local_registry.standby),
+                         ha=config.registry.local_registry.ha)
 
     @classmethod
     def build(cls, *, master0: str, masters: Iterable[str], nodes: Iterable[str],
               deploy_hosts: Iterable[str], down_hosts: Iterable[str], distribution: str,
-              image_ids: Iterable[str], standby: str = "cold") -> Topology:
+              image_ids: Iterable[str], standby: str = "cold", ha: bool = False) -> Topology:
         """The plan from the config's values (``of`` is the usual entry).
 
         Down hosts get nothing: no resource of theirs is declared, so the engine drops their old
         resources from state without dialling them (none has a delete command). When a host is
         taken off ``down_hosts`` its resources are created again and the idempotent scripts bring
         it in line with the current master0 (a warm standby, or a stopped registry when cold: a
-        revived old master0 never serves its stale data read-write)."""
+        revived old master0 never serves its stale data read-write).
+
+        With ``ha`` (sealer's HA layout, pkg/registry/local.go@v0.11.0:148-237) every deploy host
+        (the masters) launches its own read-write registry on the data it holds, no host has a
+        data step, no host is read-only, and no host's hosts line is the program's. master0 is
+        still the host sealer treats as master0 (its Clusterfile's first master)."""
         masters, nodes = list(masters), list(nodes)
         deploy, down = list(deploy_hosts), set(down_hosts)
         images = tuple(dict.fromkeys(image_ids))
@@ -154,15 +176,16 @@ class Topology:
             place = Place.MASTER0 if ip == master0 else Place.MASTER if ip in masters else Place.NODE
             role = RegistryRole.NONE
             if ip in deploy:
-                role = RegistryRole.LAUNCH if ip == master0 else RegistryRole.STANDBY
-            holds = role is not RegistryRole.NONE and (distribution == "pre" or ip == master0)
+                launches = ha or ip == master0
+                role = RegistryRole.LAUNCH if launches else RegistryRole.STANDBY
+            holds = role is not RegistryRole.NONE and (ha or distribution == "pre" or ip == master0)
             read_only = role is RegistryRole.STANDBY and holds and str(standby) == "warm"
             hosts.append(HostPlan(ip, place, role, ip in down, holds, images if holds else (),
-                                  read_only))
+                                  read_only, bool(ha)))
         live = {h.ip for h in hosts if not h.down}
         others = [ip for ip in [*nodes, *masters] if ip in live and ip != master0]
         return cls(master0, str(distribution), tuple(hosts), tuple(deploy),
-                   others[0] if others else master0, str(standby))
+                   others[0] if others else master0, str(standby), bool(ha))
 
     @property
     def live(self) -> list[HostPlan]:
@@ -179,13 +202,26 @@ class Topology:
         return [h.ip for h in self.live if h.read_only]
 
     @property
+    def registries(self) -> list[str]:
+        """The live hosts whose registry serves read-write (master0; with ha, every live master
+        deploy host), in config order: what ``registry-verify`` checks one by one."""
+        return [h.ip for h in self.live if h.role is RegistryRole.LAUNCH]
+
+    @property
     def down_hosts(self) -> list[str]:
         return [h.ip for h in self.hosts if h.down]
 
     def data_sources(self, ip: str) -> list[str]:
         """Where the data step of deploy host ``ip`` copies from, in order, host to host: a
         replica pulls from master0 (never from a down host); master0 keeps its own data, or
-        copies from the first other live deploy host (config order) holding a complete replica."""
+        copies from the first other live deploy host (config order) holding a complete replica.
+
+        None in HA: each master serves the data sealer gave it. This is the seam where the HA
+        data issue adds the union of the masters' data (each master pulling what the others
+        hold); until then a master that lacks an image (sealer's scale-up copies only the
+        cluster image) answers 404 for it behind the VIP, as it does under sealer."""
+        if self.ha:
+            return []
         if ip != self.master0:
             return [self.master0]
         down = set(self.down_hosts)

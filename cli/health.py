@@ -148,7 +148,16 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
         if plan.deploys and probe.replica is not None:
             health.replica = {"source": probe.replica["source"], "age_s": probe.replica_age,
                               "files": probe.replica["files"], "bytes": probe.replica["bytes"]}
-        if plan.place is Place.MASTER0:
+        if plan.ha and plan.deploys:
+            # sealer's HA layout: every master serves read-write behind lvscare's VIP.
+            if plan.place is Place.MASTER0:
+                master0_images = present
+            if probe.registry != "running":
+                problems.append(f"{ip} ({role}, HA) runs no registry: lvscare drops it from the VIP; "
+                                "its own pulls fail")
+            elif probe.registry_mode == "read-only":
+                problems.append(f"{ip} ({role}, HA) runs its registry read-only: pushes to it are refused")
+        elif plan.place is Place.MASTER0:
             master0_images = present
             if probe.registry != "running":
                 problems.append(f"{ip} (master0) runs no registry")
@@ -165,10 +174,18 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
         if plan.holds_data and present < expected:
             problems.append(f"{ip} holds {present} of {expected} images "
                             f"(missing e.g. {probe.missing_refs[0] if probe.missing_refs else '?'})")
-        if plan.holds_data and probe.replica is None:
+        if plan.copies_data and probe.replica is None:
             problems.append(f"{ip} holds no complete replica stamp (registry/.sealer-replica): its "
                             "data step has not completed; run `pulumi up`")
-        if probe.resolves != master0:
+        if plan.ha:
+            # sealer's lines: a master maps the domain to itself, a node to lvscare's VIP.
+            if plan.deploys and probe.resolves != ip:
+                problems.append(f"{ip}: {domain} points to {probe.resolves or 'nothing'}, not to "
+                                f"this master's own registry (sealer's HA layout maps it to {ip})")
+            elif not probe.resolves:
+                problems.append(f"{ip}: {domain} points to nothing (sealer's HA layout maps it to "
+                                "lvscare's VIP on nodes)")
+        elif probe.resolves != master0:
             problems.append(f"{ip}: {domain} points to {probe.resolves or 'nothing'}, "
                             f"not to master0 {master0}")
         if secure and probe.ca != "ok":
@@ -198,6 +215,15 @@ def render_table(result: Assessment, domain: str = "sea.hub") -> str:
 
 def summary_line(config: StackConfig, result: Assessment, seconds: float) -> str:
     live = [h for h in result.hosts if not h.down]
+    if config.ha:
+        deploy = [h for h in live if h.deploy != RegistryRole.NONE]
+        running = sum(1 for h in deploy if h.registry == "running")
+        head = "healthy" if result.healthy else f"degraded ({len(result.problems)} problems)"
+        down = len(result.hosts) - len(live)
+        tail = f"; {down} listed down, not probed" if down else ""
+        return (f"{head}: HA, {running} of {len(deploy)} live masters' registries run; master0 "
+                f"{config.master0} serves {result.master0_images}/{result.images_expected} images"
+                f"{tail} ({seconds:.1f}s)")
     pointing = sum(1 for h in live if h.resolves == config.master0)
     down = len(result.hosts) - len(live)
     tail = f"; {down} listed down, not probed" if down else ""

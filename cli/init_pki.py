@@ -6,7 +6,6 @@ import argparse
 import hashlib
 
 import yaml
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from cli.common import EXIT_OK, CliError, add_stack_arguments, guarded
@@ -14,6 +13,7 @@ from cli.engine import Engine
 from cli.session import Session
 from config import PROJECT
 from material import pki
+from material.certs import der_of, load_pem_certificate
 
 NAME = "init-pki"
 HELP = "generate the registry CA once into the stack config (ca_cert plain, ca_key secret)"
@@ -60,8 +60,8 @@ def existing_tls(stack_file) -> tuple[dict, bool]:
 
 
 def describe(cert_pem: str) -> str:
-    cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    der = cert.public_bytes(serialization.Encoding.DER)
+    cert = load_pem_certificate(cert_pem)
+    der = der_of(cert_pem)
     return (f"{cert.subject.rfc4514_string()}, EC P-256, valid until "
             f"{cert.not_valid_after_utc:%Y-%m-%d}, sha256 {hashlib.sha256(der).hexdigest()[:16]}")
 
@@ -69,7 +69,7 @@ def describe(cert_pem: str) -> str:
 def check_stored(engine: Engine) -> None:
     """Read back through the engine: the stored key must be the one of the stored cert."""
     stored_key = serialization.load_pem_private_key(engine.get_value("registry.tls.ca_key").encode(), None)
-    stored_cert = x509.load_pem_x509_certificate(engine.get_value("registry.tls.ca_cert").encode())
+    stored_cert = load_pem_certificate(engine.get_value("registry.tls.ca_cert"))
 
     def spki(key) -> bytes:
         return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

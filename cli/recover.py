@@ -45,8 +45,12 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
   data_to, dropped {ip: resources}, records, lines}, verified (null unless applied: {healthy,
   master0_images, images_expected, problems}), seconds {preflight, preview, up, verify}.
 
+A stack with registry.local_registry.ha (sealer's HA layout) is refused before anything is
+dialled: every master serves its own registry and lvscare's VIP routes around a dead one.
+
 Exit codes: 0 recovered and verified (or previewed); 1 `up` or the verification failed (a rerun
-is safe), or not confirmed; 2 refused (bad input or preflight): nothing was changed. The engine's
+is safe), or not confirmed; 2 refused (bad input or preflight, or an HA stack): nothing was
+changed. The engine's
 environment is the operator's: `pulumi` on PATH (or --pulumi), PULUMI_BACKEND_URL / `pulumi
 login`, PULUMI_CONFIG_PASSPHRASE.
 """
@@ -67,6 +71,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     add_ssh_key_argument(parser)
     add_json_argument(parser)
+
+
+def refuse_ha(config: StackConfig, command: str) -> None:
+    """`recover` and `watch` move master0's registry; in sealer's HA layout there is nothing of
+    the kind to move: every master serves its own registry and nodes reach them through lvscare's
+    VIP, which drops a dead master by itself. Refused (exit 2) before anything is dialled."""
+    if config.ha:
+        raise CliError(
+            f"{command}: stack {config.cluster.name!r} uses sealer's HA registry layout "
+            "(registry.local_registry.ha: true): every master runs its own registry and nodes pull "
+            "through lvscare's VIP, which stops sending to a dead master by itself, so pulls "
+            "continue without a recovery; fencing a dead master (down_hosts) and sealer's state "
+            "after it come with the HA issue. Nothing was changed")
 
 
 def check_role(config: StackConfig, host: str) -> None:
@@ -193,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
     with Session(args) as session:
         out = session.out
         config = session.config
+        refuse_ha(config, NAME)
         host, old = args.host, config.master0
         resume = host == old
         down = list(config.down_hosts) + ([] if resume or old in config.down_hosts else [old])

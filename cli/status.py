@@ -24,7 +24,9 @@ domain points, whether its CA trust equals the configured CA, and whether the co
 serves its CRI reads /etc/containerd/certs.d (CRI config_path from `containerd config dump` of the
 running daemon's config; "stale" when that config changed after the daemon started; "no-cri" and
 "-" are fine: the kubelet does not pull through containerd there). Hosts in down_hosts are not
-dialled. Reads the stack config offline from Pulumi.<STACK>.yaml; the image store named there
+dialled. With registry.local_registry.ha (sealer's HA layout) every master is "launch": each must
+run its registry read-write and map the domain to itself, a node must map it somewhere (lvscare's
+VIP), and no replica stamp is expected (the program copies no data there). Reads the stack config offline from Pulumi.<STACK>.yaml; the image store named there
 gives the expected images.
 
 --json prints one object instead of the table:

@@ -32,6 +32,7 @@ from cli.failover import (Decision, Kind, Probe, Replica, Returning, Round, Sett
                           parse_duration, pick_probers, rank_candidates, read_report)
 from cli.probe import complete_images
 from cli.recover import preflight as recover_preflight
+from cli.recover import refuse_ha
 from cli.session import Session
 from cli.ssh import SshAccess, ssh_error
 from components.remote_scripts import ScriptRun, script_run
@@ -71,7 +72,8 @@ The engine's own output and the progress of `up` go to stderr.
 
 Stops on SIGTERM or SIGINT: between rounds at once (exit 0); during an `up`, the engine gets one
 SIGINT (it finishes its steps in flight) and the watcher exits 130. Exit 2: bad arguments or
-config. The engine's environment is the operator's (PULUMI_BACKEND_URL or `pulumi login`,
+config, or a stack in sealer's HA layout (registry.local_registry.ha: every master serves and
+lvscare's VIP routes around a dead one; nothing to move). The engine's environment is the operator's (PULUMI_BACKEND_URL or `pulumi login`,
 PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE).
 """
 EPILOG = """\
@@ -603,7 +605,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Session(args) as session:
             session.out = sys.stderr
-            session.config
+            refuse_ha(session.config, NAME)
             one_watcher(session)
             session.images  # a missing image store refuses before any host is dialled
             session.engine.output = lambda line: print(f"engine: {line}", file=sys.stderr,

@@ -32,17 +32,21 @@ class ClusterNodeArgs:
     mirrors: list[str] = field(default_factory=list)
     # The hosts entry moves only once these are done (the new registry is up).
     after: list[pulumi.Resource] = field(default_factory=list)
+    # False in sealer's HA layout: the domain's hosts line is sealer's (a master's own IP, a
+    # node's lvscare VIP) and stays as it is.
+    maps_domain: bool = True
 
 
 def node_step(args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None) -> remote.Command:
-    """``node-<ip>``: ``configure-node.sh [--mirror IP]... DOMAIN MASTER0 [PORT]`` with the CA on
-    stdin. No delete command (see DeployHost): dropping a down host's step never dials it."""
+    """``node-<ip>``: ``configure-node.sh [--keep-hosts] [--mirror IP]... DOMAIN MASTER0 [PORT]``
+    with the CA on stdin. No delete command (see DeployHost): dropping a down host's step never dials it."""
+    keep = [] if args.maps_domain else ["--keep-hosts"]
     if args.ca_cert is None:
-        run = script_run("configure-node.sh", args.domain, args.master0)
+        run = script_run("configure-node.sh", *keep, args.domain, args.master0)
     else:
         mirrors = [a for ip in args.mirrors for a in ("--mirror", ip)]
-        run = script_run("configure-node.sh", *mirrors, args.domain, args.master0, str(args.port),
-                         data=args.ca_cert)
+        run = script_run("configure-node.sh", *keep, *mirrors, args.domain, args.master0,
+                         str(args.port), data=args.ca_cert)
     after = pulumi.ResourceOptions(depends_on=list(args.after))
     return host_step(HostStep.NODE.of(args.ip), args.access, args.ip, run,
                      opts=after if opts is None else opts.merge(after))

@@ -18,7 +18,7 @@ from topology import HostStep, Topology
 from .access import SshAccess
 from .cluster_node import ClusterNodeArgs, node_step
 from .deploy_host import DeployHost, DeployHostArgs, RootfsPayload, StoreSource
-from .records import RegistryRecords, RegistryRecordsArgs
+from .records import RegistryRecords, RegistryRecordsArgs, sealer_registry_info
 from .remote_scripts import host_step, script_run
 
 
@@ -64,8 +64,13 @@ class ClusterRegistry(pulumi.ComponentResource):
                 "domain": args.domain, "port": args.port, "username": args.username or "",
                 "insecure_mode": args.insecure, "master0": master0,
                 "deploy_hosts": list(layout.deploy_hosts), "distribution": layout.distribution,
-                "ca_fingerprint": m.ca_fingerprint or "", **args.extra_summary,
+                "ca_fingerprint": m.ca_fingerprint or "",
+                **({"ha": True} if layout.ha else {}), **args.extra_summary,
             },
+            sealer_info=sealer_registry_info(
+                domain=args.domain, port=args.port, username=args.username,
+                insecure=args.insecure, ha=layout.ha,
+                deploy_hosts=list(layout.deploy_hosts), master0=master0),
             registry_yml=m.registry_yml,
             ca_cert=m.ca_cert,
             cert=m.cert,
@@ -87,13 +92,15 @@ class ClusterRegistry(pulumi.ComponentResource):
                 data_sources=tuple(layout.data_sources(host.ip)),
                 after=(first.data,) if first is not None and first.data is not None else (),
             ), opts=child)
-        launch = self.deploy_hosts[master0].registry
+        # The registries that serve read-write: master0's; with ha, every live master's.
+        launches = [self.deploy_hosts[ip].registry for ip in layout.registries]
 
         self.nodes: dict[str, remote.Command] = {}
         for host in layout.live:
             self.nodes[host.ip] = node_step(ClusterNodeArgs(
                 ip=host.ip, domain=args.domain, port=args.port, master0=master0,
-                access=args.access, ca_cert=m.ca_cert, mirrors=layout.mirrors, after=[launch],
+                access=args.access, ca_cert=m.ca_cert, mirrors=layout.mirrors, after=launches,
+                maps_domain=host.hosts_entry(master0) is not None,
             ), opts=child)
 
         refs = [str(ref) for img in args.images for ref in img.refs]
@@ -101,15 +108,18 @@ class ClusterRegistry(pulumi.ComponentResource):
                          if args.password is not None else "")
         # The warm standbys too (TLS only): nodes fall back on them while master0 is dead.
         mirrors = [a for ip in layout.mirrors for a in ("--mirror", ip)] if m.tls else []
-        verify = script_run("verify-registry.sh", *mirrors, args.domain, str(args.port),
-                            "https" if m.tls else "http", args.username or "", master0,
-                            *refs, data=password_line)
+        # HA: every master's registry, one by one (by name, so sealer's DNS-only cert verifies);
+        # the domain resolves to the verifier's own IP or lvscare's VIP, not to master0 ("-").
+        each = [a for ip in layout.registries for a in ("--registry", ip)] if layout.ha else []
+        verify = script_run("verify-registry.sh", *mirrors, *each, args.domain, str(args.port),
+                            "https" if m.tls else "http", args.username or "",
+                            "-" if layout.ha else master0, *refs, data=password_line)
         self.verify = host_step(
             topology.VERIFY, args.access, layout.verifier, verify,
             # The material can change with nothing else in this command: verify again then.
             triggers=[payload.fingerprint],
             opts=child.merge(pulumi.ResourceOptions(depends_on=[
-                launch, *self.nodes.values(),
+                *launches, *self.nodes.values(),
                 *(d.registry for d in self.deploy_hosts.values()),
                 *(d.data for d in self.deploy_hosts.values() if d.data is not None)])))
 

@@ -26,8 +26,10 @@ def rootfs_files(material: RegistryMaterial, domain: str, read_only: bool = Fals
     """The files this program owns under the rootfs, by path relative to it; with ``read_only``
     the registry config of a warm standby (distribution's read-only mode on)."""
     config = read_only_registry_yml(material.registry_yml) if read_only else material.registry_yml
-    # sealer's init-registry.sh reads registry_config.yml; registry.yml is the seed's name.
-    files = {"etc/registry_config.yml": config, "etc/registry.yml": config}
+    # sealer's init-registry.sh reads registry_config.yml, and only that. etc/registry.yml is
+    # never written: in sealer v0.8 it is sealer's own settings file {ip, domain, port, username,
+    # password}, read on every sealer command (pkg/runtime/registry.go@v0.8.7).
+    files = {"etc/registry_config.yml": config}
     if material.htpasswd is not None:
         files["etc/registry_htpasswd"] = material.htpasswd
     if material.cert is not None and material.key is not None:
@@ -117,6 +119,11 @@ class DeployHostArgs:
 class DeployHost(pulumi.ComponentResource):
     """``deploy-<ip>``: ``rootfs-<ip>``, ``data-<ip>``, ``registry-launch|standby-<ip>``.
 
+    With ``registry.local_registry.ha`` every deploy host (a master) gets ``rootfs-<ip>`` and
+    ``registry-launch-<ip>`` only: its own read-write registry on the data sealer gave it,
+    launched only when it does not serve these files already (so sealer's registries keep
+    running after an adoption).
+
     ``registry-standby-<ip>`` stops the registry (cold) or, on a warm standby, launches it through
     the rootfs' init-registry.sh like master0's but on the read-only payload: the fingerprint
     differs from master0's, so a host that changes role (master0 moved, a revived old master0
@@ -144,8 +151,8 @@ class DeployHost(pulumi.ComponentResource):
         images = [image_hex(i) for i in host.images]
         self.data: local.Command | remote.Command | None = None
         self.data_after = list(args.after)  # what the data step waits for (tests read it)
-        fills = host.role is RegistryRole.LAUNCH and args.store is not None and host.holds_data
-        if host.holds_data and not fills:
+        fills = host.role is RegistryRole.LAUNCH and args.store is not None and host.copies_data
+        if host.copies_data and not fills:
             # Host to host: the step runs on this host and pulls over SSH (the cluster's key or
             # the source's password on stdin only; quiet step). Replicas run after master0's data
             # step; with an image store, master0's data changes with the refs: pull again then.

@@ -34,6 +34,29 @@ class RegistryRecordsArgs:
     key: pulumi.Input[str] | None       # secret Output
     htpasswd: pulumi.Input[str] | None  # secret Output
     application_json: str
+    # sealer's own keys of the `registry` value (`external`, `local`; see sealer_registry_info),
+    # kept in sealer's shape without the password.
+    sealer_info: dict | None = None
+
+
+def sealer_registry_info(*, domain: str, port: int, username: str | None, insecure: bool, ha: bool,
+                         deploy_hosts: list[str], master0: str) -> dict:
+    """sealer's `registry` value of ConfigMap kube-system/sealer-registry as sealer writes it
+    (RegistryInfo marshalled by go-yaml v3, which ignores json tags: lowercase field names,
+    pkg/registry/configurator.go@v0.11.0:27-36, pkg/cluster-runtime/installer.go:416-440),
+    without the password. deployhosts: every deploy host in HA, master0 only otherwise
+    (local.go@v0.11.0:58-66). The HA VIP is sealer's (env IPvsVIPv4) and not known to the
+    program: no `vip` key in HA, sealer's empty one otherwise."""
+    local: dict = {
+        "localregistry": {
+            "registryconfig": {"domain": domain, "port": port, "username": username or ""},
+            "ha": ha, "insecure": insecure, "cert": {"subjectaltname": None},
+        },
+        "deployhosts": list(deploy_hosts) if ha else [master0],
+    }
+    if not ha:
+        local["vip"] = ""
+    return {"external": None, "local": local}
 
 
 class RegistryRecords(pulumi.ComponentResource):
@@ -43,7 +66,9 @@ class RegistryRecords(pulumi.ComponentResource):
     with fixed names a replace would delete the object first and leave a window without it.
     Existing objects of the same name (an existing sealer cluster's ``sealer-registry``) are
     adopted (``upsert_existing_objects``); their plaintext ``registry`` key is overwritten with a
-    summary without the password.
+    summary without the password, next to sealer's own keys (``external``, ``local``) in sealer's
+    shape, so that what reads sealer's record (`adopt`, an operator) still finds the registry mode
+    and deploy hosts there.
     """
 
     def __init__(self, name: str, args: RegistryRecordsArgs,
@@ -62,9 +87,12 @@ class RegistryRecords(pulumi.ComponentResource):
         )
         on_cluster = pulumi.ResourceOptions(parent=self, provider=self.provider)
 
+        # The distribution config under the name of the rootfs file it is (registry_config.yml)
+        # only: a `registry.yml` key would hold it under the name of sealer v0.8's settings file
+        # ({ip, domain, port, username, password}, pkg/runtime/registry.go@v0.8.7), and whoever
+        # restores rootfs files from this ConfigMap by key would write it over sealer's.
         data = {
-            "registry": yaml.safe_dump(args.summary, sort_keys=True),
-            "registry.yml": args.registry_yml,
+            "registry": yaml.safe_dump({**args.summary, **(args.sealer_info or {})}, sort_keys=True),
             "registry_config.yml": args.registry_yml,
         }
         if args.ca_cert is not None:

@@ -325,11 +325,11 @@ def _directory_problem(path: Path) -> str | None:
 
 
 def _certificates_problem(path: Path) -> str | None:
-    from cryptography import x509
+    from material.certs import load_pem_certificates
 
     try:
         data = path.read_bytes()
-        if not x509.load_pem_x509_certificates(data):
+        if not load_pem_certificates(data):
             return "holds no PEM certificate"
     except OSError as e:
         return f"cannot be read: {e.strerror or e}"

@@ -17,16 +17,16 @@ from pydantic import Field, SecretStr, StrictBool, field_validator, model_valida
 
 from config.base import ConfigModel, duplicates, is_encrypted, raise_problems
 from config.scalars import DnsName, HostIP, NonEmptyStr, Port, RegistryUser, control_problem, show
+from material.certs import der_of, load_pem_certificate
 from material.registry_config import brought_config_problems
 
 def _pem_certificate(text: str):
-    from cryptography import x509
-
+    """The first certificate of ``text``; sealer's serial-0 CA-as-leaf loads quietly
+    (material.certs: no warning printed, a fallback parse if a cryptography release refuses it)."""
     try:
-        certs = x509.load_pem_x509_certificates(text.encode())
+        return load_pem_certificate(text)
     except ValueError:
         raise ValueError(f"{show(text)} is not a PEM certificate") from None
-    return certs[0]
 
 
 def _pem_private_key(text: str):
@@ -58,6 +58,11 @@ class LocalRegistry(ConfigModel):
     deploy_hosts: Optional[list[HostIP]] = None
     insecure_mode: StrictBool = False
     standby: Standby = Standby.COLD
+    # sealer's HA layout (its default since v0.9, pkg/registry/local.go@v0.11.0:148-237): a
+    # read-write registry on every master, masters map the domain to themselves, nodes to a
+    # node-local IPVS VIP kept by reg-lvscare. The program keeps the registries and the trust, and
+    # rewrites no hosts line (config/stack.py: ha_problems; topology.py: the roles).
+    ha: StrictBool = False
 
     @field_validator("deploy_hosts")
     @classmethod
@@ -109,7 +114,7 @@ class TlsConfig(ConfigModel):
             if cert_name in parsed and key_name in parsed:
                 if _public_der(parsed[cert_name].public_key()) != _public_der(parsed[key_name].public_key()):
                     problems.append((key_name, f"<secret> does not match the public key of {cert_name}"))
-        if "ca_cert" in parsed and "cert" in parsed and parsed["ca_cert"] != parsed["cert"]:
+        if "ca_cert" in parsed and "cert" in parsed and der_of(self.ca_cert) != der_of(self.cert):
             try:
                 parsed["cert"].verify_directly_issued_by(parsed["ca_cert"])
             except Exception:

@@ -93,6 +93,14 @@ class StackConfig(ConfigModel):
             )
             + endpoint_problems(self.kubernetes.endpoints, self.down_hosts)
             + standby_problems(self.distribution, self.registry.local_registry.standby)
+            + ha_problems(ha=self.registry.local_registry.ha,
+                          standby=self.registry.local_registry.standby,
+                          deploy_hosts=self.registry.local_registry.deploy_hosts,
+                          masters=self.cluster.masters,
+                          image_store=self.apps.image_store is not None)
+            + warm_cert_problems(self.registry.local_registry.standby,
+                                 self.registry.tls.cert if self.registry.tls else None,
+                                 self.deploy_hosts)
         )
         if self.kubernetes.cluster_identifier is None:
             self.kubernetes.cluster_identifier = self.cluster.name
@@ -116,7 +124,12 @@ class StackConfig(ConfigModel):
             deploy_hosts=valid_ips(deploy) if deploy is not None else None,
             host_keys=[ip for k in host_keys for ip in (valid_ips([k]) or [])],
             ssh_hosts=[ip for k in ssh_hosts for ip in (valid_ips([k]) or [])],
-        ) + standby_problems(data.get("distribution"), section(registry, "local_registry").get("standby"))
+        ) + standby_problems(data.get("distribution"), section(registry, "local_registry").get("standby")) + (
+            ha_problems(ha=True, standby=section(registry, "local_registry").get("standby"),
+                        deploy_hosts=valid_ips(deploy) if deploy is not None else None,
+                        masters=masters,
+                        image_store=section(data, "apps").get("image_store") is not None)
+            if section(registry, "local_registry").get("ha") is True else [])
 
     # -- derived views the program uses --------------------------------------------------------
     @property
@@ -130,8 +143,17 @@ class StackConfig(ConfigModel):
 
     @property
     def deploy_hosts(self) -> list[str]:
-        """Hosts that run a registry replica (default: master0 only)."""
-        return list(self.registry.local_registry.deploy_hosts or [self.master0])
+        """Hosts that hold the registry files and may run it (default: master0 only; with
+        ``registry.local_registry.ha`` every master, as sealer deploys its HA registry)."""
+        local = self.registry.local_registry
+        if local.deploy_hosts:
+            return list(local.deploy_hosts)
+        return list(self.cluster.masters) if local.ha else [self.master0]
+
+    @property
+    def ha(self) -> bool:
+        """sealer's HA registry layout (registry.local_registry.ha)."""
+        return self.registry.local_registry.ha
 
     @property
     def live_deploy_hosts(self) -> list[str]:
@@ -178,6 +200,63 @@ def standby_problems(distribution: object, standby: object) -> list[tuple[str, s
                  "warm needs distribution: pre (got distribution: post, where only master0 holds "
                  "the registry data and a warm standby would serve nothing)")]
     return []
+
+
+def ha_problems(*, ha: bool, standby: object, deploy_hosts: Optional[list[str]],
+                masters: list[str], image_store: bool) -> list[tuple[str, str]]:
+    """sealer's HA layout (pkg/registry/local.go@v0.11.0:148-237) runs a read-write registry on
+    every master and puts nodes behind lvscare's VIP: no warm standby (there is no read-only
+    replica to fall back on, every registry takes pushes), registries on masters only (sealer's
+    VIP's real servers are the masters), and no image store yet (each master serves sealer's own
+    data; filling or copying it between masters comes with the HA data issue)."""
+    if not ha:
+        return []
+    problems: list[tuple[str, str]] = []
+    if str(standby) == "warm":
+        problems.append(("registry.local_registry.standby",
+                         "warm cannot be combined with registry.local_registry.ha: true (got "
+                         "standby: warm, ha: true): in sealer's HA layout every master serves "
+                         "read-write and nodes pull through lvscare's VIP; use standby: cold, or "
+                         "ha: false for master0 plus read-only standbys"))
+    if deploy_hosts is not None and masters:
+        for i, ip in enumerate(deploy_hosts):
+            if ip not in masters:
+                problems.append((f"registry.local_registry.deploy_hosts[{i}]",
+                                 f"{ip} is not a master: with ha: true a registry runs on masters "
+                                 f"only, as sealer's HA layout does (masters: {', '.join(masters)})"))
+    if image_store:
+        problems.append(("apps.image_store",
+                         "is not supported with registry.local_registry.ha: true yet: every master "
+                         "serves its own registry data (sealer's), which the program neither fills "
+                         "nor copies; remove apps.image_store (and apps.cluster_image_id) or set "
+                         "ha: false"))
+    return problems
+
+
+def warm_cert_problems(standby: object, cert: Optional[str],
+                       deploy_hosts: list[str]) -> list[tuple[str, str]]:
+    """A warm standby is a mirror nodes reach as ``https://<ip>:<port>``: TLS verifies the IP
+    against the certificate's IP SANs (Go and containerd do not match an IP written as a DNS SAN,
+    which is how sealer writes them). The program's own leaf names every deploy host; a brought
+    ``registry.tls.cert`` must too. Every deploy host, not only today's standbys: a recovery
+    makes the old master0 a standby."""
+    if str(standby) != "warm" or not cert:
+        return []
+    from material import pki
+
+    try:
+        sans = pki.leaf_sans(cert)
+    except ValueError:
+        return []  # reported by the registry section
+    missing = [ip for ip in deploy_hosts if ip not in sans["ip"]]
+    if not missing:
+        return []
+    names = ", ".join([f"DNS:{d}" for d in sans["dns"]] + [f"IP:{a}" for a in sans["ip"]]) or "none"
+    return [("registry.tls.cert",
+             f"standby: warm serves the replicas by IP, and this certificate has no IP SAN for "
+             f"{', '.join(missing)} (its SANs: {names}); bring one that names every deploy host "
+             f"as an IP SAN, give registry.tls.ca_cert and ca_key instead (the program then "
+             f"issues a leaf that does), or use standby: cold")]
 
 
 def cross_problems(

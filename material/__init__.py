@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import htpasswd as _htpasswd
 from . import pki as _pki
+from .certs import der_of
 from .registry_config import brought_config_problems, render_registry_yml
 
 __all__ = ["RegistryMaterial", "build_material"]
@@ -26,8 +27,8 @@ class RegistryMaterial:
 
     ``ca_cert`` is what nodes trust (``certs.d/<domain>:<port>/ca.crt``); ``cert``/``key`` go to
     ``<rootfs>/certs/<domain>.crt|.key``; ``htpasswd`` to ``<rootfs>/etc/registry_htpasswd``;
-    ``registry_yml`` to ``<rootfs>/etc/registry_config.yml`` (read by sealer's init-registry.sh)
-    and ``<rootfs>/etc/registry.yml`` (the seed's name). ``ca_fingerprint`` is the sha256 hex of
+    ``registry_yml`` to ``<rootfs>/etc/registry_config.yml`` (read by sealer's init-registry.sh;
+    never to ``etc/registry.yml``, sealer v0.8's own settings file). ``ca_fingerprint`` is the sha256 hex of
     ``ca_cert`` (for status output and change detection).
     """
 
@@ -53,6 +54,8 @@ class RegistryMaterial:
 def _check_issued_by(cert_pem: str, ca_cert_pem: str) -> None:
     cert = _pki._load_cert(cert_pem, "registry.tls.cert")
     ca = _pki._load_cert(ca_cert_pem, "registry.tls.ca_cert")
+    if der_of(cert_pem) == der_of(ca_cert_pem):
+        return  # sealer's CA used as the server certificate: the same certificate
     try:
         cert.verify_directly_issued_by(ca)
     except Exception as exc:  # ValueError, TypeError or InvalidSignature

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from material.certs import der_of, load_pem_certificate
+
 __all__ = [
     "LEAF_KEY_INFO",
     "adopt",
@@ -44,11 +46,11 @@ _IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _load_cert(cert_pem: str, what: str = "certificate") -> x509.Certificate:
+    """The first certificate of ``cert_pem``; sealer's serial-0 CA loads quietly (material.certs)."""
     try:
-        certs = x509.load_pem_x509_certificates(cert_pem.encode())
+        return load_pem_certificate(cert_pem)
     except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"{what}: not a PEM X.509 certificate ({exc})") from None
-    return certs[0]
 
 
 def _load_key(key_pem: str, what: str = "private key"):
@@ -241,7 +243,7 @@ def issue_leaf(
     leaf_key_pem = derive_leaf_key(ca_key_pem)
     leaf_key = serialization.load_pem_private_key(leaf_key_pem.encode(), password=None)
     leaf_pub = leaf_key.public_key()
-    ca_der = ca_cert.public_bytes(serialization.Encoding.DER)
+    ca_der = der_of(ca_cert_pem)  # the file's bytes (a serial-0 CA may load re-encoded)
 
     try:
         ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -306,8 +308,10 @@ def leaf_sans(cert_pem: str) -> dict[str, list[str]]:
 
 
 def fingerprint(cert_pem: str) -> str:
-    """SHA-256 of the (first) certificate's DER, lowercase hex without separators."""
-    return _load_cert(cert_pem).fingerprint(hashes.SHA256()).hex()
+    """SHA-256 of the (first) certificate's DER as the PEM holds it, lowercase hex without
+    separators (the certificate's own fingerprint; checked to parse first)."""
+    _load_cert(cert_pem)
+    return hashlib.sha256(der_of(cert_pem)).hexdigest()
 
 
 def adopt(cert_pem: str, key_pem: str) -> tuple[str, str]:

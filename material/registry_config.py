@@ -1,6 +1,7 @@
 """Render the distribution (registry v2) configuration the program writes to
 ``<rootfs>/etc/registry_config.yml`` (the file sealer's ``init-registry.sh`` mounts into its
-registry container) and, with the same content, to ``<rootfs>/etc/registry.yml`` (the seed's name).
+registry container), and only there: ``<rootfs>/etc/registry.yml`` is sealer v0.8's own settings
+file ``{ip, domain, port, username, password}`` (pkg/runtime/registry.go@v0.8.7), never ours.
 
 sealer runs the registry in a container (``registry:2.7.1``) with these mounts:
 ``<VOLUME>`` → ``/var/lib/registry``, ``<rootfs>/certs`` → ``/certs``,

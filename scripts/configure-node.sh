@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Makes this host a client of the registry: with PORT, installs the registry CA (PEM on stdin) for
-# docker and containerd as the trust of DOMAIN:PORT; then maps DOMAIN to IP in /etc/hosts with
-# sealer's marker, removing every other mapping of DOMAIN (sealer's `#hostalias-set-by-sealer` /
-# `#hostalias-registry` lines included) and keeping other names. Each file is written only when
-# its content differs. Without PORT (insecure mode) there is nothing to trust.
+# docker and containerd as the trust of DOMAIN:PORT, unless a *.crt there already holds that
+# certificate (sealer's <domain>.crt is kept as it is, and no ca.crt is added beside it); then maps
+# DOMAIN to IP in /etc/hosts with sealer's marker, removing every other mapping of DOMAIN
+# (sealer's `#hostalias-set-by-sealer` / `#hostalias-registry` lines included) and keeping other
+# names; a file whose one mapping of DOMAIN already points at IP is kept as it is (marked or not).
+# Each file is written only when its content differs. Without PORT (insecure mode) there
+# is nothing to trust. --keep-hosts (sealer's HA layout) leaves /etc/hosts alone: there a master
+# maps DOMAIN to itself and a node to lvscare's VIP, both sealer's lines.
 # Each --mirror names a warm standby (a read-only registry on a replica of the data): containerd's
 # hosts.toml lists DOMAIN:PORT (master0, the only host that takes pushes) first, then each mirror
 # as https://MIRROR:PORT for pull and resolve, so a pull goes on when master0 does not answer.
-# Usage: configure-node.sh [--mirror IP]... DOMAIN IP [PORT] [HOSTS_FILE]
+# Usage: configure-node.sh [--keep-hosts] [--mirror IP]... DOMAIN IP [PORT] [HOSTS_FILE]
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
+fi
+if ! declare -F trust_file_in >/dev/null; then
+  # shellcheck source=lib/trust.sh
+  source "${BASH_SOURCE[0]%/*}/lib/trust.sh"
 fi
 
 WORK=""
@@ -27,14 +35,14 @@ readonly DIAL_TIMEOUT=2s
 # containerd tries the [host] tables in file order; the leaf certificate carries every deploy
 # host's IP as an IP SAN, so https://MIRROR:PORT verifies with the same CA.
 render_hosts_toml() {
-  local domain=$1 port=$2 mirror
+  local domain=$1 port=$2 ca=${3:-/etc/containerd/certs.d/$1:$2/ca.crt} mirror
   cat <<TOML
 server = "https://$domain:$port"
-ca = "/etc/containerd/certs.d/$domain:$port/ca.crt"
+ca = "$ca"
 
 [host."https://$domain:$port"]
   capabilities = ["pull", "resolve", "push"]
-  ca = "/etc/containerd/certs.d/$domain:$port/ca.crt"
+  ca = "$ca"
 TOML
   ((${#MIRRORS[@]})) || return 0
   printf '  dial_timeout = "%s"\n' "$DIAL_TIMEOUT"
@@ -43,19 +51,33 @@ TOML
 
 [host."https://$mirror:$port"]
   capabilities = ["pull", "resolve"]
-  ca = "/etc/containerd/certs.d/$domain:$port/ca.crt"
+  ca = "$ca"
   dial_timeout = "$DIAL_TIMEOUT"
 TOML
   done
 }
 
+# Prints the file of DIR that trusts the CA: one that already holds it, else ca.crt, written.
+install_trust() {
+  local dir=$1 kept
+  if kept=$(trust_file_in "$dir" "$WORK/ca.crt"); then
+    info "unchanged: $kept already holds the CA"
+    printf '%s
+' "$kept"
+    return 0
+  fi
+  put_file "$WORK/ca.crt" "$dir/ca.crt" 0644 >/dev/null
+  printf '%s
+' "$dir/ca.crt"
+}
+
 trust_ca() {
-  local domain=$1 port=$2
+  local domain=$1 port=$2 ca
   cat >"$WORK/ca.crt"
   grep -q 'BEGIN CERTIFICATE' "$WORK/ca.crt" || fatal "no PEM certificate on stdin"
-  render_hosts_toml "$domain" "$port" >"$WORK/hosts.toml"
-  put_file "$WORK/ca.crt" "/etc/docker/certs.d/$domain:$port/ca.crt" 0644 >/dev/null
-  put_file "$WORK/ca.crt" "/etc/containerd/certs.d/$domain:$port/ca.crt" 0644 >/dev/null
+  install_trust "/etc/docker/certs.d/$domain:$port" >/dev/null
+  ca=$(install_trust "/etc/containerd/certs.d/$domain:$port")
+  render_hosts_toml "$domain" "$port" "$ca" >"$WORK/hosts.toml"
   put_file "$WORK/hosts.toml" "/etc/containerd/certs.d/$domain:$port/hosts.toml" 0644 >/dev/null
 }
 
@@ -76,6 +98,22 @@ render_hosts() {
   ' "$file"
 }
 
+# Whether FILE maps DOMAIN on exactly one line, and to IP: then the file is left as it is, whatever
+# that line's marker (sealer v0.8 writes `<ip> <domain>` unmarked, pkg/runtime/registry.go@v0.8.7;
+# v0.9+ `#hostalias-set-by-sealer`), so a host sealer set up is not rewritten by the first `up`.
+maps_only_to() {
+  local file=$1 domain=$2 ip=$3
+  awk -v d="$domain" -v ip="$ip" '
+    {
+      body = $0; p = index(body, "#")
+      if (p > 0) body = substr(body, 1, p - 1)
+      n = split(body, f, " ")
+      for (i = 2; i <= n; i++) if (f[i] == d) { lines++; if (f[1] != ip) other = 1; break }
+    }
+    END { exit !(lines == 1 && !other) }
+  ' "$file"
+}
+
 # Renames into place where it can; a bind-mounted /etc/hosts (containers) refuses renames with
 # EBUSY, and there we rewrite the file in place, keeping its inode.
 replace_file() {
@@ -91,6 +129,10 @@ replace_file() {
 set_hosts() {
   local domain=$1 ip=$2 file=$3
   [[ -f "$file" ]] || : >"$file"
+  if maps_only_to "$file" "$domain" "$ip"; then
+    info "unchanged: $domain -> $ip"
+    return 0
+  fi
   render_hosts "$file" "$domain" "$ip" >"$WORK/hosts"
   if cmp -s "$WORK/hosts" "$file"; then
     info "unchanged: $domain -> $ip"
@@ -101,6 +143,11 @@ set_hosts() {
 }
 
 main() {
+  local keep_hosts=0
+  if [[ "${1:-}" == --keep-hosts ]]; then
+    keep_hosts=1
+    shift
+  fi
   while [[ "${1:-}" == --mirror ]]; do
     [[ "${2:-}" =~ ^[0-9a-fA-F.:]+$ ]] || fatal "--mirror needs an IP address, got '${2:-}'"
     MIRRORS+=("$2")
@@ -110,6 +157,10 @@ main() {
   WORK=$(mktemp -d)
   trap cleanup EXIT
   [[ -z "$port" ]] || trust_ca "$domain" "$port"
+  if ((keep_hosts)); then
+    info "kept: $file (its $domain line is sealer's in the HA layout)"
+    return 0
+  fi
   set_hosts "$domain" "$ip" "$file"
 }
 

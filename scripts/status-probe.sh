@@ -19,6 +19,8 @@ if ! declare -F info >/dev/null; then
   source "${BASH_SOURCE[0]%/*}/lib/replica.sh"
   # shellcheck source=lib/registry.sh
   source "${BASH_SOURCE[0]%/*}/lib/registry.sh"
+  # shellcheck source=lib/trust.sh
+  source "${BASH_SOURCE[0]%/*}/lib/trust.sh"
 fi
 
 # running when something answers /v2/ on the registry port (401 counts: auth is on).
@@ -59,23 +61,19 @@ resolved_address() {
   getent hosts "$domain" 2>/dev/null | awk '{ print $1; exit }' || true
 }
 
-# sha256 of a PEM file without blank lines and carriage returns (cli/probe.py hashes the
-# configured CA the same way), so a trailing newline does not count as a different CA.
-pem_digest() {
-  { grep -v '^[[:space:]]*$' "$1" || true; } | tr -d '\r' | sha256sum | cut -d' ' -f1
-}
-
-# ok: docker's and containerd's ca.crt both equal the configured CA.
+# ok: docker's and containerd's certs.d both hold the configured CA in a *.crt (the program's
+# ca.crt or sealer's <domain>.crt); differs: a directory has certificates, none of them it.
 ca_state() {
-  local domain=$1 port=$2 want=$3 file found=0 same=0
+  local domain=$1 port=$2 want=$3 dir found=0 same=0 crts
   if [[ "$want" == - ]]; then
     echo -
     return 0
   fi
-  for file in "/etc/docker/certs.d/$domain:$port/ca.crt" "/etc/containerd/certs.d/$domain:$port/ca.crt"; do
-    [[ -f "$file" ]] || continue
+  for dir in "/etc/docker/certs.d/$domain:$port" "/etc/containerd/certs.d/$domain:$port"; do
+    crts=("$dir"/*.crt)
+    [[ -f "${crts[0]}" ]] || continue
     found=$((found + 1))
-    if [[ "$(pem_digest "$file")" == "$want" ]]; then
+    if trust_file_with_digest "$dir" "$want" >/dev/null; then
       same=$((same + 1))
     fi
   done

@@ -11,13 +11,19 @@
 # Each --mirror is a warm standby that nodes' containerd tries after master0: over TLS verified by
 # the same CA at https://MIRROR:PORT, every tag must resolve to its digest there too, and a blob
 # upload must be refused (405: the registry is read-only).
-# Usage: verify-registry.sh [--mirror IP]... DOMAIN PORT SCHEME USERNAME MASTER0 REF...
+# Each --registry is a read-write registry of sealer's HA layout (one on every master): over TLS
+# by name (curl --resolve DOMAIN:PORT:IP, so sealer's certificate, which names only the domain,
+# verifies), every tag must resolve to its digest there. MASTER0 "-" (HA): the domain must resolve
+# here, to whatever sealer mapped it (this master, or lvscare's VIP on a node).
+# Usage: verify-registry.sh [--mirror IP]... [--registry IP]... DOMAIN PORT SCHEME USERNAME MASTER0 REF...
 #        (stdin: the password, if USERNAME)
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
   # shellcheck source=lib/containerd.sh
   source "${BASH_SOURCE[0]%/*}/lib/containerd.sh"
+  # shellcheck source=lib/trust.sh
+  source "${BASH_SOURCE[0]%/*}/lib/trust.sh"
 fi
 
 readonly ACCEPT="application/vnd.docker.distribution.manifest.v2+json,application/vnd.docker.distribution.manifest.list.v2+json,application/vnd.oci.image.manifest.v1+json,application/vnd.oci.image.index.v1+json"
@@ -29,6 +35,7 @@ WORK=""
 PASSWORD=""
 NAMESPACE_USED=0
 MIRRORS=()
+REGISTRIES=()
 
 cleanup() {
   ((NAMESPACE_USED == 0)) || empty_namespace
@@ -125,9 +132,14 @@ verify_with_containerd() {
 # The password goes into a curl config file (0600, removed on exit), never onto a command line.
 write_curl_config() {
   local cfg=$1 domain=$2 port=$3 scheme=$4 user=$5 pass=$PASSWORD
+  local dir="/etc/docker/certs.d/$domain:$port" ca crts
   : >"$cfg"
   if [[ "$scheme" == https ]]; then
-    printf 'cacert = "/etc/docker/certs.d/%s:%s/ca.crt"\n' "$domain" "$port" >>"$cfg"
+    # The program's ca.crt, else the one *.crt there (sealer's <domain>.crt).
+    ca="$dir/ca.crt"
+    crts=("$dir"/*.crt)
+    [[ -f "$ca" || ! -f "${crts[0]}" ]] || ca=${crts[0]}
+    printf 'cacert = "%s"\n' "$ca" >>"$cfg"
   fi
   if [[ -n "$user" ]]; then
     pass=${pass//\\/\\\\}
@@ -209,10 +221,39 @@ verify_mirrors() {
   echo "verified $# on ${#MIRRORS[@]} warm standbys (${MIRRORS[*]}): read-only, over TLS by IP"
 }
 
+# ------------------------------------------------------------------ HA: each master's registry
+
+# Every ref's manifest digest at each --registry, reached by name at its address.
+verify_registries() {
+  local domain=$1 port=$2 scheme=$3 user=$4 ip ref repo tag want got failed=0
+  shift 4
+  local cfg="$WORK/registries.cfg"
+  write_curl_config "$cfg" "$domain" "$port" "$scheme" "$user"
+  for ip in "${REGISTRIES[@]}"; do
+    printf 'resolve = "%s:%s:%s"\n' "$domain" "$port" "$ip" >"$cfg.$ip"
+    cat "$cfg" >>"$cfg.$ip"
+    wait_for_v2 "$cfg.$ip" "$scheme://$domain:$port"
+    for ref in "$@"; do
+      want=${ref##*@}
+      repo=${ref%@*}
+      tag=${repo##*:}
+      repo=${repo%:*}
+      got=$(manifest_digest "$cfg.$ip" "$scheme://$domain:$port/v2/$repo/manifests/$tag" || true)
+      if [[ "$got" != "$want" ]]; then
+        warn "registry on $ip: $repo:$tag resolves to '${got:-nothing}', expected $want"
+        failed=$((failed + 1))
+      fi
+    done
+  done
+  ((failed == 0)) || fatal "$failed problems on the registries of ${REGISTRIES[*]}"
+  info "the registries of ${REGISTRIES[*]} serve the $# images"
+  echo "verified $# on each of ${#REGISTRIES[@]} registries (${REGISTRIES[*]}), by name at each address"
+}
+
 main() {
-  while [[ "${1:-}" == --mirror ]]; do
-    [[ "${2:-}" =~ ^[0-9a-fA-F.:]+$ ]] || fatal "--mirror needs an IP address, got '${2:-}'"
-    MIRRORS+=("$2")
+  while [[ "${1:-}" == --mirror || "${1:-}" == --registry ]]; do
+    [[ "${2:-}" =~ ^[0-9a-fA-F.:]+$ ]] || fatal "$1 needs an IP address, got '${2:-}'"
+    if [[ "$1" == --mirror ]]; then MIRRORS+=("$2"); else REGISTRIES+=("$2"); fi
     shift 2
   done
   local domain=$1 port=$2 scheme=$3 user=$4 master0=$5 resolved
@@ -220,8 +261,12 @@ main() {
   umask 077
   WORK=$(mktemp -d)
   trap cleanup EXIT
-  resolved=$(getent hosts "$domain" | awk '{ print $1; exit }')
-  [[ "$resolved" == "$master0" ]] || fatal "$domain resolves to '${resolved:-nothing}' here, not to master0 $master0"
+  resolved=$(getent hosts "$domain" | awk '{ print $1; exit }' || true)
+  if [[ "$master0" == - ]]; then
+    [[ -n "$resolved" ]] || fatal "$domain resolves to nothing here"
+  else
+    [[ "$resolved" == "$master0" ]] || fatal "$domain resolves to '${resolved:-nothing}' here, not to master0 $master0"
+  fi
   if [[ -n "$user" ]]; then
     IFS= read -r PASSWORD || true
   fi
@@ -234,6 +279,9 @@ main() {
   fi
   if ((${#MIRRORS[@]})) && [[ "$scheme" == https ]]; then
     verify_mirrors "$domain" "$port" "$user" "$@"
+  fi
+  if ((${#REGISTRIES[@]})); then
+    verify_registries "$domain" "$port" "$scheme" "$user" "$@"
   fi
 }
 

@@ -59,7 +59,7 @@ class Lifecycle:
             ca = lab_env.lab.run(host, f"cat /etc/containerd/certs.d/{DOMAIN}:{PORT}/ca.crt").stdout
             assert ca == lab_env.ca[0]
         rootfs = lab_env.rootfs
-        modes = lab_env.lab.run(m0, f"stat -c '%a %n' {rootfs}/certs/{DOMAIN}.key {rootfs}/etc/registry_htpasswd {rootfs}/etc/registry.yml").stdout.split("\n")
+        modes = lab_env.lab.run(m0, f"stat -c '%a %n' {rootfs}/certs/{DOMAIN}.key {rootfs}/etc/registry_htpasswd {rootfs}/etc/registry_config.yml").stdout.split("\n")
         assert modes[0].startswith("600 ") and modes[1].startswith("600 ") and modes[2].startswith("644 ")
         assert registry_running(lab_env.lab, m0)
         assert not registry_running(lab_env.lab, lab_env.masters[1])
@@ -89,7 +89,8 @@ class Lifecycle:
         in the ConfigMaps or in `pulumi stack export`."""
         kube = Kube(lab_env.kubeconfig)
         cm = kube.configmap("sealer-registry")
-        assert {"registry", "registry.yml", "ca.crt", "tls.crt"} <= set(cm["data"])
+        assert {"registry", "registry_config.yml", "ca.crt", "tls.crt"} <= set(cm["data"])
+        assert "registry.yml" not in cm["data"]
         assert f"master0: {lab_env.masters[0]}" in cm["data"]["registry"]
         secret = kube.secret("sealer-registry")
         assert set(secret["data"]) == {"tls.key", "htpasswd"}

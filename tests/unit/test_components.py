@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 
 import pulumi
+import yaml
 import pytest
 
 from components.access import SshAccess
@@ -59,7 +60,7 @@ def make_args(ca, **overrides) -> ClusterRegistryArgs:
     """A valid 3-master, 4-node cluster; ``overrides`` replace single fields (the topology's
     master0, masters, nodes, deploy_hosts, down_hosts, distribution, standby included)."""
     layout = dict(master0=MASTERS[0], masters=MASTERS, nodes=NODES, deploy_hosts=MASTERS[:2],
-                  down_hosts=[], distribution=Distribution.PRE, standby="cold")
+                  down_hosts=[], distribution=Distribution.PRE, standby="cold", ha=False)
     for key in layout:
         if key in overrides:
             layout[key] = overrides.pop(key)
@@ -267,20 +268,21 @@ def test_secret_carrying_inputs_are_secret_outputs(ca):
 
 def test_rootfs_files_are_the_ones_sealers_init_registry_reads(ca):
     """etc/registry_config.yml (what sealer's init-registry.sh mounts as the registry's config)
-    and etc/registry.yml (the seed's name) hold the same config; the htpasswd and the cert pair
-    sit where that script mounts them from."""
+    holds the config; the htpasswd and the cert pair sit where that script mounts them from.
+    etc/registry.yml is never among them: in sealer v0.8 it is sealer's own settings file."""
     material = make_args(ca).material
     files = rootfs_files(material, "sea.hub")
-    assert set(files) == {"etc/registry_config.yml", "etc/registry.yml", "etc/registry_htpasswd",
+    assert set(files) == {"etc/registry_config.yml", "etc/registry_htpasswd",
                           "certs/sea.hub.crt", "certs/sea.hub.key"}
-    assert files["etc/registry_config.yml"] == files["etc/registry.yml"] == material.registry_yml
+    assert files["etc/registry_config.yml"] == material.registry_yml
     insecure = rootfs_files(make_args(ca, insecure=True).material, "sea.hub")
-    assert set(insecure) == {"etc/registry_config.yml", "etc/registry.yml", "etc/registry_htpasswd"}
+    assert set(insecure) == {"etc/registry_config.yml", "etc/registry_htpasswd"}
+    assert "etc/registry.yml" not in rootfs_files(material, "sea.hub", read_only=True)
 
 
 def test_records_hold_config_certs_and_history_but_no_secret(ca):
-    """ConfigMap sealer-registry: the registry config (under both file names), CA, leaf, summary
-    with master0 and deploy hosts;
+    """ConfigMap sealer-registry: the registry config (as registry_config.yml only: registry.yml
+    is sealer v0.8's settings file's name), CA, leaf, summary with master0 and deploy hosts;
     Secret sealer-registry: the key and htpasswd; sealer-apps: application.json."""
     args = make_args(ca)
     by_name = declare(args).by_name()
@@ -288,12 +290,19 @@ def test_records_hold_config_certs_and_history_but_no_secret(ca):
     assert cm["metadata"] == {"name": "sealer-registry", "namespace": "kube-system",
                               "labels": {"app.kubernetes.io/managed-by": "pulumi"},
                               "annotations": {"pulumi.com/patchForce": "true"}}
-    assert cm["data"]["registry.yml"] == args.material.registry_yml
+    assert "registry.yml" not in cm["data"]
     assert cm["data"]["registry_config.yml"] == args.material.registry_yml
     assert cm["data"]["ca.crt"] == args.material.ca_cert
     assert cm["data"]["tls.crt"] == args.material.cert
     assert "master0: 198.18.0.11" in cm["data"]["registry"]
     assert "password" not in cm["data"]["registry"]
+    # sealer's own keys, in its shape (go-yaml v3, lowercase), without the password.
+    sealer = yaml.safe_load(cm["data"]["registry"])
+    assert sealer["external"] is None
+    assert sealer["local"]["localregistry"] == {
+        "registryconfig": {"domain": "sea.hub", "port": 5000, "username": "admin"},
+        "ha": False, "insecure": False, "cert": {"subjectaltname": None}}
+    assert sealer["local"]["deployhosts"] == ["198.18.0.11"]
     secret = by_name["sealer-registry-secret"].inputs
     assert set(secret["stringData"]) == {"tls.key", "htpasswd"}
     apps = by_name["sealer-apps"].inputs

@@ -34,7 +34,7 @@ def rootfs_config(declared, ip: str) -> str:
     assert stdin.startswith(body)
     tar = tarfile.open(fileobj=io.BytesIO(base64.b64decode(stdin[len(body):])))
     files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}
-    assert files["etc/registry.yml"] == files["etc/registry_config.yml"]
+    assert "etc/registry.yml" not in files
     return files["etc/registry_config.yml"]
 
 
@@ -245,3 +245,56 @@ def test_the_verification_checks_the_warm_standbys_and_not_cold_ones(ca):
     assert warm.startswith(f"bash -s -- --mirror {MASTERS[1]} --mirror {MASTERS[2]} sea.hub 5000 https admin {MASTERS[0]} ")
     cold = declare(make_args(ca, deploy_hosts=MASTERS)).by_name()["registry-verify"].inputs["create"]
     assert cold.startswith(f"bash -s -- sea.hub 5000 https admin {MASTERS[0]} ")
+
+
+# ------------------------------------------------------- warm standby with a brought certificate
+
+
+def brought(ips: list[str]) -> dict:
+    """registry.tls {cert, key}: a leaf naming ``ips`` as IP SANs (plus the domain, localhost and
+    loopback, as the program's own leaf)."""
+    ca_cert, ca_key = pki.generate_ca()
+    cert, key = pki.issue_leaf(ca_cert, ca_key, "sea.hub", ips)
+    return {"cert": cert, "key": key}
+
+
+def warm_values(tls: dict) -> dict:
+    values = render()
+    values["registry"]["local_registry"]["standby"] = "warm"
+    values["registry"]["tls"] = tls
+    return values
+
+
+def test_warm_standby_with_a_brought_cert_naming_every_deploy_host_is_accepted():
+    config = load(warm_values(brought(["198.18.0.11", "198.18.0.12"])))
+    assert str(config.registry.local_registry.standby) == "warm"
+
+
+def test_warm_standby_with_a_brought_cert_without_the_replicas_ips_is_refused_offline():
+    """Nodes reach a warm standby as https://<ip>:<port>: the cert must name it as an IP SAN;
+    the message names the field and every missing IP."""
+    found = problems(warm_values(brought(["198.18.0.11"])))
+    hits = [p for p in found if p.startswith("error: registry.tls.cert: standby: warm serves the "
+                                             "replicas by IP")]
+    assert len(hits) == 1, found
+    assert "no IP SAN for 198.18.0.12 " in hits[0] and "IP:198.18.0.11" in hits[0]
+
+
+def test_warm_standby_refuses_sealer_s_dns_only_certificate(tmp_path):
+    """sealer's CA-as-leaf (serial 0, SAN DNS:sea.hub only) cannot serve replicas by IP."""
+    from tests.unit.test_certs_serial0 import sealer_cert
+
+    cert, key = sealer_cert(tmp_path)
+    found = problems(warm_values({"cert": cert, "key": key}))
+    assert any(p.startswith("error: registry.tls.cert: standby: warm") and
+               "198.18.0.11, 198.18.0.12" in p and "DNS:sea.hub" in p for p in found), found
+    cold = render()
+    cold["registry"]["tls"] = {"cert": cert, "key": key}
+    assert str(load(cold).registry.local_registry.standby) == "cold"  # cold is fine
+
+
+def test_warm_standby_with_the_program_s_own_leaf_needs_no_check():
+    """ca_cert + ca_key: the program issues a leaf naming every deploy host."""
+    values = render()
+    values["registry"]["local_registry"]["standby"] = "warm"
+    assert str(load(values).registry.local_registry.standby) == "warm"
