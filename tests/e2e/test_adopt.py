@@ -39,7 +39,11 @@ def stack_name(flavour: str) -> str:
     return "e2e-adopt-" + flavour.replace(".", "").replace("-", "")
 
 
-STACKS = (*map(stack_name, FLAVOURS), OPS_STACK, PASSWORD_STACK)
+def recover_stack(flavour: str) -> str:
+    return stack_name(flavour) + "-recover"
+
+
+STACKS = (*map(stack_name, FLAVOURS), *map(recover_stack, FLAVOURS), OPS_STACK, PASSWORD_STACK)
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -140,7 +144,7 @@ def test_the_adopted_stack_recovers_onto_a_replica_of_sealers_data(lab_env, cp, 
     real on the docker node and the containerd node with sealer's login and trust."""
     lab = lab_env.lab
     sealer = make(lab_env, cp, flavour)
-    name = stack_name(flavour)
+    name = recover_stack(flavour)
     adopt_and_up(lab_env, sealer, engine, name)
     m0, new = sealer.master0, sealer.masters[1]
     lab.kill(m0)
