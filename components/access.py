@@ -69,10 +69,18 @@ class SshAccess:
             per_dial_timeout=PER_DIAL_TIMEOUT_S,
         )
 
+    def _one_login_is_password(self, ip: str) -> bool:
+        """Where one secret must do (sync-data.sh, fill-from-store.sh): the host's own password,
+        else the cluster key, else the cluster password. sealer keeps both key and passwd and an
+        adopted stack does too; the key goes first (a passwd in a Clusterfile goes stale)."""
+        if ip in self.passwords:
+            return True
+        return self.private_key is None and self.password is not None
+
     def rsync_flags(self, ip: str) -> list[str]:
         """Flags of ``scripts/sync-data.sh`` for ``ip``; the key, or the host's password, goes
         on its stdin (``rsync_secret``)."""
-        flags = ["--password-stdin" if self.password_for(ip) is not None else "--key-stdin"]
+        flags = ["--password-stdin" if self._one_login_is_password(ip) else "--key-stdin"]
         if self.user_for(ip) != "root":
             flags.append("--sudo")
         if ip in self.host_keys:
@@ -83,8 +91,7 @@ class SshAccess:
 
     def rsync_secret(self, ip: str) -> pulumi.Input[str]:
         """What ``rsync_flags`` says goes on sync-data.sh's stdin."""
-        password = self.password_for(ip)
-        secret = password if password is not None else self.private_key
+        secret = self.password_for(ip) if self._one_login_is_password(ip) else self.private_key
         assert secret is not None, f"no SSH key or password for {ip}"
         return secret
 

@@ -15,7 +15,8 @@
 #   --generation: what the program knows of the source's content (a digest of the image-store
 #     images master0 gets); unused here, a change only makes the engine run the step again.
 # stdin: credentials, one per line (never argv or the environment): "key <base64 private key>",
-#   "password <ip> <base64 password>" (a source with a password logs in with it).
+#   "password <ip> <base64 password>" (a source with a password logs in with it; the key, when
+#   there is one too, is offered first).
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
@@ -50,8 +51,14 @@ ssh_command() {
   if [[ -f "$WORK/password-$ip" ]]; then
     printf '#!/bin/sh\nexec cat %q\n' "$WORK/password-$ip" >"$WORK/askpass-$ip"
     chmod 0700 "$WORK/askpass-$ip"
-    cmd+=(-o BatchMode=no -o "PreferredAuthentications=keyboard-interactive,password"
-      -o NumberOfPasswordPrompts=1 -o PubkeyAuthentication=no)
+    # The key first when there is one, as sealer tries both: a stale password must not lock us out.
+    if [[ -f "$WORK/id" ]]; then
+      cmd+=(-i "$WORK/id" -o IdentitiesOnly=yes
+        -o "PreferredAuthentications=publickey,keyboard-interactive,password")
+    else
+      cmd+=(-o "PreferredAuthentications=keyboard-interactive,password" -o PubkeyAuthentication=no)
+    fi
+    cmd+=(-o BatchMode=no -o NumberOfPasswordPrompts=1)
   else
     [[ -f "$WORK/id" ]] || fatal "no SSH key or password on stdin for $ip"
     cmd+=(-o BatchMode=yes -i "$WORK/id" -o IdentitiesOnly=yes)

@@ -193,3 +193,14 @@ def test_the_engine_and_rsync_log_in_with_a_hosts_password():
     assert access.rsync_secret("198.18.0.21") == "pw-21"
     keyed = SshAccess(user="root", port=22, private_key="key")
     assert (keyed.rsync_flags("198.18.0.11")[0], keyed.rsync_secret("198.18.0.11")) == ("--key-stdin", "key")
+
+
+def test_one_secret_is_the_key_where_the_cluster_has_both_key_and_password():
+    """sealer keeps both pk and passwd (and tries both); where one secret must do, the key goes
+    first: a passwd left stale in a Clusterfile must not lock the program out."""
+    from components.access import SshAccess
+
+    both = SshAccess(user="root", port=22, private_key="key", password="pw-0")
+    assert (both.rsync_flags("198.18.0.11")[0], both.rsync_secret("198.18.0.11")) == ("--key-stdin", "key")
+    only = SshAccess(user="root", port=22, private_key=None, password="pw-0")
+    assert (only.rsync_flags("198.18.0.11")[0], only.rsync_secret("198.18.0.11")) == ("--password-stdin", "pw-0")
