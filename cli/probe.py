@@ -91,9 +91,12 @@ def parse_stamp(text: str) -> dict | None:
 def ca_digest(config: StackConfig) -> str:
     """sha256 of the configured CA certificate as the program installs it on hosts, or '-'."""
     tls = config.registry.tls
-    if config.registry.local_registry.insecure_mode or tls is None or tls.ca_cert is None:
+    if config.registry.local_registry.insecure_mode or tls is None:
         return "-"
-    return pem_digest(tls.ca_cert)
+    # A brought cert without ca_cert (an adopted sealer cluster: its CA is the server cert) is
+    # what the nodes trust.
+    trusted = tls.ca_cert if tls.ca_cert is not None else tls.cert
+    return "-" if trusted is None else pem_digest(trusted)
 
 
 def pem_digest(text: str) -> str:

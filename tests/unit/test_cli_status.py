@@ -201,6 +201,19 @@ def test_pem_digest_ignores_trailing_newlines_and_crlf():
     assert ca_digest(make_config()) == pem_digest(CA_CERT)
 
 
+def test_the_trust_checked_for_a_brought_cert_without_a_ca_is_the_cert_itself():
+    """An adopted sealer cluster brings its CA-as-server-cert and no ca_cert: the nodes trust that
+    cert, so status checks their trust against it (not '-', which checked nothing)."""
+    from material import pki
+
+    cert, key = pki.generate_ca()
+    config = make_config()
+    config = config.model_copy(update={"registry": config.registry.model_copy(update={
+        "tls": config.registry.tls.model_copy(update={"ca_cert": None, "ca_key": None,
+                                                      "cert": cert, "key": key})})})
+    assert ca_digest(config) == pem_digest(cert) != "-"
+
+
 # -- the probe script itself, run locally (bash, no SSH) ---------------------------------------
 
 
