@@ -293,15 +293,11 @@ def application_log(extensions: list[ImageExtension]) -> str:
 
 
 def split_application_log(text: str) -> list[dict]:
-    """The objects of an application log, as json.Decoder would read them one after another."""
-    decoder, out, i = json.JSONDecoder(), [], 0
-    while True:
-        while i < len(text) and text[i].isspace():
-            i += 1
-        if i == len(text):
-            return out
-        obj, i = decoder.raw_decode(text, i)
-        out.append(obj)
+    """The objects of an application log, as json.Decoder would read them one after another (the
+    reader `adopt` uses: cli/sealer_log.py)."""
+    from cli.sealer_log import split_log
+
+    return split_log(text)
 
 
 # -- Clusterfile -----------------------------------------------------------------------------------

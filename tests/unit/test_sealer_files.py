@@ -96,7 +96,9 @@ def test_the_application_log_is_go_json_appended_without_separator():
 
 
 def test_split_application_log_refuses_garbage():
-    with pytest.raises(json.JSONDecodeError):
+    from cli.sealer_log import HistoryError
+
+    with pytest.raises(HistoryError, match="object 2"):
         sf.split_application_log('{"a": 1}x')
 
 
