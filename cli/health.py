@@ -79,7 +79,8 @@ def short_age(seconds: int) -> str:
 
 
 # containerd states that are fine: it reads certs.d, or the kubelet does not pull through it.
-CONTAINERD_OK = {"certs.d", "no-cri", "-"}
+# docker-certs.d: basefs' containerd reads /etc/docker/certs.d, where the CA is written too.
+CONTAINERD_OK = {"certs.d", "docker-certs.d", "no-cri", "-"}
 CONTAINERD_CERTS_D = "/etc/containerd/certs.d"
 CONTAINERD_WHY = {
     "unset": "its CRI config_path is unset",

@@ -3,6 +3,9 @@
 # does a daemon answer, and does its CRI plugin (what the kubelet pulls with) read certs.d.
 
 CONTAINERD_CERTS_D=/etc/containerd/certs.d
+# basefs' containerd config (context/containerd/rootfs/etc/dump-config.toml@main) points the CRI at
+# docker's directory, where sealer and the program also put the registry's CA.
+DOCKER_CERTS_D=/etc/docker/certs.d
 CONTAINERD_DEFAULT_CONFIG=/etc/containerd/config.toml
 
 # The containerd client can reach a daemon on the default socket within a few seconds.
@@ -72,6 +75,8 @@ changed_since_start() {
 
 # One word on whether the containerd that serves the CRI on this host reads $CONTAINERD_CERTS_D:
 #   certs.d    its CRI plugin's config_path holds it, and its config is not newer than the daemon
+#   docker-certs.d  config_path is $DOCKER_CERTS_D (sealer's basefs nodes): the CA is found there;
+#              containerd's hosts.toml (mirrors) under $CONTAINERD_CERTS_D is not read
 #   unset      config_path is empty: the CRI plugin ignores certs.d (pulls through the domain fail x509)
 #   elsewhere:<path>  config_path names other directories
 #   stale      a config file changed after the daemon started: it may run another config (restart it)
@@ -115,6 +120,12 @@ containerd_certs_d_state() {
   for part in ${path//:/ }; do
     if [[ "${part%/}" == "$CONTAINERD_CERTS_D" ]]; then
       echo certs.d
+      return 0
+    fi
+  done
+  for part in ${path//:/ }; do
+    if [[ "${part%/}" == "$DOCKER_CERTS_D" ]]; then
+      echo docker-certs.d
       return 0
     fi
   done

@@ -245,3 +245,17 @@ def test_status_probe_tells_whether_containerd_reads_certs_d(lab, served):
         lab.start_containerd(CLIENT)
     assert probe(lab).containerd == "certs.d"
     assert probe(lab, SERVER).containerd == "certs.d"  # masters run the runtime too
+
+
+def test_status_probe_accepts_basefs_containerd_reading_docker_certs_d(lab, served):
+    """sealer's basefs runs containerd with `config_path = "/etc/docker/certs.d/"`: the CA sealer
+    and the program write there is what its CRI trusts, so the probe says docker-certs.d (fine),
+    not elsewhere."""
+    from lab import runtimes
+
+    try:
+        runtimes.containerd_basefs(lab, CLIENT)
+        assert probe(lab).containerd == "docker-certs.d"
+    finally:
+        runtimes.containerd_lab_default(lab, CLIENT)
+    assert probe(lab).containerd == "certs.d"

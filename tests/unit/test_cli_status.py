@@ -116,7 +116,7 @@ def test_second_registry_wrong_mapping_and_ca_are_problems():
     assert any(p.startswith(f"{M3}: CA trust absent") for p in problems)
 
 
-@pytest.mark.parametrize("state", ["certs.d", "no-cri", "-"])
+@pytest.mark.parametrize("state", ["certs.d", "docker-certs.d", "no-cri", "-"])
 def test_containerd_that_reads_certs_d_or_serves_no_cri_is_fine(state):
     """certs.d: the CRI trusts the CA; no-cri / -: the kubelet does not pull through containerd."""
     probes = healthy_probes()
