@@ -278,10 +278,6 @@ def test_a_containerd_node_pulls_through_the_domain(small_lab, sealer):
     HA the node's domain is the VIP (lab/vip.py), so the pull needs it."""
     state, gen = sealer
     node = next(ip for ip in state.nodes if state.runtimes[ip] == "containerd-basefs")
-    if state.flavour is Flavour.V011_HA:
-        from lab.sealer_state import _vip_module
-        if _vip_module() is None:
-            pytest.skip("lab/vip.py (the rt helper's VIP) is not on this branch yet")
     for ref in refs_of(gen):
         got = pull(small_lab, state, node, f"{ref['repository']}:{ref['tag']}")
         assert got.ok and got.digest == ref["digest"], got.stderr[-2000:]
@@ -299,12 +295,7 @@ def test_a_master_pulls_from_its_own_registry(small_lab, sealer):
 def test_a_docker_node_pulls_through_the_domain(small_lab, sealer):
     state, gen = sealer
     docker_nodes = [ip for ip in state.nodes if state.runtimes[ip] == "docker"]
-    if not docker_nodes:
-        pytest.skip("lab/docker.py (the rt helper's dockerd) is not on this branch yet")
-    if state.flavour is Flavour.V011_HA:
-        from lab.sealer_state import _vip_module
-        if _vip_module() is None:
-            pytest.skip("lab/vip.py (the rt helper's VIP) is not on this branch yet")
+    assert docker_nodes, state.runtimes
     ref = refs_of(gen)[0]
     got = pull(small_lab, state, docker_nodes[0], f"{ref['repository']}:{ref['tag']}")
     assert got.ok and got.digest == ref["digest"], got.stderr[-2000:]
@@ -364,12 +355,11 @@ def adopted_material(state, registry_config: str | None):
                           registry_config=registry_config)
 
 
+@pytest.mark.parametrize("sealer", [Flavour.V011.value], indirect=True)
 def test_launch_keeps_sealers_registry_when_it_serves_the_adopted_material(small_lab, sealer):
     """(v0.11) sealer's cert, key, htpasswd and registry config brought as they are: the files on
     master0 stay byte-identical and the launch step keeps sealer's registry (same pid)."""
     state, _ = sealer
-    if state.flavour is not Flavour.V011:
-        pytest.skip("the program's launch step on sealer's files is checked on the v0.11 flavour")
     before = registry_pid(small_lab, state.master0)
     files = {p: small_lab.run(state.master0, f"stat -c '%i %Y' {state.rootfs}/{p}").stdout
              for p in ("etc/registry_config.yml", "etc/registry_htpasswd", f"certs/{state.domain}.crt")}
