@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reads and rewrites sealer's own Clusterfile on this host, for `recover`/`watch` (cli/sealer_state.py):
+# Reads and rewrites sealer's own Clusterfile on this host, for `recover`/`watch` (cli/sealer_clusterfile.py):
 # after a recovery it must name the new master0 first. The edit itself is made by the CLI; this
 # script only lists the files and replaces one, and only when it still holds what was read.
 # Usage: sealer-clusterfile.sh read NAME

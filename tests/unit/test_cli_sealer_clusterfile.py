@@ -1,4 +1,4 @@
-"""cli/sealer_state.py: after a recovery sealer's Clusterfile names the new master0 first, and
+"""cli/sealer_clusterfile.py: after a recovery sealer's Clusterfile names the new master0 first, and
 nothing else in it changes. The expected texts are the inputs with only the expected lines moved
 (string surgery on the original, never a re-marshal), so any other changed byte fails."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cli import sealer_state
+from cli import sealer_clusterfile
 from cli.clusterfile import ClusterfileError, parse_clusterfile
-from cli.sealer_state import master0_first, masters_of
+from cli.sealer_clusterfile import master0_first, masters_of
 from lab import sealer_files as sf
 from lab.sealer_files import Flavour
 
@@ -181,39 +181,39 @@ class FakeApi:
 
 def test_the_configmap_is_put_back_with_its_resource_version_and_only_the_key_changed(monkeypatch):
     api = FakeApi(V011_CM)
-    monkeypatch.setattr(sealer_state, "_request", api)
-    got = sealer_state.update_configmap("https://10.0.0.12:6443", None, "10.0.0.12")
+    monkeypatch.setattr(sealer_clusterfile, "_request", api)
+    got = sealer_clusterfile.update_configmap("https://10.0.0.12:6443", None, "10.0.0.12")
     assert got.state == "updated"
     assert api.puts[0]["metadata"]["resourceVersion"] == "7"
     assert api.obj["data"]["Clusterfile"] == swap(V011_CM, "    - 10.0.0.11\n", "    - 10.0.0.12\n")
-    again = sealer_state.update_configmap("https://10.0.0.12:6443", None, "10.0.0.12")
+    again = sealer_clusterfile.update_configmap("https://10.0.0.12:6443", None, "10.0.0.12")
     assert again.state == "unchanged" and len(api.puts) == 1
 
 
 def test_a_conflicting_edit_is_reread_not_overwritten(monkeypatch):
     api = FakeApi(V011_CM, conflicts=1)
-    monkeypatch.setattr(sealer_state, "_request", api)
-    got = sealer_state.update_configmap("https://10.0.0.12:6443", None, "10.0.0.12")
+    monkeypatch.setattr(sealer_clusterfile, "_request", api)
+    got = sealer_clusterfile.update_configmap("https://10.0.0.12:6443", None, "10.0.0.12")
     assert got.state == "updated" and len(api.puts) == 2
     assert api.puts[1]["metadata"]["resourceVersion"] == "8"
 
 
 def test_endless_conflicts_fail_after_a_bounded_number_of_tries(monkeypatch):
     api = FakeApi(V011_CM, conflicts=99)
-    monkeypatch.setattr(sealer_state, "_request", api)
-    got = sealer_state.update_configmap("https://x:6443", None, "10.0.0.12")
-    assert got.state == "failed" and len(api.puts) == sealer_state.PUT_ATTEMPTS
+    monkeypatch.setattr(sealer_clusterfile, "_request", api)
+    got = sealer_clusterfile.update_configmap("https://x:6443", None, "10.0.0.12")
+    assert got.state == "failed" and len(api.puts) == sealer_clusterfile.PUT_ATTEMPTS
 
 
 def test_no_configmap_is_absent_not_a_failure(monkeypatch):
-    monkeypatch.setattr(sealer_state, "_request", FakeApi(None))
-    assert sealer_state.update_configmap("https://x:6443", None, "10.0.0.12").state == "absent"
+    monkeypatch.setattr(sealer_clusterfile, "_request", FakeApi(None))
+    assert sealer_clusterfile.update_configmap("https://x:6443", None, "10.0.0.12").state == "absent"
 
 
 def test_a_configmap_not_listing_the_new_master0_fails_naming_it(monkeypatch):
     api = FakeApi(V011_CM)
-    monkeypatch.setattr(sealer_state, "_request", api)
-    got = sealer_state.update_configmap("https://x:6443", None, "10.0.0.77")
+    monkeypatch.setattr(sealer_clusterfile, "_request", api)
+    got = sealer_clusterfile.update_configmap("https://x:6443", None, "10.0.0.77")
     assert got.state == "failed" and "10.0.0.77" in got.detail and not api.puts
 
 
@@ -238,17 +238,17 @@ class FakeHost:
 
 def test_host_files_are_rewritten_once_and_left_alone_after():
     host = FakeHost({"/root/.sealer/Clusterfile": V011, "/root/.sealer/lab/Clusterfile": V08})
-    got = sealer_state.update_host_files(host, "10.0.0.12", "lab", "10.0.0.12")
+    got = sealer_clusterfile.update_host_files(host, "10.0.0.12", "lab", "10.0.0.12")
     assert [o.state for o in got] == ["updated", "updated"]
     assert host.files["/root/.sealer/Clusterfile"] == master0_first(V011, "10.0.0.12")
     writes = len(host.calls)
-    again = sealer_state.update_host_files(host, "10.0.0.12", "lab", "10.0.0.12")
+    again = sealer_clusterfile.update_host_files(host, "10.0.0.12", "lab", "10.0.0.12")
     assert [o.state for o in again] == ["unchanged", "unchanged"] and len(host.calls) == writes + 1
 
 
 def test_a_host_file_that_cannot_be_edited_is_reported_failed_and_not_written():
     host = FakeHost({"/root/.sealer/Clusterfile": V011})
-    got = sealer_state.update_host_files(host, "10.0.0.12", "lab", "10.0.0.99")
+    got = sealer_clusterfile.update_host_files(host, "10.0.0.12", "lab", "10.0.0.99")
     assert got[0].state == "failed" and "10.0.0.99" in got[0].detail
     assert [c[0] for c in host.calls] == ["read"]
 
@@ -257,5 +257,5 @@ def test_an_unreachable_host_is_a_failure_with_ssh_s_line():
     def run(ip, *args, data=None):
         return subprocess.CompletedProcess([], 255, "", "ssh: connect to host 10.0.0.13 port 22: "
                                                         "Connection refused\n")
-    got = sealer_state.update_host_files(run, "10.0.0.13", "lab", "10.0.0.12")
+    got = sealer_clusterfile.update_host_files(run, "10.0.0.13", "lab", "10.0.0.12")
     assert got[0].state == "failed" and "Connection refused" in got[0].detail

@@ -42,7 +42,7 @@ import json
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import Callable
 from urllib.parse import urlsplit
 
 import yaml
@@ -314,14 +314,14 @@ def update_host_files(run: Callable[..., "object"], ip: str, name: str,
     return outcomes
 
 
-def update(session, master0: str, out: TextIO) -> Report:
-    """After `up` verified a recovery: the ConfigMap through the records' apiserver, then every
-    live host's Clusterfiles over SSH. Hosts in down_hosts are never dialled."""
+def update(session, config, master0: str) -> Report:
+    """After `up` verified a recovery (``config``: the stack config `up` applied): the ConfigMap
+    through the apiserver the records go through, then every live host's Clusterfiles over SSH.
+    Hosts in down_hosts are never dialled."""
     from cli import apiserver
     from components.remote_scripts import script_run
     import kubeapi
 
-    config = session.config
     report = Report()
     endpoint = kubeapi.choose(config)
     text, base = apiserver.kubeconfig_text(session)
@@ -341,7 +341,4 @@ def update(session, master0: str, out: TextIO) -> Report:
     for ip in [*config.cluster.masters, *config.cluster.nodes]:
         if ip not in down:
             report.outcomes.extend(update_host_files(run, ip, config.cluster.name, master0))
-    print("sealer's Clusterfile (master0 first):", file=out)
-    for outcome in report.outcomes:
-        print(f"  {outcome.line()}", file=out)
     return report
