@@ -32,6 +32,9 @@ read_files() {
   done < <(candidates "$name")
 }
 
+# The EXIT trap runs after write_file returned: the temp file's name must outlive its locals.
+TMP_FILE=""
+
 write_file() {
   local name=$1 path=$2 expected=$3 tmp current
   if ! candidates "$name" | grep -qxF -- "$path"; then
@@ -39,7 +42,8 @@ write_file() {
   fi
   [[ -f "$path" ]] || fatal "$path is gone since it was read"
   tmp=$(mktemp "${path%/*}/.Clusterfile.sealer-registry.XXXXXX")
-  trap 'rm -f "$tmp"' EXIT
+  TMP_FILE=$tmp
+  trap 'rm -f -- "$TMP_FILE"' EXIT
   cat > "$tmp"
   if cmp -s "$tmp" "$path"; then
     info "unchanged: $path"
