@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-from cli import apiserver
+from cli import apiserver, sealer_clusterfile
 from cli.change import (Change, Outcome, Result, Timer, apply_change, failure, finish,
                         health_summary_json, plan_json, preflight_probe)
-from cli.common import (CliError, add_json_argument, add_ssh_key_argument, add_stack_arguments,
-                        guarded, parse_ip, print_json)
+from cli.common import (EXIT_DEGRADED, CliError, add_json_argument, add_ssh_key_argument,
+                        add_stack_arguments, guarded, parse_ip, print_json)
 from cli.change import PREFLIGHT_TIMEOUT_S
 from cli.probe import HostProbe, complete_images, probe_command, probe_hosts
 from cli.session import Session
@@ -36,6 +37,11 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
 3. Asks for confirmation (unless --yes), runs `pulumi up` with one line per step, then probes
    every live host as `status` does.
 4. Prints old and new master0, nodes repointed, images verified and the time of each phase.
+5. Once verified, makes sealer's own Clusterfile name NEW first (sealer takes the first master as
+   master0 in its next scale-up, run and delete): the ConfigMap kube-system/sealer-clusterfile
+   through the same apiserver (a PUT at the resourceVersion read), and ~root/.sealer/Clusterfile
+   and ~root/.sealer/<name>/Clusterfile on every live host holding one. Only the host order
+   changes, byte for byte; a file already naming NEW first is not written.
 
 --json prints one object on stdout when the command ends (the progress goes to stderr):
   command "recover", stack, exit_code, error (null, or why it failed; a refusal or a failed
@@ -43,15 +49,16 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
   master0), old_master0, master0, down_hosts, preflight {host, replica_images,
   images_expected, disk_avail_bytes, needed_bytes, apiserver, data_source}, plan {changes, repointed, launch_on,
   data_to, dropped {ip: resources}, records, lines}, verified (null unless applied: {healthy,
-  master0_images, images_expected, problems}), seconds {preflight, preview, up, verify}.
+  master0_images, images_expected, problems}), seconds {preflight, preview, up, verify},
+  sealer_clusterfile (null unless verified: [{where, state (updated|unchanged|absent|failed),
+  detail}]).
 
 A stack with registry.local_registry.ha (sealer's HA layout) is refused before anything is
 dialled: every master serves its own registry and lvscare's VIP routes around a dead one.
 
-Exit codes: 0 recovered and verified (or previewed); 1 `up` or the verification failed (a rerun
-is safe), or not confirmed; 2 refused (bad input or preflight, or an HA stack): nothing was
-changed. The engine's
-environment is the operator's: `pulumi` on PATH (or --pulumi), PULUMI_BACKEND_URL / `pulumi
+Exit codes: 0 recovered and verified (or previewed); 1 `up` or the verification failed, or
+sealer's Clusterfile could not be edited (a rerun is safe), or not confirmed; 2 refused (bad
+input or preflight, or an HA stack): nothing was changed. The engine's environment is the operator's: `pulumi` on PATH (or --pulumi), PULUMI_BACKEND_URL / `pulumi
 login`, PULUMI_CONFIG_PASSPHRASE.
 """
 EPILOG = """\
@@ -240,7 +247,28 @@ def run(args: argparse.Namespace) -> int:
             print(f"  down_hosts:       {', '.join(result.config.down_hosts) or 'none'} (not contacted)",
                   file=out)
             print(f"  time:             {timer.line()}", file=out)
+        sealer = None
+        if result.outcome is Outcome.APPLIED and result.health.healthy:
+            sealer = sealer_clusterfile.update(session, result.config, host)
+            print(f"sealer's Clusterfile (master0 {host} first, nothing else changed):", file=out)
+            for outcome in sealer.outcomes:
+                print(f"  {outcome.line()}", file=out)
         code = finish(result, rerun_hint(args))
+        if sealer is not None and not sealer.ok:
+            code = EXIT_DEGRADED
+            print(f"error: {sealer_failure(sealer, args)}", file=sys.stderr)
         if args.json:
-            print_json(document(args, old, down, checked, result, timer, code))
+            doc = document(args, old, down, checked, result, timer, code)
+            doc["sealer_clusterfile"] = None if sealer is None else sealer.as_json()
+            if sealer is not None and not sealer.ok:
+                doc["error"] = sealer_failure(sealer, args)
+            print_json(doc)
         return code
+
+
+def sealer_failure(report: sealer_clusterfile.Report, args: argparse.Namespace) -> str:
+    failed = [o.line() for o in report.outcomes if o.state == "failed"]
+    return (f"the registry is recovered, but sealer's Clusterfile could not be made to name "
+            f"{args.host} first ({'; '.join(failed)}): sealer's next scale-up, run or delete "
+            f"would target the old master0; after fixing the cause a rerun is safe: "
+            f"{rerun_hint(args)}")

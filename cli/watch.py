@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from cli import apiserver
+from cli import apiserver, sealer_clusterfile
 from cli.change import Change, Outcome, Timer, apply_change, preflight_probe
 from cli.common import (EXIT_INTERRUPTED, EXIT_OK, CliError, add_ssh_key_argument,
                         add_stack_arguments, guarded)
@@ -66,6 +66,8 @@ Log: one JSON line per decision and action on stdout (or --log FILE): ts, event,
   (suspect|cleared|undecidable|failover|held|resume|returned|rejoin|gone), target, why, evidence
   {prober: vote}}; candidates {ranked, rejected}; fence {old, new, down_hosts}; up {ok,
   seconds, error}; verified {healthy, master0_images, images_expected, problems, seconds};
+  sealer_clusterfile {ok, master0, outcomes [{where, state, detail}] or error} (after a
+  verified failover: sealer's Clusterfile names the new master0 first, as `recover` does);
   fenced_registry {host, ok, error}; rejoined {host, ok}; config {master0, down_hosts}; signal
   {signal}; stop {exit_code}.
 The engine's own output and the progress of `up` go to stderr.
@@ -472,7 +474,21 @@ class Watcher:
                                f"{self.session.stack} --yes",
             after_up=lambda seconds: self.log("up", ok=True, master0=new,
                                               seconds=round(seconds, 2))))
+        if verified:
+            self.put_master0_first(new)
         self.watch.failed_over(new, time.monotonic(), verified)
+
+    def put_master0_first(self, new: str) -> None:
+        """sealer's Clusterfile names the new master0 first (cli/sealer_clusterfile.py), as
+        `recover` does; a failure is logged and retried by the next failover or a `recover`
+        rerun, the registry stays recovered."""
+        try:
+            report = sealer_clusterfile.update(self.session, self.session.config, new)
+        except Exception as e:  # noqa: BLE001  (the watcher goes on)
+            self.log("sealer_clusterfile", ok=False, master0=new,
+                     error=f"{type(e).__name__}: {str(e).strip()[:500]}")
+            return
+        self.log("sealer_clusterfile", ok=report.ok, master0=new, outcomes=report.as_json())
 
     def apply(self, change: Change) -> bool:
         """`up` (and the check of every host) through the CLI's change flow; True when verified."""
