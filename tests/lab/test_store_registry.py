@@ -197,11 +197,22 @@ def test_a_host_copies_an_image_from_the_store(lab, served):
         lab.stop_service(host, "target-registry", forget=True)
 
 
+def start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None when there is no PID."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def test_stop_leaves_no_process(lab, served):
     reg_dir = served.root.parent
     assert registry_processes(reg_dir) == [served.pid]
+    started = start_time(served.pid)
+    assert started is not None
     assert store.stop(lab) is True
-    assert registry_processes(reg_dir) == [] and not Path(f"/proc/{served.pid}").exists()
+    # Gone; a process holding that pid now is another one (pids wrap at pid_max under a busy run).
+    assert registry_processes(reg_dir) == [] and start_time(served.pid) != started
     assert store.probe() is None and store.status(lab)["running"] is False
     assert store.stop(lab) is False
 
