@@ -122,6 +122,8 @@ def main() -> None:
         images=images, application_json=json.dumps(history.model_dump(mode="json"), indent=2, sort_keys=True),
         kubeconfig=pulumi.Output.secret(kubeconfig), kube_context=cfg.kubernetes.context or None,
         cluster_identifier=cfg.kubernetes.cluster_identifier,
+        node_entry=((entry.address, entry.stats_port)
+                    if (entry := reg.local_registry.node_entry) is not None else None),
     ))
 
     pulumi.export("master0", registry.master0)
@@ -130,6 +132,11 @@ def main() -> None:
     pulumi.export("down_hosts", list(cfg.down_hosts))
     pulumi.export("apiserver", apiserver)
     pulumi.export("ca_fingerprint", material.ca_fingerprint)
+    # What `status` compares the hosts with: the tree digest the data steps synced to at this up
+    # (HA: the union of the live masters' trees) and the source's cache/registry image ids.
+    if registry.data_tree is not None:
+        pulumi.export("data_tree", registry.data_tree)
+        pulumi.export("data_images", registry.data_images)
 
 
 try:

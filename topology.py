@@ -54,7 +54,8 @@ class HostStep(StrEnum):
 
     DEPLOY = "deploy"                      # component: the deploy host's steps below
     ROOTFS = "rootfs"                      # registry config, certificate, htpasswd on the host
-    DATA = "data"                          # registry data: master0 keeps/stamps or fills its own, replicas pull it
+    DATA = "data"                          # registry data: master0 keeps/stamps or fills its own, replicas
+    #                                        pull it; HA: each master pulls the others' (the union)
     LAUNCH = "registry-launch"             # the registry runs (master0)
     STANDBY = "registry-standby"           # the registry is kept stopped (other deploy hosts)
     NODE = "node"                          # CA trust and the domain's hosts entry
@@ -96,9 +97,10 @@ class HostPlan:
 
     @property
     def copies_data(self) -> bool:
-        """The program has a data step here. Not in HA: each master serves its own data, as
-        sealer copied it (the seam for replicating between masters: ``Topology.data_sources``)."""
-        return self.holds_data and not self.ha
+        """The program has a data step here: every deploy host holding data. In HA each master
+        pulls what the other live masters hold and it lacks (``Topology.data_sources``), so every
+        master's registry serves the union of their data."""
+        return self.holds_data
 
     def hosts_entry(self, master0: str) -> str | None:
         """The address this host's hosts line maps the registry domain to; None: the program
@@ -165,9 +167,10 @@ class Topology:
         revived old master0 never serves its stale data read-write).
 
         With ``ha`` (sealer's HA layout, pkg/registry/local.go@v0.11.0:148-237) every deploy host
-        (the masters) launches its own read-write registry on the data it holds, no host has a
-        data step, no host is read-only, and no host's hosts line is the program's. master0 is
-        still the host sealer treats as master0 (its Clusterfile's first master)."""
+        (the masters) launches its own read-write registry on the data it holds, each has a data
+        step that adds the other live masters' data it lacks (the union), no host is read-only,
+        and no host's hosts line is the program's. master0 is still the host sealer treats as
+        master0 (its Clusterfile's first master)."""
         masters, nodes = list(masters), list(nodes)
         deploy, down = list(deploy_hosts), set(down_hosts)
         images = tuple(dict.fromkeys(image_ids))
@@ -201,6 +204,12 @@ class Topology:
         after master0 (pull and resolve only)."""
         return [h.ip for h in self.live if h.read_only]
 
+    def uses_entry(self, ip: str, entry: object | None) -> bool:
+        """Whether host ``ip`` reaches the registry through the node-local entry point
+        (registry.local_registry.node_entry): every host that runs no registry (a registry host
+        holds the port on every address, and reaches master0 directly)."""
+        return entry is not None and not self.ha and self.host(ip).role is RegistryRole.NONE
+
     @property
     def registries(self) -> list[str]:
         """The live hosts whose registry serves read-write (master0; with ha, every live master
@@ -216,12 +225,14 @@ class Topology:
         replica pulls from master0 (never from a down host); master0 keeps its own data, or
         copies from the first other live deploy host (config order) holding a complete replica.
 
-        None in HA: each master serves the data sealer gave it. This is the seam where the HA
-        data issue adds the union of the masters' data (each master pulling what the others
-        hold); until then a master that lacks an image (sealer's scale-up copies only the
-        cluster image) answers 404 for it behind the VIP, as it does under sealer."""
+        In HA: every other live deploy host (config order). Each master pulls from each of them
+        what it lacks (scripts/pull-data.sh --union: no --delete; a file it holds newer is kept,
+        so a tag pushed to two masters ends as the newest push everywhere), so every master
+        serves the union of the masters' data: a push that landed on one master, and the apps a
+        master added by scale-up never got (sealer copies it the cluster image only)."""
         if self.ha:
-            return []
+            down = set(self.down_hosts)
+            return [d for d in self.deploy_hosts if d != ip and d not in down]
         if ip != self.master0:
             return [self.master0]
         down = set(self.down_hosts)

@@ -147,7 +147,8 @@ def apply_change(session: Session, change: Change, timer: Timer, assume_yes: boo
     def render(ops: dict[str, str]) -> plan_mod.Plan:
         return plan_mod.render(ops, master0=master0, domain=before.registry.domain,
                                down_hosts=change.down_hosts,
-                               old_master0=before.master0 if change.master0 else None)
+                               old_master0=before.master0 if change.master0 else None,
+                               ha=before.ha)
 
     if change.skip_preview:
         return _up(session, change, timer, guard, render)

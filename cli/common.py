@@ -29,10 +29,12 @@ EXIT_INTERRUPTED = 130
 class CliError(Exception):
     """One clear line (or one per config problem) for the operator; ``code`` is the exit code."""
 
-    def __init__(self, message: str, code: int = EXIT_REFUSED):
+    def __init__(self, message: str, code: int = EXIT_REFUSED, detail: dict | None = None):
         super().__init__(message)
         self.message = message
         self.code = code
+        # Extra keys of the `--json` error document (a refusal's facts, documented per command).
+        self.detail = detail or {}
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,11 +83,13 @@ def print_json(document: dict) -> None:
     print(json.dumps(document, indent=2, sort_keys=True))
 
 
-def error_document(command: str, args: argparse.Namespace, code: int, message: str) -> dict:
-    """What `--json` prints when a command stops with an error: the keys every document has."""
+def error_document(command: str, args: argparse.Namespace, code: int, message: str,
+                   detail: dict | None = None) -> dict:
+    """What `--json` prints when a command stops with an error: the keys every document has,
+    and the refusal's own keys (``detail``) when it has some."""
     text = "\n".join(line.removeprefix("error: ") for line in message.splitlines())
-    return {"command": command, "stack": getattr(args, "stack", None), "exit_code": code,
-            "error": text}
+    return {**(detail or {}), "command": command, "stack": getattr(args, "stack", None),
+            "exit_code": code, "error": text}
 
 
 def guarded(command: str):
@@ -93,15 +97,16 @@ def guarded(command: str):
     an error document on stdout) and its exit code."""
     def decorate(run):
         def wrapper(args: argparse.Namespace) -> int:
+            detail = None
             try:
                 return run(args)
             except CliError as e:
-                code, message = e.code, e.message
+                code, message, detail = e.code, e.message, e.detail
             except KeyboardInterrupt:
                 code, message = EXIT_INTERRUPTED, "interrupted"
             print_error(message)
             if getattr(args, "json", False):
-                print_json(error_document(command, args, code, message))
+                print_json(error_document(command, args, code, message, detail))
             return code
         wrapper.__name__ = run.__name__
         wrapper.__doc__ = run.__doc__

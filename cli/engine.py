@@ -263,6 +263,16 @@ class Engine:
             raise UpFailed(progress.steps, _failure(progress.steps, e)) from None
         return progress.steps, time.monotonic() - start
 
+    def outputs(self, *keys: str) -> dict:
+        """The stack's outputs named ``keys`` (Automation API `stack output`), as plain values; a
+        key the stack does not export is absent (an older stack). CliError when the engine cannot
+        say."""
+        try:
+            found = self.stack.outputs()
+        except Exception as e:  # noqa: BLE001  (CommandError, no state yet)
+            raise CliError(f"cannot read stack {self.stack_name!r}'s outputs: {_short(e)}") from None
+        return {k: found[k].value for k in keys if k in found}
+
     def export(self) -> dict:
         return self.stack.export_stack().deployment
 

@@ -411,6 +411,32 @@ def rank_candidates(*, masters: list[str], deploy_hosts: list[str], down: Iterab
     return [*stamped, *by_refs, *bare], rejected
 
 
+def rank_ha_candidates(*, sealer_masters: list[str] | None, masters: list[str],
+                       deploy_hosts: list[str], down: Iterable[str],
+                       old_master0: str) -> tuple[list[str], dict[str, str]]:
+    """sealer's HA layout: every master serves its own registry, so the new master0 is not
+    chosen by its data but by sealer's own rule: master0 is the first master of sealer's
+    Clusterfile (``sealer_masters``, its order; None when it could not be read: the stack's
+    ``masters`` order). Masters the Clusterfile does not list follow in the stack's order.
+    Candidates: live masters that are deploy hosts, not the old master0; a master the watcher
+    rejoined is one too (in HA it serves its own data from the moment it is back)."""
+    down = set(down)
+    order = [ip for ip in (sealer_masters or []) if ip in masters]
+    order += [ip for ip in masters if ip not in order]
+    ranked: list[str] = []
+    rejected: dict[str, str] = {}
+    for ip in order:
+        if ip == old_master0:
+            rejected[ip] = "the old master0 (fenced)"
+        elif ip in down:
+            rejected[ip] = "on down_hosts"
+        elif ip not in deploy_hosts:
+            rejected[ip] = "not a deploy host"
+        else:
+            ranked.append(ip)
+    return ranked, rejected
+
+
 # ------------------------------------------------------------------------------ a prober's report
 
 

@@ -37,6 +37,13 @@ class HostHealth:
     # stale | no-cri | down | unknown | - (see scripts/lib/containerd.sh)
     containerd: str | None = None
     replica: dict | None = None     # the replica stamp (deploy hosts): source, age_s, files, bytes
+    tree: dict | None = None        # the live registry tree (deploy hosts): digest, files, bytes
+    flags: int | None = None        # how many cache/registry image flags it holds (deploy hosts)
+    lacking: "Lag | None" = None    # what it lacks of the reference data (None: in sync, or not judged)
+    # The node entry point's servers (hosts that use one): [{address, status, backup}]; None
+    # when the host uses none or its stats page did not answer (entry_error then).
+    entry: list[dict] | None = None
+    entry_error: str | None = None
 
     def replica_cell(self) -> str:
         """``self 4m`` / ``198.18.0.11 2h`` (where it was copied from, how long ago) / ``none``."""
@@ -47,28 +54,122 @@ class HostHealth:
         age = self.replica["age_s"]
         return f"{self.replica['source']} {'?' if age is None else short_age(age)}"
 
+    def lacks_cell(self) -> str:
+        """``none`` / ``2 images`` (flag ids it lacks) / ``tree`` (behind, no id to name) / ``-``."""
+        if self.deploy == RegistryRole.NONE or self.tree is None and self.lacking is None:
+            return "-"
+        if self.lacking is None:
+            return "none"
+        n = len(self.lacking.ids)
+        return f"{n} image{'s' if n != 1 else ''}" if n else "tree"
+
+    def entry_cell(self) -> str:
+        """``master0 UP, standbys 2/2 up`` / ``none answers`` / ``-`` (no entry point here)."""
+        if self.entry_error:
+            return "none answers"
+        if self.entry is None:
+            return "-"
+        primary = [s for s in self.entry if not s["backup"]]
+        backups = [s for s in self.entry if s["backup"]]
+        head = ", ".join(f"{s['address'].rpartition(':')[0]} {s['status']}" for s in primary) or "no server"
+        up = sum(1 for s in backups if s["status"] == "UP")
+        return f"{head}, standbys {up}/{len(backups)} up"
+
     def row(self, expected: int) -> tuple[str, ...]:
         """The table's cells: HOST ROLE REACHABLE DEPLOY REGISTRY IMAGES REPLICA DOMAIN CA
-        CONTAINERD."""
+        CONTAINERD LACKS ENTRY."""
         deploy = "-" if self.deploy == RegistryRole.NONE else self.deploy
         if self.down:
-            return (self.ip, self.role, "down (listed)", deploy, "-", "-", "-", "-", "-", "-")
+            return (self.ip, self.role, "down (listed)", deploy, "-", "-", "-", "-", "-", "-", "-", "-")
         if not self.reachable:
-            return (self.ip, self.role, "no", deploy, "?", "?", "?", "?", "?", "?")
+            return (self.ip, self.role, "no", deploy, "?", "?", "?", "?", "?", "?", "?", "?")
         is_deploy = self.deploy != RegistryRole.NONE
         registry = self.registry if is_deploy or self.registry == "running" else "-"
         if registry == "running" and self.registry_mode == "read-only":
             registry = "read-only"
         data = f"{self.images}/{expected}" if is_deploy else "-"
         return (self.ip, self.role, "yes", deploy, registry, data, self.replica_cell(),
-                self.resolves or "(none)", self.ca or "", self.containerd or "?")
+                self.resolves or "(none)", self.ca or "", self.containerd or "?", self.lacks_cell(),
+                self.entry_cell())
 
     def as_json(self) -> dict:
         return {"ip": self.ip, "role": self.role, "deploy": self.deploy, "down": self.down,
                 "reachable": self.reachable, "error": self.error, "registry": self.registry,
                 "registry_mode": self.registry_mode,
                 "images": self.images, "resolves": self.resolves, "ca": self.ca,
-                "containerd": self.containerd, "replica": self.replica}
+                "containerd": self.containerd, "replica": self.replica, "tree": self.tree,
+                "flags": self.flags,
+                "lacking": None if self.lacking is None else self.lacking.as_json(),
+                "entry": self.entry, "entry_error": self.entry_error}
+
+
+@dataclass(frozen=True)
+class Lag:
+    """What a deploy host lacks of the data it should hold. ``ids``: image ids (64 hex, as
+    sealer's ``<rootfs>/cache/registry/<id>`` flags name them) the reference holds and it does
+    not; ``behind``: its tree differs from the reference's; ``reference``: what it was compared
+    with (master0's live tree, or in HA the live master holding the most files and the union of
+    the live masters' flags)."""
+
+    ids: tuple[str, ...]
+    behind: bool
+    reference: str
+
+    def as_json(self) -> dict:
+        return {"ids": list(self.ids), "behind": self.behind, "reference": self.reference}
+
+
+def replica_lags(master0: HostProbe | None, replica: HostProbe) -> Lag | None:
+    """Non-HA: a replica whose stamp's tree is not master0's live tree lags master0 (sealer's
+    `sealer run <app>` adds data on master0 only); it lacks master0's flag ids it does not hold
+    whose flag was written after the replica's copy completed (an older flag's data was in the
+    tree it copied; replicas copied before flags were copied along hold none). None when in
+    sync, or when there is nothing to compare (no stamp, master0 not read)."""
+    if master0 is None or master0.tree is None or replica.replica is None:
+        return None
+    if replica.replica["tree"] == master0.tree["digest"]:
+        return None
+    copied_at = replica.replica["completed_at"]
+    ids = tuple(sorted(i for i in set(master0.flags) - set(replica.flags)
+                       if master0.flag_times.get(i, copied_at + 1) > copied_at))
+    return Lag(ids, True, f"master0 {master0.ip}")
+
+
+def ha_lags(probes: dict[str, HostProbe]) -> dict[str, Lag]:
+    """HA: each live master against the others (``probes``: the reachable live masters, in
+    config order): it lacks the union of their flags it does not hold, and is behind when its
+    tree differs from the tree of the master holding the most files (the first such)."""
+    if not probes:
+        return {}
+    union = set().union(*(set(p.flags) for p in probes.values()))
+    trees = {ip: p.tree for ip, p in probes.items() if p.tree is not None}
+    ref = max(trees, key=lambda ip: trees[ip]["files"], default=None)
+    out = {}
+    for ip, p in probes.items():
+        ids = tuple(sorted(union - set(p.flags)))
+        behind = ref is not None and p.tree is not None and p.tree["digest"] != trees[ref]["digest"]
+        if ids or behind:
+            out[ip] = Lag(ids, behind, f"the live masters (flags' union; most files: {ref})")
+    return out
+
+
+def holders(probes: dict[str, HostProbe], image_id: str) -> list[str]:
+    return [ip for ip, p in probes.items() if image_id in p.flags]
+
+
+def lag_problem(ip: str, role: str, lag: Lag, probes: dict[str, HostProbe], ha: bool) -> str:
+    """One problem line naming what ``ip`` lacks and what fills it."""
+    if lag.ids:
+        held = "; ".join(f"{i} (on {', '.join(holders(probes, i)) or '?'})" for i in lag.ids)
+        what = f"lacks images {held}"
+    else:
+        what = "holds data that differs from the reference's, with no image flag to name (a push?)"
+    if ha:
+        return (f"{ip} ({role}, HA) {what}: lvscare's VIP sends pulls of them here too (404); "
+                "`pulumi up` copies the live masters' union")
+    return (f"{ip}: its replica lags {lag.reference} (stamp tree is not master0's live tree: "
+            f"data added on master0 after the last `up`, e.g. `sealer run <app>`) and {what}; "
+            "`pulumi up` copies it")
 
 
 def short_age(seconds: int) -> str:
@@ -88,6 +189,31 @@ CONTAINERD_WHY = {
     "down": "it is installed but not running",
     "unknown": "`containerd config dump` failed",
 }
+
+
+def entry_problems(ip: str, role: str, probe: HostProbe, master0: str, mirrors: list[str],
+                   port: int) -> list[str]:
+    """A host that reaches the registry through its node-local entry point: the page answers,
+    its servers are master0 then the live warm standbys (what the program declared: a fenced old
+    master0 is none of them), master0 is UP there, and a standby is UP to fall back on."""
+    if probe.entry is None:
+        return [f"{ip} ({role}): {probe.entry_error or 'no entry point reported'}: its pulls have "
+                "no node-local entry point; run `pulumi up`"]
+    want = [(f"{master0}:{port}", False), *((f"{m}:{port}", True) for m in mirrors)]
+    have = [(s["address"], s["backup"]) for s in probe.entry]
+    if have != want:
+        def show(pairs): return ", ".join(a + (" (backup)" if b else "") for a, b in pairs) or "none"
+        return [f"{ip} ({role}): the entry point's servers are {show(have)}, not {show(want)}; "
+                "run `pulumi up`"]
+    problems = []
+    status = probe.entry[0]["status"]
+    if status != "UP":
+        problems.append(f"{ip} ({role}): the entry point sees master0 {master0} {status}: pulls go "
+                        "to a warm standby, pushes fail")
+    if mirrors and not any(s["status"] == "UP" for s in probe.entry[1:]):
+        problems.append(f"{ip} ({role}): the entry point sees no warm standby UP: pulls stop if "
+                        "master0 does")
+    return problems
 
 
 def containerd_problem(state: str, endpoint: str) -> str | None:
@@ -126,6 +252,7 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
     master0_images = 0
     secure = ca_digest(config) != "-"
     domain, master0 = config.registry.domain, layout.master0
+    entry = config.registry.local_registry.node_entry
     for plan in layout.hosts:
         ip, role = plan.ip, str(plan.place)
         health = HostHealth(ip, role, str(plan.role), plan.down, None)
@@ -178,6 +305,14 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
         if plan.copies_data and probe.replica is None:
             problems.append(f"{ip} holds no complete replica stamp (registry/.sealer-replica): its "
                             "data step has not completed; run `pulumi up`")
+        if plan.deploys:
+            health.tree, health.flags = probe.tree, len(probe.flags)
+        if plan.copies_data and not plan.ha and plan.place is not Place.MASTER0:
+            # (HA: every master against the live masters' union, below.)
+            m0 = probes.get(master0)
+            health.lacking = replica_lags(m0 if m0 is not None and m0.reachable else None, probe)
+            if health.lacking is not None:
+                problems.append(lag_problem(ip, role, health.lacking, {master0: m0}, False))
         if plan.ha:
             # sealer's lines: a master maps the domain to itself, a node to lvscare's VIP.
             if plan.deploys and probe.resolves != ip:
@@ -186,6 +321,13 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
             elif not probe.resolves:
                 problems.append(f"{ip}: {domain} points to nothing (sealer's HA layout maps it to "
                                 "lvscare's VIP on nodes)")
+        elif entry is not None and layout.uses_entry(ip, entry):
+            health.entry, health.entry_error = probe.entry, probe.entry_error or None
+            if probe.resolves != entry.address:
+                problems.append(f"{ip}: {domain} points to {probe.resolves or 'nothing'}, not to "
+                                f"its node entry point {entry.address}")
+            problems += entry_problems(ip, role, probe, master0, layout.mirrors,
+                                       config.registry.port)
         elif probe.resolves != master0:
             problems.append(f"{ip}: {domain} points to {probe.resolves or 'nothing'}, "
                             f"not to master0 {master0}")
@@ -194,6 +336,14 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
         why = containerd_problem(probe.containerd, f"{domain}:{config.registry.port}")
         if secure and why:
             problems.append(f"{ip}: {why}")
+    if layout.ha:
+        masters = {h.ip: probes[h.ip] for h in hosts
+                   if h.reachable and h.deploy != RegistryRole.NONE and h.ip in probes}
+        for h in hosts:
+            lag = ha_lags(masters).get(h.ip)
+            if lag is not None:
+                h.lacking = lag
+                problems.append(lag_problem(h.ip, h.role, lag, masters, True))
     return Assessment(hosts, problems, expected, master0_images)
 
 
@@ -207,7 +357,7 @@ def check_cluster(session: Session) -> Assessment:
 
 def render_table(result: Assessment, domain: str = "sea.hub") -> str:
     head = ("HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", "REPLICA",
-            f"{domain.upper()} ->", "CA", "CONTAINERD")
+            f"{domain.upper()} ->", "CA", "CONTAINERD", "LACKS", "ENTRY")
     body = result.rows()
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()
@@ -222,10 +372,14 @@ def summary_line(config: StackConfig, result: Assessment, seconds: float) -> str
         head = "healthy" if result.healthy else f"degraded ({len(result.problems)} problems)"
         down = len(result.hosts) - len(live)
         tail = f"; {down} listed down, not probed" if down else ""
-        return (f"{head}: HA, {running} of {len(deploy)} live masters' registries run; master0 "
+        complete = sum(1 for h in deploy if h.reachable and h.lacking is None)
+        return (f"{head}: HA, {running} of {len(deploy)} live masters' registries run, "
+                f"{complete} of {len(deploy)} hold every image the others hold; master0 "
                 f"{config.master0} serves {result.master0_images}/{result.images_expected} images"
                 f"{tail} ({seconds:.1f}s)")
-    pointing = sum(1 for h in live if h.resolves == config.master0)
+    entry = config.registry.local_registry.node_entry
+    pointing = sum(1 for h in live if h.resolves == config.master0
+                   or entry is not None and h.resolves == entry.address and h.entry is not None)
     down = len(result.hosts) - len(live)
     tail = f"; {down} listed down, not probed" if down else ""
     head = "healthy" if result.healthy else f"degraded ({len(result.problems)} problems)"

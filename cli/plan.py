@@ -47,8 +47,13 @@ def _hosts(ips: list[str]) -> str:
     return ips[0] if len(ips) == 1 else f"{len(ips)} hosts: {', '.join(ips)}"
 
 
+# sealer's HA layout: a node step keeps /etc/hosts as sealer wrote it (masters: their own IP,
+# nodes: lvscare's VIP); it only checks the CA trust.
+HA_NODE_LABEL = "check the CA trust, hosts lines left as sealer wrote them (HA), on"
+
+
 def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[str],
-           old_master0: str | None = None) -> Plan:
+           old_master0: str | None = None, ha: bool = False) -> Plan:
     by_step: dict[HostStep, list[tuple[str, str]]] = {}
     dropped: dict[str, int] = {}
     records: list[str] = []
@@ -88,7 +93,7 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
             continue
         ips = [ip for ip, _ in steps]
         kinds = sorted({op for _, op in steps})
-        what = label.format(domain=domain, master0=master0)
+        what = HA_NODE_LABEL if ha and step is HostStep.NODE else label.format(domain=domain, master0=master0)
         lines.append(f"  {what} {_hosts(ips)} [{', '.join(kinds)}]")
     if provider:
         # Its kubeconfig follows the first live apiserver (kubeapi.py); the cluster identifier is
@@ -108,7 +113,7 @@ def render(ops: dict[str, str], *, master0: str, domain: str, down_hosts: list[s
         lines.append("  no changes: the hosts already match the config")
     return Plan(
         lines=lines,
-        repointed=[ip for ip, _ in by_step.get(HostStep.NODE, [])],
+        repointed=[] if ha else [ip for ip, _ in by_step.get(HostStep.NODE, [])],
         launch_on=[ip for ip, _ in by_step.get(HostStep.LAUNCH, [])],
         data_to=[ip for ip, _ in by_step.get(HostStep.DATA, [])],
         dropped=dropped,

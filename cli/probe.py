@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +40,15 @@ class HostProbe:
     disk_avail: int = 0
     registry_bytes: int = 0
     replica: dict | None = None   # the replica stamp when complete (scripts/lib/replica.sh)
+    tree: dict | None = None      # the live registry tree: {digest, files, bytes} (None: no tree)
+    flags: list[str] = field(default_factory=list)  # ids of <rootfs>/cache/registry/, sorted
+    flag_times: dict[str, int] = field(default_factory=dict)  # id -> its flag's mtime (host clock)
     clock: int = 0                # the host's unix time when probed
+    # The node entry point's servers as HAProxy's stats report them, in its config's order:
+    # [{"address": "ip:port", "status": "UP", "backup": bool}]; None when not asked or no page
+    # answered (then entry_error says so).
+    entry: list[dict] | None = None
+    entry_error: str = ""
     seconds: float = 0.0
 
     @property
@@ -63,6 +72,18 @@ def parse_probe(ip: str, stdout: str) -> HostProbe:
             probe.missing_refs.append(value)
         elif key == "replica":
             probe.replica = parse_stamp(value)
+        elif key == "tree":
+            probe.tree = parse_tree(value)
+        elif key == "flags":
+            for item in value.split():
+                image_id, _, mtime = item.partition(":")
+                if _HEX64.fullmatch(image_id):
+                    probe.flags.append(image_id)
+                    if mtime.isdigit():
+                        probe.flag_times[image_id] = int(mtime)
+            probe.flags.sort()
+        elif key == "entry":
+            probe.entry, probe.entry_error = parse_entry(value)
         elif key in ("refs_ok", "disk_avail", "registry_bytes", "clock"):
             setattr(probe, key, int(value) if value.isdigit() else 0)
         elif key in ("hostname", "registry", "registry_mode", "resolves", "ca", "containerd"):
@@ -71,6 +92,31 @@ def parse_probe(ip: str, stdout: str) -> HostProbe:
         probe.reachable = False
         probe.error = "the probe printed nothing"
     return probe
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_entry(text: str) -> tuple[list[dict] | None, str]:
+    """status-probe.sh's ``entry=<ip:port>:<status>[:backup] ...`` (HAProxy's status, blanks as
+    ``_``: ``UP_1/2``), or ``entry=unreachable``."""
+    if text.strip() == "unreachable":
+        return None, "no entry point answers on its stats port"
+    servers = []
+    for item in text.split():
+        head, _, tail = item.rpartition(":backup") if item.endswith(":backup") else (item, "", "")
+        address, _, status = head.rpartition(":")
+        servers.append({"address": address, "status": status.replace("_", " "),
+                        "backup": item.endswith(":backup")})
+    return servers, ""
+
+
+def parse_tree(text: str) -> dict | None:
+    """status-probe.sh's ``tree=<sha256> <files> <bytes>``; None when empty or malformed."""
+    parts = text.split()
+    if len(parts) != 3 or not _HEX64.fullmatch(parts[0]) or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return {"digest": parts[0], "files": int(parts[1]), "bytes": int(parts[2])}
 
 
 STAMP_KEYS = {"source": str, "completed_at": int, "files": int, "bytes": int, "tree": str}
@@ -107,7 +153,9 @@ def pem_digest(text: str) -> str:
 
 def probe_command(config: StackConfig, refs: list[str]) -> ScriptRun:
     reg = config.registry
-    return script_run(PROBE_SCRIPT, config.rootfs, reg.domain, str(reg.port),
+    entry = reg.local_registry.node_entry
+    stats = ["--entry-stats", str(entry.stats_port)] if entry is not None else []
+    return script_run(PROBE_SCRIPT, *stats, config.rootfs, reg.domain, str(reg.port),
                       ca_digest(config), *refs)
 
 

@@ -314,6 +314,28 @@ def update_host_files(run: Callable[..., "object"], ip: str, name: str,
     return outcomes
 
 
+def read_masters(session, config, down_hosts: list[str]) -> tuple[list[str] | None, str]:
+    """sealer's masters in its Clusterfile's order (the ConfigMap, what sealer reads first),
+    asked of the apiserver the records go through once ``down_hosts`` is set; (None, why) when it
+    cannot be read (no ConfigMap: v0.8, or the apiserver does not answer)."""
+    from cli import apiserver
+    import kubeapi
+
+    try:
+        endpoint = kubeapi.choose(config, down_hosts)
+        text, base = apiserver.kubeconfig_text(session)
+        creds = apiserver._Credentials(text, config.kubernetes.context or None, base)
+        status, body = _request(endpoint, creds, "GET")
+        if status != 200:
+            return None, f"GET sealer-clusterfile answered {status} at {endpoint}"
+        clusterfile = (json.loads(body).get("data") or {}).get(CONFIGMAP_KEY)
+        if clusterfile is None:
+            return None, f"sealer-clusterfile has no key {CONFIGMAP_KEY}"
+        return masters_of(clusterfile), f"ConfigMap kube-system/sealer-clusterfile at {endpoint}"
+    except Exception as e:  # noqa: BLE001  (the caller falls back on the stack's order)
+        return None, f"{type(e).__name__}: {str(e).strip()[:300]}"
+
+
 def update(session, config, master0: str) -> Report:
     """After `up` verified a recovery (``config``: the stack config `up` applied): the ConfigMap
     through the apiserver the records go through, then every live host's Clusterfiles over SSH.

@@ -11,8 +11,8 @@ from cli.health import check_cluster, health_json, report
 from cli.session import Session
 
 NAME = "status"
-HELP = ("show each host's registry side (reachable, registry, data, sea.hub, CA, containerd); "
-        "exit 1 if degraded")
+HELP = ("show each host's registry side (reachable, registry, data, sea.hub, CA, containerd, "
+        "images it lacks); exit 1 if degraded")
 DESCRIPTION = """\
 Probe every cluster host over SSH (one session per host, all at once, ConnectTimeout 3 s) and print
 one row per host: whether it is reachable, its role, whether it is a deploy host, whether a
@@ -26,8 +26,16 @@ running daemon's config; "stale" when that config changed after the daemon start
 "-" are fine: the kubelet does not pull through containerd there). Hosts in down_hosts are not
 dialled. With registry.local_registry.ha (sealer's HA layout) every master is "launch": each must
 run its registry read-write and map the domain to itself, a node must map it somewhere (lvscare's
-VIP), and no replica stamp is expected (the program copies no data there). Reads the stack config offline from Pulumi.<STACK>.yaml; the image store named there
-gives the expected images.
+VIP), and no replica stamp is expected. Reads the stack config offline from Pulumi.<STACK>.yaml;
+the image store named there gives the expected images.
+
+LACKS: what a deploy host lacks of the data it should hold. Without HA, a replica whose stamp's
+tree is not master0's live tree (`sealer run <app>` adds data on master0 only) lags master0: it
+lacks master0's <rootfs>/cache/registry/<id> flag ids it does not hold ("N images"; "tree" when
+no flag names the difference, e.g. a push); a problem line names each id and where it is. In HA
+each live master is judged against the others: it lacks the ids of the union of their flags it
+does not hold, and is behind when its tree differs from the tree of the master holding the most
+files. "none": in sync; "-": not judged (not a deploy host, or no tree).
 
 --json prints one object instead of the table:
   command "status", stack, exit_code, error (null unless the command failed; then only these
@@ -37,19 +45,24 @@ gives the expected images.
   read-write while running, else null; a warm standby serves read-only), images (complete images
   on a deploy host, else null), resolves ("" when the domain maps to nothing, null when not
   probed), ca (ok|differs|partial|absent|-|null), replica (null, or {source, age_s, files,
-  bytes}: the replica stamp of a deploy host)}].
+  bytes}: the replica stamp of a deploy host), tree (null, or {digest, files, bytes}: a deploy
+  host's live registry tree, hashed as the stamp's tree), flags (how many cache/registry image
+  flags a deploy host holds, else null), lacking (null when in sync or not judged, else {ids
+  [image ids it lacks], behind (its tree differs from the reference's), reference})}].
 
 Exit codes: 0 healthy, 1 degraded (each problem is printed), 2 bad input.
 """
 EPILOG = """\
 example:
   $ python -m cli status --stack demo
-  HOST         ROLE     REACHABLE  DEPLOY   REGISTRY  IMAGES  REPLICA         SEA.HUB ->   CA  CONTAINERD
-  198.18.0.11  master0  yes        launch   running   4/4     self 3m         198.18.0.11  ok  certs.d
-  198.18.0.12  master   yes        standby  stopped   4/4     198.18.0.11 3m  198.18.0.11  ok  certs.d
-  198.18.0.21  node     yes        -        -         -       -               198.18.0.11  ok  certs.d
-  healthy: master0 198.18.0.11 serves 4/4 images; 3 of 3 live hosts point at it (0.9s)
+  HOST         ROLE     REACHABLE  DEPLOY   REGISTRY  IMAGES  REPLICA         SEA.HUB ->   CA  CONTAINERD  LACKS
+  198.18.0.11  master0  yes        launch   running   4/4     self 3m         198.18.0.11  ok  certs.d     none
+  198.18.0.12  master   yes        standby  stopped   4/4     198.18.0.11 3m  198.18.0.11  ok  certs.d     1 image
+  198.18.0.21  node     yes        -        -         -       -               198.18.0.11  ok  certs.d     -
+  problem: 198.18.0.12: its replica lags master0 198.18.0.11 (stamp tree is not master0's live tree: data added on master0 after the last `up`, e.g. `sealer run <app>`) and lacks images 5f0e...c1 (on 198.18.0.11); `pulumi up` copies it
+  degraded (1 problems): master0 198.18.0.11 serves 4/4 images; 3 of 3 live hosts point at it (0.9s)
   $ python -m cli status --json | jq -r '.hosts[] | select(.reachable == false) | .ip'
+  $ python -m cli status --json | jq -r '.hosts[] | select(.lacking) | "\(.ip) \(.lacking.ids)"'
 """
 
 

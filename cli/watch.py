@@ -29,10 +29,10 @@ from cli.change import Change, Outcome, Timer, apply_change, preflight_probe
 from cli.common import (EXIT_INTERRUPTED, EXIT_OK, CliError, add_ssh_key_argument,
                         add_stack_arguments, guarded)
 from cli.failover import (Decision, Kind, Probe, Replica, Returning, Round, Settings, Watch,
-                          parse_duration, pick_probers, rank_candidates, read_report)
+                          parse_duration, pick_probers, rank_candidates, rank_ha_candidates,
+                          read_report)
 from cli.probe import complete_images
 from cli.recover import preflight as recover_preflight
-from cli.recover import refuse_ha
 from cli.session import Session
 from cli.ssh import SshAccess, ssh_error
 from components.remote_scripts import ScriptRun, script_run
@@ -64,7 +64,8 @@ does); it is never made master0 again before a replica stamp newer than its rejo
 Log: one JSON line per decision and action on stdout (or --log FILE): ts, event, and per event:
   start {master0, probers, settings}; probers {probers}; decision {decision
   (suspect|cleared|undecidable|failover|held|resume|returned|rejoin|gone), target, why, evidence
-  {prober: vote}}; candidates {ranked, rejected}; fence {old, new, down_hosts}; up {ok,
+  {prober: vote}}; order {masters, source} (HA: sealer's master order the candidates follow);
+  candidates {ranked, rejected}; fence {old, new, down_hosts}; up {ok,
   seconds, error}; verified {healthy, master0_images, images_expected, problems, seconds};
   sealer_clusterfile {ok, master0, outcomes [{where, state, detail}] or error} (after a
   verified failover: sealer's Clusterfile names the new master0 first, as `recover` does);
@@ -72,10 +73,15 @@ Log: one JSON line per decision and action on stdout (or --log FILE): ts, event,
   {signal}; stop {exit_code}.
 The engine's own output and the progress of `up` go to stderr.
 
+With registry.local_registry.ha (sealer's HA layout: every master serves, nodes pull through
+lvscare's VIP, which drops a dead master by itself) the failover fences the dead master0 the same
+way and makes the first live master of sealer's Clusterfile (the ConfigMap sealer-clusterfile,
+read through a live apiserver; else the stack's masters order) the new master0, checked as
+`recover` checks it; no hosts line changes (nodes stay on the VIP), no data moves.
+
 Stops on SIGTERM or SIGINT: between rounds at once (exit 0); during an `up`, the engine gets one
 SIGINT (it finishes its steps in flight) and the watcher exits 130. Exit 2: bad arguments or
-config, or a stack in sealer's HA layout (registry.local_registry.ha: every master serves and
-lvscare's VIP routes around a dead one; nothing to move). The engine's environment is the operator's (PULUMI_BACKEND_URL or `pulumi login`,
+config. The engine's environment is the operator's (PULUMI_BACKEND_URL or `pulumi login`,
 PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE).
 """
 EPILOG = """\
@@ -436,6 +442,16 @@ class Watcher:
                 return
             self.log("candidates", ranked=[new], chosen=new, rejected={}, preflight=checked,
                      note="rerun of the recovery that made it master0")
+        elif config.ha:
+            # sealer's HA layout: the first live master of sealer's Clusterfile becomes master0.
+            down = [*config.down_hosts, old]
+            order, read_from = sealer_clusterfile.read_masters(self.session, config, down)
+            replicas = {}
+            ranked, rejected = rank_ha_candidates(
+                sealer_masters=order, masters=config.cluster.masters,
+                deploy_hosts=config.deploy_hosts, down=config.down_hosts, old_master0=old)
+            self.log("order", masters=order or config.cluster.masters,
+                     source=read_from if order else f"the stack's masters ({read_from})")
         else:
             hosts = [ip for ip in config.cluster.masters
                      if ip != old and ip not in config.down_hosts and ip in config.deploy_hosts]
@@ -445,6 +461,7 @@ class Watcher:
                 masters=config.cluster.masters, deploy_hosts=config.deploy_hosts,
                 down=config.down_hosts, old_master0=old, replicas=replicas,
                 rejoined_at=self.rejoined_at, require_replica=str(config.distribution) == "pre")
+        if not resume:
             new = None
             for host in ranked:
                 try:
@@ -621,7 +638,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Session(args) as session:
             session.out = sys.stderr
-            refuse_ha(session.config, NAME)
             one_watcher(session)
             session.images  # a missing image store refuses before any host is dialled
             session.engine.output = lambda line: print(f"engine: {line}", file=sys.stderr,

@@ -35,17 +35,24 @@ class ClusterNodeArgs:
     # False in sealer's HA layout: the domain's hosts line is sealer's (a master's own IP, a
     # node's lvscare VIP) and stays as it is.
     maps_domain: bool = True
+    # (address, stats port) of the node-local entry point (registry.local_registry.node_entry):
+    # the domain maps to the address, HAProxy there forwards to master0, else to a healthy
+    # mirror. Only on hosts that run no registry (the port is taken on the others).
+    entry: tuple[str, int] | None = None
 
 
 def node_step(args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None) -> remote.Command:
-    """``node-<ip>``: ``configure-node.sh [--keep-hosts] [--mirror IP]... DOMAIN MASTER0 [PORT]``
-    with the CA on stdin. No delete command (see DeployHost): dropping a down host's step never dials it."""
+    """``node-<ip>``: ``configure-node.sh [--keep-hosts] [--entry ADDRESS --entry-stats-port N]
+    [--mirror IP]... DOMAIN MASTER0 [PORT]`` with the CA on stdin. No delete command (see
+    DeployHost): dropping a down host's step never dials it."""
     keep = [] if args.maps_domain else ["--keep-hosts"]
     if args.ca_cert is None:
         run = script_run("configure-node.sh", *keep, args.domain, args.master0)
     else:
+        entry = (["--entry", args.entry[0], "--entry-stats-port", str(args.entry[1])]
+                 if args.entry is not None else [])
         mirrors = [a for ip in args.mirrors for a in ("--mirror", ip)]
-        run = script_run("configure-node.sh", *keep, *mirrors, args.domain, args.master0,
+        run = script_run("configure-node.sh", *keep, *entry, *mirrors, args.domain, args.master0,
                          str(args.port), data=args.ca_cert)
     after = pulumi.ResourceOptions(depends_on=list(args.after))
     return host_step(HostStep.NODE.of(args.ip), args.access, args.ip, run,

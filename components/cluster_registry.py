@@ -17,6 +17,7 @@ from topology import HostStep, Topology
 
 from .access import SshAccess
 from .cluster_node import ClusterNodeArgs, node_step
+from .data_probe import probe_trees
 from .deploy_host import DeployHost, DeployHostArgs, RootfsPayload, StoreSource
 from .records import RegistryRecords, RegistryRecordsArgs, sealer_registry_info
 from .remote_scripts import host_step, script_run
@@ -41,6 +42,9 @@ class ClusterRegistryArgs:
     kube_context: str | None = None
     cluster_identifier: str = ""
     extra_summary: dict = field(default_factory=dict)
+    # registry.local_registry.node_entry as (address, stats port): hosts without a registry reach
+    # it through a node-local HAProxy (components/cluster_node.py).
+    node_entry: tuple[str, int] | None = None
 
 
 class ClusterRegistry(pulumi.ComponentResource):
@@ -81,16 +85,32 @@ class ClusterRegistry(pulumi.ComponentResource):
 
         payload = RootfsPayload.of(m, args.domain)  # master0's, and a cold standby's
         read_only = RootfsPayload.of(m, args.domain, read_only=True) if layout.mirrors else None
+
+        # The data the data steps sync to, read now from the live hosts that hold it (never a
+        # down host): HA, every live master (the union of their trees); else master0 (the
+        # source of every replica).
+        copying = [h for h in layout.live_deploy if h.copies_data]
+        probed = ([h.ip for h in copying] if layout.ha else
+                  [master0] if any(h.ip == master0 for h in copying) else [])
+        self.probe = (probe_trees(args.access, args.rootfs, probed, lists=layout.ha)
+                      if probed else None)
+        generation = None
+        if self.probe is not None:
+            generation = self.probe.union() if layout.ha else self.probe.generation_of(master0)
+
         self.deploy_hosts: dict[str, DeployHost] = {}
         # master0 first: the replicas' data steps pull from it once its own data step is done.
+        # In HA the masters' steps run side by side: each pulls the others' original files.
         for host in sorted(layout.live_deploy, key=lambda h: h.ip != master0):
             first = self.deploy_hosts.get(master0)
+            after = (first.data,) if first is not None and first.data is not None and not layout.ha else ()
             self.deploy_hosts[host.ip] = DeployHost(HostStep.DEPLOY.of(host.ip), DeployHostArgs(
                 host=host, rootfs=args.rootfs, domain=args.domain, port=args.port,
                 access=args.access, payload=read_only if host.read_only else payload,
                 store=args.store,
                 data_sources=tuple(layout.data_sources(host.ip)),
-                after=(first.data,) if first is not None and first.data is not None else (),
+                after=after,
+                data_generation=generation,
             ), opts=child)
         # The registries that serve read-write: master0's; with ha, every live master's.
         launches = [self.deploy_hosts[ip].registry for ip in layout.registries]
@@ -101,6 +121,7 @@ class ClusterRegistry(pulumi.ComponentResource):
                 ip=host.ip, domain=args.domain, port=args.port, master0=master0,
                 access=args.access, ca_cert=m.ca_cert, mirrors=layout.mirrors, after=launches,
                 maps_domain=host.hosts_entry(master0) is not None,
+                entry=args.node_entry if layout.uses_entry(host.ip, args.node_entry) else None,
             ), opts=child)
 
         refs = [str(ref) for img in args.images for ref in img.refs]
@@ -111,7 +132,10 @@ class ClusterRegistry(pulumi.ComponentResource):
         # HA: every master's registry, one by one (by name, so sealer's DNS-only cert verifies);
         # the domain resolves to the verifier's own IP or lvscare's VIP, not to master0 ("-").
         each = [a for ip in layout.registries for a in ("--registry", ip)] if layout.ha else []
-        verify = script_run("verify-registry.sh", *mirrors, *each, args.domain, str(args.port),
+        # The verifier pulls as every node does: through its entry point when it has one.
+        entry = (["--entry", args.node_entry[0]]
+                 if layout.uses_entry(layout.verifier, args.node_entry) else [])
+        verify = script_run("verify-registry.sh", *mirrors, *each, *entry, args.domain, str(args.port),
                             "https" if m.tls else "http", args.username or "",
                             "-" if layout.ha else master0, *refs, data=password_line)
         self.verify = host_step(
@@ -125,10 +149,38 @@ class ClusterRegistry(pulumi.ComponentResource):
 
         self.master0 = master0
         self.endpoint = f"{args.domain}:{args.port}"
+        self.data_tree, self.data_images = self._data_outputs(layout)
         self.register_outputs({
             "master0": master0,
             "endpoint": self.endpoint,
             "deploy_hosts": list(self.deploy_hosts),
             "nodes": list(self.nodes),
             "verified": self.verify.stdout,
+            "data_tree": self.data_tree,
+            "data_images": self.data_images,
         })
+
+    def _data_outputs(self, layout: Topology) -> tuple[pulumi.Output[str] | None,
+                                                       pulumi.Output[list[str]] | None]:
+        """``data_tree``: the tree the data steps synced to (HA: the union digest; else the tree
+        master0's data step reported, which a fill from the image store may have changed after
+        the probe); ``data_images``: the source's cache/registry ids (HA: the union's)."""
+        if self.probe is None:
+            return None, None
+        if layout.ha:
+            return self.probe.union(), self.probe.union_ids()
+        master0 = layout.master0
+        probed = self.probe.hosts.apply(lambda h: h[master0].tree)
+        step = self.deploy_hosts[master0].data
+        tree = probed if step is None else pulumi.Output.all(
+            pulumi.Output.unsecret(step.stdout), probed).apply(lambda v: _reported_tree(v[0]) or v[1])
+        return tree, self.probe.ids_of(master0)
+
+
+def _reported_tree(stdout: str | None) -> str | None:
+    """The ``tree <sha256>`` line a data step prints last (pull-data.sh, fill-from-store.sh)."""
+    for line in reversed((stdout or "").splitlines()):
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "tree" and len(parts[1]) == 64:
+            return parts[1]
+    return None

@@ -114,13 +114,17 @@ class DeployHostArgs:
     store: StoreSource | None  # the image store master0 is filled from (None: the cluster's own data)
     data_sources: tuple[str, ...] = ()  # hosts the data step may copy from (topology.data_sources)
     after: tuple[pulumi.Resource, ...] = ()  # a replica's data step runs after master0's
+    # What the data step syncs to (components/data_probe.py): master0's probed generation, or in
+    # HA the union digest of the live masters' trees. A change reruns the step; None: not probed.
+    data_generation: pulumi.Input[str] | None = None
 
 
 class DeployHost(pulumi.ComponentResource):
     """``deploy-<ip>``: ``rootfs-<ip>``, ``data-<ip>``, ``registry-launch|standby-<ip>``.
 
-    With ``registry.local_registry.ha`` every deploy host (a master) gets ``rootfs-<ip>`` and
-    ``registry-launch-<ip>`` only: its own read-write registry on the data sealer gave it,
+    With ``registry.local_registry.ha`` every deploy host (a master) gets ``rootfs-<ip>``,
+    ``data-<ip>`` (it pulls from every other live master what it lacks: the union of their data,
+    scripts/pull-data.sh --union) and ``registry-launch-<ip>``: its own read-write registry,
     launched only when it does not serve these files already (so sealer's registries keep
     running after an adoption).
 
@@ -156,12 +160,16 @@ class DeployHost(pulumi.ComponentResource):
             # Host to host: the step runs on this host and pulls over SSH (the cluster's key or
             # the source's password on stdin only; quiet step). Replicas run after master0's data
             # step; with an image store, master0's data changes with the refs: pull again then.
-            # Without one, the program cannot see a change of master0's tree.
+            # Without an image store or a probe, the program cannot see a change of master0's
+            # tree. In HA every master pulls from every other live master (the union).
             generation = ["--generation", args.store.generation] if args.store is not None else []
+            probed = ["--data-generation", args.data_generation] if args.data_generation is not None else []
             sources = list(args.data_sources)
+            mode = ("--union" if host.ha else
+                    "--master0" if host.role is RegistryRole.LAUNCH else "--replica")
             pull = script_run(
-                "pull-data.sh", "--master0" if host.role is RegistryRole.LAUNCH else "--replica",
-                args.rootfs, *generation, *args.access.pull_sources(sources),
+                "pull-data.sh", mode, args.rootfs, *generation, *probed,
+                *args.access.pull_sources(sources),
                 data=args.access.pull_credentials(sources))
             self.data = host_step(HostStep.DATA.of(ip), args.access, ip, pull, quiet=True,
                                   opts=child.merge(pulumi.ResourceOptions(depends_on=list(args.after))))
@@ -181,8 +189,9 @@ class DeployHost(pulumi.ComponentResource):
             # machine: store -> master0; every secret on the step's stdin).
             store = args.store
             assert store is not None
+            probed = ["--data-generation", args.data_generation] if args.data_generation is not None else []
             fill = script_run(
-                "fill-from-store.sh", *args.access.rsync_flags(ip), "--dest-tls", store.dest_tls,
+                "fill-from-store.sh", *args.access.rsync_flags(ip), "--dest-tls", store.dest_tls, *probed,
                 f"{args.access.user_for(ip)}@{ip}", str(args.access.port_for(ip)), args.rootfs,
                 store.registry, str(args.port), *store.refs,
                 data=store.stdin(args.access.rsync_secret(ip)))

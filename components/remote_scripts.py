@@ -69,14 +69,22 @@ def script_body(name: str) -> str:
 
 @dataclass(frozen=True)
 class ScriptRun:
-    command: str
+    command: pulumi.Input[str]  # a str unless an argument is an Output (a probed generation)
     stdin: pulumi.Input[str]
 
 
-def script_run(name: str, *args: str, data: pulumi.Input[str] | None = None) -> ScriptRun:
+def _command(args: tuple) -> str:
+    return " ".join(["bash", "-s", "--", *(shlex.quote(str(a)) for a in args)])
+
+
+def script_run(name: str, *args: pulumi.Input[str], data: pulumi.Input[str] | None = None) -> ScriptRun:
     """Runs ``scripts/<name> ARGS`` reading ``data`` on its stdin. A secret ``data`` keeps the
-    whole stdin secret."""
-    command = " ".join(["bash", "-s", "--", *(shlex.quote(str(a)) for a in args)])
+    whole stdin secret. An Output argument makes the command an Output (never pass a secret:
+    the command line is what errors, diffs and process lists show)."""
+    if any(isinstance(a, pulumi.Output) for a in args):
+        command: pulumi.Input[str] = pulumi.Output.all(*args).apply(lambda v: _command(tuple(v)))
+    else:
+        command = _command(args)
     body = script_body(name)
     if data is None:
         return ScriptRun(command, body)
@@ -94,8 +102,10 @@ def host_step(name: str, access: "SshAccess", ip: str, run: ScriptRun, *,
     if quiet:
         secret_out = pulumi.ResourceOptions(additional_secret_outputs=["stdout", "stderr"])
         opts = secret_out if opts is None else opts.merge(secret_out)
+    create = (run.command.apply(lambda c: access.as_root(ip, c)) if isinstance(run.command, pulumi.Output)
+              else access.as_root(ip, run.command))
     return remote.Command(
-        name, connection=access.connection(ip), create=access.as_root(ip, run.command),
+        name, connection=access.connection(ip), create=create,
         stdin=run.stdin, triggers=triggers,
         # Else an update asks sshd to SetEnv the previous output, which stock sshd refuses.
         add_previous_output_in_env=False,

@@ -54,6 +54,20 @@ class Standby(StrEnum):
     WARM = "warm"  # the registry serves it read-only (distribution's storage.maintenance.readonly)
 
 
+class NodeEntry(ConfigModel):
+    """A node-local entry point to the registry on every host that runs none (issue 21): HAProxy
+    in TCP mode (TLS passed through) listening on ``address``, which the node's /etc/hosts maps
+    the domain to, with master0 as its server and the warm standbys as backup servers, each
+    health-checked (``GET /v2/`` over TLS every second). A pull never waits on a client's connect
+    timeout: a connection HAProxy cannot open to master0 within 1 s is retried on a standby.
+    ``address`` is held by the node's ``lo`` (like sealer's HA VIP, 10.103.97.2, which is free in
+    a cluster without ``ha``); ``stats_port`` is HAProxy's stats page on the node's 127.0.0.1,
+    which ``status`` reads."""
+
+    address: HostIP
+    stats_port: Port = 5099
+
+
 class LocalRegistry(ConfigModel):
     deploy_hosts: Optional[list[HostIP]] = None
     insecure_mode: StrictBool = False
@@ -63,6 +77,26 @@ class LocalRegistry(ConfigModel):
     # node-local IPVS VIP kept by reg-lvscare. The program keeps the registries and the trust, and
     # rewrites no hosts line (config/stack.py: ha_problems; topology.py: the roles).
     ha: StrictBool = False
+    node_entry: Optional[NodeEntry] = None
+
+    @model_validator(mode="after")
+    def _check_node_entry(self) -> "LocalRegistry":
+        entry = self.node_entry
+        if entry is None:
+            return self
+        problems = []
+        if self.ha:
+            problems.append(("node_entry", "cannot be combined with ha: true: in sealer's HA layout nodes "
+                                           "already reach the masters through lvscare's VIP"))
+        elif self.standby is not Standby.WARM:
+            problems.append(("node_entry", f"needs standby: warm (got standby: {self.standby}): the entry "
+                                           "point's backup servers are the warm standbys; with cold "
+                                           "standbys it would only ever reach master0"))
+        if self.insecure_mode:
+            problems.append(("node_entry", "needs TLS (got insecure_mode: true): its health check is "
+                                           "GET /v2/ over TLS verified by the cluster's CA"))
+        raise_problems(problems)
+        return self
 
     @field_validator("deploy_hosts")
     @classmethod

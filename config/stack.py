@@ -101,6 +101,8 @@ class StackConfig(ConfigModel):
             + warm_cert_problems(self.registry.local_registry.standby,
                                  self.registry.tls.cert if self.registry.tls else None,
                                  self.deploy_hosts)
+            + entry_problems(self.registry.local_registry.node_entry, self.registry.port,
+                             [*self.cluster.masters, *self.cluster.nodes])
         )
         if self.kubernetes.cluster_identifier is None:
             self.kubernetes.cluster_identifier = self.cluster.name
@@ -230,6 +232,22 @@ def ha_problems(*, ha: bool, standby: object, deploy_hosts: Optional[list[str]],
                          "serves its own registry data (sealer's), which the program neither fills "
                          "nor copies; remove apps.image_store (and apps.cluster_image_id) or set "
                          "ha: false"))
+    return problems
+
+
+def entry_problems(entry, port: int, hosts: list[str]) -> list[tuple[str, str]]:
+    """The node entry point's address is held by every node's ``lo``: a cluster host's own IP
+    there would capture that host's traffic; its stats page must not take the registry's port."""
+    if entry is None:
+        return []
+    problems = []
+    if entry.address in hosts:
+        problems.append(("registry.local_registry.node_entry.address",
+                         f"{entry.address} is a cluster host; give an address no host holds (each "
+                         f"node puts it on its lo), such as 10.103.97.2"))
+    if entry.stats_port == port:
+        problems.append(("registry.local_registry.node_entry.stats_port",
+                         f"{entry.stats_port} is the registry's port (registry.port: {port})"))
     return problems
 
 

@@ -11,7 +11,10 @@
 # is needed, as for every other step, and the registry's certificate names 127.0.0.1.
 # Usage: fill-from-store.sh [--key-stdin | --password-stdin] [--host-key LINE]
 #                           [--jump USER@HOST:PORT] [--sudo] [--dest-tls MODE]
-#                           USER@HOST SSH_PORT ROOTFS STORE REGISTRY_PORT REF...
+#                           [--data-generation D] USER@HOST SSH_PORT ROOTFS STORE REGISTRY_PORT REF...
+# --data-generation: the program's probe of master0's tree (scripts/probe-trees.sh), written to
+# <registry>/.sealer-generation after the stamp (see pull-data.sh). Prints "tree <sha256>" (the
+# stamp's) on stdout after the fill.
 # STORE: HOST:PORT of the store (HTTPS, always verified). --dest-tls, how master0's registry is
 # reached through the tunnel: verify (default; stdin's dest-ca, the certificate names 127.0.0.1),
 # skip-verify (HTTPS unverified: a brought certificate that does not name 127.0.0.1, e.g.
@@ -38,6 +41,7 @@ SUDO=""
 WORK=""
 SSH_SECRET=""
 DEST_TLS=verify
+GENERATION=""
 # A hung store must not hang `pulumi up`: one ref's copy gets this long (skopeo's own timeout).
 COPY_TIMEOUT=${FILL_COPY_TIMEOUT:-30m}
 PARALLEL=4
@@ -60,6 +64,7 @@ parse_flags() {
       --jump) JUMP=$2; shift 2 ;;
       --sudo) SUDO="sudo -n"; shift ;;
       --dest-tls) DEST_TLS=$2; shift 2 ;;
+      --data-generation) GENERATION=$2; shift 2 ;;
       *) break ;;
     esac
   done
@@ -192,6 +197,7 @@ main() {
   trap 'exit 143' TERM
   parse_flags "$@"
   set -- "${REST[@]}"
+  [[ -z "$GENERATION" || "$GENERATION" =~ ^[A-Za-z0-9._:-]{1,200}$ ]] || fatal "bad --data-generation: $GENERATION"
   (($# >= 5)) || fatal "usage: fill-from-store.sh [flags] USER@HOST SSH_PORT ROOTFS STORE REGISTRY_PORT REF..."
   local target=$1 port=$2 rootfs=$3 store=$4 registry_port=$5
   shift 5
@@ -209,7 +215,9 @@ main() {
   copy_all "$store" "$dest" "$@"
   info "$COPIED refs copied from $store, $PRESENT already served by $host"
   "${CONTROL[@]}" "$target" "$(as_root "bash -c $(printf '%q' "$(declare -f tree_list write_stamp)
-tree_list $registry >$registry/.sealer-replica.list && write_stamp $registry self $registry/.sealer-replica.list && rm -f $registry/.sealer-replica.list $registry/.sealer-replica.run")")"
+tree_list $registry >$registry/.sealer-replica.list && write_stamp $registry self $registry/.sealer-replica.list && rm -f $registry/.sealer-replica.list $registry/.sealer-replica.run
+$([[ -z "$GENERATION" ]] || echo "echo $GENERATION >$registry/.sealer-generation.new && mv -f $registry/.sealer-generation.new $registry/.sealer-generation")
+sed -n 's/.*\"tree\": \"\([0-9a-f]\{64\}\)\".*/tree \1/p' $registry/.sealer-replica")")"
   echo "filled $# refs on $host ($COPIED copied, $PRESENT present)"
 }
 

@@ -7,13 +7,24 @@
 # size), never deleting (no --delete: an empty or wrong source cannot wipe a replica).
 # The replica stamp (lib/replica.sh) is removed before the copy writes and written after it is
 # verified; an interrupted copy leaves .sealer-replica.run behind, so it is never taken for data.
-# Usage: pull-data.sh --replica|--master0 ROOTFS [--generation G] [--source IP PORT USER HOST_KEY|-]...
+# Usage: pull-data.sh --replica|--master0|--union ROOTFS [--generation G] [--data-generation D]
+#                     [--source IP PORT USER HOST_KEY|-]...
 #   --replica: copy from the first source (master0), which must hold a complete stamp.
 #   --master0: this host is the source: keep its own data when its stamp is complete (or it holds
 #     data no copy of ours ever touched: sealer's); else copy from the first source holding a
 #     complete stamp. Then write the stamp "self".
+#   --union (sealer's HA layout: every master serves its own registry): pull from EVERY source
+#     what this host lacks, so that it holds the union of all the masters' trees. No stamp is
+#     needed on a source; --update: a file this host holds newer than the source's is kept (a tag
+#     pushed to two masters: the newest push wins, by mtime); no --delete. Each source's listed
+#     files must be here afterwards (blobs with their size). Then the stamp "union".
 #   --generation: what the program knows of the source's content (a digest of the image-store
 #     images master0 gets); unused here, a change only makes the engine run the step again.
+#   --data-generation: the program's probe of the source's tree (scripts/probe-trees.sh); written
+#     to <registry>/.sealer-generation after the stamp, so the next probe knows this host holds
+#     what the step synced to (an unchanged tree keeps the generation: nothing to diff).
+# After a verified copy the source's <rootfs>/cache/registry/<id> flags this host lacks are added
+# (sealer's "this image's registry data reached this host"); none is ever removed.
 # stdin: credentials, one per line (never argv or the environment): "key <base64 private key>",
 #   "password <ip> <base64 password>" (a source with a password logs in with it; the key, when
 #   there is one too, is offered first).
@@ -97,7 +108,8 @@ end_stale_copies() {
   info "ended the rsync of an interrupted copy (after ${i}x0.1 s)"
 }
 
-# The source's stamp then its tree list, in one session; fails unless the stamp is complete.
+# The source's stamp, its cache/registry flags ("ID@MTIME ..." on one line), then its tree list,
+# in one session.
 read_source() {
   local registry=$1 user=$2 ip=$3 out=$4 prefix=""
   shift 4
@@ -105,38 +117,36 @@ read_source() {
   "$@" "$user@$ip" "${prefix}bash -s" >"$out" <<REMOTE
 $(declare -f tree_list)
 cat $(printf '%q' "$registry/.sealer-replica") 2>/dev/null || echo none
+find $(printf '%q' "${registry%/registry}/cache/registry") -maxdepth 1 -type f -regextype egrep \
+  -regex '.*/[0-9a-f]{64}' -printf '%f@%T@ ' 2>/dev/null || true; echo
 tree_list $(printf '%q' "$registry")
 REMOTE
 }
 
-# pull_from REGISTRY IP PORT USER HOST_KEY: copy and verify; on success the stamp names IP (the
-# caller may rewrite it as self). Returns 3 when the source holds no complete replica, 4 when it
-# cannot be read, 5 when the copy failed; a verification failure ends the script. Called in an
-# `||` list, where bash ignores `set -e`: every step checks its own status.
-pull_from() {
-  local registry=$1 ip=$2 port=$3 user=$4 host_key=$5 ssh_cmd rsync_path=() token h blobs
-  mapfile -t ssh_cmd < <(ssh_command "$ip" "$port" "$host_key")
-  use_askpass_for "$ip"  # after ssh_command wrote the helper
-  read_source "$registry" "$user" "$ip" "$WORK/source" "${ssh_cmd[@]}" </dev/null ||
-    { warn "cannot read $ip's registry over SSH"; return 4; }
-  head -1 "$WORK/source" >"$WORK/source-stamp" && tail -n +2 "$WORK/source" >"$WORK/list" || return 4
-  mkdir -p "$WORK/src" && cp "$WORK/source-stamp" "$WORK/src/.sealer-replica" || return 4
-  stamp_complete "$WORK/src" || { info "$ip holds no complete replica (stamp: $(cat "$WORK/source-stamp"))"; return 3; }
-  info "copying from $ip: $(wc -l <"$WORK/list") files"
-  token="$$-$(date +%s%N)-$RANDOM"
-  { rm -f "$registry/.sealer-replica" && printf '%s\n' "$token" >"$registry/$RUN_MARK"; } ||
-    fatal "cannot write in $registry"
-  end_stale_copies "$registry"
-  [[ "$user" == root ]] || rsync_path=(--rsync-path="sudo -n rsync")
-  rsync -a --delay-updates --exclude=_uploads/ --out-format='%n' -e "$(printf '%q ' "${ssh_cmd[@]}")" \
-    "${rsync_path[@]}" "$user@$ip:$registry/docker" "$registry/" >"$WORK/received" </dev/null ||
-    { warn "the copy from $ip failed (exit $?)"; return 5; }
-  # Partial files an interrupted copy kept under .~tmp~ are never renamed into place now.
-  find "$registry/docker" -depth -type d -name .~tmp~ -exec rm -rf {} + ||
-    fatal "cannot remove the partial files under $registry/docker"
-  grep -E '/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data$' "$WORK/received" >"$WORK/blobs" || true
-  blobs=$(wc -l <"$WORK/blobs")
-  info "$(wc -l <"$WORK/received") paths received from $ip, $blobs blobs; verifying them"
+# Adds the flags of IDS_FILE ("ID@MTIME ..." line) this host lacks, with the source's mtime.
+copy_flags() {
+  local registry=$1 ids_file=$2 ip=$3 cache entries entry id mtime added=0
+  cache=${registry%/registry}/cache/registry
+  read -r -a entries <"$ids_file" || true
+  for entry in "${entries[@]}"; do
+    id=${entry%%@*} mtime=${entry#*@}
+    [[ "$id" =~ ^[0-9a-f]{64}$ ]] || continue
+    [[ ! -e "$cache/$id" ]] || continue
+    mkdir -p "$cache" || fatal "cannot create $cache"
+    install -m 0644 /dev/null "$cache/$id.sealer-new" || fatal "cannot write in $cache"
+    if [[ "$mtime" =~ ^[0-9]+ ]]; then touch -d "@${BASH_REMATCH[0]}" "$cache/$id.sealer-new"; fi
+    mv -f "$cache/$id.sealer-new" "$cache/$id" || fatal "cannot write the flag $cache/$id"
+    added=$((added + 1))
+  done
+  info "cache/registry flags from $ip: $added added"
+}
+
+# Blobs of RECEIVED (rsync's out-format paths) hashed against their names; ends the script on a
+# mismatch.
+verify_blobs() {
+  local registry=$1 received=$2 ip=$3 h
+  grep -E '/blobs/sha256/[0-9a-f]{2}/[0-9a-f]{64}/data$' "$received" >"$WORK/blobs" || true
+  info "$(wc -l <"$received") paths received from $ip, $(wc -l <"$WORK/blobs") blobs; verifying them"
   # openssl hashes ~5x faster than sha256sum with SHA extensions; one hasher per core, 16
   # paths each, so each writes its lines in one atomic pipe write.
   if command -v openssl >/dev/null; then h="openssl dgst -sha256 -r"; else h=sha256sum; fi
@@ -144,6 +154,53 @@ pull_from() {
   (cd "$registry" && xargs -r -d '\n' -P "$(nproc)" -n 16 $h <"$WORK/blobs") |
     awk '{ sub(/^\*/, "", $2); n = split($2, p, "/"); if (p[n - 1] != $1) { print "corrupt blob: " $2; bad++ } }
          END { exit bad > 0 }' >&2 || fatal "blob verification failed: a blob received from $ip does not match its digest"
+}
+
+# copy_tree REGISTRY IP USER SSH_CMD... [--update]: rsync IP's docker tree into this host's
+# (received paths in $WORK/received). The source may be writing meanwhile (a push, or in the HA
+# union another master copying INTO it): its rsync temp files and partial dirs (every name that
+# starts with a dot; distribution's layout has none) are not sent, and a file that vanished
+# between rsync's listing and its read (exit 24) is not an error here: the caller checks every
+# path of the source's listing afterwards.
+copy_tree() {
+  local registry=$1 ip=$2 user=$3 extra=() rsync_path=() code=0
+  shift 3
+  if [[ "${*: -1}" == --update ]]; then extra=(--update); set -- "${@:1:$#-1}"; fi
+  [[ "$user" == root ]] || rsync_path=(--rsync-path="sudo -n rsync")
+  rsync -a --delay-updates "${extra[@]}" --exclude=_uploads/ --exclude='.*' --out-format='%n' \
+    -e "$(printf '%q ' "$@")" "${rsync_path[@]}" "$user@$ip:$registry/docker" "$registry/" \
+    >"$WORK/received" </dev/null || code=$?
+  if ((code == 24)); then
+    warn "files vanished on $ip during the copy (rsync exit 24); checking its listing"
+    code=0
+  fi
+  return "$code"
+}
+
+# pull_from REGISTRY IP PORT USER HOST_KEY: copy and verify; on success the stamp names IP (the
+# caller may rewrite it as self). Returns 3 when the source holds no complete replica, 4 when it
+# cannot be read, 5 when the copy failed; a verification failure ends the script. Called in an
+# `||` list, where bash ignores `set -e`: every step checks its own status.
+pull_from() {
+  local registry=$1 ip=$2 port=$3 user=$4 host_key=$5 ssh_cmd token
+  mapfile -t ssh_cmd < <(ssh_command "$ip" "$port" "$host_key")
+  use_askpass_for "$ip"  # after ssh_command wrote the helper
+  read_source "$registry" "$user" "$ip" "$WORK/source" "${ssh_cmd[@]}" </dev/null ||
+    { warn "cannot read $ip's registry over SSH"; return 4; }
+  head -1 "$WORK/source" >"$WORK/source-stamp" && sed -n 2p "$WORK/source" >"$WORK/source-ids" &&
+    tail -n +3 "$WORK/source" >"$WORK/list" || return 4
+  mkdir -p "$WORK/src" && cp "$WORK/source-stamp" "$WORK/src/.sealer-replica" || return 4
+  stamp_complete "$WORK/src" || { info "$ip holds no complete replica (stamp: $(cat "$WORK/source-stamp"))"; return 3; }
+  info "copying from $ip: $(wc -l <"$WORK/list") files"
+  token="$$-$(date +%s%N)-$RANDOM"
+  { rm -f "$registry/.sealer-replica" && printf '%s\n' "$token" >"$registry/$RUN_MARK"; } ||
+    fatal "cannot write in $registry"
+  end_stale_copies "$registry"
+  copy_tree "$registry" "$ip" "$user" "${ssh_cmd[@]}" || { warn "the copy from $ip failed (exit $?)"; return 5; }
+  # Partial files an interrupted copy kept under .~tmp~ are never renamed into place now.
+  find "$registry/docker" -depth -type d -name .~tmp~ -exec rm -rf {} + ||
+    fatal "cannot remove the partial files under $registry/docker"
+  verify_blobs "$registry" "$WORK/received" "$ip"
   { tree_list "$registry" >"$WORK/have" && LC_ALL=C comm -23 "$WORK/list" "$WORK/have" >"$WORK/missing"; } ||
     fatal "cannot list $registry"
   [[ ! -s "$WORK/missing" ]] ||
@@ -153,6 +210,70 @@ pull_from() {
   { write_stamp "$registry" "$ip" "$WORK/list" && rm -f "$registry/$RUN_MARK"; } ||
     fatal "cannot write the stamp in $registry"
   info "replica complete from $ip: $(cat "$registry/.sealer-replica")"
+  copy_flags "$registry" "$WORK/source-ids" "$ip"
+}
+
+# union_from REGISTRY IP PORT USER HOST_KEY: what IP holds and this host lacks (--update: this
+# host's newer files are kept), verified; the flags too. Ends the script on any failure.
+union_from() {
+  local registry=$1 ip=$2 port=$3 user=$4 host_key=$5 ssh_cmd
+  mapfile -t ssh_cmd < <(ssh_command "$ip" "$port" "$host_key")
+  use_askpass_for "$ip"
+  read_source "$registry" "$user" "$ip" "$WORK/source" "${ssh_cmd[@]}" </dev/null ||
+    fatal "cannot read $ip's registry over SSH (every live master is a source of the union)"
+  { sed -n 2p "$WORK/source" >"$WORK/source-ids" && tail -n +3 "$WORK/source" >"$WORK/list"; } ||
+    fatal "cannot read $ip's answer"
+  info "union: $ip lists $(wc -l <"$WORK/list") files"
+  if [[ ! -s "$WORK/list" ]]; then
+    # Nothing to copy (a master without data may not even have the docker dir rsync would read).
+    copy_flags "$registry" "$WORK/source-ids" "$ip"
+    return 0
+  fi
+  copy_tree "$registry" "$ip" "$user" "${ssh_cmd[@]}" --update || fatal "the copy from $ip failed (exit $?)"
+  find "$registry/docker" -depth -type d -name .~tmp~ -exec rm -rf {} + ||
+    fatal "cannot remove the partial files under $registry/docker"
+  verify_blobs "$registry" "$WORK/received" "$ip"
+  # Every path the source listed is here; a blob (named by its digest) with its size. A tag's
+  # link file this host holds newer may differ from the source's: --update kept ours.
+  tree_list "$registry" >"$WORK/have" || fatal "cannot list $registry"
+  awk 'NR == FNR { have[$1] = $2; next }
+       !($1 in have) || ($1 ~ /^blobs\// && have[$1] != $2) { print; bad++ }
+       END { exit bad > 0 }' "$WORK/have" "$WORK/list" >"$WORK/missing" ||
+    fatal "$(wc -l <"$WORK/missing") files of $ip's tree are not here (first: $(head -1 "$WORK/missing"))"
+  copy_flags "$registry" "$WORK/source-ids" "$ip"
+}
+
+union_main() {
+  local registry=$1 token
+  shift
+  token="$$-$(date +%s%N)-$RANDOM"
+  { rm -f "$registry/.sealer-replica" && printf '%s\n' "$token" >"$registry/$RUN_MARK"; } ||
+    fatal "cannot write in $registry"
+  end_stale_copies "$registry"
+  find "$registry/docker" -depth -type d -name .~tmp~ -exec rm -rf {} + 2>/dev/null || true
+  while (($#)); do
+    [[ "$1" == --source && $# -ge 5 ]] || fatal "bad source arguments: $*"
+    union_from "$registry" "$2" "$3" "$4" "$5"
+    shift 5
+  done
+  [[ "$(cat "$registry/$RUN_MARK" 2>/dev/null || true)" == "$token" ]] ||
+    fatal "another copy into $registry started meanwhile; not writing the stamp"
+  tree_list "$registry" >"$WORK/self" || fatal "cannot list $registry"
+  { write_stamp "$registry" union "$WORK/self" && rm -f "$registry/$RUN_MARK"; } ||
+    fatal "cannot write the stamp in $registry"
+  info "union complete: $(cat "$registry/.sealer-replica")"
+}
+
+# The probe's generation, after the stamp (scripts/probe-trees.sh reads it back), and the tree
+# this host holds now on stdout (the stack output data_tree reads master0's).
+finish() {
+  local registry=$1 generation=$2
+  if [[ -n "$generation" ]]; then
+    { printf '%s\n' "$generation" >"$registry/.sealer-generation.new" &&
+      mv -f "$registry/.sealer-generation.new" "$registry/.sealer-generation"; } ||
+      fatal "cannot write $registry/.sealer-generation"
+  fi
+  echo "tree $(sed -n 's/.*"tree": "\([0-9a-f]\{64\}\)".*/\1/p' "$registry/.sealer-replica")"
 }
 
 # Data on this host that no copy of ours left unfinished (sealer's own registry, or a store push).
@@ -170,9 +291,10 @@ stamp_self() {
 }
 
 main() {
-  local mode=$1 rootfs=$2 registry tried=() rc
+  local mode=$1 rootfs=$2 registry tried=() rc generation=""
   shift 2
-  [[ "$mode" == --replica || "$mode" == --master0 ]] || fatal "first argument: --replica or --master0, not $mode"
+  [[ "$mode" == --replica || "$mode" == --master0 || "$mode" == --union ]] ||
+    fatal "first argument: --replica, --master0 or --union, not $mode"
   WORK=$(mktemp -d)
   trap cleanup EXIT
   read_credentials
@@ -182,12 +304,23 @@ main() {
     info "source generation $2"
     shift 2
   fi
+  if [[ "${1:-}" == --data-generation ]]; then
+    generation=$2
+    [[ "$generation" =~ ^[A-Za-z0-9._:-]{1,200}$ ]] || fatal "bad --data-generation: $generation"
+    shift 2
+  fi
+  if [[ "$mode" == --union ]]; then
+    union_main "$registry" "$@"
+    finish "$registry" "$generation"
+    return 0
+  fi
   if [[ "$mode" == --master0 ]]; then
     if stamp_complete "$registry" || holds_own_data "$registry"; then
       info "this host holds the data ($(stamp_complete "$registry" && echo "complete stamp" || echo "own data, no stamp")); copying nothing"
       end_stale_copies "$registry"
       find "$registry/docker" -depth -type d -name .~tmp~ -exec rm -rf {} + 2>/dev/null || true
       stamp_self "$registry"
+      finish "$registry" "$generation"
       return 0
     fi
     tried+=("this host (no complete stamp$([[ -e "$registry/$RUN_MARK" ]] && echo ", an interrupted copy"))")
@@ -198,6 +331,7 @@ main() {
     pull_from "$registry" "$2" "$3" "$4" "$5" || rc=$?
     if ((rc == 0)); then
       [[ "$mode" == --replica ]] || stamp_self "$registry"
+      finish "$registry" "$generation"
       return 0
     fi
     case $rc in

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Reports one host's registry side as KEY=VALUE lines for `python -m cli status` and the
 # preflight of `recover`/`rejoin`. Reads only; changes nothing on the host.
-# Usage: status-probe.sh ROOTFS DOMAIN PORT CA_SHA256 REF...
+# Usage: status-probe.sh [--entry-stats PORT] ROOTFS DOMAIN PORT CA_SHA256 REF...
+#   --entry-stats PORT: also report the node-local entry point (registry.local_registry.node_entry:
+#   HAProxy's stats page on 127.0.0.1:PORT) as entry=<ip:port>:<status>[:backup]... (its servers in
+#   the order of its config; status as HAProxy's CSV says it: UP, DOWN, "UP 1/2", MAINT, ...), or
+#   entry=unreachable when the page does not answer
 #   CA_SHA256: sha256 of the configured CA certificate (see pem_digest), or "-" when there is none (insecure mode)
 #   REF: REPO:TAG@DIGEST of an image of the boot history
 # Output (stdout): probe, hostname, registry (running|stopped), registry_mode (read-only|
 # read-write when running, else empty: a warm standby serves read-only), ref_missing (once per missing
 # REF), refs_ok, resolves, ca (ok|differs|partial|absent|-), containerd (whether the containerd
 # that serves the CRI reads /etc/containerd/certs.d: see containerd_certs_d_state), disk_avail,
-# registry_bytes, replica (the replica stamp's line when complete, else none), clock (the host's
+# registry_bytes, replica (the replica stamp's line when complete, else none), tree (the live
+# registry tree as the stamp's "tree" is computed, lib/replica.sh tree_list: "<sha256> <files>
+# <bytes>", empty without a registry tree), flags (the image ids of <rootfs>/cache/registry/, one
+# flag file per image whose registry data sealer put here, as <id>:<mtime>, space-separated), clock (the host's
 # unix time, to age the stamp by the host's own clock).
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
@@ -88,6 +95,28 @@ ca_state() {
   fi
 }
 
+# "<sha256> <files> <bytes>" of the registry's tree_list lines (the digest a replica stamp's
+# "tree" holds when it was copied from this tree); empty when there is no tree.
+live_tree() {
+  local registry=$1 list digest files bytes
+  [[ -d "$registry/docker/registry/v2" ]] || return 0
+  list=$(tree_list "$registry")
+  digest=$(printf '%s' "${list:+$list$'\n'}" | sha256sum | cut -d' ' -f1)
+  files=$(printf '%s' "${list:+$list$'\n'}" | wc -l)
+  bytes=$(printf '%s' "${list:+$list$'\n'}" | awk '{ s += $NF } END { printf "%.0f", s }')
+  echo "$digest $((files)) ${bytes:-0}"
+}
+
+# The image ids sealer flagged in <rootfs>/cache/registry/ (64 hex names only), each as
+# <id>:<mtime> (unix s: sealer writes the flag when that image's data has been copied), sorted.
+cache_flags() {
+  local dir=$1/cache/registry
+  [[ -d "$dir" ]] || return 0
+  find "$dir" -mindepth 1 -maxdepth 1 -type f -printf '%f:%T@\n' 2>/dev/null |
+    grep -E '^[0-9a-f]{64}:[0-9]+' | sed 's/\.[0-9]*$//' | LC_ALL=C sort | tr '\n' ' ' |
+    sed 's/ $//' || true
+}
+
 # Free bytes where the registry data goes (the rootfs, or its nearest existing parent).
 disk_avail() {
   local dir=$1
@@ -97,7 +126,28 @@ disk_avail() {
   df -PB1 "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }' || true
 }
 
+# The servers of the entry point's TCP backend from HAProxy's stats CSV (columns found by their
+# header names; the stats listener's own rows, FRONTEND and BACKEND are left out).
+entry_servers() {
+  local stats_port=$1 csv
+  if ! csv=$(curl -sf --max-time 2 "http://127.0.0.1:$stats_port/;csv" 2>/dev/null); then
+    echo unreachable
+    return 0
+  fi
+  printf '%s\n' "$csv" | awk -F, '
+    NR == 1 { sub(/^# /, ""); for (i = 1; i <= NF; i++) col[$i] = i; next }
+    $col["svname"] == "FRONTEND" || $col["svname"] == "BACKEND" || $col["addr"] == "" { next }
+    { item = $col["addr"] ":" $col["status"]; if ($col["bck"] == 1) item = item ":backup"
+      gsub(/ /, "_", item); out = out (out == "" ? "" : " ") item }
+    END { print out }'
+}
+
 main() {
+  local entry_stats=""
+  if [[ "${1:-}" == --entry-stats ]]; then
+    entry_stats=$2
+    shift 2
+  fi
   local rootfs=$1 domain=$2 port=$3 ca_sha=$4 bytes registry
   shift 4
   echo "probe=1"
@@ -121,7 +171,12 @@ main() {
   else
     echo "replica=none"
   fi
+  echo "tree=$(live_tree "$rootfs/registry")"
+  echo "flags=$(cache_flags "$rootfs")"
   echo "clock=$(date +%s)"
+  if [[ -n "$entry_stats" ]]; then
+    echo "entry=$(entry_servers "$entry_stats")"
+  fi
 }
 
 main "$@"

@@ -15,7 +15,10 @@
 # by name (curl --resolve DOMAIN:PORT:IP, so sealer's certificate, which names only the domain,
 # verifies), every tag must resolve to its digest there. MASTER0 "-" (HA): the domain must resolve
 # here, to whatever sealer mapped it (this master, or lvscare's VIP on a node).
-# Usage: verify-registry.sh [--mirror IP]... [--registry IP]... DOMAIN PORT SCHEME USERNAME MASTER0 REF...
+# --entry ADDRESS: this node reaches the registry through its node-local entry point (HAProxy on
+# ADDRESS, in front of master0 and the warm standbys): the domain must resolve to ADDRESS, and
+# the pulls go through it (to master0 while master0 answers).
+# Usage: verify-registry.sh [--mirror IP]... [--registry IP]... [--entry ADDRESS] DOMAIN PORT SCHEME USERNAME MASTER0 REF...
 #        (stdin: the password, if USERNAME)
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
@@ -251,9 +254,14 @@ verify_registries() {
 }
 
 main() {
-  while [[ "${1:-}" == --mirror || "${1:-}" == --registry ]]; do
+  local entry=""
+  while [[ "${1:-}" == --mirror || "${1:-}" == --registry || "${1:-}" == --entry ]]; do
     [[ "${2:-}" =~ ^[0-9a-fA-F.:]+$ ]] || fatal "$1 needs an IP address, got '${2:-}'"
-    if [[ "$1" == --mirror ]]; then MIRRORS+=("$2"); else REGISTRIES+=("$2"); fi
+    case $1 in
+      --mirror) MIRRORS+=("$2") ;;
+      --registry) REGISTRIES+=("$2") ;;
+      --entry) entry=$2 ;;
+    esac
     shift 2
   done
   local domain=$1 port=$2 scheme=$3 user=$4 master0=$5 resolved
@@ -264,6 +272,9 @@ main() {
   resolved=$(getent hosts "$domain" | awk '{ print $1; exit }' || true)
   if [[ "$master0" == - ]]; then
     [[ -n "$resolved" ]] || fatal "$domain resolves to nothing here"
+  elif [[ -n "$entry" ]]; then
+    [[ "$resolved" == "$entry" ]] ||
+      fatal "$domain resolves to '${resolved:-nothing}' here, not to the node entry point $entry"
   else
     [[ "$resolved" == "$master0" ]] || fatal "$domain resolves to '${resolved:-nothing}' here, not to master0 $master0"
   fi

@@ -1,17 +1,22 @@
 # shellcheck shell=bash
 # The replica stamp `<rootfs>/registry/.sealer-replica`: one JSON line written only after a
-# complete, verified copy (or on the host that is the source: "source": "self"), removed before a
-# copy starts writing. `watch` and `status` read it; "complete" = the file exists and parses.
-#   {"source": "<ip>|self", "completed_at": <unix s>, "files": <n>, "bytes": <n>,
+# complete, verified copy (or on the host that is the source: "source": "self"; in sealer's HA
+# layout, after a master pulled every other live master's data: "source": "union", the tree it
+# holds then), removed before a copy starts writing. `watch` and `status` read it; "complete" =
+# the file exists and parses.
+#   {"source": "<ip>|self|union", "completed_at": <unix s>, "files": <n>, "bytes": <n>,
 #    "tree": "<sha256 of the sorted 'relative-path size' lines of the source's v2 tree>"}
 # sync-data.sh sends these functions to the host with `declare -f`: keep them self-contained.
 
 # The 'relative-path size' lines of a registry's distribution tree (docker/registry/v2), sorted
-# bytewise. Left out: rsync's partial dirs and uploads in progress (the registry drops those).
+# bytewise. Left out: rsync's partial dirs, its temp files (".<name>.XXXXXX", written by a copy
+# INTO this host that may run while another host copies FROM it) and uploads in progress (the
+# registry drops those). No file of distribution's layout starts with a dot (repository names,
+# tags and digests start with an alphanumeric character).
 tree_list() {
   local v2=$1/docker/registry/v2
   [[ -d "$v2" ]] || return 0
-  (cd "$v2" && find . -type f ! -path '*/.~tmp~/*' ! -path '*/_uploads/*' -printf '%P %s\n') |
+  (cd "$v2" && find . -type f ! -path '*/.~tmp~/*' ! -name '.*' ! -path '*/_uploads/*' -printf '%P %s\n') |
     LC_ALL=C sort
 }
 

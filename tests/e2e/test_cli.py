@@ -66,7 +66,12 @@ class TestOperatorCli:
         m0 = lab_env.masters[0]
         rows = [line.split() for line in result.stdout.splitlines()[1:len(lab_env.all_ips) + 1]]
         assert [r[0] for r in rows] == lab_env.all_ips
-        assert all(r[2] == "yes" and r[-3] == m0 and r[-2] == "ok" and r[-1] == "certs.d" for r in rows), rows
+        # The last five columns: SEA.HUB ->, CA, CONTAINERD, LACKS, ENTRY (REPLICA may hold a space).
+        assert all(r[2] == "yes" and r[-5:-2] == [m0, "ok", "certs.d"] for r in rows), rows
+        # LACKS: the replica is in sync with master0's live tree; nodes are not judged.
+        assert [r[-2] for r in rows] == ["none", "none", "-", "-", "-"], rows
+        # ENTRY: no node entry point is configured on this stack.
+        assert [r[-1] for r in rows] == ["-"] * 5, rows
         assert rows[0][1:6] == ["master0", "yes", "launch", "running", "3/3"]
         assert result.stdout.splitlines()[-1].startswith(f"healthy: master0 {m0} serves 3/3 images")
 

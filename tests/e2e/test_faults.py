@@ -221,21 +221,42 @@ def test_sigint_mid_recovery_then_rerun_converges(lab_env, stack):  # noqa: F811
 
 
 def test_up_fails_when_an_image_does_not_resolve_from_a_node(lab_env, stack):  # noqa: F811
-    """The verification is a real gate: with one image's tag gone from master0's registry, an
-    `up` that verifies fails naming the image; once the data is back it passes again."""
+    """The verification is a real gate: with one image's tag pointing nowhere in master0's
+    registry, an `up` that verifies fails naming the image; once the data is back it passes again.
+    The tag's link file keeps its path and size (a digest of the same length), so master0's tree
+    listing is unchanged: a moved or deleted tag would change it, and the program's probe of
+    master0's tree would then rerun its fill from the image store, which puts the tag back."""
     from pulumi.automation import CommandError
 
     m0 = stack.outputs()["master0"]
     repo_tag = lab_env.refs[-1].split("@")[0]
     repo, tag = repo_tag.rsplit(":", 1)
-    link = f"{lab_env.rootfs}/registry/docker/registry/v2/repositories/{repo}/_manifests/tags/{tag}"
+    link = (f"{lab_env.rootfs}/registry/docker/registry/v2/repositories/{repo}/_manifests/tags/"
+            f"{tag}/current/link")
     verify_urn = next(r["urn"] for r in json.loads(stack.export())["deployment"]["resources"]
                       if r["urn"].endswith("::registry-verify"))
-    lab_env.lab.run(m0, f"mv {link} {link}.away")
+    saved = "/root/e2e-tag-link.saved"  # outside the registry tree
+    lab_env.lab.run(m0, f"cp -p {link} {saved} && printf sha256:%064d 0 > {link} && "
+                        f"touch -r {saved} {link}")
     try:
         with pytest.raises(CommandError) as failed:
             stack.stack.up(replace=[verify_urn], color="never")
     finally:
-        lab_env.lab.run(m0, f"mv {link}.away {link}")
+        lab_env.lab.run(m0, f"cp -p {saved} {link} && rm -f {saved}")
     assert f"{repo}:{tag} resolves to" in str(failed.value)
     stack.stack.up(replace=[verify_urn], color="never")
+
+
+def test_a_tag_removed_from_master0_is_put_back_from_the_store_by_the_next_up(lab_env, stack):  # noqa: F811
+    """master0's tree changed behind the program's back (a tag gone): the probe of its tree at
+    program time reruns master0's fill from the image store, which copies the missing ref back,
+    and the replicas' steps run again; the `up` verifies, and the next `up` changes nothing."""
+    m0 = stack.outputs()["master0"]
+    repo_tag, digest = lab_env.refs[-1].split("@")
+    repo, tag = repo_tag.rsplit(":", 1)
+    tags = f"{lab_env.rootfs}/registry/docker/registry/v2/repositories/{repo}/_manifests/tags"
+    lab_env.lab.run(m0, f"rm -rf {tags}/{tag}")
+    report = stack.up()
+    assert f"data-{m0}" in report.changed(), report.changed()
+    assert lab_env.lab.run(m0, f"cat {tags}/{tag}/current/link").stdout == digest
+    assert stack.up().changed() == {}

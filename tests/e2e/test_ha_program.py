@@ -52,7 +52,7 @@ def test_ha_up_keeps_sealer_s_lines_and_trust_and_runs_every_master(lab_env, sta
     report = stack.up()
     for ip in env.masters:
         assert registry_running(env.lab, ip), ip
-        assert f"registry-launch-{ip}" in report.steps and f"data-{ip}" not in report.steps
+        assert f"registry-launch-{ip}" in report.steps and f"data-{ip}" in report.steps
         assert f"registry-standby-{ip}" not in report.steps
     assert "registry-verify" in report.remote_commands()
     for ip in env.all_ips:

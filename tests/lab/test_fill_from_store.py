@@ -39,7 +39,7 @@ def setup(lab, tmp_path_factory):
     return served, material
 
 
-def fill(lab, served, material, refs, **popen):
+def fill(lab, served, material, refs, *flags, **popen):
     source = StoreSource(registry=served.registry, refs=tuple(refs),
                          ca_pem=served.ca_file.read_text(), login=f"{served.username}:{served.password}",
                          registry_login=material.fill_login, registry_ca=material.ca_cert)
@@ -47,7 +47,8 @@ def fill(lab, served, material, refs, **popen):
         "ssh": lab.key_path.read_text(), "store-auth": source.login, "dest-auth": source.registry_login,
         "store-ca": source.ca_pem, "dest-ca": source.registry_ca}.items())
     run = script_run("fill-from-store.sh", "--key-stdin", "--host-key", lab.host(SERVER).host_key,
-                     f"root@{SERVER_IP}", "22", ROOTFS, served.registry, str(PORT), *refs, data=lines)
+                     *flags, f"root@{SERVER_IP}", "22", ROOTFS, served.registry, str(PORT), *refs,
+                     data=lines)
     if popen:
         proc = subprocess.Popen(["bash", "-c", run.command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -105,6 +106,18 @@ def test_a_second_fill_copies_nothing(lab, setup):
     assert done.returncode == 0, done.stderr
     assert f"(0 copied, {len(served.refs)} present)" in done.stdout, done.stdout
     print(f"no-op fill: {time.monotonic() - started:.2f}s")
+
+
+def test_the_fill_records_the_probe_s_generation_and_reports_the_stamped_tree(lab, setup):
+    """--data-generation lands in <registry>/.sealer-generation after the stamp, and the last
+    stdout line is the stamp's tree (the stack output data_tree)."""
+    served, material = setup
+    done = fill(lab, served, material, served.refs, "--data-generation", "probe-gen-7")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == f"tree {stamp(lab)['tree']}", done.stdout
+    assert lab.run(SERVER, f"cat {REG}/.sealer-generation").stdout == "probe-gen-7\n"
+    bad = fill(lab, served, material, served.refs, "--data-generation", "a b;c")
+    assert bad.returncode != 0 and "bad --data-generation" in bad.stderr
 
 
 def test_a_ref_the_store_does_not_hold_fails_naming_it_and_leaves_no_stamp(lab, setup):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
+import hashlib
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +38,44 @@ class Declared:
 
 
 @dataclass
+class Called:
+    token: str
+    args: dict[str, Any]
+    secret_paths: set[str] = field(default_factory=set)
+
+
+EMPTY_TREE = hashlib.sha256(b"").hexdigest()
+
+
+def probed_hosts(command: str) -> list[str]:
+    """The IPs a probe-trees.sh command line names (``--host IP PORT USER``)."""
+    words = shlex.split(command)
+    return [words[i + 1] for i, w in enumerate(words) if w == "--host"]
+
+
+def probe_stdout(command: str, trees: dict[str, list[str]] | None = None,
+                 ids: dict[str, list[str]] | None = None) -> str:
+    """What scripts/probe-trees.sh prints for the hosts ``command`` names: each host's tree_list
+    lines from ``trees`` (none by default), no stamp, its cache ids from ``ids``."""
+    out = []
+    for ip in probed_hosts(command):
+        lines = (trees or {}).get(ip, [])
+        text = "".join(f"{line}\n" for line in lines)
+        out.append(f"host {ip} tree {hashlib.sha256(text.encode()).hexdigest()} stamp - "
+                   f"generation - files {len(lines)}")
+        out.append(f"ids {ip} {' '.join((ids or {}).get(ip, []))}".rstrip())
+        if "--lists" in shlex.split(command):
+            out.append(f"list {ip} {base64.b64encode(gzip.compress(text.encode())).decode()}")
+    return "\n".join(out)
+
+
+@dataclass
 class RecordingMocks(pulumi.runtime.Mocks):
     resources: list[Declared] = field(default_factory=list)
+    calls: list[Called] = field(default_factory=list)
+    # ip -> tree_list lines / cache ids that the probe reports (command:local:run)
+    trees: dict[str, list[str]] = field(default_factory=dict)
+    ids: dict[str, list[str]] = field(default_factory=dict)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         secret_paths: set[str] = set()
@@ -44,6 +84,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return f"{args.name}-id", dict(args.inputs)
 
     def call(self, args: pulumi.runtime.MockCallArgs):
+        secret_paths: set[str] = set()
+        plain = unwrap(dict(args.args), "", secret_paths)
+        self.calls.append(Called(args.token, plain, secret_paths))
+        if args.token == "command:local:run":
+            return {**plain, "stdout": probe_stdout(plain["command"], self.trees, self.ids),
+                    "stderr": ""}
         return {}
 
     def by_name(self) -> dict[str, Declared]:

@@ -22,7 +22,8 @@ ERROR_KEYS = {"command", "stack", "exit_code", "error"}
 STATUS_KEYS = ERROR_KEYS | {"healthy", "master0", "domain", "images_expected", "master0_images",
                             "seconds", "problems", "hosts"}
 HOST_KEYS = {"ip", "role", "deploy", "down", "reachable", "error", "registry", "registry_mode",
-             "images", "resolves", "ca", "containerd", "replica"}
+             "images", "resolves", "ca", "containerd", "replica", "tree", "flags", "lacking",
+             "entry", "entry_error"}
 RECOVER_KEYS = ERROR_KEYS | {"outcome", "resumed", "old_master0", "master0", "down_hosts",
                              "preflight", "plan", "verified", "seconds"}
 CLUSTER_HEX = "c" * 64
@@ -124,7 +125,8 @@ def test_health_json_reports_typed_values_of_reachable_hosts():
     assert m1 == {"ip": M1, "role": "master0", "deploy": "launch", "down": False, "reachable": True,
                   "error": None, "registry": "running", "registry_mode": None, "images": 2, "resolves": M1, "ca": "ok",
                   "containerd": "certs.d",
-                  "replica": {"source": "self", "age_s": 180, "files": 12, "bytes": 3456}}
+                  "replica": {"source": "self", "age_s": 180, "files": 12, "bytes": 3456},
+                  "tree": None, "flags": 0, "lacking": None, "entry": None, "entry_error": None}
     assert (m3["deploy"], m3["replica"]) == ("none", None)
     assert (m3["deploy"], m3["images"], n1["role"], n1["images"]) == ("none", None, "node", None)
 

@@ -91,3 +91,15 @@ def test_a_step_that_changes_type_reads_as_a_replace_with_the_new_type(first, se
     assert steps.types == {"data-198.18.0.12": "command:local:Command"}
     plan = render(steps.ops, master0="198.18.0.12", domain="sea.hub", down_hosts=["198.18.0.11"])
     assert plan.data_to == ["198.18.0.12"]
+
+
+def test_an_ha_recovery_plan_moves_no_hosts_line():
+    """sealer's HA layout: the node steps update (their inputs name master0) but keep /etc/hosts
+    as sealer wrote it: the plan does not say the domain moves, and no host counts as repointed."""
+    ops = {f"node-{ip}": "update" for ip in (NEW, M3, N1, N2)}
+    ops.update({"sealer-registry-config": "update", f"registry-launch-{OLD}": "delete"})
+    plan = render(ops, master0=NEW, domain="sea.hub", down_hosts=[OLD], old_master0=OLD, ha=True)
+    assert "point sea.hub" not in plan.text()
+    assert (f"  check the CA trust, hosts lines left as sealer wrote them (HA), on 4 hosts: "
+            f"{NEW}, {M3}, {N1}, {N2} [update]") in plan.text()
+    assert plan.repointed == []

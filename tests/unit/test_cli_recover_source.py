@@ -38,12 +38,14 @@ def run(monkeypatch, distribution, own=None, others=None):
     monkeypatch.setattr(recover, "probe_hosts", fake_probe_hosts)
     session = SimpleNamespace(config=config(distribution), ssh=lambda: None)
     probe = HostProbe(M2, reachable=True, replica=own, registry_bytes=1000)
-    return recover.data_source(session, M2, probe, [M1]), dialled
+    others = recover.other_live_deploy_hosts(session, M2, [M1])
+    source, needed, _ip = recover.data_source(session, M2, probe, others)
+    return (source, needed), dialled
 
 
 def test_own_complete_replica_is_the_source_in_both_modes(monkeypatch):
     for mode in ("pre", "post"):
-        assert run(monkeypatch, mode, own=STAMP) == ((f"{M2}'s own replica", 0), [])
+        assert run(monkeypatch, mode, own=STAMP) == ((f"{M2}'s own replica", 0), [M3])
 
 
 def test_pre_mode_without_own_replica_is_refused(monkeypatch):

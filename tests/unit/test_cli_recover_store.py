@@ -39,6 +39,8 @@ def stubs(monkeypatch):
 
     monkeypatch.setattr(recover, "check_store", check_store)
     monkeypatch.setattr(recover, "preflight_probe", lambda s, host: state.probe)
+    monkeypatch.setattr(recover, "other_live_deploy_hosts", lambda s, host, down: {})
+    monkeypatch.setattr(recover, "stack_outputs", lambda s: {})
     monkeypatch.setattr(recover.apiserver, "check", lambda s, down, master0: SimpleNamespace(endpoint=f"https://{master0}:6443"))
     return state
 

@@ -146,9 +146,9 @@ def test_render_table_aligns_columns():
     result = assess(make_config(), IMAGES, healthy_probes())
     lines = render_table(result).splitlines()
     assert lines[0].split() == ["HOST", "ROLE", "REACHABLE", "DEPLOY", "REGISTRY", "IMAGES", "REPLICA",
-                                "SEA.HUB", "->", "CA", "CONTAINERD"]
+                                "SEA.HUB", "->", "CA", "CONTAINERD", "LACKS", "ENTRY"]
     assert lines[1].split() == [M1, "master0", "yes", "launch", "running", "2/2", "self", "3m", M1, "ok",
-                                "certs.d"]
+                                "certs.d", "-", "-"]
     assert lines[2].split()[6:8] == [M1, "3m"]
     assert {line.index(M1) for line in lines[1:2]} == {0}
 
@@ -350,3 +350,81 @@ def test_registry_config_mode_reads_distribution_s_read_only_key(config, mode):
                                          "registry_config_mode"],
                           input=config, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == mode
+
+
+# ------------------------------------------------------------ node entry point (issue 21)
+
+ENTRY_ADDRESS = "10.103.97.2"
+
+
+def _raw_entry_values(master0, down_hosts):
+    return {
+        "master0": master0, "down_hosts": list(down_hosts), "distribution": "pre",
+        "cluster": {"name": "lab", "masters": [M1, M2, M3], "nodes": [N1],
+                    "ssh": {"private_key_path": "/nonexistent/id"}},
+        "registry": {"local_registry": {"deploy_hosts": [M1, M2, M3], "standby": "warm",
+                                        "node_entry": {"address": ENTRY_ADDRESS}},
+                     "tls": {"ca_cert": CA_CERT, "ca_key": CA_KEY}},
+        "apps": {"history": {"type": "boot", "applications": [
+            {"name": "app0", "image_id": APP_IMG, "type": "kube"}]},
+            "image_store": {"registry": "store.example.com", "images": {
+                img.image_id: [str(ref) for ref in img.refs] for img in IMAGES}},
+            "cluster_image_id": CLUSTER_IMG},
+        "kubernetes": {"kubeconfig_path": "/nonexistent"},
+    }
+
+
+def entry_probes(entry_line: str, resolves: str = ENTRY_ADDRESS) -> dict[str, HostProbe]:
+    probes = {ip: healthy_probe(ip, registry="running") for ip in (M1, M2, M3)}
+    probes[M2].registry_mode = probes[M3].registry_mode = "read-only"
+    probes[M1].registry_mode = "read-write"
+    node = parse_probe(N1, f"probe=1\nresolves={resolves}\nca=ok\ncontainerd=certs.d\n"
+                           f"entry={entry_line}\n")
+    probes[N1] = node
+    return probes
+
+
+def test_probe_asks_for_the_entry_point_only_when_the_stack_has_one():
+    refs = all_refs(IMAGES)
+    assert probe_command(build_config(_raw_entry_values(M1, ())), refs).command.startswith(
+        "bash -s -- --entry-stats 5099 ")
+    assert "--entry-stats" not in probe_command(make_config(), refs).command
+
+
+def test_status_shows_the_entry_point_s_servers_and_judges_them():
+    cfg = build_config(_raw_entry_values(M1, ()))
+    good = f"{M1}:5000:UP {M2}:5000:UP:backup {M3}:5000:UP:backup"
+    result = assess(cfg, IMAGES, entry_probes(good))
+    assert not [p for p in result.problems if N1 in p], result.problems
+    row = {r[0]: r for r in result.rows()}[N1]
+    assert row[-1] == f"{M1} UP, standbys 2/2 up"
+    node = [h for h in result.hosts if h.ip == N1][0].as_json()
+    assert node["entry"][1] == {"address": f"{M2}:5000", "status": "UP", "backup": True}
+
+    down = f"{M1}:5000:DOWN {M2}:5000:UP:backup {M3}:5000:DOWN_1/2:backup"
+    problems = [p for p in assess(cfg, IMAGES, entry_probes(down)).problems if N1 in p]
+    assert problems == [f"{N1} (node): the entry point sees master0 {M1} DOWN: pulls go to a warm "
+                        "standby, pushes fail"]
+
+
+@pytest.mark.parametrize("line, resolves, fragment", [
+    ("unreachable", ENTRY_ADDRESS, "no entry point answers on its stats port"),
+    (f"{M1}:5000:UP {M2}:5000:UP:backup", ENTRY_ADDRESS, "servers are"),
+    (f"{M1}:5000:UP {M2}:5000:UP:backup {M3}:5000:UP:backup", M1, "not to its node entry point"),
+    (f"{M1}:5000:UP {M2}:5000:DOWN:backup {M3}:5000:MAINT:backup", ENTRY_ADDRESS, "no warm standby UP"),
+])
+def test_entry_point_problems_name_the_node_and_what_is_wrong(line, resolves, fragment):
+    cfg = build_config(_raw_entry_values(M1, ()))
+    problems = [p for p in assess(cfg, IMAGES, entry_probes(line, resolves)).problems if N1 in p]
+    assert any(fragment in p for p in problems), problems
+
+
+def test_after_a_recovery_the_fenced_old_master0_must_be_gone_from_the_entry_point():
+    """Recovered to M2 with M1 down: the expected servers are M2 then M3; an entry point still
+    listing M1 (its node step has not run) is a problem naming both lists."""
+    cfg = build_config(_raw_entry_values(M2, [M1]))
+    probes = entry_probes(f"{M1}:5000:DOWN {M2}:5000:UP:backup {M3}:5000:UP:backup")
+    del probes[M1]
+    probes[M2].registry_mode = "read-write"
+    problems = [p for p in assess(cfg, IMAGES, probes).problems if N1 in p]
+    assert any(f"not {M2}:5000, {M3}:5000 (backup)" in p for p in problems), problems

@@ -45,7 +45,11 @@ def engine(tmp_path):
     script.write_text(ENGINE)
     script.chmod(0o755)
     record = tmp_path / "signals"
-    proc = subprocess.Popen([str(script), str(record), "up"])
+    # A shell started in the background by a non-interactive shell (`cmd &`, nohup) inherits
+    # SIGINT ignored, and bash cannot trap a signal ignored at entry; the Go engine re-enables it
+    # (os/signal.Notify does), so the stand-in gets SIGINT's default back before it starts.
+    proc = subprocess.Popen([str(script), str(record), "up"],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 5
     while not (record.exists() and "ready" in record.read_text()):
         assert time.monotonic() < deadline

@@ -12,7 +12,7 @@ import pytest
 from components.access import SshAccess
 from components.cluster_registry import ClusterRegistry
 from config import Distribution
-from tests.unit.pulumi_mocks import RecordingMocks
+from tests.unit.pulumi_mocks import EMPTY_TREE, RecordingMocks
 from components.deploy_host import StoreSource
 from tests.unit.test_components import (IMAGES, KUBECONFIG, MASTERS, PASSWORD, ROOTFS, SSH_KEY, STORE, STORE_CA,
                                         STORE_LOGIN, make_args, store_source, with_logins)
@@ -112,7 +112,8 @@ def test_master0_with_an_image_store_is_filled_from_it_through_its_launched_regi
     refs = [str(ref) for img in IMAGES for ref in img.refs]
     assert fill.inputs["create"] == " ".join([
         "bash -s -- --key-stdin --host-key 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfMaster0'",
-        "--dest-tls verify", f"root@{MASTERS[0]}", "22", ROOTFS, STORE, "5000", *refs])
+        "--dest-tls verify", "--data-generation", EMPTY_TREE, f"root@{MASTERS[0]}", "22", ROOTFS,
+        STORE, "5000", *refs])
     assert fill.inputs["stdin"].startswith("SCRIPT_NAME=fill-from-store.sh\n")
     assert f"registry-launch-{MASTERS[0]}" in depends_on[f"data-{MASTERS[0]}"]
     for replica in MASTERS[1:]:
@@ -213,7 +214,7 @@ def test_without_image_store_master0_keeps_its_data_or_pulls_from_the_other_depl
     step = declare(args)[0].by_name()[f"data-{MASTERS[0]}"]
     assert step.typ == REMOTE and step.inputs["connection"]["host"] == MASTERS[0]
     create = step.inputs["create"]
-    assert create.startswith(f"bash -s -- --master0 {ROOTFS} --source {MASTERS[2]} 22 root - "
+    assert create.startswith(f"bash -s -- --master0 {ROOTFS} --data-generation {EMPTY_TREE} --source {MASTERS[2]} 22 root - "
                              f"--source {MASTERS[1]} 22 root -")
 
 
@@ -242,9 +243,11 @@ def test_moving_master0_repoints_the_pulls_and_never_names_the_old_master0(ca):
     assert f"data-{MASTERS[0]}" not in after
     new = after[f"data-{MASTERS[1]}"]
     assert new.typ == before[f"data-{MASTERS[1]}"].typ == REMOTE
-    assert new.inputs["create"].startswith(f"bash -s -- --master0 {ROOTFS} --source {MASTERS[2]} ")
+    assert new.inputs["create"].startswith(
+        f"bash -s -- --master0 {ROOTFS} --data-generation {EMPTY_TREE} --source {MASTERS[2]} ")
     other = after[f"data-{MASTERS[2]}"]
-    assert other.inputs["create"].startswith(f"bash -s -- --replica {ROOTFS} --source {MASTERS[1]} ")
+    assert other.inputs["create"].startswith(
+        f"bash -s -- --replica {ROOTFS} --data-generation {EMPTY_TREE} --source {MASTERS[1]} ")
     for step in (new, other):
         assert step.inputs["connection"]["host"] != MASTERS[0]
         assert MASTERS[0] not in step.inputs["create"] and MASTERS[0] not in step.inputs["stdin"]
@@ -257,7 +260,7 @@ def test_post_mode_recovery_copies_from_the_live_deploy_hosts_only(ca):
     steps = declare(args)[0].by_name()
     assert [n for n in steps if n.startswith("data-")] == [f"data-{MASTERS[2]}"]
     assert steps[f"data-{MASTERS[2]}"].inputs["create"] == (
-        f"bash -s -- --master0 {ROOTFS} --source {MASTERS[1]} 22 root -")
+        f"bash -s -- --master0 {ROOTFS} --data-generation {EMPTY_TREE} --source {MASTERS[1]} 22 root -")
 
 
 def test_pull_sources_and_credentials_per_host():

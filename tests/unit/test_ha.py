@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 
 import cli.recover as recover
-import cli.watch as watch
+import cli.failover as failover
 from cli.common import CliError
 from cli.health import assess, summary_line
 from cli.probe import HostProbe
@@ -110,15 +110,17 @@ def test_ha_every_deploy_host_launches_read_write_and_nothing_is_read_only():
     assert t.registries == [M1, M2, M3] and t.mirrors == []
 
 
-def test_ha_hosts_have_no_data_step_and_no_data_source():
-    """Each master serves sealer's data; no replication between masters (the seam)."""
+def test_ha_masters_have_a_data_step_pulling_from_every_other_live_master():
+    """Each master pulls what the other live masters hold (the union); never from a down one."""
     t = ha_layout()
     for ip in (M1, M2, M3):
         host = t.host(ip)
-        assert host.holds_data and not host.copies_data
+        assert host.holds_data and host.copies_data
         assert host.steps() == [HostStep.NODE.of(ip), HostStep.DEPLOY.of(ip),
-                                HostStep.ROOTFS.of(ip), HostStep.LAUNCH.of(ip)]
-        assert t.data_sources(ip) == []
+                                HostStep.ROOTFS.of(ip), HostStep.DATA.of(ip), HostStep.LAUNCH.of(ip)]
+        assert t.data_sources(ip) == [m for m in (M1, M2, M3) if m != ip]
+    down = ha_layout(down_hosts=[M2])
+    assert down.data_sources(M1) == [M3] and down.data_sources(M3) == [M1]
 
 
 def test_ha_maps_no_hosts_line_and_non_ha_maps_master0():
@@ -145,11 +147,11 @@ def ha_args(ca, **overrides):
     return make_args(ca, deploy_hosts=MASTERS, ha=True, store=None, images=[], **overrides)
 
 
-def test_ha_program_launches_every_master_and_declares_no_data_or_standby_step(ca):
+def test_ha_program_launches_every_master_with_a_data_step_and_no_standby_step(ca):
     names = set(declare(ha_args(ca)).by_name())
     for ip in MASTERS:
-        assert {f"registry-launch-{ip}", f"rootfs-{ip}", f"node-{ip}"} <= names
-        assert not {f"data-{ip}", f"registry-standby-{ip}"} & names
+        assert {f"registry-launch-{ip}", f"rootfs-{ip}", f"node-{ip}", f"data-{ip}"} <= names
+        assert f"registry-standby-{ip}" not in names
     for ip in NODES:
         assert f"node-{ip}" in names and f"rootfs-{ip}" not in names
 
@@ -225,8 +227,10 @@ def ha_config(down=()):
 def ha_probes() -> dict[str, HostProbe]:
     """sealer's HA cluster, healthy: every master runs read-write and maps the domain to
     itself; nodes map it to the VIP."""
+    union = {"source": "union", "completed_at": 1, "files": 3, "bytes": 9, "tree": "a" * 64}
     probes = {ip: HostProbe(ip=ip, reachable=True, registry="running", registry_mode="read-write",
-                            resolves=ip, ca="ok", containerd="certs.d") for ip in (M1, M2, M3)}
+                            resolves=ip, ca="ok", containerd="certs.d", replica=dict(union))
+              for ip in (M1, M2, M3)}
     for ip in (N1, N2):
         probes[ip] = HostProbe(ip=ip, reachable=True, registry="stopped", resolves="10.103.97.2",
                                ca="ok", containerd="certs.d")
@@ -255,64 +259,156 @@ def test_status_of_ha_reports_a_master_without_registry_and_a_wrong_mapping():
     assert len(found) == 3
 
 
-def test_status_of_ha_needs_no_replica_stamp():
-    """No data step in HA: a master without `.sealer-replica` is fine."""
-    assert all(p.replica is None for p in ha_probes().values())
-    assert assess(ha_config(), [], ha_probes()).healthy
+def test_status_of_ha_wants_the_union_stamp_on_every_master():
+    """Every HA master has a data step (the union): one without `.sealer-replica` has not
+    completed it."""
+    probes = ha_probes()
+    probes[M2].replica = None
+    found = assess(ha_config(), [], probes).problems
+    assert [p for p in found if p.startswith(f"{M2} holds no complete replica stamp")], found
+
+
+# ------------------------------------------------------------------------------ completeness
+
+ID_A, ID_B, ID_C = ("a" * 64, "b" * 64, "c" * 64)
+TREE = {"digest": "d" * 64, "files": 10, "bytes": 1000}
+
+
+def test_status_of_ha_names_what_each_master_lacks_of_the_live_masters_union():
+    """sealer's scale-up copies only the cluster image to a new master; a push through the VIP
+    lands on one: each master is judged against the union of the live masters' flags and the
+    tree of the master holding the most files. The table's LACKS column and --json say it."""
+    probes = ha_probes()
+    for ip in (M1, M2, M3):
+        probes[ip].flags, probes[ip].tree = [ID_A, ID_B], dict(TREE)
+    probes[M3].flags = [ID_A]
+    probes[M3].tree = {"digest": "e" * 64, "files": 7, "bytes": 700}
+    result = assess(ha_config(), [], probes)
+    assert len(result.problems) == 1, result.problems
+    assert result.problems[0].startswith(f"{M3} (master, HA) lacks images {ID_B} (on {M1}, {M2})")
+    rows = {row[0]: row for row in result.rows()}
+    assert [rows[ip][-2] for ip in (M1, M2, M3)] == ["none", "none", "1 image"]
+    lag = next(h for h in result.hosts if h.ip == M3).as_json()["lacking"]
+    assert lag == {"ids": [ID_B], "behind": True, "reference": lag["reference"]} and M1 in lag["reference"]
+    assert "1 of 3 live masters' registries" not in summary_line(ha_config(), result, 0.1)
+    assert "2 of 3 hold every image the others hold" in summary_line(ha_config(), result, 0.1)
+
+
+def test_status_of_ha_a_tree_that_differs_with_the_same_flags_is_behind():
+    probes = ha_probes()
+    for ip in (M1, M2, M3):
+        probes[ip].flags, probes[ip].tree = [ID_A], dict(TREE)
+    probes[M2].tree = {"digest": "e" * 64, "files": 9, "bytes": 900}
+    result = assess(ha_config(), [], probes)
+    assert [p.split(" ")[0] for p in result.problems] == [M2], result.problems
+    assert "no image flag to name" in result.problems[0]
+    assert {row[0]: row[-2] for row in result.rows()}[M2] == "tree"
+
+
+def test_status_of_ha_a_down_master_is_not_part_of_the_union():
+    probes = ha_probes()
+    for ip in (M1, M2):
+        probes[ip].flags, probes[ip].tree = [ID_A], dict(TREE)
+    probes[M3] = HostProbe(M3, reachable=False, error="timed out")
+    assert assess(ha_config(down=[M3]), [], probes).healthy
 
 
 # ------------------------------------------------------------------------------ recover, watch
 
 
-def test_refuse_ha_refuses_an_ha_stack_and_passes_another():
+def ha_session(probes: dict[str, HostProbe], outputs: dict | None = None, down=(M1,)):
+    """A session of an HA stack whose hosts answer with ``probes`` (the old master0 M1 never)."""
+    import types
+
+    config = ha_config()
+    calls = []
+
+    def probe_hosts(access, ips, command, timeout):
+        calls.extend(ips)
+        assert M1 not in ips, "the old master0 was dialled"
+        return {ip: probes[ip] for ip in ips}
+
+    return types.SimpleNamespace(config=config, images=[], ssh=lambda: None, calls=calls,
+                                 engine=types.SimpleNamespace(outputs=lambda *k: dict(outputs or {}))), probe_hosts
+
+
+@pytest.fixture
+def ha_recover(monkeypatch):
+    def make(probes, outputs=None):
+        session, probe_hosts = ha_session(probes, outputs)
+        monkeypatch.setattr(recover, "probe_hosts", probe_hosts)
+        monkeypatch.setattr(recover, "preflight_probe", lambda s, host: probes[host])
+        monkeypatch.setattr(recover.apiserver, "check",
+                            lambda s, down, master0: argparse.Namespace(endpoint=f"https://{master0}:6443"))
+        return session
+    return make
+
+
+def flagged(flags, ip) -> HostProbe:
+    return HostProbe(ip, reachable=True, registry="running", flags=list(flags), tree=dict(TREE),
+                     disk_avail=1 << 30)
+
+
+def test_recover_preflight_on_an_ha_stack_takes_the_master_s_own_data(ha_recover):
+    """HA: no store, no stamps; the new master0 serves its own data and lacks nothing the other
+    live masters hold; the old master0 is never probed."""
+    session = ha_recover({M2: flagged([ID_A], M2), M3: flagged([ID_A], M3)})
+    checked = recover.preflight(session, M2, [M1])
+    assert checked["data_source"].startswith(f"{M2}'s own registry data (HA")
+    assert checked["lacking"]["ids"] == [] and checked["lacking"]["outputs"] is False
+    assert session.calls == [M3]
+
+
+def test_recover_on_ha_refuses_a_master_lacking_what_another_live_master_holds(ha_recover,
+                                                                             monkeypatch):
+    """Without the program's union copy between masters (Topology.data_sources [] in HA), the
+    ids another live master holds and the candidate lacks refuse it, named."""
+    monkeypatch.setattr(Topology, "data_sources", lambda self, ip: [])
+    session = ha_recover({M2: flagged([ID_A], M2), M3: flagged([ID_A, ID_B], M3)})
     with pytest.raises(CliError) as info:
-        recover.refuse_ha(ha_config(), "recover")
+        recover.preflight(session, M2, [M1])
     assert info.value.code == 2
-    assert "registry.local_registry.ha: true" in str(info.value) and "pulls continue" in str(info.value)
-    recover.refuse_ha(load(render()), "recover")
+    assert f"{M2} lacks images {ID_B} (held by {M3})" in info.value.message
+    assert info.value.detail["lacking"]["unfilled"] == [ID_B]
 
 
-class FakeSession:
-    """A Session whose config is an HA stack and which fails the test when anything is dialled."""
-
-    def __init__(self, *_args, **_kwargs):
-        self.config = ha_config()
-        self.out = io.StringIO()
-        self.stack = "ha"
-
-    def __getattr__(self, name):
-        raise AssertionError(f"the refusal touched session.{name}")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+def test_recover_on_ha_takes_a_lacking_master_when_up_copies_the_live_masters_union(ha_recover,
+                                                                                    monkeypatch):
+    """With the union copy (each master's data step pulls from the other live masters), the ids
+    a live master holds are filled by the recovery's `up`: not a refusal, and said so."""
+    monkeypatch.setattr(Topology, "data_sources", lambda self, ip: [M3])
+    session = ha_recover({M2: flagged([ID_A], M2), M3: flagged([ID_A, ID_B], M3)})
+    lacking = recover.preflight(session, M2, [M1])["lacking"]
+    assert (lacking["ids"], lacking["unfilled"]) == ([ID_B], [])
+    assert lacking["filled_by"] == "the union copy between the live masters"
 
 
-@contextmanager
-def fake_sessions(monkeypatch):
-    monkeypatch.setattr(recover, "Session", FakeSession)
-    monkeypatch.setattr(watch, "Session", FakeSession)
-    yield
+def test_recover_on_ha_refuses_ids_only_the_last_up_recorded(ha_recover):
+    """An id of the stack output data_images that no live master holds (it was on the dead
+    master0 only) cannot be filled by any copy between live masters."""
+    session = ha_recover({M2: flagged([ID_A], M2), M3: flagged([ID_A], M3)},
+                         {"data_images": [ID_A, ID_C], "data_tree": "f" * 64})
+    with pytest.raises(CliError, match=rf"{M2} lacks images {ID_C} \(synced by the last `up`\)"):
+        recover.preflight(session, M2, [M1])
 
 
-def test_recover_on_an_ha_stack_exits_2_touching_nothing(monkeypatch, capsys):
-    with fake_sessions(monkeypatch):
-        code = recover.run(argparse.Namespace(host=M2, stack="ha", preview=False, yes=True,
-                                              json=False, target="master0"))
-    assert code == 2
-    assert "sealer's HA registry layout" in capsys.readouterr().err
-
-
-def test_watch_on_an_ha_stack_exits_2_touching_nothing(monkeypatch, capsys, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    with fake_sessions(monkeypatch):
-        code = watch.run(argparse.Namespace(
-            stack="ha", window=6.0, interval=1.0, hold_down=300.0, min_probers=2, probers=3,
-            log=None, json=False))
-    assert code == 2
-    assert "sealer's HA registry layout" in capsys.readouterr().err
+def test_rank_ha_candidates_follows_sealer_s_clusterfile_order():
+    """The first live master of sealer's Clusterfile (not the stack's order) is first; the old
+    master0, down hosts and masters that are not deploy hosts are rejected with the reason;
+    without sealer's order the stack's masters order is used."""
+    ranked, rejected = failover.rank_ha_candidates(
+        sealer_masters=[M1, M3, M2], masters=[M1, M2, M3], deploy_hosts=[M1, M2, M3], down=[],
+        old_master0=M1)
+    assert ranked == [M3, M2] and rejected == {M1: "the old master0 (fenced)"}
+    ranked, rejected = failover.rank_ha_candidates(
+        sealer_masters=None, masters=[M1, M2, M3], deploy_hosts=[M1, M2], down=[M2],
+        old_master0=M1)
+    assert ranked == [] and rejected == {M1: "the old master0 (fenced)", M2: "on down_hosts",
+                                         M3: "not a deploy host"}
+    ranked, _ = failover.rank_ha_candidates(
+        sealer_masters=[M3, "198.18.0.99"], masters=[M1, M2, M3], deploy_hosts=[M1, M2, M3],
+        down=[], old_master0=M3)
+    assert ranked == [M1, M2]
 
 
 def test_ha_program_is_the_same_on_a_second_run(ca):

@@ -202,6 +202,38 @@ def test_preview_create_runs_nothing(provider, tmp_path):
     assert as_dict(got.properties)["stdout"] == UNKNOWN
 
 
+def invoke(provider, args: dict, tok: str = "command:local:run") -> provider_pb2.InvokeResponse:
+    return provider.Invoke(provider_pb2.InvokeRequest(tok=tok, args=struct(args)))
+
+
+def test_local_run_invoke_runs_now_and_returns_inputs_and_output(provider, tmp_path):
+    """`local.run_output` (pulumi-command 1.2.1, provider/pkg/provider/local/runController.go):
+    the command runs at once (no preview flag reaches a function), stdin fed, the result is the
+    inputs as given, secrets kept, plus stdout/stderr with one trailing newline trimmed."""
+    args = {"command": "cat > got; printf 'out\\n\\n'; printf 'err\\n' >&2", "dir": str(tmp_path),
+            "stdin": secret("s3cret"), "logging": "stderr", "addPreviousOutputInEnv": False}
+    out = as_dict(getattr(invoke(provider, args), "return"))
+    assert (tmp_path / "got").read_text() == "s3cret"
+    assert out["stdout"] == "out\n" and out["stderr"] == "err"
+    assert out["stdin"] == secret("s3cret")
+    assert {k: out[k] for k in ("command", "dir", "logging", "addPreviousOutputInEnv")} == \
+        {k: args[k] for k in ("command", "dir", "logging", "addPreviousOutputInEnv")}
+
+
+def test_local_run_invoke_failure_is_the_invoke_error(provider):
+    with pytest.raises(grpc.RpcError) as err:
+        invoke(provider, {"command": "echo partial; echo oops >&2; exit 4"})
+    message = err.value.details()
+    assert message.startswith('exit status 4: running "echo partial; echo oops >&2; exit 4":\n')
+    assert "partial\n" in message and "oops\n" in message
+
+
+def test_other_functions_are_refused(provider):
+    with pytest.raises(grpc.RpcError) as err:
+        invoke(provider, {"command": "true"}, tok="command:remote:run")
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 def test_delete_without_delete_command_never_dials(provider, fake_ssh):
     _, calls = fake_ssh
     state = {**remote_inputs(NO_SUCH_HOST, create="true"), "stdout": "", "stderr": ""}

@@ -298,3 +298,71 @@ def test_warm_standby_with_the_program_s_own_leaf_needs_no_check():
     values = render()
     values["registry"]["local_registry"]["standby"] = "warm"
     assert str(load(values).registry.local_registry.standby) == "warm"
+
+
+# ---------------------------------------------------------------- node entry point (issue 21)
+
+ENTRY = ("10.103.97.2", 5099)
+
+
+def test_hosts_without_a_registry_reach_it_through_the_node_entry_point(ca):
+    """Every host that runs no registry gets --entry (HAProxy there, master0 first, the warm
+    standbys as backups); the registry hosts hold the port and keep mapping master0 directly;
+    the verifier, a plain node, checks that the domain resolves to the entry address."""
+    declared = declare(make_args(ca, **WARM, node_entry=ENTRY)).by_name()
+    for ip in NODES:
+        assert declared[f"node-{ip}"].inputs["create"] == (
+            f"bash -s -- --entry 10.103.97.2 --entry-stats-port 5099 --mirror {MASTERS[1]} "
+            f"--mirror {MASTERS[2]} sea.hub {MASTERS[0]} 5000")
+    for ip in MASTERS:
+        assert "--entry" not in declared[f"node-{ip}"].inputs["create"]
+    assert "--entry 10.103.97.2 sea.hub" in declared["registry-verify"].inputs["create"]
+
+
+def test_a_recovery_rewrites_the_entry_point_s_servers_and_drops_the_fenced_host(ca):
+    """The new master0 becomes the entry point's server, the remaining standby its backup; the
+    old master0 (down, fenced) is no server at all: a revived stale old master0 serves no node."""
+    old, new, other = MASTERS
+    recovered = declare(make_args(ca, **WARM, node_entry=ENTRY, master0=new,
+                                  down_hosts=[old])).by_name()
+    assert recovered[f"node-{NODES[0]}"].inputs["create"] == (
+        f"bash -s -- --entry 10.103.97.2 --entry-stats-port 5099 --mirror {other} sea.hub {new} 5000")
+
+
+def test_without_node_entry_nothing_changes(ca):
+    plain = declare(make_args(ca, **WARM)).by_name()
+    assert all("--entry" not in r.inputs.get("create", "") for r in plain.values()
+               if "create" in r.inputs)
+
+
+@pytest.mark.parametrize("local, fragment", [
+    (dict(standby="cold"), "needs standby: warm (got standby: cold)"),
+    (dict(standby="warm", insecure_mode=True), "needs TLS (got insecure_mode: true)"),
+])
+def test_node_entry_rules_name_the_field(local, fragment):
+    values = render()
+    values["registry"]["local_registry"].update(local, node_entry={"address": "10.103.97.2"})
+    if local.get("insecure_mode"):
+        values["registry"].pop("tls", None)
+    lines = problems(values)
+    assert any(line.startswith("error: registry.local_registry.node_entry: ") and fragment in line
+               for line in lines), lines
+
+
+def test_node_entry_address_must_not_be_a_cluster_host_nor_its_stats_the_registry_port():
+    values = render()
+    host = values["cluster"]["nodes"][0]
+    values["registry"]["local_registry"].update(standby="warm",
+                                                node_entry={"address": host, "stats_port": 5000})
+    lines = problems(values)
+    assert any(line.startswith("error: registry.local_registry.node_entry.address: ")
+               and f"{host} is a cluster host" in line for line in lines), lines
+    assert any(line.startswith("error: registry.local_registry.node_entry.stats_port: 5000 is the "
+                               "registry's port") for line in lines), lines
+
+
+def test_a_valid_node_entry_loads_with_its_default_stats_port():
+    values = render()
+    values["registry"]["local_registry"].update(standby="warm", node_entry={"address": "10.103.97.2"})
+    cfg = load(values)
+    assert cfg.registry.local_registry.node_entry.stats_port == 5099
