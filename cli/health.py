@@ -292,7 +292,10 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
             elif probe.registry_mode == "read-only":
                 problems.append(f"{ip} (master0) runs its registry read-only: pushes are refused")
         elif plan.read_only:
-            if probe.registry != "running":
+            if probe.registry == "stale":
+                problems.append(f"{ip} (warm standby) is held out of service by its stale gate "
+                                "(its copy of master0's data has not completed): run `pulumi up`")
+            elif probe.registry != "running":
                 problems.append(f"{ip} (warm standby) runs no registry: nodes' pulls lose this mirror")
             elif probe.registry_mode != "read-only":
                 problems.append(f"{ip} (warm standby) runs its registry read-write: a second "

@@ -23,6 +23,7 @@ import yaml
 __all__ = [
     "render_registry_yml", "registry_config", "sed_port_problem", "brought_config_problems",
     "read_only_registry_yml", "is_read_only", "CONTAINER_PATHS", "DEBUG_ADDR", "HTPASSWD_REALM", "SEALER_SED_TOKEN",
+    "STALE_MARKER", "STALE_CHECK",
 ]
 
 # The debug listener (pprof, /metrics) is unauthenticated: the config binds it to loopback. Note
@@ -38,6 +39,15 @@ CONTAINER_PATHS = {
     "certs": "/certs",
     "htpasswd": "/htpasswd",
 }
+# The stale gate of a warm standby: while this file exists in the registry's data volume
+# (``<rootfs>/registry/.sealer-stale`` on the host, written by pull-data.sh --replica before a copy
+# and removed after its stamp), distribution's file health check fails and the registry answers
+# 503 on /v2/ and on every other route, so no client and no health checker takes a tag from a
+# replica that lags master0. The path is the volume's mount point in sealer's container (what
+# the registry process sees), not the config's rootdirectory: the host file is in the volume
+# whatever a brought config names as its storage root.
+STALE_MARKER = ".sealer-stale"
+STALE_CHECK = {"file": f"{CONTAINER_PATHS['storage']}/{STALE_MARKER}", "interval": "1s"}
 
 
 def sed_port_problem(port: int) -> str | None:
@@ -119,6 +129,9 @@ def read_only_registry_yml(text: str) -> str:
     and answers every upload and delete with 405 (UNSUPPORTED). A warm standby runs it on its
     replica of the data, so no write lands anywhere but on master0.
 
+    It also gets the stale gate: distribution's file health check on ``STALE_CHECK`` (added to a
+    brought config's ``health.file`` list unless it is there already).
+
     Keys sorted like ``render_registry_yml``; sealer's sed stays a no-op when it was one on
     ``text`` (the added keys hold no digit)."""
     doc = yaml.safe_load(text)
@@ -134,6 +147,14 @@ def read_only_registry_yml(text: str) -> str:
     if not isinstance(readonly, dict):
         readonly = maintenance["readonly"] = {}
     readonly["enabled"] = True
+    health = doc.get("health")
+    if not isinstance(health, dict):
+        health = doc["health"] = {}
+    files = health.get("file")
+    if not isinstance(files, list):
+        files = health["file"] = []
+    if not any(isinstance(f, dict) and f.get("file") == STALE_CHECK["file"] for f in files):
+        files.append(dict(STALE_CHECK))
     return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, allow_unicode=False)
 
 

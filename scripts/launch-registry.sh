@@ -18,11 +18,20 @@ fi
 readonly ANSWER_WAIT_S=15
 
 # /v2/ on this host answers 200, or 401 with auth on: over TLS when the rootfs holds the cert.
+# While the stale marker of a warm standby exists (<rootfs>/registry/.sealer-stale: its replica
+# copy has not completed, scripts/pull-data.sh) its registry answers 503 by design
+# (distribution's file health check): then 503 counts as up too, and the registry stays out of
+# service until the copy completes.
 registry_answers() {
   local rootfs=$1 port=$2 domain=$3 scheme=http code
   [[ -f "$rootfs/certs/$domain.crt" ]] && scheme=https
   code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "$scheme://127.0.0.1:$port/v2/" 2>/dev/null || true)
-  [[ "$code" == 200 || "$code" == 401 ]]
+  [[ "$code" == 200 || "$code" == 401 ]] && return 0
+  if [[ "$code" == 503 && -e "$rootfs/registry/.sealer-stale" ]]; then
+    info "the registry answers 503: its replica is stale ($rootfs/registry/.sealer-stale), out of service until a copy completes"
+    return 0
+  fi
+  return 1
 }
 
 # sha256 of the DER of a PEM certificate file, or of the certificate served on PORT.

@@ -7,6 +7,11 @@
 # size), never deleting (no --delete: an empty or wrong source cannot wipe a replica).
 # The replica stamp (lib/replica.sh) is removed before the copy writes and written after it is
 # verified; an interrupted copy leaves .sealer-replica.run behind, so it is never taken for data.
+# The stale gate (--replica only): <registry>/.sealer-stale is created before the copy starts and
+# removed only after the stamp is written. A warm standby's read-only registry answers 503 on
+# every route while it exists (distribution's file health check, material/registry_config.py), so
+# a replica that lags master0 serves no tag, and an interrupted copy keeps it out of service until
+# a copy completes. --master0 and --union remove it: master0 and HA masters never gate themselves.
 # Usage: pull-data.sh --replica|--master0|--union ROOTFS [--generation G] [--data-generation D]
 #                     [--source IP PORT USER HOST_KEY|-]...
 #   --replica: copy from the first source (master0), which must hold a complete stamp.
@@ -37,6 +42,8 @@ fi
 
 WORK=""
 RUN_MARK=.sealer-replica.run
+STALE_MARK=.sealer-stale
+MODE=""
 
 cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
 
@@ -193,6 +200,10 @@ pull_from() {
   stamp_complete "$WORK/src" || { info "$ip holds no complete replica (stamp: $(cat "$WORK/source-stamp"))"; return 3; }
   info "copying from $ip: $(wc -l <"$WORK/list") files"
   token="$$-$(date +%s%N)-$RANDOM"
+  if [[ "$MODE" == --replica ]]; then
+    : >"$registry/$STALE_MARK" || fatal "cannot write the stale marker $registry/$STALE_MARK"
+    info "stale gate on ($registry/$STALE_MARK): a warm standby serves nothing until the copy completes"
+  fi
   { rm -f "$registry/.sealer-replica" && printf '%s\n' "$token" >"$registry/$RUN_MARK"; } ||
     fatal "cannot write in $registry"
   end_stale_copies "$registry"
@@ -210,6 +221,10 @@ pull_from() {
   { write_stamp "$registry" "$ip" "$WORK/list" && rm -f "$registry/$RUN_MARK"; } ||
     fatal "cannot write the stamp in $registry"
   info "replica complete from $ip: $(cat "$registry/.sealer-replica")"
+  if [[ -e "$registry/$STALE_MARK" ]]; then
+    rm -f "$registry/$STALE_MARK" || fatal "cannot remove the stale marker $registry/$STALE_MARK"
+    info "stale gate off: the replica is complete"
+  fi
   copy_flags "$registry" "$WORK/source-ids" "$ip"
 }
 
@@ -295,11 +310,16 @@ main() {
   shift 2
   [[ "$mode" == --replica || "$mode" == --master0 || "$mode" == --union ]] ||
     fatal "first argument: --replica, --master0 or --union, not $mode"
+  MODE=$mode
   WORK=$(mktemp -d)
   trap cleanup EXIT
   read_credentials
   registry=$rootfs/registry
   mkdir -p "$registry"
+  if [[ "$mode" != --replica && -e "$registry/$STALE_MARK" ]]; then
+    rm -f "$registry/$STALE_MARK" || fatal "cannot remove $registry/$STALE_MARK"
+    info "removed the stale marker: this host serves its own data ($mode)"
+  fi
   if [[ "${1:-}" == --generation ]]; then
     info "source generation $2"
     shift 2

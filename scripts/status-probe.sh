@@ -8,7 +8,7 @@
 #   entry=unreachable when the page does not answer
 #   CA_SHA256: sha256 of the configured CA certificate (see pem_digest), or "-" when there is none (insecure mode)
 #   REF: REPO:TAG@DIGEST of an image of the boot history
-# Output (stdout): probe, hostname, registry (running|stopped), registry_mode (read-only|
+# Output (stdout): probe, hostname, registry (running|stale|stopped), registry_mode (read-only|
 # read-write when running, else empty: a warm standby serves read-only), ref_missing (once per missing
 # REF), refs_ok, resolves, ca (ok|differs|partial|absent|-), containerd (whether the containerd
 # that serves the CRI reads /etc/containerd/certs.d: see containerd_certs_d_state), disk_avail,
@@ -30,13 +30,19 @@ if ! declare -F info >/dev/null; then
   source "${BASH_SOURCE[0]%/*}/lib/trust.sh"
 fi
 
-# running when something answers /v2/ on the registry port (401 counts: auth is on).
+# running when something answers /v2/ on the registry port (401 counts: auth is on); stale when
+# it answers 503 while the warm standby's stale marker exists (its registry is held out of
+# service until a copy of master0's data completes: scripts/pull-data.sh).
 registry_state() {
-  local port=$1 scheme code
+  local rootfs=$1 port=$2 scheme code
   for scheme in https http; do
     code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "$scheme://127.0.0.1:$port/v2/" 2>/dev/null || true)
     if [[ "$code" == 200 || "$code" == 401 ]]; then
       echo running
+      return 0
+    fi
+    if [[ "$code" == 503 && -e "$rootfs/registry/.sealer-stale" ]]; then
+      echo stale
       return 0
     fi
   done
@@ -152,9 +158,9 @@ main() {
   shift 4
   echo "probe=1"
   echo "hostname=$(hostname 2>/dev/null || true)"
-  registry=$(registry_state "$port")
+  registry=$(registry_state "$rootfs" "$port")
   echo "registry=$registry"
-  if [[ "$registry" == running ]]; then
+  if [[ "$registry" == running || "$registry" == stale ]]; then
     echo "registry_mode=$(registry_mode "$rootfs" "$port")"
   else
     echo "registry_mode="

@@ -10,7 +10,9 @@
 # http) get the older check instead: each tag's manifest digest through curl, said in the output.
 # Each --mirror is a warm standby that nodes' containerd tries after master0: over TLS verified by
 # the same CA at https://MIRROR:PORT, every tag must resolve to its digest there too, and a blob
-# upload must be refused (405: the registry is read-only).
+# upload must be refused (405: the registry is read-only). A warm standby held out of service by
+# its stale gate (503, and distribution's /debug/health names <volume>/.sealer-stale) is reported
+# and not checked.
 # Each --registry is a read-write registry of sealer's HA layout (one on every master): over TLS
 # by name (curl --resolve DOMAIN:PORT:IP, so sealer's certificate, which names only the domain,
 # verifies), every tag must resolve to its digest there. MASTER0 "-" (HA): the domain must resolve
@@ -194,13 +196,36 @@ verify_with_curl() {
 
 # ------------------------------------------------------------------------- warm standbys
 
+# Whether MIRROR's registry is held out of service by its stale gate: /v2/ answers 503 for
+# STALE_SETTLE_S (the gate lifts within about a second of its marker going: distribution's file
+# check runs every second), and distribution's health report on the debug listener (sealer's
+# container serves it on 0.0.0.0:5002) names the marker. A replica whose copy has not completed
+# is out of service by design; any other 503 (or none of this) is a failure of the caller's.
+readonly DEBUG_PORT=5002 STALE_SETTLE_S=3
+mirror_is_gated() {
+  local cfg=$1 mirror=$2 port=$3 code i
+  for ((i = 0; i < STALE_SETTLE_S * 2; i++)); do
+    code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -K "$cfg" "https://$mirror:$port/v2/" 2>/dev/null || true)
+    [[ "$code" == 503 ]] || return 1
+    sleep 0.5
+  done
+  curl -sS --max-time 5 "http://$mirror:$DEBUG_PORT/debug/health" 2>/dev/null | grep -q '/\.sealer-stale"'
+}
+
 # Every ref's manifest digest at https://MIRROR:PORT, and a refused upload. Prints a summary.
+# A warm standby held out of service by its stale gate is said and skipped (nodes get 503 from
+# it, so no stale tag); a complete one must answer.
 verify_mirrors() {
-  local domain=$1 port=$2 user=$3 mirror ref repo=library/verify tag want got code failed=0
+  local domain=$1 port=$2 user=$3 mirror ref repo=library/verify tag want got code failed=0 gated=()
   shift 3
   local cfg="$WORK/mirror.cfg"
   write_curl_config "$cfg" "$domain" "$port" https "$user"
   for mirror in "${MIRRORS[@]}"; do
+    if mirror_is_gated "$cfg" "$mirror" "$port"; then
+      warn "warm standby $mirror is stale (its copy of master0's data has not completed): it answers 503 until one does; not checked"
+      gated+=("$mirror")
+      continue
+    fi
     for ref in "$@"; do
       want=${ref##*@}
       repo=${ref%@*}
@@ -220,6 +245,11 @@ verify_mirrors() {
     fi
   done
   ((failed == 0)) || fatal "$failed problems on the warm standbys ${MIRRORS[*]}"
+  if ((${#gated[@]})); then
+    info "warm standbys held out of service by their stale gate: ${gated[*]}"
+    echo "verified $# on $((${#MIRRORS[@]} - ${#gated[@]})) warm standbys, ${#gated[@]} stale and out of service (${gated[*]})"
+    return 0
+  fi
   info "warm standbys ${MIRRORS[*]} serve the $# images read-only over TLS"
   echo "verified $# on ${#MIRRORS[@]} warm standbys (${MIRRORS[*]}): read-only, over TLS by IP"
 }

@@ -11,6 +11,7 @@ import tarfile
 import tomllib
 
 import pytest
+import yaml
 
 from components.remote_scripts import SCRIPTS_DIR, script_body
 from material.registry_config import is_read_only, read_only_registry_yml, render_registry_yml
@@ -55,12 +56,28 @@ def test_read_only_config_turns_on_distribution_s_read_only_mode_and_keeps_the_r
     ro = read_only_registry_yml(ours)
     assert not is_read_only(ours) and is_read_only(ro)
     assert "maintenance:\n    readonly:\n      enabled: true\n" in ro
-    assert ro.replace("  maintenance:\n    readonly:\n      enabled: true\n", "") == ours
+    gate = "  file:\n  - file: /var/lib/registry/.sealer-stale\n    interval: 1s\n"
+    assert gate in ro
+    assert ro.replace("  maintenance:\n    readonly:\n      enabled: true\n", "").replace(gate, "") == ours
     brought = "version: 0.1\nstorage:\n  filesystem: {rootdirectory: /var/lib/registry}\n  maintenance:\n    uploadpurging: {enabled: false}\n"
     kept = read_only_registry_yml(brought)
     assert is_read_only(kept) and "uploadpurging" in kept
     with pytest.raises(ValueError):
         read_only_registry_yml("- a list\n")
+
+
+def test_read_only_config_gates_on_the_stale_marker_once_in_the_volume_the_registry_sees():
+    """distribution answers 503 everywhere while the file check fails: the marker's path is the
+    data volume's mount point in sealer's container (/var/lib/registry), whatever the brought
+    config's rootdirectory; a brought health.file list keeps its checks, and a second pass adds
+    no second gate."""
+    brought = ("version: 0.1\nstorage:\n  filesystem: {rootdirectory: /srv/elsewhere}\n"
+               "health:\n  file:\n  - {file: /tmp/drain, interval: 5s}\n")
+    doc = yaml.safe_load(read_only_registry_yml(read_only_registry_yml(brought)))
+    assert doc["health"]["file"] == [{"file": "/tmp/drain", "interval": "5s"},
+                                     {"file": "/var/lib/registry/.sealer-stale", "interval": "1s"}]
+    ours = render_registry_yml(domain="sea.hub", port=5000, tls=True, auth=True)
+    assert "sealer-stale" not in ours  # master0 never gates itself
 
 
 @pytest.mark.parametrize("standby", ["cold", "warm"])
