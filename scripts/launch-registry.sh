@@ -22,10 +22,15 @@ readonly ANSWER_WAIT_S=15
 # copy has not completed, scripts/pull-data.sh) its registry answers 503 by design
 # (distribution's file health check): then 503 counts as up too, and the registry stays out of
 # service until the copy completes.
-registry_answers() {
-  local rootfs=$1 port=$2 domain=$3 scheme=http code
+registry_code() {
+  local rootfs=$1 port=$2 domain=$3 scheme=http
   [[ -f "$rootfs/certs/$domain.crt" ]] && scheme=https
-  code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "$scheme://127.0.0.1:$port/v2/" 2>/dev/null || true)
+  curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "$scheme://127.0.0.1:$port/v2/" 2>/dev/null || true
+}
+
+registry_answers() {
+  local rootfs=$1 port=$2 domain=$3 code
+  code=$(registry_code "$rootfs" "$port" "$domain")
   [[ "$code" == 200 || "$code" == 401 ]] && return 0
   if [[ "$code" == 503 && -e "$rootfs/registry/.sealer-stale" ]]; then
     info "the registry answers 503: its replica is stale ($rootfs/registry/.sealer-stale), out of service until a copy completes"
@@ -67,6 +72,13 @@ main() {
   local stamp="$rootfs/etc/.sealer-registry-material" deadline
   [[ -f "$rootfs/scripts/init-registry.sh" ]] ||
     fatal "$rootfs/scripts/init-registry.sh is missing: is $rootfs a sealer rootfs?"
+  # A read-write registry is master0's (or an HA master's): it never gates itself, and a marker
+  # left from when this host was a warm standby means nothing to it (with an image store,
+  # master0's data step runs after this launch and is not pull-data.sh).
+  if [[ -e "$rootfs/registry/.sealer-stale" && "$(registry_config_mode <"$rootfs/etc/registry_config.yml")" == read-write ]]; then
+    rm -f "$rootfs/registry/.sealer-stale"
+    info "removed the stale marker: this registry serves read-write"
+  fi
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$fingerprint" ]]; then
     if registry_answers "$rootfs" "$port" "$domain"; then
       info "registry already runs with this material ($fingerprint) on :$port: skipped init-registry.sh"
@@ -94,6 +106,16 @@ main() {
       fatal "init-registry.sh succeeded but nothing answers /v2/ on 127.0.0.1:$port within ${ANSWER_WAIT_S}s"
     sleep 0.2
   done
+  # distribution runs its first file health check one interval (1 s) after the start: a gated
+  # registry answers until then. The step returns once the gate holds.
+  if [[ -e "$rootfs/registry/.sealer-stale" ]]; then
+    deadline=$((SECONDS + 5))
+    until [[ "$(registry_code "$rootfs" "$port" "$domain")" == 503 ]]; do
+      ((SECONDS < deadline)) || fatal "the stale marker exists but the registry on :$port does not answer 503 within 5s: is its config the warm standby's?"
+      sleep 0.05
+    done
+    info "stale gate holds: the registry answers 503 until a copy of master0's data completes"
+  fi
   printf '%s\n' "$fingerprint" >"$stamp"
   info "registry up on :$port for $domain"
 }
