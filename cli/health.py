@@ -28,7 +28,7 @@ class HostHealth:
     down: bool                 # listed in down_hosts
     reachable: bool | None     # None: down, not probed
     error: str | None = None   # why it is unreachable
-    registry: str | None = None     # running | stopped
+    registry: str | None = None     # running | stale (a gated warm standby) | stopped
     registry_mode: str | None = None  # read-only | read-write while running
     images: int | None = None       # images its registry data holds completely (deploy hosts)
     resolves: str | None = None     # where the registry domain points there ("": nowhere)
@@ -180,7 +180,9 @@ def short_age(seconds: int) -> str:
 
 
 # containerd states that are fine: it reads certs.d, or the kubelet does not pull through it.
-# docker-certs.d: basefs' containerd reads /etc/docker/certs.d, where the CA is written too.
+# docker-certs.d: basefs' containerd reads /etc/docker/certs.d, where the CA is written too;
+# elsewhere:<config_path>: configure-node.sh writes the CA and hosts.toml under its first entry
+# (scripts/lib/hosts-dir.sh), and the CA column says whether they are there.
 CONTAINERD_OK = {"certs.d", "docker-certs.d", "no-cri", "-"}
 CONTAINERD_CERTS_D = "/etc/containerd/certs.d"
 CONTAINERD_WHY = {
@@ -219,12 +221,9 @@ def entry_problems(ip: str, role: str, probe: HostProbe, master0: str, mirrors: 
 def containerd_problem(state: str, endpoint: str) -> str | None:
     """Why a host's containerd (what the kubelet pulls with) does not read certs.d, so its pulls
     through ``endpoint`` would not trust the registry's CA; None when that is fine."""
-    if state in CONTAINERD_OK:
+    if state in CONTAINERD_OK or state.startswith("elsewhere:"):
         return None
-    if state.startswith("elsewhere:"):
-        why = f"its CRI config_path is {state.removeprefix('elsewhere:')}"
-    else:
-        why = CONTAINERD_WHY.get(state, f"it reported {state or 'nothing'}")
+    why = CONTAINERD_WHY.get(state, f"it reported {state or 'nothing'}")
     return (f"containerd does not read {CONTAINERD_CERTS_D} ({why}), so its pulls through "
             f"{endpoint} would not trust the registry's CA")
 

@@ -8,6 +8,8 @@
 # Each file is written only when its content differs. Without PORT (insecure mode) there
 # is nothing to trust. --keep-hosts (sealer's HA layout) leaves /etc/hosts alone: there a master
 # maps DOMAIN to itself and a node to lvscare's VIP, both sealer's lines.
+# containerd's trust and hosts.toml go under the CRI config_path the node's containerd uses
+# (lib/hosts-dir.sh; first entry of a list; /etc/containerd/certs.d when unset).
 # Each --mirror names a warm standby (a read-only registry on a replica of the data): containerd's
 # hosts.toml lists DOMAIN:PORT (master0, the only host that takes pushes) first, then each mirror
 # as https://MIRROR:PORT for pull and resolve, so a pull goes on when master0 does not answer.
@@ -19,6 +21,12 @@ fi
 if ! declare -F trust_file_in >/dev/null; then
   # shellcheck source=lib/trust.sh
   source "${BASH_SOURCE[0]%/*}/lib/trust.sh"
+fi
+if ! declare -F containerd_hosts_dir >/dev/null; then
+  # shellcheck source=lib/containerd.sh
+  source "${BASH_SOURCE[0]%/*}/lib/containerd.sh"
+  # shellcheck source=lib/hosts-dir.sh
+  source "${BASH_SOURCE[0]%/*}/lib/hosts-dir.sh"
 fi
 
 WORK=""
@@ -71,14 +79,19 @@ install_trust() {
 ' "$dir/ca.crt"
 }
 
+# containerd's hosts.toml and the CA it names go under the config_path the node's containerd
+# really reads (lib/hosts-dir.sh): /etc/containerd/certs.d by default, /etc/docker/certs.d on
+# sealer's basefs nodes, where it sits beside docker's trust (docker reads only the *.crt there).
 trust_ca() {
-  local domain=$1 port=$2 ca
+  local domain=$1 port=$2 ca hosts_dir
   cat >"$WORK/ca.crt"
   grep -q 'BEGIN CERTIFICATE' "$WORK/ca.crt" || fatal "no PEM certificate on stdin"
   install_trust "/etc/docker/certs.d/$domain:$port" >/dev/null
-  ca=$(install_trust "/etc/containerd/certs.d/$domain:$port")
+  hosts_dir=$(containerd_hosts_dir)
+  info "containerd reads registry hosts from $hosts_dir"
+  ca=$(install_trust "$hosts_dir/$domain:$port")
   render_hosts_toml "$domain" "$port" "$ca" >"$WORK/hosts.toml"
-  put_file "$WORK/hosts.toml" "/etc/containerd/certs.d/$domain:$port/hosts.toml" 0644 >/dev/null
+  put_file "$WORK/hosts.toml" "$hosts_dir/$domain:$port/hosts.toml" 0644 >/dev/null
 }
 
 render_hosts() {

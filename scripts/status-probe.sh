@@ -10,8 +10,9 @@
 #   REF: REPO:TAG@DIGEST of an image of the boot history
 # Output (stdout): probe, hostname, registry (running|stale|stopped), registry_mode (read-only|
 # read-write when running, else empty: a warm standby serves read-only), ref_missing (once per missing
-# REF), refs_ok, resolves, ca (ok|differs|partial|absent|-), containerd (whether the containerd
-# that serves the CRI reads /etc/containerd/certs.d: see containerd_certs_d_state), disk_avail,
+# REF), refs_ok, resolves, ca (ok|differs|partial|absent|-: docker's certs.d and the hosts dir
+# containerd reads), containerd (which certs dir the containerd that serves the CRI reads:
+# containerd_certs_d_state; elsewhere:<config_path> is where the program's trust went), disk_avail,
 # registry_bytes, replica (the replica stamp's line when complete, else none), tree (the live
 # registry tree as the stamp's "tree" is computed, lib/replica.sh tree_list: "<sha256> <files>
 # <bytes>", empty without a registry tree), flags (the image ids of <rootfs>/cache/registry/, one
@@ -28,6 +29,8 @@ if ! declare -F info >/dev/null; then
   source "${BASH_SOURCE[0]%/*}/lib/registry.sh"
   # shellcheck source=lib/trust.sh
   source "${BASH_SOURCE[0]%/*}/lib/trust.sh"
+  # shellcheck source=lib/hosts-dir.sh
+  source "${BASH_SOURCE[0]%/*}/lib/hosts-dir.sh"
 fi
 
 # running when something answers /v2/ on the registry port (401 counts: auth is on); stale when
@@ -74,15 +77,19 @@ resolved_address() {
   getent hosts "$domain" 2>/dev/null | awk '{ print $1; exit }' || true
 }
 
-# ok: docker's and containerd's certs.d both hold the configured CA in a *.crt (the program's
-# ca.crt or sealer's <domain>.crt); differs: a directory has certificates, none of them it.
+# ok: docker's certs.d and the hosts dir containerd reads (its CRI config_path, lib/hosts-dir.sh:
+# the same directory on basefs nodes) both hold the configured CA in a *.crt (the program's ca.crt
+# or sealer's <domain>.crt); differs: a directory has certificates, none of them it.
 ca_state() {
-  local domain=$1 port=$2 want=$3 dir found=0 same=0 crts
+  local domain=$1 port=$2 want=$3 dir found=0 same=0 crts dirs
   if [[ "$want" == - ]]; then
     echo -
     return 0
   fi
-  for dir in "/etc/docker/certs.d/$domain:$port" "/etc/containerd/certs.d/$domain:$port"; do
+  dirs=("/etc/docker/certs.d/$domain:$port")
+  dir="$(containerd_hosts_dir)/$domain:$port"
+  [[ "$dir" == "${dirs[0]}" ]] || dirs+=("$dir")
+  for dir in "${dirs[@]}"; do
     crts=("$dir"/*.crt)
     [[ -f "${crts[0]}" ]] || continue
     found=$((found + 1))
@@ -94,7 +101,7 @@ ca_state() {
     echo absent
   elif ((same < found)); then
     echo differs
-  elif ((same < 2)); then
+  elif ((same < ${#dirs[@]})); then
     echo partial
   else
     echo ok

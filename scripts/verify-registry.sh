@@ -3,7 +3,8 @@
 # this node resolves DOMAIN to MASTER0, then pulls every REPO:TAG through DOMAIN:PORT with
 # containerd (`ctr content fetch`: the manifest, the config and every layer, each digest-verified
 # by containerd's content store; no unpack) and checks that the tag resolved to DIGEST. TLS is
-# verified by the node's own /etc/containerd/certs.d/DOMAIN:PORT (the CA the program installed);
+# verified by the node's own hosts dir for DOMAIN:PORT (the CA and hosts.toml the program installed
+# under the CRI config_path its containerd uses, lib/hosts-dir.sh);
 # the credentials reach ctr as an Authorization header in a private copy of that directory, never
 # on a command line. Pulls go to containerd namespace sealer-registry-verify, emptied and removed
 # before and after. A node without a containerd daemon (docker only) and insecure mode (plain
@@ -29,6 +30,8 @@ if ! declare -F info >/dev/null; then
   source "${BASH_SOURCE[0]%/*}/lib/containerd.sh"
   # shellcheck source=lib/trust.sh
   source "${BASH_SOURCE[0]%/*}/lib/trust.sh"
+  # shellcheck source=lib/hosts-dir.sh
+  source "${BASH_SOURCE[0]%/*}/lib/hosts-dir.sh"
 fi
 
 readonly ACCEPT="application/vnd.docker.distribution.manifest.v2+json,application/vnd.docker.distribution.manifest.list.v2+json,application/vnd.oci.image.manifest.v1+json,application/vnd.oci.image.index.v1+json"
@@ -69,7 +72,8 @@ empty_namespace() {
 # A private copy of this node's hosts dir for DOMAIN:PORT with the credentials added as an
 # Authorization header, only where the request goes to DOMAIN:PORT itself (never to a mirror).
 write_hosts_dir() {
-  local domain=$1 port=$2 user=$3 src="$CONTAINERD_CERTS_D/$1:$2" dest url token
+  local domain=$1 port=$2 user=$3 src dest url token
+  src="$(containerd_hosts_dir)/$domain:$port"
   [[ -f "$src/hosts.toml" ]] ||
     fatal "no $src/hosts.toml: containerd on this node does not trust $domain:$port"
   dest="$WORK/certs.d/$domain:$port"

@@ -63,7 +63,9 @@ def test_only_the_libs_a_script_sources_are_sent():
     for name in ("fill-from-store.sh", "sync-data.sh"):  # the machine running pulumi: ssh to a host
         assert "use_askpass()" in script_body(name) and "write_stamp()" in script_body(name)
     assert "use_askpass()" not in script_body("pull-data.sh")
-    assert "containerd_certs_d_state()" not in script_body("configure-node.sh")
+    # The node step, the verification and the status probe find containerd's hosts dir alike.
+    for name in ("configure-node.sh", "verify-registry.sh", "status-probe.sh"):
+        assert "containerd_hosts_dir()" in script_body(name)
 
 
 def test_a_comment_edit_does_not_change_what_is_sent(tmp_path, monkeypatch):
@@ -71,7 +73,7 @@ def test_a_comment_edit_does_not_change_what_is_sent(tmp_path, monkeypatch):
     import components.remote_scripts as rs
 
     (tmp_path / "lib").mkdir()
-    for lib in ("common.sh", "trust.sh"):  # what configure-node.sh sources
+    for lib in ("common.sh", "trust.sh", "containerd.sh", "hosts-dir.sh"):  # what configure-node.sh sources
         (tmp_path / "lib" / lib).write_text((SCRIPTS_DIR / "lib" / lib).read_text())
     original = (SCRIPTS_DIR / "configure-node.sh").read_text()
     monkeypatch.setattr(rs, "SCRIPTS_DIR", tmp_path)
