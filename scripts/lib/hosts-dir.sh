@@ -11,14 +11,15 @@ CONTAINERD_HOSTS_DIR_DEFAULT=/etc/containerd/certs.d
 
 # The CRI registry config_path of a containerd config on stdin (a config file, or the output of
 # `containerd config dump`): table [plugins."io.containerd.grpc.v1.cri".registry] (config version
-# 2, containerd 1.x) or [plugins."io.containerd.cri.v1.images".registry] (version 3, 2.x), quotes
+# 2, containerd 1.x; [plugins.cri.registry] in a version 1 file) or
+# [plugins."io.containerd.cri.v1.images".registry] (version 3, 2.x), quotes
 # and blanks of the table name ignored. Prints nothing when unset.
 config_path_in_toml() {
   awk '
     /^[[:space:]]*\[/ {
       section = $0; sub(/#.*/, "", section); gsub(/[[:space:]"\047]/, "", section); next
     }
-    (section == "[plugins.io.containerd.grpc.v1.cri.registry]" ||
+    (section == "[plugins.io.containerd.grpc.v1.cri.registry]" || section == "[plugins.cri.registry]" ||
      section == "[plugins.io.containerd.cri.v1.images.registry]") &&
       $0 ~ /^[[:space:]]*config_path[[:space:]]*=/ {
       value = $0; sub(/^[^=]*=[[:space:]]*/, "", value); sub(/[[:space:]]*(#.*)?$/, "", value)
