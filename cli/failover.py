@@ -440,6 +440,46 @@ def rank_ha_candidates(*, sealer_masters: list[str] | None, masters: list[str],
 # ------------------------------------------------------------------------------ a prober's report
 
 
+# ------------------------------------------------------------------------------ stale standbys
+
+
+def master0_tree_of(stdout: str) -> str | None:
+    """`watch-probe.sh --tree`'s ``tree=<sha256>`` (master0's live tree, the stamp's formula), or
+    None when the report has none (no probe=1, no tree line, no registry tree)."""
+    lines = stdout.splitlines()
+    if "probe=1" not in lines:
+        return None
+    for line in lines:
+        if line.startswith("tree="):
+            value = line.removeprefix("tree=").strip()
+            return value if _HEX64.match(value) else None
+    return None
+
+
+def stale_standbys(master0_tree: str | None, standbys: Iterable[str],
+                   replicas: dict[str, Replica], marked: dict[str, str]) -> dict[str, str]:
+    """The warm standbys to mark stale now (host -> why): master0's tree moved away from the
+    tree their replica stamp was copied from, so their registry would answer a moved tag with
+    its old digest until the next data step copies it (the marker makes it answer 503 until
+    then: scripts/pull-data.sh). ``marked``: host -> master0 tree the watcher last marked it
+    for; a host is not marked again for the same tree (the marker stays until a copy
+    completes). Nothing is decided without master0's tree (not read, or master0 not answering),
+    and a standby whose stamp is unknown or absent is left to its data step (a copy in progress
+    made the marker already; the remote script compares again before it writes)."""
+    if master0_tree is None:
+        return {}
+    out: dict[str, str] = {}
+    for ip in standbys:
+        rep = replicas.get(ip)
+        if rep is None or rep.stamp is None:
+            continue
+        if rep.stamp.tree == master0_tree or marked.get(ip) == master0_tree:
+            continue
+        out[ip] = (f"its replica stamp's tree {rep.stamp.tree[:12]} is not master0's live tree "
+                   f"{master0_tree[:12]}: it would serve moved tags with their old digests")
+    return out
+
+
 def read_report(prober: str, targets: list[str], ok: bool, stdout: str,
                 error: str = "") -> tuple[dict[str, Probe], Replica | None]:
     """`scripts/watch-probe.sh`'s output on ``prober`` -> its probe of each target and its own

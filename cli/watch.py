@@ -28,9 +28,9 @@ from cli import apiserver, sealer_clusterfile
 from cli.change import Change, Outcome, Timer, apply_change, preflight_probe
 from cli.common import (EXIT_INTERRUPTED, EXIT_OK, CliError, add_ssh_key_argument,
                         add_stack_arguments, guarded)
-from cli.failover import (Decision, Kind, Probe, Replica, Returning, Round, Settings, Watch,
-                          parse_duration, pick_probers, rank_candidates, rank_ha_candidates,
-                          read_report)
+from cli.failover import (Decision, Kind, Probe, Replica, Returning, Round, Settings, Vote, Watch,
+                          master0_tree_of, parse_duration, pick_probers, quorum, rank_candidates,
+                          rank_ha_candidates, read_report, stale_standbys)
 from cli.probe import complete_images
 from cli.recover import preflight as recover_preflight
 from cli.session import Session
@@ -94,6 +94,8 @@ examples:
 PROBE_SCRIPT = "watch-probe.sh"
 UP_MESSAGE = "cli watch:"   # the history message of the watcher's own `up`s
 PROBE_TIMEOUT_S = 4.0       # ssh (multiplexed) + curl's 2 s at most
+TREE_TIMEOUT_S = 10.0       # master0's tree listing (one direct ssh session)
+MARK_SCRIPT = "mark-stale.sh"
 MASTER_ALIVE = ("-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=2")
 
 
@@ -318,6 +320,7 @@ class Watcher:
         self.probers: list[str] = []
         self.replicas: dict[str, Replica] = {}
         self.rejoined_at: dict[str, float] = {}
+        self.marked_stale: dict[str, str] = {}  # standby -> master0 tree it was marked stale for
         self.code = EXIT_OK
 
     # -- the loop -----------------------------------------------------------------------------
@@ -375,6 +378,43 @@ class Watcher:
                     self.rejoin(decision.target)
                 elif decision.kind is Kind.RETURNED and not self.args.rejoin_returning:
                     self.stop_stale_registry(decision.target)
+        if rounds and not self.stop.stopping:
+            self.gate_stale_standbys(config, rounds[0])
+
+    # -- warm standbys that lag master0 ------------------------------------------------------
+    def gate_stale_standbys(self, config: StackConfig, master0_round: Round) -> None:
+        """With warm standbys: read master0's live tree (`watch-probe.sh --tree`, one direct SSH
+        session, only in a round where a majority of the probers saw master0 answer: nothing dials
+        a master0 that looks dead) and put the stale gate on every standby whose replica stamp
+        was copied from another tree (decided by failover.stale_standbys; scripts/mark-stale.sh
+        compares again on the host). The gate lifts when the next `pulumi up` copies master0's
+        tree to it. One JSON-lines event per standby marked."""
+        local = config.registry.local_registry
+        if str(local.standby) != "warm" or local.ha:
+            return
+        master0 = master0_round.target
+        if not master0_round.probes or master0_round.count(Vote.ALIVE) < quorum(len(master0_round.probes)):
+            return
+        standbys = [ip for ip in config.deploy_hosts if ip != master0 and ip not in config.down_hosts]
+        if not standbys:
+            return
+        done = self.links.access.run(master0, script_run(PROBE_SCRIPT, "--tree", config.rootfs,
+                                                         str(config.registry.port)),
+                                     timeout=TREE_TIMEOUT_S)
+        tree = master0_tree_of(done.stdout) if done.returncode == 0 else None
+        for ip, why in stale_standbys(tree, standbys, self.replicas, self.marked_stale).items():
+            assert tree is not None
+            run = script_run(MARK_SCRIPT, config.rootfs, tree)
+            marked = (self.links.run(ip, run, PROBE_TIMEOUT_S) if ip in self.probers
+                      else self.links.access.run(ip, run, timeout=PROBE_TIMEOUT_S))
+            fields = dict(part.partition("=")[::2] for part in marked.stdout.split())
+            result = fields.get("result", "") if marked.returncode == 0 else ""
+            if result in ("marked", "already", "fresh"):
+                self.marked_stale[ip] = tree
+            error = "" if marked.returncode == 0 else ssh_error(marked.stderr, marked.returncode)
+            self.log("stale_standby", host=ip, master0=master0, master0_tree=tree,
+                     stamp_tree=fields.get("stamp_tree") or None, result=result or None,
+                     ok=marked.returncode == 0, error=error or None, why=why)
 
     def sync_config(self) -> StackConfig:
         """The stack file again (an operator may have run `recover` or `rejoin`): the watcher

@@ -401,3 +401,49 @@ def test_read_report_without_a_result_is_no_vote(ok, out, error):
 def test_read_report_of_a_missing_or_broken_stamp(line, problem):
     _, replica = read_report(M1, [], True, f"probe=1\n{line}\n")
     assert replica.stamp is None and replica.stamp_problem.startswith(problem)
+
+
+# ------------------------------------------------------------------------------ stale standbys
+
+from cli.failover import master0_tree_of, stale_standbys  # noqa: E402
+
+TREE_A, TREE_B = "a" * 64, "b" * 64
+
+
+def stamped(tree: str) -> Replica:
+    return Replica(stamp=Stamp(source="10.0.0.11", completed_at=1, files=3, bytes=9, tree=tree))
+
+
+def test_a_standby_copied_from_another_tree_than_master0_s_is_marked_stale():
+    """master0's tree moved (a push, a `sealer run <app>`): the standby whose stamp names the old
+    tree would answer moved tags with old digests; the one that matches is left serving."""
+    out = stale_standbys(TREE_B, ["10.0.0.12", "10.0.0.13"],
+                         {"10.0.0.12": stamped(TREE_A), "10.0.0.13": stamped(TREE_B)}, {})
+    assert list(out) == ["10.0.0.12"] and "old digests" in out["10.0.0.12"]
+
+
+def test_nothing_is_marked_without_master0_s_tree_or_a_standby_s_stamp():
+    """master0's tree not read (it did not answer, or no tree): no decision; a standby with no
+    stamp (a copy in progress already made its marker) or not reported: left to its data step."""
+    replicas = {"10.0.0.12": stamped(TREE_A), "10.0.0.13": Replica(stamp_problem="none")}
+    assert stale_standbys(None, ["10.0.0.12"], replicas, {}) == {}
+    assert stale_standbys(TREE_B, ["10.0.0.13", "10.0.0.14"], replicas, {}) == {}
+
+
+def test_a_standby_is_marked_once_per_master0_tree():
+    """Marked for tree B, it is not marked again while master0 stays at B; master0 moving on to
+    another tree marks it again (its marker may have been lifted by a copy of B meanwhile)."""
+    replicas = {"10.0.0.12": stamped(TREE_A)}
+    assert stale_standbys(TREE_B, ["10.0.0.12"], replicas, {"10.0.0.12": TREE_B}) == {}
+    assert list(stale_standbys("c" * 64, ["10.0.0.12"], replicas, {"10.0.0.12": TREE_B})) == ["10.0.0.12"]
+
+
+@pytest.mark.parametrize("stdout, tree", [
+    (f"probe=1\nreplica=none\ntree={TREE_A}\n", TREE_A),
+    ("probe=1\nreplica=none\ntree=\n", None),           # no registry tree on master0
+    (f"replica=none\ntree={TREE_A}\n", None),           # not a probe's output
+    ("probe=1\nreplica=none\ntree=xyz\n", None),
+    ("probe=1\nreplica=none\n", None),
+])
+def test_master0_tree_is_read_from_the_probe_s_tree_line(stdout, tree):
+    assert master0_tree_of(stdout) == tree

@@ -165,3 +165,96 @@ def test_a_second_watcher_of_the_same_stack_is_refused(tmp_path):
             holder.wait()
         while _HELD:
             os.close(_HELD.pop())
+
+
+# ------------------------------------------------------------------------------ stale standbys
+
+from types import SimpleNamespace  # noqa: E402
+
+from cli.failover import Probe, Replica, Round, Stamp, Vote  # noqa: E402
+from cli.watch import Watcher  # noqa: E402
+from components.remote_scripts import SCRIPTS_DIR  # noqa: E402
+
+M0, S1, S2 = "10.0.0.11", "10.0.0.12", "10.0.0.13"
+OLD, NEW = "a" * 64, "b" * 64
+
+
+def mark(rootfs: Path, tree: str) -> str:
+    done = subprocess.run(["bash", str(SCRIPTS_DIR / "mark-stale.sh"), str(rootfs), tree],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_mark_stale_script_writes_the_marker_only_for_a_stamp_of_another_tree(tmp_path):
+    """It compares its own stamp again: fresh (same tree) and no stamp leave no marker; a stamp
+    of another tree gets one, once."""
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    assert mark(tmp_path, NEW) == "result=no-stamp stamp_tree="
+    (registry / ".sealer-replica").write_text(
+        f'{{"source": "{M0}", "completed_at": 1, "files": 1, "bytes": 1, "tree": "{NEW}"}}\n')
+    assert mark(tmp_path, NEW) == f"result=fresh stamp_tree={NEW}"
+    assert not (registry / ".sealer-stale").exists()
+    (registry / ".sealer-replica").write_text(
+        f'{{"source": "{M0}", "completed_at": 1, "files": 1, "bytes": 1, "tree": "{OLD}"}}\n')
+    assert mark(tmp_path, NEW) == f"result=marked stamp_tree={OLD}"
+    assert (registry / ".sealer-stale").exists()
+    assert mark(tmp_path, NEW) == f"result=already stamp_tree={OLD}"
+
+
+class FakeLinks:
+    def __init__(self, tree: str):
+        self.calls: list[tuple[str, str]] = []
+        self.access = self
+        self.tree = tree
+
+    def _done(self, ip, script):
+        self.calls.append((ip, script.command))
+        out = f"probe=1\nreplica=none\ntree={self.tree}\n" if "--tree" in script.command else \
+            f"result=marked stamp_tree={OLD}\n"
+        return subprocess.CompletedProcess([], 0, out, "")
+
+    def run(self, ip, script, timeout=None, **_):
+        return self._done(ip, script)
+
+
+def watcher(tree: str, replicas: dict) -> SimpleNamespace:
+    events: list[dict] = []
+    config = SimpleNamespace(
+        registry=SimpleNamespace(port=5000, local_registry=SimpleNamespace(standby="warm", ha=False)),
+        deploy_hosts=[M0, S1, S2], down_hosts=[], rootfs="/r")
+    return SimpleNamespace(links=FakeLinks(tree), probers=[S1, S2], replicas=replicas,
+                           marked_stale={}, log=lambda event, **f: events.append({"event": event, **f}),
+                           events=events, config=config)
+
+
+def alive_round(votes=(Vote.ALIVE, Vote.ALIVE)) -> Round:
+    return Round(1.0, M0, tuple(Probe(p, v) for p, v in zip((S1, S2), votes)))
+
+
+def stamp_of(tree: str) -> Replica:
+    return Replica(stamp=Stamp(source=M0, completed_at=1, files=1, bytes=1, tree=tree))
+
+
+def test_the_watcher_gates_a_lagging_standby_once_and_logs_it():
+    """master0 answers and its tree moved: the standby copied from the old tree is marked (one
+    mark-stale.sh run, one `stale_standby` event naming both trees), the fresh one is not; the
+    next round marks nothing again."""
+    w = watcher(NEW, {S1: stamp_of(OLD), S2: stamp_of(NEW)})
+    Watcher.gate_stale_standbys(w, w.config, alive_round())
+    assert [ip for ip, cmd in w.links.calls] == [M0, S1]
+    assert "mark-stale.sh" not in w.links.calls[0][1] and w.links.calls[1][1].endswith(f"/r {NEW}")
+    assert [(e["event"], e["host"], e["master0_tree"], e["stamp_tree"], e["result"]) for e in w.events] == [
+        ("stale_standby", S1, NEW, OLD, "marked")]
+    Watcher.gate_stale_standbys(w, w.config, alive_round())
+    assert [ip for ip, _ in w.links.calls] == [M0, S1, M0] and len(w.events) == 1
+
+
+def test_the_watcher_reads_no_tree_from_a_master0_that_looks_dead_or_without_warm_standbys():
+    w = watcher(NEW, {S1: stamp_of(OLD)})
+    Watcher.gate_stale_standbys(w, w.config, alive_round((Vote.DEAD, Vote.ALIVE)))
+    assert w.links.calls == [] and w.events == []
+    w.config.registry.local_registry.standby = "cold"
+    Watcher.gate_stale_standbys(w, w.config, alive_round())
+    assert w.links.calls == []
