@@ -259,3 +259,40 @@ def test_master0_and_union_steps_never_gate_themselves(lab, gated):
     launched = write_and_launch(lab, SERVER, gated["rw"])
     assert "removed the stale marker" in launched.stderr, launched.stderr
     assert lab.run(SERVER, f"test -e {MARKER}", check=False).returncode != 0
+
+
+def test_cli_watch_scripts_gate_a_standby_when_master0_s_tree_moves(lab, gated):
+    """What `cli watch` runs each round with warm standbys: `watch-probe.sh --tree` on master0
+    reports its live tree in the stamp's formula (equal to the standby's stamp after a complete
+    copy); a tag moved on master0 changes it; failover.stale_standbys then picks the standby and
+    `mark-stale.sh` there creates the marker (its registry answers 503); the next data step lifts
+    it. A standby that matches is left serving."""
+    from cli.failover import Replica, master0_tree_of, parse_stamp, stale_standbys
+
+    def master0_tree() -> str | None:
+        run = script_run("watch-probe.sh", "--tree", ROOTFS, str(PORT))
+        return master0_tree_of(lab.ssh(SERVER, run.command, input=run.stdin).stdout)
+
+    wait_code(lab, SPARE, 401)
+    before = master0_tree()
+    spare = Replica(stamp=parse_stamp(lab.run(SPARE, f"cat {REG}/.sealer-replica").stdout.strip()))
+    assert before == spare.stamp.tree
+    assert stale_standbys(before, [SPARE_IP], {SPARE_IP: spare}, {}) == {}
+    fresh = script_run("mark-stale.sh", ROOTFS, before)
+    assert lab.ssh(SPARE, fresh.command, input=fresh.stdin).stdout.split()[0] == "result=fresh"
+
+    ref, other = gated["refs"][1], gated["refs"][0]
+    move_tag(lab, SERVER, ref, other)
+    after = master0_tree()
+    assert after and after != before
+    decided = stale_standbys(after, [SPARE_IP], {SPARE_IP: spare}, {})
+    assert list(decided) == [SPARE_IP]
+    run = script_run("mark-stale.sh", ROOTFS, after)
+    assert lab.ssh(SPARE, run.command, input=run.stdin).stdout.split()[0] == "result=marked"
+    wait_code(lab, SPARE, 503)
+    assert tag_digest(lab, SPARE_IP, ref["repository"], ref["tag"]) == (503, "")
+    done = pull(lab, SPARE_IP, "--replica", [SERVER_IP])
+    assert done.returncode == 0 and "stale gate off" in done.stderr, done.stderr
+    wait_code(lab, SPARE, 401)
+    assert tag_digest(lab, SPARE_IP, ref["repository"], ref["tag"]) == (200, other["digest"])
+    assert stamp(lab, SPARE_IP)["tree"] == master0_tree()
