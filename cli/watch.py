@@ -94,7 +94,10 @@ examples:
 PROBE_SCRIPT = "watch-probe.sh"
 UP_MESSAGE = "cli watch:"   # the history message of the watcher's own `up`s
 PROBE_TIMEOUT_S = 4.0       # ssh (multiplexed) + curl's 2 s at most
-TREE_TIMEOUT_S = 10.0       # master0's tree listing (one direct ssh session)
+# master0's tree listing (one direct ssh session, in rounds where master0 answers): short, so a
+# master0 that dies during the read delays the first dead round by at most this.
+TREE_TIMEOUT_S = 3.0
+TREE_CONNECT_TIMEOUT_S = 1
 MARK_SCRIPT = "mark-stale.sh"
 MASTER_ALIVE = ("-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=2")
 
@@ -400,7 +403,7 @@ class Watcher:
             return
         done = self.links.access.run(master0, script_run(PROBE_SCRIPT, "--tree", config.rootfs,
                                                          str(config.registry.port)),
-                                     timeout=TREE_TIMEOUT_S)
+                                     timeout=TREE_TIMEOUT_S, connect_timeout=TREE_CONNECT_TIMEOUT_S)
         tree = master0_tree_of(done.stdout) if done.returncode == 0 else None
         for ip, why in stale_standbys(tree, standbys, self.replicas, self.marked_stale).items():
             assert tree is not None

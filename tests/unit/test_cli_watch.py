@@ -215,7 +215,7 @@ class FakeLinks:
             f"result=marked stamp_tree={OLD}\n"
         return subprocess.CompletedProcess([], 0, out, "")
 
-    def run(self, ip, script, timeout=None, **_):
+    def run(self, ip, script, timeout=None, **_options):
         return self._done(ip, script)
 
 
