@@ -30,13 +30,13 @@ class HostProbe:
     reachable: bool
     error: str = ""
     hostname: str = ""
-    registry: str = ""            # running | stopped
+    registry: str = ""            # running | stale (a gated warm standby: 503 while its marker exists) | stopped
     registry_mode: str = ""       # read-only | read-write when running, else ""
     refs_ok: int = 0
     missing_refs: list[str] = field(default_factory=list)
     resolves: str = ""            # where the registry domain points on the host
     ca: str = ""                  # ok | differs | partial | absent | -
-    containerd: str = ""          # certs.d | unset | elsewhere:<dirs> | stale | no-cri | down | unknown | -
+    containerd: str = ""          # certs.d | unset | elsewhere:<dirs> (trust written under the first) | stale | no-cri | down | unknown | -
     disk_avail: int = 0
     registry_bytes: int = 0
     replica: dict | None = None   # the replica stamp when complete (scripts/lib/replica.sh)
