@@ -9,6 +9,8 @@ not validate or does not start leaves the running entry point as it was; status-
 the real stats page. The tests run in order on one lab."""
 from __future__ import annotations
 
+import csv
+import io
 import shlex
 import time
 
@@ -38,11 +40,10 @@ def configure(lab, host: str, *args: str, cert: str, env: str = "") -> tuple[int
 
 
 def stats(lab, node: str, port: int = STATS_PORT) -> list[dict]:
-    """The backend's servers from HAProxy's stats CSV, columns by their header names."""
-    csv = lab.run(node, f"curl -sf --max-time 3 'http://127.0.0.1:{port}/;csv'").stdout
-    lines = csv.splitlines()
-    head = lines[0].lstrip("# ").split(",")
-    rows = [dict(zip(head, line.split(","))) for line in lines[1:] if line]
+    """The backend's servers from HAProxy's stats CSV, columns by their header names (a failed
+    check's ``last_chk`` is a quoted field with a comma in it)."""
+    text = lab.run(node, f"curl -sf --max-time 3 'http://127.0.0.1:{port}/;csv'").stdout
+    rows = list(csv.DictReader(io.StringIO(text.removeprefix("# "))))
     return [r for r in rows if r["svname"] not in ("FRONTEND", "BACKEND") and r["addr"]]
 
 
@@ -183,6 +184,10 @@ def outage(lab, c: dict, down, up, what: str) -> None:
         assert first <= FIRST_PULL_GOAL_S
         assert later <= healthy + LATER_SLACK_S
         assert servers(lab, c["node"])[0].startswith(f"{m0}:{PORT} DOWN")
+        probe = lab.run(c["node"], f"bash {SCRIPTS}/status-probe.sh --entry-stats {STATS_PORT} "
+                                   f"{ROOTFS} {DOMAIN} {PORT} x").stdout.splitlines()
+        entry = [x for x in probe if x.startswith("entry=")]
+        assert len(entry) == 1 and entry[0].startswith(f"entry={m0}:{PORT}:DOWN"), entry
     finally:
         up(m0)
 
