@@ -20,6 +20,8 @@ from components.remote_scripts import SCRIPTS_DIR
 from lab import docker
 from lab.hosts import INSTANCE
 from lab.pull import pull_round
+from lab.sealer_state import BASEFS_REGISTRY_CONFIG
+from material.registry_config import read_only_registry_yml
 from tests.lab.runtime_fixtures import (DOMAIN, PASSWORD, PORT, ROOTFS, USER, generate, ref_of,
                                         serve, stop_serving)
 
@@ -78,6 +80,11 @@ def cluster(lab, tmp_path_factory):
     masters = [m.ip for m in lab.masters()]
     refs = generate(tmp_path_factory.mktemp("store"))
     cert = serve(lab, masters, refs)
+    for standby in masters[1:]:  # warm standbys: read-only registries, as the program runs them
+        target = lab.host_path(standby, f"{ROOTFS}/etc/registry_config.yml")
+        target.write_text(read_only_registry_yml(BASEFS_REGISTRY_CONFIG))
+        lab.run(standby, f"cd {ROOTFS}/scripts && bash init-registry.sh {PORT} {ROOTFS}/registry "
+                         f"{DOMAIN}", timeout=60)
     node, other = (n.ip for n in lab.nodes()[:2])
     yield {"masters": masters, "node": node, "other": other, "cert": cert,
            "refs": [f"{r['repository']}:{r['tag']}@{r['digest']}" for r in refs], "raw": refs}
@@ -200,6 +207,29 @@ def test_pulls_go_on_when_master0_is_powered_off(lab, cluster):
     outage(lab, cluster, lab.power_off, lab.power_on, "powered off")
 
 
+def upload_status(lab, node: str) -> str:
+    """The HTTP status of a push's first request (start a blob upload) through the domain, with
+    the credentials on curl's stdin."""
+    cmd = (f"curl -s -K - -o /dev/null -w '%{{http_code}}' --max-time 20 -X POST "
+           f"--cacert /etc/containerd/certs.d/{DOMAIN}:{PORT}/ca.crt "
+           f"https://{DOMAIN}:{PORT}/v2/library/pushed/blobs/uploads/")
+    return lab.run(node, cmd, input=f'user = "{USER}:{PASSWORD}"\n', check=False).stdout
+
+
+def test_a_push_goes_to_master0_and_fails_cleanly_without_it(lab, cluster):
+    """A push through the entry point starts on master0 (202); with master0 killed it reaches a
+    standby, a read-only registry, and is refused with 405 (nothing written there)."""
+    c = cluster
+    m0 = c["masters"][0]
+    wait_for(lambda: servers(lab, c["node"])[0] == f"{m0}:{PORT} UP", 15, "master0 UP")
+    assert upload_status(lab, c["node"]) == "202"
+    lab.kill(m0)
+    try:
+        assert upload_status(lab, c["node"]) == "405"
+    finally:
+        lab.revive(m0)
+
+
 def test_master0_back_is_used_again(lab, cluster):
     """Once master0 answers its health checks again (rise 2), new pulls go to it, not to a
     standby: its session count grows, the standbys' does not."""
@@ -279,4 +309,25 @@ def test_a_config_that_does_not_start_is_rolled_back(lab, cluster):
     assert stats(lab, c["node"])  # the old stats port answers
     assert pulls(lab, c, "after the rollback").failures == []
     rc, err = configure(lab, c["node"], *entry_args(c), cert=c["cert"])
+    assert rc == 0 and "unchanged: the entry point runs" in err, err
+
+
+def test_a_recovery_rewrites_the_servers(lab, cluster):
+    """What the recovery `up` sends a node: master0 := the first standby, the old master0 gone.
+    HAProxy reloads (a new pid) with the new servers, pulls go to the new master0 only, and the
+    same arguments again change nothing."""
+    c = cluster
+    m0, m1, m2 = c["masters"]
+    pid = entry_pid(lab, c["node"])
+    args = ["--entry", ENTRY, "--entry-stats-port", str(STATS_PORT), "--mirror", m2, DOMAIN, m1, str(PORT)]
+    rc, err = configure(lab, c["node"], *args, cert=c["cert"])
+    assert rc == 0 and "reloaded the entry point" in err, err
+    assert entry_pid(lab, c["node"]) != pid
+    wait_for(lambda: servers(lab, c["node"]) == [f"{m1}:{PORT} UP", f"{m2}:{PORT} UP backup"], 10,
+             "the new servers")
+    before = {r["addr"]: int(r["stot"]) for r in stats(lab, c["node"])}
+    assert pulls(lab, c, "after the recovery").failures == []
+    after = {r["addr"]: int(r["stot"]) for r in stats(lab, c["node"])}
+    assert {a for a in after if after[a] > before[a]} == {f"{m1}:{PORT}"}
+    rc, err = configure(lab, c["node"], *args, cert=c["cert"])
     assert rc == 0 and "unchanged: the entry point runs" in err, err
