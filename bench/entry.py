@@ -7,7 +7,7 @@ ARP fails). Keys `outage_pull_<runtime>_<outage>_*` (/work/shared/notes/bench-ke
 
 No engine: a fresh lab of 3 masters + 2 nodes; every master runs sealer's registry on the same
 data (its self-signed CA as server cert, htpasswd; the rootfs' init-registry.sh, as
-tests/lab/runtime_fixtures.py); each node gets `scripts/configure-node.sh --entry` exactly as its
+tests/lab/runtime_fixtures.py), read-only on the two standbys; each node gets `scripts/configure-node.sh --entry` exactly as its
 `node-<ip>` step sends it (components/remote_scripts.py: the compacted script and the CA on the
 stdin of one SSH session), master0 first and the two other masters as warm standbys.
 """
@@ -25,6 +25,7 @@ from lab import images as lab_images
 from lab.hosts import INSTANCE, Lab
 from lab.pull import Pull, containerd_pull
 from lab.sealer_state import BASEFS_REGISTRY_CONFIG, sealer_htpasswd, sealer_self_signed
+from material.registry_config import read_only_registry_yml
 
 DOMAIN, PORT = "sea.hub", 5000
 USER, PASSWORD = "sealer", "bench-entry-Passw0rd"
@@ -43,13 +44,15 @@ def _write(lab: Lab, host: str, path: str, text: str, mode: int = 0o644) -> None
 
 
 def serve(lab: Lab, masters: list[str], images: list[dict]) -> str:
-    """sealer's registry on every master, the same data; returns its certificate (the CA)."""
+    """sealer's registry on every master, the same data, read-only on the standbys (as the
+    program runs warm standbys); returns its certificate (the CA)."""
     cert, key = sealer_self_signed(DOMAIN)
     htpasswd = sealer_htpasswd(USER, PASSWORD)
     for m in masters:
+        config = BASEFS_REGISTRY_CONFIG if m == masters[0] else read_only_registry_yml(BASEFS_REGISTRY_CONFIG)
         _write(lab, m, f"{ROOTFS}/certs/{DOMAIN}.crt", cert)
         _write(lab, m, f"{ROOTFS}/certs/{DOMAIN}.key", key, 0o600)
-        _write(lab, m, f"{ROOTFS}/etc/registry_config.yml", BASEFS_REGISTRY_CONFIG)
+        _write(lab, m, f"{ROOTFS}/etc/registry_config.yml", config)
         _write(lab, m, f"{ROOTFS}/etc/registry_htpasswd", htpasswd)
         for img in images:
             shutil.copytree(Path(img["path"]) / "docker",
