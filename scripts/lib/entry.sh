@@ -57,7 +57,8 @@ entry_address() {
 }
 
 # The HAProxy config: frontend on ADDRESS:PORT, master0 first, each warm standby as a backup,
-# the stats page (CSV at /;csv) on 127.0.0.1:STATS_PORT. Same arguments, same bytes.
+# the stats page (CSV at /;csv) on 127.0.0.1:STATS_PORT. Same arguments on the same host, same
+# bytes.
 entry_render() {
   local domain=$1 port=$2 address=$3 stats_port=$4 ca=$5 master0=$6 mirror
   shift 6
@@ -66,6 +67,13 @@ entry_render() {
 # to $domain:$port. The next \`pulumi up\` overwrites any edit.
 global
     maxconn 4096
+CFG
+  # The distribution's package creates the user: HAProxy binds its listeners and reads the CA
+  # file as root, then needs root no more.
+  if getent passwd haproxy >/dev/null && getent group haproxy >/dev/null; then
+    printf '    user haproxy\n    group haproxy\n'
+  fi
+  cat <<CFG
 
 defaults
     mode tcp

@@ -126,6 +126,10 @@ def test_deploy_renders_the_config_and_pulls_go_through_the_entry_point(lab, clu
                  f"bind 127.0.0.1:{STATS_PORT}", "stats show-legends"):
         assert want in cfg, want
     assert "shutdown-sessions" not in cfg
+    # Debian's package made the user: HAProxy drops root once its listeners are bound.
+    assert "user haproxy" in cfg and "group haproxy" in cfg
+    pid = lab.run(c["node"], f"cat {PIDFILE}").stdout.split()[0]
+    assert lab.run(c["node"], f"ps -o user= -p {pid}").stdout.strip() == "haproxy"
     assert f"{ENTRY}/32" in lab.run(c["node"], "ip -o -4 addr show dev lo").stdout
     mapped = [line for line in lab.run(c["node"], "cat /etc/hosts").stdout.splitlines()
               if DOMAIN in line.split("#")[0].split()[1:]]
