@@ -92,6 +92,26 @@ TARGETS = [
     ("standby_pull_dead_replicas_first_max_s", "same, standbys first in hosts.toml", None),
 ]
 
+
+def _outage_targets() -> list:
+    """Phase entry (bench/entry.py): per runtime and outage, 0 failures, the first pull after
+    master0 went down <= 5 s, every later one within 1 s of the healthy max."""
+    out = []
+    for rt in ("docker", "containerd16"):
+        alive = f"outage_pull_{rt}_alive_max_s"
+        out.append((alive, "per image, master0 alive (entry point)", None))
+        for o in ("killed", "off"):
+            fail, first, later = (f"outage_pull_{rt}_{o}_{k}" for k in ("failures", "first_s", "later_max_s"))
+            out.append((fail, "= 0", lambda r, k=fail: _get(r, k) is not None and r[k] == 0))
+            out.append((first, "<= 5 s", lambda r, k=first: _get(r, k) is not None and r[k] <= 5))
+            out.append((later, "<= alive max + 1 s",
+                        lambda r, k=later, a=alive: None if _get(r, k) is None or _get(r, a) is None
+                        else r[k] <= r[a] + 1))
+    return out
+
+
+TARGETS += _outage_targets()
+
 RATIOS = [
     ("rto_50_s / rto_s", "rto_50_s", "rto_s"),
     ("rto_sequential_50_s / rto_50_s", "rto_sequential_50_s", "rto_50_s"),

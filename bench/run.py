@@ -11,6 +11,10 @@ Phase `failover`: a fresh lab of 3 masters + 2 nodes, deployed, `cli watch` runn
 killed: kill -> dead decided -> up done -> verified, from the watcher's log (bench/failover.py).
 Phase `standby`: a fresh lab of 3 masters + 2 nodes, a stack with warm standby deployed; every
 boot-history image pulled on a node with master0 alive, then killed (bench/standby.py).
+Phase `entry`: a fresh lab of 3 masters + 2 nodes, no engine: sealer's registry on every master,
+each node behind its node-local entry point (configure-node.sh --entry as the node step sends it);
+every boot-history image pulled on a docker node and a containerd 1.6 node with master0 alive,
+killed, powered off (bench/entry.py).
 Every figure is the wall time of the real thing, engine start included.
 """
 
@@ -37,6 +41,7 @@ from material import pki
 from topology import parse_step
 
 from bench import copy as copybench
+from bench import entry as entrybench
 from bench import fill as fillbench
 from bench import failover as failoverbench
 from bench import hostcopy
@@ -47,7 +52,7 @@ from bench.report import machine, plugins, table, verdicts
 BENCH_DIR = REPO / ".bench"
 PASSPHRASE = "sealer-lab"
 SEQUENTIAL = Path(__file__).resolve().parent / "sequential_recover.sh"
-PHASES = ("small", "fill", "hostcopy", "large", "failover", "standby")
+PHASES = ("small", "fill", "hostcopy", "large", "failover", "standby", "entry")
 ENGINE_PHASES = {"small", "large", "failover", "standby"}  # fill and hostcopy alone run no pulumi
 T0 = time.monotonic()
 
@@ -450,6 +455,8 @@ class Run:
                 self.phase_failover()
             if "standby" in self.args.only:
                 self.phase_standby()
+            if "entry" in self.args.only:
+                self.phase_entry()
         except Exception as e:  # keep what was measured; say what failed
             self.results["errors"].append(f"{type(e).__name__}: {e}")
             traceback.print_exc()
@@ -490,6 +497,18 @@ class Run:
         load = os.getloadavg()[0]
         for key, value in standbybench.measure(self.lab, env, log).items():
             self.record(key, value, load if key == "standby_pull_dead_max_s" else None)
+
+    def phase_entry(self) -> None:
+        """Pulls on a docker and a containerd 1.6 node through the node-local entry point with
+        master0 alive, killed, powered off (bench/entry.py)."""
+        log("phase entry: fresh lab of 3 masters + 2 nodes, node-local entry points, master0 "
+            "killed then powered off")
+        self.lab.down()
+        store = BENCH_DIR / "entry" / "images"
+        shutil.rmtree(store, ignore_errors=True)
+        load = os.getloadavg()[0]
+        for key, value in entrybench.measure(self.lab, store, log).items():
+            self.record(key, value, load if key.endswith("_killed_first_s") else None)
 
     def copy_only(self) -> None:
         self.lab.up(masters=1, nodes=1)

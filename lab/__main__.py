@@ -1,4 +1,4 @@
-"""python -m lab up|down|status|kill|revive|stop-sshd|start-sshd|run|images|store|stackfile|sealer"""
+"""python -m lab up|down|status|kill|revive|power-off|power-on|stop-sshd|start-sshd|run|images|store|stackfile|sealer"""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="also remove images, application.json, PKI, pulumi-state, Pulumi.lab.yaml")
     sub.add_parser("status", help="print the inventory with liveness")
     for name, hlp in (("kill", "make a host dead (drop its packets, freeze its processes)"),
-                      ("revive", "undo kill"), ("stop-sshd", "stop a host's sshd"),
+                      ("revive", "undo kill"),
+                      ("power-off", "make a host a machine without power (its address gone: ARP "
+                                    "fails; processes frozen)"),
+                      ("power-on", "undo power-off"), ("stop-sshd", "stop a host's sshd"),
                       ("start-sshd", "start a host's sshd"), ("packets", "packets sent to a host")):
         p = sub.add_parser(name, help=hlp)
         p.add_argument("host", help="name (srl-11), ip (198.18.0.11) or last octet (11)")
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         elif a.cmd == "status":
             for h in lab.hosts():
-                state = "killed" if lab.is_killed(h.name) else (
+                state = "killed" if lab.is_killed(h.name) else "off" if lab.is_off(h.name) else (
                     "up" if lab.sshd_running(h.name) else "sshd-stopped")
                 containerd = "up" if lab.containerd_running(h.name) else "down"
                 print(f"{h.name}\t{h.ip}\t{h.role}\t{state}\tcontainerd={containerd}\t"
@@ -90,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             lab.kill(a.host, crash=a.crash)
         elif a.cmd == "revive":
             lab.revive(a.host)
+        elif a.cmd == "power-off":
+            lab.power_off(a.host)
+        elif a.cmd == "power-on":
+            lab.power_on(a.host)
         elif a.cmd == "stop-sshd":
             lab.stop_sshd(a.host)
         elif a.cmd == "start-sshd":

@@ -329,6 +329,32 @@ class Lab:
             if self.service_pid(h.name, name) is None:
                 self._launch_service(h.name, name)
 
+    def power_off(self, ref: str) -> None:
+        """Make a host look like a machine that lost power: its address is gone from its eth0, so
+        nobody answers ARP for it (a connect fails with `No route to host` once the neighbour
+        entry fails, instead of timing out as after ``kill``), and its processes are frozen
+        (SIGSTOP). ``power_on`` undoes it (the processes go on; nothing is restarted)."""
+        h = self.host(ref)
+        holder = self.holder_pid(h.name)
+        victims = [pid for pid in self._pids_of(h.name) if pid != holder]
+        for pid in victims:
+            _signal(pid, signal.SIGSTOP)
+        _wait(lambda: all(_state(p) in ("T", "t", "Z", "") for p in victims), 5,
+              f"processes of {h.name} to stop")
+        sh("ip", "-n", h.name, "addr", "del", f"{h.ip}/{SUBNET.prefixlen}", "dev", "eth0", check=False)
+        (self.hosts_dir / h.name / "off").touch()
+
+    def power_on(self, ref: str) -> None:
+        h = self.host(ref)
+        if sh("ip", "-n", h.name, "-o", "-4", "addr", "show", "dev", "eth0").stdout.find(f" {h.ip}/") < 0:
+            sh("ip", "-n", h.name, "addr", "add", f"{h.ip}/{SUBNET.prefixlen}", "dev", "eth0")
+        for pid in self._pids_of(h.name):
+            _signal(pid, signal.SIGCONT)
+        (self.hosts_dir / h.name / "off").unlink(missing_ok=True)
+
+    def is_off(self, ref: str) -> bool:
+        return (self.hosts_dir / self.host(ref).name / "off").exists()
+
     def partition(self, ref: str) -> None:
         """Cut the host off the network (its IP traffic dropped on the bridge, both ways) while its
         processes keep running: a pulled cable, not a dead machine. ``heal`` undoes it."""

@@ -13,7 +13,13 @@
 # Each --mirror names a warm standby (a read-only registry on a replica of the data): containerd's
 # hosts.toml lists DOMAIN:PORT (master0, the only host that takes pushes) first, then each mirror
 # as https://MIRROR:PORT for pull and resolve, so a pull goes on when master0 does not answer.
-# Usage: configure-node.sh [--keep-hosts] [--mirror IP]... DOMAIN IP [PORT] [HOSTS_FILE]
+# --entry ADDRESS (registry.local_registry.node_entry, needs PORT): HAProxy on ADDRESS:PORT, a
+# node-local address put on `lo`, forwards to IP and, when IP fails its health check, to the
+# first healthy mirror; stats on 127.0.0.1:N (--entry-stats-port, default 5099); DOMAIN maps to
+# ADDRESS instead of IP (scripts/lib/entry.sh). Refused with --keep-hosts, without PORT, or with
+# ADDRESS equal to IP; refused when haproxy (>= 2.2) is not installed, before anything changes.
+# Usage: configure-node.sh [--keep-hosts] [--entry ADDRESS [--entry-stats-port N]] [--mirror IP]...
+#          DOMAIN IP [PORT] [HOSTS_FILE]
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
   source "${BASH_SOURCE[0]%/*}/lib/common.sh"
@@ -28,11 +34,18 @@ if ! declare -F containerd_hosts_dir >/dev/null; then
   # shellcheck source=lib/hosts-dir.sh
   source "${BASH_SOURCE[0]%/*}/lib/hosts-dir.sh"
 fi
+if ! declare -F entry_ensure >/dev/null; then
+  # shellcheck source=lib/entry.sh
+  source "${BASH_SOURCE[0]%/*}/lib/entry.sh"
+fi
 
 WORK=""
 cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
 
 MIRRORS=()
+# The trust file of DOMAIN:PORT that containerd reads (set by trust_ca): the entry point's health
+# check verifies the registry with it.
+TRUST_CA=""
 # How long containerd waits for a TCP connect to one registry host before it tries the next.
 # Honoured by containerd 2.0.7+ and 2.1+ only; 1.6 and 1.7 ignore the key and wait 30 s
 # (docs/how-it-works.md, "Mirrors on nodes").
@@ -90,6 +103,7 @@ trust_ca() {
   hosts_dir=$(containerd_hosts_dir)
   info "containerd reads registry hosts from $hosts_dir"
   ca=$(install_trust "$hosts_dir/$domain:$port")
+  TRUST_CA=$ca
   render_hosts_toml "$domain" "$port" "$ca" >"$WORK/hosts.toml"
   put_file "$WORK/hosts.toml" "$hosts_dir/$domain:$port/hosts.toml" 0644 >/dev/null
 }
@@ -156,22 +170,51 @@ set_hosts() {
 }
 
 main() {
-  local keep_hosts=0
-  if [[ "${1:-}" == --keep-hosts ]]; then
-    keep_hosts=1
-    shift
-  fi
-  while [[ "${1:-}" == --mirror ]]; do
-    [[ "${2:-}" =~ ^[0-9a-fA-F.:]+$ ]] || fatal "--mirror needs an IP address, got '${2:-}'"
-    MIRRORS+=("$2")
-    shift 2
+  local keep_hosts=0 entry="" entry_stats_port=5099 haproxy=""
+  while [[ "${1:-}" == --* ]]; do
+    case $1 in
+      --keep-hosts)
+        keep_hosts=1
+        shift
+        ;;
+      --mirror)
+        [[ "${2:-}" =~ ^[0-9a-fA-F.:]+$ ]] || fatal "--mirror needs an IP address, got '${2:-}'"
+        MIRRORS+=("$2")
+        shift 2
+        ;;
+      --entry)
+        [[ "${2:-}" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
+          fatal "--entry needs an IPv4 address (node-local, put on lo), got '${2:-}'"
+        entry=$2
+        shift 2
+        ;;
+      --entry-stats-port)
+        [[ "${2:-}" =~ ^[0-9]+$ ]] || fatal "--entry-stats-port needs a port number, got '${2:-}'"
+        entry_stats_port=$2
+        shift 2
+        ;;
+      *) fatal "unknown option '$1'" ;;
+    esac
   done
+  (($# >= 2)) || fatal "usage: configure-node.sh [--keep-hosts] [--entry ADDRESS [--entry-stats-port N]] [--mirror IP]... DOMAIN IP [PORT] [HOSTS_FILE]"
   local domain=$1 ip=$2 port=${3:-} file=${4:-/etc/hosts}
+  if [[ -n "$entry" ]]; then
+    # Refused before anything changes on the host.
+    ((!keep_hosts)) || fatal "--entry with --keep-hosts: in sealer's HA layout nodes reach the registry through lvscare's VIP"
+    [[ -n "$port" ]] || fatal "--entry needs TLS (a PORT and the CA): the entry point's health check verifies the registry"
+    [[ "$entry" != "$ip" ]] || fatal "--entry $entry is master0's address: it must be a node-local address of its own"
+    haproxy=$(entry_haproxy) || exit 1
+  fi
   WORK=$(mktemp -d)
   trap cleanup EXIT
   [[ -z "$port" ]] || trust_ca "$domain" "$port"
   if ((keep_hosts)); then
     info "kept: $file (its $domain line is sealer's in the HA layout)"
+    return 0
+  fi
+  if [[ -n "$entry" ]]; then
+    entry_ensure "$haproxy" "$domain" "$port" "$entry" "$entry_stats_port" "$TRUST_CA" "$ip" "${MIRRORS[@]}"
+    set_hosts "$domain" "$entry" "$file"
     return 0
   fi
   set_hosts "$domain" "$ip" "$file"

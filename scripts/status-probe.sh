@@ -140,14 +140,17 @@ disk_avail() {
 }
 
 # The servers of the entry point's TCP backend from HAProxy's stats CSV (columns found by their
-# header names; the stats listener's own rows, FRONTEND and BACKEND are left out).
+# header names; the stats listener's own rows, FRONTEND and BACKEND are left out). HAProxy quotes
+# a field that holds a comma (a failed check's `last_chk`: `"Layer4 connection problem, info:
+# ""No route to host"""`): quoted fields are blanked first, so the columns after one stay in place
+# (none of the columns read here is ever quoted).
 entry_servers() {
   local stats_port=$1 csv
   if ! csv=$(curl -sf --max-time 2 "http://127.0.0.1:$stats_port/;csv" 2>/dev/null); then
     echo unreachable
     return 0
   fi
-  printf '%s\n' "$csv" | awk -F, '
+  printf '%s\n' "$csv" | sed 's/"[^"]*"//g' | awk -F, '
     NR == 1 { sub(/^# /, ""); for (i = 1; i <= NF; i++) col[$i] = i; next }
     $col["svname"] == "FRONTEND" || $col["svname"] == "BACKEND" || $col["addr"] == "" { next }
     { item = $col["addr"] ":" $col["status"]; if ($col["bck"] == 1) item = item ":backup"

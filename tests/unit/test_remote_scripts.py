@@ -73,7 +73,7 @@ def test_a_comment_edit_does_not_change_what_is_sent(tmp_path, monkeypatch):
     import components.remote_scripts as rs
 
     (tmp_path / "lib").mkdir()
-    for lib in ("common.sh", "trust.sh", "containerd.sh", "hosts-dir.sh"):  # what configure-node.sh sources
+    for lib in ("common.sh", "trust.sh", "containerd.sh", "hosts-dir.sh", "entry.sh"):  # what configure-node.sh sources
         (tmp_path / "lib" / lib).write_text((SCRIPTS_DIR / "lib" / lib).read_text())
     original = (SCRIPTS_DIR / "configure-node.sh").read_text()
     monkeypatch.setattr(rs, "SCRIPTS_DIR", tmp_path)

@@ -1,0 +1,260 @@
+# shellcheck shell=bash
+# The node-local entry point to the registry (registry.local_registry.node_entry, issue 21;
+# common.sh comes first): HAProxy on ADDRESS:PORT, an address of the node's own `lo`, forwarding
+# TCP (TLS passes through untouched, the client verifies the registry's certificate itself) to
+# master0, or to the first healthy warm standby when master0 fails its health check. HAProxy,
+# not a proxy of our own: a distribution package on Debian/Ubuntu and RHEL-family hosts (so it
+# installs air-gapped from the distribution's media), with health checks, retries and a stats page.
+#
+# Why these settings (docs/how-it-works.md, "The entry point on nodes"):
+# - `timeout connect 1s`, `retries 3`, `option redispatch 1`: a connect to a dead master0 (packets
+#   dropped, or its address gone) gives up after 1 s and the retry goes to another server;
+# - `observe layer4 error-limit 1 on-error mark-down`: that first failed connect marks master0 down
+#   at once, so the retry and every later connection go to a standby without waiting for the
+#   health check (`inter 1s fall 2`) to notice;
+# - the health check is the registry's own TLS handshake, verified against the CA this script
+#   installed and the domain's name, then `GET /v2/`: 200 or 401 (auth required) is up;
+# - `option srvtcpka` with short keep-alive probes ends a connection to a master0 that died under
+#   it within seconds, so the client retries on a fresh connection; `on-marked-down
+#   shutdown-sessions` is not used: it cut the very connections HAProxy was retrying on a backup.
+# Pushes: only master0 takes them; standbys are read-only registries, so a push that reaches a
+# standby while master0 is down fails with 405 and nothing is written there.
+
+readonly ENTRY_CONFIG=/etc/sealer/registry-entry.cfg
+readonly ENTRY_PIDFILE=/run/sealer-registry-entry.pid
+readonly ENTRY_UNIT=sealer-registry-entry.service
+readonly ENTRY_UNIT_FILE=/etc/systemd/system/sealer-registry-entry.service
+readonly ENTRY_MIN_HAPROXY=(2 2) # srvtcpka-idle/-intvl/-cnt and http-check send: HAProxy 2.2
+
+# Fails with what to install when haproxy is missing or older than 2.2; prints its path.
+entry_haproxy() {
+  local bin version major minor
+  if ! bin=$(command -v haproxy); then
+    fatal "node_entry needs HAProxy >= ${ENTRY_MIN_HAPROXY[0]}.${ENTRY_MIN_HAPROXY[1]} on this host and" \
+      "haproxy is not installed: install the distribution's package (Debian/Ubuntu: apt-get install" \
+      "haproxy; RHEL family: dnf install haproxy; offline: the .deb/.rpm from the installation media)"
+  fi
+  version=$("$bin" -v 2>/dev/null | sed -n 's/^HA-\{0,1\}Proxy version \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)
+  [[ -n "$version" ]] || fatal "cannot read the version of $bin ('$bin -v')"
+  major=${version%%.*} minor=${version#*.}
+  if ((major < ENTRY_MIN_HAPROXY[0] || (major == ENTRY_MIN_HAPROXY[0] && minor < ENTRY_MIN_HAPROXY[1]))); then
+    fatal "node_entry needs HAProxy >= ${ENTRY_MIN_HAPROXY[0]}.${ENTRY_MIN_HAPROXY[1]}, $bin is $version:" \
+      "upgrade the distribution's haproxy package"
+  fi
+  printf '%s\n' "$bin"
+}
+
+# ADDRESS/32 on the loopback device, added when absent (it is the node's own: no other host
+# needs to reach it, and nothing on the network answers for it).
+entry_address() {
+  local address=$1
+  if ip -o -4 addr show dev lo | awk '{ print $4 }' | grep -qxF "$address/32"; then
+    info "unchanged: $address/32 on lo"
+    return 0
+  fi
+  ip addr add "$address/32" dev lo
+  info "added $address/32 on lo"
+}
+
+# The HAProxy config: frontend on ADDRESS:PORT, master0 first, each warm standby as a backup,
+# the stats page (CSV at /;csv) on 127.0.0.1:STATS_PORT. Same arguments on the same host, same
+# bytes.
+entry_render() {
+  local domain=$1 port=$2 address=$3 stats_port=$4 ca=$5 master0=$6 mirror
+  shift 6
+  cat <<CFG
+# Written by configure-node.sh (registry.local_registry.node_entry): the node-local entry point
+# to $domain:$port. The next \`pulumi up\` overwrites any edit.
+global
+    maxconn 4096
+CFG
+  # The distribution's package creates the user: HAProxy binds its listeners and reads the CA
+  # file as root, then needs root no more.
+  if getent passwd haproxy >/dev/null && getent group haproxy >/dev/null; then
+    printf '    user haproxy\n    group haproxy\n'
+  fi
+  cat <<CFG
+
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 10m
+    timeout server 10m
+    timeout check 2s
+    retries 3
+    option redispatch 1
+    option clitcpka
+    clitcpka-idle 30s
+    clitcpka-intvl 10s
+    clitcpka-cnt 3
+    option srvtcpka
+    srvtcpka-idle 1s
+    srvtcpka-intvl 1s
+    srvtcpka-cnt 2
+
+frontend registry-entry
+    bind $address:$port
+    default_backend registry
+
+backend registry
+    option httpchk
+    http-check send meth GET uri /v2/ ver HTTP/1.1 hdr Host $domain:$port
+    http-check expect rstatus ^(200|401)\$
+    default-server check check-ssl check-sni $domain verify required ca-file $ca verifyhost $domain inter 1s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
+    server master0-$master0 $master0:$port
+CFG
+  for mirror in "$@"; do
+    printf '    server standby-%s %s:%s backup\n' "$mirror" "$mirror" "$port"
+  done
+  cat <<CFG
+
+listen stats
+    bind 127.0.0.1:$stats_port
+    mode http
+    stats enable
+    stats uri /
+    stats show-legends
+    stats refresh 5s
+CFG
+}
+
+# The pid of the entry point's HAProxy started from ENTRY_CONFIG (pid file, process alive and
+# running that config), or fails.
+entry_pid() {
+  local pid
+  [[ -r "$ENTRY_PIDFILE" ]] || return 1
+  pid=$(head -n 1 "$ENTRY_PIDFILE")
+  [[ "$pid" =~ ^[0-9]+$ && -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "-f $ENTRY_CONFIG" || return 1
+  printf '%s\n' "$pid"
+}
+
+entry_with_systemd() {
+  [[ -d /run/systemd/system && "$(cat /proc/1/comm 2>/dev/null)" == systemd ]]
+}
+
+entry_render_unit() {
+  local haproxy=$1 address=$2 domain=$3 port=$4 ip_bin
+  ip_bin=$(command -v ip)
+  cat <<UNIT
+[Unit]
+Description=Node-local entry point to the sealer registry $domain:$port (HAProxy)
+After=network.target
+
+[Service]
+Type=notify
+# The entry address lives on lo: a reboot forgets it.
+ExecStartPre=-$ip_bin addr add $address/32 dev lo
+ExecStartPre=$haproxy -c -q -f $ENTRY_CONFIG
+ExecStart=$haproxy -Ws -f $ENTRY_CONFIG -p $ENTRY_PIDFILE
+ExecReload=$haproxy -c -q -f $ENTRY_CONFIG
+ExecReload=/bin/kill -USR2 \$MAINPID
+KillMode=mixed
+Restart=always
+RestartSec=1s
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+}
+
+# Starts or reloads HAProxy as a daemon (-D) with ENTRY_CONFIG; a reload (-sf) hands the listener
+# over and lets the old process finish its transfers. Fails when the new process did not start
+# (the old one, if any, keeps serving).
+entry_start_daemon() {
+  local haproxy=$1 old=${2:-} out
+  out=$(mktemp)
+  if [[ -n "$old" ]]; then
+    if ! "$haproxy" -D -p "$ENTRY_PIDFILE" -f "$ENTRY_CONFIG" -sf "$old" </dev/null >"$out" 2>&1; then
+      sed 's/^/haproxy: /' "$out" >&2
+      rm -f "$out"
+      printf '%s\n' "$old" >"$ENTRY_PIDFILE"
+      return 1
+    fi
+  elif ! "$haproxy" -D -p "$ENTRY_PIDFILE" -f "$ENTRY_CONFIG" </dev/null >"$out" 2>&1; then
+    sed 's/^/haproxy: /' "$out" >&2
+    rm -f "$out"
+    return 1
+  fi
+  rm -f "$out"
+  entry_pid >/dev/null || {
+    warn "haproxy started but $ENTRY_PIDFILE names no process running $ENTRY_CONFIG"
+    return 1
+  }
+}
+
+# (Re)starts the entry point after ENTRY_CONFIG changed (CHANGED=1), or starts it when it is not
+# running; leaves a running one with an unchanged config alone.
+entry_run() {
+  local haproxy=$1 changed=$2 address=$3 domain=$4 port=$5 pid unit_changed
+  if entry_with_systemd; then
+    entry_render_unit "$haproxy" "$address" "$domain" "$port" >"$WORK/entry.service"
+    unit_changed=$(put_file "$WORK/entry.service" "$ENTRY_UNIT_FILE" 0644)
+    [[ -z "$unit_changed" ]] || systemctl daemon-reload
+    systemctl is-enabled --quiet "$ENTRY_UNIT" 2>/dev/null || systemctl enable --quiet "$ENTRY_UNIT"
+    if ! systemctl is-active --quiet "$ENTRY_UNIT"; then
+      systemctl start "$ENTRY_UNIT" || return 1
+      info "started $ENTRY_UNIT"
+    elif [[ -n "$unit_changed" ]]; then
+      systemctl restart "$ENTRY_UNIT" || return 1
+      info "restarted $ENTRY_UNIT (its unit changed)"
+    elif ((changed)); then
+      systemctl reload "$ENTRY_UNIT" || return 1
+      info "reloaded $ENTRY_UNIT"
+    else
+      info "unchanged: $ENTRY_UNIT running with $ENTRY_CONFIG"
+    fi
+    return 0
+  fi
+  if pid=$(entry_pid); then
+    if ((!changed)); then
+      info "unchanged: the entry point runs (pid $pid) with $ENTRY_CONFIG"
+      return 0
+    fi
+    entry_start_daemon "$haproxy" "$pid" || return 1
+    info "reloaded the entry point (pid $(entry_pid), was $pid)"
+    return 0
+  fi
+  entry_start_daemon "$haproxy" || return 1
+  info "started the entry point (pid $(entry_pid))"
+}
+
+# Writes the rendered config (file NEW) as ENTRY_CONFIG when it differs, after `haproxy -c`
+# accepts it, and (re)starts HAProxy; when the start or reload fails the previous config is put
+# back (and brought up again where it had been running): the node keeps the entry point it had.
+entry_apply() {
+  local haproxy=$1 new=$2 address=$3 domain=$4 port=$5 changed=0 had_old=0 check
+  if ! check=$("$haproxy" -c -f "$new" 2>&1); then
+    printf '%s\n' "$check" | sed 's/^/haproxy -c: /' >&2
+    fatal "the new entry point config does not validate: $ENTRY_CONFIG kept as it is"
+  fi
+  if [[ -f "$ENTRY_CONFIG" ]] && cmp -s "$new" "$ENTRY_CONFIG"; then
+    info "unchanged: $ENTRY_CONFIG"
+  else
+    if [[ -f "$ENTRY_CONFIG" ]]; then
+      cp -p "$ENTRY_CONFIG" "$WORK/entry.cfg.old"
+      had_old=1
+    fi
+    put_file "$new" "$ENTRY_CONFIG" 0644 >/dev/null
+    changed=1
+  fi
+  entry_run "$haproxy" "$changed" "$address" "$domain" "$port" && return 0
+  ((changed)) || fatal "the entry point did not start with the unchanged $ENTRY_CONFIG"
+  if ((had_old)); then
+    put_file "$WORK/entry.cfg.old" "$ENTRY_CONFIG" 0644 >/dev/null
+    entry_run "$haproxy" 0 "$address" "$domain" "$port" ||
+      warn "the previous config did not come back up either"
+    fatal "the entry point did not take the new config: the previous $ENTRY_CONFIG is back"
+  fi
+  rm -f "$ENTRY_CONFIG"
+  fatal "the entry point did not start: $ENTRY_CONFIG removed (the next run tries again)"
+}
+
+# The whole entry point: address, config, process. CA is the trust file configure-node installed.
+entry_ensure() {
+  local haproxy=$1 domain=$2 port=$3 address=$4 stats_port=$5 ca=$6 master0=$7
+  shift 7
+  entry_address "$address"
+  entry_render "$domain" "$port" "$address" "$stats_port" "$ca" "$master0" "$@" >"$WORK/entry.cfg"
+  entry_apply "$haproxy" "$WORK/entry.cfg" "$address" "$domain" "$port"
+}
