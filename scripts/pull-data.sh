@@ -168,13 +168,15 @@ verify_blobs() {
 # union another master copying INTO it): its rsync temp files and partial dirs (every name that
 # starts with a dot; distribution's layout has none) are not sent, and a file that vanished
 # between rsync's listing and its read (exit 24) is not an error here: the caller checks every
-# path of the source's listing afterwards.
+# path of the source's listing afterwards. Directory times are not kept (--omit-dir-times): in
+# the union the masters copy into each other side by side, so a directory's time depends on the
+# order of the copies, and a rerun would retouch directories that hold nothing new.
 copy_tree() {
   local registry=$1 ip=$2 user=$3 extra=() rsync_path=() code=0
   shift 3
   if [[ "${*: -1}" == --update ]]; then extra=(--update); set -- "${@:1:$#-1}"; fi
   [[ "$user" == root ]] || rsync_path=(--rsync-path="sudo -n rsync")
-  rsync -a --delay-updates "${extra[@]}" --exclude=_uploads/ --exclude='.*' --out-format='%n' \
+  rsync -a --omit-dir-times --delay-updates "${extra[@]}" --exclude=_uploads/ --exclude='.*' --out-format='%n' \
     -e "$(printf '%q ' "$@")" "${rsync_path[@]}" "$user@$ip:$registry/docker" "$registry/" \
     >"$WORK/received" </dev/null || code=$?
   if ((code == 24)); then
