@@ -15,6 +15,7 @@ stdin of one SSH session), master0 first and the two other masters as warm stand
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,8 @@ ENTRY = f"198.19.{INSTANCE}.3"
 STATS_PORT = 5099
 PULL_TIMEOUT_S = 120
 RUNTIMES = ("docker", "containerd16")
+# Kill points into a round of back-to-back pulls, for the pulls in flight when master0 dies.
+IN_FLIGHT_OFFSETS_S = (0.2, 0.5, 0.9)
 
 
 def _write(lab: Lab, host: str, path: str, text: str, mode: int = 0o644) -> None:
@@ -159,5 +162,28 @@ def measure(lab: Lab, store: Path, log: Callable[[str], None]) -> dict:
             log(f"{runtime}, master0 {outage}: {out[f'outage_pull_{runtime}_{outage}_failures']} failures, "
                 f"first {seconds[0]:.2f}s, later max {max(seconds[1:]):.2f}s; master0 UP again "
                 f"{back:.1f}s after it came back")
+        # master0 killed in the middle of a round: a request written to it and unanswered, a
+        # blob half sent. Bounded: one round per kill point.
+        inflight: list[tuple[dict, Pull]] = []
+        for offset in IN_FLIGHT_OFFSETS_S:
+            wait_up(lab, node, m0)
+            box: dict = {}
+            t = threading.Thread(target=lambda: box.update(done=pull_round(
+                runtime, f"master0 killed {offset}s into the round")))
+            t.start()
+            time.sleep(offset)
+            lab.kill(m0)
+            try:
+                t.join(timeout=len(refs) * (PULL_TIMEOUT_S + 70))
+            finally:
+                lab.revive(m0)
+            inflight += box.get("done", [])
+        out[f"outage_pull_{runtime}_inflight_failures"] = sum(
+            1 for r, p in inflight if not p.ok or p.digest != r["digest"])
+        out[f"outage_pull_{runtime}_inflight_max_s"] = round(max(p.seconds for _, p in inflight), 2)
+        log(f"{runtime}, master0 killed mid-round at {IN_FLIGHT_OFFSETS_S}: "
+            f"{out[f'outage_pull_{runtime}_inflight_failures']} failures, slowest pull "
+            f"{out[f'outage_pull_{runtime}_inflight_max_s']:.2f}s")
+        wait_up(lab, node, m0)
     docker.stop(lab, docker_node, forget=True)
     return out

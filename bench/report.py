@@ -107,6 +107,11 @@ def _outage_targets() -> list:
             out.append((later, "<= alive max + 1 s",
                         lambda r, k=later, a=alive: None if _get(r, k) is None or _get(r, a) is None
                         else r[k] <= r[a] + 1))
+        fail, worst = f"outage_pull_{rt}_inflight_failures", f"outage_pull_{rt}_inflight_max_s"
+        out.append((fail, "= 0 (pulls in flight when master0 was killed)",
+                    lambda r, k=fail: _get(r, k) is not None and r[k] == 0))
+        out.append((worst, "<= 5 s (the pull cut by the kill included)",
+                    lambda r, k=worst: _get(r, k) is not None and r[k] <= 5))
     return out
 
 

@@ -14,8 +14,11 @@
 #   health check (`inter 1s fall 2`) to notice;
 # - the health check is the registry's own TLS handshake, verified against the CA this script
 #   installed and the domain's name, then `GET /v2/`: 200 or 401 (auth required) is up;
-# - `option srvtcpka` with short keep-alive probes ends a connection to a master0 that died under
-#   it within seconds, so the client retries on a fresh connection; `on-marked-down
+# - `option srvtcpka` with short keep-alive probes ends an idle connection to a master0 that died
+#   under it within seconds, and `tcp-ut 2s` (TCP_USER_TIMEOUT) one whose request or upload bytes
+#   master0 never acknowledged (keep-alive probes are not sent while data is unacknowledged: a
+#   request written just before the kill waited out `timeout server`, 30 s+ in the lab test); the
+#   client then retries on a fresh connection, which goes to a standby; `on-marked-down
 #   shutdown-sessions` is not used: it cut the very connections HAProxy was retrying on a backup.
 # Pushes: only master0 takes them; standbys are read-only registries, so a push that reaches a
 # standby while master0 is down fails with 405 and nothing is written there.
@@ -100,7 +103,7 @@ backend registry
     option httpchk
     http-check send meth GET uri /v2/ ver HTTP/1.1 hdr Host $domain:$port
     http-check expect rstatus ^(200|401)\$
-    default-server check check-ssl check-sni $domain verify required ca-file $ca verifyhost $domain inter 1s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
+    default-server check check-ssl check-sni $domain verify required ca-file $ca verifyhost $domain inter 1s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down tcp-ut 2s
     server master0-$master0 $master0:$port
 CFG
   for mirror in "$@"; do

@@ -122,7 +122,7 @@ def test_deploy_renders_the_config_and_pulls_go_through_the_entry_point(lab, clu
                  "http-check send meth GET uri /v2/", "http-check expect rstatus ^(200|401)$",
                  f"check check-ssl check-sni {DOMAIN} verify required ca-file "
                  f"/etc/containerd/certs.d/{DOMAIN}:{PORT}/ca.crt verifyhost {DOMAIN}",
-                 "inter 1s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down",
+                 "inter 1s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down tcp-ut 2s",
                  f"bind 127.0.0.1:{STATS_PORT}", "stats show-legends"):
         assert want in cfg, want
     assert "shutdown-sessions" not in cfg
@@ -209,6 +209,41 @@ def test_pulls_go_on_when_master0_is_killed(lab, cluster):
 
 def test_pulls_go_on_when_master0_is_powered_off(lab, cluster):
     outage(lab, cluster, lab.power_off, lab.power_on, "powered off")
+
+
+IN_FLIGHT_OFFSETS_S = (0.15, 0.45, 0.8, 1.3)   # kill points into a round of back-to-back pulls
+IN_FLIGHT_PULL_LIMIT_S = 30
+
+
+def test_pulls_in_flight_when_master0_dies_finish(lab, cluster):
+    """master0 killed while containerd is in the middle of a round (a request written to master0
+    and unanswered, a blob half sent, a connection kept alive): HAProxy ends the dead server
+    connection within seconds (TCP_USER_TIMEOUT for unacknowledged data, keep-alive probes for an
+    idle one) and the client's retry goes to a standby. Bounded: 4 kill points, 30 s a pull.
+    Each round prints its slowest pull; no pull may fail."""
+    import threading
+
+    c = cluster
+    m0 = c["masters"][0]
+    worst = []
+    for offset in IN_FLIGHT_OFFSETS_S:
+        wait_for(lambda: servers(lab, c["node"])[0] == f"{m0}:{PORT} UP", 15, "master0 UP")
+        box = {}
+        t = threading.Thread(target=lambda: box.update(rnd=pull_round(
+            lab, c["node"], c["refs"], USER, PASSWORD, DOMAIN, PORT, timeout=IN_FLIGHT_PULL_LIMIT_S)))
+        t.start()
+        time.sleep(offset)
+        lab.kill(m0)
+        try:
+            t.join(timeout=len(c["refs"]) * (IN_FLIGHT_PULL_LIMIT_S + 70))
+            assert not t.is_alive(), "the pull round did not end"
+        finally:
+            lab.revive(m0)
+        rnd = box["rnd"]
+        print(f"\nkilled {offset}s into a round: " + ", ".join(rnd.lines()))
+        worst.append(max(rnd.seconds))
+        assert rnd.failures == [], (offset, rnd.lines())
+    print(f"in flight: slowest pull per kill point {[round(w, 2) for w in worst]}")
 
 
 def upload_status(lab, node: str) -> str:
