@@ -1,0 +1,186 @@
+"""The node-local entry point through the real engine (issue 21): with
+`registry.local_registry.standby: warm` and `node_entry`, every node maps sea.hub to a node-local
+address where HAProxy forwards to master0, or to a healthy warm standby when master0 does not
+answer. On a containerd node and a docker node (Debian's dockerd in the lab host): pulls work,
+master0 is killed while both nodes pull back to back (0 failures, the delays printed), the
+recovery moves the entry point's servers (the new master0 first, the fenced old master0 gone),
+and the revived old master0, with its stale data, gets no connection from any node. A fresh lab
+of 3 masters + 2 nodes; the tests of the class run in order."""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+
+import pytest
+
+from lab import docker as lab_docker
+from lab.hosts import INSTANCE
+from lab.pull import containerd_pull
+from lab.stack import DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, hosts_line, stack_values
+from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
+
+ENTRY = f"198.19.{INSTANCE}.3"
+STATS_PORT = 5099
+CONFIG = "/etc/sealer/registry-entry.cfg"
+# Pulls while master0 dies: each round pulls every boot-history image once, back to back.
+ROUNDS = 3
+ROUND_TIMEOUT_S = 300
+
+
+def servers(lab, node: str) -> list[str]:
+    """The entry point's servers as its stats page reports them: ``ip:port STATUS [backup]``.
+    Read with the csv module: a failed check's text is quoted and may hold commas."""
+    text = lab.run(node, f"curl -sf --max-time 3 'http://127.0.0.1:{STATS_PORT}/;csv'").stdout
+    rows = list(csv.reader(io.StringIO(text)))
+    head = [name.lstrip("# ") for name in rows[0]]
+    col = {name: i for i, name in enumerate(head)}
+    out = []
+    for f in rows[1:]:
+        if len(f) < len(head) or f[col["svname"]] in ("FRONTEND", "BACKEND") or not f[col["addr"]]:
+            continue
+        out.append(f"{f[col['addr']]} {f[col['status']]}" + (" backup" if f[col["bck"]] == "1" else ""))
+    return out
+
+
+def wait_for(predicate, limit_s: float, what: str) -> float:
+    began = time.monotonic()
+    while time.monotonic() - began < limit_s:
+        if predicate():
+            return time.monotonic() - began
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not within {limit_s}s")
+
+
+def docker_ref(ref: str) -> str:
+    return f"{DOMAIN}:{PORT}/{ref.split('@')[0]}"
+
+
+def pull_one(lab, node: str, engine: str, ref: str):
+    if engine == "docker":
+        return lab_docker.pull(lab, node, docker_ref(ref), "admin", PASSWORD, timeout=ROUND_TIMEOUT_S)
+    return containerd_pull(lab, node, ref.split("@")[0], "admin", PASSWORD, DOMAIN, PORT,
+                           "lab-pull", ROUND_TIMEOUT_S)
+
+
+class Puller(threading.Thread):
+    """Pulls every ref on one node, back to back, ``rounds`` times (bounded), recording
+    (start time, seconds, ok, error) for each pull."""
+
+    def __init__(self, lab, node: str, engine: str, refs: list[str], rounds: int):
+        super().__init__(daemon=True)
+        self.lab, self.node, self.engine, self.refs, self.rounds = lab, node, engine, refs, rounds
+        self.pulls: list[tuple[float, float, bool, str]] = []
+
+    def run(self) -> None:
+        for _ in range(self.rounds):
+            for ref in self.refs:
+                began = time.monotonic()
+                p = pull_one(self.lab, self.node, self.engine, ref)
+                self.pulls.append((began, time.monotonic() - began, p.ok, "" if p.ok else p.stderr[-300:]))
+
+
+def syn_counter(lab, ip: str, action: str) -> int:
+    """A counter of TCP SYNs to the registry port inside host ``ip``'s namespace (add / read)."""
+    if action == "add":
+        lab.run(ip, "nft add table inet entryprobe; nft add chain inet entryprobe in "
+                    "'{ type filter hook input priority 0; }'; "
+                    f"nft add rule inet entryprobe in tcp dport {PORT} tcp flags syn counter")
+        return 0
+    out = lab.run(ip, "nft list chain inet entryprobe in").stdout
+    for line in out.splitlines():
+        if "counter packets" in line:
+            return int(line.split("counter packets")[1].split()[0])
+    raise AssertionError(out)
+
+
+class TestNodeEntry:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def stack(cls, lab_env, toolchain_env):
+        lab_docker.start(lab_env.lab, lab_env.nodes[1])
+        stack = ProgramStack("e2e-entry", toolchain_env)
+        values = stack_values(lab_env, master0=lab_env.masters[0], distribution="pre")
+        values["registry"]["local_registry"]["standby"] = "warm"
+        values["registry"]["local_registry"]["node_entry"] = {"address": ENTRY}
+        stack.configure(values, {**SECRETS, "registry.tls.ca_key": lab_env.ca[1]})
+        yield stack
+        stack.remove()
+        lab_docker.stop(lab_env.lab, lab_env.nodes[1])
+
+    def test_deploy_puts_every_node_behind_its_entry_point(self, lab_env, stack):
+        """Nodes map the domain to the entry address; their entry point lists master0 then the
+        two warm standbys, all UP; the masters (registry hosts) keep mapping master0; a pull
+        works on the containerd node and on the docker node; a second `up` changes nothing."""
+        stack.up()
+        lab = lab_env.lab
+        m0, m1, m2 = lab_env.masters
+        want = [f"{m0}:{PORT} UP", f"{m1}:{PORT} UP backup", f"{m2}:{PORT} UP backup"]
+        for node in lab_env.nodes:
+            assert any(ENTRY in line for line in hosts_line(lab, node)), hosts_line(lab, node)
+            wait_for(lambda: servers(lab, node) == want, 10, f"{node}'s entry point: {want}")
+        for m in lab_env.masters:
+            assert not any(ENTRY in line for line in hosts_line(lab, m))
+        ref = lab_env.refs[-1]
+        for node, engine in zip(lab_env.nodes, ("containerd", "docker")):
+            p = pull_one(lab, node, engine, ref)
+            assert p.ok, (engine, p.stderr)
+        config = {n: lab.run(n, f"stat -c %Y {CONFIG}").stdout for n in lab_env.nodes}
+        assert stack.up().changed() == {}
+        assert {n: lab.run(n, f"stat -c %Y {CONFIG}").stdout for n in lab_env.nodes} == config
+
+    def test_pulls_go_on_while_master0_is_killed(self, lab_env, stack):
+        """Both nodes pull every image back to back; master0 is killed (packets dropped,
+        processes frozen) in the first round. No pull fails; the first pull that starts after
+        the kill and the slowest later one are printed next to the healthy figure."""
+        lab = lab_env.lab
+        m0 = lab_env.masters[0]
+        healthy = {}
+        for node, engine in zip(lab_env.nodes, ("containerd", "docker")):
+            healthy[engine] = max(pull_one(lab, node, engine, r).seconds for r in lab_env.refs)
+        pullers = [Puller(lab, node, engine, lab_env.refs, ROUNDS)
+                   for node, engine in zip(lab_env.nodes, ("containerd", "docker"))]
+        for p in pullers:
+            p.start()
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        lab.kill(m0)
+        for p in pullers:
+            p.join(timeout=ROUNDS * len(lab_env.refs) * ROUND_TIMEOUT_S)
+            assert not p.is_alive(), f"{p.engine} puller still running"
+        for p in pullers:
+            after = [x for x in p.pulls if x[0] >= killed_at]
+            failed = [x for x in p.pulls if not x[2]]
+            first = after[0][1] if after else float("nan")
+            later = max((x[1] for x in after[1:]), default=float("nan"))
+            print(f"\n{p.engine}: {len(p.pulls)} pulls, {len(failed)} failed; healthy max "
+                  f"{healthy[p.engine]:.2f}s; first after the kill {first:.2f}s; later max {later:.2f}s")
+            assert failed == [], failed
+            assert after, f"{p.engine}: no pull started after the kill"
+        for node in lab_env.nodes:
+            wait_for(lambda: servers(lab, node)[0].split()[1].startswith("DOWN"), 10,
+                     f"{node}'s entry point to mark master0 down")
+
+    def test_recovery_moves_the_servers_and_the_revived_old_master0_serves_no_node(self, lab_env, stack):
+        """master0 := the first standby, the old one on down_hosts; `up` rewrites each node's
+        entry point (new master0, then the other standby; the old master0 gone). The old
+        master0 is revived with its registry and stale data: during a full pull round on both
+        nodes not one connection reaches its registry port."""
+        lab = lab_env.lab
+        m0, m1, m2 = lab_env.masters
+        stack.set("master0", m1)
+        stack.set("down_hosts", [m0])
+        stack.up()
+        for node in lab_env.nodes:
+            wait_for(lambda: servers(lab, node) == [f"{m1}:{PORT} UP", f"{m2}:{PORT} UP backup"], 10,
+                     f"{node}'s entry point after the recovery")
+        lab.revive(m0)
+        syn_counter(lab, m0, "add")
+        for node, engine in zip(lab_env.nodes, ("containerd", "docker")):
+            for ref in lab_env.refs:
+                p = pull_one(lab, node, engine, ref)
+                assert p.ok, (engine, ref, p.stderr)
+        time.sleep(2.5)  # two health-check intervals
+        assert syn_counter(lab, m0, "read") == 0
