@@ -18,6 +18,7 @@
 # first healthy mirror; stats on 127.0.0.1:N (--entry-stats-port, default 5099); DOMAIN maps to
 # ADDRESS instead of IP (scripts/lib/entry.sh). Refused with --keep-hosts, without PORT, or with
 # ADDRESS equal to IP; refused when haproxy (>= 2.2) is not installed, before anything changes.
+# Without --entry, an entry point an earlier run set up is removed once DOMAIN maps to IP again.
 # Usage: configure-node.sh [--keep-hosts] [--entry ADDRESS [--entry-stats-port N]] [--mirror IP]...
 #          DOMAIN IP [PORT] [HOSTS_FILE]
 if ! declare -F info >/dev/null; then
@@ -218,6 +219,7 @@ main() {
     return 0
   fi
   set_hosts "$domain" "$ip" "$file"
+  entry_remove 6
 }
 
 main "$@"

@@ -261,3 +261,45 @@ entry_ensure() {
   entry_render "$domain" "$port" "$address" "$stats_port" "$ca" "$master0" "$@" >"$WORK/entry.cfg"
   entry_apply "$haproxy" "$WORK/entry.cfg" "$address" "$domain" "$port"
 }
+
+# The address the entry point's frontend binds (from ENTRY_CONFIG), or nothing.
+entry_bound_address() {
+  [[ -f "$ENTRY_CONFIG" ]] || return 0
+  awk '$1 == "frontend" { f = 1; next } f && $1 == "bind" { split($2, a, ":"); print a[1]; exit }' "$ENTRY_CONFIG"
+}
+
+# node_entry removed from the stack: the domain already maps to master0 again (the caller wrote
+# /etc/hosts first); HAProxy is stopped, its config, unit and pid file and its address on lo
+# removed. Nothing there, nothing done. Clients that resolved the domain before the change
+# (Go's resolver rereads /etc/hosts at most every 5 s: dockerd) get WAIT_S to move first.
+entry_remove() {
+  local wait_s=${1:-6} address pid
+  if [[ ! -f "$ENTRY_CONFIG" && ! -f "$ENTRY_UNIT_FILE" && ! -f "$ENTRY_PIDFILE" ]]; then
+    return 0
+  fi
+  address=$(entry_bound_address)
+  info "node_entry removed: stopping the entry point in ${wait_s}s (resolvers reread /etc/hosts)"
+  sleep "$wait_s"
+  if [[ -f "$ENTRY_UNIT_FILE" ]]; then
+    if command -v systemctl >/dev/null && entry_with_systemd; then
+      systemctl disable --now --quiet "$ENTRY_UNIT" || warn "could not stop $ENTRY_UNIT"
+    fi
+    rm -f "$ENTRY_UNIT_FILE"
+    if command -v systemctl >/dev/null && entry_with_systemd; then systemctl daemon-reload; fi
+  fi
+  if pid=$(entry_pid); then
+    kill "$pid"
+    for _ in $(seq 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && fatal "the entry point (pid $pid) did not stop within 5 s"
+    info "stopped the entry point (pid $pid)"
+  fi
+  rm -f "$ENTRY_PIDFILE" "$ENTRY_CONFIG"
+  if [[ -n "$address" ]] && ip -o -4 addr show dev lo | awk '{ print $4 }' | grep -qxF "$address/32"; then
+    ip addr del "$address/32" dev lo
+    info "removed $address/32 from lo"
+  fi
+  info "removed the entry point ($ENTRY_CONFIG)"
+}

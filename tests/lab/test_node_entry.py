@@ -370,3 +370,27 @@ def test_a_recovery_rewrites_the_servers(lab, cluster):
     assert {a for a in after if after[a] > before[a]} == {f"{m1}:{PORT}"}
     rc, err = configure(lab, c["node"], *args, cert=c["cert"])
     assert rc == 0 and "unchanged: the entry point runs" in err, err
+
+
+def test_removing_node_entry_takes_the_entry_point_away(lab, cluster):
+    """node_entry dropped from the stack: the node step runs without --entry. The domain maps to
+    master0 again, then HAProxy stops and its config, pid file and address on lo go; pulls go
+    straight to master0; the same run again changes nothing."""
+    c = cluster
+    m0, m1, m2 = c["masters"]
+    pid = entry_pid(lab, c["node"])
+    args = ["--mirror", m2, DOMAIN, m1, str(PORT)]
+    rc, err = configure(lab, c["node"], *args, cert=c["cert"])
+    assert rc == 0, err
+    assert f"stopped the entry point (pid {pid})" in err and f"removed {ENTRY}/32 from lo" in err, err
+    mapped = [line for line in lab.run(c["node"], "cat /etc/hosts").stdout.splitlines()
+              if DOMAIN in line.split("#")[0].split()[1:]]
+    assert mapped == [f"{m1} {DOMAIN} #hostalias-set-by-sealer"]
+    assert lab.run(c["node"], f"kill -0 {pid}", check=False).returncode != 0
+    assert lab.run(c["node"], f"ls {CONFIG} {PIDFILE}", check=False).returncode != 0
+    assert f"{ENTRY}/32" not in lab.run(c["node"], "ip -o -4 addr show dev lo").stdout
+    assert pulls(lab, c, "without the entry point").failures == []
+    before = snapshot(lab, c["node"])
+    rc, err = configure(lab, c["node"], *args, cert=c["cert"])
+    assert rc == 0 and "node_entry removed" not in err, err
+    assert snapshot(lab, c["node"]) == before
