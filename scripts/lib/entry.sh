@@ -15,7 +15,7 @@
 # - the health check is the registry's own TLS handshake, verified against the CA this script
 #   installed and the domain's name, then `GET /v2/`: 200 or 401 (auth required) is up;
 # - `option srvtcpka` with short keep-alive probes ends an idle connection to a master0 that died
-#   under it within seconds, and `tcp-ut 2s` (TCP_USER_TIMEOUT) one whose request or upload bytes
+#   under it within seconds, and `tcp-ut 2s` (TCP_USER_TIMEOUT, on each server line) one whose request or upload bytes
 #   master0 never acknowledged (keep-alive probes are not sent while data is unacknowledged: a
 #   request written just before the kill waited out `timeout server`, 30 s+ in the lab test); the
 #   client then retries on a fresh connection, which goes to a standby; `on-marked-down
@@ -103,11 +103,13 @@ backend registry
     option httpchk
     http-check send meth GET uri /v2/ ver HTTP/1.1 hdr Host $domain:$port
     http-check expect rstatus ^(200|401)\$
-    default-server check check-ssl check-sni $domain verify required ca-file $ca verifyhost $domain inter 1s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down tcp-ut 2s
-    server master0-$master0 $master0:$port
+    default-server check check-ssl check-sni $domain verify required ca-file $ca verifyhost $domain inter 1s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
+    server master0-$master0 $master0:$port tcp-ut 2s
 CFG
+  # tcp-ut on each server line: HAProxy 2.6.12 accepts it on default-server but does not pass it
+  # on to the servers (strace: no TCP_USER_TIMEOUT on their sockets).
   for mirror in "$@"; do
-    printf '    server standby-%s %s:%s backup\n' "$mirror" "$mirror" "$port"
+    printf '    server standby-%s %s:%s tcp-ut 2s backup\n' "$mirror" "$mirror" "$port"
   done
   cat <<CFG
 

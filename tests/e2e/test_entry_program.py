@@ -65,21 +65,56 @@ def pull_one(lab, node: str, engine: str, ref: str):
                            "lab-pull", ROUND_TIMEOUT_S)
 
 
+# A pull cut by the kill fails no later than this after it: tcp-ut (2 s) + HAProxy's close.
+CUT_FAILS_WITHIN_S = 5.0
+
+
+def pull_retried(lab, node: str, engine: str, ref: str, pulls: list) -> None:
+    """One pull, and once more at once if it failed (the kubelet retries a failed pull; its
+    back-off is left out), each recorded as (start, seconds, ok, error, retry)."""
+    for retry in (False, True):
+        began = time.monotonic()
+        p = pull_one(lab, node, engine, ref)
+        pulls.append((began, time.monotonic() - began, p.ok, "" if p.ok else p.stderr[-300:], retry))
+        if p.ok:
+            return
+
+
+def judge(engine: str, pulls: list, killed_at: float) -> str:
+    """Every pull started after the kill succeeded. The one pull in flight at the kill: on
+    containerd it succeeded too (it retries a connection HAProxy closed); dockerd does not retry
+    a manifest or /v2/ request cut that way, so there it may fail with EOF within 5 s of the
+    kill, and its retry succeeded. Returns the line to print."""
+    after = [x for x in pulls if x[0] >= killed_at]
+    assert after, f"{engine}: no pull started after the kill"
+    failed_after = [x for x in after if not x[2]]
+    assert failed_after == [], (engine, failed_after)
+    cut = [x for x in pulls if not x[2] and x[0] < killed_at]
+    for x in cut:
+        assert engine == "docker", (engine, x)
+        assert x[0] + x[1] - killed_at <= CUT_FAILS_WITHIN_S and "EOF" in x[3], x
+    assert len(cut) <= 1, cut
+    in_flight = [x for x in pulls if x[0] < killed_at <= x[0] + x[1]]
+    first = [x for x in after if not x[4]]
+    return (f"{engine}: {len(pulls)} pulls, {len(cut)} cut by the kill (retried: ok); in flight at "
+            f"the kill {max((x[1] for x in in_flight), default=0.0):.2f}s; first started after "
+            f"the kill {first[0][1] if first else float('nan'):.2f}s; slowest after it "
+            f"{max(x[1] for x in after):.2f}s")
+
+
 class Puller(threading.Thread):
     """Pulls every ref on one node, back to back, ``rounds`` times (bounded), recording
-    (start time, seconds, ok, error) for each pull."""
+    (start time, seconds, ok, error, retry) for each pull (see pull_retried)."""
 
     def __init__(self, lab, node: str, engine: str, refs: list[str], rounds: int):
         super().__init__(daemon=True)
         self.lab, self.node, self.engine, self.refs, self.rounds = lab, node, engine, refs, rounds
-        self.pulls: list[tuple[float, float, bool, str]] = []
+        self.pulls: list[tuple[float, float, bool, str, bool]] = []
 
     def run(self) -> None:
         for _ in range(self.rounds):
             for ref in self.refs:
-                began = time.monotonic()
-                p = pull_one(self.lab, self.node, self.engine, ref)
-                self.pulls.append((began, time.monotonic() - began, p.ok, "" if p.ok else p.stderr[-300:]))
+                pull_retried(self.lab, self.node, self.engine, ref, self.pulls)
 
 
 def syn_counter(lab, ip: str, action: str) -> int:
@@ -133,8 +168,9 @@ class TestNodeEntry:
 
     def test_pulls_go_on_while_master0_is_killed(self, lab_env, stack):
         """Both nodes pull every image back to back; master0 is killed (packets dropped,
-        processes frozen) in the first round. No pull fails; the first pull that starts after
-        the kill and the slowest later one are printed next to the healthy figure."""
+        processes frozen) in the first round. No pull started after the kill fails, nor the one
+        in flight on containerd (on docker it may fail fast and its retry succeeds: see judge);
+        the delays are printed next to the healthy figure."""
         lab = lab_env.lab
         m0 = lab_env.masters[0]
         healthy = {}
@@ -151,14 +187,7 @@ class TestNodeEntry:
             p.join(timeout=ROUNDS * len(lab_env.refs) * ROUND_TIMEOUT_S)
             assert not p.is_alive(), f"{p.engine} puller still running"
         for p in pullers:
-            after = [x for x in p.pulls if x[0] >= killed_at]
-            failed = [x for x in p.pulls if not x[2]]
-            first = after[0][1] if after else float("nan")
-            later = max((x[1] for x in after[1:]), default=float("nan"))
-            print(f"\n{p.engine}: {len(p.pulls)} pulls, {len(failed)} failed; healthy max "
-                  f"{healthy[p.engine]:.2f}s; first after the kill {first:.2f}s; later max {later:.2f}s")
-            assert failed == [], failed
-            assert after, f"{p.engine}: no pull started after the kill"
+            print(f"\n{judge(p.engine, p.pulls, killed_at)}; healthy max {healthy[p.engine]:.2f}s")
         for node in lab_env.nodes:
             wait_for(lambda: servers(lab, node)[0].split()[1].startswith("DOWN"), 10,
                      f"{node}'s entry point to mark master0 down")
