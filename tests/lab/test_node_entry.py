@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
-import shlex
 import time
 
 import pytest
 
-from components.remote_scripts import SCRIPTS_DIR
+from components.remote_scripts import script_run
 from lab import docker
 from lab.hosts import INSTANCE
 from lab.pull import containerd_pull, pull_round
@@ -25,7 +24,6 @@ from material.registry_config import read_only_registry_yml
 from tests.lab.runtime_fixtures import (DOMAIN, PASSWORD, PORT, ROOTFS, USER, generate, ref_of,
                                         serve, stop_serving)
 
-SCRIPTS = str(SCRIPTS_DIR)  # hosts see the machine's filesystem (lab/README.md)
 ENTRY = f"198.19.{INSTANCE}.3"
 STATS_PORT = 5099
 CONFIG = "/etc/sealer/registry-entry.cfg"
@@ -36,9 +34,17 @@ LATER_SLACK_S = 1.0
 
 def configure(lab, host: str, *args: str, cert: str, env: str = "") -> tuple[int, str]:
     """configure-node.sh ARGS on ``host`` with the CA on stdin: (exit code, stderr)."""
-    cmd = f"{env} bash {SCRIPTS}/configure-node.sh {' '.join(shlex.quote(a) for a in args)}"
-    done = lab.run(host, cmd.strip(), input=cert, check=False, timeout=60)
+    # As the node step sends it: the script and the CA on stdin (a host does not see the
+    # checkout: /tmp, /root and more are private to it, lab/README.md).
+    run = script_run("configure-node.sh", *args, data=cert)
+    done = lab.run(host, f"{env} {run.command}".strip(), input=run.stdin, check=False, timeout=60)
     return done.returncode, done.stderr
+
+
+def status_probe(lab, node: str, stats_port: int) -> list[str]:
+    """status-probe.sh --entry-stats PORT's lines, sent as the CLI sends it (script on stdin)."""
+    run = script_run("status-probe.sh", "--entry-stats", str(stats_port), ROOTFS, DOMAIN, str(PORT), "x")
+    return lab.run(node, run.command, input=run.stdin).stdout.splitlines()
 
 
 def stats(lab, node: str, port: int = STATS_PORT) -> list[dict]:
@@ -164,8 +170,7 @@ def test_status_probe_reads_the_stats_page(lab, cluster):
 
     c = cluster
     m0, m1, m2 = c["masters"]
-    probe = f"bash {SCRIPTS}/status-probe.sh --entry-stats {{}} {ROOTFS} {DOMAIN} {PORT} x"
-    out = lab.run(c["node"], probe.format(STATS_PORT)).stdout.splitlines()
+    out = status_probe(lab, c["node"], STATS_PORT)
     line = [x for x in out if x.startswith("entry=")]
     assert line == [f"entry={m0}:{PORT}:UP {m1}:{PORT}:UP:backup {m2}:{PORT}:UP:backup"]
     parsed, error = parse_entry(line[0].removeprefix("entry="))
@@ -173,7 +178,7 @@ def test_status_probe_reads_the_stats_page(lab, cluster):
     assert parsed == [{"address": f"{m0}:{PORT}", "status": "UP", "backup": False},
                       {"address": f"{m1}:{PORT}", "status": "UP", "backup": True},
                       {"address": f"{m2}:{PORT}", "status": "UP", "backup": True}]
-    out = lab.run(c["node"], probe.format(STATS_PORT + 1)).stdout.splitlines()
+    out = status_probe(lab, c["node"], STATS_PORT + 1)
     assert [x for x in out if x.startswith("entry=")] == ["entry=unreachable"]
 
 
@@ -195,8 +200,7 @@ def outage(lab, c: dict, down, up, what: str) -> None:
         assert first <= FIRST_PULL_GOAL_S
         assert later <= healthy + LATER_SLACK_S
         assert servers(lab, c["node"])[0].startswith(f"{m0}:{PORT} DOWN")
-        probe = lab.run(c["node"], f"bash {SCRIPTS}/status-probe.sh --entry-stats {STATS_PORT} "
-                                   f"{ROOTFS} {DOMAIN} {PORT} x").stdout.splitlines()
+        probe = status_probe(lab, c["node"], STATS_PORT)
         entry = [x for x in probe if x.startswith("entry=")]
         assert len(entry) == 1 and entry[0].startswith(f"entry={m0}:{PORT}:DOWN"), entry
     finally:
