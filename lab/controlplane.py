@@ -237,6 +237,20 @@ def apiserver_ready(cp: ControlPlane, ip: str, timeout: float = 3.0) -> tuple[bo
     return code == 200, f"/readyz {code}: {body[-300:]}"
 
 
+def wait_ready(cp: ControlPlane, ip: str | None = None, limit_s: float = 90.0) -> float:
+    """Waits (bounded) until ``ip``'s apiserver (master0's by default) answers /readyz 200, e.g.
+    after the host was revived: its etcd member and its connections to it come back first.
+    Returns the seconds waited."""
+    ip = ip or cp.masters[0]
+    began, detail = time.monotonic(), ""
+    while time.monotonic() - began < limit_s:
+        ok, detail = apiserver_ready(cp, ip)
+        if ok:
+            return time.monotonic() - began
+        time.sleep(0.5)
+    raise ControlPlaneError(f"{ip}'s apiserver not ready within {limit_s:.0f}s: {detail}")
+
+
 # ---------------------------------------------------------------- the masters
 
 def _binaries(bin_dir: Path | None) -> dict[str, Path]:

@@ -364,6 +364,10 @@ def _reset(lab: Lab, hosts: list[str], nodes: list[str], rootfs: str, domain: st
             except Exception:  # noqa: BLE001 - a host that never had a VIP
                 pass
     if cp is not None:
+        # A test before may have killed and revived master0: its apiserver answers again only
+        # once its etcd member is back (a DELETE right after the revive timed out in CI).
+        from lab import controlplane
+        controlplane.wait_ready(cp)
         _delete_configmap(cp, "sealer-clusterfile")
         _delete_configmap(cp, "sealer-registry")
 
