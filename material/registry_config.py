@@ -23,7 +23,7 @@ import yaml
 __all__ = [
     "render_registry_yml", "registry_config", "sed_port_problem", "brought_config_problems",
     "read_only_registry_yml", "is_read_only", "CONTAINER_PATHS", "DEBUG_ADDR", "HTPASSWD_REALM", "SEALER_SED_TOKEN",
-    "STALE_MARKER", "STALE_CHECK",
+    "STALE_MARKER", "STALE_CHECK", "DRAIN_TIMEOUT",
 ]
 
 # The debug listener (pprof, /metrics) is unauthenticated: the config binds it to loopback. Note
@@ -48,6 +48,13 @@ CONTAINER_PATHS = {
 # whatever a brought config names as its storage root.
 STALE_MARKER = ".sealer-stale"
 STALE_CHECK = {"file": f"{CONTAINER_PATHS['storage']}/{STALE_MARKER}", "interval": "1s"}
+# A registry stopped with SIGTERM (the lab's stop-registry.sh, `docker stop` in
+# scripts/lib/registry.sh) drains for up to this long: distribution (>= 2.7, http.draintimeout)
+# closes its listener at once, so nodes' entry points take new connections to another server,
+# and lets the requests it is serving finish. Without it the registry exits on SIGTERM in the
+# middle of a request: a docker pull behind the entry point failed with EOF in 1 restart of 6
+# (tests/lab/test_entry_handover.py), as the recovery restarts the promoted standby's registry.
+DRAIN_TIMEOUT = "10s"
 
 
 def sed_port_problem(port: int) -> str | None:
@@ -85,6 +92,7 @@ def registry_config(*, domain: str, port: int, tls: bool, auth: bool) -> dict[st
         "addr": f":{port}",
         "debug": {"addr": DEBUG_ADDR, "prometheus": {"enabled": True, "path": "/metrics"}},
         "headers": {"X-Content-Type-Options": ["nosniff"]},
+        "draintimeout": DRAIN_TIMEOUT,
     }
     if tls:
         certs = CONTAINER_PATHS["certs"]
@@ -130,7 +138,9 @@ def read_only_registry_yml(text: str) -> str:
     replica of the data, so no write lands anywhere but on master0.
 
     It also gets the stale gate: distribution's file health check on ``STALE_CHECK`` (added to a
-    brought config's ``health.file`` list unless it is there already).
+    brought config's ``health.file`` list unless it is there already), and ``http.draintimeout``
+    (``DRAIN_TIMEOUT`` unless the config sets one): the recovery stops this registry to launch
+    it read-write, and nodes' transfers from it must finish first.
 
     Keys sorted like ``render_registry_yml``; sealer's sed stays a no-op when it was one on
     ``text`` (the added keys hold no digit)."""
@@ -155,6 +165,10 @@ def read_only_registry_yml(text: str) -> str:
         files = health["file"] = []
     if not any(isinstance(f, dict) and f.get("file") == STALE_CHECK["file"] for f in files):
         files.append(dict(STALE_CHECK))
+    http = doc.get("http")
+    if not isinstance(http, dict):
+        http = doc["http"] = {}
+    http.setdefault("draintimeout", DRAIN_TIMEOUT)
     return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, allow_unicode=False)
 
 

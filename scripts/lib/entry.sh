@@ -25,6 +25,10 @@
 
 readonly ENTRY_CONFIG=/etc/sealer/registry-entry.cfg
 readonly ENTRY_PIDFILE=/run/sealer-registry-entry.pid
+# HAProxy's admin socket (root only): a reload takes the listening socket over from the running
+# process through it (`expose-fd listeners` here, `-x` on the new process), so no connection
+# queued on the old listener is reset while the new process starts.
+readonly ENTRY_SOCKET=/run/sealer-registry-entry.sock
 readonly ENTRY_UNIT=sealer-registry-entry.service
 readonly ENTRY_UNIT_FILE=/etc/systemd/system/sealer-registry-entry.service
 readonly ENTRY_MIN_HAPROXY=(2 2) # srvtcpka-idle/-intvl/-cnt and http-check send: HAProxy 2.2
@@ -70,6 +74,7 @@ entry_render() {
 # to $domain:$port. The next \`pulumi up\` overwrites any edit.
 global
     maxconn 4096
+    stats socket $ENTRY_SOCKET mode 600 level admin expose-fd listeners
 CFG
   # The distribution's package creates the user: HAProxy binds its listeners and reads the CA
   # file as root, then needs root no more.
@@ -153,6 +158,8 @@ ExecStartPre=-$ip_bin addr add $address/32 dev lo
 ExecStartPre=$haproxy -c -q -f $ENTRY_CONFIG
 ExecStart=$haproxy -Ws -f $ENTRY_CONFIG -p $ENTRY_PIDFILE
 ExecReload=$haproxy -c -q -f $ENTRY_CONFIG
+# Master-worker mode: on USR2 the master re-executes itself with -x sockpair@N (seen with 2.6)
+# and the new worker takes the listeners over; no connection queued on them is reset.
 ExecReload=/bin/kill -USR2 \$MAINPID
 KillMode=mixed
 Restart=always
@@ -163,14 +170,19 @@ WantedBy=multi-user.target
 UNIT
 }
 
-# Starts or reloads HAProxy as a daemon (-D) with ENTRY_CONFIG; a reload (-sf) hands the listener
-# over and lets the old process finish its transfers. Fails when the new process did not start
-# (the old one, if any, keeps serving).
+# Starts or reloads HAProxy as a daemon (-D) with ENTRY_CONFIG. A reload is seamless: the new
+# process takes the listening socket from the old one (-x ENTRY_SOCKET) instead of binding its
+# own, then the old one (-sf) stops accepting and finishes its transfers. Without -x the two
+# processes each had a listener for a moment and a connection queued on the old one when it
+# closed was reset: a docker pull failed with EOF in 1 reload of 8 (tests/lab/
+# test_entry_handover.py). A process started before the socket was configured has none: that
+# one reload binds anew. Fails when the new process did not start (the old one keeps serving).
 entry_start_daemon() {
-  local haproxy=$1 old=${2:-} out
+  local haproxy=$1 old=${2:-} out takeover=()
   out=$(mktemp)
   if [[ -n "$old" ]]; then
-    if ! "$haproxy" -D -p "$ENTRY_PIDFILE" -f "$ENTRY_CONFIG" -sf "$old" </dev/null >"$out" 2>&1; then
+    [[ -S "$ENTRY_SOCKET" ]] && takeover=(-x "$ENTRY_SOCKET")
+    if ! "$haproxy" -D -p "$ENTRY_PIDFILE" -f "$ENTRY_CONFIG" "${takeover[@]}" -sf "$old" </dev/null >"$out" 2>&1; then
       sed 's/^/haproxy: /' "$out" >&2
       rm -f "$out"
       printf '%s\n' "$old" >"$ENTRY_PIDFILE"
@@ -298,7 +310,7 @@ entry_remove() {
     kill -0 "$pid" 2>/dev/null && fatal "the entry point (pid $pid) did not stop within 5 s"
     info "stopped the entry point (pid $pid)"
   fi
-  rm -f "$ENTRY_PIDFILE" "$ENTRY_CONFIG"
+  rm -f "$ENTRY_PIDFILE" "$ENTRY_CONFIG" "$ENTRY_SOCKET"
   if [[ -n "$address" ]] && ip -o -4 addr show dev lo | awk '{ print $4 }' | grep -qxF "$address/32"; then
     ip addr del "$address/32" dev lo
     info "removed $address/32 from lo"

@@ -1,6 +1,9 @@
 # shellcheck shell=bash
 # The registry's own helpers, for the scripts that start or stop it (common.sh comes first).
 
+# How long a stop waits for the registry to drain before killing it: above its draintimeout (10 s).
+readonly REGISTRY_STOP_WAIT_S=15
+
 # Stops the registry of a rootfs, whichever way it was started: the rootfs' own stop script (the
 # lab and our images), else sealer's docker or nerdctl container `sealer-registry`.
 stop_registry() {
@@ -11,6 +14,9 @@ stop_registry() {
   fi
   for tool in docker nerdctl; do
     if command -v "$tool" >/dev/null 2>&1 && "$tool" inspect sealer-registry >/dev/null 2>&1; then
+      # SIGTERM first: the registry drains (http.draintimeout, material/registry_config.py) so
+      # the transfers nodes have under way finish; `rm -f` alone would SIGKILL it mid-request.
+      "$tool" stop -t "$REGISTRY_STOP_WAIT_S" sealer-registry >/dev/null || true
       "$tool" rm -f sealer-registry >/dev/null
       info "stopped container sealer-registry ($tool)"
       return 0

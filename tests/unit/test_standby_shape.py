@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from components.remote_scripts import SCRIPTS_DIR, script_body
-from material.registry_config import is_read_only, read_only_registry_yml, render_registry_yml
+from material.registry_config import (DRAIN_TIMEOUT, is_read_only, read_only_registry_yml,
+                                      render_registry_yml)
 from tests.unit.test_components import MASTERS, NODES, ROOTFS, declare, make_args
 from tests.unit.test_config import load, problems, render
 from topology import Topology
@@ -59,6 +60,7 @@ def test_read_only_config_turns_on_distribution_s_read_only_mode_and_keeps_the_r
     gate = "  file:\n  - file: /var/lib/registry/.sealer-stale\n    interval: 1s\n"
     assert gate in ro
     assert ro.replace("  maintenance:\n    readonly:\n      enabled: true\n", "").replace(gate, "") == ours
+    assert "  draintimeout: 10s\n" in ours  # master0's own drains too: nothing to add
     brought = "version: 0.1\nstorage:\n  filesystem: {rootdirectory: /var/lib/registry}\n  maintenance:\n    uploadpurging: {enabled: false}\n"
     kept = read_only_registry_yml(brought)
     assert is_read_only(kept) and "uploadpurging" in kept
@@ -78,6 +80,20 @@ def test_read_only_config_gates_on_the_stale_marker_once_in_the_volume_the_regis
                                      {"file": "/var/lib/registry/.sealer-stale", "interval": "1s"}]
     ours = render_registry_yml(domain="sea.hub", port=5000, tls=True, auth=True)
     assert "sealer-stale" not in ours  # master0 never gates itself
+
+
+def test_every_config_the_program_launches_drains_on_sigterm():
+    """The recovery stops the promoted standby's registry while nodes pull from it: its config
+    (and master0's) sets http.draintimeout, so distribution closes its listener and finishes the
+    requests it serves instead of exiting mid-request; a brought value is kept, and a brought
+    config without http gets one."""
+    ours = yaml.safe_load(render_registry_yml(domain="sea.hub", port=5000, tls=True, auth=True))
+    assert ours["http"]["draintimeout"] == DRAIN_TIMEOUT == "10s"
+    assert yaml.safe_load(read_only_registry_yml(yaml.safe_dump(ours)))["http"]["draintimeout"] == "10s"
+    brought = "version: 0.1\nhttp:\n  addr: :5000\n  draintimeout: 30s\n"
+    assert yaml.safe_load(read_only_registry_yml(brought))["http"] == {"addr": ":5000", "draintimeout": "30s"}
+    bare = yaml.safe_load(read_only_registry_yml("version: 0.1\nstorage: {}\n"))
+    assert bare["http"] == {"draintimeout": "10s"}
 
 
 @pytest.mark.parametrize("standby", ["cold", "warm"])

@@ -32,13 +32,15 @@ main() {
   [[ "$pid" =~ ^[0-9]+$ ]] || fatal "bad pidfile content '$pid'"
   if [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$REGISTRY_BIN serve"; then
     info "stopping registry pid $pid"
+    # A registry configured with http.draintimeout (the program's configs: 10 s) finishes the
+    # requests it serves first, as in a `docker stop` of sealer's container.
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
+    for ((i = 0; i < 150; i++)); do
       alive "$pid" || break
       sleep 0.1
     done
     if alive "$pid"; then
-      warn "pid $pid ignored SIGTERM for 5s, killing it"
+      warn "pid $pid did not end within 15s of SIGTERM, killing it"
       kill -KILL "$pid" 2>/dev/null || true
     fi
   else
