@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.common import EXIT_OK, EXIT_REFUSED, CliError, guarded
+from config.registry import HAPROXY_BUNDLE_NAME
 
 NAME = "haproxy-bundle"
 HELP = "build the HAProxy bundle node_entry ships to nodes without haproxy (from Debian's package)"
@@ -43,9 +44,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 CACHE_DIR = PROJECT_DIR / ".cache" / "haproxy-bundle"
 WRAPPER = PROJECT_DIR / "scripts" / "bundle" / "haproxy-entry.sh"
 LOADER = "ld-linux-x86-64.so.2"
-# What the node script accepts; the version is Debian's (epoch colon excluded: it would be a
-# path's directory name on the node).
-TARBALL = re.compile(r"haproxy-(?P<version>[0-9][A-Za-z0-9.+~-]*)-(?P<arch>amd64)\.tar\.gz")
+TARBALL = HAPROXY_BUNDLE_NAME  # what the config and the node script take
 _LDD_LINE = re.compile(r"^\s*(?P<name>\S+)\s+=>\s+(?P<path>/\S+)\s+\(0x[0-9a-f]+\)$")
 _LDD_LOADER = re.compile(r"^\s*(?P<path>/\S*ld-linux[^\s]*)\s+\(0x[0-9a-f]+\)$")
 _SAMPLE_CONFIG = """\
@@ -266,6 +265,37 @@ def find_bundle(directory: Path = CACHE_DIR) -> Path | None:
         raise BundleError(f"{len(found)} bundles in {directory} ({', '.join(p.name for p in found)}): "
                           f"set registry.local_registry.node_entry.bundle to one")
     return found[0] if found else None
+
+
+BUNDLE_FIELD = "registry.local_registry.node_entry.bundle"
+
+
+def shipped_bundle(entry, cache: Path = CACHE_DIR) -> tuple[Path, str] | None:
+    """(path, sha256) of the bundle node_entry ENTRY ships (haproxy: auto or bundle; None for
+    system or without node_entry): node_entry.bundle, else the one `make haproxy-bundle` wrote in
+    CACHE. None there, several, or an unreadable file: a ConfigError naming the field, raised
+    before any host is touched."""
+    from config.errors import ConfigError
+
+    if entry is None or str(entry.haproxy) == "system":
+        return None
+    if entry.bundle is not None:
+        path = Path(entry.bundle).expanduser().absolute()
+    else:
+        try:
+            found = find_bundle(cache)
+        except BundleError as exc:
+            raise ConfigError([(BUNDLE_FIELD, str(exc))]) from None
+        if found is None:
+            raise ConfigError([(BUNDLE_FIELD, f"is not set and {cache} holds no bundle (needed by "
+                                              f"node_entry.haproxy: {entry.haproxy}): run `make "
+                                              f"haproxy-bundle` (Debian's haproxy with its libraries, "
+                                              f"for nodes without one), or set node_entry.haproxy: system")])
+        path = found
+    try:
+        return path, sha256_of(path)
+    except OSError as exc:
+        raise ConfigError([(BUNDLE_FIELD, f"cannot read {path}: {exc.strerror}")]) from None
 
 
 def register(parser: argparse.ArgumentParser) -> None:
