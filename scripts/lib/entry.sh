@@ -98,16 +98,22 @@ entry_bundle_install() {
   [[ "$(uname -m)" == x86_64 ]] || fatal "the HAProxy bundle is built for x86_64, this host is $(uname -m)"
   [[ -f "$tarball" ]] || fatal "the HAProxy bundle $tarball is not on this host (the program copies it" \
     "there before this step; if it was removed since: pulumi up --replace on its copy step)"
-  actual=$(sha256sum "$tarball" | awk '{ print $1 }')
-  [[ "$actual" == "$sha" ]] || fatal "the HAProxy bundle $tarball has sha256 $actual, the program sent" \
-    "$sha: a different or damaged file; not used"
   mkdir -p "$ENTRY_BUNDLE_ROOT"
+  # Checked and unpacked from a copy only root can write: the staged file is the login user's.
   stage=$(mktemp -d "$ENTRY_BUNDLE_ROOT/.unpack.XXXXXX")
-  if ! tar -xzf "$tarball" -C "$stage" --no-same-owner ||
+  cp "$tarball" "$stage/.tarball"
+  actual=$(sha256sum "$stage/.tarball" | awk '{ print $1 }')
+  if [[ "$actual" != "$sha" ]]; then
+    rm -rf "$stage"
+    fatal "the HAProxy bundle $tarball has sha256 $actual, the program sent $sha: a different or" \
+      "damaged file; not used"
+  fi
+  if ! tar -xzf "$stage/.tarball" -C "$stage" --no-same-owner ||
     ! (cd "$stage" && sha256sum --quiet --strict -c SHA256SUMS >&2); then
     rm -rf "$stage"
     fatal "the HAProxy bundle $tarball does not unpack with the sha256 of every file its SHA256SUMS lists"
   fi
+  rm -f "$stage/.tarball"
   printf '%s\n' "$sha" >"$stage/.tarball-sha256"
   chmod 0755 "$stage"
   if [[ -e "$dir" ]]; then
