@@ -67,7 +67,8 @@ test-crypto-next:
 test-lab:
 	$(PYTHON) -m pytest -q -m lab tests/lab
 
-test-e2e: toolchain
+# node_entry's default (haproxy: auto) ships the bundle: the e2e stacks with node_entry need it.
+test-e2e: toolchain haproxy-bundle
 	$(PYTHON) -m pytest -q -m e2e tests/e2e
 
 test: toolchain lint test-unit test-crypto-next test-lab test-e2e
