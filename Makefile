@@ -10,7 +10,7 @@ APT_PACKAGES := openssh-server openssh-client docker-registry rsync curl iproute
                 skopeo umoci shellcheck ca-certificates procps util-linux openssl containerd sudo \
                 docker.io haproxy
 
-.PHONY: help setup deps lab-deps toolchain lint test test-unit test-crypto-next test-lab test-e2e lab-up lab-down demo bench
+.PHONY: help setup deps lab-deps toolchain haproxy-bundle lint test test-unit test-crypto-next test-lab test-e2e lab-up lab-down demo bench
 
 help:
 	@echo "make demo       lab up, deploy, kill master0, recover with the CLI, status (KEEP=1 keeps the lab)"
@@ -19,6 +19,8 @@ help:
 	@echo "make setup      apt-get update, then make lab-deps (a fresh machine)"
 	@echo "make lab-deps   apt + pip: everything the lab and the tests need (root)"
 	@echo "make toolchain  build (or reuse) the Pulumi engine, plugins and kube-apiserver"
+	@echo "make haproxy-bundle  HAProxy from Debian's package with its libraries, for nodes without"
+	@echo "                haproxy (node_entry) -> .cache/haproxy-bundle/ (reused when there)"
 	@echo "make test       unit, lab and end-to-end tests (root; builds the toolchain if missing)"
 	@echo "make lab-up     bring up the lab (MASTERS=3 NODES=2, or HOSTS=N; CONTROL_PLANE=1: etcd +"
 	@echo "                kube-apiserver on every master); make lab-down removes it"
@@ -37,6 +39,10 @@ setup:
 
 toolchain:
 	$(PYTHON) -m lab.toolchain
+
+# node_entry's HAProxy for nodes without one (apt-get download haproxy; docs/how-it-works.md).
+haproxy-bundle:
+	$(PYTHON) -m cli haproxy-bundle
 
 lint:
 	shellcheck -x $$(git ls-files '*.sh')
@@ -61,7 +67,8 @@ test-crypto-next:
 test-lab:
 	$(PYTHON) -m pytest -q -m lab tests/lab
 
-test-e2e: toolchain
+# node_entry's default (haproxy: auto) ships the bundle: the e2e stacks with node_entry need it.
+test-e2e: toolchain haproxy-bundle
 	$(PYTHON) -m pytest -q -m e2e tests/e2e
 
 test: toolchain lint test-unit test-crypto-next test-lab test-e2e

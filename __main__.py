@@ -14,6 +14,7 @@ import pulumi
 
 import kubeapi
 from components.access import JumpHost, SshAccess
+from components.cluster_node import HaproxyBundle
 from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs
 from components.deploy_host import StoreSource
 from config.errors import ConfigError
@@ -53,6 +54,14 @@ def store_source(cfg, images, material) -> StoreSource | None:
                         if registry_password is not None else None),
         registry_ca=material.ca_cert if _names_loopback(material) else None,
         dest_tls=("verify" if _names_loopback(material) else "skip-verify") if material.tls else "http")
+
+
+def haproxy_bundle(entry) -> HaproxyBundle | None:
+    """The HAProxy bundle node_entry ships (haproxy: auto or bundle), or None."""
+    from cli.haproxy_bundle import shipped_bundle
+
+    found = shipped_bundle(entry)
+    return HaproxyBundle(str(found[0]), found[1]) if found is not None else None
 
 
 def _names_loopback(material) -> bool:
@@ -124,6 +133,8 @@ def main() -> None:
         cluster_identifier=cfg.kubernetes.cluster_identifier,
         node_entry=((entry.address, entry.stats_port)
                     if (entry := reg.local_registry.node_entry) is not None else None),
+        entry_haproxy=str(entry.haproxy) if entry is not None else "auto",
+        haproxy_bundle=haproxy_bundle(entry),
     ))
 
     pulumi.export("master0", registry.master0)

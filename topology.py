@@ -59,6 +59,7 @@ class HostStep(StrEnum):
     LAUNCH = "registry-launch"             # the registry runs (master0)
     STANDBY = "registry-standby"           # the registry is kept stopped (other deploy hosts)
     NODE = "node"                          # CA trust and the domain's hosts entry
+    HAPROXY = "haproxy-bundle"             # node_entry's HAProxy bundle copied to the node
 
     def of(self, ip: str) -> str:
         return f"{self.value}-{ip}"

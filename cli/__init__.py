@@ -29,6 +29,7 @@ COMMANDS: tuple[str, ...] = (
     "cli.adopt",
     "cli.validate",
     "cli.init_pki",
+    "cli.haproxy_bundle",
     "cli.pin_images",
     "cli.status",
     "cli.recover",

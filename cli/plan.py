@@ -18,6 +18,7 @@ HOST_STEPS = (
     (HostStep.DATA, "copy the registry data to"),
     (HostStep.ROOTFS, "write the registry files (config, certificate, htpasswd) on"),
     (HostStep.STANDBY, "keep the registry stopped (standby) on"),
+    (HostStep.HAPROXY, "copy the HAProxy bundle (node_entry) to"),
     (HostStep.NODE, "point {domain} at {master0} on"),
 )
 RECORDS = {

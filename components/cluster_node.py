@@ -9,6 +9,7 @@ The CA trust rides along: the script rewrites a trust file only when its content
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pulumi
 from pulumi_command import remote
@@ -17,6 +18,25 @@ from topology import HostStep
 
 from .access import SshAccess
 from .remote_scripts import host_step, script_run
+
+
+# Where the bundle's tarball lands on a node: a directory every login user may write (the copy
+# runs as the SSH user, root or not) that survives reboots; the script copies the file into a
+# root-owned directory before it checks its sha256 and unpacks it.
+BUNDLE_STAGING_DIR = "/var/tmp"
+
+
+@dataclass(frozen=True)
+class HaproxyBundle:
+    """node_entry's HAProxy bundle on the operator's machine (`python -m cli haproxy-bundle`)
+    and its sha256, which the node checks before it unpacks the copy."""
+
+    path: str
+    sha256: str
+
+    @property
+    def staged(self) -> str:
+        return f"{BUNDLE_STAGING_DIR}/{Path(self.path).name}"
 
 
 @dataclass(frozen=True)
@@ -39,21 +59,43 @@ class ClusterNodeArgs:
     # the domain maps to the address, HAProxy there forwards to master0, else to a healthy
     # mirror. Only on hosts that run no registry (the port is taken on the others).
     entry: tuple[str, int] | None = None
+    # node_entry.haproxy (auto, system, bundle) and the bundle copied to the node for auto and
+    # bundle (None: nothing shipped; the node's own haproxy or a refusal).
+    haproxy: str = "auto"
+    bundle: HaproxyBundle | None = None
+
+
+def bundle_step(ip: str, access: SshAccess, bundle: HaproxyBundle,
+                opts: pulumi.ResourceOptions | None = None) -> remote.CopyToRemote:
+    """``haproxy-bundle-<ip>``: the bundle's tarball copied to the node. A file asset: the state
+    keeps its path and hash, not its bytes (a command's stdin would be stored whole), and the copy
+    runs again only when the hash changes. No delete: dropping it never dials the host."""
+    return remote.CopyToRemote(HostStep.HAPROXY.of(ip), connection=access.connection(ip),
+                               source=pulumi.FileAsset(str(Path(bundle.path).resolve())),
+                               remote_path=bundle.staged, opts=opts)
 
 
 def node_step(args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None) -> remote.Command:
-    """``node-<ip>``: ``configure-node.sh [--keep-hosts] [--entry ADDRESS --entry-stats-port N]
-    [--mirror IP]... DOMAIN MASTER0 [PORT]`` with the CA on stdin. No delete command (see
-    DeployHost): dropping a down host's step never dials it."""
+    """``node-<ip>``: ``configure-node.sh [--keep-hosts] [--entry ADDRESS --entry-stats-port N
+    [--haproxy MODE] [--haproxy-bundle FILE SHA256]] [--mirror IP]... DOMAIN MASTER0 [PORT]``
+    with the CA on stdin, after ``haproxy-bundle-<ip>`` where the entry point ships the bundle.
+    No delete command (see DeployHost): dropping a down host's step never dials it."""
     keep = [] if args.maps_domain else ["--keep-hosts"]
+    copied: list[pulumi.Resource] = []
     if args.ca_cert is None:
         run = script_run("configure-node.sh", *keep, args.domain, args.master0)
     else:
-        entry = (["--entry", args.entry[0], "--entry-stats-port", str(args.entry[1])]
-                 if args.entry is not None else [])
+        entry: list[str] = []
+        if args.entry is not None:
+            entry = ["--entry", args.entry[0], "--entry-stats-port", str(args.entry[1])]
+            if args.haproxy != "auto":
+                entry += ["--haproxy", args.haproxy]
+            if args.bundle is not None and args.haproxy != "system":
+                entry += ["--haproxy-bundle", args.bundle.staged, args.bundle.sha256]
+                copied.append(bundle_step(args.ip, args.access, args.bundle, opts))
         mirrors = [a for ip in args.mirrors for a in ("--mirror", ip)]
         run = script_run("configure-node.sh", *keep, *entry, *mirrors, args.domain, args.master0,
                          str(args.port), data=args.ca_cert)
-    after = pulumi.ResourceOptions(depends_on=list(args.after))
+    after = pulumi.ResourceOptions(depends_on=[*args.after, *copied])
     return host_step(HostStep.NODE.of(args.ip), args.access, args.ip, run,
                      opts=after if opts is None else opts.merge(after))

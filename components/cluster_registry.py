@@ -16,7 +16,7 @@ from material import RegistryMaterial
 from topology import HostStep, Topology
 
 from .access import SshAccess
-from .cluster_node import ClusterNodeArgs, node_step
+from .cluster_node import ClusterNodeArgs, HaproxyBundle, node_step
 from .data_probe import probe_trees
 from .deploy_host import DeployHost, DeployHostArgs, RootfsPayload, StoreSource
 from .records import RegistryRecords, RegistryRecordsArgs, sealer_registry_info
@@ -45,6 +45,9 @@ class ClusterRegistryArgs:
     # registry.local_registry.node_entry as (address, stats port): hosts without a registry reach
     # it through a node-local HAProxy (components/cluster_node.py).
     node_entry: tuple[str, int] | None = None
+    # node_entry.haproxy and the bundle shipped to the entry nodes (auto, bundle).
+    entry_haproxy: str = "auto"
+    haproxy_bundle: HaproxyBundle | None = None
 
 
 class ClusterRegistry(pulumi.ComponentResource):
@@ -122,6 +125,7 @@ class ClusterRegistry(pulumi.ComponentResource):
                 access=args.access, ca_cert=m.ca_cert, mirrors=layout.mirrors, after=launches,
                 maps_domain=host.hosts_entry(master0) is not None,
                 entry=args.node_entry if layout.uses_entry(host.ip, args.node_entry) else None,
+                haproxy=args.entry_haproxy, bundle=args.haproxy_bundle,
             ), opts=child)
 
         refs = [str(ref) for img in args.images for ref in img.refs]

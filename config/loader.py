@@ -291,6 +291,7 @@ LOCAL_PATHS: tuple[tuple[str, str], ...] = (
     ("cluster.ssh.private_key_path", "file"),
     ("kubernetes.kubeconfig_path", "file"),
     ("apps.image_store.ca_file", "certificates"),
+    ("registry.local_registry.node_entry.bundle", "file"),
 )
 
 

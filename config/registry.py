@@ -16,7 +16,8 @@ from typing import Any, Optional
 from pydantic import Field, SecretStr, StrictBool, field_validator, model_validator
 
 from config.base import ConfigModel, duplicates, is_encrypted, raise_problems
-from config.scalars import DnsName, HostIP, NonEmptyStr, Port, RegistryUser, control_problem, show
+from config.scalars import (DnsName, HostIP, LocalPath, NonEmptyStr, Port, RegistryUser,
+                            control_problem, show)
 from material.certs import der_of, load_pem_certificate
 from material.registry_config import brought_config_problems
 
@@ -54,6 +55,19 @@ class Standby(StrEnum):
     WARM = "warm"  # the registry serves it read-only (distribution's storage.maintenance.readonly)
 
 
+# The tarball `python -m cli haproxy-bundle` writes (cli/haproxy_bundle.py), the only name the
+# node script takes: the Debian version without its epoch (it names a directory on the node).
+HAPROXY_BUNDLE_NAME = re.compile(r"haproxy-(?P<version>[0-9][A-Za-z0-9.+~-]*)-(?P<arch>amd64)\.tar\.gz")
+
+
+class EntryHaproxy(StrEnum):
+    """Which HAProxy the node entry point runs."""
+
+    AUTO = "auto"      # the node's own when installed and >= 2.2, else the program's bundle
+    SYSTEM = "system"  # the node's own only: a node without it refuses (nothing is shipped)
+    BUNDLE = "bundle"  # the program's bundle always, whatever the node has
+
+
 class NodeEntry(ConfigModel):
     """A node-local entry point to the registry on every host that runs none (issue 21): HAProxy
     in TCP mode (TLS passed through) listening on ``address``, which the node's /etc/hosts maps
@@ -66,6 +80,30 @@ class NodeEntry(ConfigModel):
 
     address: HostIP
     stats_port: Port = 5099
+    # auto and bundle copy the bundle to every entry node (the program cannot know at preview
+    # which nodes lack haproxy; one copy per node and bundle, kept by its hash); system copies
+    # nothing.
+    haproxy: EntryHaproxy = EntryHaproxy.AUTO
+    # The tarball on the operator's machine; unset: the one `make haproxy-bundle` wrote under
+    # .cache/haproxy-bundle/ (__main__.py finds it, or says to build it).
+    bundle: Optional[LocalPath] = None
+
+    @field_validator("bundle")
+    @classmethod
+    def _check_bundle(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            name = value.rstrip("/").rsplit("/", 1)[-1]
+            if not HAPROXY_BUNDLE_NAME.fullmatch(name):
+                raise_problems([("", f"{value!r} is not a bundle of `make haproxy-bundle`: its file "
+                                     f"name must be haproxy-<debian version>-amd64.tar.gz")])
+        return value
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> "NodeEntry":
+        if self.bundle is not None and self.haproxy is EntryHaproxy.SYSTEM:
+            raise_problems([("bundle", f"is not used with haproxy: system (got bundle: {self.bundle!r}); "
+                                       f"use haproxy: auto or bundle to ship it, or remove it")])
+        return self
 
 
 class LocalRegistry(ConfigModel):

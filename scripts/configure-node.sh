@@ -17,9 +17,13 @@
 # node-local address put on `lo`, forwards to IP and, when IP fails its health check, to the
 # first healthy mirror; stats on 127.0.0.1:N (--entry-stats-port, default 5099); DOMAIN maps to
 # ADDRESS instead of IP (scripts/lib/entry.sh). Refused with --keep-hosts, without PORT, or with
-# ADDRESS equal to IP; refused when haproxy (>= 2.2) is not installed, before anything changes.
+# ADDRESS equal to IP, before anything changes. Which HAProxy (--haproxy, node_entry.haproxy):
+# auto (default), the host's when installed and >= 2.2, else the bundle; system, the host's or a
+# refusal; bundle, always the bundle. --haproxy-bundle FILE SHA256 names the bundle's tarball the
+# program copied to this host (unpacked once per version under /opt/sealer-registry/haproxy).
 # Without --entry, an entry point an earlier run set up is removed once DOMAIN maps to IP again.
-# Usage: configure-node.sh [--keep-hosts] [--entry ADDRESS [--entry-stats-port N]] [--mirror IP]...
+# Usage: configure-node.sh [--keep-hosts] [--entry ADDRESS [--entry-stats-port N]
+#          [--haproxy auto|system|bundle] [--haproxy-bundle FILE SHA256]] [--mirror IP]...
 #          DOMAIN IP [PORT] [HOSTS_FILE]
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
@@ -171,7 +175,7 @@ set_hosts() {
 }
 
 main() {
-  local keep_hosts=0 entry="" entry_stats_port=5099 haproxy=""
+  local keep_hosts=0 entry="" entry_stats_port=5099 haproxy="" haproxy_mode=auto bundle="" bundle_sha=""
   while [[ "${1:-}" == --* ]]; do
     case $1 in
       --keep-hosts)
@@ -194,17 +198,28 @@ main() {
         entry_stats_port=$2
         shift 2
         ;;
+      --haproxy)
+        [[ "${2:-}" =~ ^(auto|system|bundle)$ ]] || fatal "--haproxy needs auto, system or bundle, got '${2:-}'"
+        haproxy_mode=$2
+        shift 2
+        ;;
+      --haproxy-bundle)
+        [[ -n "${2:-}" && "${3:-}" =~ ^[0-9a-f]{64}$ ]] ||
+          fatal "--haproxy-bundle needs FILE SHA256 (64 hex digits), got '${2:-}' '${3:-}'"
+        bundle=$2 bundle_sha=$3
+        shift 3
+        ;;
       *) fatal "unknown option '$1'" ;;
     esac
   done
-  (($# >= 2)) || fatal "usage: configure-node.sh [--keep-hosts] [--entry ADDRESS [--entry-stats-port N]] [--mirror IP]... DOMAIN IP [PORT] [HOSTS_FILE]"
+  (($# >= 2)) || fatal "usage: configure-node.sh [--keep-hosts] [--entry ADDRESS [--entry-stats-port N] [--haproxy MODE] [--haproxy-bundle FILE SHA256]] [--mirror IP]... DOMAIN IP [PORT] [HOSTS_FILE]"
   local domain=$1 ip=$2 port=${3:-} file=${4:-/etc/hosts}
   if [[ -n "$entry" ]]; then
     # Refused before anything changes on the host.
     ((!keep_hosts)) || fatal "--entry with --keep-hosts: in sealer's HA layout nodes reach the registry through lvscare's VIP"
     [[ -n "$port" ]] || fatal "--entry needs TLS (a PORT and the CA): the entry point's health check verifies the registry"
     [[ "$entry" != "$ip" ]] || fatal "--entry $entry is master0's address: it must be a node-local address of its own"
-    haproxy=$(entry_haproxy) || exit 1
+    haproxy=$(entry_haproxy "$haproxy_mode" "$bundle" "$bundle_sha") || exit 1
   fi
   WORK=$(mktemp -d)
   trap cleanup EXIT

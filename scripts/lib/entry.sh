@@ -3,8 +3,10 @@
 # common.sh comes first): HAProxy on ADDRESS:PORT, an address of the node's own `lo`, forwarding
 # TCP (TLS passes through untouched, the client verifies the registry's certificate itself) to
 # master0, or to the first healthy warm standby when master0 fails its health check. HAProxy,
-# not a proxy of our own: a distribution package on Debian/Ubuntu and RHEL-family hosts (so it
-# installs air-gapped from the distribution's media), with health checks, retries and a stats page.
+# not a proxy of our own: health checks, retries and a stats page. The host's own (a distribution
+# package) or, where there is none (air-gapped sealer hosts), the program's bundle: Debian's
+# package with its libraries and loader (python -m cli haproxy-bundle), copied to the node by the
+# program and unpacked here under /opt/sealer-registry/haproxy/<version>.
 #
 # Why these settings (docs/how-it-works.md, "The entry point on nodes"):
 # - `timeout connect 1s`, `retries 3`, `option redispatch 1`: a connect to a dead master0 (packets
@@ -33,21 +35,135 @@ readonly ENTRY_UNIT=sealer-registry-entry.service
 readonly ENTRY_UNIT_FILE=/etc/systemd/system/sealer-registry-entry.service
 readonly ENTRY_MIN_HAPROXY=(2 2) # srvtcpka-idle/-intvl/-cnt and http-check send: HAProxy 2.2
 
-# Fails with what to install when haproxy is missing or older than 2.2; prints its path.
-entry_haproxy() {
-  local bin version major minor
-  if ! bin=$(command -v haproxy); then
-    fatal "node_entry needs HAProxy >= ${ENTRY_MIN_HAPROXY[0]}.${ENTRY_MIN_HAPROXY[1]} on this host and" \
-      "haproxy is not installed: install the distribution's package (Debian/Ubuntu: apt-get install" \
-      "haproxy; RHEL family: dnf install haproxy; offline: the .deb/.rpm from the installation media)"
-  fi
+readonly ENTRY_BUNDLE_ROOT=/opt/sealer-registry/haproxy
+
+# The "major.minor" HAProxy version BIN reports, or fails.
+entry_haproxy_version() {
+  local bin=$1 version
   version=$("$bin" -v 2>/dev/null | sed -n 's/^HA-\{0,1\}Proxy version \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)
-  [[ -n "$version" ]] || fatal "cannot read the version of $bin ('$bin -v')"
+  [[ -n "$version" ]] || return 1
+  printf '%s\n' "$version"
+}
+
+entry_version_ok() {
+  local version=$1 major minor
   major=${version%%.*} minor=${version#*.}
-  if ((major < ENTRY_MIN_HAPROXY[0] || (major == ENTRY_MIN_HAPROXY[0] && minor < ENTRY_MIN_HAPROXY[1]))); then
-    fatal "node_entry needs HAProxy >= ${ENTRY_MIN_HAPROXY[0]}.${ENTRY_MIN_HAPROXY[1]}, $bin is $version:" \
-      "upgrade the distribution's haproxy package"
+  ((major > ENTRY_MIN_HAPROXY[0] || (major == ENTRY_MIN_HAPROXY[0] && minor >= ENTRY_MIN_HAPROXY[1])))
+}
+
+# The host's own haproxy when it is installed and >= 2.2 (prints its path); else fails, printing
+# why on stdout (the caller decides whether that is fatal).
+entry_system_haproxy() {
+  local bin version
+  if ! bin=$(command -v haproxy); then
+    printf 'haproxy is not installed\n'
+    return 1
   fi
+  if ! version=$(entry_haproxy_version "$bin"); then
+    printf "cannot read the version of %s ('%s -v')\n" "$bin" "$bin"
+    return 1
+  fi
+  if ! entry_version_ok "$version"; then
+    printf '%s is %s\n' "$bin" "$version"
+    return 1
+  fi
+  printf '%s\n' "$bin"
+}
+
+# The bundle's version directory (ENTRY_BUNDLE_ROOT/<debian version>) from its tarball's name,
+# haproxy-<debian version>-amd64.tar.gz (python -m cli haproxy-bundle).
+entry_bundle_dir() {
+  local name
+  name=$(basename "$1")
+  [[ "$name" =~ ^haproxy-([0-9][A-Za-z0-9.+~-]*)-amd64\.tar\.gz$ ]] ||
+    fatal "the HAProxy bundle's name is not haproxy-<version>-amd64.tar.gz: '$name'"
+  printf '%s/%s\n' "$ENTRY_BUNDLE_ROOT" "${BASH_REMATCH[1]}"
+}
+
+# Whether DIR holds the bundle whose tarball had SHA256, every file as its SHA256SUMS says.
+entry_bundle_intact() {
+  local dir=$1 sha=$2
+  [[ -f "$dir/.tarball-sha256" && "$(cat "$dir/.tarball-sha256")" == "$sha" ]] || return 1
+  (cd "$dir" && sha256sum --quiet --strict -c SHA256SUMS >/dev/null 2>&1)
+}
+
+# Unpacks the bundle TARBALL (sha256 SHA256, as the program computed it on the operator's
+# machine) into ENTRY_BUNDLE_ROOT/<version> unless that directory already holds it intact; the
+# tarball's sha256 and then every file's are checked before the directory is renamed into place
+# (a failed or interrupted unpack leaves no half bundle there). Prints the wrapper's path.
+entry_bundle_install() {
+  local tarball=$1 sha=$2 dir actual stage old=""
+  dir=$(entry_bundle_dir "$tarball")
+  if entry_bundle_intact "$dir" "$sha"; then
+    info "unchanged: the HAProxy bundle in $dir"
+    printf '%s\n' "$dir/bin/haproxy-entry"
+    return 0
+  fi
+  [[ "$(uname -m)" == x86_64 ]] || fatal "the HAProxy bundle is built for x86_64, this host is $(uname -m)"
+  [[ -f "$tarball" ]] || fatal "the HAProxy bundle $tarball is not on this host (the program copies it" \
+    "there before this step; if it was removed since: pulumi up --replace on its copy step)"
+  mkdir -p "$ENTRY_BUNDLE_ROOT"
+  # Checked and unpacked from a copy only root can write: the staged file is the login user's.
+  stage=$(mktemp -d "$ENTRY_BUNDLE_ROOT/.unpack.XXXXXX")
+  cp "$tarball" "$stage/.tarball"
+  actual=$(sha256sum "$stage/.tarball" | awk '{ print $1 }')
+  if [[ "$actual" != "$sha" ]]; then
+    rm -rf "$stage"
+    fatal "the HAProxy bundle $tarball has sha256 $actual, the program sent $sha: a different or" \
+      "damaged file; not used"
+  fi
+  if ! tar -xzf "$stage/.tarball" -C "$stage" --no-same-owner ||
+    ! (cd "$stage" && sha256sum --quiet --strict -c SHA256SUMS >&2); then
+    rm -rf "$stage"
+    fatal "the HAProxy bundle $tarball does not unpack with the sha256 of every file its SHA256SUMS lists"
+  fi
+  rm -f "$stage/.tarball"
+  printf '%s\n' "$sha" >"$stage/.tarball-sha256"
+  chmod 0755 "$stage"
+  if [[ -e "$dir" ]]; then
+    old="$ENTRY_BUNDLE_ROOT/.old.$$"
+    mv "$dir" "$old"
+  fi
+  mv "$stage" "$dir"
+  [[ -z "$old" ]] || rm -rf "$old"
+  info "installed the HAProxy bundle $(basename "$tarball") in $dir"
+  printf '%s\n' "$dir/bin/haproxy-entry"
+}
+
+# The HAProxy the entry point runs, by MODE (registry.local_registry.node_entry.haproxy):
+# system, the host's (>= 2.2) or a refusal; bundle, the bundle TARBALL (SHA256); auto, the
+# host's when it has a good one, else the bundle when the program sent one. Prints its path.
+entry_haproxy() {
+  local mode=${1:-auto} tarball=${2:-} sha=${3:-} bin why need version
+  need="node_entry needs HAProxy >= ${ENTRY_MIN_HAPROXY[0]}.${ENTRY_MIN_HAPROXY[1]}"
+  case $mode in
+    system | auto) ;;
+    bundle)
+      [[ -n "$tarball" ]] || fatal "node_entry.haproxy: bundle and no bundle sent (--haproxy-bundle)"
+      bin=$(entry_bundle_install "$tarball" "$sha") || exit 1
+      ;;
+    *) fatal "unknown node_entry.haproxy mode '$mode' (auto, system or bundle)" ;;
+  esac
+  if [[ "$mode" != bundle ]]; then
+    if bin=$(entry_system_haproxy); then
+      printf '%s\n' "$bin"
+      return 0
+    fi
+    why=$bin
+    if [[ "$mode" == system ]]; then
+      fatal "$need on this host and $why (node_entry.haproxy: system uses the host's only): install" \
+        "the distribution's package (Debian/Ubuntu: apt-get install haproxy; RHEL family: dnf install" \
+        "haproxy; offline: the .deb/.rpm from the installation media), or set node_entry.haproxy:" \
+        "auto or bundle to ship the program's bundle"
+    fi
+    [[ -n "$tarball" ]] || fatal "$need on this host and $why, and the program sent no bundle" \
+      "(--haproxy-bundle): install the distribution's haproxy package or build the bundle" \
+      "(make haproxy-bundle)"
+    info "the host's HAProxy cannot serve ($why): using the program's bundle"
+    bin=$(entry_bundle_install "$tarball" "$sha") || exit 1
+  fi
+  version=$(entry_haproxy_version "$bin") || fatal "cannot read the version of $bin ('$bin -v')"
+  entry_version_ok "$version" || fatal "$need, the bundle's $bin is $version"
   printf '%s\n' "$bin"
 }
 

@@ -4,8 +4,11 @@ address where HAProxy forwards to master0, or to a healthy warm standby when mas
 answer. On a containerd node and a docker node (Debian's dockerd in the lab host): pulls work,
 master0 is killed while both nodes pull back to back (0 failures, the delays printed), the
 recovery moves the entry point's servers (the new master0 first, the fenced old master0 gone),
-and the revived old master0, with its stale data, gets no connection from any node. A fresh lab
-of 3 masters + 2 nodes; the tests of the class run in order."""
+and the revived old master0, with its stale data, gets no connection from any node. The
+containerd node has no haproxy (hidden in its own mount namespace): with `node_entry.haproxy:
+auto` (the default) the program copies its HAProxy bundle to both nodes and that node runs the
+entry point from it; the docker node keeps its own haproxy. A fresh lab of 3 masters + 2 nodes;
+the tests of the class run in order."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import time
 
 import pytest
 
+from cli import haproxy_bundle
 from lab import docker as lab_docker
 from lab.hosts import INSTANCE
 from lab.pull import containerd_pull
@@ -25,6 +29,7 @@ from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 ma
 ENTRY = f"198.19.{INSTANCE}.3"
 STATS_PORT = 5099
 CONFIG = "/etc/sealer/registry-entry.cfg"
+PIDFILE = "/run/sealer-registry-entry.pid"
 # Pulls while master0 dies: each round pulls every boot-history image once, back to back.
 ROUNDS = 3
 ROUND_TIMEOUT_S = 300
@@ -52,6 +57,27 @@ def wait_for(predicate, limit_s: float, what: str) -> float:
             return time.monotonic() - began
         time.sleep(0.2)
     raise AssertionError(f"{what} not within {limit_s}s")
+
+
+def without_haproxy(lab, node: str) -> None:
+    """An air-gapped node's lack of haproxy, in the node's own mount namespace: a whiteout over
+    /usr/sbin/haproxy. /opt and /var/tmp are made private on every node (the lab shares the
+    machine's), so the copies and the unpacked bundle leave the machine as it was."""
+    lab.run(node, "mkdir -p /tmp/sbin-upper /tmp/sbin-work && mknod /tmp/sbin-upper/haproxy c 0 0 && "
+                  "mount -t overlay e2e-sbin -o lowerdir=/usr/sbin,upperdir=/tmp/sbin-upper,"
+                  "workdir=/tmp/sbin-work /usr/sbin")
+    assert lab.run(node, "command -v haproxy", check=False).returncode != 0
+
+
+def private_opt_and_var_tmp(lab, node: str) -> None:
+    lab.run(node, "mkdir -p /tmp/opt-upper /tmp/opt-work && mount -t overlay e2e-opt -o "
+                  "lowerdir=/opt,upperdir=/tmp/opt-upper,workdir=/tmp/opt-work /opt && "
+                  "mount -t tmpfs -o mode=1777,size=64m e2e-var-tmp /var/tmp")
+
+
+def entry_executable(lab, node: str) -> str:
+    pid = lab.run(node, f"head -n 1 {PIDFILE}").stdout.strip()
+    return lab.run(node, f"readlink /proc/{pid}/exe").stdout.strip()
 
 
 def docker_ref(ref: str) -> str:
@@ -135,7 +161,11 @@ class TestNodeEntry:
     @pytest.fixture(scope="class")
     @classmethod
     def stack(cls, lab_env, toolchain_env):
+        haproxy_bundle.ensure()  # what `make haproxy-bundle` does (cached): the program ships it
         lab_docker.start(lab_env.lab, lab_env.nodes[1])
+        for node in lab_env.nodes:
+            private_opt_and_var_tmp(lab_env.lab, node)
+        without_haproxy(lab_env.lab, lab_env.nodes[0])
         stack = ProgramStack("e2e-entry", toolchain_env)
         values = stack_values(lab_env, master0=lab_env.masters[0], distribution="pre")
         values["registry"]["local_registry"]["standby"] = "warm"
@@ -158,6 +188,16 @@ class TestNodeEntry:
             wait_for(lambda: servers(lab, node) == want, 10, f"{node}'s entry point: {want}")
         for m in lab_env.masters:
             assert not any(ENTRY in line for line in hosts_line(lab, m))
+        # haproxy: auto: the node without haproxy runs the bundle the program copied (through its
+        # own loader), the other its own; the bundle went to both (the program cannot tell).
+        bundle = haproxy_bundle.find_bundle()
+        version = haproxy_bundle.TARBALL.fullmatch(bundle.name)["version"]
+        assert entry_executable(lab, lab_env.nodes[0]) == (
+            f"/opt/sealer-registry/haproxy/{version}/lib/ld-linux-x86-64.so.2")
+        assert entry_executable(lab, lab_env.nodes[1]) == "/usr/sbin/haproxy"
+        for node in lab_env.nodes:
+            assert lab.run(node, f"sha256sum /var/tmp/{bundle.name}").stdout.split()[0] == \
+                haproxy_bundle.sha256_of(bundle)
         ref = lab_env.refs[-1]
         for node, engine in zip(lab_env.nodes, ("containerd", "docker")):
             p = pull_one(lab, node, engine, ref)

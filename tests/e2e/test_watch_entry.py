@@ -61,7 +61,9 @@ class TestEntryWithWatch:
         stack = ProgramStack("e2e-watch-entry", toolchain_env)
         values = stack_values(lab_env, master0=lab_env.masters[0], distribution="pre")
         values["registry"]["local_registry"]["standby"] = "warm"
-        values["registry"]["local_registry"]["node_entry"] = {"address": ENTRY}
+        # The lab's nodes have Debian's haproxy: nothing to ship (test_entry_program.py runs a
+        # node without it on the bundle).
+        values["registry"]["local_registry"]["node_entry"] = {"address": ENTRY, "haproxy": "system"}
         stack.configure(values, {**SECRETS, "registry.tls.ca_key": lab_env.ca[1]})
         stack.up()
         yield stack

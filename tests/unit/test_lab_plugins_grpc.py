@@ -288,7 +288,7 @@ def test_remote_command_failure_is_not_retried(tmp_path, fake_ssh):
 
 
 def test_unsupported_resource_type_is_refused(provider):
-    kind = "command:remote:CopyToRemote"
+    kind = "command:remote:CopyFile"
     with pytest.raises(grpc.RpcError) as err:
         provider.Check(provider_pb2.CheckRequest(urn=urn(kind, "c"), type=kind, name="c", news=struct({})))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -336,3 +336,47 @@ def test_language_host_answers_what_the_engine_asks(language, tmp_path):
     assert language.GetPluginInfo(empty_pb2.Empty()).version
     assert language.About(language_pb2.AboutRequest()).executable
     list(language.InstallDependencies(language_pb2.InstallDependenciesRequest(info=info)))
+
+
+COPY = "command:remote:CopyToRemote"
+ASSET_SIG = "c44067f5952c0a294b673a41bacd8c17"
+
+
+def file_asset(path: str, hash_: str) -> dict:
+    return {"4dabf18193072939515e22adb298388d": ASSET_SIG, "path": path, "hash": hash_}
+
+
+def copy_inputs(host: str, source, remote_path="/var/tmp/x.tar.gz") -> dict:
+    return {"connection": {"host": host}, "source": source, "remotePath": remote_path}
+
+
+def test_copy_to_remote_takes_a_file_asset_only(provider):
+    """CopyToRemote (node_entry's HAProxy bundle): a path-based file asset; anything else and a
+    missing remotePath are check failures; connection defaults are filled as for commands."""
+    def check(news):
+        return provider.Check(provider_pb2.CheckRequest(urn=urn(COPY, "c"), type=COPY, name="c",
+                                                        news=struct(news)))
+    ok = check(copy_inputs("198.18.0.11", file_asset("/tmp/b.tar.gz", "ab")))
+    assert list(ok.failures) == []
+    assert as_dict(ok.inputs)["connection"]["user"] == "root"
+    bad = check({"connection": {"host": "198.18.0.11"}, "source": "text"})
+    assert sorted(f.property for f in bad.failures) == ["remotePath", "source"]
+
+
+def test_copy_to_remote_preview_and_unchanged_update_never_dial(provider):
+    """Preview copies nothing; an update with the same hash and remotePath copies nothing (an
+    unreachable host would fail the step); a changed hash is an in-place update, not a replace."""
+    inputs = copy_inputs(NO_SUCH_HOST, file_asset("/nonexistent/b.tar.gz", "ab"))
+    done = provider.Create(provider_pb2.CreateRequest(urn=urn(COPY, "c"), type=COPY, name="c",
+                                                      properties=struct(inputs), preview=True))
+    assert as_dict(done.properties)["remotePath"] == "/var/tmp/x.tar.gz"
+    same = provider.Update(provider_pb2.UpdateRequest(
+        id="c1", urn=urn(COPY, "c"), type=COPY, name="c", olds=struct(inputs), news=struct(inputs)))
+    assert as_dict(same.properties)["source"]["hash"] == "ab"
+    changed = copy_inputs(NO_SUCH_HOST, file_asset("/nonexistent/b.tar.gz", "cd"))
+    got = provider.Diff(provider_pb2.DiffRequest(id="c1", urn=urn(COPY, "c"), type=COPY, name="c",
+                                                 olds=struct(inputs), old_inputs=struct(inputs),
+                                                 news=struct(changed)))
+    assert list(got.diffs) == ["source"] and list(got.replaces) == []
+    provider.Delete(provider_pb2.DeleteRequest(id="c1", urn=urn(COPY, "c"), type=COPY, name="c",
+                                               properties=struct(inputs)))
