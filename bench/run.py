@@ -522,6 +522,7 @@ class Run:
         then powered off: a fresh lab and stack for each (bench/entrywatch.py)."""
         from lab import docker
 
+        shutil.rmtree(BENCH_DIR / "entrywatch", ignore_errors=True)  # the watchers' logs of this run only
         failed = []
         for outage in entrywatchbench.OUTAGES:
             log(f"phase entrywatch ({outage}): fresh lab of 3 masters + 2 nodes, warm standbys, "
