@@ -118,6 +118,30 @@ def _outage_targets() -> list:
 
 TARGETS += _outage_targets()
 
+
+def _outage_watch_targets() -> list:
+    """Phase entrywatch (bench/entrywatch.py): the same goals with `cli watch` recovering meanwhile
+    (every pull started after the outage, those during the recovery `up` included), and the
+    watcher's kill -> verified within the failover goal."""
+    out = []
+    for o in ("killed", "off"):
+        for rt in ("docker", "containerd16"):
+            key = f"outage_pull_{rt}_{o}_watch"
+            alive, fail, first, later = (f"{key}_{k}" for k in ("alive_max_s", "failures", "first_s", "later_max_s"))
+            out.append((alive, "per image, master0 alive (entry point, cli watch)", None))
+            out.append((fail, "= 0 (until one round after verified)",
+                        lambda r, k=fail: _get(r, k) is not None and r[k] == 0))
+            out.append((first, "<= 5 s", lambda r, k=first: _get(r, k) is not None and r[k] <= 5))
+            out.append((later, "<= alive max + 1 s",
+                        lambda r, k=later, a=alive: None if _get(r, k) is None or _get(r, a) is None
+                        else r[k] <= r[a] + 1))
+        verified = f"outage_watch_{o}_verified_s"
+        out.append((verified, "<= 30 s", lambda r, k=verified: _get(r, k) is not None and r[k] <= 30))
+    return out
+
+
+TARGETS += _outage_watch_targets()
+
 RATIOS = [
     ("rto_50_s / rto_s", "rto_50_s", "rto_s"),
     ("rto_sequential_50_s / rto_50_s", "rto_sequential_50_s", "rto_50_s"),
@@ -147,6 +171,8 @@ def table(results: dict) -> str:
         "failover_up_done_s": "failover: kill -> up done",
         "failover_verified_s": "failover: kill -> verified",
         "failover_packets_to_old": "failover: packets to the old master0",
+        "outage_watch_killed_verified_s": "entrywatch: master0 killed -> verified (cli watch)",
+        "outage_watch_off_verified_s": "entrywatch: master0 off -> verified (cli watch)",
     }
     size = params.get("copy_size_mib")
     for key in ("fill_1gib_s", "fill_skopeo_direct_1gib_s", "fill_tar_ssh_gcm_1gib_s",

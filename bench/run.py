@@ -15,6 +15,10 @@ Phase `entry`: a fresh lab of 3 masters + 2 nodes, no engine: sealer's registry 
 each node behind its node-local entry point (configure-node.sh --entry as the node step sends it);
 every boot-history image pulled on a docker node and a containerd 1.6 node with master0 alive,
 killed, powered off (bench/entry.py).
+Phase `entrywatch`: per outage (master0 killed, then powered off) a fresh lab of 3 masters + 2
+nodes with its control plane, a stack with warm standbys and node_entry deployed by the engine,
+`cli watch` running; both nodes pull every boot-history image back to back from the outage until
+one round after the watcher verified its recovery (bench/entrywatch.py).
 Every figure is the wall time of the real thing, engine start included.
 """
 
@@ -42,6 +46,7 @@ from topology import parse_step
 
 from bench import copy as copybench
 from bench import entry as entrybench
+from bench import entrywatch as entrywatchbench
 from bench import fill as fillbench
 from bench import failover as failoverbench
 from bench import hostcopy
@@ -52,8 +57,8 @@ from bench.report import machine, plugins, table, verdicts
 BENCH_DIR = REPO / ".bench"
 PASSPHRASE = "sealer-lab"
 SEQUENTIAL = Path(__file__).resolve().parent / "sequential_recover.sh"
-PHASES = ("small", "fill", "hostcopy", "large", "failover", "standby", "entry")
-ENGINE_PHASES = {"small", "large", "failover", "standby"}  # fill and hostcopy alone run no pulumi
+PHASES = ("small", "fill", "hostcopy", "large", "failover", "standby", "entry", "entrywatch")
+ENGINE_PHASES = {"small", "large", "failover", "standby", "entrywatch"}  # fill and hostcopy alone run no pulumi
 T0 = time.monotonic()
 
 
@@ -457,6 +462,8 @@ class Run:
                 self.phase_standby()
             if "entry" in self.args.only:
                 self.phase_entry()
+            if "entrywatch" in self.args.only:
+                self.phase_entrywatch()
         except Exception as e:  # keep what was measured; say what failed
             self.results["errors"].append(f"{type(e).__name__}: {e}")
             traceback.print_exc()
@@ -509,6 +516,41 @@ class Run:
         load = os.getloadavg()[0]
         for key, value in entrybench.measure(self.lab, store, log).items():
             self.record(key, value, load if key.endswith("_killed_first_s") else None)
+
+    def phase_entrywatch(self) -> None:
+        """Pulls through the node-local entry point while `cli watch` recovers master0 killed,
+        then powered off: a fresh lab and stack for each (bench/entrywatch.py)."""
+        from lab import docker
+
+        shutil.rmtree(BENCH_DIR / "entrywatch", ignore_errors=True)  # the watchers' logs of this run only
+        failed = []
+        for outage in entrywatchbench.OUTAGES:
+            log(f"phase entrywatch ({outage}): fresh lab of 3 masters + 2 nodes, warm standbys, "
+                f"node_entry, `cli watch` running, master0 {outage}")
+            self.lab.down()
+            env = self.lab_env(2)
+            nodes = entrywatchbench.Nodes(docker=env.nodes[1], containerd=env.nodes[0],
+                                          masters=env.masters)
+            try:
+                docker.start(self.lab, nodes.docker)
+                stack = fresh_stack(f"benchentrywatch-{outage}", self.env)
+                self.stacks.append(stack)
+                values = stack_values(env, master0=env.masters[0], distribution="pre")
+                values["registry"]["local_registry"]["standby"] = "warm"
+                values["registry"]["local_registry"]["node_entry"] = {"address": entrywatchbench.ENTRY}
+                stack.configure(values, {**SECRETS, "registry.tls.ca_key": env.ca[1]})
+                deployed = stack.up(self.args.parallel)
+                log(f"deployed {stack.name} in {deployed.seconds:.1f}s")
+                load = os.getloadavg()[0]
+                figures = entrywatchbench.measure(self.lab, nodes, env.refs, stack.name, self.env,
+                                                  BENCH_DIR / "entrywatch", outage, log)
+                for key, value in figures.items():
+                    self.record(key, value, load if key.endswith("_watch_first_s") else None)
+                failed += [f"{outage}: {p}" for p in figures[f"outage_watch_{outage}_problems"]]
+            finally:
+                docker.stop(self.lab, nodes.docker, forget=True)
+        if failed:
+            raise BenchError("; ".join(failed))
 
     def copy_only(self) -> None:
         self.lab.up(masters=1, nodes=1)
