@@ -24,7 +24,7 @@ import pytest
 
 from components.deploy_host import RootfsPayload
 from lab import runtimes, toolchain
-from lab.pull import pull_round
+from lab.pull import containerd_pull, pull_round
 from material import build_material, pki
 from tests.lab.runtime_fixtures import DOMAIN, PASSWORD, PORT, ROOTFS, USER, generate, stop_serving
 from tests.lab.test_hosts_toml_dir import probe
@@ -93,7 +93,8 @@ def test_hosts_toml_dial_timeout_bounds_a_pull_with_master0_killed(lab, node2):
     rc, err = configure(lab, c["node"], "--mirror", m1, "--mirror", m2, DOMAIN, m0, str(PORT), cert=c["cert"])
     assert rc == 0, err
     toml = lab.run(c["node"], f"cat {runtimes.LAB_CONFIG_PATH}/{DOMAIN}:{PORT}/hosts.toml").stdout
-    assert toml.count(f'dial_timeout = "{DIAL_TIMEOUT_S:g}s"') == 3, toml
+    # master0's [host], each standby's and the top-level server entry's (tried last).
+    assert toml.count(f'dial_timeout = "{DIAL_TIMEOUT_S:g}s"') == 4, toml
     alive = rounds(lab, c, "containerd 2.x, hosts.toml, master0 alive")
     assert alive.failures == []
     healthy = max(alive.seconds)
@@ -134,3 +135,28 @@ def test_status_probe_names_the_containerd_2_config_path(lab, node2):
     """status-probe.sh's CONTAINERD column on the 2.x node: certs.d, as on 1.6."""
     seen = probe(lab, node2["node"], node2["cert"])
     assert seen.containerd == "certs.d", seen
+
+
+# With master0 killed and no standby answering, a pull must fail, and fail soon: kubelet retries
+# it with back-off. containerd 2.x tries each [host] and then the top-level server entry; before
+# configure-node.sh wrote a top-level dial_timeout that last try waited 30 s (34 s a failed pull).
+FAILED_PULL_GOAL_S = 15.0
+
+
+def test_hosts_toml_a_pull_with_no_registry_left_fails_within_seconds(lab, node2):
+    """hosts.toml only; master0 killed and both standbys' registries stopped (connection
+    refused): the pull fails within FAILED_PULL_GOAL_S (the last test: the standbys stay down)."""
+    c = node2
+    m0, m1, m2 = c["masters"]
+    rc, err = configure(lab, c["node"], "--mirror", m1, "--mirror", m2, DOMAIN, m0, str(PORT), cert=c["cert"])
+    assert rc == 0, err
+    stop_serving(lab, [m1, m2])
+    lab.kill(m0)
+    try:
+        ref = c["refs"][0].split("@")[0]
+        failed = containerd_pull(lab, c["node"], ref, USER, PASSWORD, DOMAIN, PORT, timeout=90)
+        print(f"hosts.toml on containerd 2.x, no registry left: ok={failed.ok} after {failed.seconds:.2f}s")
+        assert not failed.ok
+        assert failed.seconds <= FAILED_PULL_GOAL_S, failed.stderr[-1500:]
+    finally:
+        lab.revive(m0)
