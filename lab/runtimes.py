@@ -158,6 +158,12 @@ def containerd2(lab: Lab, host: str, bin_dir: Path | None = None) -> bool:
         if why:
             raise LabError(why)
         bin_dir = toolchain.containerd2_bin_dir()
+    return containerd_from(lab, host, bin_dir, CONTAINERD2_CONFIG)
+
+
+def containerd_from(lab: Lab, host: str, bin_dir: Path, config: str) -> bool:
+    """The host runs the ``containerd`` and ``ctr`` of ``bin_dir`` (a build of the root namespace)
+    with ``config``, the way ``containerd2`` does it; True when anything changed."""
     changed = False
     copies = lab.host_path(host, CONTAINERD2_HOST_DIR)
     copies.mkdir(mode=0o700, exist_ok=True)
@@ -165,6 +171,7 @@ def containerd2(lab: Lab, host: str, bin_dir: Path | None = None) -> bool:
         copy = copies / name
         if not copy.exists() or copy.read_bytes() != (bin_dir / name).read_bytes():
             if _mounted_over(lab, host, target):  # a mount of the old copy: replaced below
+                lab.stop_containerd(host)  # (a running binary keeps its mount busy)
                 sh("nsenter", "-t", _holder(lab, host), "-m", "--", "umount", target)
             shutil.copyfile(bin_dir / name, copy)
             copy.chmod(0o755)
@@ -177,7 +184,7 @@ def containerd2(lab: Lab, host: str, bin_dir: Path | None = None) -> bool:
             changed = True
     if changed:
         lab.stop_containerd(host)
-    return _write_config(lab, host, CONTAINERD2_CONFIG) or changed
+    return _write_config(lab, host, config) or changed
 
 
 def containerd_debian(lab: Lab, host: str) -> bool:
