@@ -10,7 +10,7 @@ APT_PACKAGES := openssh-server openssh-client docker-registry rsync curl iproute
                 skopeo umoci shellcheck ca-certificates procps util-linux openssl containerd sudo \
                 docker.io haproxy
 
-.PHONY: help setup deps lab-deps toolchain haproxy-bundle lint test test-unit test-crypto-next test-lab test-e2e lab-up lab-down demo bench
+.PHONY: help setup deps lab-deps toolchain toolchain-containerd2 haproxy-bundle lint test test-unit test-crypto-next test-lab test-e2e lab-up lab-down demo bench
 
 help:
 	@echo "make demo       lab up, deploy, kill master0, recover with the CLI, status (KEEP=1 keeps the lab)"
@@ -19,6 +19,8 @@ help:
 	@echo "make setup      apt-get update, then make lab-deps (a fresh machine)"
 	@echo "make lab-deps   apt + pip: everything the lab and the tests need (root)"
 	@echo "make toolchain  build (or reuse) the Pulumi engine, plugins and kube-apiserver"
+	@echo "make toolchain-containerd2  build (or reuse) containerd 2.x for the lab's 2.x node tests"
+	@echo "                (opt-in, not part of make test: about 3.5 min cold)"
 	@echo "make haproxy-bundle  HAProxy from Debian's package with its libraries, for nodes without"
 	@echo "                haproxy (node_entry) -> .cache/haproxy-bundle/ (reused when there)"
 	@echo "make test       unit, lab and end-to-end tests (root; builds the toolchain if missing)"
@@ -39,6 +41,10 @@ setup:
 
 toolchain:
 	$(PYTHON) -m lab.toolchain
+
+# Opt-in: tests/lab/test_containerd2_node.py skips (saying this) when it is not built.
+toolchain-containerd2:
+	bash lab/toolchain/containerd2.sh build
 
 # node_entry's HAProxy for nodes without one (apt-get download haproxy; docs/how-it-works.md).
 haproxy-bundle:

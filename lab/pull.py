@@ -8,6 +8,21 @@ private copy of that directory (0700, removed afterwards); they travel on stdin,
 line. `ctr content fetch` fetches the manifest, the config and every layer, each checked against
 its digest by containerd's content store. The pulled image lives in its own containerd namespace,
 emptied and removed afterwards.
+
+On a host running containerd 2.x (``lab.runtimes.containerd2``) the pull is ``ctr image pull
+--hosts-dir``, which goes through the daemon's transfer service, as the CRI plugin's pulls do
+there by default: the CRI hands its config_path to ``registry.NewOCIRegistry(...,
+registry.WithHostDir(config_path))`` and calls the transfer service
+(internal/cri/server/images/image_pull.go@v2.2.9, pullImageWithTransferService, chosen unless
+``use_local_image_pull``); ctr builds the same registry with ``WithHostDir(--hosts-dir)``
+(cmd/ctr/commands/images/pull.go@v2.2.9, without ``--local``); the daemon reads the hosts dir
+(core/transfer/registry/registry.go@v2.2.9, ``HostDirFromRoot`` then ``config.ConfigureHosts``),
+where ``dial_timeout`` becomes the per-host dialer's timeout
+(core/remotes/docker/config/hosts.go@v2.2.9). The image is unpacked into the host's snapshotter,
+as a CRI pull does. ``ctr content fetch`` on 2.x would resolve the hosts in the ctr process
+instead. Credentials stay a header in the private hosts.toml copy (the CRI passes the kubelet's
+through the transfer service's credential callback instead): the hosts and their dialing are the
+same either way.
 """
 from __future__ import annotations
 
@@ -15,10 +30,11 @@ import dataclasses
 import shlex
 import time
 
-from lab.runtimes import LAB_CONFIG_PATH, containerd_config_path
+from lab.runtimes import LAB_CONFIG_PATH, containerd_config_path, containerd_major
 
 # $1 domain, $2 port, $3 repo:tag, $4 user ("" = anonymous), $5 containerd namespace, $6 seconds
-# the fetch may take, $7 the certs directory (config_path); stdin: password.
+# the fetch may take, $7 the certs directory (config_path), $8 "fetch" (containerd 1.x: ctr content
+# fetch) or "transfer" (containerd 2.x: ctr image pull through the transfer service); stdin: password.
 # Prints the digest the tag resolved to on stdout; ctr's errors on stderr; exit 1 when the pull failed.
 PULL_SCRIPT = r"""
 set -u
@@ -60,7 +76,11 @@ if [ -n "$user" ]; then
     printf '\n[host."%s".header]\n  Authorization = "Basic %s"\n' "$url" "$token" >>"$dest/hosts.toml"
   done
 fi
-timeout "$6" ctr -n "$ns" content fetch --hosts-dir "$work/certs.d" "$image" >/dev/null || exit 1
+if [ "${8:-fetch}" = transfer ]; then
+  timeout "$6" ctr -n "$ns" image pull --hosts-dir "$work/certs.d" "$image" >/dev/null || exit 1
+else
+  timeout "$6" ctr -n "$ns" content fetch --hosts-dir "$work/certs.d" "$image" >/dev/null || exit 1
+fi
 ctr -n "$ns" images ls | awk -v i="$image" '$1 == i { print $3 }'
 """
 
@@ -83,10 +103,11 @@ def containerd_pull(lab, host: str, repo_tag: str, user: str = "", password: str
     /etc/containerd/certs.d when it sets none)."""
     if certs_dir is None:
         certs_dir = containerd_config_path(lab, host) or LAB_CONFIG_PATH
+    mode = "transfer" if containerd_major(lab, host) >= 2 else "fetch"
     start = time.monotonic()
     q = shlex.quote
     done = lab.run(host, f"bash -c {q(PULL_SCRIPT)} pull {q(domain)} {port} {q(repo_tag)} {q(user)} "
-                         f"{q(namespace)} {int(timeout)} {q(certs_dir)}", input=password + "\n",
+                         f"{q(namespace)} {int(timeout)} {q(certs_dir)} {mode}", input=password + "\n",
                    check=False, timeout=timeout + 60)
     digest = done.stdout.strip() if done.returncode == 0 else ""
     return Pull(done.returncode == 0 and digest.startswith("sha256:"), digest, done.stderr,

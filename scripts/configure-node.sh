@@ -62,9 +62,13 @@ readonly DIAL_TIMEOUT=2s
 # host's IP as an IP SAN, so https://MIRROR:PORT verifies with the same CA.
 render_hosts_toml() {
   local domain=$1 port=$2 ca=${3:-/etc/containerd/certs.d/$1:$2/ca.crt} mirror
+  printf 'server = "https://%s:%s"\nca = "%s"\n' "$domain" "$port" "$ca"
+  # The server entry is tried last, after every [host] table failed, with the top-level settings
+  # only (core/remotes/docker/config/hosts.go@v2.2.9 parseHostsFile): without its own
+  # dial_timeout containerd 2.x waits 30 s on a dead master0 there (measured: a pull with master0
+  # killed and both standbys failing took 34 s to fail, docs/how-it-works.md).
+  ((${#MIRRORS[@]} == 0)) || printf 'dial_timeout = "%s"\n' "$DIAL_TIMEOUT"
   cat <<TOML
-server = "https://$domain:$port"
-ca = "$ca"
 
 [host."https://$domain:$port"]
   capabilities = ["pull", "resolve", "push"]

@@ -12,6 +12,9 @@ import subprocess
 from pathlib import Path
 
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
+# containerd 2.x for the lab's containerd 2.x nodes: opt-in (`make toolchain-containerd2`), since a
+# cold build takes minutes that CI's cold run does not have.
+CONTAINERD2_SCRIPT = Path(__file__).resolve().parent / "containerd2.sh"
 # Stand-ins for the two plugins the proxy refuses (see lab/plugins/README.md).
 STAND_INS = Path(__file__).resolve().parent.parent / "plugins"
 # A directory holding the real pulumi-language-python / pulumi-resource-command, when one is at
@@ -126,3 +129,26 @@ def env(base: dict[str, str] | None = None) -> dict[str, str]:
     result["PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION"] = "true"
     result["PULUMI_SKIP_UPDATE_CHECK"] = "true"
     return result
+
+
+def containerd2_bin_dir() -> Path:
+    """Where containerd2.sh puts (or has put) ``containerd`` and ``ctr`` 2.x."""
+    done = subprocess.run(["bash", str(CONTAINERD2_SCRIPT), "bin-dir"], check=True, text=True,
+                          stdout=subprocess.PIPE)
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def containerd2_version() -> str:
+    """The containerd 2.x version containerd2.sh pins, e.g. "2.2.9"."""
+    return re.search(r'^readonly CONTAINERD2_VERSION="([^"]+)"$', CONTAINERD2_SCRIPT.read_text(),
+                     re.M).group(1)
+
+
+def containerd2_missing() -> str | None:
+    """None when containerd 2.x is built, else why not and how to build it."""
+    path = containerd2_bin_dir()
+    if (path.parent / "COMPLETE").is_file() and all(os.access(path / n, os.X_OK)
+                                                     for n in ("containerd", "ctr")):
+        return None
+    return (f"containerd v{containerd2_version()} is not built ({path} is absent): it is opt-in, "
+            "`make toolchain-containerd2` builds it from the Go module proxy (about 3.5 min cold)")

@@ -44,24 +44,29 @@ containerd_config_file() {
 
 # From `containerd config dump` (the config file and its imports merged with every plugin's
 # defaults): "cri=on|off", "config_path=<value>", "socket=<grpc address>" and one "import=<file>"
-# per imported file.
+# per imported file. containerd 1.x dumps version 2 with "double" quotes; 2.x dumps version 3 with
+# 'single' quotes and the registry under the CRI images plugin
+# ([plugins.'io.containerd.cri.v1.images'.registry]): section names are read without quotes.
+# 1.x lists the config file itself in `imports`, 2.x does not (it lists its default
+# '/etc/containerd/conf.d/*.toml' there): the file is named as an import either way.
 containerd_dump_facts() {
   local config=$1
-  timeout 10 containerd --config "$config" config dump 2>/dev/null | awk '
-    /^[[:space:]]*\[/ { section = $0; gsub(/^[[:space:]]+|[[:space:]]+$/, "", section) }
-    section == "[plugins.\"io.containerd.grpc.v1.cri\"]" { cri = 1 }
+  timeout 10 containerd --config "$config" config dump 2>/dev/null | awk -v self="$config" '
+    /^[[:space:]]*\[/ { section = $0; gsub(/[[:space:]"\047]/, "", section) }
+    section == "[plugins.io.containerd.grpc.v1.cri]" { cri = 1 }
     section == "" && $1 == "imports" {
       line = $0; sub(/^[^[]*\[/, "", line); sub(/\].*$/, "", line)
       n = split(line, parts, ",")
-      for (i = 1; i <= n; i++) { f = parts[i]; gsub(/[" ]/, "", f); if (f != "") print "import=" f }
+      for (i = 1; i <= n; i++) { f = parts[i]; gsub(/["\047 ]/, "", f); if (f != "") print "import=" f }
     }
     section == "[grpc]" && $1 == "address" {
-      value = $0; sub(/^[^=]*=[[:space:]]*/, "", value); gsub(/"/, "", value); print "socket=" value
+      value = $0; sub(/^[^=]*=[[:space:]]*/, "", value); gsub(/["\047]/, "", value); print "socket=" value
     }
-    section == "[plugins.\"io.containerd.grpc.v1.cri\".registry]" && $1 == "config_path" {
-      value = $0; sub(/^[^=]*=[[:space:]]*/, "", value); gsub(/"/, "", value); path = value
+    (section == "[plugins.io.containerd.grpc.v1.cri.registry]" ||
+     section == "[plugins.io.containerd.cri.v1.images.registry]") && $1 == "config_path" {
+      value = $0; sub(/^[^=]*=[[:space:]]*/, "", value); gsub(/["\047]/, "", value); path = value
     }
-    END { print "cri=" (cri ? "on" : "off"); print "config_path=" path }
+    END { print "import=" self; print "cri=" (cri ? "on" : "off"); print "config_path=" path }
   '
 }
 

@@ -118,3 +118,59 @@ def test_installed_without_a_daemon_is_down_and_absent_is_dash(tmp_path):
 def test_a_pgrep_without_ns_support_falls_back_to_every_daemon(tmp_path, daemon):
     daemon.runs(V2_CERTS_D)
     assert state(tmp_path, [daemon.pid], pgrep_rc=2) == "certs.d"
+
+
+# What containerd 2.2.9's `config dump` prints for lab.runtimes.CONTAINERD2_CONFIG (the lines the
+# parser reads; captured from the binary lab/toolchain/containerd2.sh builds): version 3, single
+# quotes, the registry under the CRI images plugin, its default imports glob instead of the file.
+V3_DUMP = """version = 3
+root = '/var/lib/containerd'
+imports = ['/etc/containerd/conf.d/*.toml']
+
+[grpc]
+  address = '{sock}'
+
+[plugins]
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = '{path}'
+
+  [plugins.'io.containerd.grpc.v1.cri']
+    disable_tcp_service = true
+"""
+
+
+def containerd_2_stub(tmp_path: Path, dump: str) -> None:
+    """A `containerd` on the test's PATH (ahead of Debian's 1.6) that prints ``dump`` for
+    `config dump`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (tmp_path / "dump.toml").write_text(dump)
+    stub = bin_dir / "containerd"
+    stub.write_text(f"#!/bin/bash\ncat '{tmp_path / 'dump.toml'}'\n")
+    stub.chmod(0o755)
+
+
+def test_containerd_2_dump_with_certs_d_is_read(tmp_path, daemon):
+    """containerd 2.x: the images plugin's config_path, read from a single-quoted dump."""
+    daemon.runs("version = 3\n")
+    containerd_2_stub(tmp_path, V3_DUMP.format(sock=daemon.sock, path="/etc/containerd/certs.d"))
+    assert state(tmp_path, [daemon.pid]) == "certs.d"
+
+
+def test_containerd_2_dump_elsewhere_and_unset(tmp_path, daemon):
+    daemon.runs("version = 3\n")
+    containerd_2_stub(tmp_path, V3_DUMP.format(sock=daemon.sock, path="/etc/registries"))
+    assert state(tmp_path, [daemon.pid]) == "elsewhere:/etc/registries"
+    containerd_2_stub(tmp_path, V3_DUMP.format(sock=daemon.sock, path=""))
+    assert state(tmp_path, [daemon.pid]) == "unset"
+
+
+def test_containerd_2_config_edited_after_start_is_stale(tmp_path, daemon):
+    """2.x's dump does not list the config file among its imports: the file itself is still
+    compared with the daemon's socket."""
+    daemon.runs("version = 3\n", edited_after_start=True)
+    containerd_2_stub(tmp_path, V3_DUMP.format(sock=daemon.sock, path="/etc/containerd/certs.d"))
+    assert state(tmp_path, [daemon.pid]) == "stale"

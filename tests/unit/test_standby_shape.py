@@ -242,6 +242,8 @@ def test_hosts_toml_lists_master0_then_the_mirrors_pull_only():
         assert doc["host"][url] == {"capabilities": ["pull", "resolve"], "ca": ca,
                                     "dial_timeout": "2s"}
     assert doc["host"]["https://sea.hub:5000"]["dial_timeout"] == "2s"
+    # The server entry, tried last with the top-level settings, is bounded too.
+    assert doc["dial_timeout"] == "2s"
 
 
 def test_hosts_toml_without_mirrors_is_today_s():
