@@ -286,6 +286,36 @@ WantedBy=multi-user.target
 UNIT
 }
 
+# The PIDs of the unit's HAProxy workers: the master's (MainPID) children, one per line.
+entry_unit_workers() {
+  local main=$1
+  pgrep -P "$main" | sort || true
+}
+
+# `systemctl reload` of the unit, and whether it took: ExecReload only signals the master
+# (USR2), so systemctl succeeds even when the new worker cannot start (a port taken: the master
+# logs it and keeps the old worker, which serves the old config). A new worker under the same
+# master within 5 s is the proof; without it the caller puts the old config back.
+entry_systemd_reload() {
+  local main before now pid
+  main=$(systemctl show -p MainPID --value "$ENTRY_UNIT")
+  [[ "$main" =~ ^[1-9][0-9]*$ ]] || {
+    warn "$ENTRY_UNIT has no main process to reload"
+    return 1
+  }
+  before=$(entry_unit_workers "$main")
+  systemctl reload "$ENTRY_UNIT" || return 1
+  for _ in $(seq 50); do
+    now=$(entry_unit_workers "$main")
+    for pid in $now; do
+      grep -qxF "$pid" <<<"$before" || return 0
+    done
+    sleep 0.1
+  done
+  warn "HAProxy kept its old worker after the reload: the new config did not start (journalctl -u $ENTRY_UNIT)"
+  return 1
+}
+
 # Starts or reloads HAProxy as a daemon (-D) with ENTRY_CONFIG. A reload is seamless: the new
 # process takes the listening socket from the old one (-x ENTRY_SOCKET) instead of binding its
 # own, then the old one (-sf) stops accepting and finishes its transfers. Without -x the two
@@ -332,7 +362,7 @@ entry_run() {
       systemctl restart "$ENTRY_UNIT" || return 1
       info "restarted $ENTRY_UNIT (its unit changed)"
     elif ((changed)); then
-      systemctl reload "$ENTRY_UNIT" || return 1
+      entry_systemd_reload || return 1
       info "reloaded $ENTRY_UNIT"
     else
       info "unchanged: $ENTRY_UNIT running with $ENTRY_CONFIG"
