@@ -13,6 +13,7 @@ import http.client
 import os
 import socket
 import ssl
+import struct
 import tempfile
 import time
 from dataclasses import dataclass
@@ -159,6 +160,14 @@ def request(endpoint: str, creds: _Credentials, method: str, path: str,
         conn.request(method, f"{url.path.rstrip('/')}{path}", body=body, headers=headers)
         reply = conn.getresponse()
         return reply.status, reply.read()
+    except BaseException:
+        # A server that stopped answering mid-request (a master killed): abort with one RST
+        # instead of a FIN the kernel would retransmit to the dead host for minutes.
+        try:
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        raise
     finally:
         conn.close()
 
