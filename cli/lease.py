@@ -386,12 +386,16 @@ class Elector:
                  on_started: Callable[[Attempt], None] = lambda a: None,
                  on_stopped: Callable[[str], None] = lambda why: None,
                  on_renew_failed: Callable[[Attempt, float], None] = lambda a, left: None,
-                 on_follow: Callable[[Attempt], None] = lambda a: None):
+                 on_follow: Callable[[Attempt], None] = lambda a: None,
+                 on_error: Callable[[Attempt], None] = lambda a: None):
+        """``on_follow``: once per holder seen while following; ``on_error``: once per reason
+        while a follower's attempts fail without naming a holder (no apiserver answers, 403)."""
         self.election = election
         self.on_started, self.on_stopped = on_started, on_stopped
-        self.on_renew_failed, self.on_follow = on_renew_failed, on_follow
+        self.on_renew_failed, self.on_follow, self.on_error = on_renew_failed, on_follow, on_error
         self.is_leader = False     # what the callbacks were told (``leading()`` is the truth)
         self._followed = ""
+        self._error = ""
         self._lock = threading.Lock()
 
     @property
@@ -407,7 +411,7 @@ class Elector:
         attempt = e.try_acquire_or_renew()
         with self._lock:
             if attempt.ok:
-                self._followed = ""
+                self._followed = self._error = ""
                 if not self.is_leader:
                     self.is_leader = True
                     self.on_started(attempt)
@@ -423,9 +427,14 @@ class Elector:
                 left = e.renewed_at + s.renew_deadline - e.clock()
                 self.on_renew_failed(attempt, left)
                 return max(0.0, min(s.retry_period, left))
-            if attempt.holder and attempt.holder != self._followed:
-                self._followed = attempt.holder
-                self.on_follow(attempt)
+            if attempt.holder:
+                self._error = ""
+                if attempt.holder != self._followed:
+                    self._followed = attempt.holder
+                    self.on_follow(attempt)
+            elif not attempt.conflict and attempt.why != self._error:
+                self._error = attempt.why
+                self.on_error(attempt)
             return s.retry_period
 
     def expire(self) -> None:

@@ -78,7 +78,7 @@ does); it is never made master0 again before a replica stamp newer than its rejo
 Log: one JSON line per decision and action on stdout (or --log FILE): ts, event, and per event:
   start {master0, probers, settings, lease}; lease-acquired {identity, why, apiserver,
   transitions, previous}; lease-following {holder}; lease-renew-failed {why, seconds_left};
-  lease-lost {why, up_in_flight, engine_killed}; lease-released; probers {probers}; decision {decision
+  lease-unavailable {why}; lease-lost {why, up_in_flight, engine_killed}; lease-released; probers {probers}; decision {decision
   (suspect|cleared|undecidable|failover|held|resume|returned|rejoin|gone), target, why, evidence
   {prober: vote}}; order {masters, source} (HA: sealer's master order the candidates follow);
   candidates {ranked, rejected}; fence {old, new, down_hosts}; up {ok,
@@ -415,7 +415,7 @@ class Watcher:
         self.lease = Elector(Election(api, identity(), settings, self.lease_name),
                              on_started=self.lease_acquired, on_stopped=self.lease_lost,
                              on_renew_failed=self.lease_renew_failed,
-                             on_follow=self.lease_following)
+                             on_follow=self.lease_following, on_error=self.lease_unavailable)
 
     def acting(self) -> bool:
         """May this watcher act now? Always without a Lease; with one, only while it leads (by
@@ -434,6 +434,10 @@ class Watcher:
     def lease_following(self, attempt: Attempt) -> None:
         self.log("lease-following", holder=attempt.holder, apiserver=attempt.endpoint,
                  why=attempt.why)
+
+    def lease_unavailable(self, attempt: Attempt) -> None:
+        self.log("lease-unavailable", why=attempt.why, apiserver=attempt.endpoint or None,
+                 note="not leading: nothing is probed or done until the Lease can be acquired")
 
     def lease_lost(self, why: str) -> None:
         """The renew loop's thread, the instant leading ended: the engine run (if any) is killed
@@ -892,9 +896,10 @@ def run(args: argparse.Namespace) -> int:
             session.images  # a missing image store refuses before any host is dialled
             session.engine.output = lambda line: print(f"engine: {line}", file=sys.stderr,
                                                        flush=True)
+            creds = None if args.no_lease else lease_credentials(session)
             watcher = Watcher(args, session, log, stop)
-            if not args.no_lease:
-                watcher.elect(lease, lease_credentials(session))
+            if creds is not None:
+                watcher.elect(lease, creds)
             return watcher.run()
     finally:
         if stream is not sys.stdout:

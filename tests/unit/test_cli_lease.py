@@ -341,3 +341,17 @@ def test_lease_name_of_an_org_stack_is_valid_and_distinct():
     for name in (one, two):
         assert name.startswith("sealer-registry-watch-acme-registry-")
         assert all(c.isalnum() and c.islower() or c.isdigit() or c in "-." for c in name), name
+
+
+def test_a_follower_that_cannot_reach_the_lease_is_told_once_per_reason(server, clock):
+    """No apiserver answers (or the credentials are refused): logged once, not every retry;
+    again when the reason changes."""
+    errors = []
+    b = election(server, clock, "b")
+    elector = Elector(b, on_error=lambda at: errors.append(at.why))
+    server.down.add("b")
+    for _ in range(3):
+        elector.step()
+    assert len(errors) == 1 and "timed out" in errors[0]
+    server.down.discard("b")
+    assert elector.step() == SETTINGS.retry_period and elector.is_leader
