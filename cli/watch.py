@@ -502,7 +502,7 @@ class Watcher:
             if self.resume_at_start:
                 self.resume()
         else:
-            self.lease.start(self.lease_stop)
+            self.lease_thread = self.lease.start(self.lease_stop)
         try:
             while not self.stop.stopping:
                 if not self.acting():
@@ -533,6 +533,9 @@ class Watcher:
         if self.lease is None:
             return
         self.lease_stop.set()
+        thread = getattr(self, "lease_thread", None)
+        if thread is not None:  # no renew racing the release (bounded: the renew deadline)
+            thread.join(self.lease.settings.renew_deadline)
         if self.lease.leading() and self.lease.election.release():
             self.log("lease-released", lease=f"kube-system/{self.lease_name}")
 

@@ -259,3 +259,21 @@ def test_without_a_lease_the_watcher_always_acts():
     w = lease_watcher()
     w.lease = None
     assert w.acting()
+
+
+def test_a_clean_stop_ends_the_renew_loop_then_releases_the_lease():
+    w = lease_watcher(leading=True)
+    order = []
+    w.lease_thread = SimpleNamespace(join=lambda timeout: order.append(("join", timeout)))
+    w.lease.election.release = lambda: order.append("release") or True
+    w.end_lease()
+    assert w.lease_stop.is_set()
+    assert order == [("join", 10), "release"]
+    assert events_of(w.out)[-1]["event"] == "lease-released"
+
+
+def test_a_follower_releases_nothing():
+    w = lease_watcher(leading=False)
+    w.lease.election.release = lambda: pytest.fail("a follower must not write the Lease")
+    w.end_lease()
+    assert events_of(w.out) == []
