@@ -9,9 +9,11 @@ other candidates are asked too so that the refusal can name one that does.
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import socket
 import ssl
+import struct
 import tempfile
 import time
 from dataclasses import dataclass
@@ -134,6 +136,40 @@ def _readyz(endpoint: str, creds: _Credentials, deadline: float) -> tuple[bool, 
     if not code:
         return False, "no HTTP answer", False
     return code == 200, f"/readyz {code}", True
+
+
+def request(endpoint: str, creds: _Credentials, method: str, path: str,
+            body: bytes | None = None, timeout: float = PROBE_TIMEOUT_S) -> tuple[int, bytes]:
+    """One API request over one TLS connection with the kubeconfig's credentials and trust:
+    (status, body). Each socket operation is bounded by ``timeout``; OSError, ssl.SSLError or
+    http.client.HTTPException when the server does not answer."""
+    url = urlsplit(endpoint)
+    raw = socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout)
+    try:
+        tls = creds.context.wrap_socket(raw, server_hostname=creds.server_name or url.hostname)
+    except BaseException:
+        raw.close()
+        raise
+    conn = http.client.HTTPConnection(url.hostname or "", url.port or 443, timeout=timeout)
+    conn.sock = tls
+    try:
+        headers = {"Accept": "application/json", "User-Agent": "sealer-registry-cli",
+                   **creds.headers}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, f"{url.path.rstrip('/')}{path}", body=body, headers=headers)
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    except BaseException:
+        # A server that stopped answering mid-request (a master killed): abort with one RST
+        # instead of a FIN the kernel would retransmit to the dead host for minutes.
+        try:
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        raise
+    finally:
+        conn.close()
 
 
 def kubeconfig_text(session: Session) -> tuple[str, Path]:

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
+import yaml
+
+import kubeapi
 from cli import apiserver, sealer_clusterfile
 from cli.change import Change, Outcome, Timer, apply_change, preflight_probe
 from cli.common import (EXIT_INTERRUPTED, EXIT_OK, CliError, add_ssh_key_argument,
@@ -31,6 +35,8 @@ from cli.common import (EXIT_INTERRUPTED, EXIT_OK, CliError, add_ssh_key_argumen
 from cli.failover import (Decision, Kind, Probe, Replica, Returning, Round, Settings, Vote, Watch,
                           master0_tree_of, parse_duration, pick_probers, quorum, rank_candidates,
                           rank_ha_candidates, read_report, stale_standbys)
+from cli.lease import (Attempt, Election, Elector, HttpLeaseApi, LeaseSettings, identity,
+                       lease_name)
 from cli.probe import complete_images
 from cli.recover import preflight as recover_preflight
 from cli.session import Session
@@ -42,6 +48,14 @@ NAME = "watch"
 HELP = "probe master0's registry from several hosts; on a quorum over a window, fail over"
 DESCRIPTION = """\
 Watch master0's registry and recover without a person: `watch --stack NAME`.
+
+Several watchers of one stack (2-3 machines) elect one leader through the Lease
+kube-system/sealer-registry-watch-<stack>, written through a live apiserver (the records' rules:
+kubernetes.endpoints, else master0's then the other masters' apiservers, none on down_hosts).
+Only the leader probes and acts; followers retry every --retry-period and take over a Lease
+unchanged for --lease-duration by their own clock. A leader that could not renew for
+--renew-deadline stops acting at once: its engine run is killed (SIGKILL, the engine and what it
+started). --no-lease: a single watcher, no election.
 
 Every --interval, each prober (up to --probers live cluster hosts other than master0, masters
 first) asks https://<master0>:<port>/v2/ (200 or 401: alive) over one long-lived SSH connection
@@ -62,7 +76,9 @@ down_hosts. With --rejoin-returning it is rejoined as a standby instead (as `rej
 does); it is never made master0 again before a replica stamp newer than its rejoin.
 
 Log: one JSON line per decision and action on stdout (or --log FILE): ts, event, and per event:
-  start {master0, probers, settings}; probers {probers}; decision {decision
+  start {master0, probers, settings, lease}; lease-acquired {identity, why, apiserver,
+  transitions, previous}; lease-following {holder}; lease-renew-failed {why, seconds_left};
+  lease-unavailable {why}; lease-lost {why, up_in_flight, engine_killed}; lease-released; probers {probers}; decision {decision
   (suspect|cleared|undecidable|failover|held|resume|returned|rejoin|gone), target, why, evidence
   {prober: vote}}; order {masters, source} (HA: sealer's master order the candidates follow);
   candidates {ranked, rejected}; fence {old, new, down_hosts}; up {ok,
@@ -80,8 +96,10 @@ read through a live apiserver; else the stack's masters order) the new master0, 
 `recover` checks it; no hosts line changes (nodes stay on the VIP), no data moves.
 
 Stops on SIGTERM or SIGINT: between rounds at once (exit 0); during an `up`, the engine gets one
-SIGINT (it finishes its steps in flight) and the watcher exits 130. Exit 2: bad arguments or
-config. The engine's environment is the operator's (PULUMI_BACKEND_URL or `pulumi login`,
+SIGINT (it finishes its steps in flight) and the watcher exits 130; a leader then releases the
+Lease (a follower takes over at its next attempt). Exit 2: bad arguments or config (among them
+Lease timings where --lease-duration > --renew-deadline > 1.2 x --retry-period does not hold).
+The engine's environment is the operator's (PULUMI_BACKEND_URL or `pulumi login`,
 PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE).
 """
 EPILOG = """\
@@ -89,6 +107,8 @@ examples:
   $ python -m cli watch --stack prod
   $ python -m cli watch --stack prod --window 10s --hold-down 5m --log /var/log/sealer-watch.jsonl
   $ python -m cli watch --stack prod --rejoin-returning
+  $ python -m cli watch --stack prod --lease-duration 20s --renew-deadline 12s --retry-period 3s
+  $ python -m cli watch --stack prod --no-lease
 """
 
 PROBE_SCRIPT = "watch-probe.sh"
@@ -126,6 +146,20 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "only log it)")
     parser.add_argument("--log", metavar="FILE",
                         help="append the JSON lines to FILE instead of stdout")
+    lease = parser.add_argument_group(
+        "leader election", "several watchers of one stack (on different machines) elect one "
+        "leader through the Lease kube-system/sealer-registry-watch-<stack>; only the leader "
+        "probes and acts. Must hold: lease-duration > renew-deadline > 1.2 x retry-period")
+    lease.add_argument("--lease-duration", type=duration, default=15.0, metavar="DURATION",
+                       help="a follower takes over a Lease unchanged for this long (default 15s)")
+    lease.add_argument("--renew-deadline", type=duration, default=10.0, metavar="DURATION",
+                       help="the leader stops acting (and kills its engine run) when it could not "
+                            "renew for this long (default 10s)")
+    lease.add_argument("--retry-period", type=duration, default=2.0, metavar="DURATION",
+                       help="time between two acquire or renew attempts (default 2s)")
+    lease.add_argument("--no-lease", action="store_true",
+                       help="no leader election: this watcher acts alone (one watcher per stack, "
+                            "nothing coordinates a second one on another machine)")
     add_ssh_key_argument(parser)
 
 
@@ -173,6 +207,42 @@ def pulumi_children(command: str = "up") -> list[int]:
         if ppid == me and comm == "pulumi" and command.encode() in argv[1:]:
             found.append(int(entry.name))
     return found
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    """``roots`` and every descendant (from /proc, read once: a process whose parent dies is
+    reparented and its link to the tree lost)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], list(roots)
+    while todo:
+        pid = todo.pop(0)
+        if pid not in out:
+            out.append(pid)
+            todo.extend(children.get(pid, []))
+    return out
+
+
+def kill_engine_run() -> list[int]:
+    """SIGKILL to the engine running `up` and everything it started (language host, program,
+    providers and their SSH sessions): a watcher that lost its Lease must not take one more
+    step, which the engine's graceful cancel (finish the steps in flight) would. The stack is
+    left as a killed engine leaves it (its lock, pending operations) for the next leader."""
+    pids = process_tree(pulumi_children())
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
 
 
 def from_terminal() -> bool:
@@ -313,18 +383,104 @@ class Watcher:
         config = self.config = session.config
         self.watch = Watch(self.settings, config.master0, fenced=config.down_hosts,
                            rejoin_returning=args.rejoin_returning)
-        self.last_update, message = last_update(session)
-        # An `up` that failed or was interrupted (a watcher stopped mid-recovery, an operator's
-        # Ctrl-C) left master0 where it may not serve yet: a dead decision reruns it first; one
-        # of a watcher's own recoveries is rerun at once (its hosts may be half repointed).
-        self.watch.unverified = self.last_update in ("update failed", "update in-progress")
-        self.resume_at_start = self.watch.unverified and message.startswith(UP_MESSAGE)
+        self.read_history()
         self.links = ProberLinks(session.ssh())
+        # Leader election (None: --no-lease): only the leader probes and acts.
+        self.lease: Elector | None = None
+        self.lease_name = ""
+        self.lease_stop = threading.Event()
+        self.leading = False      # what the main loop last acted as
         self.probers: list[str] = []
         self.replicas: dict[str, Replica] = {}
         self.rejoined_at: dict[str, float] = {}
         self.marked_stale: dict[str, str] = {}  # standby -> master0 tree it was marked stale for
         self.code = EXIT_OK
+
+    def read_history(self) -> None:
+        """The stack's last update: an `up` that failed or was interrupted (a watcher stopped
+        mid-recovery, a leader that lost its Lease, an operator's Ctrl-C) left master0 where it
+        may not serve yet: a dead decision reruns it first; one of a watcher's own recoveries is
+        rerun at once (its hosts may be half repointed)."""
+        self.last_update, message = last_update(self.session)
+        self.watch.unverified = self.last_update in ("update failed", "update in-progress")
+        self.resume_at_start = self.watch.unverified and message.startswith(UP_MESSAGE)
+
+    # -- the Lease ----------------------------------------------------------------------------
+    def elect(self, settings: LeaseSettings, creds) -> None:
+        """Leader election through the Lease (cli/lease.py), its requests through the
+        apiservers of the records' rules for the current config (down_hosts never dialled)."""
+        self.lease_name = lease_name(self.session.stack)
+        api = HttpLeaseApi(creds, lambda: kubeapi.config_candidates(self.config), self.lease_name,
+                           per_endpoint_s=max(1.0, settings.retry_period))
+        self.lease = Elector(Election(api, identity(), settings, self.lease_name),
+                             on_started=self.lease_acquired, on_stopped=self.lease_lost,
+                             on_renew_failed=self.lease_renew_failed,
+                             on_follow=self.lease_following, on_error=self.lease_unavailable)
+
+    def acting(self) -> bool:
+        """May this watcher act now? Always without a Lease; with one, only while it leads (by
+        the local clock: false from the renew deadline on, whatever the renew loop is doing)."""
+        return self.lease is None or self.lease.leading()
+
+    def lease_acquired(self, attempt: Attempt) -> None:
+        self.log("lease-acquired", lease=f"kube-system/{self.lease_name}",
+                 identity=self.lease.election.me, why=attempt.why, apiserver=attempt.endpoint,
+                 transitions=attempt.transitions, previous=attempt.holder or None)
+
+    def lease_renew_failed(self, attempt: Attempt, left: float) -> None:
+        self.log("lease-renew-failed", why=attempt.why, apiserver=attempt.endpoint or None,
+                 seconds_left=round(left, 2))
+
+    def lease_following(self, attempt: Attempt) -> None:
+        self.log("lease-following", holder=attempt.holder, apiserver=attempt.endpoint,
+                 why=attempt.why)
+
+    def lease_unavailable(self, attempt: Attempt) -> None:
+        self.log("lease-unavailable", why=attempt.why, apiserver=attempt.endpoint or None,
+                 note="not leading: nothing is probed or done until the Lease can be acquired")
+
+    def lease_lost(self, why: str) -> None:
+        """The renew loop's thread, the instant leading ended: the engine run (if any) is killed
+        now, and again if one starts before the main loop stops acting (its config writes may
+        have been in flight)."""
+        in_up = self.stop.in_up
+        killed = kill_engine_run() if in_up else []
+        self.log("lease-lost", why=why, up_in_flight=in_up, engine_killed=killed,
+                 note="stopped acting: a follower takes over after the lease duration")
+        if in_up:
+            threading.Thread(target=self._keep_engine_down, name="lease-lost", daemon=True).start()
+
+    def _keep_engine_down(self) -> None:
+        while self.stop.in_up and not self.acting():
+            if kill_engine_run():
+                self.log("lease-lost", why="an engine run started after the Lease was lost",
+                         engine_killed=True)
+            time.sleep(0.1)
+
+    def take_lead(self) -> None:
+        """Now leading: the decision state starts from the stack as it is (another leader may
+        have recovered or half recovered meanwhile), and an unfinished recovery by a watcher
+        is rerun first."""
+        config = self.sync_config()
+        self.watch = Watch(self.settings, config.master0, fenced=config.down_hosts,
+                           rejoin_returning=self.args.rejoin_returning)
+        self.read_history()
+        self.probers = []
+        if self.resume_at_start:
+            self.resume()
+
+    def step_down(self) -> None:
+        """Not leading any more: no probe, no SSH connection kept to the probers."""
+        self.links.keep([])
+        self.probers = []
+
+    def resume(self) -> None:
+        decision = Decision(Kind.RESUME, self.watch.master0, time.monotonic(),
+                            f"the stack's last update, a recovery by `cli watch`, did not "
+                            f"finish ({self.last_update}): rerun it for master0 "
+                            f"{self.watch.master0}")
+        self.log.decision(decision)
+        self.failover(decision)
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -334,25 +490,54 @@ class Watcher:
                  settings={"interval_s": self.settings.interval, "window_s": self.settings.window,
                            "hold_down_s": self.settings.hold_down, "probers": self.args.probers,
                            "min_probers": self.settings.min_probers,
-                           "rejoin_returning": self.args.rejoin_returning})
-        if self.resume_at_start:
-            decision = Decision(Kind.RESUME, self.watch.master0, time.monotonic(),
-                                f"the stack's last update, a recovery by `cli watch`, did not "
-                                f"finish ({self.last_update}): rerun it for master0 "
-                                f"{self.watch.master0}")
-            self.log.decision(decision)
-            self.failover(decision)
+                           "rejoin_returning": self.args.rejoin_returning},
+                 lease=None if self.lease is None else {
+                     "name": f"kube-system/{self.lease_name}",
+                     "identity": self.lease.election.me,
+                     "lease_duration_s": self.lease.settings.lease_duration,
+                     "renew_deadline_s": self.lease.settings.renew_deadline,
+                     "retry_period_s": self.lease.settings.retry_period})
+        if self.lease is None:
+            self.leading = True
+            if self.resume_at_start:
+                self.resume()
+        else:
+            self.lease_thread = self.lease.start(self.lease_stop)
         try:
             while not self.stop.stopping:
+                if not self.acting():
+                    if self.leading:
+                        self.leading = False
+                        self.step_down()
+                    self.sync_config()  # the Lease's endpoints follow down_hosts
+                    self.stop.sleep(self.lease.settings.retry_period / 2)
+                    continue
+                if not self.leading:
+                    self.leading = True
+                    self.take_lead()
+                    continue
                 started = time.monotonic()
                 self.one_round()
                 self.stop.sleep(self.settings.interval - (time.monotonic() - started))
         finally:
             self.links.close()
+            self.end_lease()
         if self.stop.interrupted_up:
             self.code = EXIT_INTERRUPTED
         self.log("stop", exit_code=self.code)
         return self.code
+
+    def end_lease(self) -> None:
+        """On a clean stop: the renew loop ends and a leader releases the Lease, so that a
+        follower takes over at its next attempt instead of after the lease duration."""
+        if self.lease is None:
+            return
+        self.lease_stop.set()
+        thread = getattr(self, "lease_thread", None)
+        if thread is not None:  # no renew racing the release (bounded: the renew deadline)
+            thread.join(self.lease.settings.renew_deadline)
+        if self.lease.leading() and self.lease.election.release():
+            self.log("lease-released", lease=f"kube-system/{self.lease_name}")
 
     def one_round(self) -> None:
         config = self.sync_config()
@@ -371,6 +556,8 @@ class Watcher:
         self.replicas.update(replicas)
         for rnd in rounds:
             for decision in self.watch.observe(rnd):
+                if not self.acting():
+                    return  # the Lease was lost during the round: a follower decides nothing
                 self.log.decision(decision)
                 if self.stop.stopping:
                     return
@@ -381,7 +568,7 @@ class Watcher:
                     self.rejoin(decision.target)
                 elif decision.kind is Kind.RETURNED and not self.args.rejoin_returning:
                     self.stop_stale_registry(decision.target)
-        if rounds and not self.stop.stopping:
+        if rounds and not self.stop.stopping and self.acting():
             self.gate_stale_standbys(config, rounds[0])
 
     # -- warm standbys that lag master0 ------------------------------------------------------
@@ -526,15 +713,23 @@ class Watcher:
             if self.stop.stopping:
                 self.log("fence", old=old, new=None, note="stopping: no recovery started")
                 return
+            if not self.acting():
+                self.log("fence", old=old, new=None, note="the Lease was lost: no recovery "
+                                                          "started")
+                return
             self.log("fence", old=old, new=new, down_hosts=down,
                      note=f"{old} goes on down_hosts: no step of the recovery dials it")
+        elif not self.acting():
+            self.log("candidates", ranked=[new], chosen=None, rejected={},
+                     note="the Lease was lost: the rerun is left to the next leader")
+            return
         verified = self.apply(Change(
             master0=new, down_hosts=down, skip_preview=True,
             question="", rerun=f"python -m cli recover master0 --host {new} --stack "
                                f"{self.session.stack} --yes",
             after_up=lambda seconds: self.log("up", ok=True, master0=new,
                                               seconds=round(seconds, 2))))
-        if verified:
+        if verified and self.acting():
             self.put_master0_first(new)
         self.watch.failed_over(new, time.monotonic(), verified)
 
@@ -607,6 +802,9 @@ class Watcher:
         except CliError as e:
             self.log("rejoined", host=host, ok=False, error=e.message)
             return
+        if not self.acting():
+            self.log("rejoined", host=host, ok=False, error="the Lease was lost: not rejoined")
+            return
         ok = self.apply(Change(master0=None, down_hosts=down, skip_preview=True, question="",
                                rerun=f"python -m cli rejoin --host {host} --stack "
                                      f"{self.session.stack} --yes",
@@ -622,8 +820,8 @@ class Watcher:
 
 def one_watcher(session: Session) -> None:
     """Refuses a second watcher of the same stack from this project directory (two would both
-    act); the lock lives as long as this process. Watchers on two machines are the operator's
-    to avoid (docs/operations.md)."""
+    act); the lock lives as long as this process. Watchers on other machines are coordinated by
+    the Lease (cli/lease.py; with --no-lease, they are the operator's to avoid)."""
     path = session.project_dir / f".watch-{session.stack.replace('/', '_')}.lock"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -641,6 +839,18 @@ def one_watcher(session: Session) -> None:
 
 
 _HELD: list[int] = []
+
+
+def lease_credentials(session: Session):
+    """The kubeconfig's credentials and trust for the Lease's requests; CliError (exit 2)
+    before anything is dialled when they cannot be used."""
+    text, base = apiserver.kubeconfig_text(session)
+    try:
+        kubeapi.current_server(text, session.config.kubernetes.context or None)
+        return apiserver._Credentials(text, session.config.kubernetes.context or None, base)
+    except (ValueError, OSError, ssl.SSLError, yaml.YAMLError) as e:
+        raise CliError(f"the kubeconfig cannot be used for the watchers' Lease: {e} (or run a "
+                       "single watcher with --no-lease)") from None
 
 
 def last_update(session: Session) -> tuple[str | None, str]:
@@ -672,6 +882,10 @@ def run(args: argparse.Namespace) -> int:
     problems = settings.problems()
     if args.probers < 2:
         problems.append(f"--probers {args.probers}: must be at least 2")
+    lease = LeaseSettings(lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
+                          retry_period=args.retry_period)
+    if not args.no_lease:
+        problems += lease.problems()
     if problems:
         raise CliError("\n".join(problems))
     stream = open(args.log, "a", buffering=1) if args.log else sys.stdout
@@ -685,7 +899,11 @@ def run(args: argparse.Namespace) -> int:
             session.images  # a missing image store refuses before any host is dialled
             session.engine.output = lambda line: print(f"engine: {line}", file=sys.stderr,
                                                        flush=True)
-            return Watcher(args, session, log, stop).run()
+            creds = None if args.no_lease else lease_credentials(session)
+            watcher = Watcher(args, session, log, stop)
+            if creds is not None:
+                watcher.elect(lease, creds)
+            return watcher.run()
     finally:
         if stream is not sys.stdout:
             stream.close()

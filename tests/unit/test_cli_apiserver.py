@@ -178,3 +178,62 @@ def test_check_refuses_when_every_endpoint_is_down(pki, tmp_path):
     with pytest.raises(CliError) as info:
         apiserver.check(SimpleNamespace(config=config, project_dir=tmp_path), ["198.18.0.11"])
     assert info.value.message.startswith("error: kubernetes.endpoints: no apiserver left")
+
+
+# ------------------------------------------------------------------------------ the Lease's requests
+
+
+@pytest.fixture
+def silent():
+    """A TCP port that accepts connections and never answers (a frozen apiserver)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    yield f"https://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+def test_request_returns_the_status_and_body(serve, pki, tmp_path):
+    server = serve([200])
+    status, body = apiserver.request(server.url, creds(pki, tmp_path), "GET", "/readyz")
+    assert (status, body) == (200, b"ok")
+    assert server.seen[0]["Accept"] == "application/json"
+
+
+def test_the_lease_tries_the_next_apiserver_and_stays_on_the_one_that_answered(serve, pki,
+                                                                               tmp_path, silent):
+    """A refused and a silent apiserver are passed over (each bounded by the per-endpoint
+    time); the next call starts with the one that answered: the silent one is not dialled
+    again."""
+    from cli.lease import HttpLeaseApi
+
+    refused, live = f"https://127.0.0.1:{free_port()}", serve([200])
+    api = HttpLeaseApi(creds(pki, tmp_path), lambda: [refused, silent, live.url], "l",
+                       per_endpoint_s=0.3)
+    start = time.monotonic()
+    reply = api.get(time.monotonic() + 5)
+    assert reply.status == 200 and reply.endpoint == live.url
+    assert time.monotonic() - start < 2
+    assert api.last_answered == live.url
+    start = time.monotonic()
+    assert api.get(time.monotonic() + 5).status == 200
+    assert time.monotonic() - start < 0.3
+    assert live.seen[-1]["path"] == "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/l"
+
+
+def test_a_lease_request_ends_by_its_deadline(pki, tmp_path, silent):
+    from cli.lease import HttpLeaseApi
+
+    api = HttpLeaseApi(creds(pki, tmp_path), lambda: [silent, silent], "l", per_endpoint_s=5)
+    start = time.monotonic()
+    reply = api.get(time.monotonic() + 0.4)
+    assert reply.status == 0 and ("no time left" in reply.detail or "timed out" in reply.detail)
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_lease_with_every_apiserver_on_down_hosts_dials_nothing(pki, tmp_path):
+    from cli.lease import HttpLeaseApi
+
+    api = HttpLeaseApi(creds(pki, tmp_path), lambda: [], "l")
+    reply = api.get(time.monotonic() + 5)
+    assert reply.status == 0 and "down_hosts" in reply.detail

@@ -1,0 +1,279 @@
+"""cli/watch.py with the Lease: the flags and their up-front check, only the leader probes and
+acts, a leader that loses the Lease kills its engine run (a real child process named `pulumi`
+and what it started) and starts no recovery."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from cli import build_parser
+from cli import watch as watch_mod
+from cli.common import EXIT_REFUSED
+from cli.failover import Decision, Kind, Settings, Watch
+from cli.lease import LeaseSettings
+from cli.watch import EventLog, Stop, Watcher, kill_engine_run, process_tree, pulumi_children
+
+# A stand-in engine: ignores SIGINT (a graceful cancel would let it finish its steps) and starts
+# a child of its own, as the engine starts the language host and the providers.
+ENGINE = """#!/bin/bash
+trap '' INT
+sleep 300 &
+echo "ready $!" >>"$1"
+wait
+"""
+
+
+@pytest.fixture
+def engine(tmp_path):
+    script = tmp_path / "pulumi"
+    script.write_text(ENGINE)
+    script.chmod(0o755)
+    record = tmp_path / "ready"
+    proc = subprocess.Popen([str(script), str(record), "up"])
+    deadline = time.monotonic() + 5
+    while not (record.exists() and record.read_text().strip()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    child = int(record.read_text().split()[1])
+    yield proc, child
+    for pid in (proc.pid, child):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2] == "Z"  # a zombie: dead, not reaped yet
+
+
+def events_of(out: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+# ------------------------------------------------------------------------------ flags
+
+
+def test_the_lease_flags_default_to_15_10_2():
+    args = build_parser().parse_args(["watch", "--stack", "x"])
+    assert (args.lease_duration, args.renew_deadline, args.retry_period) == (15.0, 10.0, 2.0)
+    assert args.no_lease is False
+
+
+def test_the_lease_flags_take_durations():
+    args = build_parser().parse_args(["watch", "--lease-duration", "30s", "--renew-deadline",
+                                      "20000ms", "--retry-period", "3", "--no-lease"])
+    assert (args.lease_duration, args.renew_deadline, args.retry_period) == (30.0, 20.0, 3.0)
+    assert args.no_lease
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--lease-duration", "10s"], "--lease-duration 10s: must be more than --renew-deadline (10s)"),
+    (["--renew-deadline", "2s"], "--renew-deadline 2s: must be more than 1.2 x --retry-period (2.4s)"),
+    (["--retry-period", "0s"], "--retry-period 0s: must be more than 0"),
+])
+def test_watch_refuses_unsafe_lease_timings_before_anything_else(argv, fragment, capsys):
+    """Refused with exit 2 and the flag and value named, before a stack or host is touched (the
+    stack `x` does not exist)."""
+    args = build_parser().parse_args(["watch", "--stack", "x", *argv])
+    assert args.run(args) == EXIT_REFUSED
+    assert fragment in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ the engine kill
+
+
+def test_kill_engine_run_kills_the_engine_and_what_it_started(engine):
+    """SIGKILL to the `pulumi ... up` child and its own children (SIGINT would not stop this
+    one: the engine's graceful cancel finishes its steps)."""
+    proc, child = engine
+    assert process_tree([proc.pid]) == [proc.pid, child]
+    killed = kill_engine_run()
+    assert killed == [proc.pid, child]
+    assert proc.wait(5) == -signal.SIGKILL
+    deadline = time.monotonic() + 5
+    while not gone(child):
+        assert time.monotonic() < deadline, "the engine's child outlived it"
+        time.sleep(0.02)
+    assert pulumi_children() == []
+
+
+class FakeLease:
+    def __init__(self, leading: bool = True):
+        self.is_leading = leading
+        self.settings = LeaseSettings(15, 10, 0.02)
+        self.election = SimpleNamespace(me="watcher-a")
+
+    def leading(self) -> bool:
+        return self.is_leading
+
+    def start(self, stop):
+        pass
+
+
+def lease_watcher(leading: bool = True) -> Watcher:
+    """A Watcher without a session: what the Lease paths use."""
+    w = object.__new__(Watcher)
+    w.out = io.StringIO()
+    w.log = EventLog(w.out)
+    w.stop = Stop(w.log)
+    w.lease = FakeLease(leading)
+    w.lease_name = "sealer-registry-watch-prod"
+    w.lease_stop = threading.Event()
+    w.leading = False
+    return w
+
+
+def test_a_leader_that_loses_the_lease_during_up_kills_its_engine_at_once(engine):
+    proc, child = engine
+    w = lease_watcher(leading=False)
+    w.stop.in_up = True
+    try:
+        w.lease_lost("no renew for 10s (--renew-deadline)")
+        assert proc.wait(5) == -signal.SIGKILL
+        event = events_of(w.out)[0]
+        assert event["event"] == "lease-lost" and event["up_in_flight"] is True
+        assert event["engine_killed"] == [proc.pid, child]
+    finally:
+        w.stop.in_up = False
+
+
+def test_an_engine_run_started_after_the_loss_is_killed_too(tmp_path):
+    """The Lease was lost while the flow was still writing the config: the `up` that follows
+    is killed as soon as it appears, until the flow is over."""
+    w = lease_watcher(leading=False)
+    w.stop.in_up = True
+    try:
+        w.lease_lost("held by b")
+        assert events_of(w.out)[0]["engine_killed"] == []
+        script = tmp_path / "pulumi"
+        script.write_text(ENGINE)
+        script.chmod(0o755)
+        late = subprocess.Popen([str(script), str(tmp_path / "r"), "up"])
+        assert late.wait(5) == -signal.SIGKILL
+    finally:
+        w.stop.in_up = False
+
+
+def test_a_loss_between_rounds_kills_nothing(engine):
+    proc, _ = engine
+    w = lease_watcher(leading=False)
+    w.lease_lost("held by b")
+    time.sleep(0.2)
+    assert proc.poll() is None
+    assert events_of(w.out)[0]["engine_killed"] == []
+
+
+# ------------------------------------------------------------------------------ who acts
+
+
+def test_only_the_leader_probes_and_acts():
+    """A follower runs no round; on leading it takes the lead (fresh state, resume check) and
+    probes; on losing it steps down (no prober connection kept) and probes no more."""
+    w = lease_watcher(leading=False)
+    w.settings = Settings(window=6, interval=0.01, hold_down=60)
+    w.args = SimpleNamespace(probers=3, rejoin_returning=False)
+    w.session = SimpleNamespace(stack="prod", config=SimpleNamespace(down_hosts=[]))
+    w.watch = SimpleNamespace(master0="10.0.0.11", unverified=False)
+    w.last_update = "update succeeded"
+    w.code = 0
+    calls: list[str] = []
+    w.links = SimpleNamespace(keep=lambda probers: calls.append(f"keep {probers}"),
+                              close=lambda: calls.append("close"))
+    w.sync_config = lambda: calls.append("sync")
+    w.take_lead = lambda: calls.append("take_lead")
+    w.end_lease = lambda: calls.append("end_lease")
+    script = iter([False, False, True, True, True, False, False])
+
+    def one_round():
+        calls.append("round")
+
+    w.one_round = one_round
+
+    def leading():
+        try:
+            return next(script)
+        except StopIteration:
+            w.stop.event.set()
+            return False
+
+    w.lease.leading = leading
+    w.step_down = lambda: calls.append("step_down")
+    assert w.run() == 0
+    acted = [c for c in calls if c != "sync"]
+    assert acted == ["take_lead", "round", "round", "step_down", "close", "end_lease"], calls
+    assert calls[:2] == ["sync", "sync"]  # the follower keeps its config (the Lease's endpoints)
+    assert events_of(w.out)[0]["lease"]["name"] == "kube-system/sealer-registry-watch-prod"
+
+
+def test_a_failover_decided_after_the_lease_was_lost_starts_no_recovery(monkeypatch):
+    """The candidates are checked, but no fence and no `up` once the Lease is lost."""
+    w = lease_watcher(leading=False)
+    w.settings = Settings(window=6, interval=1, hold_down=60)
+    config = SimpleNamespace(ha=False, master0="10.0.0.11", down_hosts=[],
+                             cluster=SimpleNamespace(masters=["10.0.0.11", "10.0.0.12"]),
+                             deploy_hosts=["10.0.0.11", "10.0.0.12"], distribution="post")
+    w.session = SimpleNamespace(config=config, stack="prod")
+    w.watch = Watch(w.settings, "10.0.0.11")
+    w.read_replicas = lambda hosts: {}
+    w.rejoined_at = {}
+    applied = []
+    w.apply = lambda change: applied.append(change) or True
+    monkeypatch.setattr(watch_mod, "recover_preflight", lambda session, host, down: {"ok": True})
+    Watcher.failover(w, Decision(Kind.FAILOVER, "10.0.0.11", 1.0, "dead"))
+    assert applied == []
+    fence = [e for e in events_of(w.out) if e["event"] == "fence"]
+    assert fence and fence[-1]["new"] is None and "Lease was lost" in fence[-1]["note"]
+
+
+def test_a_resume_after_the_lease_was_lost_is_left_to_the_next_leader(monkeypatch):
+    w = lease_watcher(leading=False)
+    w.settings = Settings(window=6, interval=1, hold_down=60)
+    w.session = SimpleNamespace(config=SimpleNamespace(ha=False, master0="10.0.0.12",
+                                                       down_hosts=["10.0.0.11"]), stack="prod")
+    w.watch = Watch(w.settings, "10.0.0.12")
+    applied = []
+    w.apply = lambda change: applied.append(change) or True
+    monkeypatch.setattr(watch_mod, "recover_preflight", lambda session, host, down: {"ok": True})
+    Watcher.failover(w, Decision(Kind.RESUME, "10.0.0.12", 1.0, "not serving"))
+    assert applied == []
+    assert "next leader" in events_of(w.out)[-1]["note"]
+
+
+def test_without_a_lease_the_watcher_always_acts():
+    w = lease_watcher()
+    w.lease = None
+    assert w.acting()
+
+
+def test_a_clean_stop_ends_the_renew_loop_then_releases_the_lease():
+    w = lease_watcher(leading=True)
+    order = []
+    w.lease_thread = SimpleNamespace(join=lambda timeout: order.append(("join", timeout)))
+    w.lease.election.release = lambda: order.append("release") or True
+    w.end_lease()
+    assert w.lease_stop.is_set()
+    assert order == [("join", 10), "release"]
+    assert events_of(w.out)[-1]["event"] == "lease-released"
+
+
+def test_a_follower_releases_nothing():
+    w = lease_watcher(leading=False)
+    w.lease.election.release = lambda: pytest.fail("a follower must not write the Lease")
+    w.end_lease()
+    assert events_of(w.out) == []
