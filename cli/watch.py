@@ -847,10 +847,17 @@ def lease_credentials(session: Session):
     text, base = apiserver.kubeconfig_text(session)
     try:
         kubeapi.current_server(text, session.config.kubernetes.context or None)
-        return apiserver._Credentials(text, session.config.kubernetes.context or None, base)
+        creds = apiserver._Credentials(text, session.config.kubernetes.context or None, base)
     except (ValueError, OSError, ssl.SSLError, yaml.YAMLError) as e:
         raise CliError(f"the kubeconfig cannot be used for the watchers' Lease: {e} (or run a "
                        "single watcher with --no-lease)") from None
+    # Asked anonymously, every Lease request is refused: the watcher would follow forever and
+    # never act. Refused up front instead.
+    if creds.note:
+        raise CliError(f"the kubeconfig's user has neither a client certificate nor a token{creds.note}; "
+                       "the watchers' Lease needs one that may get, create and update Leases in "
+                       "kube-system (or run a single watcher with --no-lease)")
+    return creds
 
 
 def last_update(session: Session) -> tuple[str | None, str]:

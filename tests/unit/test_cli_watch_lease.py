@@ -277,3 +277,42 @@ def test_a_follower_releases_nothing():
     w.lease.election.release = lambda: pytest.fail("a follower must not write the Lease")
     w.end_lease()
     assert events_of(w.out) == []
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {{server: "https://198.18.0.11:6443", insecure-skip-tls-verify: true}}
+users:
+- name: u
+  user: {user}
+contexts:
+- name: x
+  context: {{cluster: c, user: u}}
+current-context: x
+"""
+
+
+def _session(tmp_path):
+    return SimpleNamespace(config=SimpleNamespace(kubernetes=SimpleNamespace(context="")),
+                           project_dir=tmp_path)
+
+
+@pytest.mark.parametrize("user", ['{exec: {apiVersion: client.authentication.k8s.io/v1, command: aws}}',
+                                  '{auth-provider: {name: oidc}}'])
+def test_a_kubeconfig_user_with_a_credential_plugin_is_refused_for_the_lease(monkeypatch, tmp_path, user):
+    """Our Lease requests cannot run a credential plugin: asked anonymously the watcher would
+    follow forever and never act, so it refuses before anything is dialled, naming --no-lease."""
+    monkeypatch.setattr(watch_mod.apiserver, "kubeconfig_text",
+                        lambda session: (KUBECONFIG.format(user=user), tmp_path))
+    with pytest.raises(watch_mod.CliError) as err:
+        watch_mod.lease_credentials(_session(tmp_path))
+    assert "credential plugin" in str(err.value) and "--no-lease" in str(err.value)
+
+
+def test_a_kubeconfig_user_with_a_token_is_taken_for_the_lease(monkeypatch, tmp_path):
+    monkeypatch.setattr(watch_mod.apiserver, "kubeconfig_text",
+                        lambda session: (KUBECONFIG.format(user="{token: abc}"), tmp_path))
+    creds = watch_mod.lease_credentials(_session(tmp_path))
+    assert creds.headers["Authorization"] == "Bearer abc"
