@@ -71,11 +71,11 @@ test-crypto-next:
 	done
 
 test-lab:
-	$(PYTHON) -m pytest -q -m lab tests/lab
+	$(PYTHON) -m pytest -q --durations=15 -m lab tests/lab
 
 # node_entry's default (haproxy: auto) ships the bundle: the e2e stacks with node_entry need it.
 test-e2e: toolchain haproxy-bundle
-	$(PYTHON) -m pytest -q -m e2e tests/e2e
+	$(PYTHON) -m pytest -q --durations=20 -m e2e tests/e2e
 
 test: toolchain lint test-unit test-crypto-next test-lab test-e2e
 

@@ -73,7 +73,7 @@ class NodeEntry(ConfigModel):
     in TCP mode (TLS passed through) listening on ``address``, which the node's /etc/hosts maps
     the domain to, with master0 as its server and the warm standbys as backup servers, each
     health-checked (``GET /v2/`` over TLS every second). A pull never waits on a client's connect
-    timeout: a connection HAProxy cannot open to master0 within 1 s is retried on a standby.
+    timeout: a connection HAProxy cannot open to master0 within 0.3 s is retried on a standby.
     ``address`` is held by the node's ``lo`` (like sealer's HA VIP, 10.103.97.2, which is free in
     a cluster without ``ha``); ``stats_port`` is HAProxy's stats page on the node's 127.0.0.1,
     which ``status`` reads."""

@@ -123,7 +123,7 @@ def test_deploy_renders_the_config_and_pulls_go_through_the_entry_point(lab, clu
     assert servers_lines == [["server", f"master0-{m0}", f"{m0}:{PORT}", "tcp-ut", "2s"],
                              ["server", f"standby-{m1}", f"{m1}:{PORT}", "tcp-ut", "2s", "backup"],
                              ["server", f"standby-{m2}", f"{m2}:{PORT}", "tcp-ut", "2s", "backup"]]
-    for want in (f"bind {ENTRY}:{PORT}", "mode tcp", "timeout connect 1s", "retries 3",
+    for want in (f"bind {ENTRY}:{PORT}", "mode tcp", "timeout connect 300ms", "retries 3",
                  "option redispatch 1", "option srvtcpka", "option httpchk",
                  "http-check send meth GET uri /v2/", "http-check expect rstatus ^(200|401)$",
                  f"check check-ssl check-sni {DOMAIN} verify required ca-file "
