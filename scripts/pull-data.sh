@@ -43,6 +43,9 @@ fi
 WORK=""
 RUN_MARK=.sealer-replica.run
 STALE_MARK=.sealer-stale
+# copy_tree's rsync options, first on its command line: end_stale_copies finds an interrupted
+# copy's rsync by them, so the two cannot drift apart.
+RSYNC_OPTS=(-a --omit-dir-times --delay-updates)
 MODE=""
 
 cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
@@ -105,14 +108,18 @@ use_askpass_for() {
 end_stale_copies() {
   local registry=$1 pattern i
   command -v pkill >/dev/null || { warn "no pkill: cannot end an interrupted copy's rsync"; return 0; }
-  pattern="^rsync -a --delay-updates .* [^ ]+:$registry/docker $registry/\$"
+  pattern="^rsync ${RSYNC_OPTS[*]} .* [^ ]+:$registry/docker $registry/\$"
+  pgrep --ns $$ --nslist mnt -f "$pattern" >/dev/null || return 0
   pkill --ns $$ --nslist mnt -f "$pattern" || true
   for i in $(seq 50); do
-    pgrep --ns $$ --nslist mnt -f "$pattern" >/dev/null || return 0
+    if ! pgrep --ns $$ --nslist mnt -f "$pattern" >/dev/null; then
+      info "ended the rsync of an interrupted copy (after ${i}x0.1 s)"
+      return 0
+    fi
     sleep 0.1
   done
   pkill --signal KILL --ns $$ --nslist mnt -f "$pattern" || true
-  info "ended the rsync of an interrupted copy (after ${i}x0.1 s)"
+  info "ended the rsync of an interrupted copy (SIGKILL after 5 s)"
 }
 
 # The source's stamp, its cache/registry flags ("ID@MTIME ..." on one line), then its tree list,
@@ -176,7 +183,7 @@ copy_tree() {
   shift 3
   if [[ "${*: -1}" == --update ]]; then extra=(--update); set -- "${@:1:$#-1}"; fi
   [[ "$user" == root ]] || rsync_path=(--rsync-path="sudo -n rsync")
-  rsync -a --omit-dir-times --delay-updates "${extra[@]}" --exclude=_uploads/ --exclude='.*' --out-format='%n' \
+  rsync "${RSYNC_OPTS[@]}" "${extra[@]}" --exclude=_uploads/ --exclude='.*' --out-format='%n' \
     -e "$(printf '%q ' "$@")" "${rsync_path[@]}" "$user@$ip:$registry/docker" "$registry/" \
     >"$WORK/received" </dev/null || code=$?
   if ((code == 24)); then

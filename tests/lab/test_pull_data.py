@@ -146,8 +146,14 @@ def test_an_interrupted_copy_converges_without_partial_files_or_early_stamp(lab,
     proc.kill()  # the operator's session to the replica dies; what runs there may go on
     proc.wait(timeout=10)
     assert lab.run(replica, f"test -e {REG}/.sealer-replica.run", check=False).returncode == 0
+    # The interrupted run's rsync goes on writing on the replica (its session died, not it): the
+    # rerun must find it and end it, or the two race over .~tmp~ (CI: "rename failed").
+    running = f"pgrep --ns $$ --nslist mnt -f '^rsync .*:{REG}/docker {REG}/$'"
+    assert lab.run(replica, running, check=False).returncode == 0, "the interrupted copy's rsync ended with its session"
     again = pull(lab, replica, "--replica", [m0])
     assert again.returncode == 0, again.stderr
+    assert "ended the rsync of an interrupted copy" in again.stderr, again.stderr
+    assert lab.run(replica, running, check=False).returncode == 1
     assert stamp(lab, replica)["source"] == m0
     assert tree(lab, replica) >= tree(lab, m0)
     count, bad = blob_check(lab, replica)
