@@ -8,7 +8,8 @@
 # The replica stamp (lib/replica.sh) is removed before the copy writes and written after it is
 # verified; an interrupted copy leaves .sealer-replica.run behind, so it is never taken for data.
 # The stale gate (--replica only): <registry>/.sealer-stale is created before the copy starts and
-# removed only after the stamp is written. A warm standby's read-only registry answers 503 on
+# removed only after the stamp is written; not created when the replica already serves what the
+# source does (same tree list and tag heads: a recovery's rerun against the new master0). A warm standby's read-only registry answers 503 on
 # every route while it exists (distribution's file health check, material/registry_config.py), so
 # a replica that lags master0 serves no tag, and an interrupted copy keeps it out of service until
 # a copy completes. --master0 and --union remove it: master0 and HA masters never gate themselves.
@@ -122,17 +123,18 @@ end_stale_copies() {
   info "ended the rsync of an interrupted copy (SIGKILL after 5 s)"
 }
 
-# The source's stamp, its cache/registry flags ("ID@MTIME ..." on one line), then its tree list,
-# in one session.
+# The source's stamp, its cache/registry flags ("ID@MTIME ..." on one line), its tag heads
+# (lib/replica.sh tag_heads), then its tree list, in one session.
 read_source() {
   local registry=$1 user=$2 ip=$3 out=$4 prefix=""
   shift 4
   [[ "$user" == root ]] || prefix="sudo -n "
   "$@" "$user@$ip" "${prefix}bash -s" >"$out" <<REMOTE
-$(declare -f tree_list)
+$(declare -f tree_list tag_heads)
 cat $(printf '%q' "$registry/.sealer-replica") 2>/dev/null || echo none
 find $(printf '%q' "${registry%/registry}/cache/registry") -maxdepth 1 -type f -regextype egrep \
   -regex '.*/[0-9a-f]{64}' -printf '%f@%T@ ' 2>/dev/null || true; echo
+tag_heads $(printf '%q' "$registry")
 tree_list $(printf '%q' "$registry")
 REMOTE
 }
@@ -193,6 +195,15 @@ copy_tree() {
   return "$code"
 }
 
+# Whether this host's registry serves what the source read by read_source does: the same
+# tree_list lines and the same tag heads (every other file is named by its content).
+serves_as_source() {
+  local registry=$1
+  [[ "$(tag_heads "$registry")" == "$(cat "$WORK/source-heads")" ]] || return 1
+  tree_list "$registry" >"$WORK/before" || return 1
+  cmp -s "$WORK/before" "$WORK/list"
+}
+
 # pull_from REGISTRY IP PORT USER HOST_KEY: copy and verify; on success the stamp names IP (the
 # caller may rewrite it as self). Returns 3 when the source holds no complete replica, 4 when it
 # cannot be read, 5 when the copy failed; a verification failure ends the script. Called in an
@@ -204,14 +215,21 @@ pull_from() {
   read_source "$registry" "$user" "$ip" "$WORK/source" "${ssh_cmd[@]}" </dev/null ||
     { warn "cannot read $ip's registry over SSH"; return 4; }
   head -1 "$WORK/source" >"$WORK/source-stamp" && sed -n 2p "$WORK/source" >"$WORK/source-ids" &&
-    tail -n +3 "$WORK/source" >"$WORK/list" || return 4
+    sed -n 3p "$WORK/source" >"$WORK/source-heads" && tail -n +4 "$WORK/source" >"$WORK/list" || return 4
   mkdir -p "$WORK/src" && cp "$WORK/source-stamp" "$WORK/src/.sealer-replica" || return 4
   stamp_complete "$WORK/src" || { info "$ip holds no complete replica (stamp: $(cat "$WORK/source-stamp"))"; return 3; }
   info "copying from $ip: $(wc -l <"$WORK/list") files"
   token="$$-$(date +%s%N)-$RANDOM"
   if [[ "$MODE" == --replica ]]; then
-    : >"$registry/$STALE_MARK" || fatal "cannot write the stale marker $registry/$STALE_MARK"
-    info "stale gate on ($registry/$STALE_MARK): a warm standby serves nothing until the copy completes"
+    if serves_as_source "$registry"; then
+      # A recovery reruns every standby's step against the new master0: one already holding
+      # its tree stays in service (the gate would take the node's only serving standby out
+      # while the promoted one restarts). An earlier run's gate, if any, stays until the stamp.
+      info "in sync with $ip (same tree and tag heads): no stale gate, the copy only checks"
+    else
+      : >"$registry/$STALE_MARK" || fatal "cannot write the stale marker $registry/$STALE_MARK"
+      info "stale gate on ($registry/$STALE_MARK): a warm standby serves nothing until the copy completes"
+    fi
   fi
   { rm -f "$registry/.sealer-replica" && printf '%s\n' "$token" >"$registry/$RUN_MARK"; } ||
     fatal "cannot write in $registry"
@@ -245,7 +263,7 @@ union_from() {
   use_askpass_for "$ip"
   read_source "$registry" "$user" "$ip" "$WORK/source" "${ssh_cmd[@]}" </dev/null ||
     fatal "cannot read $ip's registry over SSH (every live master is a source of the union)"
-  { sed -n 2p "$WORK/source" >"$WORK/source-ids" && tail -n +3 "$WORK/source" >"$WORK/list"; } ||
+  { sed -n 2p "$WORK/source" >"$WORK/source-ids" && tail -n +4 "$WORK/source" >"$WORK/list"; } ||
     fatal "cannot read $ip's answer"
   info "union: $ip lists $(wc -l <"$WORK/list") files"
   if [[ ! -s "$WORK/list" ]]; then

@@ -20,6 +20,19 @@ tree_list() {
     LC_ALL=C sort
 }
 
+# The sha256 of the 'relative-path content' lines of a registry's tag heads
+# (repositories/<name>/_manifests/tags/<tag>/current/link), sorted bytewise; "none" without
+# any. Every other file of distribution's layout is named by its content (blobs by digest, the
+# layer, revision and tag-index links by the digest they hold), so two trees with the same
+# tree_list and the same tag heads serve the same thing; a tag moved back to a digest it had
+# before keeps the listing and changes only its head.
+tag_heads() {
+  local v2=$1/docker/registry/v2
+  [[ -d "$v2/repositories" ]] || { echo none; return 0; }
+  (cd "$v2" && find repositories -path '*/_manifests/tags/*/current/link' -type f -printf '%p ' -exec cat {} \; -printf '\n') |
+    LC_ALL=C sort | sha256sum | cut -d' ' -f1
+}
+
 # write_stamp REGISTRY SOURCE LIST: the stamp of the tree LIST describes (tree_list's lines),
 # atomically (temp file + rename in the same directory).
 write_stamp() {

@@ -14,6 +14,7 @@ import io
 import json
 import shlex
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -296,3 +297,70 @@ def test_cli_watch_scripts_gate_a_standby_when_master0_s_tree_moves(lab, gated):
     wait_code(lab, SPARE, 401)
     assert tag_digest(lab, SPARE_IP, ref["repository"], ref["tag"]) == (200, other["digest"])
     assert stamp(lab, SPARE_IP)["tree"] == master0_tree()
+
+
+# On the standby, until STOP exists (at most 60 s): every 5 ms, whether the marker exists.
+WATCH_MARKER = r"""
+seen=0
+for _ in $(seq 12000); do
+  [[ -e "$2" ]] && break
+  [[ -e "$1" ]] && seen=$((seen + 1))
+  sleep 0.005
+done
+echo "$seen"
+"""
+
+
+def pull_watching_marker(lab, ref: str = "") -> tuple[object, int]:
+    """pull-data.sh --replica into SPARE while SPARE polls for the marker: (the step, how many
+    polls saw it)."""
+    stop = f"{REG}.watch-stop"
+    lab.run(SPARE, f"rm -f {stop}")
+    seen: list[str] = []
+    watcher = threading.Thread(target=lambda: seen.append(lab.run(
+        SPARE, f"timeout 70 bash -c {shlex.quote(WATCH_MARKER)} watch {MARKER} {stop}", timeout=80).stdout))
+    watcher.start()
+    time.sleep(0.3)  # the poll loop runs before the step starts
+    try:
+        done = pull(lab, SPARE_IP, "--replica", [SERVER_IP])
+    finally:
+        lab.run(SPARE, f"touch {stop}")
+        watcher.join(timeout=90)
+        lab.run(SPARE, f"rm -f {stop}")
+    return done, int(seen[0].strip())
+
+
+def test_a_standby_in_sync_is_not_gated_by_the_rerun_but_a_tag_moved_back_is(lab, gated):
+    """A recovery reruns each standby's step against the new master0: a standby already holding
+    the source's tree and tag heads is never gated (its marker never appears: polled every 5 ms
+    on the standby while the step runs), so it keeps serving while the promoted standby
+    restarts. A tag moved back on master0 to a digest it named before keeps every path and size
+    (the tag's index already lists that digest) and changes only the tag head: that standby is
+    gated while it catches up and then serves the head's digest."""
+    wait_code(lab, SPARE, 401)
+    first = pull(lab, SPARE_IP, "--replica", [SERVER_IP])  # whatever earlier tests left: in sync now
+    assert first.returncode == 0, first.stderr
+    done, seen = pull_watching_marker(lab)
+    assert done.returncode == 0, done.stderr
+    assert "in sync with" in done.stderr and "stale gate on" not in done.stderr, done.stderr
+    assert seen == 0
+    assert lab.run(SPARE, f"test -e {MARKER}", check=False).returncode != 0
+
+    ref, other = gated["refs"][0], gated["refs"][-1]
+    code, now = tag_digest(lab, SERVER_IP, ref["repository"], ref["tag"])
+    assert code == 200
+    if now == ref["digest"]:  # never moved yet: once, so that the tag's index names both digests
+        move_tag(lab, SERVER, ref, other)
+        assert pull(lab, SPARE_IP, "--replica", [SERVER_IP]).returncode == 0
+    back = ref
+    tree = f"cd {REG}{V2} && find . -type f -printf '%P %s\\n' | LC_ALL=C sort"
+    listing = lab.run(SERVER, tree).stdout
+    move_tag(lab, SERVER, ref, back)
+    assert lab.run(SERVER, tree).stdout == listing  # same paths and sizes: only the head moved
+    assert tag_digest(lab, SPARE_IP, ref["repository"], ref["tag"]) != (200, back["digest"])  # lags
+    done, seen = pull_watching_marker(lab)
+    assert done.returncode == 0, done.stderr
+    assert "stale gate on" in done.stderr and "stale gate off" in done.stderr, done.stderr
+    assert seen > 0
+    wait_code(lab, SPARE, 401)
+    assert tag_digest(lab, SPARE_IP, ref["repository"], ref["tag"]) == (200, back["digest"])
