@@ -48,6 +48,7 @@ examples:
   python -m cli init-pki --stack prod
   python -m cli status --stack prod
   python -m cli status --json
+  python -m cli status --all --sessions 16
   python -m cli recover master0 --host 198.18.0.12 --stack prod --preview
   python -m cli rejoin --host 198.18.0.11 --stack prod --yes
   python -m cli watch --stack prod --window 6s --hold-down 60s
