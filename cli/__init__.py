@@ -12,6 +12,8 @@ and is listed in COMMANDS below. What they share:
                 topology and images, one engine, SSH access; made once per command
     engine.py   the Pulumi engine (Automation API): select, config set/get, preview, up
     ssh.py, probe.py, health.py   reach the hosts, run the status probe, judge it
+    fleet.py    `status --all`: the backend's stacks, each checked as `status` does, at once,
+                one bound on SSH sessions over all of them
     change.py   the one flow of recover and rejoin (set, preview, plan, confirm, up, check)
     failover.py the watcher's decisions (quorum, window, hold-down), pure; watch.py does the I/O
     clusterfile.py  sealer's Clusterfile read for `adopt` (hosts, roles, ssh, registry)
@@ -48,6 +50,7 @@ examples:
   python -m cli init-pki --stack prod
   python -m cli status --stack prod
   python -m cli status --json
+  python -m cli status --all --sessions 16
   python -m cli recover master0 --host 198.18.0.12 --stack prod --preview
   python -m cli rejoin --host 198.18.0.11 --stack prod --yes
   python -m cli watch --stack prod --window 6s --hold-down 60s

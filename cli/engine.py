@@ -167,9 +167,11 @@ class Engine:
     """One stack of the project in ``project_dir``, selected through the Automation API."""
 
     def __init__(self, stack: str, project_dir: str | os.PathLike, pulumi: str | None = None,
-                 *, create: bool = False):
+                 *, create: bool = False, select: bool = True):
         """``create``: make the stack in the backend when it does not exist (with the engine's
-        default secrets provider); ``created`` then says so."""
+        default secrets provider); ``created`` then says so. ``select`` False: only `cli` (and
+        what uses it: get_value) works, and the workspace's selected stack stays as it was
+        (`status --all` reads many stacks' secrets side by side)."""
         self.stack_name = stack
         self.project_dir = Path(project_dir).resolve()
         self.pulumi = use_pulumi(pulumi)
@@ -183,6 +185,9 @@ class Engine:
         from pulumi import automation as auto
 
         self._auto = auto
+        if not select:
+            self.stack = None
+            return
         try:
             try:
                 self.stack = auto.select_stack(stack_name=stack, work_dir=str(self.project_dir))

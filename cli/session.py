@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 from cli.common import CliError
@@ -27,10 +27,16 @@ from topology import Topology
 
 
 class Session:
-    def __init__(self, args: argparse.Namespace, *, check_files: bool = False):
+    def __init__(self, args: argparse.Namespace, *, check_files: bool = False,
+                 select_engine: bool = True, ssh_gate: AbstractContextManager | None = None):
         # check_files: also require the local files the config names (`validate`, preview);
         # the other commands take `--ssh-key` instead of the configured key path.
+        # select_engine False: the engine only decrypts (`pulumi config get --stack`) and the
+        # workspace's selected stack is left alone; ssh_gate: held around each SSH session
+        # (`status --all` shares one bound between its stacks).
         self.check_files = check_files
+        self.select_engine = select_engine
+        self.ssh_gate = ssh_gate
         self.project_dir = Path(args.project_dir)
         self.pulumi: str | None = getattr(args, "pulumi", None)
         self.ssh_key: str | None = getattr(args, "ssh_key", None)
@@ -93,7 +99,8 @@ class Session:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(self.stack, self.project_dir, self.pulumi)
+            self._engine = Engine(self.stack, self.project_dir, self.pulumi,
+                                  select=self.select_engine)
         return self._engine
 
     def _passwords(self) -> dict[str, str]:
@@ -120,5 +127,5 @@ class Session:
                 return self.engine.get_value("cluster.ssh.private_key") + "\n"
             key = self._cleanup.enter_context(
                 ssh_key_file(self.config, self.project_dir, self.ssh_key, decrypt))
-            self._ssh = self._cleanup.enter_context(SshAccess(self.config, key, self._passwords()))
+            self._ssh = self._cleanup.enter_context(SshAccess(self.config, key, self._passwords(), gate=self.ssh_gate))
         return self._ssh

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -38,9 +38,13 @@ class SshAccess:
     it (ssh asks it: SSH_ASKPASS_REQUIRE=force); no password is ever in argv or the environment."""
 
     def __init__(self, config: StackConfig, key_file: Path | None,
-                 passwords: dict[str, str] | None = None):
+                 passwords: dict[str, str] | None = None,
+                 gate: AbstractContextManager | None = None):
+        """``gate``: held around each ssh run, e.g. a semaphore shared by several stacks' probes
+        (`status --all`) so that no more than N sessions run at once overall."""
         self.config = config
         self.key_file = key_file
+        self.gate = gate if gate is not None else nullcontext()
         self._tmp = tempfile.TemporaryDirectory(prefix="sealer-cli-ssh-")
         self.known_hosts = Path(self._tmp.name) / "known_hosts"
         ssh = config.cluster.ssh
@@ -106,9 +110,10 @@ class SshAccess:
         if self.config.cluster.ssh.user_for(ip) != "root":
             command = f"sudo -n {command}"  # as the program's steps run (components/access.py)
         try:
-            return subprocess.run([*self.argv(ip, connect_timeout, options), "--", command],
-                                  input=script.stdin, capture_output=True, text=True,
-                                  timeout=timeout, env=self.env(ip))
+            with self.gate:
+                return subprocess.run([*self.argv(ip, connect_timeout, options), "--", command],
+                                      input=script.stdin, capture_output=True, text=True,
+                                      timeout=timeout, env=self.env(ip))
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess([], 255, "", f"ssh: timed out after {timeout:.0f}s")
 

@@ -1,12 +1,17 @@
-"""`status`: one row per cluster host, read over SSH in parallel; exit 0 healthy, 1 degraded."""
+"""`status`: one row per cluster host, read over SSH in parallel; exit 0 healthy, 1 degraded.
+`status --all`: one row per stack of the project (cli/fleet.py)."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import sys
 import time
+from pathlib import Path
 
-from cli.common import (EXIT_DEGRADED, EXIT_OK, add_json_argument, add_ssh_key_argument,
-                        add_stack_arguments, guarded, print_json)
+from cli import fleet
+from cli.common import (EXIT_DEGRADED, EXIT_OK, CliError, add_json_argument,
+                        add_ssh_key_argument, add_stack_arguments, guarded, print_json)
 from cli.health import check_cluster, health_json, report
 from cli.session import Session
 
@@ -50,7 +55,32 @@ files. "none": in sync; "-": not judged (not a deploy host, or no tree).
   flags a deploy host holds, else null), lacking (null when in sync or not judged, else {ids
   [image ids it lacks], behind (its tree differs from the reference's), reference})}].
 
-Exit codes: 0 healthy, 1 degraded (each problem is printed), 2 bad input.
+--all: every stack of the project instead of one, for an operator with many clusters (one stack
+each). The stacks are the engine's own listing (`pulumi stack ls --json` in --project-dir: the
+backend of PULUMI_BACKEND_URL or `pulumi login`, file://, postgres://, s3:// or the Cloud alike)
+and every Pulumi.<stack>.yaml there that the backend lacks ("not in backend"). Each stack is
+checked as `status --stack NAME` checks it, all at once, with at most --sessions SSH sessions open
+at any moment over all stacks together (default 16). One row per stack: STACK, MASTER0, HOSTS
+(reachable/listed, down hosts count in the total), STATUS (healthy|degraded|error), PROBLEMS,
+IMAGES (complete images on master0 / expected), LAST UPDATE (from the listing), UPDATING (yes/no
+when the backend reports an update in progress, "-" when it does not say). A stack whose config
+does not validate, whose secrets the engine cannot decrypt or that cannot be probed is an
+"error" row, its `error: STACK: ...` lines (the field and value) under the table; the other
+stacks go on. Each degraded stack's problems follow as `problem: STACK: ...`. Secrets are
+decrypted with `pulumi config get --stack` (the selected stack is left as it is); --ssh-key, if
+given, is used for every stack.
+
+--all --json prints one object: command "status", stack null, exit_code, error (null unless the
+command itself failed, e.g. the listing), all true, healthy (every stack healthy), seconds, and
+stacks [{stack, status (healthy|degraded|error), exit_code, error (null, or the stack's error
+lines), master0, hosts_total, hosts_reachable, in_backend, last_update (RFC 3339 or null),
+update_in_progress (true|false|null: not reported), resource_count, seconds, and, when the stack
+was probed, the keys of `status --json` above (healthy, domain, images_expected, master0_images,
+problems, hosts)}].
+
+Exit codes: 0 healthy, 1 degraded (each problem is printed), 2 bad input. With --all: 0 every
+stack healthy, 1 any stack degraded or in error, 2 bad input (no stack at all, the listing
+failed, --all with --stack).
 """
 EPILOG = """\
 example:
@@ -63,17 +93,45 @@ example:
   degraded (1 problems): master0 198.18.0.11 serves 4/4 images; 3 of 3 live hosts point at it (0.9s)
   $ python -m cli status --json | jq -r '.hosts[] | select(.reachable == false) | .ip'
   $ python -m cli status --json | jq -r '.hosts[] | select(.lacking) | "\(.ip) \(.lacking.ids)"'
+  $ python -m cli status --all
+  STACK  MASTER0       HOSTS  STATUS    PROBLEMS  IMAGES  LAST UPDATE  UPDATING
+  east   198.18.0.11   2/2    healthy   0         3/3     4m ago       no
+  west   198.18.0.12   2/2    degraded  1         3/3     4m ago       no
+  north  -             -      error     -         -       2d ago       -
+  error: north: registry.port: 99999 is not a valid port (1-65535)
+  problem: west: 198.18.0.12 (master0) runs no registry
+  degraded: 3 stacks: 1 healthy, 1 degraded, 1 error (3.1s)
+  $ python -m cli status --all --json | jq -r '.stacks[] | select(.status != "healthy") | .stack'
 """
+
+
+def sessions_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_stack_arguments(parser)
     add_ssh_key_argument(parser)
     add_json_argument(parser)
+    parser.add_argument("--all", action="store_true",
+                        help="every stack of the project's backend (and Pulumi.<stack>.yaml), one "
+                             "row per stack's cluster")
+    parser.add_argument("--sessions", type=sessions_count, default=fleet.DEFAULT_SESSIONS,
+                        metavar="N",
+                        help="with --all: at most N SSH sessions at once over all stacks "
+                             f"(default {fleet.DEFAULT_SESSIONS})")
 
 
 @guarded(NAME)
 def run(args: argparse.Namespace) -> int:
+    if args.all:
+        return run_all(args)
     with Session(args) as session:
         session.images  # a missing image store refuses before any host is dialled
         start = time.monotonic()
@@ -86,3 +144,26 @@ def run(args: argparse.Namespace) -> int:
         else:
             report(session.config, result, seconds)
         return code
+
+
+def run_all(args: argparse.Namespace) -> int:
+    if args.stack:
+        raise CliError("--all checks every stack: leave out --stack")
+    project_dir = Path(args.project_dir).resolve()
+    listed = fleet.list_backend_stacks(project_dir, args.pulumi)
+    entries = fleet.join_stacks(listed, fleet.stack_file_names(project_dir))
+    if not entries:
+        raise CliError(f"no stack to check: the backend lists none for {project_dir} and it holds "
+                       "no Pulumi.<stack>.yaml")
+    start = time.monotonic()
+    rows = fleet.check_stacks(entries, args, args.sessions)
+    seconds = time.monotonic() - start
+    code = EXIT_OK if all(r.state == "healthy" for r in rows) else EXIT_DEGRADED
+    if args.json:
+        print_json({"command": NAME, "stack": None, "exit_code": code, "error": None,
+                    **fleet.fleet_json(rows, seconds)})
+    else:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        for line in fleet.report_lines(rows, seconds, now):
+            print(line, file=sys.stdout)
+    return code
