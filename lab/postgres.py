@@ -234,6 +234,11 @@ def _ensure_host() -> None:
         return
     remove_host()
     sh("ip", "netns", "add", HOST)
+    # No IPv6 in the namespace (as on every lab host): its link-local chatter (DAD, router and
+    # multicast listener messages) is multicast, flooded through every bridge port, and would
+    # count as packets to the cluster's hosts (Lab.packets_to: "0 packets to the dead master0").
+    sh("nsenter", f"--net=/run/netns/{HOST}", "--", "sysctl", "-qw",
+       "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
     sh("ip", "link", "add", HOST, "type", "veth", "peer", "name", "eth0", "netns", HOST)
     _disable_ipv6(HOST)
     sh("ip", "link", "set", HOST, "master", BRIDGE, "up")

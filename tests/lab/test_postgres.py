@@ -65,6 +65,16 @@ def test_runs_as_postgres_in_its_own_host(db):
     assert postgres.ready()
 
 
+def test_db_host_has_no_ipv6(db):
+    """Like every lab host, no IPv6 in its namespace: its link-local chatter is multicast, which
+    the bridge floods to every host, and the e2e tests count every frame sent to a dead master0
+    (with it, test_watch saw "1 packet" to the old master0 twice in a row)."""
+    addrs = subprocess.run(["ip", "-n", postgres.HOST, "-o", "addr"], capture_output=True,
+                           text=True, check=True).stdout
+    assert "inet6" not in addrs, addrs
+    assert f"inet {postgres.ADDRESS}/24" in addrs
+
+
 def test_tls_verified_and_scram_only(small_lab, db):
     """With the pgpass file over verify-full: connected, TLS on, authenticated by SCRAM. A wrong
     password and a connection without TLS are refused; the stored password is a SCRAM verifier."""
