@@ -8,7 +8,7 @@ MASTERS ?= 3
 NODES ?= 2
 APT_PACKAGES := openssh-server openssh-client docker-registry rsync curl iproute2 nftables \
                 skopeo umoci shellcheck ca-certificates procps util-linux openssl containerd sudo \
-                docker.io haproxy
+                docker.io haproxy postgresql
 
 .PHONY: help setup deps lab-deps toolchain toolchain-containerd2 haproxy-bundle lint test test-unit test-crypto-next test-lab test-e2e lab-up lab-down demo bench
 

@@ -9,6 +9,7 @@ Which stack a command works on without `--stack` is the engine's answer too (`se
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,11 +66,26 @@ def selected_stack(project_dir: str | os.PathLike, pulumi: str | None = None) ->
 
 def first_error_line(text: str) -> str:
     """The line of engine output an operator needs (`error: ...`), else the last non-empty line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [redact_urls(line.strip()) for line in text.splitlines() if line.strip()]
     for line in lines:
         if "error:" in line:
             return line.split("error:", 1)[1].strip()
     return lines[-1] if lines else "no output"
+
+
+# scheme://user:password@ -> scheme://user:****@ : the engine quotes a backend URL in its errors
+# (`unable to open state database "postgres://pulumi:<password>@..."`), and so do we.
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@\"']*:)[^@\s\"']*@")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the password of every `scheme://user:password@host` URL replaced by ****."""
+    return _URL_PASSWORD.sub(r"\1****@", text)
+
+
+def backend_for_humans() -> str:
+    """Where the state lives, for a message: PULUMI_BACKEND_URL without its password."""
+    return redact_urls(os.environ.get("PULUMI_BACKEND_URL") or "pulumi login")
 
 
 def _short(exc: Exception) -> str:
@@ -198,7 +214,7 @@ class Engine:
                 self.created = True
         except auto.StackNotFoundError:
             raise CliError(f"stack {stack!r} does not exist in the backend "
-                           f"({os.environ.get('PULUMI_BACKEND_URL') or 'pulumi login'}): "
+                           f"({backend_for_humans()}): "
                            "create it with `pulumi stack init`") from None
         except Exception as e:  # CommandError, version check, missing CLI
             raise CliError(f"cannot select stack {stack!r}: {_short(e)}") from None
@@ -261,8 +277,10 @@ class Engine:
         """`pulumi up` with one line per step; CliError (exit 1) naming the failed step."""
         progress = Progress(out)
         start = time.monotonic()
+        shown = self.output
+        on_output = (lambda line: shown(redact_urls(line))) if shown else None
         try:
-            self.stack.up(on_event=progress, on_output=self.output, color="never",
+            self.stack.up(on_event=progress, on_output=on_output, color="never",
                           message=self.message)
         except Exception as e:
             raise UpFailed(progress.steps, _failure(progress.steps, e)) from None

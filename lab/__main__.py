@@ -1,4 +1,4 @@
-"""python -m lab up|down|status|kill|revive|power-off|power-on|stop-sshd|start-sshd|run|images|store|stackfile|sealer"""
+"""python -m lab up|down|status|kill|revive|power-off|power-on|stop-sshd|start-sshd|run|images|store|postgres|stackfile|sealer"""
 from __future__ import annotations
 
 import argparse
@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                                        "<gateway>:5443 (up prints the apps.image_store block)")
     from lab import store as store_mod
     store_mod.add_arguments(sto)
+    pg = sub.add_parser("postgres", help="the state database: PostgreSQL on its own lab host "
+                                         "(up prints PULUMI_BACKEND_URL; no secret in it)")
+    from lab import postgres as postgres_mod
+    postgres_mod.add_arguments(pg)
     stk = sub.add_parser("stackfile", help="write Pulumi.lab.yaml (needs the toolchain's pulumi)")
     from lab import stackfile as stackfile_mod
     stackfile_mod.add_arguments(stk)
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             print(json.dumps(store_mod.main(a, lab), indent=2))
             print(f"store {a.action}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
+        elif a.cmd == "postgres":
+            print(json.dumps(postgres_mod.main(a, lab), indent=2))
         elif a.cmd == "stackfile":
             print(stackfile_mod.main(a, lab))
         elif a.cmd == "sealer":

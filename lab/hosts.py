@@ -244,7 +244,9 @@ class Lab:
         self._ensure_bridge()
         self._ensure_nft()
         wanted_names = {w[0] for w in wanted}
-        for name in self._existing_host_names() - wanted_names:
+        from lab import postgres  # not at the top: lab.postgres imports this module
+        # The state database's host is no cluster host: it stays (`down` removes it).
+        for name in self._existing_host_names() - wanted_names - {postgres.HOST}:
             self._remove_host(name)
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             hosts = list(pool.map(lambda w: self._ensure_host(*w, data_root=data_root,
@@ -259,10 +261,12 @@ class Lab:
         store registry's PKI, the stack's password and pulumi-state stay unless purge=True, which
         removes the whole state dir (and Pulumi.lab.yaml when the state dir is the repo's
         default)."""
-        from lab import store  # not at the top: lab.store imports this module
+        from lab import postgres, store  # not at the top: they import this module
         removed = []
         if store.stop(self.state, clean=True):
             removed.append(f"store registry {store.ADDRESS}")
+        if postgres.stop(self.state, clean=True):
+            removed.append(f"state database {postgres.HOST} {postgres.ADDRESS}")
         names = self._existing_host_names()
         for name in sorted(names):
             self._remove_host(name)

@@ -19,9 +19,10 @@ import yaml
 
 from config import PROJECT
 from lab import Lab
+from lab import postgres as lab_postgres
 from lab import store as lab_store
 from lab.controlplane import ControlPlaneError
-from lab.hosts import REPO
+from lab.hosts import REPO, LabError
 from lab.stack import DOMAIN, PORT, LabEnv, make_lab_env
 
 
@@ -38,6 +39,23 @@ def lab_env(toolchain_bin, tmp_path_factory):
         pytest.fail(f"the lab's control plane did not come up: {e}", pytrace=False)
     yield env
     env.lab.down()
+
+
+@pytest.fixture(scope="module")
+def state_db(lab_env) -> lab_postgres.StateDb:
+    """The team's shared state (issue 22): a real PostgreSQL on the lab's db host, for one
+    module; ``lab_env``'s `down` removes it."""
+    try:
+        return lab_postgres.up(lab_env.lab)
+    except LabError as e:
+        pytest.fail(f"the lab's state database did not come up: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def postgres_env(toolchain_env, state_db) -> dict[str, str]:
+    """``toolchain_env`` with the stack's state in PostgreSQL (`postgres://`, no secret in the
+    URL: the password is in the 0600 pgpass file it names) instead of a file backend."""
+    return dict(toolchain_env, **state_db.env())
 
 
 def cli_stack_values(env: LabEnv, *, master0: str, deploy_hosts: list[str],

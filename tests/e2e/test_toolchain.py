@@ -42,6 +42,20 @@ def test_pulumi_version_is_the_pinned_one(toolchain_env):
     assert out == f"v{toolchain.versions()['pulumi']}"
 
 
+def test_cli_has_the_postgres_backend(toolchain_env, tmp_path):
+    """The built CLI knows `postgres://` (Pulumi >= 3.176 links lib/pq into backend/diy, no build
+    tag): pointed at a port where nothing listens it fails to *ping* PostgreSQL, where a CLI
+    without the driver would not know the scheme."""
+    (tmp_path / "Pulumi.yaml").write_text("name: pgcheck\nruntime: yaml\n")
+    env = dict(toolchain_env, PULUMI_HOME=str(tmp_path / "home"),
+               PULUMI_BACKEND_URL="postgres://nobody@127.0.0.1:1/x?sslmode=disable&connect_timeout=2")
+    done = subprocess.run(["pulumi", "--non-interactive", "stack", "ls"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "unable to open state database" in done.stderr, done.stderr
+    assert "failed to ping PostgreSQL" in done.stderr, done.stderr
+
+
 def test_automation_api_accepts_the_cli(toolchain_env):
     """A CLI without the version ldflag reports no version and the Automation API refuses it."""
     cmd = auto.PulumiCommand()

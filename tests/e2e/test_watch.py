@@ -1,23 +1,31 @@
 """`python -m cli watch` on a real lab with the real engine (issue 13): a partition of one prober
 does nothing, a dead master0 is recovered without a person and without one packet from the
 recovery to it, and the old master0 coming back causes no split brain (logged by default, rejoined
-as a standby only with --rejoin-returning). The tests run in order on one stack.
+as a standby only with --rejoin-returning). The tests run in order on one stack, whose state lives
+in the lab's PostgreSQL (a team's shared `postgres://` backend, issue 22); the last test shows it
+there and reads it back from another lab host.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import shutil
 import signal
+import subprocess
 import time
 
 import pytest
 import yaml
 
 from config import PROJECT
+from lab import postgres
+from lab.hosts import REPO
 from lab.pull import containerd_pull
 from lab.stack import (DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, hosts_line,
                        registry_running, stack_values)
 from lab.watcher import PacketKinds, Watcher
-from tests.e2e.labstack import lab_env  # noqa: F401  (fixture)
+from tests.e2e.labstack import lab_env, postgres_env, state_db  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.e2e
 
@@ -34,8 +42,8 @@ def stack_config(stack: ProgramStack) -> dict:
 class TestWatch:
     @pytest.fixture(scope="class")
     @classmethod
-    def stack(cls, lab_env, toolchain_env):  # noqa: F811
-        stack = ProgramStack("e2e-watch", toolchain_env)
+    def stack(cls, lab_env, postgres_env):  # noqa: F811
+        stack = ProgramStack("e2e-watch", postgres_env)
         stack.configure(stack_values(lab_env, master0=lab_env.masters[0], distribution="pre"),
                         {**SECRETS, "registry.tls.ca_key": lab_env.ca[1]})
         stack.up()
@@ -44,8 +52,8 @@ class TestWatch:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def watcher(cls, stack, toolchain_env, tmp_path_factory):
-        watcher = Watcher(stack.name, toolchain_env, tmp_path_factory.mktemp("watch"), *ARGS)
+    def watcher(cls, stack, postgres_env, tmp_path_factory):  # noqa: F811
+        watcher = Watcher(stack.name, postgres_env, tmp_path_factory.mktemp("watch"), *ARGS)
         yield watcher
         watcher.stop()
         print(watcher.tail(400))
@@ -147,12 +155,12 @@ class TestWatch:
         assert watcher.events()[-1]["event"] == "stop"
 
     def test_rejoin_returning_makes_it_a_standby_without_split_brain(self, lab_env, stack,  # noqa: F811
-                                                                     toolchain_env, tmp_path_factory):
+                                                                     postgres_env, tmp_path_factory):  # noqa: F811
         """With --rejoin-returning a fresh watcher sees the fenced old master0 answering, rejoins
         it: off down_hosts, its stale registry stopped, every host (itself included) points at
         the new master0, which stays master0."""
         old, new = lab_env.masters[0], lab_env.masters[1]
-        again = Watcher(stack.name, toolchain_env, tmp_path_factory.mktemp("watch2"), *ARGS,
+        again = Watcher(stack.name, postgres_env, tmp_path_factory.mktemp("watch2"), *ARGS,
                         "--rejoin-returning")
         try:
             rejoined = again.wait_for(lambda e: e["event"] == "rejoined", 90, "the rejoin")
@@ -170,14 +178,14 @@ class TestWatch:
         assert code == 0
 
     def test_sigterm_during_the_recovery_up_then_the_next_start_resumes_it(  # noqa: F811
-            self, lab_env, stack, toolchain_env, tmp_path_factory):
+            self, lab_env, stack, postgres_env, tmp_path_factory):  # noqa: F811
         """master0 (now master1) killed; SIGTERM while the watcher's recovery `up` runs: the
         engine gets one SIGINT, finishes its steps in flight, and the watcher exits 130. Started
         again, the watcher sees its own unfinished recovery in the stack's history and reruns it
         at once: verified, every live host on the new master0."""
         dead = lab_env.masters[1]
         work = tmp_path_factory.mktemp("watch3")
-        first = Watcher(stack.name, toolchain_env, work, *ARGS)
+        first = Watcher(stack.name, postgres_env, work, *ARGS)
         try:
             first.wait_for(lambda e: e["event"] == "probers", 30, "the probers")
             lab_env.lab.kill(dead)
@@ -198,7 +206,7 @@ class TestWatch:
         assert (up["ok"], up["interrupted"]) == (False, True), up
         assert (code, events[-1]) == (130, {**events[-1], "event": "stop", "exit_code": 130})
 
-        again = Watcher(stack.name, toolchain_env, work / "again", *ARGS)
+        again = Watcher(stack.name, postgres_env, work / "again", *ARGS)
         try:
             start = again.wait_for(lambda e: e["event"] == "start", 30, "the start")
             assert start["last_update"] == "update failed" and start["resume_first"] is True
@@ -212,3 +220,49 @@ class TestWatch:
         for ip in lab_env.all_ips:
             if ip != dead:
                 assert hosts_line(lab_env.lab, ip) == [f"{new} {DOMAIN} #hostalias-set-by-sealer"]
+
+    def test_state_lives_in_postgresql_and_another_host_reads_it(  # noqa: F811
+            self, lab_env, stack, state_db, postgres_env, tmp_path_factory):
+        """After every watcher's `up`s, the stack's checkpoint is a row of Pulumi's table in the
+        lab's PostgreSQL (its resources are the ones `pulumi stack export` shows), each update
+        left its history rows there, and no lock row is left. A `pulumi stack export` run on
+        another lab host (its network namespace and address; a fresh PULUMI_HOME, no passphrase,
+        no stack file: only PULUMI_BACKEND_URL) reads the very same state."""
+        prefix = f"{state_db.database}/.pulumi"
+        rows = postgres.psql(f"SELECT key, length(data::text), updated_at FROM {postgres.TABLE} "
+                             f"WHERE key LIKE '{prefix}/%' ORDER BY key")
+        print(f"\n$ psql -c 'SELECT key, length(data::text), updated_at FROM {postgres.TABLE}'\n"
+              f"{rows}")
+        keys = [line.split("|", 1)[0] for line in rows.splitlines()]
+        checkpoint_key = f"{prefix}/stacks/{PROJECT}/{stack.name}.json"
+        assert checkpoint_key in keys, keys
+        history = [k for k in keys if k.startswith(f"{prefix}/history/{PROJECT}/{stack.name}/")
+                   and k.endswith(".history.json")]
+        assert len(history) >= 4, history  # the first up, the recovery, the rejoin, the rerun
+        assert not [k for k in keys if k.startswith(f"{prefix}/locks/")], keys
+        row = postgres.psql(f"SELECT data FROM {postgres.TABLE} WHERE key = '{checkpoint_key}'")
+        checkpoint = json.loads(base64.b64decode(json.loads(row)["data"]))
+        in_db = {r["urn"] for r in checkpoint["checkpoint"]["latest"]["resources"]}
+
+        here = stack.export()
+        exported = json.loads(here)["deployment"]["resources"]
+        assert {r["urn"] for r in exported} == in_db and len(in_db) > 10
+
+        node = lab_env.lab.host(lab_env.nodes[1])
+        work = tmp_path_factory.mktemp("elsewhere")
+        shutil.copyfile(REPO / "Pulumi.yaml", work / "Pulumi.yaml")
+        (work / "home").mkdir()
+        env = {"PATH": postgres_env["PATH"], "HOME": str(work), "PULUMI_HOME": str(work / "home"),
+               "PULUMI_SKIP_UPDATE_CHECK": "true",
+               "PULUMI_BACKEND_URL": postgres_env["PULUMI_BACKEND_URL"]}
+        holder = lab_env.lab.holder_pid(node.name)
+        before = postgres._paths(lab_env.lab).log.read_text().count(f" {node.ip}(")
+        there = subprocess.run(["nsenter", f"--net=/proc/{holder}/ns/net", "--", "pulumi",
+                                "--non-interactive", "stack", "export", "--stack", stack.name],
+                               cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        assert there.returncode == 0, there.stderr
+        assert there.stdout == here
+        connections = postgres._paths(lab_env.lab).log.read_text().count(f" {node.ip}(") - before
+        assert connections > 0  # the server saw that host's address: it came over the bridge
+        print(f"pulumi stack export from {node.name} ({node.ip}): {len(there.stdout)} bytes, "
+              f"identical; {len(in_db)} resources, {len(history)} updates in PostgreSQL")
