@@ -27,11 +27,9 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
-import datetime
 import glob
 import hashlib
 import hmac
-import ipaddress
 import os
 import pwd
 import secrets
@@ -41,6 +39,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from lab import tls
 from lab.hosts import (BRIDGE, GATEWAY, INSTANCE, PREFIX, SUBNET, LabError, _alive, _disable_ipv6,
                        _link_exists, _signal, _wait, sh)
 
@@ -169,52 +168,20 @@ def _password(p: _Paths) -> str:
 def _ensure_tls(p: _Paths, uid: int, gid: int) -> None:
     """The lab's own CA (in the lab state) and the server's certificate for ADDRESS (in the
     server dir, its key readable by `postgres` only)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    def pem_key(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
-
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
     crt, key_path = p.tls_dir / "server.crt", p.tls_dir / "server.key"
     if not (p.ca_file.exists() and p.ca_key.exists()):
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealer-registry lab state-db CA")])
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(x509.KeyUsage(
-                    digital_signature=False, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-                .sign(key, hashes.SHA256()))
-        _write_private(p.ca_key, pem_key(key))
-        p.ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        cert, key = tls.make_ca("sealer-registry lab state-db CA")
+        _write_private(p.ca_key, key)
+        p.ca_file.write_bytes(cert)
         crt.unlink(missing_ok=True)
     if crt.exists() and key_path.exists():
         return
-    ca_cert = x509.load_pem_x509_certificate(p.ca_file.read_bytes())
-    ca_key = serialization.load_pem_private_key(p.ca_key.read_bytes(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ADDRESS)]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(ADDRESS))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert, key = tls.issue_server(p.ca_file.read_bytes(), p.ca_key.read_bytes(), ADDRESS, {ADDRESS})
     p.tls_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(p.tls_dir, uid, gid)
-    _write_private(key_path, pem_key(key))
+    _write_private(key_path, key)
     os.chown(key_path, uid, gid)
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    crt.write_bytes(cert)
     os.chown(crt, uid, gid)
 
 

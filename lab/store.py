@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import hashlib
 import http.client
-import ipaddress
 import json
 import os
 import re
@@ -36,6 +34,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from lab import tls
 from lab.hosts import BRIDGE, GATEWAY, LabError, _alive, _signal, _wait, sh
 
 PORT = 5443
@@ -211,68 +210,24 @@ def _write_private(path: Path, data: str) -> None:
     os.chmod(path, 0o600)
 
 
-def _server_ips(cert_pem: bytes) -> set[str]:
-    from cryptography import x509
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return set()
-    return {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
-
-
 def _ensure_pki(p: _Paths) -> bool:
     """The store's CA (made once) and its server certificate for GATEWAY and 127.0.0.1. True when
     something was (re)made."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    def pem_key(key) -> str:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption()).decode()
-
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
     made = False
     if not (p.ca_file.exists() and p.ca_key.exists()):
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealer-registry lab store CA")])
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(x509.KeyUsage(
-                    digital_signature=False, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                               critical=False)
-                .sign(key, hashes.SHA256()))
-        _write_private(p.ca_key, pem_key(key))
+        cert, key = tls.make_ca("sealer-registry lab store CA")
+        _write_private(p.ca_key, key.decode())
         p.ca_dir.mkdir(parents=True, exist_ok=True)
-        p.ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        p.ca_file.write_bytes(cert)
         p.server_crt.unlink(missing_ok=True)
         made = True
     ips = {GATEWAY, "127.0.0.1"}
     if p.server_crt.exists() and p.server_key.exists() \
-            and _server_ips(p.server_crt.read_bytes()) == ips:
+            and tls.cert_ips(p.server_crt.read_bytes()) == ips:
         return made
-    ca_cert = x509.load_pem_x509_certificate(p.ca_file.read_bytes())
-    ca_key = serialization.load_pem_private_key(p.ca_key.read_bytes(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GATEWAY)]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(ip)) for ip in sorted(ips)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    _write_private(p.server_key, pem_key(key))
-    p.server_crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    cert, key = tls.issue_server(p.ca_file.read_bytes(), p.ca_key.read_bytes(), GATEWAY, ips)
+    _write_private(p.server_key, key.decode())
+    p.server_crt.write_bytes(cert)
     return True
 
 
