@@ -136,6 +136,8 @@ def lease_watcher(leading: bool = True) -> Watcher:
     w.lease_name = "sealer-registry-watch-prod"
     w.lease_stop = threading.Event()
     w.leading = False
+    w.engine_run = None
+    w.dead_runs = []
     return w
 
 
