@@ -312,6 +312,7 @@ class Election:
         # The holder and annotations of the Lease this watcher last took over (from another
         # holder, or released): what the previous leader recorded about its engine run.
         self.took_over: tuple[str, dict[str, str]] | None = None
+        self.seen_annotations: dict[str, str] = {}   # of the Lease as last read
         self.name, self.namespace = name, namespace
         self.clock, self.wall = clock, wall
         self.observed: Record | None = None
@@ -357,6 +358,7 @@ class Election:
             return Attempt(False, f"get: {got.detail}", got.endpoint)
         current = Record.of(got.obj.get("spec"))
         self._observe(current)
+        self.seen_annotations = annotations_of(got.obj)
         assert self.observed_at is not None
         if current.holder and current.holder != self.me:
             expires = self.observed_at + (current.duration_s or self.settings.duration_seconds)

@@ -492,6 +492,28 @@ class Watcher:
         if self.resume_at_start:
             self.resume()
 
+    def follow_leader_record(self) -> None:
+        """A follower keeps its stack file's master0 and down_hosts as the leader's last
+        verified recovery left them (the leader records it in the Lease): each watcher has its
+        own stack file, and a follower that takes over later must not undo that recovery, nor
+        dial the fenced host for the Lease meanwhile."""
+        if self.lease is None:
+            return
+        run = EngineRun.from_text(self.lease.election.seen_annotations.get(ENGINE_RUN))
+        if run is None or run.state != "verified" or not run.master0:
+            return
+        config = self.config
+        if (run.master0, sorted(run.down_hosts)) == (config.master0, sorted(config.down_hosts)):
+            return
+        try:
+            self.session.engine.set_master0(run.master0, list(run.down_hosts),
+                                            StackFileGuard(self.session).has_key("down_hosts"))
+        except CliError as e:
+            self.log("config", error=e.message, note="could not follow the leader's recovery")
+            return
+        self.log("config", master0=run.master0, down_hosts=list(run.down_hosts),
+                 note=f"the leader's verified recovery (recorded in the Lease by {run.host})")
+
     def previous_run(self) -> EngineRun | None:
         """The engine run the previous leader recorded in the Lease we took over: it may have
         left the stack locked (cli/stacklock.py decides whether that lock may go), and the
@@ -565,6 +587,7 @@ class Watcher:
                     if self.leading:
                         self.leading = False
                         self.step_down()
+                    self.follow_leader_record()
                     self.sync_config()  # the Lease's endpoints follow down_hosts
                     self.stop.sleep(self.lease.settings.retry_period / 2)
                     continue
