@@ -230,3 +230,37 @@ class Pending:
 
 def without_pending(deployment: dict) -> dict:
     return {k: v for k, v in deployment.items() if k != "pending_operations"}
+
+
+def checkpoint_paths(root: Path, project: str, stack: str) -> list[Path]:
+    short = stack.rsplit("/", 1)[-1]
+    base = root / ".pulumi" / "stacks"
+    return [base / project / f"{short}.json", base / f"{short}.json"]
+
+
+def repair_checkpoint(root: Path, project: str, stack: str) -> str:
+    """A file:// backend writes the checkpoint in place (pulumi adds ``no_tmp_dir=true``): an
+    engine killed during that write leaves it truncated ("failed to load checkpoint: EOF"), and
+    every later command of the stack fails. The backend keeps the previous checkpoint beside it
+    (``<stack>.json.bak``, pkg/backend/diy/state.go ``backupTarget``): restored when the
+    checkpoint does not parse and the backup does. Call only when the writer is known dead.
+    Returns what was done ("" when nothing was needed)."""
+    for path in checkpoint_paths(root, project, stack):
+        if not path.exists():
+            continue
+        try:
+            json.loads(path.read_text())
+            return ""
+        except (OSError, ValueError):
+            pass
+        bak = path.with_name(path.name + ".bak")
+        try:
+            text = bak.read_text()
+            json.loads(text)
+        except (OSError, ValueError):
+            return f"{path} does not parse, nor does {bak}: not repaired"
+        tmp = path.with_name(path.name + ".sealer-tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        return f"{path} did not parse (its writer was killed): restored from {bak}"
+    return ""

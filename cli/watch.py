@@ -508,8 +508,9 @@ class Watcher:
         try:
             self.session.engine.set_master0(run.master0, list(run.down_hosts),
                                             StackFileGuard(self.session).has_key("down_hosts"))
-        except CliError as e:
-            self.log("config", error=e.message, note="could not follow the leader's recovery")
+        except Exception as e:  # noqa: BLE001  (CliError, the engine's CommandError)
+            self.log("config", error=f"{type(e).__name__}: {str(e).strip()[:500]}",
+                     note="could not follow the leader's recovery")
             return
         self.log("config", master0=run.master0, down_hosts=list(run.down_hosts),
                  note=f"the leader's verified recovery (recorded in the Lease by {run.host})")
@@ -533,15 +534,16 @@ class Watcher:
             return None
         self.dead_runs.append(DeadRun(run, holder, "its lease expired or was released"))
         self.engine_run = run  # kept in the Lease until this leader runs the engine itself
+        self.repair_checkpoint()
         config = self.session.config
         if run.master0 and (run.master0 != config.master0
                             or sorted(run.down_hosts) != sorted(config.down_hosts)):
             try:
                 self.session.engine.set_master0(run.master0, list(run.down_hosts),
                                                 StackFileGuard(self.session).has_key("down_hosts"))
-            except CliError as e:
-                self.log("config", error=e.message, note="could not adopt the previous leader's "
-                                                         "master0 and down_hosts")
+            except Exception as e:  # noqa: BLE001  (CliError, the engine's CommandError)
+                self.log("config", error=f"{type(e).__name__}: {str(e).strip()[:500]}",
+                         note="could not adopt the previous leader's master0 and down_hosts")
                 return run
             self.log("config", master0=run.master0, down_hosts=list(run.down_hosts),
                      note=f"adopted from the previous leader's engine run ({run.state})")
@@ -891,6 +893,16 @@ class Watcher:
                 return
             time.sleep(0.02)
 
+    def repair_checkpoint(self) -> None:
+        """A dead run's truncated checkpoint (file:// backends) restored from the backend's own
+        backup of the previous one (cli/stacklock.py)."""
+        root = stacklock.file_backend_root(self.session.engine.backend_url())
+        if root is None:
+            return
+        done = stacklock.repair_checkpoint(root, PROJECT, self.session.stack)
+        if done:
+            self.log("checkpoint", note=done)
+
     def clear_stale_locks(self) -> bool:
         """Before an `up`: a lock file of the stack written by an engine run known to be over
         (the previous leader's, whose lease expired; our own killed run) is deleted, and the
@@ -920,6 +932,8 @@ class Watcher:
                 os.unlink(lock.where)
             except FileNotFoundError:
                 pass
+        if verdict.clear:
+            self.repair_checkpoint()
         try:
             dropped = engine.drop_pending_operations()
         except CliError as e:

@@ -200,3 +200,18 @@ def test_pending_operations_are_named_and_removed():
     assert Pending.of(dep).describe() == ["node-198.18.7.21 (updating)"]
     assert without_pending(dep) == {"resources": [{"urn": "u1"}]}
     assert Pending.of({"resources": []}).operations == []
+
+
+def test_a_truncated_checkpoint_is_restored_from_its_backup_only(tmp_path):
+    from cli.stacklock import repair_checkpoint
+
+    d = tmp_path / ".pulumi/stacks/sealer-registry"
+    d.mkdir(parents=True)
+    assert repair_checkpoint(tmp_path, "sealer-registry", "prod") == ""
+    (d / "prod.json").write_text('{"version": 3}')
+    assert repair_checkpoint(tmp_path, "sealer-registry", "prod") == ""
+    (d / "prod.json").write_text('{"version": 3, "check')
+    assert "not repaired" in repair_checkpoint(tmp_path, "sealer-registry", "prod")
+    (d / "prod.json.bak").write_text('{"version": 3, "old": true}')
+    assert "restored" in repair_checkpoint(tmp_path, "sealer-registry", "prod")
+    assert json.loads((d / "prod.json").read_text()) == {"version": 3, "old": True}
