@@ -84,6 +84,14 @@ TARGETS = [
      lambda r: _get(r, "failover_verified_s") is not None and r["failover_verified_s"] <= 30),
     ("failover_packets_to_old", "= 0",
      lambda r: _get(r, "failover_packets_to_old") is not None and r["failover_packets_to_old"] == 0),
+    ("watch_leader_alive_verified_s", "<= 30 s",
+     lambda r: _get(r, "watch_leader_alive_verified_s") is not None
+     and r["watch_leader_alive_verified_s"] <= 30),
+    ("watch_leader_lost_verified_s", "<= 45 s",
+     lambda r: _get(r, "watch_leader_lost_verified_s") is not None
+     and r["watch_leader_lost_verified_s"] <= 45),
+    ("watch_packets_to_old", "= 0",
+     lambda r: _get(r, "watch_packets_to_old") is not None and r["watch_packets_to_old"] == 0),
     ("standby_pull_dead_failures", "= 0 (pulls, master0 dead)",
      lambda r: _get(r, "standby_pull_dead_failures") is not None and r["standby_pull_dead_failures"] == 0),
     ("standby_pull_alive_max_s", "per image, master0 alive", None),
@@ -171,6 +179,9 @@ def table(results: dict) -> str:
         "failover_up_done_s": "failover: kill -> up done",
         "failover_verified_s": "failover: kill -> verified",
         "failover_packets_to_old": "failover: packets to the old master0",
+        "watch_leader_alive_verified_s": "watchpair: kill -> verified, two watchers, leader alive",
+        "watch_leader_lost_verified_s": "watchpair: leader's machine killed -> verified by the other",
+        "watch_packets_to_old": "watchpair: packets to the dead master0s",
         "outage_watch_killed_verified_s": "entrywatch: master0 killed -> verified (cli watch)",
         "outage_watch_off_verified_s": "entrywatch: master0 off -> verified (cli watch)",
     }

@@ -57,8 +57,9 @@ from bench.report import machine, plugins, table, verdicts
 BENCH_DIR = REPO / ".bench"
 PASSPHRASE = "sealer-lab"
 SEQUENTIAL = Path(__file__).resolve().parent / "sequential_recover.sh"
-PHASES = ("small", "fill", "hostcopy", "large", "failover", "standby", "entry", "entrywatch")
-ENGINE_PHASES = {"small", "large", "failover", "standby", "entrywatch"}  # fill and hostcopy alone run no pulumi
+PHASES = ("small", "fill", "hostcopy", "large", "failover", "standby", "entry", "entrywatch",
+          "watchpair")
+ENGINE_PHASES = {"small", "large", "failover", "standby", "entrywatch", "watchpair"}  # fill and hostcopy alone run no pulumi
 T0 = time.monotonic()
 
 
@@ -464,6 +465,8 @@ class Run:
                 self.phase_entry()
             if "entrywatch" in self.args.only:
                 self.phase_entrywatch()
+            if "watchpair" in self.args.only:
+                self.phase_watchpair()
         except Exception as e:  # keep what was measured; say what failed
             self.results["errors"].append(f"{type(e).__name__}: {e}")
             traceback.print_exc()
@@ -488,6 +491,31 @@ class Run:
                                         env.masters, log)
         for key, value in figures.items():
             self.record(key, value, load if key == "failover_verified_s" else None)
+
+    def phase_watchpair(self) -> None:
+        """Two watchers on two machines: the leader alive, then its machine killed as its
+        recovery starts (bench/watchpair.py)."""
+        from bench import watchpair
+
+        log("phase watchpair: fresh lab of 3 masters + 2 nodes + 2 watcher machines")
+        self.lab.down()
+        env = self.lab_env(4)
+        nodes, machines = env.nodes[:2], env.nodes[2:]
+        stack = fresh_stack("benchpair", self.env)
+        self.stacks.append(stack)
+        values = stack_values(env, master0=env.masters[0], distribution="pre")
+        values["cluster"]["nodes"] = nodes
+        values["cluster"]["ssh"]["host_keys"] = {
+            ip: key for ip, key in values["cluster"]["ssh"]["host_keys"].items()
+            if ip not in machines}
+        stack.configure(values, {**SECRETS, "registry.tls.ca_key": env.ca[1]})
+        deployed = stack.up(self.args.parallel)
+        log(f"deployed benchpair in {deployed.seconds:.1f}s")
+        load = os.getloadavg()[0]
+        figures = watchpair.measure(self.lab, stack.name, stack.stack_file, self.env,
+                                    BENCH_DIR / "watchpair", env.masters, machines, log)
+        for key, value in figures.items():
+            self.record(key, value, load if key.endswith("_s") else None)
 
     def phase_standby(self) -> None:
         """Pull delay with master0 dead and warm standbys serving (bench/standby.py)."""

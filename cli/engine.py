@@ -299,6 +299,33 @@ class Engine:
     def export(self) -> dict:
         return self.stack.export_stack().deployment
 
+    def drop_pending_operations(self) -> list[str]:
+        """Takes the pending operations a killed engine left out of the state (`stack export`,
+        without them, `stack import`: the engine takes the stack lock for the import, so no run
+        may hold it); returns them as "name (type)". The steps they name run again at the next
+        `up` (every step of this program is idempotent)."""
+        from cli.stacklock import Pending, without_pending
+
+        try:
+            exported = self.stack.export_stack()
+            pending = Pending.of(dict(exported.deployment or {}))
+            if pending.operations:
+                self.stack.import_stack(self._auto.Deployment(
+                    version=exported.version, deployment=without_pending(dict(exported.deployment))))
+        except Exception as e:  # noqa: BLE001  (CommandError: locked, no state)
+            raise CliError(f"cannot clear the pending operations of stack "
+                           f"{self.stack_name!r}: {_short(e)}") from None
+        return pending.describe()
+
+    def backend_url(self) -> str | None:
+        """The backend this stack lives in (PULUMI_BACKEND_URL, else `pulumi whoami`'s)."""
+        if os.environ.get("PULUMI_BACKEND_URL"):
+            return os.environ["PULUMI_BACKEND_URL"]
+        try:
+            return self.stack.workspace.who_am_i().url
+        except Exception:  # noqa: BLE001
+            return None
+
     def remove_stack(self) -> None:
         """`pulumi stack rm --yes` (only for a stack this command created and left empty)."""
         self.cli("stack", "rm", "--yes")

@@ -192,9 +192,31 @@ class LeaseApi(Protocol):
     def replace(self, obj: dict, until: float) -> Reply: ...
 
 
-def lease_object(name: str, namespace: str, record: Record) -> dict:
+def lease_object(name: str, namespace: str, record: Record,
+                 annotations: dict[str, str] | None = None) -> dict:
+    metadata: dict = {"name": name, "namespace": namespace}
+    if annotations:
+        metadata["annotations"] = dict(annotations)
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": name, "namespace": namespace}, "spec": record.spec()}
+            "metadata": metadata, "spec": record.spec()}
+
+
+def annotations_of(obj: dict | None) -> dict[str, str]:
+    return dict(((obj or {}).get("metadata") or {}).get("annotations") or {})
+
+
+def with_annotations(obj: dict, changes: dict[str, str | None]) -> dict:
+    """``obj`` with ``changes`` applied to its annotations (None removes a key; a key not in
+    ``changes`` keeps the value the Lease has: another leader's record stays until replaced)."""
+    if not changes:
+        return obj
+    notes = annotations_of(obj)
+    for key, value in changes.items():
+        if value is None:
+            notes.pop(key, None)
+        else:
+            notes[key] = value
+    return {**obj, "metadata": {**(obj.get("metadata") or {}), "annotations": notes}}
 
 
 class HttpLeaseApi:
@@ -281,8 +303,16 @@ class Election:
 
     def __init__(self, api: LeaseApi, me: str, settings: LeaseSettings, name: str,
                  namespace: str = NAMESPACE, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], datetime] = utc_now):
+                 wall: Callable[[], datetime] = utc_now,
+                 annotations: Callable[[], dict[str, str | None]] = dict):
+        """``annotations``: what this watcher writes in the Lease's metadata with every create
+        and renew (None removes a key; keys it does not name are kept as they are)."""
         self.api, self.me, self.settings = api, me, settings
+        self.annotations = annotations
+        # The holder and annotations of the Lease this watcher last took over (from another
+        # holder, or released): what the previous leader recorded about its engine run.
+        self.took_over: tuple[str, dict[str, str]] | None = None
+        self.seen_annotations: dict[str, str] = {}   # of the Lease as last read
         self.name, self.namespace = name, namespace
         self.clock, self.wall = clock, wall
         self.observed: Record | None = None
@@ -314,7 +344,8 @@ class Election:
         got = self.api.get(until)
         if got.status == 404:
             mine = Record(self.me, self.settings.duration_seconds, now, now, 0)
-            made = self.api.create(lease_object(self.name, self.namespace, mine), until)
+            notes = {k: v for k, v in self.annotations().items() if v is not None}
+            made = self.api.create(lease_object(self.name, self.namespace, mine, notes), until)
             if made.status in (200, 201):
                 self._observe(Record.of((made.obj or {}).get("spec")) if made.obj else mine)
                 self.renewed_at = start
@@ -327,6 +358,7 @@ class Election:
             return Attempt(False, f"get: {got.detail}", got.endpoint)
         current = Record.of(got.obj.get("spec"))
         self._observe(current)
+        self.seen_annotations = annotations_of(got.obj)
         assert self.observed_at is not None
         if current.holder and current.holder != self.me:
             expires = self.observed_at + (current.duration_s or self.settings.duration_seconds)
@@ -340,12 +372,14 @@ class Election:
         mine = Record(self.me, self.settings.duration_seconds,
                       current.acquire_time if ours and current.acquire_time else now, now,
                       current.transitions if ours else current.transitions + 1)
-        obj = dict(got.obj)
+        obj = with_annotations(dict(got.obj), self.annotations())
         obj["spec"] = {**(got.obj.get("spec") or {}), **mine.spec()}
         put = self.api.replace(obj, until)
         if put.status == 200:
             self._observe(Record.of((put.obj or {}).get("spec")) if put.obj else mine)
             self.renewed_at = start
+            if not ours:
+                self.took_over = (current.holder, annotations_of(got.obj))
             what = "renewed" if ours else (f"took over from {current.holder}" if current.holder
                                            else "took the released Lease")
             return Attempt(True, what, put.endpoint, holder=current.holder,
@@ -397,6 +431,7 @@ class Elector:
         self._followed = ""
         self._error = ""
         self._lock = threading.Lock()
+        self._io = threading.Lock()  # one attempt at a time (the loop's, or ``renew_now``'s)
 
     @property
     def settings(self) -> LeaseSettings:
@@ -408,7 +443,8 @@ class Elector:
     def step(self) -> float:
         """One attempt and its callbacks; the seconds to wait before the next."""
         e, s = self.election, self.settings
-        attempt = e.try_acquire_or_renew()
+        with self._io:
+            attempt = e.try_acquire_or_renew()
         with self._lock:
             if attempt.ok:
                 self._followed = self._error = ""
@@ -436,6 +472,15 @@ class Elector:
                 self._error = attempt.why
                 self.on_error(attempt)
             return s.retry_period
+
+    def renew_now(self) -> bool:
+        """A renew at once, out of the loop's rhythm (the leader records its engine run in the
+        Lease before it starts it): True when it is written and we still lead."""
+        with self._io:
+            if not self.leading():
+                return False
+            attempt = self.election.try_acquire_or_renew()
+        return attempt.ok and self.leading()
 
     def expire(self) -> None:
         """Stop leading now if the renew deadline passed while an attempt was still running

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
@@ -29,7 +31,8 @@ import yaml
 
 import kubeapi
 from cli import apiserver, sealer_clusterfile
-from cli.change import Change, Outcome, Timer, apply_change, preflight_probe
+from cli import stacklock
+from cli.change import Change, Outcome, StackFileGuard, Timer, apply_change, preflight_probe
 from cli.common import (EXIT_INTERRUPTED, EXIT_OK, CliError, add_ssh_key_argument,
                         add_stack_arguments, guarded)
 from cli.failover import (Decision, Kind, Probe, Replica, Returning, Round, Settings, Vote, Watch,
@@ -42,7 +45,8 @@ from cli.recover import preflight as recover_preflight
 from cli.session import Session
 from cli.ssh import SshAccess, ssh_error
 from components.remote_scripts import ScriptRun, script_run
-from config import StackConfig
+from cli.stacklock import ENGINE_RUN, DeadRun, EngineRun
+from config import PROJECT, StackConfig
 
 NAME = "watch"
 HELP = "probe master0's registry from several hosts; on a quorum over a window, fail over"
@@ -394,6 +398,10 @@ class Watcher:
         self.replicas: dict[str, Replica] = {}
         self.rejoined_at: dict[str, float] = {}
         self.marked_stale: dict[str, str] = {}  # standby -> master0 tree it was marked stale for
+        # The engine run this leader records in the Lease (cli/stacklock.py), and the runs known
+        # to be over that may have left the stack locked (the previous leader's, our killed one).
+        self.engine_run: EngineRun | None = None
+        self.dead_runs: list[DeadRun] = []
         self.code = EXIT_OK
 
     def read_history(self) -> None:
@@ -412,10 +420,17 @@ class Watcher:
         self.lease_name = lease_name(self.session.stack)
         api = HttpLeaseApi(creds, lambda: kubeapi.config_candidates(self.config), self.lease_name,
                            per_endpoint_s=max(1.0, settings.retry_period))
-        self.lease = Elector(Election(api, identity(), settings, self.lease_name),
+        self.lease = Elector(Election(api, identity(), settings, self.lease_name,
+                                      annotations=self.lease_annotations),
                              on_started=self.lease_acquired, on_stopped=self.lease_lost,
                              on_renew_failed=self.lease_renew_failed,
                              on_follow=self.lease_following, on_error=self.lease_unavailable)
+
+    def lease_annotations(self) -> dict[str, str | None]:
+        """Written with every renew: this leader's engine run, once it started one (until then
+        the previous leader's record stays in the Lease)."""
+        run = self.engine_run
+        return {} if run is None else {ENGINE_RUN: run.to_text()}
 
     def acting(self) -> bool:
         """May this watcher act now? Always without a Lease; with one, only while it leads (by
@@ -445,6 +460,11 @@ class Watcher:
         have been in flight)."""
         in_up = self.stop.in_up
         killed = kill_engine_run() if in_up else []
+        run = self.engine_run
+        if in_up and run is not None:
+            self.dead_runs.append(DeadRun(replace(run, pids=tuple({*run.pids, *killed})),
+                                          self.lease.election.me if self.lease else "",
+                                          "our own run, killed when the Lease was lost"))
         self.log("lease-lost", why=why, up_in_flight=in_up, engine_killed=killed,
                  note="stopped acting: a follower takes over after the lease duration")
         if in_up:
@@ -461,13 +481,73 @@ class Watcher:
         """Now leading: the decision state starts from the stack as it is (another leader may
         have recovered or half recovered meanwhile), and an unfinished recovery by a watcher
         is rerun first."""
+        previous = self.previous_run()
         config = self.sync_config()
         self.watch = Watch(self.settings, config.master0, fenced=config.down_hosts,
                            rejoin_returning=self.args.rejoin_returning)
         self.read_history()
         self.probers = []
+        if previous is not None and previous.state != "verified":
+            self.resume_at_start = self.watch.unverified = True
         if self.resume_at_start:
             self.resume()
+
+    def follow_leader_record(self) -> None:
+        """A follower keeps its stack file's master0 and down_hosts as the leader's last
+        verified recovery left them (the leader records it in the Lease): each watcher has its
+        own stack file, and a follower that takes over later must not undo that recovery, nor
+        dial the fenced host for the Lease meanwhile."""
+        if self.lease is None:
+            return
+        run = EngineRun.from_text(self.lease.election.seen_annotations.get(ENGINE_RUN))
+        if run is None or run.state != "verified" or not run.master0:
+            return
+        config = self.config
+        if (run.master0, sorted(run.down_hosts)) == (config.master0, sorted(config.down_hosts)):
+            return
+        try:
+            self.session.engine.set_master0(run.master0, list(run.down_hosts),
+                                            StackFileGuard(self.session).has_key("down_hosts"))
+        except Exception as e:  # noqa: BLE001  (CliError, the engine's CommandError)
+            self.log("config", error=f"{type(e).__name__}: {str(e).strip()[:500]}",
+                     note="could not follow the leader's recovery")
+            return
+        self.log("config", master0=run.master0, down_hosts=list(run.down_hosts),
+                 note=f"the leader's verified recovery (recorded in the Lease by {run.host})")
+
+    def previous_run(self) -> EngineRun | None:
+        """The engine run the previous leader recorded in the Lease we took over: it may have
+        left the stack locked (cli/stacklock.py decides whether that lock may go), and the
+        recovery it applied is this watcher's config from now on (each watcher keeps its own
+        stack file: the one that acted last wrote master0 and down_hosts into the Lease)."""
+        took = self.lease.election.took_over if self.lease else None
+        if took is None:
+            return None
+        self.lease.election.took_over = None
+        holder, notes = took
+        run = EngineRun.from_text(notes.get(ENGINE_RUN))
+        self.log("previous-run", holder=holder or None,
+                 run=None if run is None else json.loads(run.to_text()),
+                 note="no engine run recorded" if run is None else
+                      "its lock (if any) may be cleared; its recovery is this watcher's config")
+        if run is None:
+            return None
+        self.dead_runs.append(DeadRun(run, holder, "its lease expired or was released"))
+        self.engine_run = run  # kept in the Lease until this leader runs the engine itself
+        self.repair_checkpoint()
+        config = self.session.config
+        if run.master0 and (run.master0 != config.master0
+                            or sorted(run.down_hosts) != sorted(config.down_hosts)):
+            try:
+                self.session.engine.set_master0(run.master0, list(run.down_hosts),
+                                                StackFileGuard(self.session).has_key("down_hosts"))
+            except Exception as e:  # noqa: BLE001  (CliError, the engine's CommandError)
+                self.log("config", error=f"{type(e).__name__}: {str(e).strip()[:500]}",
+                         note="could not adopt the previous leader's master0 and down_hosts")
+                return run
+            self.log("config", master0=run.master0, down_hosts=list(run.down_hosts),
+                     note=f"adopted from the previous leader's engine run ({run.state})")
+        return run
 
     def step_down(self) -> None:
         """Not leading any more: no probe, no SSH connection kept to the probers."""
@@ -509,6 +589,7 @@ class Watcher:
                     if self.leading:
                         self.leading = False
                         self.step_down()
+                    self.follow_leader_record()
                     self.sync_config()  # the Lease's endpoints follow down_hosts
                     self.stop.sleep(self.lease.settings.retry_period / 2)
                     continue
@@ -751,20 +832,39 @@ class Watcher:
         what = (f"master0 {change.master0}, down_hosts {', '.join(change.down_hosts) or 'none'}"
                 if change.master0 else f"down_hosts {', '.join(change.down_hosts) or 'none'}")
         self.session.engine.message = f"{UP_MESSAGE} {what}"
+        if not self.clear_stale_locks():
+            return False
+        if self.lease is not None:
+            self.engine_run = EngineRun(
+                host=socket.gethostname(), started=stacklock.utc_stamp(),
+                master0=change.master0 or self.session.config.master0,
+                down_hosts=tuple(change.down_hosts))
+            if not self.lease.renew_now():
+                self.log("up", ok=False, error="the Lease could not record the engine run: no "
+                                               "`up` started (not leading any more?)")
+                return False
         self.stop.in_up = True
+        recorder = threading.Thread(target=self._record_engine_pids, name="engine-pids",
+                                    daemon=True)
+        recorder.start()
         try:
             result = apply_change(self.session, change, timer, assume_yes=True)
         except CliError as e:
             self.log("up", ok=False, error=e.message, interrupted=self.stop.interrupted_up)
+            self._run_ended("failed")
             return False
         except Exception as e:  # noqa: BLE001  (the engine's own errors: the watcher goes on)
             self.log("up", ok=False, error=f"{type(e).__name__}: {str(e).strip()[:2000]}",
                      interrupted=self.stop.interrupted_up)
+            self._run_ended("failed")
             return False
         finally:
             self.stop.in_up = False
         health = result.health
         ok = result.outcome is Outcome.APPLIED and health is not None and health.healthy
+        if self.engine_run is not None and self.acting():
+            self.engine_run = replace(self.engine_run, state="verified" if ok else "failed")
+            self.lease.renew_now()
         self.log("verified", healthy=ok, master0=result.config.master0 if result.config else None,
                  master0_images=health.master0_images if health else None,
                  images_expected=health.images_expected if health else None,
@@ -774,6 +874,76 @@ class Watcher:
                  repointed=result.plan.repointed, launch_on=result.plan.launch_on,
                  seconds={k: round(v, 2) for k, v in timer.phases.items()})
         return ok
+
+    def _run_ended(self, state: str) -> None:
+        """The engine run ended by itself (its lock is gone): the Lease says so."""
+        if self.engine_run is not None and self.lease is not None and self.acting():
+            self.engine_run = replace(self.engine_run, state=state)
+            self.lease.renew_now()
+
+    def _record_engine_pids(self) -> None:
+        """During an `up`: the engine's pid into the Lease as soon as it runs (the pid its lock
+        file carries), so that a new leader can tell its lock from anyone else's."""
+        while self.stop.in_up and self.lease is not None and self.engine_run is not None:
+            pids = pulumi_children()
+            if pids:
+                self.engine_run = replace(self.engine_run, pids=tuple(pids))
+                recorded = self.lease.renew_now()
+                self.log("engine-run", pids=pids, recorded_in_lease=recorded)
+                return
+            time.sleep(0.02)
+
+    def repair_checkpoint(self) -> None:
+        """A dead run's truncated checkpoint (file:// backends) restored from the backend's own
+        backup of the previous one (cli/stacklock.py)."""
+        root = stacklock.file_backend_root(self.session.engine.backend_url())
+        if root is None:
+            return
+        done = stacklock.repair_checkpoint(root, PROJECT, self.session.stack)
+        if done:
+            self.log("checkpoint", note=done)
+
+    def clear_stale_locks(self) -> bool:
+        """Before an `up`: a lock file of the stack written by an engine run known to be over
+        (the previous leader's, whose lease expired; our own killed run) is deleted, and the
+        pending operations that run left are taken out of the state. Any other lock is left
+        alone and the `up` does not start (False): it may be a person's `pulumi up`. Only
+        file:// backends are read here; with any other backend the engine's own refusal says
+        whose lock it is."""
+        engine = self.session.engine
+        root = stacklock.file_backend_root(engine.backend_url())
+        if root is None:
+            return True
+        locks = stacklock.read_locks(root, PROJECT, self.session.stack)
+        if not locks and not self.dead_runs:
+            return True
+        verdict = stacklock.decide(locks, self.dead_runs)
+        if locks:
+            self.log("stack-lock", locks=[lock.as_json() for lock in locks],
+                     cleared=[lock.where for lock in verdict.clear],
+                     kept=[lock.where for lock in verdict.keep], why=verdict.why)
+        if verdict.blocked:
+            self.log("up", ok=False, error="the stack is locked by an engine run that is not a "
+                     "previous leader's: waiting (if that process is gone, `pulumi cancel` "
+                     f"removes every lock of the stack): {verdict.why}")
+            return False
+        for lock in verdict.clear:
+            try:
+                os.unlink(lock.where)
+            except FileNotFoundError:
+                pass
+        if verdict.clear:
+            self.repair_checkpoint()
+        try:
+            dropped = engine.drop_pending_operations()
+        except CliError as e:
+            self.log("pending-operations", ok=False, error=e.message)
+            return False
+        if dropped:
+            self.log("pending-operations", ok=True, dropped=dropped,
+                     note="left by a killed engine run; the next `up` runs those steps again")
+        self.dead_runs = []
+        return True
 
     # -- a returning host --------------------------------------------------------------------
     def stop_stale_registry(self, host: str) -> None:

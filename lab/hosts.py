@@ -501,6 +501,14 @@ class Lab:
             raise LabError(f"{h.name}: `{cmd}` -> exit {p.returncode}: {p.stderr!s}")
         return p
 
+    def enter_argv(self, ref: str) -> list[str]:
+        """The prefix that runs a program of the root namespace (its files, its environment)
+        on the host's network and with its hostname: a machine of its own for the network
+        (``kill``, ``partition``) and for the processes ``kill`` ends, without the host's
+        private directories."""
+        holder = self.holder_pid(self.host(ref).name)
+        return ["nsenter", "-t", str(holder), "-n", "-u", "--"]
+
     def ssh_argv(self, ref: str, connect_timeout: int = 5) -> list[str]:
         h = self.host(ref)
         return ["ssh", "-F", "none", "-i", str(self.key_path), "-p", str(h.ssh_port),

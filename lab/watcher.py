@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,16 +23,20 @@ class Watcher:
     """One `cli watch` process: its decisions in ``log_path`` (JSON lines), the engine's output
     and the progress of `up` in ``stderr_path``."""
 
-    def __init__(self, stack: str, env: dict[str, str], workdir: Path, *args: str):
+    def __init__(self, stack: str, env: dict[str, str], workdir: Path, *args: str,
+                 project_dir: Path = REPO, prefix: tuple[str, ...] = ()):
+        """``project_dir``: the clone it runs from (``--project-dir``); ``prefix``: what runs it
+        (e.g. ``Lab.enter_argv``: on a lab host's network)."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"watch-{stack}.jsonl"
         self.stderr_path = workdir / f"watch-{stack}.stderr"
         self.log_path.unlink(missing_ok=True)
         self._stderr = open(self.stderr_path, "ab")
-        self.argv = [sys.executable, "-m", "cli", "watch", "--stack", stack,
-                     "--log", str(self.log_path), *args]
+        self.argv = [*prefix, sys.executable, "-m", "cli", "watch", "--stack", stack,
+                     "--project-dir", str(project_dir), "--log", str(self.log_path), *args]
         # Its own session: no terminal, signals only from us (as under systemd).
-        self.proc = subprocess.Popen(self.argv, cwd=REPO, env=dict(env, PYTHONPATH=str(REPO)),
+        self.proc = subprocess.Popen(self.argv, cwd=project_dir,
+                                     env=dict(env, PYTHONPATH=str(REPO)),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self._stderr, start_new_session=True)
 
@@ -86,6 +91,22 @@ class Watcher:
                                    f"{signal.Signals(sig).name}\n{self.tail()}") from None
         self._stderr.close()
         return self.proc.returncode
+
+
+def project_clone(dest: Path, stack_file: Path) -> Path:
+    """A clone of this project for a watcher of another machine: every entry of the repository
+    linked, except the stack files, with its own copy of ``stack_file`` (each machine keeps its
+    own, as an operator's clones do)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in REPO.iterdir():
+        name = entry.name
+        if (name.startswith((".", "Pulumi.")) and name != "Pulumi.yaml") or name == "__pycache__":
+            continue
+        link = dest / name
+        if not link.exists():
+            link.symlink_to(entry)
+    shutil.copy2(stack_file, dest / stack_file.name)
+    return dest
 
 
 class PacketKinds:

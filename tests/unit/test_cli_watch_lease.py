@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -117,7 +118,7 @@ class FakeLease:
     def __init__(self, leading: bool = True):
         self.is_leading = leading
         self.settings = LeaseSettings(15, 10, 0.02)
-        self.election = SimpleNamespace(me="watcher-a")
+        self.election = SimpleNamespace(me="watcher-a", seen_annotations={}, took_over=None)
 
     def leading(self) -> bool:
         return self.is_leading
@@ -136,6 +137,8 @@ def lease_watcher(leading: bool = True) -> Watcher:
     w.lease_name = "sealer-registry-watch-prod"
     w.lease_stop = threading.Event()
     w.leading = False
+    w.engine_run = None
+    w.dead_runs = []
     return w
 
 
@@ -316,3 +319,104 @@ def test_a_kubeconfig_user_with_a_token_is_taken_for_the_lease(monkeypatch, tmp_
                         lambda session: (KUBECONFIG.format(user="{token: abc}"), tmp_path))
     creds = watch_mod.lease_credentials(_session(tmp_path))
     assert creds.headers["Authorization"] == "Bearer abc"
+
+
+# ------------------------------------------------------------------------------ the stack lock
+
+
+class FakeEngine:
+    def __init__(self, url: str, pending: list[str] = ()):
+        self.url, self.pending = url, list(pending)
+        self.set_calls: list[tuple] = []
+
+    def backend_url(self):
+        return self.url
+
+    def drop_pending_operations(self):
+        dropped, self.pending = self.pending, []
+        return dropped
+
+    def set_master0(self, ip, down, had):
+        self.set_calls.append((ip, list(down)))
+
+
+def lock_watcher(tmp_path, pending=()):
+    from cli.stacklock import EngineRun  # noqa: F401
+
+    w = lease_watcher()
+    w.session = SimpleNamespace(stack="prod", engine=FakeEngine(f"file://{tmp_path}", pending),
+                                config=SimpleNamespace(master0="10.0.0.11", down_hosts=[]))
+    return w
+
+
+def write_lock(root: Path, pid: int, host: str) -> Path:
+    d = root / ".pulumi/locks/organization/sealer-registry/prod"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{pid}.json"
+    path.write_text(json.dumps({"pid": pid, "username": "root", "hostname": host,
+                                "timestamp": "2026-12-06T18:40:01.5Z"}))
+    return path
+
+
+def test_a_dead_leaders_lock_is_deleted_and_its_pending_operations_dropped(tmp_path):
+    from cli.stacklock import DeadRun, EngineRun
+
+    w = lock_watcher(tmp_path, pending=["node-10.0.0.21 (updating)"])
+    path = write_lock(tmp_path, 4242, "mgmt-a")
+    w.dead_runs = [DeadRun(EngineRun("mgmt-a", "2026-12-06T18:40:00Z", (4242,)), "mgmt-a_1_x")]
+    assert w.clear_stale_locks() is True
+    assert not path.exists()
+    events = {e["event"]: e for e in events_of(w.out)}
+    assert events["stack-lock"]["cleared"] == [str(path)] and events["stack-lock"]["kept"] == []
+    assert events["pending-operations"]["dropped"] == ["node-10.0.0.21 (updating)"]
+    assert w.dead_runs == []
+
+
+def test_a_lock_that_is_not_a_dead_leaders_blocks_the_up_and_stays(tmp_path):
+    from cli.stacklock import DeadRun, EngineRun
+
+    w = lock_watcher(tmp_path, pending=["x (creating)"])
+    path = write_lock(tmp_path, 777, "mgmt-a")
+    w.dead_runs = [DeadRun(EngineRun("mgmt-a", "2026-12-06T18:40:00Z", (4242,)), "mgmt-a_1_x")]
+    assert w.clear_stale_locks() is False
+    assert path.exists() and w.session.engine.pending == ["x (creating)"]
+    up = [e for e in events_of(w.out) if e["event"] == "up"][0]
+    assert up["ok"] is False and "pid 777" in up["error"]
+
+
+def test_no_lock_and_no_dead_run_reads_nothing_else(tmp_path):
+    w = lock_watcher(tmp_path, pending=["x (creating)"])
+    assert w.clear_stale_locks() is True
+    assert events_of(w.out) == [] and w.session.engine.pending == ["x (creating)"]
+
+
+def test_a_new_leader_adopts_the_previous_run_and_resumes_it(tmp_path, monkeypatch):
+    from cli.stacklock import ENGINE_RUN, EngineRun
+
+    w = lock_watcher(tmp_path)
+    run = EngineRun("mgmt-a", "2026-12-06T18:40:00Z", (4242,), master0="10.0.0.12",
+                    down_hosts=("10.0.0.11",))
+    w.lease.election.took_over = ("mgmt-a_1_x", {ENGINE_RUN: run.to_text()})
+    monkeypatch.setattr(watch_mod, "StackFileGuard",
+                        lambda session: SimpleNamespace(has_key=lambda key: False))
+    assert w.previous_run() == run
+    assert w.session.engine.set_calls == [("10.0.0.12", ["10.0.0.11"])]
+    assert [d.run for d in w.dead_runs] == [run] and w.lease.election.took_over is None
+    kinds = [e["event"] for e in events_of(w.out)]
+    assert kinds == ["previous-run", "config"]
+
+
+def test_a_follower_follows_only_a_verified_recovery(tmp_path, monkeypatch):
+    from cli.stacklock import ENGINE_RUN, EngineRun
+
+    w = lock_watcher(tmp_path)
+    w.config = w.session.config
+    monkeypatch.setattr(watch_mod, "StackFileGuard",
+                        lambda session: SimpleNamespace(has_key=lambda key: False))
+    running = EngineRun("mgmt-a", "t", (1,), master0="10.0.0.12", down_hosts=("10.0.0.11",))
+    w.lease.election.seen_annotations = {ENGINE_RUN: running.to_text()}
+    w.follow_leader_record()
+    assert w.session.engine.set_calls == []
+    w.lease.election.seen_annotations = {ENGINE_RUN: replace(running, state="verified").to_text()}
+    w.follow_leader_record()
+    assert w.session.engine.set_calls == [("10.0.0.12", ["10.0.0.11"])]

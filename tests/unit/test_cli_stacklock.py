@@ -1,0 +1,217 @@
+"""cli/stacklock.py: which of the engine's stack locks a new `cli watch` leader may clear (only an
+engine run of a leader whose lease expired, matched by hostname and pid, or by hostname and a
+lock written after the run started when the pid was not recorded), the lock files of a file://
+backend as pulumi v3.274.0 writes them, the engine's own list of locks, and the engine run record
+the leader keeps in the Lease (carried over to the next leader)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli.lease import Election
+from cli.stacklock import (ENGINE_RUN, DeadRun, EngineRun, Pending, StackLock, decide,
+                           file_backend_root, parse_locked_error, parse_time, read_locks,
+                           without_pending)
+from tests.unit.test_cli_lease import NAME, SETTINGS, Clock, FakeApiserver
+
+RUN = EngineRun(host="srl7-201", started="2026-12-06T18:40:00.000000Z", pids=(4242,),
+                master0="198.18.7.12", down_hosts=("198.18.7.11",))
+DEAD = DeadRun(RUN, "srl7-201_1000_0badcafe", "its lease expired")
+
+
+def lock(pid=4242, host="srl7-201", ts="2026-12-06T18:40:01.123456789Z", user="root"):
+    return StackLock(f"/state/.pulumi/locks/organization/sealer-registry/prod/{pid}.json", pid,
+                     user, host, ts)
+
+
+# ------------------------------------------------------------------------------ the decision
+
+
+def test_no_lock_clears_nothing_and_blocks_nothing():
+    verdict = decide([], [DEAD])
+    assert verdict.clear == () and not verdict.blocked
+
+
+def test_the_old_leaders_engine_lock_is_cleared():
+    """Same hostname and the engine pid the old leader recorded in the Lease."""
+    verdict = decide([lock()], [DEAD])
+    assert verdict.clear == (lock(),) and not verdict.blocked
+    assert "pid 4242 is its engine" in verdict.why
+
+
+def test_a_lock_of_another_pid_on_the_old_leaders_host_is_kept():
+    """An operator's `pulumi up` on the old leader's machine: same host, another pid."""
+    verdict = decide([lock(pid=5555)], [DEAD])
+    assert verdict.clear == () and verdict.blocked
+    assert "pid 5555" in verdict.why and "left alone" in verdict.why
+
+
+def test_a_lock_of_another_host_is_kept_even_with_the_same_pid():
+    verdict = decide([lock(host="laptop")], [DEAD])
+    assert verdict.blocked and verdict.clear == ()
+
+
+def test_without_a_previous_leader_every_lock_is_kept():
+    """No dead run known (a leader that created the Lease, or one whose predecessor recorded
+    nothing): nothing is cleared, whoever wrote the lock."""
+    verdict = decide([lock()], [])
+    assert verdict.blocked and "none known" in verdict.why
+
+
+def test_pid_not_recorded_yet_a_lock_written_after_the_run_started_on_its_host_is_cleared():
+    """The old leader died between starting its engine and recording the pid: the lock written
+    on its host after the run started (both by that host's clock) is its engine's."""
+    dead = DeadRun(EngineRun(host="srl7-201", started="2026-12-06T18:40:00.500000Z"))
+    assert decide([lock(ts="2026-12-06T18:40:00.700000001Z")], [dead]).clear
+    before = decide([lock(ts="2026-12-06T18:39:59.999999999Z")], [dead])
+    assert before.blocked and not before.clear
+    assert decide([lock(host="other", ts="2026-12-06T18:40:01Z")], [dead]).blocked
+
+
+def test_with_a_recorded_pid_the_timestamp_does_not_count():
+    """Once the pid is recorded, a later lock of another pid on that host is not its engine."""
+    assert decide([lock(pid=1, ts="2026-12-06T18:50:00Z")], [DEAD]).blocked
+
+
+def test_one_foreign_lock_blocks_even_when_the_others_may_go():
+    verdict = decide([lock(), lock(pid=7)], [DEAD])
+    assert verdict.clear == (lock(),) and verdict.keep == (lock(pid=7),) and verdict.blocked
+
+
+def test_our_own_killed_run_and_the_previous_leaders_both_count():
+    own = DeadRun(EngineRun(host="srl7-202", started="2026-12-06T18:41:00Z", pids=(99,)))
+    verdict = decide([lock(), lock(pid=99, host="srl7-202")], [DEAD, own])
+    assert len(verdict.clear) == 2 and not verdict.blocked
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("2026-12-06T18:40:01.123456789Z", True),      # Go's RFC3339Nano
+    ("2026-12-06T18:40:01.1+01:00", True),
+    ("2026-12-06T18:40:01Z", True),
+    ("2026-12-06 18:40:01", False),
+    ("", False),
+    ("yesterday", False),
+])
+def test_parse_time_reads_go_and_our_timestamps(text, ok):
+    assert (parse_time(text) is not None) is ok
+
+
+def test_an_offset_is_honoured():
+    assert parse_time("2026-12-06T19:40:00+01:00") == parse_time("2026-12-06T18:40:00Z")
+
+
+# ------------------------------------------------------------------------------ the record
+
+
+def test_the_engine_run_record_round_trips_and_bad_text_is_none():
+    assert EngineRun.from_text(RUN.to_text()) == RUN
+    for bad in (None, "", "{", "[]", '{"pids": [1]}', '{"host": "h", "pids": ["x"]}'):
+        assert EngineRun.from_text(bad) is None
+
+
+def test_the_record_holds_no_secret_only_hosts_pids_and_times():
+    assert set(json.loads(RUN.to_text())) == {"host", "started", "pids", "master0", "down_hosts",
+                                               "state"}
+
+
+# ------------------------------------------------------------------------------ the Lease
+
+
+def test_the_leaders_engine_run_is_in_the_lease_and_the_next_leader_sees_it():
+    """a records its run with its renews; a stops renewing; b takes over after the lease
+    duration and finds a's record (``took_over``); the record stays in the Lease (keys b does
+    not write are kept) until b records its own run."""
+    server, clock = FakeApiserver(), Clock()
+    runs = {"a": RUN, "b": None}
+
+    def notes(who):
+        return lambda: {} if runs[who] is None else {ENGINE_RUN: runs[who].to_text()}
+
+    a = Election(server.client("a"), "a", SETTINGS, NAME, clock=clock, wall=clock.wall,
+                 annotations=notes("a"))
+    b = Election(server.client("b"), "b", SETTINGS, NAME, clock=clock, wall=clock.wall,
+                 annotations=notes("b"))
+    assert a.try_acquire_or_renew().ok
+    assert server.lease["metadata"]["annotations"][ENGINE_RUN] == RUN.to_text()
+    assert not b.try_acquire_or_renew().ok and b.took_over is None
+    clock.advance(SETTINGS.lease_duration + 0.1)
+    got = b.try_acquire_or_renew()
+    assert got.ok and got.why == "took over from a"
+    assert b.took_over == ("a", {ENGINE_RUN: RUN.to_text()})
+    assert server.lease["metadata"]["annotations"][ENGINE_RUN] == RUN.to_text()
+    mine = EngineRun(host="srl7-202", started="2026-12-06T18:41:00Z")
+    runs["b"] = mine
+    assert b.try_acquire_or_renew().ok
+    assert server.lease["metadata"]["annotations"][ENGINE_RUN] == mine.to_text()
+
+
+def test_a_renew_of_our_own_lease_is_no_take_over():
+    server, clock = FakeApiserver(), Clock()
+    a = Election(server.client("a"), "a", SETTINGS, NAME, clock=clock, wall=clock.wall)
+    assert a.try_acquire_or_renew().ok and a.try_acquire_or_renew().ok
+    assert a.took_over is None
+
+
+# ------------------------------------------------------------------------------ backend files
+
+
+def test_file_backend_root_only_for_file_urls(tmp_path):
+    assert file_backend_root(f"file://{tmp_path}") == tmp_path
+    assert file_backend_root(f"file://{tmp_path}?no_tmp_dir=true") == tmp_path
+    assert file_backend_root("s3://bucket/state") is None
+    assert file_backend_root("postgres://u@h/db") is None
+    assert file_backend_root(None) is None
+
+
+def test_read_locks_reads_the_project_layout_and_skips_garbage(tmp_path):
+    """pulumi v3.274.0 pkg/backend/diy/lock.go: <root>/.pulumi/locks/organization/<project>/
+    <stack>/<uuid>.json with pid, username, hostname, timestamp."""
+    d = tmp_path / ".pulumi/locks/organization/sealer-registry/prod"
+    d.mkdir(parents=True)
+    (d / "a1.json").write_text(json.dumps({"pid": 4242, "username": "root",
+                                           "hostname": "srl7-201",
+                                           "timestamp": "2026-12-06T18:40:01.1Z"}))
+    (d / "b2.json").write_text("{not json")
+    (tmp_path / ".pulumi/locks/organization/sealer-registry/other").mkdir()
+    (tmp_path / ".pulumi/locks/organization/sealer-registry/other/c.json").write_text(
+        json.dumps({"pid": 1, "username": "u", "hostname": "h", "timestamp": ""}))
+    locks = read_locks(tmp_path, "sealer-registry", "prod")
+    assert [(x.pid, x.hostname, x.where) for x in locks] == [(4242, "srl7-201", str(d / "a1.json"))]
+    assert read_locks(tmp_path, "sealer-registry", "none") == []
+
+
+def test_the_engines_refusal_names_the_locks():
+    text = ("error: the stack is currently locked by 1 lock(s). Either wait for the other "
+            "process(es) to end or delete the lock file with `pulumi cancel`.\n"
+            "  s3://b/.pulumi/locks/organization/sealer-registry/prod/x.json: created by "
+            "root@srl7-201 (pid 4242) at 2026-12-06T18:40:01Z\n")
+    assert parse_locked_error(text) == [
+        StackLock("s3://b/.pulumi/locks/organization/sealer-registry/prod/x.json", 4242, "root",
+                  "srl7-201", "2026-12-06T18:40:01Z")]
+    assert parse_locked_error("error: something else") == []
+
+
+def test_pending_operations_are_named_and_removed():
+    dep = {"resources": [{"urn": "u1"}], "pending_operations": [
+        {"resource": {"urn": "urn:pulumi:s::p::command:remote:Command::node-198.18.7.21"},
+         "type": "updating"}]}
+    assert Pending.of(dep).describe() == ["node-198.18.7.21 (updating)"]
+    assert without_pending(dep) == {"resources": [{"urn": "u1"}]}
+    assert Pending.of({"resources": []}).operations == []
+
+
+def test_a_truncated_checkpoint_is_restored_from_its_backup_only(tmp_path):
+    from cli.stacklock import repair_checkpoint
+
+    d = tmp_path / ".pulumi/stacks/sealer-registry"
+    d.mkdir(parents=True)
+    assert repair_checkpoint(tmp_path, "sealer-registry", "prod") == ""
+    (d / "prod.json").write_text('{"version": 3}')
+    assert repair_checkpoint(tmp_path, "sealer-registry", "prod") == ""
+    (d / "prod.json").write_text('{"version": 3, "check')
+    assert "not repaired" in repair_checkpoint(tmp_path, "sealer-registry", "prod")
+    (d / "prod.json.bak").write_text('{"version": 3, "old": true}')
+    assert "restored" in repair_checkpoint(tmp_path, "sealer-registry", "prod")
+    assert json.loads((d / "prod.json").read_text()) == {"version": 3, "old": True}
