@@ -505,15 +505,19 @@ class Watcher:
         config = self.config
         if (run.master0, sorted(run.down_hosts)) == (config.master0, sorted(config.down_hosts)):
             return
+        self.adopt_run(run, f"the leader's verified recovery (recorded in the Lease by {run.host})",
+                       "could not follow the leader's recovery")
+
+    def adopt_run(self, run: EngineRun, done: str, failed: str) -> bool:
+        """Write RUN's master0 and down_hosts into this watcher's stack file; logs `config`."""
         try:
             self.session.engine.set_master0(run.master0, list(run.down_hosts),
                                             StackFileGuard(self.session).has_key("down_hosts"))
         except Exception as e:  # noqa: BLE001  (CliError, the engine's CommandError)
-            self.log("config", error=f"{type(e).__name__}: {str(e).strip()[:500]}",
-                     note="could not follow the leader's recovery")
-            return
-        self.log("config", master0=run.master0, down_hosts=list(run.down_hosts),
-                 note=f"the leader's verified recovery (recorded in the Lease by {run.host})")
+            self.log("config", error=f"{type(e).__name__}: {str(e).strip()[:500]}", note=failed)
+            return False
+        self.log("config", master0=run.master0, down_hosts=list(run.down_hosts), note=done)
+        return True
 
     def previous_run(self) -> EngineRun | None:
         """The engine run the previous leader recorded in the Lease we took over: it may have
@@ -538,15 +542,8 @@ class Watcher:
         config = self.session.config
         if run.master0 and (run.master0 != config.master0
                             or sorted(run.down_hosts) != sorted(config.down_hosts)):
-            try:
-                self.session.engine.set_master0(run.master0, list(run.down_hosts),
-                                                StackFileGuard(self.session).has_key("down_hosts"))
-            except Exception as e:  # noqa: BLE001  (CliError, the engine's CommandError)
-                self.log("config", error=f"{type(e).__name__}: {str(e).strip()[:500]}",
-                         note="could not adopt the previous leader's master0 and down_hosts")
-                return run
-            self.log("config", master0=run.master0, down_hosts=list(run.down_hosts),
-                     note=f"adopted from the previous leader's engine run ({run.state})")
+            self.adopt_run(run, f"adopted from the previous leader's engine run ({run.state})",
+                           "could not adopt the previous leader's master0 and down_hosts")
         return run
 
     def step_down(self) -> None:
