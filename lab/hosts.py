@@ -1,7 +1,9 @@
 """Namespaced lab hosts: one network namespace + one persistent mount namespace + one sshd each.
 
 A host `srl-<octet>` is:
-- network namespace `srl-<octet>` with `eth0` = <ip>/24, its peer veth `srl-<octet>` on bridge `srl-br0`;
+- network namespace `srl-<octet>` with `eth0` = <ip>/24, its peer veth `srl-<octet>` on bridge `srl-br0`
+  (a lab of more than 234 nodes puts the rest in two more /24s, hosts `srl-<3rd>-<4th>`: see
+  ``SUBNETS``; every host has an on-link route to each);
 - a holder process (`sleep infinity`, pid in `<state>/hosts/srl-<octet>/holder.pid`) started as
   `ip netns exec NS unshare --mount --uts --propagation private`, which keeps the host's mount
   namespace alive. Inside it `/etc` is an overlay and `/root`, `/tmp`, `/var/log`, `/var/lib/sealer`,
@@ -48,6 +50,16 @@ SUBNET = ipaddress.ip_network(f"198.18.{INSTANCE}.0/24")
 MASTER_BASE = 11
 NODE_BASE = 21
 MAX_MASTERS = NODE_BASE - MASTER_BASE
+# Nodes beyond the instance's /24 (a 3 + 500 lab, issue 24): two more /24s on the same bridge, in
+# the upper half of 198.19.0.0/16 (lab/vip.py's addresses are 198.19.<instance>.x, below it), at
+# 198.19.(128 + 2N).0/24 and 198.19.(129 + 2N).0/24 for instance N < 64, hosts from .11 (the
+# bridge holds .1). Every host gets an on-link route to each lab subnet (one L2 segment, as a
+# real cluster's hosts on one VLAN), whatever its own address.
+EXTRA_BASE = 11
+EXTRA_SUBNETS = ((ipaddress.ip_network(f"198.19.{128 + 2 * INSTANCE}.0/24"),
+                  ipaddress.ip_network(f"198.19.{129 + 2 * INSTANCE}.0/24")) if INSTANCE < 64 else ())
+SUBNETS = (SUBNET, *EXTRA_SUBNETS)
+MAX_NODES = 254 - NODE_BASE + 1 + len(EXTRA_SUBNETS) * (254 - EXTRA_BASE + 1)
 NFT_TABLE = "srl_lab" if INSTANCE == 0 else f"srl{INSTANCE}_lab"
 DEFAULT_CLUSTER = "lab"
 DEFAULT_DATA_ROOT = "/var/lib/sealer/data"
@@ -80,7 +92,19 @@ def sh(*argv: str, check: bool = True, input: bytes | str | None = None,
 
 
 def octet_name(ip: str) -> str:
-    return f"{PREFIX}{ip.rsplit('.', 1)[1]}"
+    """The host's name: ``srl-<last octet>`` in the instance's /24, ``srl-<3rd>-<4th>`` in an
+    extra one (interface names stay within Linux's 15 characters: ``srl63-255-254``)."""
+    if ipaddress.ip_address(ip) in SUBNET:
+        return f"{PREFIX}{ip.rsplit('.', 1)[1]}"
+    return f"{PREFIX}{'-'.join(ip.split('.')[2:])}"
+
+
+def node_addresses(count: int) -> list[str]:
+    """The first ``count`` node addresses: the instance's /24 from NODE_BASE, then the extra /24s."""
+    pool = [f"198.18.{INSTANCE}.{NODE_BASE + i}" for i in range(254 - NODE_BASE + 1)]
+    for net in EXTRA_SUBNETS:
+        pool += [str(net.network_address + i) for i in range(EXTRA_BASE, 255)]
+    return pool[:count]
 
 
 @dataclasses.dataclass
@@ -99,14 +123,14 @@ class Host:
 def plan_hosts(masters: int, nodes: int) -> list[tuple[str, str, str]]:
     if not 0 <= masters <= MAX_MASTERS:
         raise LabError(f"masters must be 0..{MAX_MASTERS}, got {masters}")
-    if not 0 <= nodes <= 254 - NODE_BASE:
-        raise LabError(f"nodes must be 0..{254 - NODE_BASE}, got {nodes}")
+    if not 0 <= nodes <= MAX_NODES:
+        why = "" if EXTRA_SUBNETS else f" (instance {INSTANCE} >= 64 has no extra /24s)"
+        raise LabError(f"nodes must be 0..{MAX_NODES}, got {nodes}{why}")
     out = []
     for i in range(masters):
         ip = f"198.18.{INSTANCE}.{MASTER_BASE + i}"
         out.append((octet_name(ip), ip, "master"))
-    for i in range(nodes):
-        ip = f"198.18.{INSTANCE}.{NODE_BASE + i}"
+    for ip in node_addresses(nodes):
         out.append((octet_name(ip), ip, "node"))
     return out
 
@@ -140,6 +164,11 @@ sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 ip link set lo up
 ip addr add "$addr" dev eth0
 ip link set eth0 up
+# On-link routes to the lab's other subnets ($5: CIDRs, space-separated; one L2 segment); its own
+# has the kernel's route already.
+for net in $5; do
+  [ -n "$(ip -4 route show "$net")" ] || ip route add "$net" dev eth0
+done
 echo $$ > holder.pid.tmp
 mv holder.pid.tmp holder.pid
 cd /
@@ -613,8 +642,9 @@ class Lab:
             sh("ip", "link", "add", BRIDGE, "type", "bridge", "stp_state", "0")
         _disable_ipv6(BRIDGE)
         addrs = sh("ip", "-4", "-o", "addr", "show", "dev", BRIDGE).stdout
-        if f" {GATEWAY}/24 " not in addrs:
-            sh("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
+        for gateway in (GATEWAY, *(str(n.network_address + 1) for n in EXTRA_SUBNETS)):
+            if f" {gateway}/24 " not in addrs:
+                sh("ip", "addr", "add", f"{gateway}/24", "dev", BRIDGE)
         sh("ip", "link", "set", BRIDGE, "up")
 
     def _ensure_nft(self) -> None:
@@ -655,6 +685,7 @@ table bridge {NFT_TABLE} {{
         hdir = self.hosts_dir / name
         if self._host_healthy(name, ip):
             host_key = (hdir / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+            self._ensure_routes(name)
             self._install_rootfs(name, data_root, cluster)
             if not self.containerd_running(name):
                 self._start_containerd(name)
@@ -685,7 +716,8 @@ table bridge {NFT_TABLE} {{
         log = open(hdir / "holder.log", "wb")
         subprocess.Popen(["ip", "netns", "exec", name, "unshare", "--mount", "--uts",
                           "--propagation", "private", "--", "/bin/sh", "-c", HOLDER_SCRIPT,
-                          "holder", name, f"{ip}/24", str(hdir), str(self.state)],
+                          "holder", name, f"{ip}/24", str(hdir), str(self.state),
+                          " ".join(str(n) for n in SUBNETS)],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                          start_new_session=True, close_fds=True)
         log.close()
@@ -701,6 +733,16 @@ table bridge {NFT_TABLE} {{
         self._wait_containerd(name)
         host_key = (hdir / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
         return Host(name, ip, role, 22, str(self.key_path), " ".join(host_key[:2]))
+
+    def _ensure_routes(self, name: str) -> None:
+        """The on-link routes to the other lab subnets on a host an older lab made (the holder adds
+        them at creation)."""
+        if not EXTRA_SUBNETS:
+            return
+        routes = sh("ip", "-n", name, "-4", "-o", "route", "show", "dev", "eth0").stdout
+        for net in SUBNETS:
+            if not any(line.split()[0] == str(net) for line in routes.splitlines() if line.split()):
+                sh("ip", "-n", name, "route", "replace", str(net), "dev", "eth0")
 
     def _start_sshd(self, name: str, ip: str) -> None:
         holder = int((self.hosts_dir / name / "holder.pid").read_text())
