@@ -59,6 +59,23 @@ TARGETS = [
     ("rto_sequential_50_s", "/ rto_50_s >= 5",
      lambda r: None if _ratio(r, "rto_sequential_50_s", "rto_50_s") is None
      else _ratio(r, "rto_sequential_50_s", "rto_50_s") >= 5),
+    # issue 24, 3 + 500 (bench-keys.md)
+    ("lab_500_up_s", "", None),
+    ("lab_500_rss_mb", "", None),
+    ("deploy_500_s", "", None),
+    ("rto_500_s", "<= 1.5 x rto_s",
+     lambda r: None if _ratio(r, "rto_500_s", "rto_s") is None else _ratio(r, "rto_500_s", "rto_s") <= 1.5),
+    ("rto_sequential_500_s", "rto_500_s / this <= 0.25",
+     lambda r: None if _ratio(r, "rto_500_s", "rto_sequential_500_s") is None
+     else _ratio(r, "rto_500_s", "rto_sequential_500_s") <= 0.25),
+    ("preview_500_s", "<= 10 s", lambda r: _get(r, "preview_500_s") is not None and r["preview_500_s"] <= 10),
+    ("noop_500_s", "<= 10 s", lambda r: _get(r, "noop_500_s") is not None and r["noop_500_s"] <= 10),
+    ("noop_500_changes", "= 0", lambda r: _get(r, "noop_500_changes") is not None and r["noop_500_changes"] == 0),
+    ("noop_500_remote_commands", "= 0",
+     lambda r: _get(r, "noop_500_remote_commands") is not None and r["noop_500_remote_commands"] == 0),
+    ("rss_500_mb", "<= 512", lambda r: _get(r, "rss_500_mb") is not None and r["rss_500_mb"] <= 512),
+    ("state_500_bytes", "<= 2 KB per host (1006 KB at 503 hosts)",
+     lambda r: _get(r, "state_500_bytes") is not None and r["state_500_bytes"] <= 503 * 2048),
     ("fill_1gib_s", "tar|ssh gcm / this >= 0.8",
      lambda r: None if _ratio(r, "fill_tar_ssh_gcm_1gib_s", "fill_1gib_s") is None
      else _ratio(r, "fill_tar_ssh_gcm_1gib_s", "fill_1gib_s") >= 0.8),
@@ -153,6 +170,8 @@ TARGETS += _outage_watch_targets()
 RATIOS = [
     ("rto_50_s / rto_s", "rto_50_s", "rto_s"),
     ("rto_sequential_50_s / rto_50_s", "rto_sequential_50_s", "rto_50_s"),
+    ("rto_500_s / rto_s", "rto_500_s", "rto_s"),
+    ("rto_500_s / rto_sequential_500_s", "rto_500_s", "rto_sequential_500_s"),
     ("fill_tar_ssh_gcm_1gib_s / fill_1gib_s", "fill_tar_ssh_gcm_1gib_s", "fill_1gib_s"),
     ("fill_skopeo_direct_1gib_s / fill_1gib_s", "fill_skopeo_direct_1gib_s", "fill_1gib_s"),
     ("h2h_tar_ssh_gcm_1gib_s / h2h_pull_1gib_s", "h2h_tar_ssh_gcm_1gib_s", "h2h_pull_1gib_s"),

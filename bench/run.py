@@ -78,6 +78,15 @@ def _cpu_busy() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def _mem_available_mb() -> float:
+    """MemAvailable of /proc/meminfo in MiB: its drop over the lab's bring-up is what the lab's
+    processes and namespaces hold."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError("no MemAvailable in /proc/meminfo")
+
+
 @dataclass
 class Timeline:
     """When each resource step started and ended (engine events, as they arrive)."""
@@ -348,11 +357,22 @@ class Run:
         return copybench.Source(Path(summary["store"]), summary["cluster_image_id"].split(":", 1)[1])
 
     def phase_large(self) -> None:
+        """3 masters + M nodes (default 500, issue 24): the lab's bring-up, the first deploy, the
+        sequential baseline, the recovery's preview and `up`, a no-op `up` and the state's size,
+        each under a key named for M (``rto_500_s``; ``rto_50_s`` for ``--nodes-large 50``)."""
         m = self.args.nodes_large
         log(f"phase large: fresh lab of 3 masters + {m} nodes")
         self.lab.down()
+        available = _mem_available_mb()
+        started = time.monotonic()
         env = self.lab_env(m)
-        stack = self.deploy("bench50", env)
+        self.record(f"lab_{m}_up_s", time.monotonic() - started, os.getloadavg()[0])
+        self.record(f"lab_{m}_rss_mb", round(available - _mem_available_mb(), 1))
+        load = os.getloadavg()[0]
+        stack = self.deploy(f"bench{m}", env)
+        self.record(f"deploy_{m}_s", stack.profile["seconds"], load)
+        self.results.setdefault("profile", {})[f"deploy_{m}"] = stack.profile
+        self.save()
         old, new = self.kill_and_plan(stack, env)
         live = [ip for ip in env.all_ips if ip != old]
         before = self.lab.packets_to(old)
@@ -365,10 +385,10 @@ class Run:
         started = time.monotonic()
         done = subprocess.run(["bash", str(SEQUENTIAL), str(self.lab.key_path),
                                str(self.lab.known_hosts_path), env.rootfs, str(PORT), DOMAIN, new,
-                               *live], capture_output=True, text=True, timeout=1800)
+                               *live], capture_output=True, text=True, timeout=3600)
         seq = time.monotonic() - started
         cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.results.setdefault("profile", {})["sequential_50"] = {
+        self.results.setdefault("profile", {})[f"sequential_{m}"] = {
             "seconds": round(seq, 2), "commands": 1 + len(live),
             "engine_tree_cpu_s": round(cpu_after.ru_utime + cpu_after.ru_stime
                                        - cpu_before.ru_utime - cpu_before.ru_stime, 1),
@@ -377,7 +397,7 @@ class Run:
         if done.returncode != 0:
             raise BenchError(f"sequential baseline exited {done.returncode}: {done.stderr[-2000:]}")
         self.check_recovered(env, old, new, before)
-        self.record("rto_sequential_50_s", seq, load)
+        self.record(f"rto_sequential_{m}_s", seq, load)
         self.record("rto_sequential_ssh_sessions", 1 + len(live))
         log(f"sequential baseline (3+{m}): {seq:.1f}s, {1 + len(live)} SSH sessions")
         self.lab.run(new, f"cd {env.rootfs}/scripts && bash stop-registry.sh")
@@ -388,8 +408,8 @@ class Run:
 
         load = os.getloadavg()[0]
         plan = stack.preview(self.args.parallel)
-        self.record("preview_50_s", plan.seconds, load)
-        self.results.setdefault("profile", {})["preview_50"] = stack.profile
+        self.record(f"preview_{m}_s", plan.seconds, load)
+        self.results.setdefault("profile", {})[f"preview_{m}"] = stack.profile
         touching_old = [k for k, op in plan.changed().items()
                         if (parse_step(k) or (None, None))[1] == old and op != "delete"]
         if touching_old:
@@ -399,33 +419,37 @@ class Run:
         load = os.getloadavg()[0]
         with TreePeak() as peak:
             rec = stack.up(self.args.parallel)
-        self.record("rto_50_s", rec.seconds, load)
-        self.record("rto_50_remote_commands", len(rec.remote_commands()))
-        self.record("rss_mb", round(peak.mb, 1))
+        self.record(f"rto_{m}_s", rec.seconds, load)
+        self.record(f"rto_{m}_remote_commands", len(rec.remote_commands()))
+        self.record(f"rss_{m}_mb", round(peak.mb, 1))
         self.results["rss_by_process_mb"] = {k: round(v / (1 << 20), 1) for k, v in
                                              sorted(peak.by_name.items(), key=lambda kv: -kv[1])}
-        self.results.setdefault("profile", {})["rto_50"] = stack.profile
+        self.results.setdefault("profile", {})[f"rto_{m}"] = stack.profile
         self.results["cpu_by_process_s"] = peak.cpu_by_name()
         self.check_recovered(env, old, new, before)
         log(f"recovery up (3+{m}): {rec.seconds:.1f}s, {len(rec.remote_commands())} commands, "
             f"peak RSS {peak.mb:.0f} MiB over {peak.samples} samples; {stack.profile}")
-        state_file = BENCH_DIR / "state" / ".pulumi" / "stacks" / PROJECT / "bench50.json"
+        state_file = BENCH_DIR / "state" / ".pulumi" / "stacks" / PROJECT / f"bench{m}.json"
         if state_file.exists():
-            self.record("state_file_bytes_50", state_file.stat().st_size)
+            self.record(f"state_{m}_bytes", state_file.stat().st_size)
+        self.save()
+
+        load = os.getloadavg()[0]
+        noop = stack.up(self.args.parallel)
+        self.record(f"noop_{m}_s", noop.seconds, load)
+        self.record(f"noop_{m}_changes", len(noop.changed()))
+        self.record(f"noop_{m}_remote_commands", len(noop.remote_commands()))
+        self.results.setdefault("profile", {})[f"noop_{m}"] = stack.profile
+        log(f"no-op up (3+{m}): {noop.seconds:.1f}s, changes {noop.changed()}, "
+            f"{len(noop.remote_commands())} commands")
         if self.args.profile:
             self.profile_large(stack, env, old)
 
     def profile_large(self, stack: BenchStack, env: LabEnv, old: str) -> None:
-        """What bounds rto_50_s: the engine's fixed cost (a no-op up), then the same move of the
-        registry between the two live masters (launch, standby, every hosts entry, verify) at
-        several --parallel values and with intermediate checkpoints off."""
+        """What bounds the large recovery: the same move of the registry between the two live
+        masters (launch, standby, every hosts entry, verify) at several --parallel values and
+        with intermediate checkpoints off."""
         prof = self.results.setdefault("profile", {})
-        noop = stack.up(self.args.parallel)
-        if noop.changed():
-            raise BenchError(f"no-op up after the recovery changed {noop.changed()}")
-        self.record("noop_50_s", noop.seconds)
-        prof["noop_50"] = stack.profile
-        log(f"profile: no-op up (3+{self.args.nodes_large}): {noop.seconds:.1f}s {stack.profile}")
         current = env.masters[1]
         variants = [("parallel_8", 8, None), ("parallel_16", 16, None), ("parallel_32", 32, None),
                     ("parallel_4", 4, None),
@@ -601,7 +625,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 12 nodes in both phases, 64 MiB copies, one round")
     p.add_argument("--nodes", type=int, help="nodes of the small phase (default 12)")
-    p.add_argument("--nodes-large", type=int, help="nodes of the large phase (default 50)")
+    p.add_argument("--nodes-large", type=int, help="nodes of the large phase (default 500; the lab takes up to 722)")
     p.add_argument("--copy-size", type=lab_images.parse_size, help="copied registry (default 1GiB)")
     p.add_argument("--copy-layers", type=int, default=190,
                    help="layers of the copied image (sizes 1 KiB to 200 MiB; default 190)")
@@ -618,7 +642,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-instance-0", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.nodes = a.nodes or 12
-    a.nodes_large = a.nodes_large or (12 if a.quick else 50)
+    a.nodes_large = a.nodes_large or (12 if a.quick else 500)
     a.copy_size = a.copy_size or ((64 << 20) if a.quick else (1 << 30))
     a.repeat = a.repeat or (1 if a.quick else 3)
     a.only = {s.strip() for s in a.only.split(",") if s.strip()}
