@@ -13,6 +13,7 @@ from pathlib import Path
 import pulumi
 
 import kubeapi
+import program_state
 from components.access import JumpHost, SshAccess
 from components.cluster_node import HaproxyBundle
 from components.cluster_registry import ClusterRegistry, ClusterRegistryArgs
@@ -150,6 +151,7 @@ def main() -> None:
         pulumi.export("data_images", registry.data_images)
 
 
+program_state.keep_call_site_only()
 try:
     main()
 except ConfigError as err:
