@@ -59,6 +59,7 @@ class HostStep(StrEnum):
     LAUNCH = "registry-launch"             # the registry runs (master0)
     STANDBY = "registry-standby"           # the registry is kept stopped (other deploy hosts)
     NODE = "node"                          # CA trust and the domain's hosts entry
+    PAYLOAD = "payload"                    # the node step's script and CA, staged on the host
     HAPROXY = "haproxy-bundle"             # node_entry's HAProxy bundle copied to the node
 
     def of(self, ip: str) -> str:
@@ -126,7 +127,7 @@ class HostPlan:
         """Names of the resources the program declares for this host (none when it is down)."""
         if self.down:
             return []
-        names = [HostStep.NODE.of(self.ip)]
+        names = [HostStep.PAYLOAD.of(self.ip), HostStep.NODE.of(self.ip)]
         if self.deploys:
             names += [HostStep.DEPLOY.of(self.ip), HostStep.ROOTFS.of(self.ip)]
             if self.copies_data:

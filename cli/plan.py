@@ -20,6 +20,7 @@ HOST_STEPS = (
     (HostStep.STANDBY, "keep the registry stopped (standby) on"),
     (HostStep.HAPROXY, "copy the HAProxy bundle (node_entry) to"),
     (HostStep.NODE, "point {domain} at {master0} on"),
+    (HostStep.PAYLOAD, "stage the node script and CA on"),
 )
 RECORDS = {
     topology.REGISTRY_CONFIG: "ConfigMap kube-system/sealer-registry",

@@ -1,5 +1,9 @@
 """A cluster host as a registry client: ``node-<ip>`` trusts the CA and maps ``sea.hub``.
 
+The script and the CA reach the host once per change, as a file: ``payload-<ip>`` copies them
+(``staged_run``), and ``node-<ip>`` checks that file's sha256 and runs it. Sent on the step's
+stdin they were stored twice per host in the state (57 KB a host; issue 24).
+
 One step per host, not a component of two: a recovery rewrites every host's mapping, and the
 engine's cost per step grows with the size of the state it checkpoints after each one, so a
 50-node cluster gets 50 small steps rather than 100 steps under 50 components (bench/README.md).
@@ -8,6 +12,7 @@ The CA trust rides along: the script rewrites a trust file only when its content
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +22,7 @@ from pulumi_command import remote
 from topology import HostStep
 
 from .access import SshAccess
-from .remote_scripts import host_step, script_run
+from .remote_scripts import STAGED_PATH, ScriptRun, host_step, staged_run
 
 
 # Where the bundle's tarball lands on a node: a directory every login user may write (the copy
@@ -83,7 +88,7 @@ def node_step(args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None)
     keep = [] if args.maps_domain else ["--keep-hosts"]
     copied: list[pulumi.Resource] = []
     if args.ca_cert is None:
-        run = script_run("configure-node.sh", *keep, args.domain, args.master0)
+        staged = staged_run("configure-node.sh", *keep, args.domain, args.master0)
     else:
         entry: list[str] = []
         if args.entry is not None:
@@ -94,8 +99,22 @@ def node_step(args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None)
                 entry += ["--haproxy-bundle", args.bundle.staged, args.bundle.sha256]
                 copied.append(bundle_step(args.ip, args.access, args.bundle, opts))
         mirrors = [a for ip in args.mirrors for a in ("--mirror", ip)]
-        run = script_run("configure-node.sh", *keep, *entry, *mirrors, args.domain, args.master0,
-                         str(args.port), data=args.ca_cert)
+        staged = staged_run("configure-node.sh", *keep, *entry, *mirrors, args.domain,
+                            args.master0, str(args.port), data=args.ca_cert)
+    copied.append(payload_step(args.ip, args.access, staged.payload, opts))
     after = pulumi.ResourceOptions(depends_on=[*args.after, *copied])
-    return host_step(HostStep.NODE.of(args.ip), args.access, args.ip, run,
+    return host_step(HostStep.NODE.of(args.ip), args.access, args.ip, ScriptRun(staged.command, None),
                      opts=after if opts is None else opts.merge(after))
+
+
+def payload_step(ip: str, access: SshAccess, payload: Path,
+                 opts: pulumi.ResourceOptions | None = None) -> remote.CopyToRemote:
+    """``payload-<ip>``: the node step's script and CA copied to STAGED_PATH in the login user's
+    home. A file asset: the state keeps its path and hash; the copy runs again only when the
+    hash changes (a new script or CA), not when master0 moves. No delete: dropping it never
+    dials the host. The path is relative to the project (the engine runs the program and the
+    providers there): the same in every clone, so a watcher on another machine does not see
+    every payload step changed."""
+    return remote.CopyToRemote(HostStep.PAYLOAD.of(ip), connection=access.connection(ip),
+                               source=pulumi.FileAsset(os.path.relpath(payload)),
+                               remote_path=STAGED_PATH, opts=opts)

@@ -10,6 +10,8 @@ nothing after it is ever parsed as commands. One SSH session per change; secrets
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -26,6 +28,19 @@ if TYPE_CHECKING:
 
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "scripts"
 LAST_LINE = 'main "$@"\n'
+# Staged payloads (see ``staged_run``) on the operator's machine, by content: the engine keeps a
+# file asset's path and hash in the state, not its bytes.
+PAYLOADS_DIR = Path(__file__).resolve().parent.parent / ".cache" / "payloads"
+# Where a host keeps its staged payload: relative, so in the SSH login user's home (sftp's and the
+# command's working directory; `sudo` keeps it). Only that user and root can change it, and the
+# user can become root anyway: checking the sha256 and then reading the file gives nobody more.
+STAGED_PATH = ".sealer-registry-node.run"
+# Checks the staged payload against the sha256 the program computed, then runs it as the step
+# ran its stdin before. Arguments: SHA256 FILE ARG...
+RUN_STAGED = ('f=$2; echo "$1  $f" | sha256sum --quiet -c - >/dev/null 2>&1 || { '
+              'echo "$f on $(hostname) is not the payload $1 the program staged (pulumi up '
+              '--replace on its payload-<ip> step copies it again)" >&2; exit 1; }; '
+              'shift 2; exec bash -s -- "$@" <"$f"')
 
 
 _LIB = re.compile(r'^\s*source "\$\{BASH_SOURCE\[0\]%/\*\}/lib/([a-z-]+\.sh)"\s*$', re.M)
@@ -70,7 +85,7 @@ def script_body(name: str) -> str:
 @dataclass(frozen=True)
 class ScriptRun:
     command: pulumi.Input[str]  # a str unless an argument is an Output (a probed generation)
-    stdin: pulumi.Input[str]
+    stdin: pulumi.Input[str] | None  # None: nothing on stdin (a staged run)
 
 
 def _command(args: tuple) -> str:
@@ -91,6 +106,36 @@ def script_run(name: str, *args: pulumi.Input[str], data: pulumi.Input[str] | No
     if isinstance(data, str):  # outside a Pulumi program (the CLI's probes, tests)
         return ScriptRun(command, body + data)
     return ScriptRun(command, pulumi.Output.from_input(data).apply(lambda d: body + d))
+
+
+@dataclass(frozen=True)
+class StagedRun:
+    """A script run whose script and data sit in a file on the host (``payload``, copied there by
+    a CopyToRemote step) instead of in the step's stdin: a step's stdin is stored in the state
+    twice (inputs and outputs), 57 KB for each node's configure-node.sh and CA, and the engine
+    rewrites the whole state when each step starts and ends."""
+
+    payload: Path           # on the operator's machine, named by its sha256
+    sha256: str
+    command: str            # bash -c RUN_STAGED ... SHA256 STAGED_PATH ARG...
+
+
+def staged_run(name: str, *args: str, data: str = "") -> StagedRun:
+    """``scripts/<name> ARGS`` with ``data`` on its stdin, staged: the payload (the same bytes
+    ``script_run`` sends on stdin) is written once on this machine under its sha256; the command
+    checks the host's copy against that sha256 before running it. No secret in ``data``: the
+    payload is a plain file here and on the host."""
+    payload = script_body(name) + data
+    sha = hashlib.sha256(payload.encode()).hexdigest()
+    path = PAYLOADS_DIR / f"{sha}.run"
+    if not path.is_file():
+        PAYLOADS_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(payload)
+        tmp.replace(path)
+    command = " ".join(["bash", "-c", shlex.quote(RUN_STAGED), "run-staged", sha, STAGED_PATH,
+                        *(shlex.quote(str(a)) for a in args)])
+    return StagedRun(path, sha, command)
 
 
 def host_step(name: str, access: "SshAccess", ip: str, run: ScriptRun, *,

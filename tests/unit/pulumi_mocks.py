@@ -16,8 +16,18 @@ SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # pulumi's marker of a secret v
 SIG_KEY = "4dabf18193072939515e22adb298388d"
 
 
+@dataclass(frozen=True)
+class FileAssetRef:
+    """A declared file asset, equal to another of the same path (the engine compares their hash,
+    which follows the file's content, and a staged payload's path holds its sha256)."""
+
+    path: str
+
+
 def unwrap(value: Any, path: str, secret_paths: set[str]) -> Any:
     """Plain value of ``value``; records in ``secret_paths`` where a secret was found."""
+    if isinstance(value, pulumi.FileAsset):
+        return FileAssetRef(value.path)
     if isinstance(value, dict):
         if value.get(SIG_KEY) == SECRET_SIG:
             secret_paths.add(path)
@@ -97,3 +107,29 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def of_type(self, typ: str) -> list[Declared]:
         return [r for r in self.resources if r.typ == typ]
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A staged run's command (components.remote_scripts.staged_run) read back: the sha256 it
+    checks, the arguments the script gets, and the payload with that sha256 on this machine."""
+
+    sha256: str
+    args: list[str]
+    payload: str
+
+    @property
+    def bash_s(self) -> str:
+        """The command the step ran before its payload was staged: ``bash -s -- ARGS``."""
+        return " ".join(["bash", "-s", "--", *(shlex.quote(a) for a in self.args)])
+
+
+def staged(create: str) -> Staged:
+    from components.remote_scripts import PAYLOADS_DIR, RUN_STAGED, STAGED_PATH
+
+    words = shlex.split(create)
+    assert words[:4] == ["bash", "-c", RUN_STAGED, "run-staged"], create
+    assert words[5] == STAGED_PATH, create
+    payload = (PAYLOADS_DIR / f"{words[4]}.run").read_text()
+    assert hashlib.sha256(payload.encode()).hexdigest() == words[4]
+    return Staged(words[4], words[6:], payload)

@@ -17,7 +17,8 @@ from config import PROJECT
 from config.image_store import ImageRef, StoredImage
 from config import Distribution
 from material import build_material, pki
-from tests.unit.pulumi_mocks import RecordingMocks
+from components.remote_scripts import STAGED_PATH, script_body
+from tests.unit.pulumi_mocks import RecordingMocks, staged
 from topology import Topology
 
 MASTERS = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
@@ -106,7 +107,7 @@ def test_names_and_counts_for_three_masters_four_nodes(ca):
     rootfs, data (pre mode) and one registry step; master0 launches, the other deploy host stands by."""
     names = set(declare(make_args(ca)).by_name())
     for ip in MASTERS + NODES:
-        assert f"node-{ip}" in names
+        assert {f"node-{ip}", f"payload-{ip}"} <= names
         assert not {f"hosts-{ip}", f"ca-trust-{ip}"} & names
     for ip in MASTERS[:2]:
         assert {f"deploy-{ip}", f"rootfs-{ip}", f"data-{ip}"} <= names
@@ -116,9 +117,16 @@ def test_names_and_counts_for_three_masters_four_nodes(ca):
     remote = [r for r in declare(make_args(ca)).of_type("command:remote:Command")]
     # 7 node steps + 2 rootfs + 2 registry steps + verify + the replica's data pull
     assert len(remote) == 7 + 2 + 2 + 1 + 1
-    node = declare(make_args(ca)).by_name()[f"node-{NODES[0]}"].inputs
-    assert node["create"] == f"bash -s -- sea.hub {MASTERS[0]} 5000"
-    assert node["stdin"].endswith(ca[0])
+    declared = declare(make_args(ca)).by_name()
+    node = declared[f"node-{NODES[0]}"].inputs
+    run = staged(node["create"])
+    assert run.args == ["sea.hub", MASTERS[0], "5000"]
+    assert run.payload == script_body("configure-node.sh") + ca[0]
+    assert "stdin" not in node  # the script and the CA are in the staged file, not in the state
+    copy = declared[f"payload-{NODES[0]}"]
+    assert copy.typ == "command:remote:CopyToRemote"
+    assert copy.inputs["source"].path.endswith(f"{run.sha256}.run")
+    assert copy.inputs["remotePath"] == STAGED_PATH
 
 
 def test_no_remote_command_has_a_delete_command(ca):
@@ -156,6 +164,7 @@ def test_changing_master0_changes_only_launch_hosts_entries_and_verify(ca):
             f"node-{MASTERS[0]}", f"rootfs-{MASTERS[0]}",
             f"data-{MASTERS[0]}"} <= removed
     changed = {n for n in set(before) & set(after) if before[n].inputs != after[n].inputs}
+    # The node steps' arguments only: their staged script and CA (payload-<ip>) stay.
     expected = {f"node-{ip}" for ip in MASTERS[1:] + NODES} | {
         "registry-verify", "sealer-registry-config", f"data-{MASTERS[1]}"}
     assert changed == expected
@@ -209,6 +218,8 @@ def test_urns_keep_their_names_types_and_parents(ca):
         f"{deploy}${remote}::registry-launch-{m}",
         f"{reg}${remote}::node-{m}",
         f"{reg}${remote}::node-{n}",
+        f"{reg}$command:remote:CopyToRemote::payload-{m}",
+        f"{reg}$command:remote:CopyToRemote::payload-{n}",
         f"{reg}${remote}::registry-verify",
     }
 
@@ -317,7 +328,8 @@ def test_insecure_mode_has_no_ca_trust_and_plain_http_verify(ca):
     verification over http."""
     mocks = declare(make_args(ca, insecure=True, username=None))
     node = mocks.by_name()[f"node-{NODES[0]}"].inputs
-    assert node["create"] == f"bash -s -- sea.hub {MASTERS[0]}"
-    assert node["stdin"].endswith("exit \"$?\"\n")  # the script alone: no CA after it
+    run = staged(node["create"])
+    assert run.args == ["sea.hub", MASTERS[0]]
+    assert run.payload == script_body("configure-node.sh")  # the script alone: no CA after it
     verify = mocks.by_name()["registry-verify"].inputs["create"]
     assert " http " in verify

@@ -116,7 +116,7 @@ def test_ha_masters_have_a_data_step_pulling_from_every_other_live_master():
     for ip in (M1, M2, M3):
         host = t.host(ip)
         assert host.holds_data and host.copies_data
-        assert host.steps() == [HostStep.NODE.of(ip), HostStep.DEPLOY.of(ip),
+        assert host.steps() == [HostStep.PAYLOAD.of(ip), HostStep.NODE.of(ip), HostStep.DEPLOY.of(ip),
                                 HostStep.ROOTFS.of(ip), HostStep.DATA.of(ip), HostStep.LAUNCH.of(ip)]
         assert t.data_sources(ip) == [m for m in (M1, M2, M3) if m != ip]
     down = ha_layout(down_hosts=[M2])

@@ -16,6 +16,7 @@ from components.cluster_node import HaproxyBundle
 from components.remote_scripts import script_body
 from config.errors import ConfigError
 from tests.unit.test_components import MASTERS, NODES, declare, make_args
+from tests.unit.pulumi_mocks import staged
 from tests.unit.test_config import load, problems, render
 from material import pki
 
@@ -164,12 +165,12 @@ def test_auto_copies_the_bundle_to_every_entry_node_and_names_it_in_the_node_ste
         assert copy.inputs["remotePath"] == f"/var/tmp/{NAME}"
         assert copy.inputs["source"].path == bundle.path
         node = declared[f"node-{ip}"].inputs
-        assert node["create"] == (
+        assert staged(node["create"]).bash_s == (
             f"bash -s -- --entry 10.103.97.2 --entry-stats-port 5099 --haproxy-bundle "
             f"/var/tmp/{NAME} {bundle.sha256} --mirror {MASTERS[1]} --mirror {MASTERS[2]} "
             f"sea.hub {MASTERS[0]} 5000")
-        assert node["stdin"].startswith(script_body("configure-node.sh"))
-        assert "stand-in bundle" not in node["stdin"]
+        assert staged(node["create"]).payload.startswith(script_body("configure-node.sh"))
+        assert "stand-in bundle" not in staged(node["create"]).payload
     for ip in MASTERS:
         assert "--haproxy" not in declared[f"node-{ip}"].inputs["create"]
 

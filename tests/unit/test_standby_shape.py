@@ -17,6 +17,7 @@ from components.remote_scripts import SCRIPTS_DIR, script_body
 from material.registry_config import (DRAIN_TIMEOUT, is_read_only, read_only_registry_yml,
                                       render_registry_yml)
 from tests.unit.test_components import MASTERS, NODES, ROOTFS, declare, make_args
+from tests.unit.pulumi_mocks import staged
 from tests.unit.test_config import load, problems, render
 from topology import Topology
 from material import pki
@@ -173,7 +174,7 @@ def test_cold_standbys_stop_the_registry_and_hold_the_read_write_config(ca):
 def test_nodes_list_the_live_warm_standbys_after_master0(ca):
     declared = declare(make_args(ca, **WARM)).by_name()
     for ip in MASTERS + NODES:
-        assert declared[f"node-{ip}"].inputs["create"] == (
+        assert staged(declared[f"node-{ip}"].inputs["create"]).bash_s == (
             f"bash -s -- --mirror {MASTERS[1]} --mirror {MASTERS[2]} sea.hub {MASTERS[0]} 5000")
 
 
@@ -190,7 +191,7 @@ def test_master0_move_flips_roles_and_a_revived_old_master0_comes_back_read_only
     assert cmd.split()[6] == registry_command(before, f"registry-launch-{old}")[0].split()[6]
     assert is_read_only(rootfs_config(recovered, other))
     assert recovered[f"registry-standby-{other}"].inputs == before[f"registry-standby-{other}"].inputs
-    assert recovered[f"node-{NODES[0]}"].inputs["create"] == f"bash -s -- --mirror {other} sea.hub {new} 5000"
+    assert staged(recovered[f"node-{NODES[0]}"].inputs["create"]).bash_s == f"bash -s -- --mirror {other} sea.hub {new} 5000"
     assert not [n for n in recovered if n.endswith(old)]
 
     rejoined = declare(make_args(ca, **WARM, master0=new)).by_name()
@@ -198,7 +199,7 @@ def test_master0_move_flips_roles_and_a_revived_old_master0_comes_back_read_only
     cmd, script = registry_command(rejoined, f"registry-standby-{old}")
     assert script == "launch-registry.sh"
     assert cmd == registry_command(before, f"registry-standby-{other}")[0]
-    assert rejoined[f"node-{NODES[0]}"].inputs["create"] == (
+    assert staged(rejoined[f"node-{NODES[0]}"].inputs["create"]).bash_s == (
         f"bash -s -- --mirror {old} --mirror {other} sea.hub {new} 5000")
 
 
@@ -211,7 +212,7 @@ def test_warm_standby_changes_nothing_in_a_cluster_without_standbys(ca):
 
 def test_insecure_mode_nodes_get_no_mirror(ca):
     declared = declare(make_args(ca, **WARM, insecure=True)).by_name()
-    assert declared[f"node-{NODES[0]}"].inputs["create"] == f"bash -s -- sea.hub {MASTERS[0]}"
+    assert staged(declared[f"node-{NODES[0]}"].inputs["create"]).bash_s == f"bash -s -- sea.hub {MASTERS[0]}"
 
 
 # ----------------------------------------------------------------------------- hosts.toml
@@ -346,7 +347,7 @@ def test_hosts_without_a_registry_reach_it_through_the_node_entry_point(ca):
     the verifier, a plain node, checks that the domain resolves to the entry address."""
     declared = declare(make_args(ca, **WARM, node_entry=ENTRY)).by_name()
     for ip in NODES:
-        assert declared[f"node-{ip}"].inputs["create"] == (
+        assert staged(declared[f"node-{ip}"].inputs["create"]).bash_s == (
             f"bash -s -- --entry 10.103.97.2 --entry-stats-port 5099 --mirror {MASTERS[1]} "
             f"--mirror {MASTERS[2]} sea.hub {MASTERS[0]} 5000")
     for ip in MASTERS:
@@ -360,7 +361,7 @@ def test_a_recovery_rewrites_the_entry_point_s_servers_and_drops_the_fenced_host
     old, new, other = MASTERS
     recovered = declare(make_args(ca, **WARM, node_entry=ENTRY, master0=new,
                                   down_hosts=[old])).by_name()
-    assert recovered[f"node-{NODES[0]}"].inputs["create"] == (
+    assert staged(recovered[f"node-{NODES[0]}"].inputs["create"]).bash_s == (
         f"bash -s -- --entry 10.103.97.2 --entry-stats-port 5099 --mirror {other} sea.hub {new} 5000")
 
 

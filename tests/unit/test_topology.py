@@ -61,14 +61,14 @@ def test_down_hosts_are_listed_but_get_no_steps():
 def test_moving_master0_moves_the_launch_and_the_data_in_post_mode():
     """The plans of two master0 values: the new master0 launches and (post) gets the data."""
     before, after = layout(distribution="post"), layout(distribution="post", master0=M2, down_hosts=[M1])
-    assert before.host(M2).steps() == [f"node-{M2}", f"deploy-{M2}", f"rootfs-{M2}",
+    assert before.host(M2).steps() == [f"payload-{M2}", f"node-{M2}", f"deploy-{M2}", f"rootfs-{M2}",
                                        f"registry-standby-{M2}"]
-    assert after.host(M2).steps() == [f"node-{M2}", f"deploy-{M2}", f"rootfs-{M2}", f"data-{M2}",
-                                      f"registry-launch-{M2}"]
+    assert after.host(M2).steps() == [f"payload-{M2}", f"node-{M2}", f"deploy-{M2}", f"rootfs-{M2}",
+                                      f"data-{M2}", f"registry-launch-{M2}"]
 
 
-def test_a_host_without_role_gets_only_its_node_step():
-    assert layout().host(N1).steps() == [f"node-{N1}"]
+def test_a_host_without_role_gets_only_its_node_step_and_its_payload():
+    assert layout().host(N1).steps() == [f"payload-{N1}", f"node-{N1}"]
 
 
 def test_verifier_is_the_first_live_node_other_than_master0():
@@ -85,8 +85,8 @@ def test_resource_names_hold_the_fixed_steps_and_every_live_host_s():
     names = layout(nodes=[N1]).resource_names()
     assert {"sealer-registry", "records", "k8s", "sealer-registry-config",
             "sealer-registry-secret", "sealer-apps", "registry-verify"} <= names
-    assert {f"node-{ip}" for ip in (M1, M2, M3, N1)} <= names
-    assert len(names) == 7 + 4 + 2 * 4  # fixed, node steps, two deploy hosts x 4 steps
+    assert {f"{step}-{ip}" for ip in (M1, M2, M3, N1) for step in ("node", "payload")} <= names
+    assert len(names) == 7 + 2 * 4 + 2 * 4  # fixed, node and payload steps, two deploy hosts x 4 steps
 
 
 def test_host_of_an_unknown_ip_is_refused():
