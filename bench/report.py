@@ -73,6 +73,7 @@ TARGETS = [
     ("noop_500_changes", "= 0", lambda r: _get(r, "noop_500_changes") is not None and r["noop_500_changes"] == 0),
     ("noop_500_remote_commands", "= 0",
      lambda r: _get(r, "noop_500_remote_commands") is not None and r["noop_500_remote_commands"] == 0),
+    ("status_500_s", "<= 10 s", lambda r: _get(r, "status_500_s") is not None and r["status_500_s"] <= 10),
     ("rss_500_mb", "<= 512", lambda r: _get(r, "rss_500_mb") is not None and r["rss_500_mb"] <= 512),
     ("state_500_bytes", "<= 2 KB per host (1006 KB at 503 hosts)",
      lambda r: _get(r, "state_500_bytes") is not None and r["state_500_bytes"] <= 503 * 2048),

@@ -442,8 +442,28 @@ class Run:
         self.results.setdefault("profile", {})[f"noop_{m}"] = stack.profile
         log(f"no-op up (3+{m}): {noop.seconds:.1f}s, changes {noop.changed()}, "
             f"{len(noop.remote_commands())} commands")
+        self.status_large(stack, m, old)
         if self.args.profile:
             self.profile_large(stack, env, old)
+
+    def status_large(self, stack: BenchStack, m: int, old: str) -> None:
+        """`cli status` on the 3 + M hosts as an operator runs it (probes in parallel, bounded):
+        `status_M_s`; it must answer (0 healthy, 1 degraded: its verdict is logged) without
+        dialling the dead master0."""
+        before = self.lab.packets_to(old)
+        load = os.getloadavg()[0]
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "cli", "status", "--stack", stack.name, "--json"],
+                              cwd=REPO, env=dict(self.env, PYTHONPATH=str(REPO)),
+                              capture_output=True, text=True, timeout=600)
+        took = time.monotonic() - started
+        if done.returncode not in (0, 1):
+            raise BenchError(f"status at 3+{m} exited {done.returncode}: {done.stderr[-2000:]}")
+        if self.lab.packets_to(old) != before:
+            raise BenchError(f"status at 3+{m} sent packets to the dead master0 {old}")
+        self.record(f"status_{m}_s", took, load)
+        verdict = "healthy" if done.returncode == 0 else "degraded"
+        log(f"status (3+{m}): {took:.1f}s, {verdict}; {done.stdout[-600:]}")
 
     def profile_large(self, stack: BenchStack, env: LabEnv, old: str) -> None:
         """What bounds the large recovery: the same move of the registry between the two live
