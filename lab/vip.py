@@ -21,19 +21,39 @@ The lab (``ensure``), in the node's network namespace:
   with no healthy master a connect is refused (IPVS refuses a service with no real server);
 - service ``reg-lvscare`` (``Lab.start_service``: survives like containerd, restarted by a revive
   after a crash) running lab/reg-lvscare.sh, copied to the node's ``/etc/reg-lvscare/``.
-  ``ensure`` first writes the table with every master, as ``seautil ipvs --run-once`` does.
+  ``ensure`` first writes the table with every master, as ``seautil ipvs --run-once`` does, and
+  the checker starts with every master in rotation, as lvscare's ``createVsAndRs`` does.
+- the checker does what lvscare's loop does (vendored github.com/labring/lvscare
+  ``care/care.go``, ``service/service.go`` ``CheckRealServers``, ``utils/utils.go``
+  ``IsHTTPAPIHealth`` in sealerio/sealer@v0.11.0): a ``time.Ticker`` of ``interval``; each tick
+  probes the masters one after the other, in the ``--rs`` order, with ``http.Get`` on Go's
+  ``http.DefaultTransport`` (dial bounded by 30 s, TLS handshake by 10 s, no overall limit) and
+  deletes a master's real server right after its failed probe (``DeleteRealServer``, not a weight
+  of 0), adding it back after a good one. A master whose packets are dropped (the lab's ``kill``,
+  a partition) therefore leaves the rotation 30 s after the first tick that follows its death:
+  30–35 s after it with the default 5 s interval; a tick that comes during a round waits (Go
+  buffers one), so the next round starts at once. ``timeout`` is that dial bound (curl's
+  ``--connect-timeout``, which also covers the TLS handshake; ``--max-time`` = ``timeout`` + 10 s).
 
 How it differs from IPVS + lvscare:
 - existing connections: conntrack keeps a flow NAT'ed to the backend it started on, also after
   the checker dropped that backend; IPVS does the same with its own connection table unless
   ``net.ipv4.vs.expire_nodest_conn`` is set. Either way an open pull to a dead master hangs until
   the client's own timeout; new connections go to the remaining masters.
-- checker timing: the lab probes all masters at once, each bounded by ``timeout`` (curl
-  ``--connect-timeout``/``--max-time``), then sleeps ``interval``: a dead master is out within
-  ``interval + timeout`` (plus one nft transaction). lvscare probes them one after the other with
-  Go's default client (dial timeout 30 s, TLS handshake 10 s, no overall limit), on a ticker of
-  ``interval``: a master whose packets are dropped costs 30 s per round, and the rounds of the
-  other masters wait for it.
+- checker timing, as above; the one gap: lvscare waits for ever on a registry that completes
+  TLS and never answers HTTP (no overall limit), the lab gives up after ``timeout`` + 10 s. No
+  lab fault makes that case (``kill`` drops packets: the dial fails at 30 s either way).
+  Before 2026-12-06 the lab probed the masters in parallel, bounded by 10 s, and dropped a killed
+  master 10–15 s after the kill: kinder than lvscare by about 20 s.
+- IPVS's ``net.ipv4.vs.expire_nodest_conn``: sealer's kube-proxy runs in IPVS mode
+  (pkg/runtime/kubernetes/kubeadm/common.go@v0.11.0:91-96, the VIP in ``excludeCIDRs``) and
+  kube-proxy sets that sysctl to 1 (kubernetes pkg/proxy/ipvs/proxier.go,
+  ``sysctlExpireNoDestConn``): once lvscare deleted a real server, the kernel expires its
+  connections and a later SYN retransmission of one still connecting is scheduled again, to a live
+  master. The lab does not model it: such a connection keeps going to the dead master until the
+  client's own timeout (harsher than a node with kube-proxy, never kinder). It matters only for a
+  connection opened less than the client's dial bound before lvscare's removal (30–35 s after the
+  death): docker's first request gives up at 15 s, containerd 1.6's dial at 30 s.
 - nothing to inspect with ``ipvsadm``: ``status()`` reads set ``healthy``; ``nft list table ip
   sealer_reg_vip`` in the node shows the rule. Scheduler, weights (lvscare: 1 each) and
   persistence are not modelled beyond round robin.
@@ -58,7 +78,7 @@ LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 SCRIPT = Path(__file__).resolve().parent / "reg-lvscare.sh"
 HOST_SCRIPT = "/etc/reg-lvscare/reg-lvscare.sh"
 LVSCARE_INTERVAL_S = 5     # lvscare's --interval default (vendored cmd/seautil/cmd/ipvs.go@v0.11.0)
-DEFAULT_TIMEOUT_S = 10     # Go's TLS handshake timeout, the tighter of lvscare's two bounds
+DEFAULT_TIMEOUT_S = 30     # Go's dial timeout in http.DefaultTransport, what lvscare's probe uses
 
 
 class VipSpec(BaseModel):
