@@ -10,9 +10,11 @@
 #       AFTER THE OTHER, in the order given, with GET https://BACKEND:PORT/ (TLS unverified, any
 #       HTTP answer is healthy), taking a backend out right after its own failed probe and back
 #       right after a good one. The probe is Go's http.Get on http.DefaultTransport: dial bounded
-#       by 30 s (DIAL), TLS handshake by 10 s, no overall limit. curl bounds connect + TLS by DIAL
-#       together and the whole request by DIAL + 10 s (lvscare would wait for ever on a registry
-#       that accepts TLS and never answers: the lab gives up there, a case no lab fault makes).
+#       by 30 s (DIAL), TLS handshake by 10 s, TCP keepalive every 30 s, no overall limit. curl
+#       bounds connect + TLS by DIAL together (a TLS stall: 30 s where Go gives up at 10 s) and
+#       sets the same keepalive, with no overall limit either: a master that dies while a probe
+#       waits for its answer holds the round until keepalive gives up (30 s + 9 probes x 30 s,
+#       the kernel's default count), in lvscare as here.
 #       Ticker: a tick that comes while a round runs waits (Go buffers one), the others are lost.
 # The table is replaced whole in one nft transaction: a connect sees the old set or the new one.
 # Set `healthy` holds the backends in rotation (lab/vip.py status() reads it). With none, a
@@ -49,8 +51,7 @@ apply() {
 
 probe() {
   local backend=$1 port=$2 dial=$3
-  curl -k -s -o /dev/null --connect-timeout "$dial" \
-    --max-time "$(awk -v d="$dial" 'BEGIN { print d + 10 }')" "https://$backend:$port/"
+  curl -k -s -o /dev/null --connect-timeout "$dial" --keepalive-time 30 "https://$backend:$port/"
 }
 
 # Seconds to sleep after a round that started at BEGAN and ended at ENDED on a ticker of INTERVAL
