@@ -26,6 +26,8 @@ What differs from sealer's docker nodes (basefs context/docker/rootfs/etc/docker
 """
 from __future__ import annotations
 
+import base64
+import json
 import shlex
 import socket
 import time
@@ -178,6 +180,66 @@ def pull(lab: Lab, host: str, ref: str, user: str = "", password: str = "",
     q = shlex.quote
     done = lab.run(host, f"bash -c {q(PULL_SCRIPT)} pull {q(ref)} {q(user)} {int(timeout)}",
                    input=password + "\n", check=False, timeout=timeout + 60)
+    digest = done.stdout.strip() if done.returncode == 0 else ""
+    return Pull(done.returncode == 0 and digest.startswith("sha256:"), digest, done.stderr,
+                time.monotonic() - began)
+
+
+# $1 ref (<registry>/<repo>:<tag>), $2 seconds the pull may take; stdin: the X-Registry-Auth
+# value (base64url of {"username", "password", "serveraddress"}, "" = anonymous). The engine API's
+# `POST /images/create` as the kubelet's docker shim sends it (no `docker login`: the credentials
+# ride on the pull itself); a 200 whose stream ends with an "error" line is a failed pull.
+API_PULL_SCRIPT = r"""
+set -uo pipefail
+ref=$1 limit=$2
+docker=/usr/bin/docker
+host=(-H unix:///run/docker.sock)
+repo=${ref%:*} tag=${ref##*:}
+forget() { "$docker" "${host[@]}" rmi -f "$ref" >/dev/null 2>&1 || true; }
+trap forget EXIT
+main() {
+  local auth="" out digest
+  IFS= read -r auth || true
+  forget
+  # an error before the stream starts (the /v2/ ping, the auth) is an HTTP error status with
+  # {"message": ...}; one during the stream is a 200 whose last line holds "error"
+  out=$(curl -sS --max-time "$limit" --unix-socket /run/docker.sock -X POST \
+    -H "X-Registry-Auth: $auth" -w '\n%{http_code}' \
+    "http://docker/images/create?fromImage=$repo&tag=$tag") || { printf '%s\n' "$out" >&2; return 1; }
+  if [ "${out##*$'\n'}" != 200 ]; then
+    printf '%s\n' "${out%$'\n'*}" >&2
+    return 1
+  fi
+  if grep -q '"error"' <<<"$out"; then
+    grep '"error"' <<<"$out" | tail -n 1 >&2
+    return 1
+  fi
+  digest=$("$docker" "${host[@]}" image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' \
+    "$ref" | sed -n 's/^.*@\(sha256:[0-9a-f]*\)$/\1/p' | head -n 1)
+  printf '%s\n' "$digest"
+}
+main
+"""
+
+
+def pull_as_kubelet(lab: Lab, host: str, ref: str, user: str = "", password: str = "",
+                    timeout: int = 120) -> Pull:
+    """``ref`` pulled the way the kubelet's docker shim pulls (dockershim / cri-dockerd
+    ``PullImage``): one engine API call ``POST /images/create`` with the credentials in
+    ``X-Registry-Auth``, no ``docker login`` before it (``pull`` logs in first, one more request
+    to the registry). dockerd still pings ``/v2/`` first, with its 15 s client timeout. The image
+    is removed before and after."""
+    if not ref or "/" not in ref or ":" not in ref.rsplit("/", 1)[1]:
+        raise ValueError(f"ref must be <registry>/<repo>:<tag>, got {ref!r}")
+    auth = ""
+    if user:
+        body = json.dumps({"username": user, "password": password,
+                           "serveraddress": ref.split("/", 1)[0]}).encode()
+        auth = base64.urlsafe_b64encode(body).decode()
+    began = time.monotonic()
+    q = shlex.quote
+    done = lab.run(host, f"bash -c {q(API_PULL_SCRIPT)} pull {q(ref)} {int(timeout)}",
+                   input=auth + "\n", check=False, timeout=timeout + 60)
     digest = done.stdout.strip() if done.returncode == 0 else ""
     return Pull(done.returncode == 0 and digest.startswith("sha256:"), digest, done.stderr,
                 time.monotonic() - began)

@@ -21,19 +21,42 @@ The lab (``ensure``), in the node's network namespace:
   with no healthy master a connect is refused (IPVS refuses a service with no real server);
 - service ``reg-lvscare`` (``Lab.start_service``: survives like containerd, restarted by a revive
   after a crash) running lab/reg-lvscare.sh, copied to the node's ``/etc/reg-lvscare/``.
-  ``ensure`` first writes the table with every master, as ``seautil ipvs --run-once`` does.
+  ``ensure`` first writes the table with every master, as ``seautil ipvs --run-once`` does, and
+  the checker starts with every master in rotation, as lvscare's ``createVsAndRs`` does.
+- the checker does what lvscare's loop does (vendored github.com/labring/lvscare
+  ``care/care.go``, ``service/service.go`` ``CheckRealServers``, ``utils/utils.go``
+  ``IsHTTPAPIHealth`` in sealerio/sealer@v0.11.0): a ``time.Ticker`` of ``interval``; each tick
+  probes the masters one after the other, in the ``--rs`` order, with ``http.Get`` on Go's
+  ``http.DefaultTransport`` (dial bounded by 30 s, TLS handshake by 10 s, no overall limit) and
+  deletes a master's real server right after its failed probe (``DeleteRealServer``, not a weight
+  of 0), adding it back after a good one. A master whose packets are dropped (the lab's ``kill``,
+  a partition) therefore leaves the rotation 30 s after the first tick that follows its death:
+  30–35 s after it with the default 5 s interval; a tick that comes during a round waits (Go
+  buffers one), so the next round starts at once. ``timeout`` is that dial bound (curl's
+  ``--connect-timeout``, which also covers the TLS handshake; TCP keepalive 30 s as Go's dialer
+  sets it; no overall bound, as ``http.Get`` has none).
 
 How it differs from IPVS + lvscare:
 - existing connections: conntrack keeps a flow NAT'ed to the backend it started on, also after
   the checker dropped that backend; IPVS does the same with its own connection table unless
   ``net.ipv4.vs.expire_nodest_conn`` is set. Either way an open pull to a dead master hangs until
   the client's own timeout; new connections go to the remaining masters.
-- checker timing: the lab probes all masters at once, each bounded by ``timeout`` (curl
-  ``--connect-timeout``/``--max-time``), then sleeps ``interval``: a dead master is out within
-  ``interval + timeout`` (plus one nft transaction). lvscare probes them one after the other with
-  Go's default client (dial timeout 30 s, TLS handshake 10 s, no overall limit), on a ticker of
-  ``interval``: a master whose packets are dropped costs 30 s per round, and the rounds of the
-  other masters wait for it.
+- checker timing, as above. A master that dies while a probe of it waits for the answer (the
+  request sent, the TLS done) holds lvscare's round until TCP keepalive gives up on the
+  connection: 30 s idle + 9 probes 30 s apart, about 5 min, during which the dead master stays in
+  rotation; the lab's curl does the same. (One run, with an overall bound of 40 s on the probe
+  then, dropped a killed master 40.0 s after the kill: most likely that case.) A TLS stall: curl waits up to ``timeout`` (30 s), Go 10 s.
+  Before 2026-12-06 the lab probed the masters in parallel, bounded by 10 s, and dropped a killed
+  master 10–15 s after the kill: kinder than lvscare by about 20 s.
+- IPVS's ``net.ipv4.vs.expire_nodest_conn``: sealer's kube-proxy runs in IPVS mode
+  (pkg/runtime/kubernetes/kubeadm/common.go@v0.11.0:91-96, the VIP in ``excludeCIDRs``) and
+  kube-proxy sets that sysctl to 1 (kubernetes pkg/proxy/ipvs/proxier.go,
+  ``sysctlExpireNoDestConn``): once lvscare deleted a real server, the kernel expires its
+  connections and a later SYN retransmission of one still connecting is scheduled again, to a live
+  master. The lab does not model it: such a connection keeps going to the dead master until the
+  client's own timeout (harsher than a node with kube-proxy, never kinder). It matters only for a
+  connection opened less than the client's dial bound before lvscare's removal (30–35 s after the
+  death): docker's first request gives up at 15 s, containerd 1.6's dial at 30 s.
 - nothing to inspect with ``ipvsadm``: ``status()`` reads set ``healthy``; ``nft list table ip
   sealer_reg_vip`` in the node shows the rule. Scheduler, weights (lvscare: 1 each) and
   persistence are not modelled beyond round robin.
@@ -45,6 +68,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import shlex
+import subprocess
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -58,7 +83,7 @@ LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 SCRIPT = Path(__file__).resolve().parent / "reg-lvscare.sh"
 HOST_SCRIPT = "/etc/reg-lvscare/reg-lvscare.sh"
 LVSCARE_INTERVAL_S = 5     # lvscare's --interval default (vendored cmd/seautil/cmd/ipvs.go@v0.11.0)
-DEFAULT_TIMEOUT_S = 10     # Go's TLS handshake timeout, the tighter of lvscare's two bounds
+DEFAULT_TIMEOUT_S = 30     # Go's dial timeout in http.DefaultTransport, what lvscare's probe uses
 
 
 class VipSpec(BaseModel):
@@ -181,3 +206,18 @@ def checker_log(lab: Lab, node: str) -> str:
     """What the checker logged on the node (each change of the healthy set, with its time)."""
     log = lab.service_log(node, SERVICE)
     return log.read_text(errors="replace") if log.exists() else ""
+
+
+def kill_between_probes(lab: Lab, master: str, ip: str, port: int, limit_s: float = 10) -> None:
+    """``lab.kill(master)`` at a moment no node's checker has a probe of ``ip:port`` in flight.
+    A master that dies while a probe waits for its answer stays in rotation until TCP keepalive
+    gives up (about 5 min, in lvscare as in the lab: see the module's docstring); tests that
+    time the common case, a death between probes, kill through this. (No PID namespace in the
+    lab: pgrep sees every host's curl; the address names this lab instance's master.)"""
+    deadline = time.monotonic() + limit_s
+    while subprocess.run(["pgrep", "-f", f"https://{ip}:{port}/"],
+                         capture_output=True).returncode == 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"a probe of {ip}:{port} still in flight after {limit_s}s")
+        time.sleep(0.01)
+    lab.kill(master)

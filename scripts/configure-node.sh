@@ -7,7 +7,9 @@
 # names; a file whose one mapping of DOMAIN already points at IP is kept as it is (marked or not).
 # Each file is written only when its content differs. Without PORT (insecure mode) there
 # is nothing to trust. --keep-hosts (sealer's HA layout) leaves /etc/hosts alone: there a master
-# maps DOMAIN to itself and a node to lvscare's VIP, both sealer's lines.
+# maps DOMAIN to itself and a node to lvscare's VIP, both sealer's lines; hosts.toml then bounds the
+# dial of its two entries (both the VIP on a node) to DIAL_TIMEOUT, so containerd 2.0.7+ retries a
+# connection round robin sent to a dead master on a new one after 2 s.
 # containerd's trust and hosts.toml go under the CRI config_path the node's containerd uses
 # (lib/hosts-dir.sh; first entry of a list; /etc/containerd/certs.d when unset).
 # Each --mirror names a warm standby (a read-only registry on a replica of the data): containerd's
@@ -48,6 +50,10 @@ WORK=""
 cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
 
 MIRRORS=()
+# sealer's HA layout (--keep-hosts): on a node the domain is lvscare's VIP, so the [host] table and
+# the server of hosts.toml are the VIP twice, and a request whose connection round robin sent to a
+# dead master is tried again on a new connection (docs/how-it-works.md, "Pulls with master0 dead").
+VIA_VIP=0
 # The trust file of DOMAIN:PORT that containerd reads (set by trust_ca): the entry point's health
 # check verifies the registry with it.
 TRUST_CA=""
@@ -67,15 +73,18 @@ render_hosts_toml() {
   # only (core/remotes/docker/config/hosts.go@v2.2.9 parseHostsFile): without its own
   # dial_timeout containerd 2.x waits 30 s on a dead master0 there (measured: a pull with master0
   # killed and both standbys failing took 34 s to fail, docs/how-it-works.md).
-  ((${#MIRRORS[@]} == 0)) || printf 'dial_timeout = "%s"\n' "$DIAL_TIMEOUT"
+  # In the HA layout the same bound makes that second try come after 2 s instead of 30 s.
+  local bounded=0
+  ((${#MIRRORS[@]} == 0 && !VIA_VIP)) || bounded=1
+  ((!bounded)) || printf 'dial_timeout = "%s"\n' "$DIAL_TIMEOUT"
   cat <<TOML
 
 [host."https://$domain:$port"]
   capabilities = ["pull", "resolve", "push"]
   ca = "$ca"
 TOML
+  ((!bounded)) || printf '  dial_timeout = "%s"\n' "$DIAL_TIMEOUT"
   ((${#MIRRORS[@]})) || return 0
-  printf '  dial_timeout = "%s"\n' "$DIAL_TIMEOUT"
   for mirror in "${MIRRORS[@]}"; do
     cat <<TOML
 
@@ -184,6 +193,7 @@ main() {
     case $1 in
       --keep-hosts)
         keep_hosts=1
+        VIA_VIP=1
         shift
         ;;
       --mirror)

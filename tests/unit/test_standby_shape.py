@@ -218,10 +218,11 @@ def test_insecure_mode_nodes_get_no_mirror(ca):
 # ----------------------------------------------------------------------------- hosts.toml
 
 
-def hosts_toml(*mirrors: str) -> dict:
-    """configure-node.sh's hosts.toml for sea.hub:5000 with ``mirrors``, parsed."""
+def hosts_toml(*mirrors: str, via_vip: bool = False) -> dict:
+    """configure-node.sh's hosts.toml for sea.hub:5000 with ``mirrors``, parsed; ``via_vip``: as
+    --keep-hosts (sealer's HA layout) renders it."""
     script = (SCRIPTS_DIR / "configure-node.sh").read_text().removesuffix('main "$@"\n')
-    args = " ".join(f"MIRRORS+=({m})" for m in mirrors)
+    args = " ".join(f"MIRRORS+=({m})" for m in mirrors) + ("\nVIA_VIP=1" if via_vip else "")
     done = subprocess.run(["bash", "-c", f"{script}\n{args}\nrender_hosts_toml sea.hub 5000"],
                           capture_output=True, text=True, check=True,
                           env={"PATH": "/usr/bin:/bin"})
@@ -253,6 +254,18 @@ def test_hosts_toml_without_mirrors_is_today_s():
                             "host": {"https://sea.hub:5000": {
                                 "capabilities": ["pull", "resolve", "push"],
                                 "ca": "/etc/containerd/certs.d/sea.hub:5000/ca.crt"}}}
+
+
+def test_hosts_toml_in_the_ha_layout_bounds_both_tries_of_the_vip():
+    """sealer's HA layout: the [host] table and the server are the domain (lvscare's VIP on a
+    node), so a request whose connection went to a dead master is tried again on a new one;
+    dial_timeout on both makes containerd 2.0.7+ do it after 2 s (1.6/1.7 ignore the key)."""
+    doc = hosts_toml(via_vip=True)
+    assert doc["server"] == "https://sea.hub:5000" and list(doc["host"]) == ["https://sea.hub:5000"]
+    assert doc["dial_timeout"] == "2s"
+    assert doc["host"]["https://sea.hub:5000"] == {
+        "capabilities": ["pull", "resolve", "push"],
+        "ca": "/etc/containerd/certs.d/sea.hub:5000/ca.crt", "dial_timeout": "2s"}
 
 
 def test_configure_node_refuses_a_mirror_that_is_not_an_address(tmp_path):
