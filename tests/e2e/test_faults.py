@@ -76,7 +76,8 @@ def all_packets(lab_env) -> int:  # noqa: F811
 # Previews of the table run this many at a time, each on a copy of the deployed stack (its stack
 # file and its state): a preview takes no lock on a file backend, but the program reads its own
 # stack's file (`load_stack_file`), so a case needs a stack of its own while its preview runs.
-# One after the other they took about 3 s of CPU and 5-10 s each, most of it waiting.
+# One after the other (lab instance 5, other labs loading the 2 cores): 11.9 s each on average,
+# 1104 s for 93; 4 at a time: 217.5 s and 266.0 s. Each preview's timeout is 300 s (it was 120 s alone).
 PREVIEW_JOBS = 4
 
 
@@ -85,13 +86,18 @@ def _preview_copies(stack, count: int) -> list[ProgramStack]:
     the URNs naming the copy: the engine refuses a resource from another stack)."""
     state = stack.export()
     copies = []
-    for i in range(count):
-        copy = ProgramStack(f"{stack.name}-preview{i}", stack.env)
-        copy.stack_file.write_text(stack.stack_file.read_text())  # its encryptionsalt included
-        subprocess.run(["pulumi", "stack", "import", "--stack", copy.name],
-                       input=state.replace(f"urn:pulumi:{stack.name}::", f"urn:pulumi:{copy.name}::"),
-                       cwd=PROJECT_DIR, env=stack.env, capture_output=True, text=True, check=True)
-        copies.append(copy)
+    try:
+        for i in range(count):
+            copy = ProgramStack(f"{stack.name}-preview{i}", stack.env)
+            copies.append(copy)
+            copy.stack_file.write_text(stack.stack_file.read_text())  # its encryptionsalt included
+            subprocess.run(["pulumi", "stack", "import", "--stack", copy.name],
+                           input=state.replace(f"urn:pulumi:{stack.name}::", f"urn:pulumi:{copy.name}::"),
+                           cwd=PROJECT_DIR, env=stack.env, capture_output=True, text=True, check=True)
+    except BaseException:
+        for copy in copies:  # no stack file left in the project dir
+            copy.remove()
+        raise
     return copies
 
 
