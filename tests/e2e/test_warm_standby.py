@@ -1,9 +1,10 @@
 """Warm standby through the real engine (issue 13): `registry.local_registry.standby: warm` in
 pre mode runs a read-only registry on every deploy host but master0; nodes' containerd lists them
-after master0; with master0 dead (packets dropped) a node pulls every boot-history image through
-sea.hub with 0 failures, and the pull delay is measured against master0 alive. Then recovery flips
-the roles (the new master0 read-write, the rest read-only) and the revived old master0 comes back
-read-only. A fresh lab of 3 masters + 2 nodes; the tests of the class run in order."""
+after master0; with master0 dead (packets dropped) a node pulls a boot-history image through
+sea.hub with 0 failures, and the pull delay (containerd 1.6: 90 s) is measured against master0
+alive. Then recovery flips the roles (the new master0 read-write, the rest read-only) and the
+revived old master0 comes back read-only. A fresh lab of 3 masters + 2 nodes; the tests of the
+class run in order."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def settled_packets(lab, ip: str, live: list[str], quiet_s: float = 5.0, limit_s
     """The dead host's packet counter once it has not moved for ``quiet_s``.
 
     The counter sits on the host's bridge port, and a bridge floods a frame to every port when it
-    no longer knows the destination's port: after the 6-minute outage round the bridge had
-    forgotten the second node (not used meanwhile), and the engine's first SSH frame to it was
+    no longer knows the destination's port: after the outage round of 4 images (6 min) the bridge
+    had forgotten the second node (not used meanwhile), and the engine's first SSH frame to it was
     flooded to the dead master0's port too (seen with an nft set of saddr . daddr . dport: one
     frame 198.18.x.1 -> node2:22). A TCP connect from the root namespace to every live host's sshd
     first makes the bridge learn their ports again."""
@@ -106,18 +107,22 @@ class TestWarmStandby:
         report("master0 alive", alive)
         assert alive.failures == [] and alive.hops() == 0
 
-    def test_every_image_pulls_while_master0_is_dead(self, lab_env, stack):
-        """master0 killed (packets dropped, processes frozen): every boot-history image pulls on
-        a node through its own certs.d with 0 failures; each pull waits for the dead host's
-        connect timeout before containerd tries the next host (containerd 1.6 ignores
-        dial_timeout), and that delay is printed."""
+    def test_an_image_pulls_while_master0_is_dead(self, lab_env, stack):
+        """master0 killed (packets dropped, processes frozen): a boot-history image pulls on a
+        node through its own certs.d with 0 failures; the pull waits for the dead host's connect
+        timeout before containerd tries the next host (containerd 1.6 ignores dial_timeout), and
+        that delay is printed. One image: each pull takes this same path (its own resolution
+        through the same hosts.toml) and waits the same 90 s (CI on 7cb2ce5: 362 s for the 4
+        images one after the other); that the standby serves every image is shown after the
+        recovery, when every image pulls from it as the new master0."""
         m0 = lab_env.masters[0]
         lab_env.lab.kill(m0)
-        dead = pull_round(lab_env.lab, lab_env.nodes[0], lab_env.refs, "admin", PASSWORD, DOMAIN,
-                          PORT, timeout=OUTAGE_PULL_TIMEOUT_S)
+        refs = lab_env.refs[:1]
+        dead = pull_round(lab_env.lab, lab_env.nodes[0], refs, "admin", PASSWORD, DOMAIN, PORT,
+                          timeout=OUTAGE_PULL_TIMEOUT_S)
         report("master0 dead (packets dropped)", dead)
         assert dead.failures == [], [p.stderr for _, p in dead.pulls if not p.ok]
-        assert dead.hops() >= len(lab_env.refs)
+        assert dead.hops() >= len(refs)
         assert max(dead.seconds) <= OUTAGE_PULL_BOUND_S
 
     def test_recovery_flips_the_roles(self, lab_env, stack):
