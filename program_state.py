@@ -29,4 +29,5 @@ def keep_call_site_only() -> None:
         return trace
 
     call_site_only.call_site_only = True  # type: ignore[attr-defined]
+    call_site_only.wrapped = capture  # type: ignore[attr-defined]
     _sdk_resource._get_stack_trace = call_site_only

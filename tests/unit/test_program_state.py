@@ -25,7 +25,9 @@ class Innermost:
 
 
 def test_only_the_call_site_is_kept_and_it_is_ours(monkeypatch):
-    monkeypatch.setattr(sdk_resource, "_get_stack_trace", sdk_resource._get_stack_trace)  # restored after
+    # The SDK's own capture, also when another test's program run wrapped it already; restored after.
+    original = getattr(sdk_resource._get_stack_trace, "wrapped", sdk_resource._get_stack_trace)
+    monkeypatch.setattr(sdk_resource, "_get_stack_trace", original)
     full = declare_here()
     assert len(full.frames) > 3  # what the SDK sends unwrapped: the whole stack
     program_state.keep_call_site_only()
