@@ -13,9 +13,11 @@ of the stack, whoever wrote it, without asking whether the writer is alive.
 
 Where the lock lives depends on the backend, not what it holds (the DIY backend writes it through
 its gocloud ``blob.Bucket``): ``file://`` a file under the directory; ``postgres://`` a row of the
-state table (pkg/backend/diy/postgres/bucket.go and schema.sql: table ``pulumi_state`` or the
-URL's ``?table=``, columns ``key TEXT PRIMARY KEY, data JSON, updated_at``; ``key`` is the object
-key prefixed with the URL's path and a slash, pkg/backend/diy/backend.go ``blob.PrefixedBucket``,
+state table (pkg/backend/diy/postgres/bucket.go@v3.274.0 and schema.sql@v3.274.0: table
+``pulumi_state`` or the URL's ``?table=``, columns ``key TEXT PRIMARY KEY, data JSON,
+updated_at``; every write one ``INSERT ... ON CONFLICT DO UPDATE``, so no torn checkpoint as on
+file://; ``key`` is the object key prefixed with the URL's path and a slash,
+pkg/backend/diy/backend.go@v3.274.0 ``blob.PrefixedBucket``,
 e.g. ``pulumi/.pulumi/locks/organization/<project>/<stack>/<uuid>.json`` for database ``pulumi``;
 ``data`` is ``{"data": "<the lock JSON, base64>"}``). ``FileLocks`` and ``PostgresLocks`` read
 and delete them; an ``s3://`` (``gs://``, ``azblob://``) lock is not read here: the engine's own
