@@ -190,6 +190,7 @@ class Watch:
         self.rejoin_returning = rejoin_returning
         self.dead = Streak()
         self.hold_until: float | None = None
+        self.hold_why = ""
         self.undecidable = False
         self.held_logged = False
         self.fenced: dict[str, Returning] = {ip: Returning() for ip in fenced}
@@ -198,6 +199,17 @@ class Watch:
     # -- master0 ----------------------------------------------------------------------------
     def in_hold_down(self, at: float) -> bool:
         return self.hold_until is not None and at < self.hold_until
+
+    def hold_left(self, at: float) -> float:
+        """Seconds of hold-down left at ``at`` (0 when none)."""
+        return 0.0 if self.hold_until is None else max(0.0, self.hold_until - at)
+
+    def hold_for(self, seconds: float, at: float, why: str = "") -> None:
+        """A hold-down of ``seconds`` from ``at`` (one the previous leader started): the longer
+        of it and any this watch already holds."""
+        if seconds > 0:
+            self.hold_until = max(self.hold_until or at, at + seconds)
+            self.hold_why = why or self.hold_why
 
     def observe(self, rnd: Round) -> list[Decision]:
         """One round of probes of master0 -> the decisions it makes (usually none)."""
@@ -269,12 +281,15 @@ class Watch:
         self.undecidable = False
         self.held_logged = False
         self.hold_until = at + self.settings.hold_down
+        self.hold_why = f"recovery of master0 {old} -> {new_master0}" + ("" if verified else
+                                                                         " (not verified)")
 
     def held_off(self, at: float) -> None:
         """A failover was decided but could not act (no candidate): wait a hold-down, then the
         evidence is counted again from scratch."""
         self.dead.reset()
         self.hold_until = at + self.settings.hold_down
+        self.hold_why = f"a failover of master0 {self.master0} could not act"
 
     # -- fenced hosts -----------------------------------------------------------------------
     def observe_fenced(self, rnd: Round) -> list[Decision]:
@@ -312,6 +327,47 @@ class Watch:
 
     def rejoined(self, host: str) -> None:
         self.fenced.pop(host, None)
+
+
+# ------------------------------------------------------------------------------ hold-down record
+
+HOLD_DOWN = "sealer-registry.io/hold-down"   # the Lease annotation of the leader's hold-down
+
+
+@dataclass(frozen=True)
+class HoldDown:
+    """What a leader records in the Lease with every renew while it is in a hold-down, so that a
+    leader that takes over honours it instead of starting from none: ``left_s`` seconds were
+    left when it wrote the Lease (by its own monotonic clock); ``until`` is the same end by its
+    wall clock, for a person reading the Lease (never compared with another clock)."""
+
+    left_s: float
+    until: str = ""
+    why: str = ""
+
+    def to_text(self) -> str:
+        return json.dumps({"left_s": round(self.left_s, 3), "until": self.until,
+                           "why": self.why}, sort_keys=True)
+
+    @classmethod
+    def from_text(cls, text: str | None) -> "HoldDown | None":
+        """None for a missing or unreadable annotation (written by another watcher)."""
+        if not text:
+            return None
+        try:
+            doc = json.loads(text)
+            left = float(doc["left_s"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if left != left or left < 0 or left == float("inf"):
+            return None
+        return cls(left, str(doc.get("until") or ""), str(doc.get("why") or ""))
+
+    def remaining(self, unchanged_s: float) -> float:
+        """Left now, given the Lease had stayed unchanged ``unchanged_s`` seconds by the new
+        leader's clock (its last write is at least that old): never less than what is really
+        left, at most one lease duration more."""
+        return max(0.0, self.left_s - max(0.0, unchanged_s))
 
 
 # ------------------------------------------------------------------------------ probers

@@ -312,6 +312,10 @@ class Election:
         # The holder and annotations of the Lease this watcher last took over (from another
         # holder, or released): what the previous leader recorded about its engine run.
         self.took_over: tuple[str, dict[str, str]] | None = None
+        # How long (this clock) the Lease taken over had been seen unchanged when it was taken:
+        # its last write is at least that old (a duration recorded there, e.g. a hold-down,
+        # is then at least that much shorter; no remote timestamp is compared).
+        self.took_over_unchanged_s: float = 0.0
         self.seen_annotations: dict[str, str] = {}   # of the Lease as last read
         self.name, self.namespace = name, namespace
         self.clock, self.wall = clock, wall
@@ -374,8 +378,11 @@ class Election:
                       current.transitions if ours else current.transitions + 1)
         obj = with_annotations(dict(got.obj), self.annotations())
         obj["spec"] = {**(got.obj.get("spec") or {}), **mine.spec()}
+        unchanged = self.clock() - self.observed_at
         put = self.api.replace(obj, until)
         if put.status == 200:
+            if not ours:
+                self.took_over_unchanged_s = max(0.0, unchanged)
             self._observe(Record.of((put.obj or {}).get("spec")) if put.obj else mine)
             self.renewed_at = start
             if not ours:

@@ -11,6 +11,18 @@ an engine killed with SIGKILL (what a leader that lost its Lease does to its run
 for ever. ``pulumi cancel`` on a DIY backend (``CancelCurrentUpdate``) deletes *every* lock file
 of the stack, whoever wrote it, without asking whether the writer is alive.
 
+Where the lock lives depends on the backend, not what it holds (the DIY backend writes it through
+its gocloud ``blob.Bucket``): ``file://`` a file under the directory; ``postgres://`` a row of the
+state table (pkg/backend/diy/postgres/bucket.go@v3.274.0 and schema.sql@v3.274.0: table
+``pulumi_state`` or the URL's ``?table=``, columns ``key TEXT PRIMARY KEY, data JSON,
+updated_at``; every write one ``INSERT ... ON CONFLICT DO UPDATE``, so no torn checkpoint as on
+file://; ``key`` is the object key prefixed with the URL's path and a slash,
+pkg/backend/diy/backend.go@v3.274.0 ``blob.PrefixedBucket``,
+e.g. ``pulumi/.pulumi/locks/organization/<project>/<stack>/<uuid>.json`` for database ``pulumi``;
+``data`` is ``{"data": "<the lock JSON, base64>"}``). ``FileLocks`` and ``PostgresLocks`` read
+and delete them; an ``s3://`` (``gs://``, ``azblob://``) lock is not read here: the engine's own
+refusal names it (``parse_locked_error``) and an operator clears it.
+
 So a new leader never runs ``pulumi cancel`` blindly. The leader records its engine run in the
 Lease (annotation ``ENGINE_RUN``: the hostname the lock will carry, the engine's pid(s) once
 started, when it started by the same machine's clock, and the recovery it applies). A new
@@ -29,12 +41,16 @@ flight is simply run again by the next `up`: ``drop_pending`` takes them out of 
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
+import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from typing import Callable, Protocol
+from urllib.parse import parse_qsl, unquote, urlparse
 
 ENGINE_RUN = "sealer-registry.io/engine-run"   # the Lease annotation of the leader's engine run
 
@@ -43,11 +59,14 @@ ENGINE_RUN = "sealer-registry.io/engine-run"   # the Lease annotation of the lea
 class StackLock:
     """One lock file as the engine wrote it."""
 
-    where: str          # the file (file://) or the URL the engine named
+    where: str          # the file (file://), the row key (postgres://) or the URL the engine named
     pid: int
     username: str
     hostname: str
     timestamp: str      # the writer's wall clock, RFC 3339
+    # postgres://: the row's ``data->>'data'`` as read; the row is deleted only while it still
+    # holds exactly this (compare-and-delete).
+    blob: str = field(default="", compare=False, repr=False)
 
     def describe(self) -> str:
         return f"{self.username}@{self.hostname} (pid {self.pid}) at {self.timestamp}"
@@ -184,15 +203,258 @@ def lock_files(root: Path, project: str, stack: str) -> list[Path]:
 
 def read_lock(path: Path) -> StackLock | None:
     try:
-        doc = json.loads(path.read_text())
-        return StackLock(str(path), int(doc["pid"]), str(doc.get("username") or ""),
-                         str(doc.get("hostname") or ""), str(doc.get("timestamp") or ""))
-    except (OSError, ValueError, KeyError, TypeError):
+        return lock_of(path.read_text(), str(path))
+    except OSError:
         return None
 
 
 def read_locks(root: Path, project: str, stack: str) -> list[StackLock]:
     return [lock for p in lock_files(root, project, stack) if (lock := read_lock(p)) is not None]
+
+
+def lock_of(text: str | bytes, where: str, blob: str = "") -> StackLock | None:
+    """A lock object's JSON (lock.go ``lockContent``) -> StackLock; None when unreadable."""
+    try:
+        doc = json.loads(text)
+        return StackLock(where, int(doc["pid"]), str(doc.get("username") or ""),
+                         str(doc.get("hostname") or ""), str(doc.get("timestamp") or ""), blob)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def lock_prefixes(project: str, stack: str) -> tuple[str, str]:
+    """The object-key folders of a stack's locks (lock.go ``stackLockDir``): the project layout
+    and the older one without projects."""
+    short = stack.rsplit("/", 1)[-1]
+    return (f".pulumi/locks/organization/{project}/{short}/", f".pulumi/locks/{short}/")
+
+
+class LockStoreError(Exception):
+    """The backend's lock objects could not be read or deleted (nothing was deleted)."""
+
+
+class LockStore(Protocol):
+    where: str   # the backend, for messages (no secret)
+
+    def read(self, project: str, stack: str) -> list[StackLock]: ...
+
+    def remove(self, lock: StackLock) -> str:
+        """Delete exactly ``lock``; "" when done (or already gone), else why not."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileLocks:
+    root: Path
+
+    @property
+    def where(self) -> str:
+        return f"file://{self.root}"
+
+    def read(self, project: str, stack: str) -> list[StackLock]:
+        return read_locks(self.root, project, stack)
+
+    def remove(self, lock: StackLock) -> str:
+        try:
+            os.unlink(lock.where)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            return f"{lock.where}: {e.strerror}"
+        return ""
+
+
+# ------------------------------------------------------------------------------ postgres:// I/O
+
+# lib/pq v1.12.3 (the driver pulumi v3.274.0 links; connector.go ``Config``): the URL's query
+# parameters it knows and the libpq environment variable psql takes each from. Its own
+# extensions (env:"-") change nothing psql needs, but ``sslinline`` (the PEM in the URL), which
+# libpq cannot take. Any other parameter lib/pq sends to the server as a run-time setting:
+# psql gets it through PGOPTIONS ``-c name=value``. ``table`` is pulumi's, not the driver's.
+PQ_ENV = {
+    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE",
+    "user": "PGUSER", "password": "PGPASSWORD", "passfile": "PGPASSFILE",
+    "application_name": "PGAPPNAME", "sslmode": "PGSSLMODE",
+    "sslnegotiation": "PGSSLNEGOTIATION", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY",
+    "sslrootcert": "PGSSLROOTCERT", "sslsni": "PGSSLSNI", "sslcrl": "PGSSLCRL",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "krbsrvname": "PGKRBSRVNAME", "connect_timeout": "PGCONNECT_TIMEOUT",
+    "client_encoding": "PGCLIENTENCODING", "datestyle": "PGDATESTYLE", "tz": "PGTZ",
+    "geqo": "PGGEQO", "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS", "service": "PGSERVICE",
+}
+PQ_ONLY = {"fallback_application_name", "krbspn", "binary_parameters",
+           "disable_prepared_binary_result", "min_protocol_version", "max_protocol_version",
+           # libpq connection options lib/pq does not implement (it would send them to the
+           # server): they tune liveness only
+           "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+           "tcp_user_timeout"}
+TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?")
+PSQL_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class PostgresTarget:
+    """Where a ``postgres://`` backend keeps its objects, and how psql reaches it."""
+
+    env: dict                  # the PG* variables (libpq) the URL sets; a password only if it held one
+    table: str                 # pulumi's table (``?table=``, default pulumi_state)
+    prefix: str                # the key prefix (the URL's path, e.g. "pulumi/")
+    where: str                 # for messages: postgres://host:port/db?table=T, no user or secret
+
+    def key(self, object_key: str) -> str:
+        return self.prefix + object_key
+
+
+def postgres_target(url: str | None) -> PostgresTarget | None:
+    """A ``postgres://`` (or ``postgresql://``) backend URL -> how to reach its table, as the
+    engine does: pulumi v3.274.0 pkg/backend/diy/postgres/bucket.go (``table`` taken out, the
+    rest handed to lib/pq) and backend.go (the path, without its leading slashes, prefixes every
+    key); lib/pq v1.12.3 connector.go ``convertURL`` (user, password, host, port, dbname from the
+    URL's parts, every query parameter as a connection parameter; sslmode defaults to
+    ``require``). None for another scheme. The variables go in psql's environment, never its
+    argv; the caller's environment (PGPASSWORD, PGPASSFILE...) is inherited as the engine's is."""
+    if not url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        return None
+    params: dict[str, str] = {}
+    if parsed.username:
+        params["user"] = unquote(parsed.username)
+    if parsed.password:
+        params["password"] = unquote(parsed.password)
+    if parsed.hostname:
+        params["host"] = parsed.hostname
+    try:
+        if parsed.port:
+            params["port"] = str(parsed.port)
+    except ValueError as e:
+        raise LockStoreError(f"backend URL: {e}") from None
+    path = unquote(parsed.path)
+    if path[1:]:
+        params["dbname"] = path[1:]
+    table, options = "pulumi_state", []
+    for k, v in parse_qsl(parsed.query, keep_blank_values=True):
+        if k == "table":
+            table = v or table
+        elif k == "sslinline":
+            raise LockStoreError("backend URL: sslinline (the certificate in the URL) is lib/pq's "
+                                 "own: psql cannot use it; the lock is not read")
+        elif k == "options":
+            options.append(v)
+        elif k in PQ_ENV:
+            if v:
+                params[k] = v
+        elif k not in PQ_ONLY and v:
+            options.append(f"-c {k}={v.replace(chr(92), chr(92) * 2).replace(' ', chr(92) + ' ')}")
+    if not TABLE_NAME.fullmatch(table):
+        raise LockStoreError(f"backend URL: table {table!r} is not a plain (schema.)name: the lock "
+                             "is not read")
+    env = {PQ_ENV[k]: v for k, v in params.items()}
+    if "sslmode" not in params and not os.environ.get("PGSSLMODE"):
+        env["PGSSLMODE"] = "require"   # lib/pq's default (libpq's is prefer)
+    if options:
+        env["PGOPTIONS"] = " ".join([*filter(None, [os.environ.get("PGOPTIONS")]), *options])
+    prefix = path.lstrip("/")
+    prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
+    shown = f"postgres://{parsed.hostname or ''}{f':{parsed.port}' if parsed.port else ''}{path}"
+    return PostgresTarget(env, table, prefix, f"{shown}?table={table}")
+
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+@dataclass
+class PostgresLocks:
+    """The lock rows of a ``postgres://`` backend, read and deleted with psql (the PostgreSQL
+    client; the SQL on stdin, values as psql variables, the connection in the environment)."""
+
+    target: PostgresTarget
+    run: Runner = subprocess.run
+
+    @property
+    def where(self) -> str:
+        return self.target.where
+
+    def _psql(self, sql: str, **variables: str) -> str:
+        argv = ["psql", "-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1",
+                *[a for k, v in variables.items() for a in ("-v", f"{k}={v}")]]
+        try:
+            done = self.run(argv, input=sql, env={**os.environ, **self.target.env},
+                            capture_output=True, text=True, timeout=PSQL_TIMEOUT_S)
+        except FileNotFoundError:
+            raise LockStoreError("psql is not installed (Debian: postgresql-client): the lock "
+                                 "rows cannot be read") from None
+        except subprocess.TimeoutExpired:
+            raise LockStoreError(f"psql to {self.where}: no answer in {PSQL_TIMEOUT_S}s") from None
+        if done.returncode != 0:
+            detail = " ".join((done.stderr or "").split())[:500]
+            raise LockStoreError(f"psql to {self.where} -> exit {done.returncode}: {detail}")
+        return done.stdout
+
+    def read(self, project: str, stack: str) -> list[StackLock]:
+        """The stack's lock rows (keys compared exactly: no LIKE, whose ``_`` would match any
+        character of a stack name)."""
+        new, old = (self.target.key(p) for p in lock_prefixes(project, stack))
+        out = self._psql(
+            "SELECT coalesce(json_agg(json_build_object('key', key, 'data', data->>'data') "
+            f"ORDER BY key), '[]') FROM {self.target.table} "
+            "WHERE left(key, length(:'new')) = :'new' OR left(key, length(:'old')) = :'old';\n",
+            new=new, old=old)
+        try:
+            rows = json.loads(out.strip() or "[]")
+        except ValueError:
+            raise LockStoreError(f"psql to {self.where}: unreadable answer {out[:200]!r}") from None
+        return locks_of_rows(rows, (new, old))
+
+    def remove(self, lock: StackLock) -> str:
+        """Delete the row only while it still holds what was read (a row another engine rewrote
+        is not this lock any more)."""
+        out = self._psql(f"DELETE FROM {self.target.table} WHERE key = :'key' "
+                         "AND data->>'data' = :'blob' RETURNING key;\n"
+                         f"SELECT count(*) FROM {self.target.table} WHERE key = :'key';\n",
+                         key=lock.where, blob=lock.blob)
+        lines = out.split()
+        if lines and lines[0] == lock.where:
+            return ""
+        if lines and lines[-1] == "0":
+            return ""   # gone already (its engine ended after all)
+        return f"{lock.where}: the row changed since it was read: left alone"
+
+
+def locks_of_rows(rows: list, prefixes: tuple[str, ...]) -> list[StackLock]:
+    """psql's ``[{"key", "data"}]`` -> the locks directly in one of ``prefixes`` (a ``.json``
+    object, as lock.go names them); unreadable rows are skipped."""
+    locks = []
+    for row in rows if isinstance(rows, list) else []:
+        key, blob = (row or {}).get("key"), (row or {}).get("data")
+        if not isinstance(key, str) or not isinstance(blob, str):
+            continue
+        rest = next((key[len(p):] for p in prefixes if key.startswith(p)), None)
+        if rest is None or "/" in rest or not rest.endswith(".json"):
+            continue
+        try:
+            text = base64.b64decode(blob, validate=True)
+        except ValueError:
+            continue
+        lock = lock_of(text, key, blob)
+        if lock is not None:
+            locks.append(lock)
+    return locks
+
+
+def lock_store(url: str | None, run: Runner = subprocess.run) -> LockStore | None:
+    """The stack locks of backend ``url``: a directory, a PostgreSQL table, or None (an object
+    store, or no URL: the engine's own check is all there is)."""
+    root = file_backend_root(url)
+    if root is not None:
+        return FileLocks(root)
+    target = postgres_target(url)
+    if target is not None:
+        return PostgresLocks(target, run)
+    return None
 
 
 LOCK_LINE = re.compile(r"^\s*(?P<where>\S+): created by (?P<user>[^@\s]*)@(?P<host>\S+) "

@@ -23,7 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TextIO
 
@@ -35,9 +35,10 @@ from cli import stacklock
 from cli.change import Change, Outcome, StackFileGuard, Timer, apply_change, preflight_probe
 from cli.common import (EXIT_INTERRUPTED, EXIT_OK, CliError, add_ssh_key_argument,
                         add_stack_arguments, guarded)
-from cli.failover import (Decision, Kind, Probe, Replica, Returning, Round, Settings, Vote, Watch,
-                          master0_tree_of, parse_duration, pick_probers, quorum, rank_candidates,
-                          rank_ha_candidates, read_report, stale_standbys)
+from cli.failover import (HOLD_DOWN, Decision, HoldDown, Kind, Probe, Replica, Returning, Round,
+                          Settings, Vote, Watch, master0_tree_of, parse_duration, pick_probers,
+                          quorum, rank_candidates, rank_ha_candidates, read_report,
+                          stale_standbys)
 from cli.lease import (Attempt, Election, Elector, HttpLeaseApi, LeaseSettings, identity,
                        lease_name)
 from cli.probe import complete_images
@@ -72,7 +73,9 @@ replica stamp <rootfs>/registry/.sealer-replica, else every boot-history ref pre
 `recover master0` checks it; the old master0 goes on down_hosts (fenced: no step dials it) and
 the recovery `up` runs without preview, then the check of every live host. After a failover,
 --hold-down seconds without another; the new master0 is watched. A recovery that did not verify
-is rerun, never followed by the fencing of its new master0.
+is rerun, never followed by the fencing of its new master0. The leader records its hold-down in
+the Lease (annotation sealer-registry.io/hold-down): a watcher that takes over honours what is
+left of it.
 
 A fenced host that answers again is logged and its stale registry stopped over SSH (it ran as
 master0, read-write, on data that ended at its death; nodes stay on master0); it stays on
@@ -82,7 +85,11 @@ does); it is never made master0 again before a replica stamp newer than its rejo
 Log: one JSON line per decision and action on stdout (or --log FILE): ts, event, and per event:
   start {master0, probers, settings, lease}; lease-acquired {identity, why, apiserver,
   transitions, previous}; lease-following {holder}; lease-renew-failed {why, seconds_left};
-  lease-unavailable {why}; lease-lost {why, up_in_flight, engine_killed}; lease-released; probers {probers}; decision {decision
+  lease-unavailable {why}; lease-lost {why, up_in_flight, engine_killed}; lease-released;
+  previous-run {holder, run}; hold-down {seconds_left, inherited_s, previous} (a hold-down taken
+  over with the Lease); stack-lock {backend, locks, cleared, kept, why} (a dead leader's engine
+  lock cleared from a file:// or postgres:// backend); pending-operations {dropped};
+  probers {probers}; decision {decision
   (suspect|cleared|undecidable|failover|held|resume|returned|rejoin|gone), target, why, evidence
   {prober: vote}}; order {masters, source} (HA: sealer's master order the candidates follow);
   candidates {ranked, rejected}; fence {old, new, down_hosts}; up {ok,
@@ -402,6 +409,9 @@ class Watcher:
         # to be over that may have left the stack locked (the previous leader's, our killed one).
         self.engine_run: EngineRun | None = None
         self.dead_runs: list[DeadRun] = []
+        # The hold-down goes in the Lease too (HOLD_DOWN), once this watcher has led: until
+        # then the previous leader's record stays there for whoever leads next.
+        self.hold_down_known = False
         self.code = EXIT_OK
 
     def read_history(self) -> None:
@@ -428,9 +438,30 @@ class Watcher:
 
     def lease_annotations(self) -> dict[str, str | None]:
         """Written with every renew: this leader's engine run, once it started one (until then
-        the previous leader's record stays in the Lease)."""
+        the previous leader's record stays in the Lease), and, once it leads, its hold-down
+        (None removes the record when there is none)."""
         run = self.engine_run
-        return {} if run is None else {ENGINE_RUN: run.to_text()}
+        notes: dict[str, str | None] = {} if run is None else {ENGINE_RUN: run.to_text()}
+        if self.hold_down_known:
+            notes[HOLD_DOWN] = self.hold_down_record()
+        return notes
+
+    def hold_down_record(self) -> str | None:
+        watch = self.watch
+        left = watch.hold_left(time.monotonic())
+        if left <= 0:
+            return None
+        until = datetime.now(timezone.utc) + timedelta(seconds=left)
+        return HoldDown(left, stacklock.utc_stamp(until), watch.hold_why).to_text()
+
+    def inherited_hold_down(self) -> tuple[float, HoldDown | None]:
+        """The hold-down the Lease we just took over carries: what was left at its last write,
+        less how long we saw it unchanged (cli/lease.py ``took_over_unchanged_s``)."""
+        took = self.lease.election.took_over if self.lease else None
+        record = HoldDown.from_text(took[1].get(HOLD_DOWN)) if took else None
+        if record is None:
+            return 0.0, None
+        return record.remaining(self.lease.election.took_over_unchanged_s), record
 
     def acting(self) -> bool:
         """May this watcher act now? Always without a Lease; with one, only while it leads (by
@@ -480,11 +511,27 @@ class Watcher:
     def take_lead(self) -> None:
         """Now leading: the decision state starts from the stack as it is (another leader may
         have recovered or half recovered meanwhile), and an unfinished recovery by a watcher
-        is rerun first."""
+        is rerun first. A hold-down survives the change: the previous leader's (recorded in the
+        Lease) or this watcher's own, whichever ends later."""
+        inherited, record = self.inherited_hold_down()
+        holder = self.lease.election.took_over[0] if self.lease and self.lease.election.took_over \
+            else None
         previous = self.previous_run()
         config = self.sync_config()
+        before = self.watch
         self.watch = Watch(self.settings, config.master0, fenced=config.down_hosts,
                            rejoin_returning=self.args.rejoin_returning)
+        now = time.monotonic()
+        own = before.hold_left(now)
+        self.watch.hold_for(own, now, before.hold_why)
+        if inherited > 0:
+            self.watch.hold_for(inherited, now, record.why if record else "")
+            self.log("hold-down", seconds_left=round(self.watch.hold_left(now), 2),
+                     inherited_s=round(inherited, 2), recorded_left_s=record.left_s,
+                     previous=holder, why=record.why or None,
+                     note="the previous leader's hold-down, recorded in the Lease: no failover "
+                          "before it ends")
+        self.hold_down_known = True
         self.read_history()
         self.probers = []
         if previous is not None and previous.state != "verified":
@@ -746,6 +793,7 @@ class Watcher:
                               f"after the hold-down ({self.settings.hold_down:g}s), a failover "
                               "fences it")
                 self.watch.held_off(time.monotonic())
+                self.record_hold_down()
                 self.watch.unverified = False
                 return
             self.log("candidates", ranked=[new], chosen=new, rejected={}, preflight=checked,
@@ -787,6 +835,7 @@ class Watcher:
                          note=f"no host can become master0; master0 stays {old}; trying again "
                               f"after the hold-down ({self.settings.hold_down:g}s)")
                 self.watch.held_off(time.monotonic())
+                self.record_hold_down()
                 return
             if self.stop.stopping:
                 self.log("fence", old=old, new=None, note="stopping: no recovery started")
@@ -810,6 +859,13 @@ class Watcher:
         if verified and self.acting():
             self.put_master0_first(new)
         self.watch.failed_over(new, time.monotonic(), verified)
+        self.record_hold_down()
+
+    def record_hold_down(self) -> None:
+        """The hold-down that just started goes into the Lease now, not at the next renew: a
+        leader that dies meanwhile leaves it to the next one."""
+        if self.lease is not None and self.hold_down_known and self.acting():
+            self.lease.renew_now()
 
     def put_master0_first(self, new: str) -> None:
         """sealer's Clusterfile names the new master0 first (cli/sealer_clusterfile.py), as
@@ -901,34 +957,49 @@ class Watcher:
             self.log("checkpoint", note=done)
 
     def clear_stale_locks(self) -> bool:
-        """Before an `up`: a lock file of the stack written by an engine run known to be over
-        (the previous leader's, whose lease expired; our own killed run) is deleted, and the
-        pending operations that run left are taken out of the state. Any other lock is left
-        alone and the `up` does not start (False): it may be a person's `pulumi up`. Only
-        file:// backends are read here; with any other backend the engine's own refusal says
-        whose lock it is."""
+        """Before an `up`: a stack lock written by an engine run known to be over (the previous
+        leader's, whose lease expired; our own killed run) is deleted through the backend's own
+        storage (a file:// lock file, a postgres:// row: cli/stacklock.py), and the pending
+        operations that run left are taken out of the state. Any other lock is left alone and
+        the `up` does not start (False): it may be a person's `pulumi up`. An object store's
+        locks (s3://...) are not read here: the engine's own refusal says whose lock it is."""
         engine = self.session.engine
-        root = stacklock.file_backend_root(engine.backend_url())
-        if root is None:
+        try:
+            store = stacklock.lock_store(engine.backend_url())
+        except stacklock.LockStoreError as e:
+            self.log("stack-lock", ok=False, error=str(e), note="the engine's own check decides")
             return True
-        locks = stacklock.read_locks(root, PROJECT, self.session.stack)
+        if store is None:
+            return True
+        try:
+            locks = store.read(PROJECT, self.session.stack)
+        except stacklock.LockStoreError as e:
+            self.log("stack-lock", ok=False, backend=store.where, error=str(e),
+                     note="not read: nothing cleared; the engine's own check decides")
+            return True
         if not locks and not self.dead_runs:
             return True
         verdict = stacklock.decide(locks, self.dead_runs)
-        if locks:
-            self.log("stack-lock", locks=[lock.as_json() for lock in locks],
-                     cleared=[lock.where for lock in verdict.clear],
-                     kept=[lock.where for lock in verdict.keep], why=verdict.why)
         if verdict.blocked:
+            self._log_locks(store, locks, verdict, [])
             self.log("up", ok=False, error="the stack is locked by an engine run that is not a "
                      "previous leader's: waiting (if that process is gone, `pulumi cancel` "
                      f"removes every lock of the stack): {verdict.why}")
             return False
+        failed: dict[str, str] = {}
         for lock in verdict.clear:
             try:
-                os.unlink(lock.where)
-            except FileNotFoundError:
-                pass
+                why = store.remove(lock)
+            except stacklock.LockStoreError as e:
+                why = str(e)
+            if why:
+                failed[lock.where] = why
+        if locks:
+            self._log_locks(store, locks, verdict, failed)
+        if failed:
+            self.log("up", ok=False, error=f"a dead run's stack lock was not removed: "
+                                           f"{'; '.join(failed.values())}")
+            return False
         if verdict.clear:
             self.repair_checkpoint()
         try:
@@ -941,6 +1012,12 @@ class Watcher:
                      note="left by a killed engine run; the next `up` runs those steps again")
         self.dead_runs = []
         return True
+
+    def _log_locks(self, store, locks, verdict, failed: dict[str, str]) -> None:
+        self.log("stack-lock", backend=store.where, locks=[lock.as_json() for lock in locks],
+                 cleared=[lock.where for lock in verdict.clear if lock.where not in failed],
+                 kept=[lock.where for lock in verdict.keep], why=verdict.why,
+                 **({"failed": failed} if failed else {}))
 
     # -- a returning host --------------------------------------------------------------------
     def stop_stale_registry(self, host: str) -> None:

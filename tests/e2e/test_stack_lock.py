@@ -1,22 +1,34 @@
 """The stack lock and pending operations a killed engine run leaves, with the REAL engine
-(pulumi v3.274.0 from the toolchain) on a file:// backend, and how `cli watch` clears them
-(cli/stacklock.py): the lock file carries the `pulumi up` process's pid and the hostname; a new
-leader's verdict keeps a lock of another pid (the engine then still refuses to run) and clears
-the killed run's; the pending operation is dropped from the state and the next `up` succeeds.
-A tiny project with one slow local command; no lab needed. Every wait is bounded."""
+(pulumi v3.274.0 from the toolchain), on a file:// backend and on the lab's real PostgreSQL
+(postgres://, Debian's server, TLS verify-full, the password only in a pgpass file), and how
+`cli watch` clears them (cli/stacklock.py): the lock (a file, a row of Pulumi's table) carries
+the `pulumi up` process's pid and the hostname; a new leader's verdict keeps a lock of another
+pid (the engine then still refuses to run) and clears only the killed run's, through the
+backend's own storage; the pending operation is dropped from the state and the next `up`
+succeeds. A tiny project with one slow local command; the postgres case needs a small lab (one
+host, the bridge and the db host). Every wait is bounded."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from cli.engine import Engine
-from cli.stacklock import DeadRun, EngineRun, decide, read_locks, utc_stamp
+from cli.stacklock import (DeadRun, EngineRun, LockStore, PostgresLocks, decide, lock_store,
+                           utc_stamp)
+from lab import Lab
+from lab import postgres as lab_postgres
+from lab.hosts import LabError
 
 PROGRAM = """\
 import pulumi
@@ -24,22 +36,90 @@ import pulumi_command as command
 quick = command.local.Command("quick", create="true")
 command.local.Command("slow", create="sleep 60; : lockprobe", opts=pulumi.ResourceOptions(depends_on=[quick]))
 """
+FOREIGN = {"pid": 1, "username": "operator", "hostname": "ops-laptop",
+           "timestamp": "2026-12-06T18:00:00.5Z"}
 
 
-@pytest.fixture
-def project(tmp_path, toolchain_env):
+@dataclass
+class Backend:
+    """One backend under test: its URL, the watcher's view of its locks (``store``), and an
+    independent view of its raw lock objects (a directory listing; psql as the superuser)."""
+
+    url: str
+    store: LockStore
+    raw_locks: Callable[[], list[str]]            # the lock objects' names / keys
+    write_foreign: Callable[[dict], str]           # another process's lock; returns its name
+
+
+@pytest.fixture(scope="module")
+def state_db(tmp_path_factory):
+    """The lab's PostgreSQL on a lab of one host (only what the db host needs: the bridge)."""
+    Lab().down()  # a crashed earlier run holds the names
+    lab = Lab(tmp_path_factory.mktemp("locklab"))
+    try:
+        lab.up(masters=1, nodes=0)
+        db = lab_postgres.up(lab)
+    except LabError as e:
+        lab.down()
+        pytest.fail(f"the lab's state database did not come up: {e}", pytrace=False)
+    yield db
+    lab.down()
+
+
+def file_backend(state: Path) -> Backend:
+    url = f"file://{state}"
+    locks_dir = state / ".pulumi/locks/organization/lockprobe/dev"
+
+    def write(doc: dict) -> str:
+        locks_dir.mkdir(parents=True, exist_ok=True)
+        path = locks_dir / "00000000-foreign.json"
+        path.write_text(json.dumps(doc))
+        return str(path)
+
+    return Backend(url, lock_store(url),
+                   lambda: sorted(str(p) for p in locks_dir.glob("*.json")), write)
+
+
+def postgres_backend(db: lab_postgres.StateDb) -> Backend:
+    """A table of its own (``?table=``): the backend URL's table parameter is honoured too."""
+    table = f"lockprobe_{secrets.token_hex(4)}"
+    url = db.backend_url(table=table)
+    prefix = f"{db.database}/.pulumi/locks/organization/lockprobe/dev/"
+
+    def raw() -> list[str]:
+        out = lab_postgres.psql(f"SELECT key FROM {table} WHERE left(key, {len(prefix)}) = "
+                                f"'{prefix}' ORDER BY key")
+        return out.split()
+
+    def write(doc: dict) -> str:
+        import base64
+
+        key = prefix + "00000000-foreign.json"
+        blob = base64.b64encode(json.dumps(doc).encode()).decode()
+        lab_postgres.psql(f"INSERT INTO {table} (key, data) VALUES ('{key}', "
+                          f"json_build_object('data', '{blob}'))")
+        return key
+
+    store = lock_store(url)
+    assert isinstance(store, PostgresLocks) and store.target.table == table
+    return Backend(url, store, raw, write)
+
+
+@pytest.fixture(params=["file", "postgres"])
+def project(request, tmp_path, toolchain_env):
     proj, state = tmp_path / "proj", tmp_path / "state"
     proj.mkdir()
     state.mkdir()
     (proj / "Pulumi.yaml").write_text("name: lockprobe\nruntime: python\n")
     (proj / "__main__.py").write_text(PROGRAM)
-    env = dict(toolchain_env, PULUMI_BACKEND_URL=f"file://{state}",
-               PULUMI_SKIP_UPDATE_CHECK="true")
+    backend = (file_backend(state) if request.param == "file"
+               else postgres_backend(request.getfixturevalue("state_db")))
+    env = dict(toolchain_env, PULUMI_BACKEND_URL=backend.url, PULUMI_SKIP_UPDATE_CHECK="true")
     saved = os.environ.get("PULUMI_BACKEND_URL")
     os.environ["PULUMI_BACKEND_URL"] = env["PULUMI_BACKEND_URL"]
     subprocess.run(["pulumi", "--non-interactive", "stack", "init", "dev"], cwd=proj, env=env,
                    check=True, capture_output=True)
-    yield proj, state, env
+    yield proj, backend, env
     os.environ["PULUMI_BACKEND_URL"] = saved or toolchain_env["PULUMI_BACKEND_URL"]
 
 
@@ -55,7 +135,7 @@ def marked() -> list[int]:
     return found
 
 
-def killed_up(proj, state, env) -> tuple[int, str]:
+def killed_up(proj, env) -> tuple[int, str]:
     """`pulumi up` killed with SIGKILL while its slow step runs (as a leader that lost its Lease
     kills its run); returns its pid and when the run started (UTC)."""
     started = utc_stamp()
@@ -75,12 +155,18 @@ def killed_up(proj, state, env) -> tuple[int, str]:
     return up.pid, started
 
 
+def engine_up(proj, env) -> subprocess.CompletedProcess:
+    return subprocess.run(["pulumi", "--non-interactive", "up", "--yes", "--stack", "dev"],
+                          cwd=proj, env=env, capture_output=True, text=True, timeout=180)
+
+
 def test_a_killed_up_leaves_its_lock_and_only_its_run_is_cleared(project):
-    proj, state, env = project
-    pid, started = killed_up(proj, state, env)
-    locks = read_locks(state, "lockprobe", "dev")
-    print(f"\nlocks after the kill: {[lock.as_json() for lock in locks]}")
-    assert [(lock.pid, lock.hostname) for lock in locks] == [(pid, socket.gethostname())]
+    proj, backend, env = project
+    pid, started = killed_up(proj, env)
+    locks = backend.store.read("lockprobe", "dev")
+    print(f"\n{backend.store.where}: locks after the kill: {[x.as_json() for x in locks]}")
+    assert [(x.pid, x.hostname) for x in locks] == [(pid, socket.gethostname())]
+    assert [x.where for x in locks] == backend.raw_locks()
     engine = Engine("dev", proj)
     pending = [op["type"] for op in engine.export().get("pending_operations") or []]
     assert pending == ["creating"], pending
@@ -89,28 +175,41 @@ def test_a_killed_up_leaves_its_lock_and_only_its_run_is_cleared(project):
     other = DeadRun(EngineRun(host=socket.gethostname(), started=started, pids=(pid + 1,)))
     verdict = decide(locks, [other])
     assert verdict.blocked and not verdict.clear
-    refused = subprocess.run(["pulumi", "--non-interactive", "up", "--yes", "--stack", "dev"],
-                             cwd=proj, env=env, capture_output=True, text=True, timeout=120)
+    refused = engine_up(proj, env)
     assert refused.returncode != 0 and "currently locked" in refused.stderr + refused.stdout
 
-    # The dead leader's run (its recorded pid): cleared, pending operations dropped, `up` runs.
-    verdict = decide(locks, [DeadRun(EngineRun(host=socket.gethostname(), started=started,
-                                               pids=(pid,)))])
-    assert verdict.clear == tuple(locks) and not verdict.blocked
+    # A person's lock beside it: the dead leader's run's verdict clears only its own lock,
+    # through the backend's storage; the person's stays, and the engine still refuses.
+    foreign = backend.write_foreign(FOREIGN)
+    locks = backend.store.read("lockprobe", "dev")
+    assert sorted(x.pid for x in locks) == sorted([1, pid])
+    dead = DeadRun(EngineRun(host=socket.gethostname(), started=started, pids=(pid,)))
+    verdict = decide(locks, [dead])
+    assert [x.pid for x in verdict.clear] == [pid] and [x.pid for x in verdict.keep] == [1]
     for lock in verdict.clear:
-        os.unlink(lock.where)
+        assert backend.store.remove(lock) == ""
+    assert backend.raw_locks() == [foreign]
+    refused = engine_up(proj, env)
+    out = refused.stderr + refused.stdout
+    assert refused.returncode != 0 and "currently locked by 1 lock(s)" in out, out
+    assert "operator@ops-laptop (pid 1)" in out and f"(pid {pid})" not in out
+
+    # The person's process is gone (the operator says so): `pulumi cancel`, as documented.
+    subprocess.run(["pulumi", "--non-interactive", "cancel", "--yes", "--stack", "dev"],
+                   cwd=proj, env=env, check=True, capture_output=True, timeout=60)
+    assert backend.raw_locks() == []
     dropped = engine.drop_pending_operations()
     assert dropped == ["slow (creating)"], dropped
     assert not engine.export().get("pending_operations")
     # The rerun creates the step again (`sleep 60` is too long for a test: the program is
     # swapped for a quick one, as the recovery's steps are quick to rerun).
     (proj / "__main__.py").write_text(PROGRAM.replace("sleep 60", "true"))
-    done = subprocess.run(["pulumi", "--non-interactive", "up", "--yes", "--stack", "dev"],
-                          cwd=proj, env=env, capture_output=True, text=True, timeout=180)
+    done = engine_up(proj, env)
     assert done.returncode == 0, done.stdout + done.stderr
     after = engine.export()
     assert not after.get("pending_operations")
     names = sorted(r["urn"].rsplit("::", 1)[-1] for r in after["resources"]
                    if r["type"] == "command:local:Command")
     assert names == ["quick", "slow"]
-    assert read_locks(state, "lockprobe", "dev") == []
+    assert backend.store.read("lockprobe", "dev") == [] and backend.raw_locks() == []
+

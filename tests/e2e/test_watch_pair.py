@@ -2,7 +2,8 @@
 sshd and the lab's real kube-apiservers: each watcher runs on a lab host's network and hostname
 of its own (hosts outside the cluster: a partition or a kill takes that machine and every
 process on it, its engine run included), from its own clone of the project (its own stack
-file), both with one file:// backend (a path both see). In order, on one stack:
+file), both on one team backend: the lab's real PostgreSQL (`postgres://`, its own lab host,
+TLS verify-full, the password only in a pgpass file). In order, on one stack:
 
 1. the leader cut off the network stops acting at its renew deadline and never fences; the
    other takes the Lease over;
@@ -10,14 +11,16 @@ file), both with one file:// backend (a path both see). In order, on one stack:
    acts and follows the recovery in its own stack file; 0 packets to the dead master0 from the
    decision to the verification;
 3. the new master0 killed and the leader's machine killed as its recovery `up` starts: the
-   other takes over after the lease expires, clears the dead leader's stack lock and the
-   pending operations its run left, resumes that recovery and verifies it within lease expiry
-   + one recovery.
+   other takes over after the lease expires, clears the dead leader's stack lock (the row of
+   Pulumi's table that engine wrote, seen there with psql) and the pending operations its run
+   left, resumes that recovery and verifies it within lease expiry + one recovery; no lock row
+   is left.
 After each, `pulumi stack export`: nothing pending, no resource lost or duplicated.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import signal
@@ -28,9 +31,11 @@ import yaml
 
 from config import PROJECT
 from lab import Lab
+from lab import postgres as lab_postgres
 from lab.controlplane import ControlPlaneError, etcd_health
 from lab.stack import (DOMAIN, PORT, SECRETS, ProgramStack, hosts_line, make_lab_env,
                        stack_values)
+from lab.hosts import LabError
 from lab.watcher import PacketKinds, Watcher, project_clone
 
 pytestmark = pytest.mark.e2e
@@ -58,9 +63,30 @@ def env(toolchain_bin, tmp_path_factory):
     lab_env.lab.down()
 
 
+@pytest.fixture(scope="module")
+def state_db(env) -> lab_postgres.StateDb:
+    """The team's state: the lab's PostgreSQL on its own lab host; ``env``'s `down` removes it."""
+    try:
+        return lab_postgres.up(env.lab)
+    except LabError as e:
+        pytest.fail(f"the lab's state database did not come up: {e}", pytrace=False)
+
+
+def lock_rows(db: lab_postgres.StateDb) -> list[dict]:
+    """Every lock row of Pulumi's table (read as the superuser, beside the watchers' own reads):
+    key and the lock JSON the engine wrote."""
+    out = lab_postgres.psql(f"SELECT key || ' ' || (data->>'data') FROM {lab_postgres.TABLE} "
+                            f"WHERE key LIKE '{db.database}/.pulumi/locks/%' ORDER BY key")
+    rows = []
+    for line in out.splitlines():
+        key, blob = line.split(" ", 1)
+        rows.append({"key": key, **json.loads(base64.b64decode(blob))})
+    return rows
+
+
 class Pair:
-    def __init__(self, env, stack, clones, machines, watchers):
-        self.env, self.stack, self.clones = env, stack, clones
+    def __init__(self, env, stack, clones, machines, watchers, db):
+        self.env, self.stack, self.clones, self.db = env, stack, clones, db
         self.machines, self.watchers = machines, watchers   # machine ip -> Watcher
 
     def leader(self) -> tuple[str, Watcher]:
@@ -80,10 +106,11 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def pair(env, toolchain_env, tmp_path_factory):
+def pair(env, toolchain_env, state_db, tmp_path_factory):
     lab = env.lab
     cluster_nodes, machines = env.nodes[:2], env.nodes[2:]
-    stack = ProgramStack("e2e-watchpair", toolchain_env)
+    pg_env = dict(toolchain_env, **state_db.env())
+    stack = ProgramStack("e2e-watchpair", pg_env)
     values = stack_values(env, master0=env.masters[0], distribution="pre")
     values["cluster"]["nodes"] = cluster_nodes
     values["cluster"]["ssh"]["host_keys"] = {
@@ -95,11 +122,11 @@ def pair(env, toolchain_env, tmp_path_factory):
     watchers: dict[str, Watcher] = {}
     try:
         for ip in machines:
-            watchers[ip] = Watcher(stack.name, toolchain_env, base / f"log-{ip}", *ARGS,
+            watchers[ip] = Watcher(stack.name, pg_env, base / f"log-{ip}", *ARGS,
                                    project_dir=clones[ip], prefix=tuple(lab.enter_argv(ip)))
             watchers[ip].wait_for(lambda e: e["event"] in ("lease-acquired", "lease-following"),
                                   60, "the Lease")
-        yield Pair(env, stack, clones, machines, watchers)
+        yield Pair(env, stack, clones, machines, watchers, state_db)
     finally:
         for ip, w in watchers.items():
             if lab.is_killed(ip):
@@ -244,6 +271,11 @@ def test_the_leaders_machine_killed_as_its_recovery_starts_the_other_finishes(pa
     lab.kill(ip, crash=True)     # the leader's machine: the watcher, its engine, its providers
     machine_killed = time.time()
     at_kill = (lab.packets_to(dead), retx.breakdown())
+    left = lock_rows(pair.db)   # the killed engine's lock, a row in PostgreSQL
+    leader_host = next(e for e in leader.events()
+                       if e["event"] == "lease-acquired")["identity"].rsplit("_", 2)[0]
+    assert len(left) == 1 and left[0]["pid"] in run["pids"], (left, run)
+    assert left[0]["hostname"] == leader_host, (left, leader_host)
     took = other.wait_for(lambda e: e["event"] == "lease-acquired" and e["epoch"] > machine_killed,
                           LEASE + 3 * RETRY + 10, "the other watcher to take over")
     try:
@@ -265,8 +297,10 @@ def test_the_leaders_machine_killed_as_its_recovery_starts_the_other_finishes(pa
     previous = next(e for e in events if e["event"] == "previous-run")
     assert previous["run"]["pids"] == run["pids"] and previous["run"]["master0"] == new
     lock = next(e for e in events if e["event"] == "stack-lock")
-    assert len(lock["cleared"]) == 1 and lock["kept"] == [], lock
+    assert lock["cleared"] == [left[0]["key"]] and lock["kept"] == [], lock
+    assert lock["backend"].startswith(f"postgres://{pair.db.address}:"), lock
     assert lock["locks"][0]["pid"] in run["pids"], lock
+    assert lock_rows(pair.db) == []
     assert "decision:resume" in kinds and "decision:failover" not in kinds, kinds
     assert [e["ok"] for e in events if e["event"] == "up"] == [True]
     assert verified["epoch"] - machine_killed <= LEASE + RETRY + 40

@@ -447,3 +447,42 @@ def test_a_standby_is_marked_once_per_master0_tree():
 ])
 def test_master0_tree_is_read_from_the_probe_s_tree_line(stdout, tree):
     assert master0_tree_of(stdout) == tree
+
+
+# ------------------------------------------------------------------------------ hold-down record
+
+
+def test_hold_for_keeps_the_later_end_and_then_holds_a_dead_master0():
+    """A hold-down handed over (the previous leader's) blocks a failover exactly as one's own
+    does; a shorter one never shortens the one in force."""
+    from cli.failover import HoldDown  # noqa: F401
+
+    watch = Watch(SETTINGS, M1)
+    watch.hold_for(20, at=0, why="recovery of master0 10.0.0.11 -> 10.0.0.12")
+    watch.hold_for(5, at=0)
+    assert watch.hold_left(0) == 20 and watch.hold_why.startswith("recovery")
+    assert kinds(feed(watch, [rnd(t, D, D, D, target=M1) for t in range(19)])) == ["suspect",
+                                                                                   "held"]
+    assert kinds(feed(watch, [rnd(20, D, D, D, target=M1)])) == ["failover"]
+    assert Watch(SETTINGS, M1).hold_left(0) == 0
+
+
+def test_the_hold_down_record_round_trips_and_bad_text_is_none():
+    from cli.failover import HoldDown
+
+    rec = HoldDown(42.5, "2026-12-06T18:41:00.000000Z", "recovery of master0 a -> b")
+    assert HoldDown.from_text(rec.to_text()) == rec
+    assert set(json.loads(rec.to_text())) == {"left_s", "until", "why"}
+    for bad in (None, "", "{", "[]", '{"until": "x"}', '{"left_s": "x"}', '{"left_s": -1}',
+                '{"left_s": NaN}', '{"left_s": Infinity}'):
+        assert HoldDown.from_text(bad) is None, bad
+
+
+def test_what_is_left_never_undercounts_and_never_goes_negative():
+    """Left at the last write, less how long the new leader saw the Lease unchanged (the write
+    is at least that old)."""
+    from cli.failover import HoldDown
+
+    assert HoldDown(40).remaining(15.2) == pytest.approx(24.8)
+    assert HoldDown(10).remaining(15.2) == 0
+    assert HoldDown(10).remaining(-3) == 10

@@ -215,3 +215,157 @@ def test_a_truncated_checkpoint_is_restored_from_its_backup_only(tmp_path):
     (d / "prod.json.bak").write_text('{"version": 3, "old": true}')
     assert "restored" in repair_checkpoint(tmp_path, "sealer-registry", "prod")
     assert json.loads((d / "prod.json").read_text()) == {"version": 3, "old": True}
+
+
+# ------------------------------------------------------------------------------ postgres:// backends
+
+from cli.stacklock import (LockStoreError, PostgresLocks, lock_store, locks_of_rows,  # noqa: E402
+                           postgres_target)
+import base64  # noqa: E402
+import subprocess  # noqa: E402
+
+LAB_URL = ("postgres://pulumi@198.18.4.5:5432/pulumi?sslmode=verify-full"
+           "&sslrootcert=/lab/ca.crt&passfile=/lab/pgpass&connect_timeout=5")
+PREFIX = "pulumi/.pulumi/locks/organization/sealer-registry/prod/"
+
+
+def test_a_postgres_url_becomes_libpq_variables_the_table_and_the_key_prefix():
+    """pulumi v3.274.0 diy/postgres/bucket.go + backend.go, lib/pq v1.12.3 convertURL: user,
+    host, port and dbname from the URL, each known parameter as its PG* variable, `table`
+    taken out, keys prefixed with the path."""
+    t = postgres_target(LAB_URL)
+    assert t.env == {"PGUSER": "pulumi", "PGHOST": "198.18.4.5", "PGPORT": "5432",
+                     "PGDATABASE": "pulumi", "PGSSLMODE": "verify-full",
+                     "PGSSLROOTCERT": "/lab/ca.crt", "PGPASSFILE": "/lab/pgpass",
+                     "PGCONNECT_TIMEOUT": "5"}
+    assert (t.table, t.prefix) == ("pulumi_state", "pulumi/")
+    assert t.where == "postgres://198.18.4.5:5432/pulumi?table=pulumi_state"
+    other = postgres_target("postgresql://u@db/state?table=team.pulumi_state")
+    assert (other.table, other.prefix) == ("team.pulumi_state", "state/")
+
+
+def test_lib_pqs_default_sslmode_is_kept_unless_the_environment_sets_one(monkeypatch):
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    assert postgres_target("postgres://u@db/p").env["PGSSLMODE"] == "require"
+    monkeypatch.setenv("PGSSLMODE", "verify-full")
+    assert "PGSSLMODE" not in postgres_target("postgres://u@db/p").env
+
+
+def test_a_password_in_the_url_goes_to_the_environment_and_nowhere_else():
+    t = postgres_target("postgres://pulumi:s3cr%40t@db:5432/pulumi")
+    assert t.env["PGPASSWORD"] == "s3cr@t"
+    assert "s3cr" not in t.where and "pulumi@" not in t.where
+
+
+def test_run_time_parameters_go_through_pgoptions_and_pq_extensions_are_dropped(monkeypatch):
+    monkeypatch.delenv("PGOPTIONS", raising=False)
+    t = postgres_target("postgres://u@db/p?search_path=team,public&keepalives_idle=30"
+                        "&binary_parameters=yes&application_name=watch")
+    assert t.env["PGOPTIONS"] == "-c search_path=team,public"
+    assert t.env["PGAPPNAME"] == "watch" and "keepalives_idle" not in str(t.env)
+
+
+@pytest.mark.parametrize("url", ["postgres://u@db/p?table=x;drop table y",
+                                 "postgres://u@db/p?table=a.b.c",
+                                 "postgres://u@db/p?sslinline=true"])
+def test_what_psql_cannot_do_as_the_engine_does_is_refused(url):
+    with pytest.raises(LockStoreError):
+        postgres_target(url)
+
+
+@pytest.mark.parametrize("url", [None, "", "file:///state", "s3://b/x", "https://db/"])
+def test_other_backends_are_no_postgres_target(url):
+    assert postgres_target(url) is None
+
+
+def test_lock_store_picks_the_backends_own_storage(tmp_path):
+    assert type(lock_store(f"file://{tmp_path}")).__name__ == "FileLocks"
+    assert type(lock_store(LAB_URL)).__name__ == "PostgresLocks"
+    assert lock_store("s3://bucket/state") is None and lock_store(None) is None
+
+
+def blob_of(pid=4242, host="srl7-201", ts="2026-12-06T18:40:01.123456789Z") -> str:
+    return base64.b64encode(json.dumps({"pid": pid, "username": "root", "hostname": host,
+                                        "timestamp": ts}).encode()).decode()
+
+
+def test_lock_rows_directly_in_the_stacks_lock_folder_are_read():
+    rows = [{"key": PREFIX + "a1.json", "data": blob_of()},
+            {"key": PREFIX + "nested/b.json", "data": blob_of(1)},
+            {"key": PREFIX + "c.txt", "data": blob_of(2)},
+            {"key": PREFIX + "d.json", "data": "%%% not base64"},
+            {"key": PREFIX + "e.json", "data": base64.b64encode(b"{").decode()},
+            {"key": "pulumi/.pulumi/locks/organization/sealer-registry/prod2/f.json",
+             "data": blob_of(3)},
+            {"key": None, "data": blob_of(4)}]
+    locks = locks_of_rows(rows, (PREFIX,))
+    assert [(x.where, x.pid, x.hostname) for x in locks] == [(PREFIX + "a1.json", 4242, "srl7-201")]
+    assert locks[0].blob == blob_of()
+    assert locks_of_rows("not a list", (PREFIX,)) == []
+
+
+class FakePsql:
+    """Records psql's argv, environment and stdin; answers from a dict of rows."""
+
+    def __init__(self, rows: dict[str, str], fail: str = ""):
+        self.rows, self.fail, self.calls = dict(rows), fail, []
+
+    def __call__(self, argv, input, env, **kw):
+        self.calls.append((argv, input, env))
+        if self.fail:
+            return subprocess.CompletedProcess(argv, 2, "", self.fail)
+        v = dict(a.split("=", 1) for a in argv[argv.index("-v") + 2:][1::2])
+        if input.startswith("SELECT"):
+            found = [{"key": k, "data": d} for k, d in sorted(self.rows.items())
+                     if k.startswith(v["new"]) or k.startswith(v["old"])]
+            return subprocess.CompletedProcess(argv, 0, json.dumps(found) + "\n", "")
+        out = ""
+        if self.rows.get(v["key"]) == v["blob"]:
+            del self.rows[v["key"]]
+            out = v["key"] + "\n"
+        out += f"{1 if v['key'] in self.rows else 0}\n"
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+
+def test_postgres_locks_are_read_and_only_the_chosen_row_deleted_with_no_secret_in_argv():
+    psql = FakePsql({PREFIX + "a1.json": blob_of(), PREFIX + "b2.json": blob_of(777),
+                     "pulumi/.pulumi/stacks/sealer-registry/prod.json": "e30="})
+    store = PostgresLocks(postgres_target(LAB_URL.replace("pulumi@", "pulumi:pw@")), psql)
+    locks = store.read("sealer-registry", "prod")
+    assert [x.pid for x in locks] == [4242, 777]
+    verdict = decide(locks, [DEAD])
+    assert [x.pid for x in verdict.clear] == [4242] and [x.pid for x in verdict.keep] == [777]
+    assert store.remove(verdict.clear[0]) == ""
+    assert sorted(psql.rows) == [PREFIX + "b2.json",
+                                 "pulumi/.pulumi/stacks/sealer-registry/prod.json"]
+    for argv, sql, env in psql.calls:
+        assert argv[0] == "psql" and "-w" in argv
+        assert not any("pw" in a or "postgres://" in a for a in argv), argv
+        assert env["PGPASSWORD"] == "pw" and env["PGHOST"] == "198.18.4.5"
+        assert "LIKE" not in sql and "pulumi_state" in sql
+
+
+def test_a_row_gone_already_counts_as_removed_a_rewritten_one_does_not():
+    psql = FakePsql({PREFIX + "a1.json": blob_of()})
+    store = PostgresLocks(postgres_target(LAB_URL), psql)
+    (mine,) = store.read("sealer-registry", "prod")
+    psql.rows[PREFIX + "a1.json"] = blob_of(ts="2026-12-06T19:00:00Z")
+    assert "changed since it was read" in store.remove(mine)
+    assert PREFIX + "a1.json" in psql.rows
+    del psql.rows[PREFIX + "a1.json"]
+    assert store.remove(mine) == ""
+
+
+def test_a_psql_failure_is_a_lock_store_error_naming_the_backend_not_the_password():
+    store = PostgresLocks(postgres_target(LAB_URL), FakePsql({}, fail="could not connect"))
+    with pytest.raises(LockStoreError) as err:
+        store.read("sealer-registry", "prod")
+    assert "198.18.4.5" in str(err.value) and "could not connect" in str(err.value)
+
+
+def test_no_psql_installed_is_a_lock_store_error():
+    def missing(*a, **k):
+        raise FileNotFoundError("psql")
+
+    with pytest.raises(LockStoreError, match="psql is not installed"):
+        PostgresLocks(postgres_target(LAB_URL), missing).read("sealer-registry", "prod")

@@ -20,7 +20,7 @@ import pytest
 from cli import build_parser
 from cli import watch as watch_mod
 from cli.common import EXIT_REFUSED
-from cli.failover import Decision, Kind, Settings, Watch
+from cli.failover import Decision, Kind, Probe, Round, Settings, Vote, Watch
 from cli.lease import LeaseSettings
 from cli.watch import EventLog, Stop, Watcher, kill_engine_run, process_tree, pulumi_children
 
@@ -420,3 +420,197 @@ def test_a_follower_follows_only_a_verified_recovery(tmp_path, monkeypatch):
     w.lease.election.seen_annotations = {ENGINE_RUN: replace(running, state="verified").to_text()}
     w.follow_leader_record()
     assert w.session.engine.set_calls == [("10.0.0.12", ["10.0.0.11"])]
+
+
+# ------------------------------------------------------------------------------ postgres:// locks
+
+PG_URL = ("postgres://pulumi@198.18.4.5:5432/pulumi?sslmode=verify-full&sslrootcert=/lab/ca.crt"
+          "&passfile=/lab/pgpass")
+PG_PREFIX = "pulumi/.pulumi/locks/organization/sealer-registry/prod/"
+
+
+def pg_watcher(monkeypatch, rows: dict[str, str], pending=(), fail: str = ""):
+    from cli import stacklock
+    from tests.unit.test_cli_stacklock import FakePsql
+
+    w = lease_watcher()
+    w.session = SimpleNamespace(stack="prod", engine=FakeEngine(PG_URL, pending),
+                                config=SimpleNamespace(master0="10.0.0.11", down_hosts=[]))
+    psql = FakePsql(rows, fail=fail)
+    real = stacklock.lock_store
+    monkeypatch.setattr(watch_mod.stacklock, "lock_store", lambda url: real(url, run=psql))
+    return w, psql
+
+
+def test_a_dead_leaders_lock_row_is_deleted_from_postgres_and_its_pending_operations_dropped(
+        monkeypatch):
+    from cli.stacklock import DeadRun, EngineRun
+    from tests.unit.test_cli_stacklock import blob_of
+
+    state = "pulumi/.pulumi/stacks/sealer-registry/prod.json"
+    w, psql = pg_watcher(monkeypatch, {PG_PREFIX + "u1.json": blob_of(4242, "mgmt-a"),
+                                       state: "e30="}, pending=["node-10.0.0.21 (updating)"])
+    w.dead_runs = [DeadRun(EngineRun("mgmt-a", "2026-12-06T18:40:00Z", (4242,)), "mgmt-a_1_x")]
+    assert w.clear_stale_locks() is True
+    assert list(psql.rows) == [state]
+    events = {e["event"]: e for e in events_of(w.out)}
+    assert events["stack-lock"]["cleared"] == [PG_PREFIX + "u1.json"]
+    assert events["stack-lock"]["backend"] == "postgres://198.18.4.5:5432/pulumi?table=pulumi_state"
+    assert events["pending-operations"]["dropped"] == ["node-10.0.0.21 (updating)"]
+    assert w.dead_runs == []
+
+
+def test_a_postgres_lock_of_another_run_blocks_the_up_and_no_row_is_deleted(monkeypatch):
+    from cli.stacklock import DeadRun, EngineRun
+    from tests.unit.test_cli_stacklock import blob_of
+
+    rows = {PG_PREFIX + "u1.json": blob_of(4242, "mgmt-a"),
+            PG_PREFIX + "u2.json": blob_of(5150, "laptop")}
+    w, psql = pg_watcher(monkeypatch, rows, pending=["x (creating)"])
+    w.dead_runs = [DeadRun(EngineRun("mgmt-a", "2026-12-06T18:40:00Z", (4242,)), "mgmt-a_1_x")]
+    assert w.clear_stale_locks() is False
+    assert psql.rows == rows and w.session.engine.pending == ["x (creating)"]
+    assert [c[1].split()[0] for c in psql.calls] == ["SELECT"]   # nothing but the read
+    up = [e for e in events_of(w.out) if e["event"] == "up"][0]
+    assert up["ok"] is False and "laptop (pid 5150)" in up["error"]
+
+
+def test_an_unreachable_state_database_clears_nothing_and_leaves_the_check_to_the_engine(
+        monkeypatch):
+    from cli.stacklock import DeadRun, EngineRun
+
+    w, psql = pg_watcher(monkeypatch, {}, pending=["x (creating)"], fail="timeout expired")
+    w.dead_runs = [DeadRun(EngineRun("mgmt-a", "2026-12-06T18:40:00Z", (4242,)), "mgmt-a_1_x")]
+    assert w.clear_stale_locks() is True
+    event = events_of(w.out)[0]
+    assert event["event"] == "stack-lock" and event["ok"] is False
+    assert "timeout expired" in event["error"] and w.session.engine.pending == ["x (creating)"]
+    assert w.dead_runs != []   # tried again before the next `up`
+
+
+def test_an_object_store_backend_is_not_read(monkeypatch):
+    w = lease_watcher()
+    w.session = SimpleNamespace(stack="prod", engine=FakeEngine("s3://bucket/state", ["x (c)"]),
+                                config=SimpleNamespace(master0="10.0.0.11", down_hosts=[]))
+    assert w.clear_stale_locks() is True and events_of(w.out) == []
+
+
+# ------------------------------------------------------------------------------ hold-down
+
+
+def hold_watcher(election, hold_s: float = 0.0) -> Watcher:
+    w = lease_watcher()
+    w.lease = SimpleNamespace(election=election, leading=lambda: True, renew_now=lambda: True)
+    w.settings = Settings(window=6, interval=1, hold_down=60)
+    w.args = SimpleNamespace(rejoin_returning=False)
+    w.watch = Watch(w.settings, "10.0.0.12", fenced=["10.0.0.11"])
+    if hold_s:
+        w.watch.hold_for(hold_s, time.monotonic(), "recovery of master0 10.0.0.11 -> 10.0.0.12")
+    w.hold_down_known = False
+    w.config = SimpleNamespace(master0="10.0.0.12", down_hosts=["10.0.0.11"])
+    w.previous_run = lambda: None
+    w.sync_config = lambda: w.config
+
+    def read_history():
+        w.watch.unverified = False
+        w.resume_at_start = False
+
+    w.read_history = read_history
+    return w
+
+
+def elect(server, clock, who, w=None):
+    from cli.lease import Election
+    from tests.unit.test_cli_lease import NAME, SETTINGS
+
+    return Election(server.client(who), who, SETTINGS, NAME, clock=clock, wall=clock.wall,
+                    annotations=(lambda: w.lease_annotations()) if w else dict)
+
+
+def test_a_new_leader_honours_the_hold_down_the_old_one_recorded_in_the_lease():
+    """a recovers (hold-down 50 s) and records it with its renews; a dies; b takes over after
+    the lease duration and holds for what is left (50 - the 15.1 s it saw the Lease unchanged):
+    a dead master0 then is `held`, not failed over."""
+    from cli.failover import HOLD_DOWN, HoldDown
+    from tests.unit.test_cli_lease import Clock, FakeApiserver
+
+    server, clock = FakeApiserver(), Clock()
+    a = hold_watcher(None, hold_s=50)
+    a.hold_down_known = True
+    a.lease.election = ea = elect(server, clock, "a", a)
+    assert ea.try_acquire_or_renew().ok
+    record = HoldDown.from_text(server.lease["metadata"]["annotations"][HOLD_DOWN])
+    assert 49 < record.left_s <= 50 and "10.0.0.12" in record.why
+    b = hold_watcher(None)
+    b.lease.election = eb = elect(server, clock, "b", b)
+    assert not eb.try_acquire_or_renew().ok
+    clock.advance(15.1)
+    assert eb.try_acquire_or_renew().ok
+    # b's takeover write leaves a's record alone (b has not led yet)
+    assert HOLD_DOWN in server.lease["metadata"]["annotations"]
+    b.take_lead()
+    left = b.watch.hold_left(time.monotonic())
+    assert 33 < left <= 34.9, left
+    event = next(e for e in events_of(b.out) if e["event"] == "hold-down")
+    assert event["previous"] == "a" and 33 < event["inherited_s"] <= 34.9
+    now = time.monotonic()
+    rounds = [Round(now + t, "10.0.0.12", tuple(Probe(p, Vote.DEAD) for p in ("m1", "m2", "n1")))
+              for t in range(8)]
+    kinds = [str(d.kind) for r in rounds for d in b.watch.observe(r)]
+    assert kinds == ["suspect", "held"], kinds
+    # b now writes its own (inherited) hold-down with its renews
+    assert eb.try_acquire_or_renew().ok
+    assert 32 < HoldDown.from_text(server.lease["metadata"]["annotations"][HOLD_DOWN]).left_s <= 34.9
+
+
+def test_without_a_recorded_hold_down_a_new_leader_holds_none():
+    from tests.unit.test_cli_lease import Clock, FakeApiserver
+
+    server, clock = FakeApiserver(), Clock()
+    a = hold_watcher(None)
+    a.hold_down_known = True
+    a.lease.election = ea = elect(server, clock, "a", a)
+    assert ea.try_acquire_or_renew().ok
+    b = hold_watcher(None)
+    b.lease.election = eb = elect(server, clock, "b", b)
+    eb.try_acquire_or_renew()
+    clock.advance(15.1)
+    assert eb.try_acquire_or_renew().ok
+    b.take_lead()
+    assert b.watch.hold_left(time.monotonic()) == 0
+    assert not [e for e in events_of(b.out) if e["event"] == "hold-down"]
+
+
+def test_a_hold_down_that_ended_before_the_take_over_is_not_held():
+    from tests.unit.test_cli_lease import Clock, FakeApiserver
+
+    server, clock = FakeApiserver(), Clock()
+    a = hold_watcher(None, hold_s=10)
+    a.hold_down_known = True
+    a.lease.election = ea = elect(server, clock, "a", a)
+    assert ea.try_acquire_or_renew().ok
+    b = hold_watcher(None)
+    b.lease.election = eb = elect(server, clock, "b", b)
+    eb.try_acquire_or_renew()
+    clock.advance(15.1)
+    assert eb.try_acquire_or_renew().ok
+    b.take_lead()
+    assert b.watch.hold_left(time.monotonic()) == 0
+
+
+def test_a_leader_that_gets_its_own_lease_back_keeps_its_hold_down():
+    """take_lead makes a new decision state; the hold-down in force is carried into it."""
+    w = hold_watcher(SimpleNamespace(took_over=None, took_over_unchanged_s=0.0), hold_s=40)
+    w.take_lead()
+    assert 39 < w.watch.hold_left(time.monotonic()) <= 40
+
+
+def test_the_hold_down_record_is_written_only_once_leading_and_removed_when_over():
+    from cli.failover import HOLD_DOWN
+
+    w = hold_watcher(None, hold_s=30)
+    assert HOLD_DOWN not in w.lease_annotations()        # a follower leaves the Lease's record
+    w.hold_down_known = True
+    assert json.loads(w.lease_annotations()[HOLD_DOWN])["left_s"] > 29
+    w.watch = Watch(w.settings, "10.0.0.12")
+    assert w.lease_annotations() == {HOLD_DOWN: None}   # none any more: the record goes
