@@ -563,11 +563,13 @@ def test_a_new_leader_honours_the_hold_down_the_old_one_recorded_in_the_lease():
     assert 32 < HoldDown.from_text(server.lease["metadata"]["annotations"][HOLD_DOWN]).left_s <= 34.9
 
 
-def test_without_a_recorded_hold_down_a_new_leader_holds_none():
+def take_over_from(**leader):
+    """Leader ``a`` (``hold_watcher(None, **leader)``, its hold-down recorded) renews once and
+    goes silent; ``b`` takes the expired Lease over and leads. Returns ``b``."""
     from tests.unit.test_cli_lease import Clock, FakeApiserver
 
     server, clock = FakeApiserver(), Clock()
-    a = hold_watcher(None)
+    a = hold_watcher(None, **leader)
     a.hold_down_known = True
     a.lease.election = ea = elect(server, clock, "a", a)
     assert ea.try_acquire_or_renew().ok
@@ -577,24 +579,17 @@ def test_without_a_recorded_hold_down_a_new_leader_holds_none():
     clock.advance(15.1)
     assert eb.try_acquire_or_renew().ok
     b.take_lead()
+    return b
+
+
+def test_without_a_recorded_hold_down_a_new_leader_holds_none():
+    b = take_over_from()
     assert b.watch.hold_left(time.monotonic()) == 0
     assert not [e for e in events_of(b.out) if e["event"] == "hold-down"]
 
 
 def test_a_hold_down_that_ended_before_the_take_over_is_not_held():
-    from tests.unit.test_cli_lease import Clock, FakeApiserver
-
-    server, clock = FakeApiserver(), Clock()
-    a = hold_watcher(None, hold_s=10)
-    a.hold_down_known = True
-    a.lease.election = ea = elect(server, clock, "a", a)
-    assert ea.try_acquire_or_renew().ok
-    b = hold_watcher(None)
-    b.lease.election = eb = elect(server, clock, "b", b)
-    eb.try_acquire_or_renew()
-    clock.advance(15.1)
-    assert eb.try_acquire_or_renew().ok
-    b.take_lead()
+    b = take_over_from(hold_s=10)
     assert b.watch.hold_left(time.monotonic()) == 0
 
 
