@@ -176,10 +176,17 @@ def pull(lab: Lab, host: str, ref: str, user: str = "", password: str = "",
     after, so every call is a real pull. ``Pull.digest`` is what the tag resolved to."""
     if not ref or "/" not in ref or any(c.isspace() for c in ref):
         raise ValueError(f"ref must be <registry>/<repo>:<tag>, got {ref!r}")
+    return _run_pull(lab, host, PULL_SCRIPT, [ref, user, str(int(timeout))], password, timeout)
+
+
+def _run_pull(lab: Lab, host: str, script: str, args: list[str], secret: str,
+              timeout: int) -> Pull:
+    """``script`` (a pull script above) on ``host`` with ``args``, ``secret`` on its stdin: what
+    the tag resolved to, or a failed Pull with the script's stderr."""
     began = time.monotonic()
-    q = shlex.quote
-    done = lab.run(host, f"bash -c {q(PULL_SCRIPT)} pull {q(ref)} {q(user)} {int(timeout)}",
-                   input=password + "\n", check=False, timeout=timeout + 60)
+    argv = " ".join(shlex.quote(a) for a in args)
+    done = lab.run(host, f"bash -c {shlex.quote(script)} pull {argv}", input=secret + "\n",
+                   check=False, timeout=timeout + 60)
     digest = done.stdout.strip() if done.returncode == 0 else ""
     return Pull(done.returncode == 0 and digest.startswith("sha256:"), digest, done.stderr,
                 time.monotonic() - began)
@@ -236,10 +243,4 @@ def pull_as_kubelet(lab: Lab, host: str, ref: str, user: str = "", password: str
         body = json.dumps({"username": user, "password": password,
                            "serveraddress": ref.split("/", 1)[0]}).encode()
         auth = base64.urlsafe_b64encode(body).decode()
-    began = time.monotonic()
-    q = shlex.quote
-    done = lab.run(host, f"bash -c {q(API_PULL_SCRIPT)} pull {q(ref)} {int(timeout)}",
-                   input=auth + "\n", check=False, timeout=timeout + 60)
-    digest = done.stdout.strip() if done.returncode == 0 else ""
-    return Pull(done.returncode == 0 and digest.startswith("sha256:"), digest, done.stderr,
-                time.monotonic() - began)
+    return _run_pull(lab, host, API_PULL_SCRIPT, [ref, str(int(timeout))], auth, timeout)
