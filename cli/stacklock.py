@@ -46,6 +46,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -273,7 +274,7 @@ class FileLocks:
 # psql gets it through PGOPTIONS ``-c name=value``. ``table`` is pulumi's, not the driver's.
 PQ_ENV = {
     "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE",
-    "user": "PGUSER", "password": "PGPASSWORD", "passfile": "PGPASSFILE",
+    "user": "PGUSER", "passfile": "PGPASSFILE",
     "application_name": "PGAPPNAME", "sslmode": "PGSSLMODE",
     "sslnegotiation": "PGSSLNEGOTIATION", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY",
     "sslrootcert": "PGSSLROOTCERT", "sslsni": "PGSSLSNI", "sslcrl": "PGSSLCRL",
@@ -298,10 +299,11 @@ PSQL_TIMEOUT_S = 30
 class PostgresTarget:
     """Where a ``postgres://`` backend keeps its objects, and how psql reaches it."""
 
-    env: dict                  # the PG* variables (libpq) the URL sets; a password only if it held one
+    env: dict                  # the PG* variables (libpq) the URL sets, never a password
     table: str                 # pulumi's table (``?table=``, default pulumi_state)
     prefix: str                # the key prefix (the URL's path, e.g. "pulumi/")
     where: str                 # for messages: postgres://host:port/db?table=T, no user or secret
+    password: str = field(default="", repr=False)   # the URL's own; psql reads it from a passfile
 
     def key(self, object_key: str) -> str:
         return self.prefix + object_key
@@ -314,7 +316,9 @@ def postgres_target(url: str | None) -> PostgresTarget | None:
     key); lib/pq v1.12.3 connector.go ``convertURL`` (user, password, host, port, dbname from the
     URL's parts, every query parameter as a connection parameter; sslmode defaults to
     ``require``). None for another scheme. The variables go in psql's environment, never its
-    argv; the caller's environment (PGPASSWORD, PGPASSFILE...) is inherited as the engine's is."""
+    argv; the caller's environment (PGPASSWORD, PGPASSFILE...) is inherited as the engine's is.
+    A password written in the URL goes to neither: psql reads it from a 0600 passfile made for
+    the call (``PostgresLocks._psql``), so no process listing or environment dump shows it."""
     if not url:
         return None
     parsed = urlparse(url)
@@ -323,8 +327,7 @@ def postgres_target(url: str | None) -> PostgresTarget | None:
     params: dict[str, str] = {}
     if parsed.username:
         params["user"] = unquote(parsed.username)
-    if parsed.password:
-        params["password"] = unquote(parsed.password)
+    password = unquote(parsed.password) if parsed.password else ""
     if parsed.hostname:
         params["host"] = parsed.hostname
     try:
@@ -342,6 +345,8 @@ def postgres_target(url: str | None) -> PostgresTarget | None:
         elif k == "sslinline":
             raise LockStoreError("backend URL: sslinline (the certificate in the URL) is lib/pq's "
                                  "own: psql cannot use it; the lock is not read")
+        elif k == "password":
+            password = v or password
         elif k == "options":
             options.append(v)
         elif k in PQ_ENV:
@@ -349,6 +354,9 @@ def postgres_target(url: str | None) -> PostgresTarget | None:
                 params[k] = v
         elif k not in PQ_ONLY and v:
             options.append(f"-c {k}={v.replace(chr(92), chr(92) * 2).replace(' ', chr(92) + ' ')}")
+    if "\n" in password or "\r" in password:
+        raise LockStoreError("backend URL: the password holds a line break, which a passfile "
+                             "cannot: the lock is not read")
     if not TABLE_NAME.fullmatch(table):
         raise LockStoreError(f"backend URL: table {table!r} is not a plain (schema.)name: the lock "
                              "is not read")
@@ -360,7 +368,7 @@ def postgres_target(url: str | None) -> PostgresTarget | None:
     prefix = path.lstrip("/")
     prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
     shown = f"postgres://{parsed.hostname or ''}{f':{parsed.port}' if parsed.port else ''}{path}"
-    return PostgresTarget(env, table, prefix, f"{shown}?table={table}")
+    return PostgresTarget(env, table, prefix, f"{shown}?table={table}", password)
 
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -381,8 +389,18 @@ class PostgresLocks:
     def _psql(self, sql: str, **variables: str) -> str:
         argv = ["psql", "-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1",
                 *[a for k, v in variables.items() for a in ("-v", f"{k}={v}")]]
+        with tempfile.TemporaryDirectory(prefix="sealer-registry-pg-") as private:
+            env = {**os.environ, **self.target.env}
+            if self.target.password:
+                # libpq: a password from the connection string wins over PGPASSWORD, which wins
+                # over the passfile; the URL's own therefore replaces an inherited PGPASSWORD.
+                env.pop("PGPASSWORD", None)
+                env["PGPASSFILE"] = write_passfile(private, self.target.password)
+            return self._run_psql(argv, sql, env)
+
+    def _run_psql(self, argv: list[str], sql: str, env: dict) -> str:
         try:
-            done = self.run(argv, input=sql, env={**os.environ, **self.target.env},
+            done = self.run(argv, input=sql, env=env,
                             capture_output=True, text=True, timeout=PSQL_TIMEOUT_S)
         except FileNotFoundError:
             raise LockStoreError("psql is not installed (Debian: postgresql-client): the lock "
@@ -422,6 +440,18 @@ class PostgresLocks:
         if lines and lines[-1] == "0":
             return ""   # gone already (its engine ended after all)
         return f"{lock.where}: the row changed since it was read: left alone"
+
+
+def write_passfile(directory: str, password: str) -> str:
+    """A libpq passfile (``*:*:*:*:password``; ``:`` and ``\\`` escaped, as libpq's
+    passwordFromFile reads them) created 0600 in ``directory`` (libpq ignores a passfile others
+    can read). The path goes to PGPASSFILE; the password to no argv and no environment."""
+    path = os.path.join(directory, "pgpass")
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"*:*:*:*:{escaped}\n")
+    return path
 
 
 def locks_of_rows(rows: list, prefixes: tuple[str, ...]) -> list[StackLock]:

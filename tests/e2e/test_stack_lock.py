@@ -19,6 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from typing import Callable
 
 import pytest
@@ -213,3 +214,49 @@ def test_a_killed_up_leaves_its_lock_and_only_its_run_is_cleared(project):
     assert names == ["quick", "slow"]
     assert backend.store.read("lockprobe", "dev") == [] and backend.raw_locks() == []
 
+
+
+def test_a_password_written_in_the_url_reaches_psql_through_a_private_passfile(state_db):
+    """Operators are told to keep the password out of the URL; one written there anyway must
+    still work and stay out of psql's environment and arguments (cli/stacklock.py writes it to
+    a 0600 passfile for the call): the lab's real server, SCRAM over TLS verify-full, with
+    PGPASSWORD set to a wrong password in the caller's environment, as a stale shell might."""
+    password = state_db.passfile.read_text().strip().split(":")[4]
+    import base64
+
+    table = f"lockprobe_{secrets.token_hex(4)}"
+    key = f"{state_db.database}/.pulumi/locks/organization/lockprobe/dev/00000000-foreign.json"
+    blob = base64.b64encode(json.dumps(FOREIGN).encode()).decode()
+    lab_postgres.psql(f"CREATE TABLE {table} (key text PRIMARY KEY, data jsonb); ALTER TABLE "
+                      f"{table} OWNER TO {state_db.user}; INSERT INTO "
+                      f"{table} VALUES ('{key}', json_build_object('data', '{blob}'))")
+    parts = urlsplit(state_db.backend_url(table=table))
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "passfile"]
+    url = urlunsplit(parts._replace(netloc=f"{state_db.user}:{password}@{parts.hostname}:"
+                                           f"{parts.port}", query=urlencode(query)))
+    assert password in url and str(state_db.passfile) not in url
+    seen: list[tuple[list, dict]] = []
+
+    def run(argv, **kw):
+        seen.append((argv, kw["env"]))
+        return subprocess.run(argv, **kw)
+
+    saved = os.environ.get("PGPASSWORD")
+    os.environ["PGPASSWORD"] = "not-the-password"
+    try:
+        store = PostgresLocks(lock_store(url).target, run)
+        (lock,) = store.read("lockprobe", "dev")            # authenticated, read the row
+    finally:
+        os.environ.pop("PGPASSWORD") if saved is None else os.environ.update(PGPASSWORD=saved)
+    assert (lock.where, lock.pid, lock.hostname) == (key, 1, "ops-laptop")
+    os.environ["PGPASSWORD"] = "not-the-password"
+    try:
+        assert store.remove(lock) == ""                      # and deleted it
+        assert store.read("lockprobe", "dev") == []
+    finally:
+        os.environ.pop("PGPASSWORD") if saved is None else os.environ.update(PGPASSWORD=saved)
+    assert len(seen) == 3
+    for argv, env in seen:
+        assert not any(password in a for a in argv)
+        assert not any(password in v for v in env.values()) and "PGPASSWORD" not in env
+        assert not os.path.exists(env["PGPASSFILE"])

@@ -220,8 +220,9 @@ def test_a_truncated_checkpoint_is_restored_from_its_backup_only(tmp_path):
 # ------------------------------------------------------------------------------ postgres:// backends
 
 from cli.stacklock import (LockStoreError, PostgresLocks, lock_store, locks_of_rows,  # noqa: E402
-                           postgres_target)
+                           postgres_target, write_passfile)
 import base64  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
 
 LAB_URL = ("postgres://pulumi@198.18.4.5:5432/pulumi?sslmode=verify-full"
@@ -251,10 +252,24 @@ def test_lib_pqs_default_sslmode_is_kept_unless_the_environment_sets_one(monkeyp
     assert "PGSSLMODE" not in postgres_target("postgres://u@db/p").env
 
 
-def test_a_password_in_the_url_goes_to_the_environment_and_nowhere_else():
-    t = postgres_target("postgres://pulumi:s3cr%40t@db:5432/pulumi")
-    assert t.env["PGPASSWORD"] == "s3cr@t"
-    assert "s3cr" not in t.where and "pulumi@" not in t.where
+@pytest.mark.parametrize("url", ["postgres://pulumi:s3cr%40t@db:5432/pulumi",
+                                 "postgres://pulumi@db:5432/pulumi?password=s3cr%40t"])
+def test_a_password_in_the_url_is_kept_apart_from_the_environment_and_messages(url):
+    t = postgres_target(url)
+    assert t.password == "s3cr@t"
+    assert "s3cr" not in str(t.env) and "s3cr" not in t.where and "pulumi@" not in t.where
+    assert "s3cr" not in repr(t)
+
+
+def test_a_password_with_a_line_break_is_refused():
+    with pytest.raises(LockStoreError, match="line break"):
+        postgres_target("postgres://u:a%0Ab@db/p")
+
+
+def test_the_passfile_escapes_what_libpq_unescapes_and_is_private(tmp_path):
+    path = write_passfile(str(tmp_path), "a:b\\c")
+    assert open(path).read() == "*:*:*:*:a\\:b\\\\c\n"
+    assert os.stat(path).st_mode & 0o777 == 0o600
 
 
 def test_run_time_parameters_go_through_pgoptions_and_pq_extensions_are_dropped(monkeypatch):
@@ -311,7 +326,10 @@ class FakePsql:
         self.rows, self.fail, self.calls = dict(rows), fail, []
 
     def __call__(self, argv, input, env, **kw):
-        self.calls.append((argv, input, env))
+        passfile = env.get("PGPASSFILE", "")
+        seen = (open(passfile).read(), os.stat(passfile).st_mode & 0o777) if os.path.isfile(
+            passfile) else None
+        self.calls.append((argv, input, env, seen))
         if self.fail:
             return subprocess.CompletedProcess(argv, 2, "", self.fail)
         v = dict(a.split("=", 1) for a in argv[argv.index("-v") + 2:][1::2])
@@ -338,11 +356,24 @@ def test_postgres_locks_are_read_and_only_the_chosen_row_deleted_with_no_secret_
     assert store.remove(verdict.clear[0]) == ""
     assert sorted(psql.rows) == [PREFIX + "b2.json",
                                  "pulumi/.pulumi/stacks/sealer-registry/prod.json"]
-    for argv, sql, env in psql.calls:
+    for argv, sql, env, passfile in psql.calls:
         assert argv[0] == "psql" and "-w" in argv
         assert not any("pw" in a or "postgres://" in a for a in argv), argv
-        assert env["PGPASSWORD"] == "pw" and env["PGHOST"] == "198.18.4.5"
+        assert "PGPASSWORD" not in env and env["PGHOST"] == "198.18.4.5"
+        assert passfile == ("*:*:*:*:pw\n", 0o600)     # the URL's password, in a private file
+        assert not os.path.exists(env["PGPASSFILE"])    # ... gone once psql has answered
         assert "LIKE" not in sql and "pulumi_state" in sql
+
+
+def test_the_urls_password_replaces_an_inherited_pgpassword_and_none_is_added_otherwise(
+        monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", "from-the-shell")
+    psql = FakePsql({})
+    PostgresLocks(postgres_target("postgres://u:pw@db/p"), psql).read("sealer-registry", "prod")
+    PostgresLocks(postgres_target("postgres://u@db/p"), psql).read("sealer-registry", "prod")
+    (_, _, with_pw, seen), (_, _, without, _) = psql.calls
+    assert "PGPASSWORD" not in with_pw and seen == ("*:*:*:*:pw\n", 0o600)
+    assert without["PGPASSWORD"] == "from-the-shell" and "PGPASSFILE" not in without
 
 
 def test_a_row_gone_already_counts_as_removed_a_rewritten_one_does_not():
