@@ -380,3 +380,36 @@ def test_copy_to_remote_preview_and_unchanged_update_never_dial(provider):
     assert list(got.diffs) == ["source"] and list(got.replaces) == []
     provider.Delete(provider_pb2.DeleteRequest(id="c1", urn=urn(COPY, "c"), type=COPY, name="c",
                                                properties=struct(inputs)))
+
+
+@pytest.mark.parametrize("name", ["pulumi-resource-command", "pulumi-language-python"])
+def test_a_plugin_whose_engine_was_killed_exits(name, tmp_path):
+    """`kill -9` of the engine re-parents its plugins; they must end within seconds, not serve
+    on forever (session 12 found orphans with ppid 1 after killed runs)."""
+    pid_file = tmp_path / "pid"
+    # A stand-in engine: starts the plugin, records its pid, then waits to be killed.
+    engine = subprocess.Popen(
+        ["bash", "-c", f'"$0" "{PLUGINS / name}" 127.0.0.1:1 >/dev/null 2>&1 & '
+                       f'echo $! > "{pid_file}"; wait', sys.executable],
+        start_new_session=True)
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline, "the plugin never started"
+        time.sleep(0.05)
+    plugin = int(pid_file.read_text())
+    time.sleep(1.5)  # serving, with its parent alive: it must not have left
+    assert os.path.exists(f"/proc/{plugin}"), f"{name} exited while its engine lived"
+    engine.kill()
+    engine.wait(5)
+    started = time.monotonic()
+    while os.path.exists(f"/proc/{plugin}") and "Z" not in _state(plugin):
+        assert time.monotonic() - started < 10, f"{name} still runs 10 s after its engine died"
+        time.sleep(0.1)
+    print(f"\n{name}: gone {time.monotonic() - started:.1f}s after its engine's kill")
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
