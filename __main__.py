@@ -7,6 +7,7 @@ host), computes the registry material, and wires the components. Nothing else li
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from components.deploy_host import StoreSource
 from config.errors import ConfigError
 from config.loader import load_stack_file, read_runtime_config, stack_file_path
 from material import build_material, pki
-from topology import ROOT, Topology
+from topology import FENCE_LATER_ENV, ROOT, Topology
 
 
 def secret_text(value) -> str | None:
@@ -123,8 +124,16 @@ def main() -> None:
         jump=JumpHost(jump.host, jump.user, jump.port) if jump else None,
         hosts={ip: (cluster.ssh.user_for(ip), cluster.ssh.port_for(ip)) for ip in cluster.ssh.hosts})
 
+    layout = Topology.of(cfg)
+    # A recovery's first phase (cli/change.py): these hosts' node-side steps are left out, and the
+    # CLI's `up --exclude` keeps them in the state as they are.
+    fence_later, problems = layout.fence_later(os.environ.get(FENCE_LATER_ENV, ""),
+                                               reg.local_registry.node_entry)
+    if problems:
+        raise ConfigError([(FENCE_LATER_ENV, p) for p in problems])
+
     registry = ClusterRegistry(ROOT, ClusterRegistryArgs(
-        cluster_name=cluster.name, rootfs=cfg.rootfs, topology=Topology.of(cfg),
+        cluster_name=cluster.name, rootfs=cfg.rootfs, topology=layout, fence_later=fence_later,
         domain=reg.domain, port=reg.port,
         insecure=reg.local_registry.insecure_mode, username=reg.username,
         password=pulumi.Output.secret(password) if password else None,
@@ -132,7 +141,7 @@ def main() -> None:
         images=images, application_json=json.dumps(history.model_dump(mode="json"), indent=2, sort_keys=True),
         kubeconfig=pulumi.Output.secret(kubeconfig), kube_context=cfg.kubernetes.context or None,
         cluster_identifier=cfg.kubernetes.cluster_identifier,
-        node_entry=((entry.address, entry.stats_port)
+        node_entry=((entry.address, entry.stats_port, entry.check_interval_s)
                     if (entry := reg.local_registry.node_entry) is not None else None),
         entry_haproxy=str(entry.haproxy) if entry is not None else "auto",
         haproxy_bundle=haproxy_bundle(entry),

@@ -31,6 +31,14 @@ REGISTRY_SECRET = "sealer-registry-secret"  # Secret kube-system/sealer-registry
 APPS = "sealer-apps"                        # ConfigMap kube-system/sealer-apps
 VERIFY = "registry-verify"                  # pulls every image through the domain from one host
 RECORD_STEPS = (REGISTRY_CONFIG, REGISTRY_SECRET, APPS)
+# The first phase of a recovery in two (cli/change.py): the hosts whose node-side steps the program
+# does not declare, comma-separated. Only the CLI sets it, together with `up --exclude` of those
+# steps' URNs, which keeps them in the state as they are (the engine drops no excluded resource).
+FENCE_LATER_ENV = "SEALER_REGISTRY_FENCE_LATER"
+# Resource types, for URNs the CLI names without running the program (``HostStep.urn``).
+ROOT_TYPE = "sealer:registry:ClusterRegistry"
+COMMAND_TYPE = "command:remote:Command"
+COPY_TYPE = "command:remote:CopyToRemote"
 
 
 class Place(StrEnum):
@@ -62,8 +70,22 @@ class HostStep(StrEnum):
     PAYLOAD = "payload"                    # the node step's script and CA, staged on the host
     HAPROXY = "haproxy-bundle"             # node_entry's HAProxy bundle copied to the node
 
+    @classmethod
+    def node_side(cls) -> tuple[HostStep, ...]:
+        """The steps that point a host at the registry (a recovery's fence phase may run them)."""
+        return (cls.PAYLOAD, cls.NODE, cls.HAPROXY)
+
     def of(self, ip: str) -> str:
         return f"{self.value}-{ip}"
+
+    def urn(self, stack: str, project: str, ip: str) -> str:
+        """The step's URN for a host (node-side steps only: children of the root component,
+        components/cluster_registry.py and cluster_node.py)."""
+        kind = {HostStep.NODE: COMMAND_TYPE, HostStep.PAYLOAD: COPY_TYPE,
+                HostStep.HAPROXY: COPY_TYPE}.get(self)
+        if kind is None:
+            raise ValueError(f"{self.value}: not a node-side step")
+        return f"urn:pulumi:{stack}::{project}::{ROOT_TYPE}${kind}::{self.of(ip)}"
 
 
 def parse_step(name: str) -> tuple[HostStep, str] | None:
@@ -239,6 +261,39 @@ class Topology:
             return [self.master0]
         down = set(self.down_hosts)
         return [d for d in self.deploy_hosts if d != ip and d not in down]
+
+    def deferrable_to_fence(self, before: Topology, entry: object | None) -> list[str]:
+        """The live hosts whose node-side steps (payload, node, HAProxy bundle) a recovery from
+        ``before`` to this plan may leave for a second, fence phase (issue 24): hosts that reach
+        the registry through their node-local entry point (``uses_entry``) in both plans, when
+        the new master0 was a live warm standby of ``before``, i.e. already a backup server of
+        every such entry point. Their pulls go on unchanged: HAProxy sends them to a healthy
+        backup while the old master0 fails its check. What the fence phase then changes on them
+        is only what fences: the old master0 leaves their server lists (a revived stale copy is
+        never served) and the new master0 becomes their first server (pushes reach it). Empty
+        when master0 does not move, in sealer's HA layout (no entry point: lvscare's VIP), or
+        when the new master0 is no warm standby of ``before`` (their entry points do not list
+        it: nodes must move with the recovery)."""
+        if (entry is None or self.ha or before.ha or self.master0 == before.master0
+                or self.master0 not in before.mirrors):
+            return []
+        return [h.ip for h in self.live
+                if self.uses_entry(h.ip, entry) and before.uses_entry(h.ip, entry)]
+
+    def fence_later(self, value: str, entry: object | None) -> tuple[frozenset[str], list[str]]:
+        """``FENCE_LATER_ENV``'s value -> (the hosts whose node-side steps are not declared,
+        problems). Only live hosts behind a node entry point qualify: anything else would leave
+        a host the recovery must move pointing at the dead master0."""
+        ips = [v.strip() for v in value.split(",") if v.strip()]
+        problems = []
+        for ip in ips:
+            try:
+                ok = not self.host(ip).down and self.uses_entry(ip, entry)
+            except KeyError:
+                ok = False
+            if not ok:
+                problems.append(f"{ip!r} is not a live host behind the node entry point")
+        return frozenset(ips), problems
 
     def host(self, ip: str) -> HostPlan:
         for h in self.hosts:

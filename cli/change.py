@@ -20,12 +20,16 @@ import yaml
 from cli import plan as plan_mod
 from cli.common import EXIT_DEGRADED, EXIT_OK, CliError
 from cli.engine import UpFailed
-from cli.health import Assessment, check_cluster, report
+from cli.health import Assessment, FencePending, check_cluster, report
 from cli.probe import HostProbe, all_refs, probe_command, probe_host
 from cli.session import Session
 from config import PROJECT, StackConfig
+from topology import Topology
 
 PREFLIGHT_TIMEOUT_S = 10.0
+# Deferred entry hosts probed between a recovery's two phases (the verifier among them): enough
+# to see that nodes' pulls go on, few enough that the check costs the same at 15 nodes and 500.
+FENCE_SAMPLE = 8
 
 
 @dataclass
@@ -54,6 +58,8 @@ class Change:
     # done, before the check of every host.
     skip_preview: bool = False
     after_up: Callable[[float], None] | None = None
+    # A recovery in two phases: called once the first is verified, before the fence phase.
+    after_verify: Callable[["Result"], None] | None = None
 
 
 class Outcome(StrEnum):
@@ -67,7 +73,12 @@ class Result:
     outcome: Outcome
     plan: plan_mod.Plan
     config: StackConfig | None = None      # as `up` left it
-    health: Assessment | None = None
+    health: Assessment | None = None       # after the (first) `up`: the recovery verified
+    # A recovery in two phases (``fence_plan``): the hosts the first left pending, and the check
+    # after the fence phase (None: no fence phase, or it did not run or failed: ``fence_error``).
+    pending: FencePending | None = None
+    fence: Assessment | None = None
+    fence_error: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -75,7 +86,34 @@ class Result:
             return EXIT_OK
         if self.outcome is Outcome.ABORTED or not self.health.healthy:
             return EXIT_DEGRADED
+        if self.pending is not None and (self.fence is None or not self.fence.healthy):
+            return EXIT_DEGRADED
         return EXIT_OK
+
+
+def fence_plan(before: StackConfig, change: Change) -> FencePending | None:
+    """Whether a change is a recovery that can run in two phases (issue 24): the first moves the
+    registry (master0, standbys, records, verification) and leaves the node-side steps of the
+    hosts behind a node entry point as they are (their HAProxy already lists the new master0
+    as a backup, so their pulls go on); once that is verified, the fence phase (a plain `up`)
+    rewrites them: the old master0 leaves their server lists, the new one becomes their first.
+    The first phase's time then does not grow with the nodes. None: one phase (hosts-line
+    nodes, HA, a cold standby, master0 not moving)."""
+    if change.master0 is None:
+        return None
+    old = Topology.of(before)
+    new = Topology.of(before.model_copy(update={"master0": change.master0,
+                                               "down_hosts": list(change.down_hosts)}))
+    hosts = new.deferrable_to_fence(old, before.registry.local_registry.node_entry)
+    if not hosts:
+        return None
+    # The verifier (it pulls every image through its entry point) and hosts spread over the list.
+    first = [new.verifier] if new.verifier in hosts else []
+    rest = [ip for ip in hosts if ip not in first]
+    step = max(1, len(rest) // max(1, FENCE_SAMPLE - len(first)))
+    sampled = (first + rest[::step])[:FENCE_SAMPLE]
+    return FencePending(frozenset(hosts), frozenset(sampled), old.master0, tuple(old.mirrors))
+
 
 
 class StackFileGuard:
@@ -150,10 +188,12 @@ def apply_change(session: Session, change: Change, timer: Timer, assume_yes: boo
                                old_master0=before.master0 if change.master0 else None,
                                ha=before.ha)
 
+    pending = fence_plan(before, change)
+    defer = pending.hosts if pending is not None else frozenset()
     if change.skip_preview:
-        return _up(session, change, timer, guard, render)
+        return _up(session, change, timer, guard, render, pending)
     try:
-        steps, seconds = engine.preview()
+        steps, seconds = engine.preview(defer=defer)
     except CliError as e:
         guard.restore()
         raise CliError(f"{e.message} (the stack config is restored; nothing was changed)", e.code) from None
@@ -164,6 +204,11 @@ def apply_change(session: Session, change: Change, timer: Timer, assume_yes: boo
     plan = render(steps.ops)
     print(f"plan for stack {session.stack} (pulumi preview, {seconds:.1f}s):", file=out)
     print(plan.text(), file=out)
+    if pending is not None:
+        print(f"  fence phase after the recovery is verified: the node steps of "
+              f"{len(pending.hosts)} hosts behind their node entry point (their pulls go on "
+              f"through the warm standbys meanwhile); {len(pending.sampled)} of them checked "
+              "before it", file=out)
     if change.preview_only:
         guard.restore()
         return Result(Outcome.PREVIEWED, plan)
@@ -171,17 +216,23 @@ def apply_change(session: Session, change: Change, timer: Timer, assume_yes: boo
         guard.restore()
         print("aborted: the stack config is restored; nothing was changed", file=out)
         return Result(Outcome.ABORTED, plan)
-    return _up(session, change, timer, guard, lambda _ops: plan)
+    return _up(session, change, timer, guard, lambda _ops: plan, pending)
 
 
-def _up(session: Session, change: Change, timer: Timer, guard: StackFileGuard, render) -> Result:
+def _up(session: Session, change: Change, timer: Timer, guard: StackFileGuard, render,
+        pending: FencePending | None = None) -> Result:
     """`up` with live progress, then the check of every live host; ``render`` makes the plan
-    (from the preview's steps, or from those `up` ran)."""
+    (from the preview's steps, or from those `up` ran). With ``pending``: the first `up` leaves
+    those hosts' node-side steps out and the check samples them; once verified, the fence phase
+    (``fence``)."""
     out, engine = session.out, session.engine
-    print(f"pulumi up (stack {session.stack}):", file=out)
+    print(f"pulumi up (stack {session.stack}"
+          + (f"; {len(pending.hosts)} entry hosts' node steps left for the fence phase"
+             if pending is not None else "") + "):", file=out)
     guard.committed = True
     try:
-        steps, seconds = engine.up(out)
+        steps, seconds = engine.up(out, defer=pending.hosts if pending is not None
+                                   else frozenset())
     except UpFailed as e:
         raise CliError(f"pulumi up failed: {e.message}\nnote: the stack config keeps the "
                        f"change; after fixing the cause a rerun is safe (every step is "
@@ -191,19 +242,49 @@ def _up(session: Session, change: Change, timer: Timer, guard: StackFileGuard, r
     if change.after_up is not None:
         change.after_up(seconds)
 
-    print("verifying every live host:", file=out)
+    print("verifying every live host" + (f" (of the {len(pending.hosts)} entry hosts left for "
+                                          f"the fence phase, {len(pending.sampled)})"
+                                          if pending is not None else "") + ":", file=out)
     start = time.monotonic()
     after = session.reload()
-    health = check_cluster(session)
+    health = check_cluster(session, pending)
     timer.add("verify", time.monotonic() - start)
     report(after, health, time.monotonic() - start, out)
-    return Result(Outcome.APPLIED, plan, after, health)
+    result = Result(Outcome.APPLIED, plan, after, health, pending)
+    if pending is not None and health.healthy:
+        if change.after_verify is not None:
+            change.after_verify(result)
+        fence(session, change, timer, result)
+    return result
+
+
+def fence(session: Session, change: Change, timer: Timer, result: Result) -> None:
+    """The fence phase: a plain `up` (the node-side steps the first phase left), then the check
+    of every live host. A failure leaves the registry recovered and says how to finish."""
+    out, engine = session.out, session.engine
+    print(f"fence phase: pulumi up (the node steps of {len(result.pending.hosts)} entry hosts: "
+          f"{result.pending.master0} leaves their servers):", file=out)
+    try:
+        _steps, seconds = engine.up(out)
+    except UpFailed as e:
+        result.fence_error = (f"the registry is recovered, but the fence phase failed: {e.message}; "
+                              f"their pulls go on through the warm standbys; a rerun finishes it "
+                              f"(every step is idempotent): {change.rerun}")
+        return
+    timer.add("fence", seconds)
+    print("verifying every live host:", file=out)
+    start = time.monotonic()
+    result.fence = check_cluster(session)
+    timer.add("fence_verify", time.monotonic() - start)
+    report(session.config, result.fence, time.monotonic() - start, out)
 
 
 def finish(result: Result, rerun: str) -> int:
-    """The exit code; when the check after `up` found problems, one `error:` line says so."""
-    if result.outcome is Outcome.APPLIED and not result.health.healthy:
-        print(f"error: {failure(result, rerun)}", file=sys.stderr)
+    """The exit code; when the check after `up` (or the fence phase) found problems, one
+    `error:` line says so."""
+    why = failure(result, rerun)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
     return result.exit_code
 
 
@@ -211,4 +292,10 @@ def failure(result: Result, rerun: str) -> str | None:
     if result.outcome is Outcome.APPLIED and not result.health.healthy:
         return (f"the status check after `up` found {len(result.health.problems)} problems "
                 f"(above); a rerun is safe: {rerun}")
+    if result.outcome is Outcome.APPLIED and result.pending is not None:
+        if result.fence_error:
+            return result.fence_error
+        if result.fence is not None and not result.fence.healthy:
+            return (f"the registry is recovered; the check after the fence phase found "
+                    f"{len(result.fence.problems)} problems (above); a rerun is safe: {rerun}")
     return None

@@ -8,6 +8,7 @@ Which stack a command works on without `--stack` is the engine's answer too (`se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from typing import Callable, TextIO
 
 from cli.common import EXIT_DEGRADED, CliError
 from config import PROJECT, stack_file_path
+from topology import FENCE_LATER_ENV, HostStep
 # Types whose steps say nothing to an operator (components, the stack, providers).
 _QUIET_TYPES = ("pulumi:pulumi:Stack", "pulumi:providers:", "sealer:")
 _NO_CHANGE = ("same", "read", "refresh")
@@ -264,27 +266,49 @@ class Engine:
             raise CliError(f"cannot set down_hosts: {_short(e)}") from None
 
     # -- runs -----------------------------------------------------------------------------------
-    def preview(self) -> tuple[Steps, float]:
+    def preview(self, defer: frozenset[str] = frozenset()) -> tuple[Steps, float]:
+        """`pulumi preview`; ``defer``: as in ``up``."""
         progress = Progress()
         start = time.monotonic()
         try:
-            self.stack.preview(on_event=progress, color="never")
+            with self._deferring(defer) as exclude:
+                self.stack.preview(on_event=progress, color="never", exclude=exclude)
         except Exception as e:
             raise CliError(f"pulumi preview failed: {_failure(progress.steps, e)}", EXIT_DEGRADED) from None
         return progress.steps, time.monotonic() - start
 
-    def up(self, out: TextIO = sys.stdout) -> tuple[Steps, float]:
-        """`pulumi up` with one line per step; CliError (exit 1) naming the failed step."""
+    def up(self, out: TextIO = sys.stdout, defer: frozenset[str] = frozenset()) -> tuple[Steps, float]:
+        """`pulumi up` with one line per step; CliError (exit 1) naming the failed step.
+        ``defer``: hosts whose node-side steps stay as they are in the state, for a recovery's
+        fence phase (cli/change.py): the program does not declare them (FENCE_LATER_ENV) and
+        `--exclude` names their URNs, so the engine neither runs nor drops them; the program's
+        and the engine's time then does not grow with those hosts."""
         progress = Progress(out)
         start = time.monotonic()
         shown = self.output
         on_output = (lambda line: shown(redact_urls(line))) if shown else None
         try:
-            self.stack.up(on_event=progress, on_output=on_output, color="never",
-                          message=self.message)
+            with self._deferring(defer) as exclude:
+                self.stack.up(on_event=progress, on_output=on_output, color="never",
+                              message=self.message, exclude=exclude)
         except Exception as e:
             raise UpFailed(progress.steps, _failure(progress.steps, e)) from None
         return progress.steps, time.monotonic() - start
+
+    @contextlib.contextmanager
+    def _deferring(self, defer: frozenset[str]):
+        """FENCE_LATER_ENV in the program's environment for one run; yields the URNs to
+        exclude (None when nothing is deferred)."""
+        if not defer:
+            yield None
+            return
+        env = self.stack.workspace.env_vars
+        env[FENCE_LATER_ENV] = ",".join(sorted(defer))
+        try:
+            yield [step.urn(self.stack_name, PROJECT, ip) for ip in sorted(defer)
+                   for step in HostStep.node_side()]
+        finally:
+            env.pop(FENCE_LATER_ENV, None)
 
     def outputs(self, *keys: str) -> dict:
         """The stack's outputs named ``keys`` (Automation API `stack output`), as plain values; a

@@ -44,6 +44,9 @@ class HostHealth:
     # when the host uses none or its stats page did not answer (entry_error then).
     entry: list[dict] | None = None
     entry_error: str | None = None
+    # A recovery's fence phase has not run on this host yet (its entry point still lists the old
+    # master0 first); False once it has, or when no recovery left it pending.
+    fence_pending: bool = False
 
     def replica_cell(self) -> str:
         """``self 4m`` / ``198.18.0.11 2h`` (where it was copied from, how long ago) / ``none``."""
@@ -73,7 +76,8 @@ class HostHealth:
         backups = [s for s in self.entry if s["backup"]]
         head = ", ".join(f"{s['address'].rpartition(':')[0]} {s['status']}" for s in primary) or "no server"
         up = sum(1 for s in backups if s["status"] == "UP")
-        return f"{head}, standbys {up}/{len(backups)} up"
+        pending = " (fence pending)" if self.fence_pending else ""
+        return f"{head}, standbys {up}/{len(backups)} up{pending}"
 
     def row(self, expected: int) -> tuple[str, ...]:
         """The table's cells: HOST ROLE REACHABLE DEPLOY REGISTRY IMAGES REPLICA DOMAIN CA
@@ -81,6 +85,9 @@ class HostHealth:
         deploy = "-" if self.deploy == RegistryRole.NONE else self.deploy
         if self.down:
             return (self.ip, self.role, "down (listed)", deploy, "-", "-", "-", "-", "-", "-", "-", "-")
+        if self.fence_pending and self.reachable is None:
+            return (self.ip, self.role, "not probed", deploy, "-", "-", "-", "-", "-", "-", "-",
+                    "fence pending")
         if not self.reachable:
             return (self.ip, self.role, "no", deploy, "?", "?", "?", "?", "?", "?", "?", "?")
         is_deploy = self.deploy != RegistryRole.NONE
@@ -100,7 +107,8 @@ class HostHealth:
                 "containerd": self.containerd, "replica": self.replica, "tree": self.tree,
                 "flags": self.flags,
                 "lacking": None if self.lacking is None else self.lacking.as_json(),
-                "entry": self.entry, "entry_error": self.entry_error}
+                "entry": self.entry, "entry_error": self.entry_error,
+                "fence_pending": self.fence_pending}
 
 
 @dataclass(frozen=True)
@@ -218,6 +226,44 @@ def entry_problems(ip: str, role: str, probe: HostProbe, master0: str, mirrors: 
     return problems
 
 
+@dataclass(frozen=True)
+class FencePending:
+    """Between a recovery's two phases (cli/change.py): ``hosts`` reach the registry through a
+    node entry point the first phase left as it was (``Topology.deferrable_to_fence``): its
+    servers are still ``master0`` (the old one) then ``mirrors`` (the old warm standbys, the new
+    master0 among them). Only ``sampled`` of them are probed before the fence phase: a check of
+    every node would make the recovery's time grow with the nodes again (issue 24); the fence
+    phase's own check probes them all."""
+
+    hosts: frozenset[str]
+    sampled: frozenset[str]
+    master0: str
+    mirrors: tuple[str, ...]
+
+
+def pending_entry_problems(ip: str, role: str, probe: HostProbe, pending: FencePending,
+                           serving: list[str], port: int) -> list[str]:
+    """A host whose entry point the fence phase has not rewritten yet: it lists the old layout
+    (or already the new one: a resumed recovery) and one of ``serving`` (the new master0 and the
+    live warm standbys) is UP there, so its pulls go on."""
+    if probe.entry is None:
+        return [f"{ip} ({role}): {probe.entry_error or 'no entry point reported'}: its pulls have "
+                "no node-local entry point; run `pulumi up`"]
+    old = [(f"{pending.master0}:{port}", False), *((f"{m}:{port}", True) for m in pending.mirrors)]
+    new = [(f"{serving[0]}:{port}", False), *((f"{m}:{port}", True) for m in serving[1:])]
+    have = [(s["address"], s["backup"]) for s in probe.entry]
+    if have not in (old, new):
+        def show(pairs): return ", ".join(a + (" (backup)" if b else "") for a, b in pairs) or "none"
+        return [f"{ip} ({role}): the entry point's servers are {show(have)}, neither the layout "
+                f"before the recovery ({show(old)}) nor after it ({show(new)}); run `pulumi up`"]
+    up = [s["address"] for s in probe.entry
+          if s["status"] == "UP" and s["address"].rsplit(":", 1)[0] in serving]
+    if not up:
+        return [f"{ip} ({role}): the entry point sees none of {', '.join(serving)} UP: its pulls "
+                "stop until the fence phase rewrites it"]
+    return []
+
+
 def containerd_problem(state: str, endpoint: str) -> str | None:
     """Why a host's containerd (what the kubelet pulls with) does not read certs.d, so its pulls
     through ``endpoint`` would not trust the registry's CA; None when that is fine."""
@@ -243,7 +289,11 @@ class Assessment:
         return [h.row(self.images_expected) for h in self.hosts]
 
 
-def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, HostProbe]) -> Assessment:
+def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, HostProbe],
+           pending: FencePending | None = None) -> Assessment:
+    """The hosts judged against the stack's topology; with ``pending`` (between a recovery's
+    phases) the hosts it defers are judged by ``pending_entry_problems``, and those not sampled
+    are not judged (not probed)."""
     layout = Topology.of(config)
     hosts: list[HostHealth] = []
     problems: list[str] = []
@@ -258,6 +308,10 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
         hosts.append(health)
         if plan.down:
             continue
+        if pending is not None and ip in pending.hosts:
+            health.fence_pending = True
+            if ip not in pending.sampled:
+                continue
         probe = probes.get(ip)
         if probe is None or not probe.reachable:
             health.reachable = False
@@ -328,8 +382,12 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
             if probe.resolves != entry.address:
                 problems.append(f"{ip}: {domain} points to {probe.resolves or 'nothing'}, not to "
                                 f"its node entry point {entry.address}")
-            problems += entry_problems(ip, role, probe, master0, layout.mirrors,
-                                       config.registry.port)
+            if health.fence_pending:
+                problems += pending_entry_problems(ip, role, probe, pending,
+                                                   [master0, *layout.mirrors], config.registry.port)
+            else:
+                problems += entry_problems(ip, role, probe, master0, layout.mirrors,
+                                           config.registry.port)
         elif probe.resolves != master0:
             problems.append(f"{ip}: {domain} points to {probe.resolves or 'nothing'}, "
                             f"not to master0 {master0}")
@@ -349,12 +407,14 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
     return Assessment(hosts, problems, expected, master0_images)
 
 
-def check_cluster(session: Session) -> Assessment:
-    """The status probe on every live host at once, judged against the stack's topology."""
-    live = [h.ip for h in session.topology.live]
+def check_cluster(session: Session, pending: FencePending | None = None) -> Assessment:
+    """The status probe on every live host at once (with ``pending``: but the deferred hosts
+    not sampled), judged against the stack's topology."""
+    skipped = pending.hosts - pending.sampled if pending is not None else frozenset()
+    live = [h.ip for h in session.topology.live if h.ip not in skipped]
     config, images = session.config, session.images
     probes = probe_hosts(session.ssh(), live, probe_command(config, all_refs(images)))
-    return assess(config, images, probes)
+    return assess(config, images, probes, pending)
 
 
 def render_table(result: Assessment, domain: str = "sea.hub") -> str:

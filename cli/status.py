@@ -53,7 +53,10 @@ files. "none": in sync; "-": not judged (not a deploy host, or no tree).
   bytes}: the replica stamp of a deploy host), tree (null, or {digest, files, bytes}: a deploy
   host's live registry tree, hashed as the stamp's tree), flags (how many cache/registry image
   flags a deploy host holds, else null), lacking (null when in sync or not judged, else {ids
-  [image ids it lacks], behind (its tree differs from the reference's), reference})}].
+  [image ids it lacks], behind (its tree differs from the reference's), reference}), entry
+  (null, or the node entry point's servers [{address, status, backup}]), entry_error,
+  fence_pending (true only in `recover`'s check between its two phases: the host's entry point
+  still lists the old master0; not probed unless sampled)}].
 
 --all: every stack of the project instead of one, for an operator with many clusters (one stack
 each). The stacks are the engine's own listing (`pulumi stack ls --json` in --project-dir: the

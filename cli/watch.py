@@ -32,7 +32,8 @@ import yaml
 import kubeapi
 from cli import apiserver, sealer_clusterfile
 from cli import stacklock
-from cli.change import Change, Outcome, StackFileGuard, Timer, apply_change, preflight_probe
+from cli.change import (Change, Outcome, Result, StackFileGuard, Timer, apply_change,
+                        preflight_probe)
 from cli.common import (EXIT_INTERRUPTED, EXIT_OK, CliError, add_ssh_key_argument,
                         add_stack_arguments, guarded)
 from cli.failover import (HOLD_DOWN, Decision, HoldDown, Kind, Probe, Replica, Returning, Round,
@@ -93,7 +94,10 @@ Log: one JSON line per decision and action on stdout (or --log FILE): ts, event,
   (suspect|cleared|undecidable|failover|held|resume|returned|rejoin|gone), target, why, evidence
   {prober: vote}}; order {masters, source} (HA: sealer's master order the candidates follow);
   candidates {ranked, rejected}; fence {old, new, down_hosts}; up {ok,
-  seconds, error}; verified {healthy, master0_images, images_expected, problems, seconds};
+  seconds, error}; verified {healthy, master0_images, images_expected, problems, fence_pending
+  (how many entry hosts the recovery left for its fence phase), seconds}; fence_phase {ok,
+  hosts, old, error, problems, seconds} (after a verified recovery in two phases: the node
+  steps of the hosts behind a node entry point, cli/change.py);
   sealer_clusterfile {ok, master0, outcomes [{where, state, detail}] or error} (after a
   verified failover: sealer's Clusterfile names the new master0 first, as `recover` does);
   fenced_registry {host, ok, error}; rejoined {host, ok}; config {master0, down_hosts}; signal
@@ -900,8 +904,17 @@ class Watcher:
         recorder = threading.Thread(target=self._record_engine_pids, name="engine-pids",
                                     daemon=True)
         recorder.start()
+        logged = []
+
+        def verified(result: Result) -> None:
+            """The recovery is verified: said now, before a fence phase runs (its time is not
+            the recovery's)."""
+            logged.append(result)
+            self._log_verified(result, timer)
+
         try:
-            result = apply_change(self.session, change, timer, assume_yes=True)
+            result = apply_change(self.session, replace(change, after_verify=verified), timer,
+                                  assume_yes=True)
         except CliError as e:
             self.log("up", ok=False, error=e.message, interrupted=self.stop.interrupted_up)
             self._run_ended("failed")
@@ -918,6 +931,19 @@ class Watcher:
         if self.engine_run is not None and self.acting():
             self.engine_run = replace(self.engine_run, state="verified" if ok else "failed")
             self.lease.renew_now()
+        if not logged:
+            self._log_verified(result, timer)
+        if result.pending is not None and ok:
+            fenced = result.fence is not None and result.fence.healthy
+            self.log("fence_phase", ok=fenced, hosts=len(result.pending.hosts),
+                     old=result.pending.master0, error=result.fence_error,
+                     problems=list(result.fence.problems) if result.fence else [],
+                     seconds={k: round(v, 2) for k, v in timer.phases.items()})
+        return ok
+
+    def _log_verified(self, result: Result, timer: Timer) -> None:
+        health = result.health
+        ok = result.outcome is Outcome.APPLIED and health is not None and health.healthy
         self.log("verified", healthy=ok, master0=result.config.master0 if result.config else None,
                  master0_images=health.master0_images if health else None,
                  images_expected=health.images_expected if health else None,
@@ -925,8 +951,8 @@ class Watcher:
                  verify_step=any(line.strip().startswith("verify from a node")
                                  for line in result.plan.lines),
                  repointed=result.plan.repointed, launch_on=result.plan.launch_on,
+                 fence_pending=len(result.pending.hosts) if result.pending else 0,
                  seconds={k: round(v, 2) for k, v in timer.phases.items()})
-        return ok
 
     def _run_ended(self, state: str) -> None:
         """The engine run ended by itself (its lock is gone): the Lease says so."""

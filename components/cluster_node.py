@@ -60,10 +60,11 @@ class ClusterNodeArgs:
     # False in sealer's HA layout: the domain's hosts line is sealer's (a master's own IP, a
     # node's lvscare VIP) and stays as it is.
     maps_domain: bool = True
-    # (address, stats port) of the node-local entry point (registry.local_registry.node_entry):
-    # the domain maps to the address, HAProxy there forwards to master0, else to a healthy
-    # mirror. Only on hosts that run no registry (the port is taken on the others).
-    entry: tuple[str, int] | None = None
+    # (address, stats port, check interval s) of the node-local entry point
+    # (registry.local_registry.node_entry): the domain maps to the address, HAProxy there
+    # forwards to master0, else to a healthy mirror. Only on hosts that run no registry (the
+    # port is taken on the others).
+    entry: tuple[str, int, int] | None = None
     # node_entry.haproxy (auto, system, bundle) and the bundle copied to the node for auto and
     # bundle (None: nothing shipped; the node's own haproxy or a refusal).
     haproxy: str = "auto"
@@ -82,7 +83,8 @@ def bundle_step(ip: str, access: SshAccess, bundle: HaproxyBundle,
 
 def node_step(args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None) -> remote.Command:
     """``node-<ip>``: ``configure-node.sh [--keep-hosts] [--entry ADDRESS --entry-stats-port N
-    [--haproxy MODE] [--haproxy-bundle FILE SHA256]] [--mirror IP]... DOMAIN MASTER0 [PORT]``
+    [--entry-check-interval S] [--haproxy MODE] [--haproxy-bundle FILE SHA256]] [--mirror IP]...
+    DOMAIN MASTER0 [PORT]``
     with the CA on stdin, after ``haproxy-bundle-<ip>`` where the entry point ships the bundle.
     No delete command (see DeployHost): dropping a down host's step never dials it."""
     keep = [] if args.maps_domain else ["--keep-hosts"]
@@ -93,6 +95,8 @@ def node_step(args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None)
         entry: list[str] = []
         if args.entry is not None:
             entry = ["--entry", args.entry[0], "--entry-stats-port", str(args.entry[1])]
+            if args.entry[2:] and args.entry[2] != 1:   # 1 s: the script's default
+                entry += ["--entry-check-interval", str(args.entry[2])]
             if args.haproxy != "auto":
                 entry += ["--haproxy", args.haproxy]
             if args.bundle is not None and args.haproxy != "system":

@@ -42,12 +42,15 @@ class ClusterRegistryArgs:
     kube_context: str | None = None
     cluster_identifier: str = ""
     extra_summary: dict = field(default_factory=dict)
-    # registry.local_registry.node_entry as (address, stats port): hosts without a registry reach
-    # it through a node-local HAProxy (components/cluster_node.py).
-    node_entry: tuple[str, int] | None = None
+    # registry.local_registry.node_entry as (address, stats port, check interval s): hosts without
+    # a registry reach it through a node-local HAProxy (components/cluster_node.py).
+    node_entry: tuple[str, int, int] | None = None
     # node_entry.haproxy and the bundle shipped to the entry nodes (auto, bundle).
     entry_haproxy: str = "auto"
     haproxy_bundle: HaproxyBundle | None = None
+    # A recovery's first phase: hosts whose node-side steps are not declared (the CLI's
+    # `up --exclude` keeps them in the state; topology.FENCE_LATER_ENV).
+    fence_later: frozenset[str] = frozenset()
 
 
 class ClusterRegistry(pulumi.ComponentResource):
@@ -56,7 +59,7 @@ class ClusterRegistry(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ClusterRegistryArgs,
                  opts: pulumi.ResourceOptions | None = None):
-        super().__init__("sealer:registry:ClusterRegistry", name, None, opts)
+        super().__init__(topology.ROOT_TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         m = args.material
         layout = args.topology
@@ -120,6 +123,8 @@ class ClusterRegistry(pulumi.ComponentResource):
 
         self.nodes: dict[str, remote.Command] = {}
         for host in layout.live:
+            if host.ip in args.fence_later:
+                continue
             self.nodes[host.ip] = node_step(ClusterNodeArgs(
                 ip=host.ip, domain=args.domain, port=args.port, master0=master0,
                 access=args.access, ca_cert=m.ca_cert, mirrors=layout.mirrors, after=launches,

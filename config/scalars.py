@@ -111,6 +111,12 @@ def _port(value: int) -> int:
     return value
 
 
+def _check_interval(value: int) -> int:
+    if not 1 <= value <= 60:
+        raise ValueError(f"{value} is not a health-check interval in whole seconds (1-60)")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # DNS names
 
@@ -328,6 +334,7 @@ def _apiserver_url(value: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 Port = Annotated[StrictInt, AfterValidator(_port)]
+CheckInterval = Annotated[StrictInt, AfterValidator(_check_interval)]
 HostIP = Annotated[str, AfterValidator(_host_ip)]
 DnsName = Annotated[str, AfterValidator(_dns_name)]
 HostName = Annotated[str, AfterValidator(_host)]

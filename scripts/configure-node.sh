@@ -24,8 +24,12 @@
 # refusal; bundle, always the bundle. --haproxy-bundle FILE SHA256 names the bundle's tarball the
 # program copied to this host (unpacked once per version under /opt/sealer-registry/haproxy).
 # Without --entry, an entry point an earlier run set up is removed once DOMAIN maps to IP again.
+# --entry-check-interval S: seconds between HAProxy's health checks of each server (default 1;
+# node_entry.check_interval_s: large clusters lengthen it, a dead server is still left at the
+# first failed connect, `observe layer4`).
 # Usage: configure-node.sh [--keep-hosts] [--entry ADDRESS [--entry-stats-port N]
-#          [--haproxy auto|system|bundle] [--haproxy-bundle FILE SHA256]] [--mirror IP]...
+#          [--entry-check-interval S] [--haproxy auto|system|bundle] [--haproxy-bundle FILE SHA256]]
+#          [--mirror IP]...
 #          DOMAIN IP [PORT] [HOSTS_FILE]
 if ! declare -F info >/dev/null; then
   # shellcheck source=lib/common.sh
@@ -212,6 +216,11 @@ main() {
         entry_stats_port=$2
         shift 2
         ;;
+      --entry-check-interval)
+        [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || fatal "--entry-check-interval needs whole seconds (>= 1), got '${2:-}'"
+        ENTRY_CHECK_INTERVAL=$2
+        shift 2
+        ;;
       --haproxy)
         [[ "${2:-}" =~ ^(auto|system|bundle)$ ]] || fatal "--haproxy needs auto, system or bundle, got '${2:-}'"
         haproxy_mode=$2
@@ -226,7 +235,7 @@ main() {
       *) fatal "unknown option '$1'" ;;
     esac
   done
-  (($# >= 2)) || fatal "usage: configure-node.sh [--keep-hosts] [--entry ADDRESS [--entry-stats-port N] [--haproxy MODE] [--haproxy-bundle FILE SHA256]] [--mirror IP]... DOMAIN IP [PORT] [HOSTS_FILE]"
+  (($# >= 2)) || fatal "usage: configure-node.sh [--keep-hosts] [--entry ADDRESS [--entry-stats-port N] [--entry-check-interval S] [--haproxy MODE] [--haproxy-bundle FILE SHA256]] [--mirror IP]... DOMAIN IP [PORT] [HOSTS_FILE]"
   local domain=$1 ip=$2 port=${3:-} file=${4:-/etc/hosts}
   if [[ -n "$entry" ]]; then
     # Refused before anything changes on the host.

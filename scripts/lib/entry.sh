@@ -41,6 +41,8 @@ readonly ENTRY_UNIT_FILE=/etc/systemd/system/sealer-registry-entry.service
 readonly ENTRY_MIN_HAPROXY=(2 2) # srvtcpka-idle/-intvl/-cnt and http-check send: HAProxy 2.2
 
 readonly ENTRY_BUNDLE_ROOT=/opt/sealer-registry/haproxy
+# Seconds between health checks of each server (configure-node.sh --entry-check-interval).
+ENTRY_CHECK_INTERVAL=1
 
 # The "major.minor" HAProxy version BIN reports, or fails.
 entry_haproxy_version() {
@@ -229,7 +231,7 @@ backend registry
     option httpchk
     http-check send meth GET uri /v2/ ver HTTP/1.1 hdr Host $domain:$port
     http-check expect rstatus ^(200|401)\$
-    default-server check check-ssl check-sni $domain verify required ca-file $ca verifyhost $domain inter 1s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
+    default-server check check-ssl check-sni $domain verify required ca-file $ca verifyhost $domain inter ${ENTRY_CHECK_INTERVAL}s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
     server master0-$master0 $master0:$port tcp-ut 2s
 CFG
   # tcp-ut on each server line: HAProxy 2.6.12 accepts it on default-server but does not pass it

@@ -6,7 +6,10 @@ node's HAProxy with the new server list, included — nor the one in flight at t
 containerd (on docker it may fail fast and its retry succeeds: test_entry_program.judge); the
 first pull after the kill and the slowest are printed (CI on feabde4 saw a docker pull fail with
 EOF during the recovery `up`: the reload now takes HAProxy's listener over and the promoted
-standby's registry drains before its restart, tests/lab/test_entry_handover.py); after the recovery both nodes' entry points list the new master0 and the standby only.
+standby's registry drains before its restart, tests/lab/test_entry_handover.py). The recovery
+runs in two phases (issue 24): verified with no node step run (the nodes' pulls go to the
+standbys), then the fence phase rewrites every node's entry point: after it both list the new
+master0 and the standby only.
 A fresh lab of 3 masters + 2 nodes (its own module)."""
 
 from __future__ import annotations
@@ -93,15 +96,21 @@ class TestEntryWithWatch:
         lab.kill(old)
         verified = watcher.wait_for(lambda e: e["event"] == "verified", 120, "the verification")
         recovered_s = time.monotonic() - killed
+        # The recovery ran in two phases (issue 24): at its verification no node step had run.
+        assert verified["fence_pending"] == len(lab_env.nodes), verified
+        fence = watcher.wait_for(lambda e: e["event"] == "fence_phase", 180, "the fence phase")
+        fenced_s = time.monotonic() - killed
         for looper in loopers:
             looper.stop_after.set()
         for looper in loopers:
             looper.join(timeout=(ROUNDS_AFTER + 1) * len(lab_env.refs) * (PULL_LIMIT_S + 60))
             assert not looper.is_alive(), f"{looper.engine}: the pulls did not end"
-        print(f"\nwatcher verified {recovered_s:.1f}s after the kill")
+        print(f"\nwatcher verified {recovered_s:.1f}s after the kill, fence phase done after "
+              f"{fenced_s:.1f}s")
         for looper in loopers:
             print(judge(looper.engine, looper.pulls, killed))
         assert verified["healthy"] is True, verified["problems"]
+        assert fence["ok"] is True, fence
         assert (stack_config(stack)["master0"], stack_config(stack)["down_hosts"]) == (new, [old])
         for node in lab_env.nodes:
             wait_for(lambda: servers(lab, node) == [f"{new}:{PORT} UP", f"{standby}:{PORT} UP backup"],

@@ -23,7 +23,7 @@ STATUS_KEYS = ERROR_KEYS | {"healthy", "master0", "domain", "images_expected", "
                             "seconds", "problems", "hosts"}
 HOST_KEYS = {"ip", "role", "deploy", "down", "reachable", "error", "registry", "registry_mode",
              "images", "resolves", "ca", "containerd", "replica", "tree", "flags", "lacking",
-             "entry", "entry_error"}
+             "entry", "entry_error", "fence_pending"}
 RECOVER_KEYS = ERROR_KEYS | {"outcome", "resumed", "old_master0", "master0", "down_hosts",
                              "preflight", "plan", "verified", "seconds"}
 CLUSTER_HEX = "c" * 64
@@ -126,7 +126,8 @@ def test_health_json_reports_typed_values_of_reachable_hosts():
                   "error": None, "registry": "running", "registry_mode": None, "images": 2, "resolves": M1, "ca": "ok",
                   "containerd": "certs.d",
                   "replica": {"source": "self", "age_s": 180, "files": 12, "bytes": 3456},
-                  "tree": None, "flags": 0, "lacking": None, "entry": None, "entry_error": None}
+                  "tree": None, "flags": 0, "lacking": None, "entry": None, "entry_error": None,
+                  "fence_pending": False}
     assert (m3["deploy"], m3["replica"]) == ("none", None)
     assert (m3["deploy"], m3["images"], n1["role"], n1["images"]) == ("none", None, "node", None)
 

@@ -194,3 +194,63 @@ def test_system_mode_ships_nothing(ca, bundle):
 def test_without_node_entry_no_bundle_is_copied(ca, bundle):
     declared = declare(make_args(ca, **WARM, haproxy_bundle=bundle)).by_name()
     assert not [n for n in declared if n.startswith("haproxy-bundle-")]
+
+
+def test_the_cli_names_the_node_side_steps_urns_as_the_engine_does(ca, bundle):
+    """cli's fence phase excludes node-side steps by URN without running the program
+    (topology.HostStep.urn): the URNs the SDK registers for them (its mock monitor builds them
+    as the engine does: parent type chain, type, name)."""
+    from pulumi.runtime import settings
+
+    from config import PROJECT
+    from topology import HostStep
+
+    declare(make_args(ca, **WARM, node_entry=ENTRY, haproxy_bundle=bundle))
+    registered = set(settings.get_monitor().resources)
+    for ip in NODES:
+        for step in HostStep.node_side():
+            assert step.urn("unit", PROJECT, ip) in registered, (step, sorted(registered)[:5])
+    with pytest.raises(ValueError):
+        HostStep.DATA.urn("unit", PROJECT, NODES[0])
+
+
+def test_hosts_left_for_the_fence_phase_get_no_node_side_step(ca, bundle):
+    """A recovery's first phase (FENCE_LATER_ENV): the program declares nothing on those hosts
+    (the engine's --exclude keeps their steps in the state), everything else as always."""
+    later = frozenset({NODES[0]})
+    declared = declare(make_args(ca, **WARM, node_entry=ENTRY, haproxy_bundle=bundle,
+                                 fence_later=later)).by_name()
+    for step in ("node", "payload", "haproxy-bundle"):
+        assert f"{step}-{NODES[0]}" not in declared
+        assert f"{step}-{NODES[1]}" in declared
+    assert "registry-verify" in declared and f"node-{MASTERS[0]}" in declared
+
+
+def test_the_check_interval_defaults_to_one_second_and_is_bounded():
+    assert load(entry_values()).registry.local_registry.node_entry.check_interval_s == 1
+    assert load(entry_values(check_interval_s=10)).registry.local_registry.node_entry.check_interval_s == 10
+    for bad in (0, 61, "5", 2.5):
+        lines = problems(entry_values(check_interval_s=bad))
+        assert any(f"{FIELD}.check_interval_s" in line for line in lines), (bad, lines)
+
+
+def test_a_longer_check_interval_reaches_the_node_and_the_default_adds_nothing(ca):
+    longer = declare(make_args(ca, **WARM, node_entry=(*ENTRY, 10), entry_haproxy="system")).by_name()
+    assert "--entry-stats-port 5099 --entry-check-interval 10 " in longer[f"node-{NODES[0]}"].inputs["create"]
+    default = declare(make_args(ca, **WARM, node_entry=(*ENTRY, 1), entry_haproxy="system")).by_name()
+    assert "--entry-check-interval" not in default[f"node-{NODES[0]}"].inputs["create"]
+
+
+def test_haproxy_checks_at_the_interval_the_node_step_names(tmp_path):
+    """entry_render's `inter`: configure-node.sh --entry-check-interval sets it (bash, no host)."""
+    import subprocess
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    render = (f'source {scripts}/lib/common.sh; source {scripts}/lib/entry.sh; '
+              'ENTRY_CHECK_INTERVAL=${1:-1}; entry_render sea.hub 5000 10.103.97.2 5099 /ca.crt '
+              '198.18.0.11 198.18.0.12')
+    for interval in ("", "7"):
+        out = subprocess.run(["bash", "-c", render, "render", *([interval] if interval else [])],
+                             capture_output=True, text=True, check=True).stdout
+        assert f"inter {interval or 1}s fall 2 rise 2" in out

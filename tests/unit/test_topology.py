@@ -130,3 +130,31 @@ def test_of_a_validated_config_uses_its_hosts_roles_and_images():
     assert [(h.ip, h.role, h.down) for h in t.hosts] == [
         (M1, RegistryRole.NONE, True), (M2, RegistryRole.LAUNCH, False), (N1, RegistryRole.NONE, False)]
     assert t.host(M2).images == (CLUSTER_IMG, APP_IMG)
+
+
+ENTRY = object()  # node_entry configured (only its presence matters here)
+
+
+def warm(**overrides) -> Topology:
+    return layout(**{"deploy_hosts": [M1, M2, M3], "standby": "warm", **overrides})
+
+
+def test_a_recovery_onto_a_warm_standby_defers_the_entry_hosts_node_steps_to_the_fence():
+    before, after = warm(), warm(master0=M2, down_hosts=[M1])
+    assert before.mirrors == [M2, M3]
+    assert after.deferrable_to_fence(before, ENTRY) == [N1, N2]
+
+
+@pytest.mark.parametrize("before, after, entry", [
+    (warm(), warm(master0=M2, down_hosts=[M1]), None),                     # no entry point
+    (warm(), warm(), ENTRY),                                               # master0 stays
+    (layout(), layout(master0=M2, down_hosts=[M1]), ENTRY),                # cold: not a backup
+    (warm(down_hosts=[M2]), warm(master0=M2, down_hosts=[M1]), ENTRY),     # M2 was down
+    (warm(ha=True), warm(master0=M2, down_hosts=[M1], ha=True), ENTRY),    # lvscare's VIP
+])
+def test_nothing_is_deferred_where_nodes_must_move_with_the_recovery(before, after, entry):
+    assert after.deferrable_to_fence(before, entry) == []
+
+
+def test_node_side_steps_are_the_ones_that_point_a_host_at_the_registry():
+    assert {s.value for s in HostStep.node_side()} == {"payload", "node", "haproxy-bundle"}

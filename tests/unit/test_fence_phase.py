@@ -1,0 +1,148 @@
+"""A recovery in two phases (issue 24; cli/change.py): which hosts wait for the fence phase, how
+the check between the phases judges them (cli/health.py), the program leaving their node-side
+steps out (topology.FENCE_LATER_ENV), and the engine call that keeps them in the state."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.change import FENCE_SAMPLE, Change, Result, Outcome, fence_plan
+from cli.engine import Engine
+from cli.health import FencePending, assess
+from cli.probe import parse_probe
+from config import PROJECT, build_config
+from tests.unit.test_cli_status import (ENTRY_ADDRESS, IMAGES, M1, M2, M3, N1, _raw_entry_values,
+                                        entry_probes)
+from topology import FENCE_LATER_ENV, HostStep, Topology
+
+NODES = [f"198.18.1.{i}" for i in range(1, 41)]
+
+
+def big(master0=M1, down=(), **local) -> dict:
+    values = _raw_entry_values(master0, down)
+    values["cluster"]["nodes"] = NODES
+    values["registry"]["local_registry"].update(local)
+    return values
+
+
+def no_entry() -> dict:
+    values = big()
+    del values["registry"]["local_registry"]["node_entry"]
+    return values
+
+
+def change(new=M2, down=(M1,)) -> Change:
+    return Change(master0=new, down_hosts=list(down), question="", rerun="")
+
+
+def test_a_recovery_onto_a_warm_standby_defers_every_entry_node_and_samples_a_few():
+    before = build_config(big())
+    pending = fence_plan(before, change())
+    assert pending.hosts == frozenset(NODES)          # the masters run registries: no entry
+    assert (pending.master0, pending.mirrors) == (M1, (M2, M3))
+    assert len(pending.sampled) == FENCE_SAMPLE and pending.sampled <= pending.hosts
+    after = Topology.of(before.model_copy(update={"master0": M2, "down_hosts": [M1]}))
+    assert after.verifier in pending.sampled          # it pulls every image through its entry
+
+
+@pytest.mark.parametrize("values, chg", [
+    (big(), Change(master0=None, down_hosts=[M3], question="", rerun="")),   # rejoin-like
+    (big(), change(new=M1, down=())),                                          # a resume
+    (no_entry(), change()),                                                    # hosts lines
+])
+def test_no_fence_phase_where_nodes_move_with_the_recovery_or_nothing_moves(values, chg):
+    assert fence_plan(build_config(values), chg) is None
+
+
+def test_a_small_cluster_samples_every_deferred_host():
+    values = big()
+    values["cluster"]["nodes"] = NODES[:3]
+    pending = fence_plan(build_config(values), change())
+    assert pending.sampled == pending.hosts == frozenset(NODES[:3])
+
+
+def pending_for(node_line: str, sampled=True):
+    cfg = build_config(_raw_entry_values(M2, [M1]))
+    probes = entry_probes(node_line)
+    del probes[M1]
+    probes[M2].registry_mode = "read-write"
+    pending = FencePending(frozenset({N1}), frozenset({N1} if sampled else ()), M1, (M2, M3))
+    if not sampled:
+        del probes[N1]
+    return assess(cfg, IMAGES, probes, pending)
+
+
+def test_between_the_phases_an_entry_point_with_the_old_layout_and_a_live_standby_up_is_fine():
+    result = pending_for(f"{M1}:5000:DOWN {M2}:5000:UP:backup {M3}:5000:UP:backup")
+    assert not [p for p in result.problems if N1 in p], result.problems
+    node = [h for h in result.hosts if h.ip == N1][0]
+    assert node.fence_pending and node.entry_cell().endswith("(fence pending)")
+    # already fenced (a resumed recovery): the new layout is fine too
+    assert not [p for p in pending_for(f"{M2}:5000:UP {M3}:5000:UP:backup").problems if N1 in p]
+
+
+@pytest.mark.parametrize("line, fragment", [
+    (f"{M1}:5000:UP {M2}:5000:DOWN:backup {M3}:5000:DOWN:backup", f"sees none of {M2}, {M3} UP"),
+    (f"{M1}:5000:DOWN {M3}:5000:UP:backup", "neither the layout before the recovery"),
+    ("unreachable", "no entry point answers"),
+])
+def test_between_the_phases_a_node_whose_pulls_stop_is_a_problem(line, fragment):
+    problems = [p for p in pending_for(line).problems if N1 in p]
+    assert any(fragment in p for p in problems), problems
+
+
+def test_a_deferred_host_not_sampled_is_neither_probed_nor_a_problem():
+    result = pending_for("", sampled=False)
+    assert not [p for p in result.problems if N1 in p], result.problems
+    row = {r[0]: r for r in result.rows()}[N1]
+    assert row[2] == "not probed" and row[-1] == "fence pending"
+
+
+def test_the_fence_phase_decides_the_exit_code():
+    pending = FencePending(frozenset({N1}), frozenset({N1}), M1, (M2,))
+    healthy = assess(build_config(_raw_entry_values(M2, [M1])), IMAGES, {}, pending)
+    healthy.problems.clear()
+    done = Result(Outcome.APPLIED, None, None, healthy, pending)
+    assert done.exit_code == 1                       # the fence phase did not run
+    done.fence = healthy
+    assert done.exit_code == 0
+
+
+def test_the_program_leaves_only_live_entry_hosts_out():
+    layout = Topology.of(build_config(big(master0=M2, down=[M1])))
+    entry = object()
+    ips, problems = layout.fence_later(f"{NODES[0]}, {NODES[1]}", entry)
+    assert ips == frozenset(NODES[:2]) and problems == []
+    _, problems = layout.fence_later(f"{M2},10.0.0.9,{M1}", entry)
+    assert len(problems) == 3                        # a registry host, a stranger, a down host
+    assert layout.fence_later("", entry) == (frozenset(), [])
+    _, problems = layout.fence_later(NODES[0], None)  # no node entry point: nothing qualifies
+    assert problems
+
+
+class FakeWorkspace:
+    def __init__(self):
+        self.env_vars = {}
+
+
+class FakeStack:
+    def __init__(self):
+        self.workspace = FakeWorkspace()
+        self.calls = []
+
+    def up(self, **kw):
+        self.calls.append(("up", kw["exclude"], dict(self.workspace.env_vars)))
+
+    def preview(self, **kw):
+        self.calls.append(("preview", kw["exclude"], dict(self.workspace.env_vars)))
+
+
+def test_the_engine_names_the_deferred_steps_and_tells_the_program_for_that_run_only():
+    engine = Engine.__new__(Engine)
+    engine.stack, engine.stack_name, engine.output, engine.message = FakeStack(), "prod", None, ""
+    engine.up(defer=frozenset({N1}))
+    engine.preview()
+    (_, exclude, env), (_, none, env2) = engine.stack.calls
+    assert exclude == [s.urn("prod", PROJECT, N1) for s in HostStep.node_side()]
+    assert env == {FENCE_LATER_ENV: N1} and none is None and env2 == {}
+    assert engine.stack.workspace.env_vars == {}
