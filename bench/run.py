@@ -38,11 +38,11 @@ from pathlib import Path
 
 from config import PROJECT
 from lab import images as lab_images
-from lab.hosts import BRIDGE, DEFAULT_STATE, INSTANCE, REPO, Lab
-from lab.stack import (DOMAIN, PORT, SECRETS, LabEnv, ProgramStack, RunReport, hosts_line,
-                       make_lab_env, registry_running, stack_values, step_recorder)
+from lab.hosts import BRIDGE, DEFAULT_STATE, GATEWAY, INSTANCE, NFT_TABLE, REPO, Lab
+from lab.stack import (DOMAIN, PORT, SECRETS, LabEnv, ProgramStack, RunReport, entry_servers,
+                       hosts_line, make_lab_env, registry_running, stack_values, step_recorder)
 from material import pki
-from topology import parse_step
+from topology import FENCE_LATER_ENV, HostStep, Topology, parse_step
 
 from bench import copy as copybench
 from bench import entry as entrybench
@@ -129,15 +129,58 @@ def _timed_handler(report: RunReport, timeline: Timeline):
     return handle
 
 
+class OperatorPackets:
+    """``with OperatorPackets(lab, ip) as dialled: ...; dialled.packets``: frames from the
+    operator's machine (the lab's gateway address, where the engine, its plugins and the CLI dial
+    from) to the host, on an nft counter of the bench's own, removed at the end. Unlike
+    ``Lab.packets_to`` it leaves out what other lab hosts send (node entry points keep
+    health-checking a dead master0 until the fence phase rewrites them)."""
+
+    def __init__(self, lab: Lab, ip: str):
+        self.host = lab.host(ip)
+        self.counter = f"bench_op_to_{self.host.name.replace('-', '_')}"
+        self.packets = 0
+
+    def __enter__(self) -> "OperatorPackets":
+        subprocess.run(["nft", "add", "counter", "bridge", NFT_TABLE, self.counter], check=True)
+        subprocess.run(["nft", "insert", "rule", "bridge", NFT_TABLE, "to_host", "oifname",
+                        self.host.name, "ip", "saddr", GATEWAY, "ip", "daddr", self.host.ip,
+                        "counter", "name", self.counter, "comment", '"bench"'], check=True)
+        return self
+
+    def read(self) -> int:
+        out = subprocess.run(["nft", "-j", "list", "counter", "bridge", NFT_TABLE, self.counter],
+                             capture_output=True, text=True, check=True).stdout
+        return next(int(i["counter"]["packets"]) for i in json.loads(out)["nftables"] if "counter" in i)
+
+    def __exit__(self, *exc) -> None:
+        self.packets = self.read()
+        out = subprocess.run(["nft", "-a", "-j", "list", "chain", "bridge", NFT_TABLE, "to_host"],
+                             capture_output=True, text=True, check=True).stdout
+        for item in json.loads(out)["nftables"]:
+            rule = item.get("rule")
+            if rule and any(e.get("counter") == self.counter for e in rule.get("expr", [])):
+                subprocess.run(["nft", "delete", "rule", "bridge", NFT_TABLE, "to_host", "handle",
+                                str(rule["handle"])], check=True)
+        subprocess.run(["nft", "delete", "counter", "bridge", NFT_TABLE, self.counter], check=True)
+
+
 class BenchStack(ProgramStack):
     """ProgramStack with the engine's --parallel as a knob (None: the engine's default), extra
     engine env for one run, and a profile of each run: step timeline, CPU."""
 
     profile: dict
 
-    def _run(self, op: str, parallel: int | None, extra_env: dict[str, str] | None) -> RunReport:
+    def _run(self, op: str, parallel: int | None, extra_env: dict[str, str] | None,
+             defer: frozenset[str] = frozenset()) -> RunReport:
+        """``defer``: hosts whose node-side steps stay as they are (a recovery's first phase,
+        as cli/change.py runs it: the program skips them, --exclude keeps them in the state)."""
         report = RunReport()
         kwargs = {"parallel": parallel} if parallel else {}
+        if defer:
+            kwargs["exclude"] = [step.urn(self.name, PROJECT, ip) for ip in sorted(defer)
+                                 for step in HostStep.node_side()]
+            extra_env = {**(extra_env or {}), FENCE_LATER_ENV: ",".join(sorted(defer))}
         workspace_env = self.stack.workspace.env_vars
         saved = dict(workspace_env)
         workspace_env.update(extra_env or {})
@@ -169,11 +212,13 @@ class BenchStack(ProgramStack):
         }
         return report
 
-    def up(self, parallel: int | None = None, extra_env: dict[str, str] | None = None) -> RunReport:
-        return self._run("up", parallel, extra_env)
+    def up(self, parallel: int | None = None, extra_env: dict[str, str] | None = None,
+           defer: frozenset[str] = frozenset()) -> RunReport:
+        return self._run("up", parallel, extra_env, defer)
 
-    def preview(self, parallel: int | None = None, extra_env: dict[str, str] | None = None) -> RunReport:
-        return self._run("preview", parallel, extra_env)
+    def preview(self, parallel: int | None = None, extra_env: dict[str, str] | None = None,
+                defer: frozenset[str] = frozenset()) -> RunReport:
+        return self._run("preview", parallel, extra_env, defer)
 
 
 def engine_env() -> dict[str, str]:
@@ -249,11 +294,18 @@ class Run:
         log(f"lab of 3 masters + {nodes} nodes with its control plane in {time.monotonic() - started:.1f}s")
         return env
 
-    def deploy(self, name: str, env: LabEnv) -> BenchStack:
+    def deploy(self, name: str, env: LabEnv, entry_check_s: int | None = None) -> BenchStack:
+        """``entry_check_s``: warm standbys and node_entry (the lab's haproxy) with that check
+        interval; None: hosts lines, cold standbys."""
         stack = fresh_stack(name, self.env)
         self.stacks.append(stack)
-        stack.configure(stack_values(env, master0=env.masters[0], distribution="pre"),
-                        {**SECRETS, "registry.tls.ca_key": env.ca[1]})
+        values = stack_values(env, master0=env.masters[0], distribution="pre")
+        if entry_check_s is not None:
+            local = values["registry"]["local_registry"]
+            local["standby"] = "warm"
+            local["node_entry"] = {"address": entrywatchbench.ENTRY, "haproxy": "system",
+                                   "check_interval_s": entry_check_s}
+        stack.configure(values, {**SECRETS, "registry.tls.ca_key": env.ca[1]})
         report = stack.up(self.args.parallel)
         log(f"deployed {name} ({len(env.all_ips)} hosts) in {report.seconds:.1f}s, "
             f"{len(report.remote_commands())} commands")
@@ -269,6 +321,9 @@ class Run:
     def check_recovered(self, env: LabEnv, old: str, new: str, packets_before: int) -> None:
         if self.lab.packets_to(old) != packets_before:
             raise BenchError(f"the recovery sent packets to the dead master0 {old}")
+        self.check_moved(env, old, new)
+
+    def check_moved(self, env: LabEnv, old: str, new: str) -> None:
         if not registry_running(self.lab, new):
             raise BenchError(f"no registry answers on the new master0 {new}")
         wrong = [ip for ip in env.all_ips
@@ -357,11 +412,16 @@ class Run:
         return copybench.Source(Path(summary["store"]), summary["cluster_image_id"].split(":", 1)[1])
 
     def phase_large(self) -> None:
-        """3 masters + M nodes (default 500, issue 24): the lab's bring-up, the first deploy, the
-        sequential baseline, the recovery's preview and `up`, a no-op `up` and the state's size,
-        each under a key named for M (``rto_500_s``; ``rto_50_s`` for ``--nodes-large 50``)."""
-        m = self.args.nodes_large
-        log(f"phase large: fresh lab of 3 masters + {m} nodes")
+        """3 masters + M nodes (default 500, issue 24) behind their node entry points, warm
+        standbys: the lab's bring-up, the first deploy, the sequential baseline, the recovery as
+        `recover`/`watch` run it (its first phase leaves the nodes' steps to the fence phase:
+        preview and `up`), the fence phase, a no-op `up` and the state's size, each under a key
+        named for M (``rto_500_s``; ``rto_50_s`` for ``--nodes-large 50``). No packet from the
+        operator's machine reaches the dead master0 (the nodes' entry points health-check it on
+        their own until the fence phase drops it)."""
+        m, check_s = self.args.nodes_large, self.args.large_check_interval
+        log(f"phase large: fresh lab of 3 masters + {m} nodes, node entry points checking every "
+            f"{check_s}s")
         self.lab.down()
         available = _mem_available_mb()
         started = time.monotonic()
@@ -369,16 +429,82 @@ class Run:
         self.record(f"lab_{m}_up_s", time.monotonic() - started, os.getloadavg()[0])
         self.record(f"lab_{m}_rss_mb", round(available - _mem_available_mb(), 1))
         load = os.getloadavg()[0]
-        stack = self.deploy(f"bench{m}", env)
+        stack = self.deploy(f"bench{m}", env, entry_check_s=check_s)
         self.record(f"deploy_{m}_s", stack.profile["seconds"], load)
         self.results.setdefault("profile", {})[f"deploy_{m}"] = stack.profile
         self.save()
         old, new = self.kill_and_plan(stack, env)
-        live = [ip for ip in env.all_ips if ip != old]
-        before = self.lab.packets_to(old)
 
-        # Baseline first, from the same state, then undone exactly (files restored byte for byte,
-        # the registry it launched stopped) so the program's recovery starts where it would have.
+        def layout(master0: str, down: list[str]) -> Topology:
+            return Topology.build(master0=master0, masters=env.masters, nodes=env.nodes,
+                                  deploy_hosts=env.masters, down_hosts=down, distribution="pre",
+                                  image_ids=[], standby="warm")
+        # What cli/change.py's fence_plan leaves for the fence phase (node_entry is set).
+        defer = frozenset(layout(new, [old]).deferrable_to_fence(layout(old, []), "node_entry"))
+        if set(defer) != set(env.nodes):
+            raise BenchError(f"expected every node behind its entry point, got {len(defer)}")
+        live = [ip for ip in env.all_ips if ip != old]
+        sample = env.nodes[:: max(1, len(env.nodes) // 8)][:8]
+
+        with OperatorPackets(self.lab, old) as dialled:
+            self.sequential_large(env, m, old, new, live)
+            load = os.getloadavg()[0]
+            plan = stack.preview(self.args.parallel, defer=defer)
+            self.record(f"preview_{m}_s", plan.seconds, load)
+            self.results.setdefault("profile", {})[f"preview_{m}"] = stack.profile
+            touching_old = [k for k, op in plan.changed().items()
+                            if (parse_step(k) or (None, None))[1] == old and op != "delete"]
+            if touching_old:
+                raise BenchError(f"the recovery plan touches the dead master0: {touching_old}")
+            log(f"recovery preview (3+{m}, {len(defer)} nodes left for the fence phase): "
+                f"{plan.seconds:.1f}s, {len(plan.changed())} planned changes")
+
+            load = os.getloadavg()[0]
+            with TreePeak() as peak:
+                rec = stack.up(self.args.parallel, defer=defer)
+            self.record(f"rto_{m}_s", rec.seconds, load)
+            self.record(f"rto_{m}_remote_commands", len(rec.remote_commands()))
+            self.record(f"rss_{m}_mb", round(peak.mb, 1))
+            self.results["rss_by_process_mb"] = {k: round(v / (1 << 20), 1) for k, v in
+                                                 sorted(peak.by_name.items(), key=lambda kv: -kv[1])}
+            self.results.setdefault("profile", {})[f"rto_{m}"] = stack.profile
+            self.results["cpu_by_process_s"] = peak.cpu_by_name()
+            self.check_entry(sample, old, new, fenced=False)
+            log(f"recovery up (3+{m}): {rec.seconds:.1f}s, {len(rec.remote_commands())} commands, "
+                f"peak RSS {peak.mb:.0f} MiB; nodes {sample} pull through a live server")
+            state_file = BENCH_DIR / "state" / ".pulumi" / "stacks" / PROJECT / f"bench{m}.json"
+            if state_file.exists():
+                self.record(f"state_{m}_bytes", state_file.stat().st_size)
+
+            load = os.getloadavg()[0]
+            fence = stack.up(self.args.parallel)
+            self.record(f"fence_{m}_s", fence.seconds, load)
+            self.record(f"fence_{m}_remote_commands", len(fence.remote_commands()))
+            self.results.setdefault("profile", {})[f"fence_{m}"] = stack.profile
+            self.check_entry(sample, old, new, fenced=True)
+            log(f"fence phase (3+{m}): {fence.seconds:.1f}s, {len(fence.remote_commands())} commands")
+
+            load = os.getloadavg()[0]
+            noop = stack.up(self.args.parallel)
+            self.record(f"noop_{m}_s", noop.seconds, load)
+            self.record(f"noop_{m}_changes", len(noop.changed()))
+            self.record(f"noop_{m}_remote_commands", len(noop.remote_commands()))
+            self.results.setdefault("profile", {})[f"noop_{m}"] = stack.profile
+            log(f"no-op up (3+{m}): {noop.seconds:.1f}s, changes {noop.changed()}, "
+                f"{len(noop.remote_commands())} commands")
+            self.status_large(stack, m, old)
+        self.record(f"operator_packets_to_old_{m}", dialled.packets)
+        if dialled.packets:
+            raise BenchError(f"{dialled.packets} packets from the operator's machine reached the "
+                             f"dead master0 {old}")
+        if self.args.profile:
+            self.profile_large(stack, env, old)
+
+    def sequential_large(self, env: LabEnv, m: int, old: str, new: str, live: list[str]) -> None:
+        """The baseline, sealer's way: launch on the new master0 and rewrite every live host's
+        hosts line over SSH, one host after the other (bench/sequential_recover.sh); then undone
+        exactly (files restored byte for byte, the registry it launched stopped) so that the
+        program's recovery starts where it would have."""
         saved = {ip: self.lab.run(ip, "cat /etc/hosts").stdout for ip in live}
         load = os.getloadavg()[0]
         cpu_before, busy_before = resource.getrusage(resource.RUSAGE_CHILDREN), _cpu_busy()
@@ -396,7 +522,7 @@ class Run:
             "max_concurrent": 1}
         if done.returncode != 0:
             raise BenchError(f"sequential baseline exited {done.returncode}: {done.stderr[-2000:]}")
-        self.check_recovered(env, old, new, before)
+        self.check_moved(env, old, new)
         self.record(f"rto_sequential_{m}_s", seq, load)
         self.record("rto_sequential_ssh_sessions", 1 + len(live))
         log(f"sequential baseline (3+{m}): {seq:.1f}s, {1 + len(live)} SSH sessions")
@@ -406,45 +532,20 @@ class Run:
         if registry_running(self.lab, new):
             raise BenchError("the baseline's registry still runs after the undo")
 
-        load = os.getloadavg()[0]
-        plan = stack.preview(self.args.parallel)
-        self.record(f"preview_{m}_s", plan.seconds, load)
-        self.results.setdefault("profile", {})[f"preview_{m}"] = stack.profile
-        touching_old = [k for k, op in plan.changed().items()
-                        if (parse_step(k) or (None, None))[1] == old and op != "delete"]
-        if touching_old:
-            raise BenchError(f"the recovery plan touches the dead master0: {touching_old}")
-        log(f"recovery preview (3+{m}): {plan.seconds:.1f}s, {len(plan.changed())} planned changes")
-
-        load = os.getloadavg()[0]
-        with TreePeak() as peak:
-            rec = stack.up(self.args.parallel)
-        self.record(f"rto_{m}_s", rec.seconds, load)
-        self.record(f"rto_{m}_remote_commands", len(rec.remote_commands()))
-        self.record(f"rss_{m}_mb", round(peak.mb, 1))
-        self.results["rss_by_process_mb"] = {k: round(v / (1 << 20), 1) for k, v in
-                                             sorted(peak.by_name.items(), key=lambda kv: -kv[1])}
-        self.results.setdefault("profile", {})[f"rto_{m}"] = stack.profile
-        self.results["cpu_by_process_s"] = peak.cpu_by_name()
-        self.check_recovered(env, old, new, before)
-        log(f"recovery up (3+{m}): {rec.seconds:.1f}s, {len(rec.remote_commands())} commands, "
-            f"peak RSS {peak.mb:.0f} MiB over {peak.samples} samples; {stack.profile}")
-        state_file = BENCH_DIR / "state" / ".pulumi" / "stacks" / PROJECT / f"bench{m}.json"
-        if state_file.exists():
-            self.record(f"state_{m}_bytes", state_file.stat().st_size)
-        self.save()
-
-        load = os.getloadavg()[0]
-        noop = stack.up(self.args.parallel)
-        self.record(f"noop_{m}_s", noop.seconds, load)
-        self.record(f"noop_{m}_changes", len(noop.changed()))
-        self.record(f"noop_{m}_remote_commands", len(noop.remote_commands()))
-        self.results.setdefault("profile", {})[f"noop_{m}"] = stack.profile
-        log(f"no-op up (3+{m}): {noop.seconds:.1f}s, changes {noop.changed()}, "
-            f"{len(noop.remote_commands())} commands")
-        self.status_large(stack, m, old)
-        if self.args.profile:
-            self.profile_large(stack, env, old)
+    def check_entry(self, sample: list[str], old: str, new: str, fenced: bool) -> None:
+        """The new master0 serves; each sampled node's entry point has a live server UP (before
+        the fence phase: the old layout, the new master0 among its backups), and after the fence
+        phase lists the new master0 first and the old one nowhere."""
+        if not registry_running(self.lab, new):
+            raise BenchError(f"no registry answers on the new master0 {new}")
+        for ip in sample:
+            servers = entry_servers(self.lab, ip)
+            up = [s.split()[0].rsplit(":", 1)[0] for s in servers if s.split()[1] == "UP"]
+            listed = [s.split()[0].rsplit(":", 1)[0] for s in servers]
+            if not set(up) - {old}:
+                raise BenchError(f"{ip}'s entry point has no live server UP: {servers}")
+            if fenced and (listed[:1] != [new] or old in listed):
+                raise BenchError(f"{ip}'s entry point after the fence phase: {servers}")
 
     def status_large(self, stack: BenchStack, m: int, old: str) -> None:
         """`cli status` on the 3 + M hosts as an operator runs it (probes in parallel, bounded):
@@ -646,6 +747,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="smoke run: 12 nodes in both phases, 64 MiB copies, one round")
     p.add_argument("--nodes", type=int, help="nodes of the small phase (default 12)")
     p.add_argument("--nodes-large", type=int, help="nodes of the large phase (default 500; the lab takes up to 722)")
+    p.add_argument("--large-check-interval", type=int, default=10,
+                   help="node_entry.check_interval_s of the large phase (default 10 s: 3 servers "
+                        "x 500 nodes / 10 s = 150 health checks a second on the masters)")
     p.add_argument("--copy-size", type=lab_images.parse_size, help="copied registry (default 1GiB)")
     p.add_argument("--copy-layers", type=int, default=190,
                    help="layers of the copied image (sizes 1 KiB to 200 MiB; default 190)")

@@ -45,7 +45,12 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
    `pulumi preview` and prints the plan. With --preview the previous config is restored and
    nothing else happens.
 3. Asks for confirmation (unless --yes), runs `pulumi up` with one line per step, then probes
-   every live host as `status` does.
+   every live host as `status` does. Where nodes reach the registry through their node entry
+   point (registry.local_registry.node_entry) and NEW was a warm standby, the recovery runs in
+   two phases, so that its time does not grow with the nodes: this `up` leaves those nodes'
+   steps as they are (their HAProxy already lists NEW as a backup: their pulls go on) and the
+   check probes 8 of them; once verified, the fence phase, a plain `up`, rewrites them (NEW
+   first, the old master0 gone from their server lists) and every live host is checked again.
 4. Prints old and new master0, nodes repointed, images verified and the time of each phase.
 5. Once verified, makes sealer's own Clusterfile name NEW first (sealer takes the first master as
    master0 in its next scale-up, run and delete): the ConfigMap kube-system/sealer-clusterfile
@@ -63,7 +68,9 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
   {id: [live hosts holding it]}, stale_tree, filled_by (null, or what fills the gap), unfilled
   [ids], outputs (the stack had data_tree/data_images)}}, plan {changes, repointed, launch_on,
   data_to, dropped {ip: resources}, records, lines}, verified (null unless applied: {healthy,
-  master0_images, images_expected, problems}), seconds {preflight, preview, up, verify},
+  master0_images, images_expected, problems}), fence (null unless the recovery ran in two
+  phases: {hosts (how many the first left), sampled, healthy (null when the fence phase did not
+  run), problems, error}), seconds {preflight, preview, up, verify[, fence, fence_verify]},
   sealer_clusterfile (null unless verified: [{where, state (updated|unchanged|absent|failed),
   detail}]).
 
@@ -339,8 +346,19 @@ def document(args: argparse.Namespace, old: str, down: list[str], checked: dict,
         "old_master0": old, "master0": args.host, "down_hosts": down,
         "preflight": checked, "plan": plan_json(result.plan),
         "verified": health_summary_json(result.health),
+        "fence": fence_json(result),
         "seconds": {k: round(v, 2) for k, v in timer.phases.items()},
     }
+
+
+def fence_json(result: Result) -> dict | None:
+    """The fence phase of a recovery in two (cli/change.py), or None."""
+    if result.pending is None:
+        return None
+    fence = result.fence
+    return {"hosts": len(result.pending.hosts), "sampled": len(result.pending.sampled),
+            "healthy": None if fence is None else fence.healthy,
+            "problems": [] if fence is None else list(fence.problems), "error": result.fence_error}
 
 
 @guarded(NAME)
@@ -381,6 +399,11 @@ def run(args: argparse.Namespace) -> int:
                       file=out)
             print(f"  images verified:  {health.master0_images}/{health.images_expected} on {host} "
                   f"(registry-verify and the status probe)", file=out)
+            if result.pending is not None:
+                state = ("done" if result.fence is not None and result.fence.healthy else
+                         "FAILED" if result.fence_error or result.fence is not None else "not run")
+                print(f"  fence phase:      {state}: {len(result.pending.hosts)} entry hosts' node "
+                      f"steps ({old} gone from their servers)", file=out)
             print(f"  down_hosts:       {', '.join(result.config.down_hosts) or 'none'} (not contacted)",
                   file=out)
             print(f"  time:             {timer.line()}", file=out)

@@ -13,6 +13,8 @@ with ``pulumi config set [--secret] --path``.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import subprocess
 import time
@@ -142,6 +144,21 @@ def registry_running(lab: Lab, ip: str) -> bool:
     probe = lab.run(ip, f"curl -sk -o /dev/null -w '%{{http_code}}' --max-time 3 https://127.0.0.1:{PORT}/v2/",
                     check=False)
     return probe.stdout.strip() in ("200", "401")
+
+
+def entry_servers(lab: Lab, ip: str, stats_port: int = 5099) -> list[str]:
+    """A node entry point's servers as its HAProxy stats page reports them: ``ip:port STATUS
+    [backup]`` (read with the csv module: a failed check's text is quoted and may hold commas)."""
+    text = lab.run(ip, f"curl -sf --max-time 3 'http://127.0.0.1:{stats_port}/;csv'").stdout
+    rows = list(csv.reader(io.StringIO(text)))
+    head = [name.lstrip("# ") for name in rows[0]]
+    col = {name: i for i, name in enumerate(head)}
+    out = []
+    for f in rows[1:]:
+        if len(f) < len(head) or f[col["svname"]] in ("FRONTEND", "BACKEND") or not f[col["addr"]]:
+            continue
+        out.append(f"{f[col['addr']]} {f[col['status']]}" + (" backup" if f[col["bck"]] == "1" else ""))
+    return out
 
 
 # ------------------------------------------------------------------------------ the stack

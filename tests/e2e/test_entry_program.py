@@ -12,8 +12,6 @@ the tests of the class run in order."""
 
 from __future__ import annotations
 
-import csv
-import io
 import threading
 import time
 
@@ -23,7 +21,8 @@ from cli import haproxy_bundle
 from lab import docker as lab_docker
 from lab.hosts import INSTANCE
 from lab.pull import containerd_pull
-from lab.stack import DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, hosts_line, stack_values
+from lab.stack import (DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, entry_servers, hosts_line,
+                       stack_values)
 from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
 
 ENTRY = f"198.19.{INSTANCE}.3"
@@ -36,18 +35,8 @@ ROUND_TIMEOUT_S = 300
 
 
 def servers(lab, node: str) -> list[str]:
-    """The entry point's servers as its stats page reports them: ``ip:port STATUS [backup]``.
-    Read with the csv module: a failed check's text is quoted and may hold commas."""
-    text = lab.run(node, f"curl -sf --max-time 3 'http://127.0.0.1:{STATS_PORT}/;csv'").stdout
-    rows = list(csv.reader(io.StringIO(text)))
-    head = [name.lstrip("# ") for name in rows[0]]
-    col = {name: i for i, name in enumerate(head)}
-    out = []
-    for f in rows[1:]:
-        if len(f) < len(head) or f[col["svname"]] in ("FRONTEND", "BACKEND") or not f[col["addr"]]:
-            continue
-        out.append(f"{f[col['addr']]} {f[col['status']]}" + (" backup" if f[col["bck"]] == "1" else ""))
-    return out
+    """The entry point's servers as its stats page reports them: ``ip:port STATUS [backup]``."""
+    return entry_servers(lab, node, STATS_PORT)
 
 
 def wait_for(predicate, limit_s: float, what: str) -> float:

@@ -25,7 +25,7 @@ HOST_KEYS = {"ip", "role", "deploy", "down", "reachable", "error", "registry", "
              "images", "resolves", "ca", "containerd", "replica", "tree", "flags", "lacking",
              "entry", "entry_error", "fence_pending"}
 RECOVER_KEYS = ERROR_KEYS | {"outcome", "resumed", "old_master0", "master0", "down_hosts",
-                             "preflight", "plan", "verified", "seconds"}
+                             "preflight", "plan", "verified", "fence", "seconds"}
 CLUSTER_HEX = "c" * 64
 
 
