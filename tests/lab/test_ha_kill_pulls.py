@@ -51,6 +51,12 @@ def ha(request, lab, tmp_path_factory):
     """``containerd-1.6``: Debian's, with basefs' config (config_path /etc/docker/certs.d/);
     ``containerd-2``: 2.2.9 from the toolchain cache (lab.runtimes.containerd2, config_path
     /etc/containerd/certs.d), which honours hosts.toml's dial_timeout."""
+    if request.param == "2":
+        from lab import toolchain
+
+        why = toolchain.containerd2_missing()
+        if why:  # opt-in (make toolchain-containerd2), as tests/lab/test_containerd2_node.py
+            pytest.skip(why)
     masters = [m.name for m in lab.masters()]
     ips = [m.ip for m in lab.masters()]
     dn, cn = lab.nodes()[0].name, lab.nodes()[1].name

@@ -150,6 +150,10 @@ def test_an_interrupted_copy_converges_without_partial_files_or_early_stamp(lab,
     # rerun must find it and end it, or the two race over .~tmp~ (CI: "rename failed").
     running = f"pgrep --ns $$ --nslist mnt -f '^rsync .*:{REG}/docker {REG}/$'"
     assert lab.run(replica, running, check=False).returncode == 0, "the interrupted copy's rsync ended with its session"
+    # Held where it is (SIGSTOP), as a transfer stalled on a slow link: left running, it may
+    # finish on its own before the rerun starts (a fresh CI machine: the rerun then found the
+    # tree in sync and nothing to end), and the rerun would not be tested.
+    lab.run(replica, running.replace("pgrep", "pkill --signal STOP", 1))
     again = pull(lab, replica, "--replica", [m0])
     assert again.returncode == 0, again.stderr
     assert "ended the rsync of an interrupted copy" in again.stderr, again.stderr
