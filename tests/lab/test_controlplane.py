@@ -15,6 +15,8 @@ import pytest
 from lab import Lab, toolchain
 from lab import controlplane as cplane
 
+pytestmark = pytest.mark.toolchain  # the engine toolchain (make toolchain)
+
 SERVICES = ("etcd", "kube-apiserver", "kube-controller-manager")
 
 

@@ -409,6 +409,7 @@ def test_a_containerd_cluster_leaves_basefs_containerd_without_sealers_ca(small_
 # -- ConfigMaps (needs the control plane) ----------------------------------------------------------
 
 
+@pytest.mark.toolchain
 def test_configmaps_are_sealers_and_the_file_is_stale_by_the_users_edit(small_lab, store):
     """sealer-clusterfile holds the last save as the user edited it (the rotated passwd: only it
     opens the hosts), the file the save before the edit; sealer-registry has go-yaml v3's

@@ -12,6 +12,8 @@ from lab import images
 from lab.hosts import INSTANCE, REPO, LabError
 from lab.stackfile import PASSPHRASE, _pulumi_env, write_stack_file
 
+pytestmark = pytest.mark.toolchain  # the engine toolchain (make toolchain)
+
 
 @pytest.fixture
 def engine_env(lab, tmp_path):

@@ -28,6 +28,8 @@ from lab import store as lab_store
 from lab.hosts import REPO
 from lab.stack import DOMAIN, PORT, SECRETS, make_lab_env
 
+pytestmark = pytest.mark.toolchain  # the engine toolchain (make toolchain)
+
 PASSPHRASE = "sealer-lab"
 STACKS = ("east", "west")
 # The project as an operator's checkout holds it, without the repository's example stack files

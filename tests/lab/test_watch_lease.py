@@ -18,6 +18,8 @@ from cli.lease import (Election, Elector, HttpLeaseApi, LeaseSettings, Record, l
 from lab import Lab, toolchain
 from lab import controlplane as cplane
 
+pytestmark = pytest.mark.toolchain  # the engine toolchain (make toolchain)
+
 SERVICES = ("etcd", "kube-apiserver", "kube-controller-manager")
 SETTINGS = LeaseSettings(lease_duration=15, renew_deadline=10, retry_period=2)
 
