@@ -58,8 +58,9 @@ class Change:
     # done, before the check of every host.
     skip_preview: bool = False
     after_up: Callable[[float], None] | None = None
-    # A recovery in two phases: called once the first is verified, before the fence phase.
-    after_verify: Callable[["Result"], None] | None = None
+    # A recovery in two phases: called once the first is verified, before the fence phase; False
+    # skips the fence phase (`watch`: the Lease was lost or a stop was asked for meanwhile).
+    after_verify: Callable[["Result"], bool] | None = None
 
 
 class Outcome(StrEnum):
@@ -252,8 +253,10 @@ def _up(session: Session, change: Change, timer: Timer, guard: StackFileGuard, r
     report(after, health, time.monotonic() - start, out)
     result = Result(Outcome.APPLIED, plan, after, health, pending)
     if pending is not None and health.healthy:
-        if change.after_verify is not None:
-            change.after_verify(result)
+        if change.after_verify is not None and not change.after_verify(result):
+            result.fence_error = (f"the registry is recovered; the fence phase was not started "
+                                  f"(this process stopped acting): {change.rerun} finishes it")
+            return result
         fence(session, change, timer, result)
     return result
 

@@ -906,11 +906,12 @@ class Watcher:
         recorder.start()
         logged = []
 
-        def verified(result: Result) -> None:
+        def verified(result: Result) -> bool:
             """The recovery is verified: said now, before a fence phase runs (its time is not
-            the recovery's)."""
+            the recovery's), which runs only while this watcher still leads."""
             logged.append(result)
             self._log_verified(result, timer)
+            return self.acting() and not self.stop.stopping
 
         try:
             result = apply_change(self.session, replace(change, after_verify=verified), timer,

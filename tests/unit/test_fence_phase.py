@@ -146,3 +146,81 @@ def test_the_engine_names_the_deferred_steps_and_tells_the_program_for_that_run_
     assert exclude == [s.urn("prod", PROJECT, N1) for s in HostStep.node_side()]
     assert env == {FENCE_LATER_ENV: N1} and none is None and env2 == {}
     assert engine.stack.workspace.env_vars == {}
+
+
+# ------------------------------------------------------------------ the two `up`s (cli/change._up)
+
+import io  # noqa: E402
+
+from cli import change as change_mod  # noqa: E402
+from cli.engine import Steps, UpFailed  # noqa: E402
+
+
+class FakeEngine:
+    def __init__(self, fence_fails: bool = False):
+        self.calls, self.fence_fails = [], fence_fails
+
+    def up(self, out, defer=frozenset()):
+        self.calls.append(defer)
+        if self.fence_fails and not defer:
+            raise UpFailed(Steps(), "step node-198.18.1.1 failed: ssh: connect timed out")
+        return Steps(), 1.0
+
+
+class FakeSession:
+    def __init__(self, engine):
+        self.out, self.engine, self.stack = io.StringIO(), engine, "prod"
+        self.config = build_config(big(master0=M2, down=[M1]))
+
+    def reload(self):
+        return self.config
+
+
+class FakeGuard:
+    committed = False
+
+
+def two_phases(monkeypatch, after_verify=None, fence_fails=False, healthy=True):
+    checks = []
+
+    def check(session, pending=None):
+        checks.append(pending)
+        result = assess(session.config, IMAGES, {}, pending)
+        result.problems[:] = [] if healthy else ["198.18.1.1 (node): no entry point answers"]
+        return result
+
+    monkeypatch.setattr(change_mod, "check_cluster", check)
+    monkeypatch.setattr(change_mod, "report", lambda *a, **k: None)
+    session = FakeSession(FakeEngine(fence_fails))
+    pending = fence_plan(build_config(big()), change())
+    result = change_mod._up(session, Change(master0=M2, down_hosts=[M1], question="",
+                                            rerun="python -m cli recover ...",
+                                            after_verify=after_verify),
+                            change_mod.Timer(), FakeGuard(), lambda ops: None, pending)
+    return session, result, checks
+
+
+def test_the_recovery_up_defers_the_nodes_then_the_fence_phase_runs_them_all(monkeypatch):
+    session, result, checks = two_phases(monkeypatch)
+    assert session.engine.calls == [frozenset(NODES), frozenset()]
+    assert checks == [result.pending, None]          # sampled first, every host after the fence
+    assert result.fence is not None and result.exit_code == 0
+
+
+def test_a_failed_check_after_the_recovery_runs_no_fence_phase(monkeypatch):
+    session, result, _ = two_phases(monkeypatch, healthy=False)
+    assert session.engine.calls == [frozenset(NODES)] and result.exit_code == 1
+
+
+def test_a_watcher_that_stopped_leading_does_not_start_the_fence_phase(monkeypatch):
+    seen = []
+    session, result, _ = two_phases(monkeypatch, after_verify=lambda r: seen.append(r) or False)
+    assert seen == [result] and session.engine.calls == [frozenset(NODES)]
+    assert "not started" in result.fence_error and result.exit_code == 1
+
+
+def test_a_failed_fence_phase_leaves_the_recovery_verified_and_says_how_to_finish(monkeypatch):
+    _, result, _ = two_phases(monkeypatch, fence_fails=True)
+    assert result.health.healthy and result.fence is None and result.exit_code == 1
+    assert "the registry is recovered, but the fence phase failed" in result.fence_error
+    assert "python -m cli recover" in change_mod.failure(result, "x")
