@@ -9,9 +9,8 @@ import pytest
 from cli.change import FENCE_SAMPLE, Change, Result, Outcome, fence_plan
 from cli.engine import Engine
 from cli.health import FencePending, assess
-from cli.probe import parse_probe
 from config import PROJECT, build_config
-from tests.unit.test_cli_status import (ENTRY_ADDRESS, IMAGES, M1, M2, M3, N1, _raw_entry_values,
+from tests.unit.test_cli_status import (IMAGES, M1, M2, M3, N1, _raw_entry_values,
                                         entry_probes)
 from topology import FENCE_LATER_ENV, HostStep, Topology
 
