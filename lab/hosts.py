@@ -274,6 +274,7 @@ class Lab:
         self._ensure_mountpoint()
         self._ensure_bridge()
         self._ensure_nft()
+        ensure_neighbour_capacity(len(wanted))
         wanted_names = {w[0] for w in wanted}
         from lab import postgres  # not at the top: lab.postgres imports this module
         # The state database's host is no cluster host: it stays (`down` removes it).
@@ -959,6 +960,35 @@ table bridge {NFT_TABLE} {{
 
 
 # -------------------------------------------------------------------- helpers
+NEIGH_SYSCTL = "/proc/sys/net/ipv4/neigh/default/gc_thresh{}"
+# Neighbour (ARP) entries to allow per lab host: each master holds one for every node whose
+# node entry point health-checks it, each node a few (the masters, the gateway), the machine one
+# per host.
+NEIGH_PER_HOST = 16
+
+
+def ensure_neighbour_capacity(hosts: int) -> dict[int, int]:
+    """Raise the kernel's IPv4 neighbour-table limits (gc_thresh1/2/3) to fit ``hosts`` lab
+    hosts; never lowers them; returns what it changed. The table and its limits are the
+    kernel's, shared by every network namespace: on real machines each host has its own (1,024
+    entries each by default, enough for a master with 500 nodes), but the lab's 3 masters + 500
+    nodes share one, and past 1,024 entries the kernel refuses new neighbours: connects fail
+    with `No route to host` (a 500-node deploy with node entry points did, session 13)."""
+    want = {3: hosts * NEIGH_PER_HOST}
+    want[2], want[1] = want[3] // 2, want[3] // 8
+    changed = {}
+    for i in (3, 2, 1):   # thresh3 first: the kernel keeps thresh1 <= thresh2 <= thresh3
+        path = Path(NEIGH_SYSCTL.format(i))
+        try:
+            now = int(path.read_text())
+            if want[i] > now:
+                path.write_text(f"{want[i]}\n")
+                changed[i] = want[i]
+        except OSError:
+            pass
+    return changed
+
+
 def _counter(name: str) -> str:
     return "to_" + name.replace("-", "_")
 

@@ -47,3 +47,17 @@ def test_the_extra_subnets_stay_clear_of_the_vip_addresses_and_of_other_instance
 def test_too_many_nodes_are_refused_naming_the_limit():
     with pytest.raises(LabError, match=f"0..{hosts.MAX_NODES}, got {hosts.MAX_NODES + 1}"):
         plan_hosts(3, hosts.MAX_NODES + 1)
+
+
+def test_the_neighbour_table_grows_with_the_lab_and_never_shrinks(tmp_path, monkeypatch):
+    """The kernel's ARP table is shared by every namespace: 503 lab hosts with node entry points
+    outgrow its default 1,024 entries (connects fail with `No route to host`)."""
+    from lab import hosts
+
+    for i, v in ((1, 128), (2, 512), (3, 1024)):
+        (tmp_path / f"t{i}").write_text(f"{v}\n")
+    monkeypatch.setattr(hosts, "NEIGH_SYSCTL", str(tmp_path / "t{}"))
+    assert hosts.ensure_neighbour_capacity(5) == {}                 # 80 < 1,024: left alone
+    assert hosts.ensure_neighbour_capacity(503) == {3: 8048, 2: 4024, 1: 1006}
+    assert [int((tmp_path / f"t{i}").read_text()) for i in (1, 2, 3)] == [1006, 4024, 8048]
+    assert hosts.ensure_neighbour_capacity(100) == {}               # never lowered
