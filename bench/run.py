@@ -42,7 +42,6 @@ from lab.hosts import BRIDGE, DEFAULT_STATE, GATEWAY, INSTANCE, NFT_TABLE, REPO,
 from lab.stack import (DOMAIN, PORT, SECRETS, LabEnv, ProgramStack, RunReport, entry_servers,
                        hosts_line, make_lab_env, registry_running, stack_values, step_recorder)
 from material import pki
-from topology import FENCE_LATER_ENV, HostStep, Topology, parse_step
 
 from bench import copy as copybench
 from bench import entry as entrybench
@@ -171,16 +170,9 @@ class BenchStack(ProgramStack):
 
     profile: dict
 
-    def _run(self, op: str, parallel: int | None, extra_env: dict[str, str] | None,
-             defer: frozenset[str] = frozenset()) -> RunReport:
-        """``defer``: hosts whose node-side steps stay as they are (a recovery's first phase,
-        as cli/change.py runs it: the program skips them, --exclude keeps them in the state)."""
+    def _run(self, op: str, parallel: int | None, extra_env: dict[str, str] | None) -> RunReport:
         report = RunReport()
         kwargs = {"parallel": parallel} if parallel else {}
-        if defer:
-            kwargs["exclude"] = [step.urn(self.name, PROJECT, ip) for ip in sorted(defer)
-                                 for step in HostStep.node_side()]
-            extra_env = {**(extra_env or {}), FENCE_LATER_ENV: ",".join(sorted(defer))}
         workspace_env = self.stack.workspace.env_vars
         saved = dict(workspace_env)
         workspace_env.update(extra_env or {})
@@ -212,13 +204,11 @@ class BenchStack(ProgramStack):
         }
         return report
 
-    def up(self, parallel: int | None = None, extra_env: dict[str, str] | None = None,
-           defer: frozenset[str] = frozenset()) -> RunReport:
-        return self._run("up", parallel, extra_env, defer)
+    def up(self, parallel: int | None = None, extra_env: dict[str, str] | None = None) -> RunReport:
+        return self._run("up", parallel, extra_env)
 
-    def preview(self, parallel: int | None = None, extra_env: dict[str, str] | None = None,
-                defer: frozenset[str] = frozenset()) -> RunReport:
-        return self._run("preview", parallel, extra_env, defer)
+    def preview(self, parallel: int | None = None, extra_env: dict[str, str] | None = None) -> RunReport:
+        return self._run("preview", parallel, extra_env)
 
 
 def engine_env() -> dict[str, str]:
@@ -413,12 +403,13 @@ class Run:
 
     def phase_large(self) -> None:
         """3 masters + M nodes (default 500, issue 24) behind their node entry points, warm
-        standbys: the lab's bring-up, the first deploy, the sequential baseline, the recovery as
-        `recover`/`watch` run it (its first phase leaves the nodes' steps to the fence phase:
-        preview and `up`), the fence phase, a no-op `up` and the state's size, each under a key
-        named for M (``rto_500_s``; ``rto_50_s`` for ``--nodes-large 50``). No packet from the
-        operator's machine reaches the dead master0 (the nodes' entry points health-check it on
-        their own until the fence phase drops it)."""
+        standbys: the lab's bring-up, the first deploy, the sequential baseline, then the
+        recovery by `python -m cli recover master0 --host <master 2> --yes --json` (its preview,
+        its first `up`, which leaves the nodes' steps to the fence phase, its verification, the
+        fence phase: the seconds of its JSON), a no-op `up` and the state's size, each under a
+        key named for M (``rto_500_s``; ``rto_12_s`` for ``--nodes-large 12``). No packet from
+        the operator's machine reaches the dead master0 (the nodes' entry points health-check it
+        on their own until the fence phase drops it)."""
         m, check_s = self.args.nodes_large, self.args.large_check_interval
         log(f"phase large: fresh lab of 3 masters + {m} nodes, node entry points checking every "
             f"{check_s}s")
@@ -433,56 +424,37 @@ class Run:
         self.record(f"deploy_{m}_s", stack.profile["seconds"], load)
         self.results.setdefault("profile", {})[f"deploy_{m}"] = stack.profile
         self.save()
-        old, new = self.kill_and_plan(stack, env)
-
-        def layout(master0: str, down: list[str]) -> Topology:
-            return Topology.build(master0=master0, masters=env.masters, nodes=env.nodes,
-                                  deploy_hosts=env.masters, down_hosts=down, distribution="pre",
-                                  image_ids=[], standby="warm")
-        # What cli/change.py's fence_plan leaves for the fence phase (node_entry is set).
-        defer = frozenset(layout(new, [old]).deferrable_to_fence(layout(old, []), "node_entry"))
-        if set(defer) != set(env.nodes):
-            raise BenchError(f"expected every node behind its entry point, got {len(defer)}")
+        old, new = env.masters[0], env.masters[1]
+        self.lab.kill(old)
         live = [ip for ip in env.all_ips if ip != old]
         sample = env.nodes[:: max(1, len(env.nodes) // 8)][:8]
 
         with OperatorPackets(self.lab, old) as dialled:
             self.sequential_large(env, m, old, new, live)
-            load = os.getloadavg()[0]
-            plan = stack.preview(self.args.parallel, defer=defer)
-            self.record(f"preview_{m}_s", plan.seconds, load)
-            self.results.setdefault("profile", {})[f"preview_{m}"] = stack.profile
-            touching_old = [k for k, op in plan.changed().items()
-                            if (parse_step(k) or (None, None))[1] == old and op != "delete"]
-            if touching_old:
-                raise BenchError(f"the recovery plan touches the dead master0: {touching_old}")
-            log(f"recovery preview (3+{m}, {len(defer)} nodes left for the fence phase): "
-                f"{plan.seconds:.1f}s, {len(plan.changed())} planned changes")
-
-            load = os.getloadavg()[0]
-            with TreePeak() as peak:
-                rec = stack.up(self.args.parallel, defer=defer)
-            self.record(f"rto_{m}_s", rec.seconds, load)
-            self.record(f"rto_{m}_remote_commands", len(rec.remote_commands()))
-            self.record(f"rss_{m}_mb", round(peak.mb, 1))
-            self.results["rss_by_process_mb"] = {k: round(v / (1 << 20), 1) for k, v in
-                                                 sorted(peak.by_name.items(), key=lambda kv: -kv[1])}
-            self.results.setdefault("profile", {})[f"rto_{m}"] = stack.profile
-            self.results["cpu_by_process_s"] = peak.cpu_by_name()
-            self.check_entry(sample, old, new, fenced=False)
-            log(f"recovery up (3+{m}): {rec.seconds:.1f}s, {len(rec.remote_commands())} commands, "
-                f"peak RSS {peak.mb:.0f} MiB; nodes {sample} pull through a live server")
+            doc = self.cli_recover(stack, m, new)
+            seconds = doc["seconds"]
+            self.record(f"preview_{m}_s", seconds["preview"], self.cli_load)
+            self.record(f"rto_{m}_s", seconds["up"], self.cli_load)
+            self.record(f"recover_{m}_s", sum(seconds[k] for k in ("preflight", "preview", "up",
+                                                                   "verify")), self.cli_load)
+            self.record(f"rto_{m}_changes", doc["plan"]["changes"])
+            self.record(f"fence_{m}_hosts", doc["fence"]["hosts"])
+            self.record(f"fence_{m}_s", seconds["fence"])
+            self.record(f"fence_verify_{m}_s", seconds["fence_verify"])
+            self.record(f"rss_{m}_mb", round(self.cli_peak.mb, 1))
+            self.results["rss_by_process_mb"] = {k: round(v / (1 << 20), 1) for k, v in sorted(
+                self.cli_peak.by_name.items(), key=lambda kv: -kv[1])}
+            self.results["cpu_by_process_s"] = self.cli_peak.cpu_by_name()
+            self.results.setdefault("profile", {})[f"recover_{m}"] = doc["seconds"]
+            self.check_entry(sample, old, new, fenced=True)
+            log(f"cli recover (3+{m}): preflight {seconds['preflight']:.1f}s, preview "
+                f"{seconds['preview']:.1f}s, up {seconds['up']:.1f}s, verify {seconds['verify']:.1f}s "
+                f"(kill -> verified {self.results[f'recover_{m}_s']:.1f}s); fence phase "
+                f"{seconds['fence']:.1f}s + check {seconds['fence_verify']:.1f}s for "
+                f"{doc['fence']['hosts']} nodes; peak RSS {self.cli_peak.mb:.0f} MiB")
             state_file = BENCH_DIR / "state" / ".pulumi" / "stacks" / PROJECT / f"bench{m}.json"
             if state_file.exists():
                 self.record(f"state_{m}_bytes", state_file.stat().st_size)
-
-            load = os.getloadavg()[0]
-            fence = stack.up(self.args.parallel)
-            self.record(f"fence_{m}_s", fence.seconds, load)
-            self.record(f"fence_{m}_remote_commands", len(fence.remote_commands()))
-            self.results.setdefault("profile", {})[f"fence_{m}"] = stack.profile
-            self.check_entry(sample, old, new, fenced=True)
-            log(f"fence phase (3+{m}): {fence.seconds:.1f}s, {len(fence.remote_commands())} commands")
 
             load = os.getloadavg()[0]
             noop = stack.up(self.args.parallel)
@@ -499,6 +471,30 @@ class Run:
                              f"dead master0 {old}")
         if self.args.profile:
             self.profile_large(stack, env, old)
+
+    def cli_recover(self, stack: BenchStack, m: int, new: str) -> dict:
+        """`python -m cli recover master0 --host NEW --yes --json` as an operator runs it (the
+        config changed by the command itself, its two phases); its JSON, checked: verified
+        healthy, the fence phase done. ``cli_peak``: the peak memory of its process tree."""
+        self.cli_load = os.getloadavg()[0]
+        with TreePeak() as peak:
+            done = subprocess.run([sys.executable, "-m", "cli", "recover", "master0", "--host", new,
+                                   "--stack", stack.name, "--yes", "--json"], cwd=REPO,
+                                  env=dict(self.env, PYTHONPATH=str(REPO)), capture_output=True,
+                                  text=True, timeout=3600)
+        self.cli_peak = peak
+        try:
+            doc = json.loads(done.stdout)
+        except ValueError:
+            raise BenchError(f"cli recover at 3+{m} exited {done.returncode} without its JSON: "
+                             f"{done.stderr[-2000:]}") from None
+        self.results.setdefault("recover_json", {})[str(m)] = {
+            k: doc.get(k) for k in ("exit_code", "error", "verified", "fence", "seconds")}
+        if done.returncode != 0 or not (doc.get("verified") or {}).get("healthy"):
+            raise BenchError(f"cli recover at 3+{m} exited {done.returncode}: {doc.get('error')}")
+        if doc.get("fence") is None or not doc["fence"]["healthy"]:
+            raise BenchError(f"cli recover at 3+{m} ran no healthy fence phase: {doc.get('fence')}")
+        return doc
 
     def sequential_large(self, env: LabEnv, m: int, old: str, new: str, live: list[str]) -> None:
         """The baseline, sealer's way: launch on the new master0 and rewrite every live host's
