@@ -490,6 +490,7 @@ class Run:
                              f"{done.stderr[-2000:]}") from None
         self.results.setdefault("recover_json", {})[str(m)] = {
             k: doc.get(k) for k in ("exit_code", "error", "verified", "fence", "seconds")}
+        self.save()
         if done.returncode != 0 or not (doc.get("verified") or {}).get("healthy"):
             raise BenchError(f"cli recover at 3+{m} exited {done.returncode}: {doc.get('error')}")
         if doc.get("fence") is None or not doc["fence"]["healthy"]:

@@ -254,3 +254,4 @@ def test_haproxy_checks_at_the_interval_the_node_step_names(tmp_path):
         out = subprocess.run(["bash", "-c", render, "render", *([interval] if interval else [])],
                              capture_output=True, text=True, check=True).stdout
         assert f"inter {interval or 1}s fall 2 rise 2" in out
+        assert ("fastinter 1s downinter 1s" in out) == bool(interval)
