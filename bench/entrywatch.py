@@ -16,8 +16,6 @@ retried once at once, as the kubelet retries (its back-off left out); both attem
 
 from __future__ import annotations
 
-import csv
-import io
 import signal
 import threading
 import time
@@ -28,7 +26,7 @@ from typing import Callable
 from lab import docker
 from lab.hosts import INSTANCE, Lab
 from lab.pull import Pull, containerd_pull
-from lab.stack import DOMAIN, PASSWORD, PORT
+from lab.stack import DOMAIN, PASSWORD, PORT, entry_servers
 from lab.watcher import Watcher
 
 from bench.failover import ARGS
@@ -121,17 +119,7 @@ def figures(runtime: str, outage: str, pulls: list[Pulled], down_at: float) -> d
 
 def servers(lab: Lab, node: str) -> list[str]:
     """The node's entry point servers from its stats page: ``ip:port STATUS [backup]``."""
-    text = lab.run(node, f"curl -sf --max-time 3 'http://127.0.0.1:{STATS_PORT}/;csv'", check=False).stdout
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows:
-        return []
-    col = {name.lstrip("# "): i for i, name in enumerate(rows[0])}
-    out = []
-    for f in rows[1:]:
-        if len(f) < len(col) or f[col["svname"]] in ("FRONTEND", "BACKEND") or not f[col["addr"]]:
-            continue
-        out.append(f"{f[col['addr']]} {f[col['status']]}" + (" backup" if f[col["bck"]] == "1" else ""))
-    return out
+    return entry_servers(lab, node, STATS_PORT)
 
 
 def _wait(predicate: Callable[[], bool], limit_s: float, what: str) -> float:

@@ -148,9 +148,13 @@ def registry_running(lab: Lab, ip: str) -> bool:
 
 def entry_servers(lab: Lab, ip: str, stats_port: int = 5099) -> list[str]:
     """A node entry point's servers as its HAProxy stats page reports them: ``ip:port STATUS
-    [backup]`` (read with the csv module: a failed check's text is quoted and may hold commas)."""
-    text = lab.run(ip, f"curl -sf --max-time 3 'http://127.0.0.1:{stats_port}/;csv'").stdout
+    [backup]`` (read with the csv module: a failed check's text is quoted and may hold commas);
+    [] when no stats page answers."""
+    text = lab.run(ip, f"curl -sf --max-time 3 'http://127.0.0.1:{stats_port}/;csv'",
+                   check=False).stdout
     rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return []   # no stats page answers
     head = [name.lstrip("# ") for name in rows[0]]
     col = {name: i for i, name in enumerate(head)}
     out = []
