@@ -20,7 +20,7 @@ import yaml
 from cli import plan as plan_mod
 from cli.common import EXIT_DEGRADED, EXIT_OK, CliError
 from cli.engine import UpFailed
-from cli.health import Assessment, FencePending, check_cluster, report
+from cli.health import NO_STANDBY_UP, Assessment, FencePending, check_cluster, report
 from cli.probe import HostProbe, all_refs, probe_command, probe_host
 from cli.session import Session
 from config import PROJECT, StackConfig
@@ -32,7 +32,6 @@ PREFLIGHT_TIMEOUT_S = 10.0
 FENCE_SAMPLE = 8
 # After the fence phase: entry points it reloaded may not have checked their standby twice yet.
 FENCE_SETTLE_S = 3.0
-ENTRY_SETTLING = "the entry point sees no warm standby UP"
 
 
 @dataclass
@@ -117,7 +116,6 @@ def fence_plan(before: StackConfig, change: Change) -> FencePending | None:
     step = max(1, len(rest) // max(1, FENCE_SAMPLE - len(first)))
     sampled = (first + rest[::step])[:FENCE_SAMPLE]
     return FencePending(frozenset(hosts), frozenset(sampled), old.master0, tuple(old.mirrors))
-
 
 
 class StackFileGuard:
@@ -281,7 +279,7 @@ def fence(session: Session, change: Change, timer: Timer, result: Result) -> Non
     print("verifying every live host:", file=out)
     start = time.monotonic()
     result.fence = check_cluster(session)
-    if not result.fence.healthy and all(ENTRY_SETTLING in p for p in result.fence.problems):
+    if not result.fence.healthy and all(NO_STANDBY_UP in p for p in result.fence.problems):
         # Entry points just reloaded: a server they gained is checked before it counts as UP
         # (rise 2, a second apart); one more look once that has had time.
         time.sleep(FENCE_SETTLE_S)

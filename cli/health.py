@@ -201,6 +201,11 @@ CONTAINERD_WHY = {
 }
 
 
+# The problem an entry point has while no warm standby of it is UP (also for a moment after a
+# reload added one: cli/change.py's fence check looks again then).
+NO_STANDBY_UP = "the entry point sees no warm standby UP"
+
+
 def entry_problems(ip: str, role: str, probe: HostProbe, master0: str, mirrors: list[str],
                    port: int) -> list[str]:
     """A host that reaches the registry through its node-local entry point: the page answers,
@@ -221,7 +226,7 @@ def entry_problems(ip: str, role: str, probe: HostProbe, master0: str, mirrors: 
         problems.append(f"{ip} ({role}): the entry point sees master0 {master0} {status}: pulls go "
                         "to a warm standby, pushes fail")
     if mirrors and not any(s["status"] == "UP" for s in probe.entry[1:]):
-        problems.append(f"{ip} ({role}): the entry point sees no warm standby UP: pulls stop if "
+        problems.append(f"{ip} ({role}): {NO_STANDBY_UP}: pulls stop if "
                         "master0 does")
     return problems
 

@@ -234,7 +234,9 @@ def test_a_password_written_in_the_url_reaches_psql_through_a_private_passfile(s
     query = [(k, v) for k, v in parse_qsl(parts.query) if k != "passfile"]
     url = urlunsplit(parts._replace(netloc=f"{state_db.user}:{password}@{parts.hostname}:"
                                            f"{parts.port}", query=urlencode(query)))
-    assert password in url and str(state_db.passfile) not in url
+    # (booleans first: a failed assertion prints its operands, and one of them is a password)
+    carried, no_passfile = password in url, str(state_db.passfile) not in url
+    assert carried and no_passfile, "the URL does not carry the password alone"
     seen: list[tuple[list, dict]] = []
 
     def run(argv, **kw):
@@ -257,6 +259,8 @@ def test_a_password_written_in_the_url_reaches_psql_through_a_private_passfile(s
         os.environ.pop("PGPASSWORD") if saved is None else os.environ.update(PGPASSWORD=saved)
     assert len(seen) == 3
     for argv, env in seen:
-        assert not any(password in a for a in argv)
-        assert not any(password in v for v in env.values()) and "PGPASSWORD" not in env
+        in_argv = any(password in a for a in argv)
+        in_env = any(password in v for v in env.values())
+        assert not in_argv and not in_env, "the password reached psql's argv or environment"
+        assert "PGPASSWORD" not in env
         assert not os.path.exists(env["PGPASSFILE"])
