@@ -210,9 +210,14 @@ state = "/run/containerd"
   config_path = "/etc/containerd/certs.d"
 """
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 CONTAINERD_PID = "/run/containerd/lab.pid"
 # Started detached (the shell exits, containerd is reparented) with its pid in the host's /run.
-START_CONTAINERD = (f"mkdir -p /run/containerd /var/lib/containerd && setsid containerd "
+# GOMAXPROCS=1: a lab host is a slice of this 2-core machine, and Go's scheduler with one P a core
+# costs an idle containerd 2.1 ms of CPU a second against 0.8 ms with one (measured at 3 + 500,
+# session 14: 503 idle containerds took a whole core, half the machine, and starved the deploy).
+# Nothing a pull does changes but its parallelism, which the machine lacks anyway.
+START_CONTAINERD = (f"mkdir -p /run/containerd /var/lib/containerd && GOMAXPROCS=1 setsid containerd "
                     f"--config /etc/containerd/config.toml </dev/null >>/var/log/containerd.log 2>&1 "
                     f"& echo $! > {CONTAINERD_PID}")
 
@@ -275,6 +280,7 @@ class Lab:
         self._ensure_bridge()
         self._ensure_nft()
         ensure_neighbour_capacity(len(wanted))
+        ensure_inotify_capacity(len(wanted))
         wanted_names = {w[0] for w in wanted}
         from lab import postgres  # not at the top: lab.postgres imports this module
         # The state database's host is no cluster host: it stays (`down` removes it).
@@ -773,6 +779,14 @@ table bridge {NFT_TABLE} {{
                 except OSError:
                     return False
         _wait(serving, 15, f"containerd on {name} ({CONTAINERD_SOCKET})")
+        # A node's containerd without its CRI plugin is no node: the kubelet pulls through it and
+        # it reads certs.d. It logs the failure and serves the rest (the socket answers), so the
+        # lab reads this start's lines (past its last "starting containerd").
+        log = self.host_path(name, "/var/log/containerd.log").read_text(errors="replace")
+        failed = [line for line in log[log.rfind("starting containerd"):].splitlines()
+                  if "failed to load plugin" in line and CRI_PLUGIN in line]
+        if failed:
+            raise LabError(f"containerd on {name} runs without its CRI plugin: {failed[0]}")
 
     def _host_healthy(self, name: str, ip: str) -> bool:
         hdir = self.hosts_dir / name
@@ -987,6 +1001,31 @@ def ensure_neighbour_capacity(hosts: int) -> dict[int, int]:
         except OSError:
             pass
     return changed
+
+
+INOTIFY_SYSCTL = "/proc/sys/fs/inotify/max_user_instances"
+# inotify instances to allow per lab host: containerd's CRI plugin takes one for its CNI config
+# monitor (containerd 1.6 pkg/cri/server/service.go, NewCRIService: newCNINetConfSyncer, whose
+# fsnotify.NewWatcher is an inotify instance); dockerd and the rest a few; the machine keeps its
+# own default (128) on top.
+INOTIFY_PER_HOST = 4
+
+
+def ensure_inotify_capacity(hosts: int) -> int | None:
+    """Raise fs.inotify.max_user_instances to fit ``hosts`` lab hosts (never lowers it); returns
+    the new value, or None when it was left alone. The limit counts a user's instances across
+    every namespace of the machine (the lab's processes are all root): 128 by default, and past
+    it containerd starts without its CRI plugin ("failed to create fsnotify watcher: too many
+    open files"), which 375 of 503 hosts did at 3 + 500 before this (session 14)."""
+    path = Path(INOTIFY_SYSCTL)
+    try:
+        want = 128 + hosts * INOTIFY_PER_HOST
+        if want > int(path.read_text()):
+            path.write_text(f"{want}\n")
+            return want
+    except OSError:
+        pass
+    return None
 
 
 def _counter(name: str) -> str:

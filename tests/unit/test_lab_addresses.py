@@ -61,3 +61,17 @@ def test_the_neighbour_table_grows_with_the_lab_and_never_shrinks(tmp_path, monk
     assert hosts.ensure_neighbour_capacity(503) == {3: 8048, 2: 4024, 1: 1006}
     assert [int((tmp_path / f"t{i}").read_text()) for i in (1, 2, 3)] == [1006, 4024, 8048]
     assert hosts.ensure_neighbour_capacity(100) == {}               # never lowered
+
+
+def test_inotify_instances_grow_with_the_lab_and_never_shrink(tmp_path, monkeypatch):
+    """Every lab host's containerd takes an inotify instance for its CRI plugin; past the
+    machine's 128 it starts without the plugin (375 of 503 hosts did)."""
+    from lab import hosts
+
+    limit = tmp_path / "max_user_instances"
+    limit.write_text("128\n")
+    monkeypatch.setattr(hosts, "INOTIFY_SYSCTL", str(limit))
+    assert hosts.ensure_inotify_capacity(0) is None                 # 128: left alone
+    assert hosts.ensure_inotify_capacity(503) == 128 + 503 * hosts.INOTIFY_PER_HOST
+    assert int(limit.read_text()) == 2140
+    assert hosts.ensure_inotify_capacity(5) is None                 # never lowered
