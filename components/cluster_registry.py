@@ -121,15 +121,22 @@ class ClusterRegistry(pulumi.ComponentResource):
         # The registries that serve read-write: master0's; with ha, every live master's.
         launches = [self.deploy_hosts[ip].registry for ip in layout.registries]
 
+        # A node behind an entry point starts its HAProxy once every server it lists serves: one
+        # started earlier health-checks a standby still starting every second (downinter), and at
+        # 500 nodes that is 500 TLS handshakes a second on the standby as its registry comes up
+        # (a 3 + 500 deploy failed on it, session 13). Without an entry point nothing checks them.
+        standbys = [self.deploy_hosts[ip].registry for ip in layout.mirrors if ip in self.deploy_hosts]
         self.nodes: dict[str, remote.Command] = {}
         for host in layout.live:
             if host.ip in args.fence_later:
                 continue
+            entry = layout.uses_entry(host.ip, args.node_entry)
             self.nodes[host.ip] = node_step(ClusterNodeArgs(
                 ip=host.ip, domain=args.domain, port=args.port, master0=master0,
-                access=args.access, ca_cert=m.ca_cert, mirrors=layout.mirrors, after=launches,
+                access=args.access, ca_cert=m.ca_cert, mirrors=layout.mirrors,
+                after=[*launches, *standbys] if entry else launches,
                 maps_domain=host.hosts_entry(master0) is not None,
-                entry=args.node_entry if layout.uses_entry(host.ip, args.node_entry) else None,
+                entry=args.node_entry if entry else None,
                 haproxy=args.entry_haproxy, bundle=args.haproxy_bundle,
             ), opts=child)
 

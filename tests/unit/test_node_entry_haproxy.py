@@ -255,3 +255,21 @@ def test_haproxy_checks_at_the_interval_the_node_step_names(tmp_path):
                              capture_output=True, text=True, check=True).stdout
         assert f"inter {interval or 1}s fall 2 rise 2" in out
         assert ("fastinter 1s downinter 1s" in out) == bool(interval)
+
+
+def test_an_entry_node_starts_its_haproxy_after_every_server_it_lists(ca):
+    """An entry node's step waits for master0's launch and both warm standbys' registry steps
+    (HAProxy started earlier checks a starting standby every second: at 500 nodes a TLS storm on
+    it); a registry host's step (no entry point) waits for the launch only."""
+    from tests.unit.test_data_steps import declare as declare_recorded
+
+    mocks, _ = declare_recorded(make_args(ca, **WARM, node_entry=ENTRY))
+    waits = mocks.depends_on
+    for ip in NODES:
+        assert {f"registry-launch-{MASTERS[0]}", f"registry-standby-{MASTERS[1]}",
+                f"registry-standby-{MASTERS[2]}"} <= waits[f"node-{ip}"], waits[f"node-{ip}"]
+    for ip in MASTERS:
+        assert not {n for n in waits[f"node-{ip}"] if n.startswith("registry-standby-")}
+    plain, _ = declare_recorded(make_args(ca, **WARM))
+    for ip in NODES:
+        assert not {n for n in plain.depends_on[f"node-{ip}"] if n.startswith("registry-standby-")}
