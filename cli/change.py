@@ -9,6 +9,7 @@ have moved, and every step is idempotent, so the fix is a rerun.
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from enum import StrEnum
 import yaml
 
 from cli import plan as plan_mod
+from cli import stacklock
 from cli.common import EXIT_DEGRADED, EXIT_OK, CliError
 from cli.engine import UpFailed
 from cli.health import NO_STANDBY_UP, Assessment, FencePending, check_cluster, report
@@ -32,6 +34,9 @@ PREFLIGHT_TIMEOUT_S = 10.0
 FENCE_SAMPLE = 8
 # After the fence phase: entry points it reloaded may not have checked their standby twice yet.
 FENCE_SETTLE_S = 3.0
+# A stack lock held by a live `pulumi` on this machine (an interrupted run still winding down:
+# after Ctrl-C the engine lets its steps in flight end): how long the command waits for it.
+LOCK_WAIT_S = 120.0
 
 
 @dataclass
@@ -63,6 +68,9 @@ class Change:
     # A recovery in two phases: called once the first is verified, before the fence phase; False
     # skips the fence phase (`watch`: the Lease was lost or a stop was asked for meanwhile).
     after_verify: Callable[["Result"], bool] | None = None
+    # Before the change: clear the stack lock of a dead engine run of this machine
+    # (``clear_dead_locks``). `watch` clears by its own rule (the Lease's record of runs).
+    clear_dead_locks: bool = True
 
 
 class Outcome(StrEnum):
@@ -168,10 +176,78 @@ def confirm(question: str, assume_yes: bool, out=sys.stdout) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+def clear_dead_locks(session: Session, resumed: bool) -> None:
+    """Before the change, what an interrupted run of this machine left: its stack lock (an engine
+    killed with SIGKILL, or on a machine that rebooted, never removes it and every later `up`
+    refuses: "the stack is currently locked"), its truncated checkpoint (file://) and the pending
+    operations it had started (the steps run again: each is idempotent). Only locks written on
+    this machine by a `pulumi` process that is gone (cli/stacklock.py ``gone_here``); a live
+    engine here (one winding down after Ctrl-C) is waited for up to LOCK_WAIT_S; any other lock
+    stops the command before anything changed, naming its writer. A recovery that resumes
+    (master0 already the new one) drops pending operations even when no lock was left."""
+    out, engine = session.out, session.engine
+    try:
+        store = stacklock.lock_store(engine.backend_url())
+    except stacklock.LockStoreError as e:
+        print(f"note: the stack's locks were not read ({e}); the engine's own check decides", file=out)
+        store = None
+    cleared: list[stacklock.StackLock] = []
+    if store is not None:
+        host, deadline, said = socket.gethostname(), time.monotonic() + LOCK_WAIT_S, False
+        while True:
+            try:
+                locks = store.read(PROJECT, session.stack)
+            except stacklock.LockStoreError as e:
+                print(f"note: the stack's locks were not read ({e}); the engine's own check "
+                      "decides", file=out)
+                locks = []
+            live = [lock for lock in locks if lock.hostname == host and stacklock.engine_alive(lock.pid)]
+            if not live or time.monotonic() > deadline:
+                break
+            if not said:
+                print(f"waiting up to {LOCK_WAIT_S:.0f}s for the engine run holding the stack's "
+                      f"lock to end: {live[0].describe()}", file=out, flush=True)
+                said = True
+            time.sleep(1.0)
+        verdict = stacklock.decide(locks, stacklock.gone_here(locks, host))
+        if verdict.blocked:
+            raise CliError(
+                "the stack is locked by another engine run: "
+                + "; ".join(f"{lock.describe()} ({lock.where})" for lock in verdict.keep)
+                + ". Nothing was changed. If that run is over (its machine is gone), `pulumi "
+                f"cancel --stack {session.stack}` removes every lock of the stack; then rerun",
+                EXIT_DEGRADED)
+        for lock in verdict.clear:
+            try:
+                why = store.remove(lock)
+            except stacklock.LockStoreError as e:
+                why = str(e)
+            if why:
+                raise CliError(f"the stack lock of a dead engine run was not removed "
+                               f"({lock.describe()}): {why}. Nothing was changed", EXIT_DEGRADED)
+            cleared.append(lock)
+            print(f"cleared the stack lock of {lock.describe()}: its engine process on this "
+                  "machine is gone", file=out)
+        root = stacklock.file_backend_root(engine.backend_url()) if cleared else None
+        if root is not None:
+            repaired = stacklock.repair_checkpoint(root, PROJECT, session.stack)
+            if repaired:
+                print(f"checkpoint: {repaired}", file=out)
+    if cleared or resumed:
+        dropped = engine.drop_pending_operations()
+        if dropped:
+            print(f"dropped {len(dropped)} pending operations an interrupted run left (the next "
+                  f"`up` runs those steps again): {', '.join(dropped[:5])}"
+                  + (" ..." if len(dropped) > 5 else ""), file=out)
+
+
 def apply_change(session: Session, change: Change, timer: Timer, assume_yes: bool) -> Result:
     """Set, preview, print the plan, [restore and stop | confirm], up, check every live host."""
     out, engine = session.out, session.engine
     before = session.config
+    if change.clear_dead_locks and not change.preview_only:
+        clear_dead_locks(session, resumed=change.master0 is not None
+                         and change.master0 == before.master0)
     guard = StackFileGuard(session)
     try:
         had_down_hosts = guard.has_key("down_hosts")

@@ -41,7 +41,12 @@ Recover the registry after master0 died: `recover master0 --host NEW`.
    `up` copies the union of the live masters' data, which fills ids another master holds). A
    stack without those outputs (older) is judged by the live hosts only. The refusal names the
    host and the missing ids.
-2. Sets master0 to NEW and adds the old master0 to down_hosts (through the engine), runs
+2. After an interrupted run (its engine killed with SIGKILL, Ctrl-C, a reboot) a rerun resumes:
+   the stack lock left by a `pulumi` of this machine that is gone is removed, a truncated
+   file:// checkpoint restored from its backup, and the pending operations it left dropped (the
+   steps run again: each is idempotent); a live `pulumi` here holding the lock is waited for
+   (up to 2 min); a lock written on another machine stops the command, naming its writer.
+   Sets master0 to NEW and adds the old master0 to down_hosts (through the engine), runs
    `pulumi preview` and prints the plan. With --preview the previous config is restored and
    nothing else happens.
 3. Asks for confirmation (unless --yes), runs `pulumi up` with one line per step, then probes

@@ -181,6 +181,31 @@ def decide(locks: list[StackLock], dead: list[DeadRun]) -> Verdict:
     return Verdict(tuple(clear), tuple(keep), "; ".join(whys) or "the stack is not locked")
 
 
+ENGINE_COMM = "pulumi"   # /proc/<pid>/comm of the engine's CLI process, the lock's pid
+
+
+def engine_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running `pulumi` process on this machine: a pid the kernel gave to
+    another program since, or a zombie, is not the lock's writer any more."""
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() != ENGINE_COMM:
+            return False
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def gone_here(locks: list[StackLock], hostname: str,
+              alive: Callable[[int], bool] | None = None) -> list[DeadRun]:
+    """The engine runs of this machine (the locks' ``hostname`` is ours) whose process is gone: an
+    operator's `up` killed with SIGKILL, or whose machine rebooted. ``decide`` clears exactly
+    their locks; a lock of another machine, or of a live engine here, is kept."""
+    alive = alive or engine_alive
+    return [DeadRun(EngineRun(host=hostname, started="", pids=(lock.pid,)), holder=hostname,
+                    why="its engine process on this machine is gone")
+            for lock in locks if lock.hostname == hostname and lock.pid > 0 and not alive(lock.pid)]
+
+
 # ------------------------------------------------------------------------------ file:// I/O
 
 

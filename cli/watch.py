@@ -855,7 +855,7 @@ class Watcher:
                      note="the Lease was lost: the rerun is left to the next leader")
             return
         verified = self.apply(Change(
-            master0=new, down_hosts=down, skip_preview=True,
+            master0=new, down_hosts=down, skip_preview=True, clear_dead_locks=False,
             question="", rerun=f"python -m cli recover master0 --host {new} --stack "
                                f"{self.session.stack} --yes",
             after_up=lambda seconds: self.log("up", ok=True, master0=new,
@@ -1077,6 +1077,7 @@ class Watcher:
             self.log("rejoined", host=host, ok=False, error="the Lease was lost: not rejoined")
             return
         ok = self.apply(Change(master0=None, down_hosts=down, skip_preview=True, question="",
+                               clear_dead_locks=False,
                                rerun=f"python -m cli rejoin --host {host} --stack "
                                      f"{self.session.stack} --yes",
                                after_up=lambda seconds: self.log("up", ok=True, rejoin=host,
