@@ -68,6 +68,10 @@ TARGETS = [
     ("rto_sequential_500_s", "rto_500_s / this <= 0.25",
      lambda r: None if _ratio(r, "rto_500_s", "rto_sequential_500_s") is None
      else _ratio(r, "rto_500_s", "rto_sequential_500_s") <= 0.25),
+    ("recover_s", "cli recover at 3 + 12, kill -> verified", None),
+    ("recover_500_s", "<= 1.5 x recover_s",
+     lambda r: None if _ratio(r, "recover_500_s", "recover_s") is None
+     else _ratio(r, "recover_500_s", "recover_s") <= 1.5),
     ("preview_500_s", "<= 10 s", lambda r: _get(r, "preview_500_s") is not None and r["preview_500_s"] <= 10),
     ("noop_500_s", "<= 10 s", lambda r: _get(r, "noop_500_s") is not None and r["noop_500_s"] <= 10),
     ("noop_500_changes", "= 0", lambda r: _get(r, "noop_500_changes") is not None and r["noop_500_changes"] == 0),
@@ -77,6 +81,11 @@ TARGETS = [
     ("rss_500_mb", "<= 512", lambda r: _get(r, "rss_500_mb") is not None and r["rss_500_mb"] <= 512),
     ("state_500_bytes", "<= 2 KB per host (1006 KB at 503 hosts)",
      lambda r: _get(r, "state_500_bytes") is not None and r["state_500_bytes"] <= 503 * 2048),
+    ("interrupt_500_final_exit", "= 0 (the rerun after 6 interruptions verified)",
+     lambda r: _get(r, "interrupt_500_final_exit") is not None and r["interrupt_500_final_exit"] == 0),
+    ("operator_packets_to_old_interrupt_500", "= 0",
+     lambda r: None if _get(r, "operator_packets_to_old_interrupt_500") is None
+     else r["operator_packets_to_old_interrupt_500"] == 0),
     ("fill_1gib_s", "tar|ssh gcm / this >= 0.8",
      lambda r: None if _ratio(r, "fill_tar_ssh_gcm_1gib_s", "fill_1gib_s") is None
      else _ratio(r, "fill_tar_ssh_gcm_1gib_s", "fill_1gib_s") >= 0.8),
@@ -173,6 +182,7 @@ RATIOS = [
     ("rto_sequential_50_s / rto_50_s", "rto_sequential_50_s", "rto_50_s"),
     ("rto_500_s / rto_s", "rto_500_s", "rto_s"),
     ("rto_500_s / rto_sequential_500_s", "rto_500_s", "rto_sequential_500_s"),
+    ("recover_500_s / recover_s", "recover_500_s", "recover_s"),
     ("fill_tar_ssh_gcm_1gib_s / fill_1gib_s", "fill_tar_ssh_gcm_1gib_s", "fill_1gib_s"),
     ("fill_skopeo_direct_1gib_s / fill_1gib_s", "fill_skopeo_direct_1gib_s", "fill_1gib_s"),
     ("h2h_tar_ssh_gcm_1gib_s / h2h_pull_1gib_s", "h2h_tar_ssh_gcm_1gib_s", "h2h_pull_1gib_s"),
