@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.procmem import descendants
+from bench.procmem import TreePeak, descendants
 
 ROUNDS = ("kill -9", "ctrl-c", "kill -9", "ctrl-c", "kill -9", "ctrl-c")
 RESUMED_GUESS_S = 60.0
@@ -145,6 +145,64 @@ def measure(cli: list[str], cwd: Path, env: dict[str, str], first_window_s: floa
     except ValueError:
         doc = {"exit_code": done.returncode, "error": done.stderr[-2000:]}
     return rounds, doc
+
+
+def tcp_established(root: int) -> int:
+    """TCP connections in ESTABLISHED state held by ``root`` and its descendants (their socket
+    inodes matched against /proc/<root>/net/tcp and tcp6: the machine's namespace)."""
+    inodes = set()
+    for pid in (root, *descendants(root)):
+        try:
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(fd.path)
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue
+    count = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{root}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        count += sum(1 for line in lines if line.split()[3] == "01" and line.split()[9] in inodes)
+    return count
+
+
+def watch_idle(stack: str, cwd: Path, env: dict[str, str], seconds: float, log_file: Path) -> dict:
+    """`python -m cli watch --stack STACK --no-lease` for ``seconds`` with master0 alive: the CPU
+    of its whole process tree (the SSH clients to its probers included), its peak memory, the
+    most TCP connections it held at once, and how many probe rounds it logged."""
+    log_file.unlink(missing_ok=True)
+    with TreePeak() as peak:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "watch", "--stack", stack, "--no-lease",
+                                 "--log", str(log_file)], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        began, most = time.monotonic(), 0
+        while time.monotonic() - began < seconds and proc.poll() is None:
+            most = max(most, tcp_established(proc.pid))
+            time.sleep(1.0)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            _out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _out, err = proc.communicate()
+    events: dict[str, int] = {}
+    for line in log_file.read_text().splitlines() if log_file.exists() else []:
+        try:
+            name = json.loads(line).get("event", "?")
+        except ValueError:
+            continue
+        events[name] = events.get(name, 0) + 1
+    return {"seconds": round(time.monotonic() - began, 1), "cpu_s": round(sum(peak.cpu_by_name().values()), 1),
+            "rss_mb": round(peak.mb, 1), "tcp_max": most, "events": events,
+            "exit_code": proc.returncode, "stderr": "\n".join((err or "").splitlines()[-3:])}
 
 
 def as_json(rounds: list[Round]) -> list[dict]:

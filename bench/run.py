@@ -62,6 +62,7 @@ from bench.report import machine, plugins, table, verdicts
 BENCH_DIR = REPO / ".bench"
 PASSPHRASE = "sealer-lab"
 SEQUENTIAL = Path(__file__).resolve().parent / "sequential_recover.sh"
+WATCH_IDLE_S = 60.0   # phase interrupt: `cli watch` left running this long on the 3 + M lab
 PHASES = ("small", "fill", "hostcopy", "large", "interrupt", "failover", "standby", "entry",
           "entrywatch", "watchpair")
 ENGINE_PHASES = {"small", "large", "interrupt", "failover", "standby", "entrywatch", "watchpair"}  # fill and hostcopy alone run no pulumi
@@ -538,6 +539,15 @@ class Run:
         log(f"interrupt (3+{m}): the rerun exit {doc.get('exit_code')} "
             f"({doc.get('seconds')}); state problems {problems}; frames to the dead master0s "
             f"{to_first.packets + to_old.packets}")
+        # `cli watch` at this size, master0 alive: what its probing costs (issue 24 item 5).
+        watched = interruptbench.watch_idle(name, REPO, env, WATCH_IDLE_S, BENCH_DIR / f"watch-{m}.jsonl")
+        self.results[f"watch_{m}"] = watched
+        self.record(f"watch_{m}_cpu_s_per_min", round(watched["cpu_s"] * 60 / watched["seconds"], 1))
+        self.record(f"watch_{m}_tcp_max", watched["tcp_max"])
+        self.record(f"watch_{m}_rss_mb", watched["rss_mb"])
+        log(f"cli watch (3+{m}, master0 alive, {watched['seconds']}s): CPU {watched['cpu_s']}s, "
+            f"at most {watched['tcp_max']} TCP connections, {watched['rss_mb']} MiB, events "
+            f"{watched['events']}")
         if doc.get("exit_code") != 0 or not (doc.get("verified") or {}).get("healthy"):
             raise BenchError(f"the rerun after the interruptions did not verify: {doc.get('error')}")
         if problems:
