@@ -584,7 +584,10 @@ class Run:
             raise BenchError(f"cli recover at 3+{m} exited {done.returncode} without its JSON: "
                              f"{done.stderr[-2000:]}") from None
         self.results.setdefault("recover_json", {})[str(m)] = {
-            k: doc.get(k) for k in ("exit_code", "error", "verified", "fence", "seconds")}
+            **{k: doc.get(k) for k in ("exit_code", "error", "verified", "fence", "seconds")},
+            "plan": {k: (doc.get("plan") or {}).get(k) for k in ("changes", "lines")},
+            "cpu_by_process_s": peak.cpu_by_name(), "rss_mb": round(peak.mb, 1),
+            "stderr_tail": done.stderr.splitlines()[-60:]}
         self.save()
         if done.returncode != 0 or not (doc.get("verified") or {}).get("healthy"):
             raise BenchError(f"cli recover at 3+{m} exited {done.returncode}: {doc.get('error')}")

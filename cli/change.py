@@ -326,6 +326,12 @@ def _up(session: Session, change: Change, timer: Timer, guard: StackFileGuard, r
     start = time.monotonic()
     after = session.reload()
     health = check_cluster(session, pending)
+    if pending is not None and only_standbys_down(health):
+        # The new master0's registry restarted as read-write: an entry point that saw it fail is
+        # DOWN and checks it again at its interval (the other standby's restart likewise). One
+        # more look once every entry point has checked again.
+        time.sleep(entry_settle_s(after))
+        health = check_cluster(session, pending)
     timer.add("verify", time.monotonic() - start)
     report(after, health, time.monotonic() - start, out)
     result = Result(Outcome.APPLIED, plan, after, health, pending)
@@ -336,6 +342,20 @@ def _up(session: Session, change: Change, timer: Timer, guard: StackFileGuard, r
             return result
         fence(session, change, timer, result)
     return result
+
+
+def only_standbys_down(health: Assessment) -> bool:
+    """Every problem is an entry point that sees no server UP (health.NO_STANDBY_UP)."""
+    return not health.healthy and bool(health.problems) and all(
+        NO_STANDBY_UP in p for p in health.problems)
+
+
+def entry_settle_s(config: StackConfig) -> float:
+    """How long until every entry point has checked each server again: a DOWN server is checked
+    at node_entry.check_interval_s (scripts/lib/entry.sh), then once more a second later
+    (fastinter, rise 2)."""
+    entry = config.registry.local_registry.node_entry
+    return (entry.check_interval_s if entry is not None else 1) + FENCE_SETTLE_S
 
 
 def fence(session: Session, change: Change, timer: Timer, result: Result) -> None:
@@ -355,7 +375,7 @@ def fence(session: Session, change: Change, timer: Timer, result: Result) -> Non
     print("verifying every live host:", file=out)
     start = time.monotonic()
     result.fence = check_cluster(session)
-    if not result.fence.healthy and all(NO_STANDBY_UP in p for p in result.fence.problems):
+    if only_standbys_down(result.fence):
         # Entry points just reloaded: a server they gained is checked before it counts as UP
         # (rise 2, a second apart); one more look once that has had time.
         time.sleep(FENCE_SETTLE_S)

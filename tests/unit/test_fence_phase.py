@@ -179,13 +179,18 @@ class FakeGuard:
     committed = False
 
 
-def two_phases(monkeypatch, after_verify=None, fence_fails=False, healthy=True):
+def two_phases(monkeypatch, after_verify=None, fence_fails=False, healthy=True, problems=None):
+    """``problems``: the problems of each check in turn (then none); else ``healthy`` says."""
     checks = []
+    monkeypatch.setattr(change_mod.time, "sleep", lambda s: checks.append(("slept", s)))
 
     def check(session, pending=None):
         checks.append(pending)
         result = assess(session.config, IMAGES, {}, pending)
-        result.problems[:] = [] if healthy else ["198.18.1.1 (node): no entry point answers"]
+        if problems is not None:
+            result.problems[:] = problems.pop(0) if problems else []
+        else:
+            result.problems[:] = [] if healthy else ["198.18.1.1 (node): no entry point answers"]
         return result
 
     monkeypatch.setattr(change_mod, "check_cluster", check)
@@ -223,3 +228,19 @@ def test_a_failed_fence_phase_leaves_the_recovery_verified_and_says_how_to_finis
     assert result.health.healthy and result.fence is None and result.exit_code == 1
     assert "the registry is recovered, but the fence phase failed" in result.fence_error
     assert "python -m cli recover" in change_mod.failure(result, "x")
+
+
+def test_entry_points_that_saw_the_standbys_restart_get_one_more_look_after_their_interval(monkeypatch):
+    """The new master0's registry restarts read-write during the first `up`: an entry point that
+    saw it fail marks it DOWN and checks it again only at its interval (3 + 500: 2 of the 8
+    sampled nodes saw no server UP right after the `up`). One more look after the interval +
+    FENCE_SETTLE_S; a problem of another kind gets none."""
+    from cli.health import NO_STANDBY_UP
+
+    down = [f"198.18.1.1 (node): {NO_STANDBY_UP}: pulls stop if ..."]
+    session, result, checks = two_phases(monkeypatch, problems=[down])
+    settle = 1 + change_mod.FENCE_SETTLE_S         # node_entry.check_interval_s defaults to 1
+    assert checks == [result.pending, ("slept", settle), result.pending, None]
+    assert result.health.healthy and result.exit_code == 0
+    _, result, checks = two_phases(monkeypatch, problems=[["198.18.1.1 (node): no entry point answers"]])
+    assert checks == [result.pending] and result.exit_code == 1
