@@ -36,6 +36,9 @@ readonly ENTRY_PIDFILE=/run/sealer-registry-entry.pid
 # process through it (`expose-fd listeners` here, `-x` on the new process), so no connection
 # queued on the old listener is reset while the new process starts.
 readonly ENTRY_SOCKET=/run/sealer-registry-entry.sock
+# What the running HAProxy took: "<sha256 of ENTRY_CONFIG> <its pid>", written once a start or
+# reload with that config succeeded (entry_applied).
+readonly ENTRY_APPLIED=/run/sealer-registry-entry.applied
 readonly ENTRY_UNIT=sealer-registry-entry.service
 readonly ENTRY_UNIT_FILE=/etc/systemd/system/sealer-registry-entry.service
 readonly ENTRY_MIN_HAPROXY=(2 2) # srvtcpka-idle/-intvl/-cnt and http-check send: HAProxy 2.2
@@ -401,9 +404,36 @@ entry_run() {
   info "started the entry point (pid $(entry_pid))"
 }
 
+# The running HAProxy's record: the sha256 of ENTRY_CONFIG and the pid running it (the pid file's:
+# the daemon, or the unit's master, which keeps its pid across reloads).
+entry_applied_record() {
+  local pid
+  pid=$(entry_pid) || return 1
+  printf '%s %s\n' "$(sha256sum <"$ENTRY_CONFIG" | cut -c1-64)" "$pid"
+}
+
+# Whether the running HAProxy took ENTRY_CONFIG as it is now. The file alone does not say: a run
+# cut between writing it and the reload (Ctrl-C reaching the SSH session; bench --only interrupt
+# did, session 14) leaves the new file and HAProxy on the old one, and a rerun that compared
+# files only would call that unchanged for ever.
+entry_applied() {
+  local record
+  [[ -f "$ENTRY_APPLIED" && -f "$ENTRY_CONFIG" ]] || return 1
+  record=$(entry_applied_record) || return 1
+  [[ "$(cat "$ENTRY_APPLIED")" == "$record" ]]
+}
+
+entry_mark_applied() {
+  local record
+  if record=$(entry_applied_record); then
+    printf '%s\n' "$record" >"$ENTRY_APPLIED.tmp" && mv -f "$ENTRY_APPLIED.tmp" "$ENTRY_APPLIED"
+  fi
+}
+
 # Writes the rendered config (file NEW) as ENTRY_CONFIG when it differs, after `haproxy -c`
 # accepts it, and (re)starts HAProxy; when the start or reload fails the previous config is put
 # back (and brought up again where it had been running): the node keeps the entry point it had.
+# A config on disk that the running HAProxy never took (entry_applied) counts as changed.
 entry_apply() {
   local haproxy=$1 new=$2 address=$3 domain=$4 port=$5 changed=0 had_old=0 check
   if ! check=$("$haproxy" -c -f "$new" 2>&1); then
@@ -411,7 +441,12 @@ entry_apply() {
     fatal "the new entry point config does not validate: $ENTRY_CONFIG kept as it is"
   fi
   if [[ -f "$ENTRY_CONFIG" ]] && cmp -s "$new" "$ENTRY_CONFIG"; then
-    info "unchanged: $ENTRY_CONFIG"
+    if entry_applied || ! entry_pid >/dev/null; then
+      info "unchanged: $ENTRY_CONFIG"
+    else
+      info "$ENTRY_CONFIG is written but the running entry point did not take it (a run cut before its reload): reloading"
+      changed=1
+    fi
   else
     if [[ -f "$ENTRY_CONFIG" ]]; then
       cp -p "$ENTRY_CONFIG" "$WORK/entry.cfg.old"
@@ -420,7 +455,10 @@ entry_apply() {
     put_file "$new" "$ENTRY_CONFIG" 0644 >/dev/null
     changed=1
   fi
-  entry_run "$haproxy" "$changed" "$address" "$domain" "$port" && return 0
+  if entry_run "$haproxy" "$changed" "$address" "$domain" "$port"; then
+    entry_mark_applied
+    return 0
+  fi
   ((changed)) || fatal "the entry point did not start with the unchanged $ENTRY_CONFIG"
   if ((had_old)); then
     put_file "$WORK/entry.cfg.old" "$ENTRY_CONFIG" 0644 >/dev/null
@@ -475,7 +513,7 @@ entry_remove() {
     kill -0 "$pid" 2>/dev/null && fatal "the entry point (pid $pid) did not stop within 5 s"
     info "stopped the entry point (pid $pid)"
   fi
-  rm -f "$ENTRY_PIDFILE" "$ENTRY_CONFIG" "$ENTRY_SOCKET"
+  rm -f "$ENTRY_PIDFILE" "$ENTRY_CONFIG" "$ENTRY_SOCKET" "$ENTRY_APPLIED"
   if [[ -n "$address" ]] && ip -o -4 addr show dev lo | awk '{ print $4 }' | grep -qxF "$address/32"; then
     ip addr del "$address/32" dev lo
     info "removed $address/32 from lo"

@@ -408,6 +408,28 @@ def test_a_recovery_rewrites_the_servers(lab, cluster):
     assert rc == 0 and "unchanged: the entry point runs" in err, err
 
 
+def test_a_config_written_but_never_taken_is_applied_by_the_rerun(lab, cluster):
+    """A node step cut between writing the config and HAProxy's reload (Ctrl-C reaches the SSH
+    session: `bench --only interrupt` cut one so, session 14) leaves the new config on disk and
+    HAProxy on the old one. The rerun with the same arguments must reload: the file is not what
+    runs. Here the file holds the recovery's config while HAProxy runs another's."""
+    c = cluster
+    m0, m1, m2 = c["masters"]
+    recovered = ["--entry", ENTRY, "--entry-stats-port", str(STATS_PORT), "--mirror", m2, DOMAIN, m1, str(PORT)]
+    taken = lab.run(c["node"], f"cat {CONFIG}").stdout
+    other = ["--entry", ENTRY, "--entry-stats-port", str(STATS_PORT), "--mirror", m1, DOMAIN, m2, str(PORT)]
+    rc, err = configure(lab, c["node"], *other, cert=c["cert"])
+    assert rc == 0 and "reloaded the entry point" in err, err
+    wait_for(lambda: servers(lab, c["node"])[0] == f"{m2}:{PORT} UP", 10, "the other servers")
+    lab.run(c["node"], f"cat > {CONFIG}", input=taken)          # as the cut run left it
+    rc, err = configure(lab, c["node"], *recovered, cert=c["cert"])
+    assert rc == 0 and "did not take it" in err and "reloaded the entry point" in err, err
+    wait_for(lambda: servers(lab, c["node"]) == [f"{m1}:{PORT} UP", f"{m2}:{PORT} UP backup"], 10,
+             "the recovery's servers")
+    rc, err = configure(lab, c["node"], *recovered, cert=c["cert"])
+    assert rc == 0 and "unchanged: the entry point runs" in err, err
+
+
 def test_removing_node_entry_takes_the_entry_point_away(lab, cluster):
     """node_entry dropped from the stack: the node step runs without --entry. The domain maps to
     master0 again, then HAProxy stops and its config, pid file and address on lo go; pulls go
