@@ -1,7 +1,8 @@
 """Phase `interrupt` (issue 24 item 4): a recovery at 3 + M interrupted, then finished by a rerun.
 
 On the lab and stack a `--only large --keep` run leaves (master0 the second master since its
-recovery, the first killed): the second master is killed too and `python -m cli recover master0
+recovery, the first killed): the first comes back (fenced; with two of three masters down etcd
+would have no quorum and the records no apiserver), the second is killed and `python -m cli recover master0
 --host <third master> --yes --json` is started, as an operator runs it, and interrupted ROUNDS
 times at a random point of an engine `up` it runs: alternately `kill -9` of the engine (the
 `pulumi up` process: what an OOM kill or a lost machine does to it) and Ctrl-C (SIGINT to the
@@ -12,11 +13,12 @@ stack's state (`pulumi stack export`) must hold no pending operation, no URN twi
 of every live host; and no frame from the operator's machine may have reached either dead
 master0.
 
-The point of each interruption: a uniform draw in [0.5 s, the `up`'s expected length] after
-the `pulumi up` process starts (the first attempt's expected length is the recovery `up` the
-large phase measured; a resumed attempt rewrites every node in one `up`, so the last resumed
-attempt's observed length, else RESUMED_GUESS_S). Whether the engine was still running at that
-point, and what the command printed, are recorded for each round.
+The point of each interruption: after a random number of the `up`'s steps have finished (its
+progress lines on the command's stderr), uniform in [0, what the `up` changes - 1]: the recovery's
+first phase for the first attempt (`rto_<M>_changes` of the large phase), every node's step for a
+resumed one (master0 is already the new one: one `up`); if the `up` ends first, right after it
+(between the `up` and the check of every host). Whether the engine was still running then
+("engine"; "command": between its engine runs) and the command's last lines are recorded.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +38,6 @@ from pathlib import Path
 from bench.procmem import TreePeak, descendants
 
 ROUNDS = ("kill -9", "ctrl-c", "kill -9", "ctrl-c", "kill -9", "ctrl-c")
-RESUMED_GUESS_S = 60.0
 ATTEMPT_LIMIT_S = 1800
 SEED = 24
 
@@ -42,7 +45,8 @@ SEED = 24
 @dataclass
 class Round:
     how: str
-    delay_s: float            # after the `pulumi up` process started
+    after_steps: int          # the `up`'s finished steps it waited for
+    delay_s: float            # after the `up` began
     hit: str                  # "engine" (the up was running), "command" (between engine runs)
     up_seen_s: float | None   # when the `pulumi up` process appeared, after the command started
     exit_code: int | None
@@ -65,43 +69,92 @@ def engine_ups(root: int) -> list[int]:
     return found
 
 
-def start(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+DONE_LINE = re.compile(r"^\s+\[\s*[\d.]+s\] done\s")   # cli/engine.Progress: a step finished
+UP_LINE = "pulumi up (stack "                                # cli/change._up: the `up` begins
+AFTER_UP = "verifying every live host"                        # cli/change._up: the `up` ended
 
 
-def interrupted(cmd: list[str], cwd: Path, env: dict[str, str], how: str, window_s: float,
+class Attempt:
+    """One `cli recover` run, its stderr read line by line as it comes (the progress of `up`:
+    one line as each step starts and ends), its stdout kept whole."""
+
+    def __init__(self, cmd: list[str], cwd: Path, env: dict[str, str]):
+        self.began = time.monotonic()
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     bufsize=1, start_new_session=True)
+        self.lines: list[str] = []
+        self.stdout = ""
+        self.changed = threading.Condition()
+        self._threads = [threading.Thread(target=self._read_err, daemon=True),
+                         threading.Thread(target=self._read_out, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _read_err(self) -> None:
+        for line in self.proc.stderr:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+        with self.changed:
+            self.changed.notify_all()
+
+    def _read_out(self) -> None:
+        self.stdout = self.proc.stdout.read()
+
+    def wait_for(self, predicate, limit_s: float) -> bool:
+        """Until ``predicate(lines)`` holds (True) or the command ends or the limit (False)."""
+        deadline = time.monotonic() + limit_s
+        with self.changed:
+            while not predicate(self.lines):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    return predicate(self.lines)
+                self.changed.wait(0.2)
+            return True
+
+    def finish(self) -> None:
+        try:
+            self.proc.wait(timeout=ATTEMPT_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for t in self._threads:
+            t.join(timeout=10)
+
+
+def up_steps_done(lines: list[str]) -> int:
+    """Steps the (last) `up` has finished, from the command's progress lines."""
+    at = max((i for i, line in enumerate(lines) if line.startswith(UP_LINE)), default=None)
+    return 0 if at is None else sum(1 for line in lines[at:] if DONE_LINE.match(line))
+
+
+def interrupted(cmd: list[str], cwd: Path, env: dict[str, str], how: str, steps: int,
                 rng: random.Random) -> Round:
-    """One attempt interrupted ``how`` at a random point of its first `up`."""
-    began = time.monotonic()
-    proc = start(cmd, cwd, env)
-    delay = rng.uniform(0.5, max(1.0, window_s))
-    up_seen = None
-    while proc.poll() is None and time.monotonic() - began < ATTEMPT_LIMIT_S:
-        if engine_ups(proc.pid):
-            up_seen = time.monotonic()
-            break
-        time.sleep(0.05)
+    """One attempt interrupted ``how`` once its `up` has finished a random number of steps in
+    [0, ``steps`` - 1] (``steps``: what the `up` is expected to change), or as soon as the `up`
+    is over if it ends first (then between the `up` and the check of every host)."""
+    attempt = Attempt(cmd, cwd, env)
+    k = rng.randrange(max(1, steps))
     hit = "none"
-    if up_seen is not None:
-        while proc.poll() is None and time.monotonic() - up_seen < delay:
-            time.sleep(0.05)
-        if proc.poll() is None:
-            ups = engine_ups(proc.pid)
+    if attempt.wait_for(lambda lines: any(line.startswith(UP_LINE) for line in lines), ATTEMPT_LIMIT_S):
+        up_seen = time.monotonic()
+        attempt.wait_for(lambda lines: up_steps_done(lines) >= k or any(
+            line.startswith(AFTER_UP) for line in lines), ATTEMPT_LIMIT_S)
+        if attempt.proc.poll() is None:
+            ups = engine_ups(attempt.proc.pid)
             hit = "engine" if ups else "command"
             if how == "kill -9":
-                for pid in ups or [proc.pid]:
+                for pid in ups or [attempt.proc.pid]:
                     os.kill(pid, signal.SIGKILL)
             else:
-                os.killpg(proc.pid, signal.SIGINT)
-    try:
-        out, err = proc.communicate(timeout=ATTEMPT_LIMIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-    said = "\n".join((err or "").strip().splitlines()[-4:])
-    return Round(how, round(delay, 2), hit, None if up_seen is None else round(up_seen - began, 2),
-                 proc.returncode, round(time.monotonic() - began, 2), said)
+                os.killpg(attempt.proc.pid, signal.SIGINT)
+        delay = time.monotonic() - up_seen
+    else:
+        up_seen, delay = None, 0.0
+    attempt.finish()
+    said = "\n".join(attempt.lines[-4:])
+    return Round(how, k, round(delay, 2), hit, None if up_seen is None else round(up_seen - attempt.began, 2),
+                 attempt.proc.returncode, round(time.monotonic() - attempt.began, 2), said)
 
 
 def state_problems(exported: dict, live: list[str]) -> list[str]:
@@ -124,20 +177,21 @@ def state_problems(exported: dict, live: list[str]) -> list[str]:
     return problems
 
 
-def measure(cli: list[str], cwd: Path, env: dict[str, str], first_window_s: float,
+def measure(cli: list[str], cwd: Path, env: dict[str, str], first_steps: int, nodes: int,
             log) -> tuple[list[Round], dict]:
     """The interrupted attempts then the rerun to the end; the rounds and the last run's JSON
-    (its exit code under "exit_code", as the command reports it)."""
+    (its exit code under "exit_code", as the command reports it). ``first_steps``: what the
+    first attempt's `up` changes (the recovery's first phase); a resumed attempt rewrites every
+    node's step in one `up` (``nodes``)."""
     rng = random.Random(SEED)
     rounds: list[Round] = []
     for how in ROUNDS:
-        # The first attempt runs the recovery in two phases; a resumed one rewrites every node in
-        # one `up` (master0 is already the new one).
-        window = first_window_s if not rounds else RESUMED_GUESS_S
-        rnd = interrupted(cli, cwd, env, how, window, rng)
+        rnd = interrupted(cli, cwd, env, how, first_steps if not rounds else nodes, rng)
         rounds.append(rnd)
-        log(f"interrupt {len(rounds)}/{len(ROUNDS)} ({how} {rnd.delay_s:.1f}s after `up` started, "
-            f"hit {rnd.hit}): exit {rnd.exit_code} after {rnd.seconds:.1f}s")
+        when = (f"after {rnd.after_steps} steps of `up` ({rnd.delay_s:.1f}s), hit {rnd.hit}"
+                if rnd.up_seen_s is not None else "no `up` started: not interrupted")
+        log(f"interrupt {len(rounds)}/{len(ROUNDS)} ({how}; {when}): exit {rnd.exit_code} after "
+            f"{rnd.seconds:.1f}s")
     done = subprocess.run(cli, cwd=cwd, env=env, capture_output=True, text=True, timeout=ATTEMPT_LIMIT_S,
                           stdin=subprocess.DEVNULL)
     try:

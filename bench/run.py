@@ -514,15 +514,22 @@ class Run:
         if master0 != old:
             raise BenchError(f"phase interrupt needs stack {name} recovered to {old} (the large "
                              f"phase's recovery); its master0 is {master0}")
-        log(f"phase interrupt (3+{m}): {old} killed too; its recovery to {new} interrupted "
-            f"{len(interruptbench.ROUNDS)} times, then run to the end")
+        log(f"phase interrupt (3+{m}): {first} back (fenced), {old} killed; its recovery to {new} "
+            f"interrupted {len(interruptbench.ROUNDS)} times, then run to the end")
+        # Two of three masters down would leave etcd without quorum and no apiserver for the
+        # records: the first dead master0 comes back first (a rebooted machine; it stays on
+        # down_hosts, its entry-point servers fenced by the large phase: nothing may dial it).
+        self.lab.revive(first)
         self.lab.kill(old)
-        first_window = self.results.get(f"rto_{m}_s") or self.previous_rto(m)
+        from lab import controlplane
+        waited = controlplane.wait_ready(controlplane.attach(self.lab), new)
+        log(f"{new}'s apiserver ready {waited:.1f}s after")
+        first_steps = self.results.get(f"rto_{m}_changes") or self.previous(f"rto_{m}_changes") or 10
         cli = [sys.executable, "-m", "cli", "recover", "master0", "--host", new, "--stack", name,
                "--yes", "--json"]
         env = dict(self.env, PYTHONPATH=str(REPO))
         with OperatorPackets(self.lab, first) as to_first, OperatorPackets(self.lab, old) as to_old:
-            rounds, doc = interruptbench.measure(cli, REPO, env, first_window, log)
+            rounds, doc = interruptbench.measure(cli, REPO, env, int(first_steps), m, log)
             self.results["interrupt_rounds"] = interruptbench.as_json(rounds)
             self.results.setdefault("recover_json", {})[f"interrupt_{m}"] = {
                 k: doc.get(k) for k in ("exit_code", "error", "resumed", "verified", "fence", "seconds")}
@@ -556,16 +563,16 @@ class Run:
             raise BenchError(f"{to_first.packets + to_old.packets} frames from the operator's "
                              "machine reached a dead master0")
 
-    def previous_rto(self, m: int) -> float:
-        """rto_<M>_s of the last results file that has it (a large phase run earlier, --keep)."""
+    def previous(self, key: str) -> float | None:
+        """``key`` in the newest results file that has it (a large phase run earlier, --keep)."""
         for path in sorted(BENCH_DIR.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
             try:
-                value = json.loads(path.read_text()).get(f"rto_{m}_s")
+                value = json.loads(path.read_text()).get(key)
             except (OSError, ValueError, AttributeError):
                 continue
             if isinstance(value, (int, float)):
                 return float(value)
-        return interruptbench.RESUMED_GUESS_S
+        return None
 
     def cli_recover(self, stack: BenchStack, m: int, new: str) -> dict:
         """`python -m cli recover master0 --host NEW --yes --json` as an operator runs it (the

@@ -407,6 +407,13 @@ def status(lab: Lab) -> dict:
     return info
 
 
+def attach(lab: Lab) -> ControlPlane:
+    """The lab's control plane as ``up`` made it, without starting or checking anything (a
+    master may be killed: ``wait_ready`` on a live one)."""
+    return ControlPlane(tuple(h.ip for h in lab.masters()), kubeconfig_path(lab),
+                        _state_dir(lab) / "pki")
+
+
 def up(lab: Lab, bin_dir: Path | None = None, timeout: float = 180.0) -> ControlPlane:
     """Start the control plane on the lab's masters unless it already serves on all of them; wait
     for etcd health, every apiserver's /readyz and namespace kube-system; write the root
