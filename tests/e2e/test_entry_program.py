@@ -3,7 +3,8 @@
 address where HAProxy forwards to master0, or to a healthy warm standby when master0 does not
 answer. On a containerd node and a docker node (Debian's dockerd in the lab host): pulls work,
 master0 is killed while both nodes pull back to back (0 failures, the delays printed), the
-recovery moves the entry point's servers (the new master0 first, the fenced old master0 gone),
+recovery (`cli recover`, in two phases: issue 24) moves the entry point's servers (the new
+master0 first, the fenced old master0 gone),
 and the revived old master0, with its stale data, gets no connection from any node. The
 containerd node has no haproxy (hidden in its own mount namespace): with `node_entry.haproxy:
 auto` (the default) the program copies its HAProxy bundle to both nodes and that node runs the
@@ -12,6 +13,9 @@ the tests of the class run in order."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -21,8 +25,8 @@ from cli import haproxy_bundle
 from lab import docker as lab_docker
 from lab.hosts import INSTANCE
 from lab.pull import containerd_pull
-from lab.stack import (DOMAIN, PASSWORD, PORT, SECRETS, ProgramStack, entry_servers, hosts_line,
-                       stack_values)
+from lab.stack import (DOMAIN, PASSWORD, PORT, PROJECT_DIR, SECRETS, ProgramStack, entry_servers,
+                       hosts_line, stack_values)
 from tests.e2e.labstack import lab_env  # noqa: F401  (module-scoped lab of 3 masters + 2 nodes)
 
 ENTRY = f"198.19.{INSTANCE}.3"
@@ -222,18 +226,30 @@ class TestNodeEntry:
                      f"{node}'s entry point to mark master0 down")
 
     def test_recovery_moves_the_servers_and_the_revived_old_master0_serves_no_node(self, lab_env, stack):
-        """master0 := the first standby, the old one on down_hosts; `up` rewrites each node's
-        entry point (new master0, then the other standby; the old master0 gone). The old
-        master0 is revived with its registry and stale data: during a full pull round on both
-        nodes not one connection reaches its registry port."""
+        """`cli recover master0 --host <first standby>` as an operator runs it: in two phases
+        (issue 24), the first verified with neither node's step run (their entry points already
+        list the standby, UP), the fence phase then rewrites each node's entry point (new
+        master0, then the other standby; the old master0 gone). The old master0 is revived with
+        its registry and stale data: during a full pull round on both nodes not one connection
+        reaches its registry port."""
         lab = lab_env.lab
         m0, m1, m2 = lab_env.masters
-        stack.set("master0", m1)
-        stack.set("down_hosts", [m0])
-        stack.up()
+        done = subprocess.run([sys.executable, "-m", "cli", "recover", "master0", "--host", m1,
+                               "--stack", stack.name, "--yes", "--json"], cwd=PROJECT_DIR,
+                              env=dict(stack.env, PYTHONPATH=str(PROJECT_DIR)), capture_output=True,
+                              text=True, timeout=900, stdin=subprocess.DEVNULL)
+        print(f"\n$ python -m cli recover master0 --host {m1} -> {done.returncode}\n{done.stderr}")
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        assert (doc["master0"], doc["down_hosts"]) == (m1, [m0])
+        assert doc["verified"]["healthy"] is True, doc["verified"]["problems"]
+        assert doc["plan"]["repointed"] == [], doc["plan"]      # the first phase: no node step
+        assert doc["fence"]["hosts"] == len(lab_env.nodes) and doc["fence"]["healthy"] is True, doc["fence"]
+        print(f"recover in two phases: {doc['seconds']}")
         for node in lab_env.nodes:
             wait_for(lambda: servers(lab, node) == [f"{m1}:{PORT} UP", f"{m2}:{PORT} UP backup"], 10,
                      f"{node}'s entry point after the recovery")
+        assert stack.up().changed() == {}
         lab.revive(m0)
         syn_counter(lab, m0, "add")
         for node, engine in zip(lab_env.nodes, ("containerd", "docker")):
