@@ -218,10 +218,7 @@ def clear_dead_locks(session: Session, resumed: bool) -> None:
                 f"cancel --stack {session.stack}` removes every lock of the stack; then rerun",
                 EXIT_DEGRADED)
         for lock in verdict.clear:
-            try:
-                why = store.remove(lock)
-            except stacklock.LockStoreError as e:
-                why = str(e)
+            why = stacklock.remove_lock(store, lock)
             if why:
                 raise CliError(f"the stack lock of a dead engine run was not removed "
                                f"({lock.describe()}): {why}. Nothing was changed", EXIT_DEGRADED)

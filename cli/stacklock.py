@@ -206,6 +206,14 @@ def gone_here(locks: list[StackLock], hostname: str,
             for lock in locks if lock.hostname == hostname and lock.pid > 0 and not alive(lock.pid)]
 
 
+def remove_lock(store: "LockStore", lock: StackLock) -> str:
+    """Deletes ``lock`` through ``store``: "" when it is gone, else why not."""
+    try:
+        return store.remove(lock)
+    except LockStoreError as e:
+        return str(e)
+
+
 # ------------------------------------------------------------------------------ file:// I/O
 
 

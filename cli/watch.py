@@ -1015,10 +1015,7 @@ class Watcher:
             return False
         failed: dict[str, str] = {}
         for lock in verdict.clear:
-            try:
-                why = store.remove(lock)
-            except stacklock.LockStoreError as e:
-                why = str(e)
+            why = stacklock.remove_lock(store, lock)
             if why:
                 failed[lock.where] = why
         if locks:
