@@ -435,7 +435,7 @@ entry_mark_applied() {
 # back (and brought up again where it had been running): the node keeps the entry point it had.
 # A config on disk that the running HAProxy never took (entry_applied) counts as changed.
 entry_apply() {
-  local haproxy=$1 new=$2 address=$3 domain=$4 port=$5 changed=0 had_old=0 check
+  local haproxy=$1 new=$2 address=$3 domain=$4 port=$5 changed=0 had_old=0 untaken=0 check
   if ! check=$("$haproxy" -c -f "$new" 2>&1); then
     printf '%s\n' "$check" | sed 's/^/haproxy -c: /' >&2
     fatal "the new entry point config does not validate: $ENTRY_CONFIG kept as it is"
@@ -446,6 +446,7 @@ entry_apply() {
     else
       info "$ENTRY_CONFIG is written but the running entry point did not take it (a run cut before its reload): reloading"
       changed=1
+      untaken=1
     fi
   else
     if [[ -f "$ENTRY_CONFIG" ]]; then
@@ -460,6 +461,8 @@ entry_apply() {
     return 0
   fi
   ((changed)) || fatal "the entry point did not start with the unchanged $ENTRY_CONFIG"
+  # The running one keeps the config it had; the file stays for the next run to try again.
+  ((!untaken)) || fatal "the entry point did not take $ENTRY_CONFIG: it keeps serving with its previous config (the next run reloads again)"
   if ((had_old)); then
     put_file "$WORK/entry.cfg.old" "$ENTRY_CONFIG" 0644 >/dev/null
     entry_run "$haproxy" 0 "$address" "$domain" "$port" ||

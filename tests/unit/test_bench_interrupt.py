@@ -28,6 +28,26 @@ def test_a_pending_operation_a_urn_twice_and_a_missing_node_step_are_each_named(
                         "1 live hosts without their node step: ['198.18.1.2']"]
 
 
-def test_no_engine_up_under_a_process_without_children():
+def test_only_a_pulumi_up_under_the_command_is_its_engine(tmp_path):
+    """A process named `pulumi` running `up` is found; `pulumi preview` and other programs are
+    not (the interrupter kills what this returns)."""
     import os
-    assert engine_ups(os.getpid()) == []
+    import shutil
+    import subprocess
+    import time
+
+    # `tail -f` started by the name `pulumi` (its comm), following files named like the verbs.
+    fake = tmp_path / "pulumi"
+    fake.symlink_to(shutil.which("tail"))
+    for verb in ("up", "preview"):
+        (tmp_path / verb).write_text("")
+    up = subprocess.Popen([str(fake), "up", "-f"], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    preview = subprocess.Popen([str(fake), "preview", "-f"], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.2)
+        assert engine_ups(os.getpid()) == [up.pid]
+    finally:
+        for child in (up, preview, other):
+            child.kill()
+            child.wait()
