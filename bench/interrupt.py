@@ -13,11 +13,13 @@ stack's state (`pulumi stack export`) must hold no pending operation, no URN twi
 of every live host; and no frame from the operator's machine may have reached either dead
 master0.
 
-The point of each interruption: after a random number of the `up`'s steps have finished (its
-progress lines on the command's stderr), uniform in [0, what the `up` changes - 1]: the recovery's
-first phase for the first attempt (`rto_<M>_changes` of the large phase), every node's step for a
-resumed one (master0 is already the new one: one `up`); if the `up` ends first, right after it
-(between the `up` and the check of every host). Whether the engine was still running then
+The point of each interruption: after a random number of the attempt's `up` steps have finished
+(its progress lines on the command's stderr, both phases counted), uniform in [0, what the
+attempt is expected to change - 1]: the recovery's first phase (`rto_<M>_changes` of the large
+phase) plus the node steps the fence phase still has to rewrite (every node, less those earlier
+attempts' fence phases finished). A resumed attempt runs in two phases too (cli/change.py
+``resume_fence_plan``), so a cut lands in the first phase or in the fence phase. If the attempt
+ends first, nothing is cut (recorded as "none"). Whether the engine was still running then
 ("engine"; "command": between its engine runs) and the command's last lines are recorded.
 """
 
@@ -52,6 +54,7 @@ class Round:
     exit_code: int | None
     seconds: float            # the whole attempt
     said: str                 # the command's last lines (its own, secrets never printed there)
+    fence_nodes: int = 0      # node steps its fence phase finished before the cut
 
 
 def engine_ups(root: int) -> list[int]:
@@ -70,8 +73,9 @@ def engine_ups(root: int) -> list[int]:
 
 
 DONE_LINE = re.compile(r"^\s+\[\s*[\d.]+s\] done\s")   # cli/engine.Progress: a step finished
+NODE_DONE = re.compile(r"^\s+\[\s*[\d.]+s\] done\s+\S+\s+node-")   # ... a node's step
 UP_LINE = "pulumi up (stack "                                # cli/change._up: the `up` begins
-AFTER_UP = "verifying every live host"                        # cli/change._up: the `up` ended
+FENCE_LINE = "fence phase: pulumi up"                         # cli/change.fence: the second `up`
 
 
 class Attempt:
@@ -123,23 +127,28 @@ class Attempt:
 
 
 def up_steps_done(lines: list[str]) -> int:
-    """Steps the (last) `up` has finished, from the command's progress lines."""
-    at = max((i for i, line in enumerate(lines) if line.startswith(UP_LINE)), default=None)
+    """Steps the attempt's `up`s (first phase, fence phase) have finished, from its progress lines."""
+    at = next((i for i, line in enumerate(lines) if line.startswith(UP_LINE)), None)
     return 0 if at is None else sum(1 for line in lines[at:] if DONE_LINE.match(line))
+
+
+def fence_nodes_done(lines: list[str]) -> int:
+    """Node steps the attempt's fence phase finished."""
+    at = next((i for i, line in enumerate(lines) if line.startswith(FENCE_LINE)), None)
+    return 0 if at is None else sum(1 for line in lines[at:] if NODE_DONE.match(line))
 
 
 def interrupted(cmd: list[str], cwd: Path, env: dict[str, str], how: str, steps: int,
                 rng: random.Random) -> Round:
-    """One attempt interrupted ``how`` once its `up` has finished a random number of steps in
-    [0, ``steps`` - 1] (``steps``: what the `up` is expected to change), or as soon as the `up`
-    is over if it ends first (then between the `up` and the check of every host)."""
+    """One attempt interrupted ``how`` once its `up`s have finished a random number of steps in
+    [0, ``steps`` - 1] (``steps``: what the attempt is expected to change); not at all if it
+    ends first."""
     attempt = Attempt(cmd, cwd, env)
     k = rng.randrange(max(1, steps))
     hit = "none"
     if attempt.wait_for(lambda lines: any(line.startswith(UP_LINE) for line in lines), ATTEMPT_LIMIT_S):
         up_seen = time.monotonic()
-        attempt.wait_for(lambda lines: up_steps_done(lines) >= k or any(
-            line.startswith(AFTER_UP) for line in lines), ATTEMPT_LIMIT_S)
+        attempt.wait_for(lambda lines: up_steps_done(lines) >= k, ATTEMPT_LIMIT_S)
         if attempt.proc.poll() is None:
             ups = engine_ups(attempt.proc.pid)
             hit = "engine" if ups else "command"
@@ -154,7 +163,8 @@ def interrupted(cmd: list[str], cwd: Path, env: dict[str, str], how: str, steps:
     attempt.finish()
     said = "\n".join(attempt.lines[-4:])
     return Round(how, k, round(delay, 2), hit, None if up_seen is None else round(up_seen - attempt.began, 2),
-                 attempt.proc.returncode, round(time.monotonic() - attempt.began, 2), said)
+                 attempt.proc.returncode, round(time.monotonic() - attempt.began, 2), said,
+                 fence_nodes_done(attempt.lines))
 
 
 def state_problems(exported: dict, live: list[str]) -> list[str]:
@@ -181,14 +191,16 @@ def measure(cli: list[str], cwd: Path, env: dict[str, str], first_steps: int, no
             log) -> tuple[list[Round], dict]:
     """The interrupted attempts then the rerun to the end; the rounds and the last run's JSON
     (its exit code under "exit_code", as the command reports it). ``first_steps``: what the
-    first attempt's `up` changes (the recovery's first phase); a resumed attempt rewrites every
-    node's step in one `up` (``nodes``)."""
+    recovery's first phase changes; each attempt then rewrites the node steps (``nodes``) no
+    earlier attempt's fence phase finished."""
     rng = random.Random(SEED)
     rounds: list[Round] = []
     for how in ROUNDS:
-        rnd = interrupted(cli, cwd, env, how, first_steps if not rounds else nodes, rng)
+        left = max(0, nodes - sum(r.fence_nodes for r in rounds))
+        rnd = interrupted(cli, cwd, env, how, first_steps + left, rng)
         rounds.append(rnd)
-        when = (f"after {rnd.after_steps} steps of `up` ({rnd.delay_s:.1f}s), hit {rnd.hit}"
+        when = (f"after {rnd.after_steps} steps of its `up`s ({rnd.delay_s:.1f}s; "
+                f"{rnd.fence_nodes} node steps of the fence phase), hit {rnd.hit}"
                 if rnd.up_seen_s is not None else "no `up` started: not interrupted")
         log(f"interrupt {len(rounds)}/{len(ROUNDS)} ({how}; {when}): exit {rnd.exit_code} after "
             f"{rnd.seconds:.1f}s")

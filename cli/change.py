@@ -26,7 +26,8 @@ from cli.health import NO_STANDBY_UP, Assessment, FencePending, check_cluster, r
 from cli.probe import HostProbe, all_refs, probe_command, probe_host
 from cli.session import Session
 from config import PROJECT, StackConfig
-from topology import Topology
+from components.cluster_node import recorded_servers
+from topology import HostStep, Topology, parse_step
 
 PREFLIGHT_TIMEOUT_S = 10.0
 # Deferred entry hosts probed between a recovery's two phases (the verifier among them): enough
@@ -118,12 +119,54 @@ def fence_plan(before: StackConfig, change: Change) -> FencePending | None:
     hosts = new.deferrable_to_fence(old, before.registry.local_registry.node_entry)
     if not hosts:
         return None
+    return _pending(new, hosts, old.master0, tuple(old.mirrors))
+
+
+def _pending(new: Topology, hosts: list[str], master0: str, mirrors: tuple[str, ...]) -> FencePending:
     # The verifier (it pulls every image through its entry point) and hosts spread over the list.
     first = [new.verifier] if new.verifier in hosts else []
     rest = [ip for ip in hosts if ip not in first]
     step = max(1, len(rest) // max(1, FENCE_SAMPLE - len(first)))
     sampled = (first + rest[::step])[:FENCE_SAMPLE]
-    return FencePending(frozenset(hosts), frozenset(sampled), old.master0, tuple(old.mirrors))
+    return FencePending(frozenset(hosts), frozenset(sampled), master0, mirrors)
+
+
+def resume_fence_plan(config: StackConfig, deployment: dict | None) -> FencePending | None:
+    """A recovery that resumes (the config already names the new master0: the last run was cut)
+    in two phases again: ``fence_plan``'s rule, with the old layout read from the state instead
+    of the config before the change. The hosts left for the fence phase are the live entry hosts
+    whose ``node-<ip>`` step, as the state records it, still lists an old master0 first and the
+    new master0 among its warm standbys: their pulls go on through it. Nodes a cut fence phase
+    already rewrote are not deferred (their steps are unchanged). None (one phase, as before)
+    when no node lists another master0, or the nodes name different old layouts (two
+    recoveries cut in a row), or a step's command is not one this program writes."""
+    entry = config.registry.local_registry.node_entry
+    new = Topology.of(config)
+    if entry is None or new.ha or not deployment:
+        return None
+    layouts: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for res in deployment.get("resources") or []:
+        step = parse_step(str(res.get("urn", "")).rsplit("::", 1)[-1])
+        if step is None or step[0] is not HostStep.NODE:
+            continue
+        ip = step[1]
+        recorded = recorded_servers(str((res.get("inputs") or {}).get("create", "")))
+        if recorded is None:
+            return None
+        if recorded.master0 == config.master0:
+            continue
+        try:
+            behind_entry = recorded.entry and new.uses_entry(ip, entry) and not new.host(ip).down
+        except KeyError:
+            behind_entry = False            # a host the config no longer has: the up drops it
+        if not behind_entry or config.master0 not in recorded.mirrors:
+            return None                     # a node that must move with the registry
+        layouts.setdefault((recorded.master0, recorded.mirrors), []).append(ip)
+    if len(layouts) != 1:
+        return None
+    (master0, mirrors), hosts = next(iter(layouts.items()))
+    order = {h.ip: i for i, h in enumerate(new.live)}
+    return _pending(new, sorted(hosts, key=lambda ip: order.get(ip, len(order))), master0, mirrors)
 
 
 class StackFileGuard:
@@ -242,9 +285,9 @@ def apply_change(session: Session, change: Change, timer: Timer, assume_yes: boo
     """Set, preview, print the plan, [restore and stop | confirm], up, check every live host."""
     out, engine = session.out, session.engine
     before = session.config
+    resumed = change.master0 is not None and change.master0 == before.master0
     if change.clear_dead_locks and not change.preview_only:
-        clear_dead_locks(session, resumed=change.master0 is not None
-                         and change.master0 == before.master0)
+        clear_dead_locks(session, resumed=resumed)
     guard = StackFileGuard(session)
     try:
         had_down_hosts = guard.has_key("down_hosts")
@@ -264,6 +307,13 @@ def apply_change(session: Session, change: Change, timer: Timer, assume_yes: boo
                                ha=before.ha)
 
     pending = fence_plan(before, change)
+    if pending is None and resumed:
+        # The state says which nodes still list the old master0 (one `stack export`).
+        try:
+            pending = resume_fence_plan(before, session.engine.export())
+        except Exception as e:  # noqa: BLE001  (CommandError: the state unreadable)
+            print(f"note: the state was not read ({e.__class__.__name__}); the recovery "
+                  "resumes in one phase", file=out)
     defer = pending.hosts if pending is not None else frozenset()
     if change.skip_preview:
         return _up(session, change, timer, guard, render, pending)

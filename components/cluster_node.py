@@ -13,6 +13,7 @@ The CA trust rides along: the script rewrites a trust file only when its content
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,58 @@ class ClusterNodeArgs:
     bundle: HaproxyBundle | None = None
 
 
+# configure-node.sh's options and how many values each takes (its ``parse_args``).
+NODE_OPTIONS = {"--keep-hosts": 0, "--mirror": 1, "--entry": 1, "--entry-stats-port": 1,
+                "--entry-check-interval": 1, "--haproxy": 1, "--haproxy-bundle": 2}
+
+
+@dataclass(frozen=True)
+class RecordedServers:
+    """What a ``node-<ip>`` step told its node, read back from the step's command as the state
+    keeps it (``recorded_servers``): the master0 and the warm standbys (``--mirror``) its
+    entry point (or hosts.toml) lists, and whether it has an entry point."""
+
+    master0: str
+    mirrors: tuple[str, ...]
+    entry: bool
+
+
+def recorded_servers(create: str) -> RecordedServers | None:
+    """The inverse of ``node_step``'s command line: ``[sudo -n] bash -c RUN_STAGED run-staged
+    SHA256 FILE [OPTIONS] DOMAIN MASTER0 [PORT]``. A recovery that resumes reads from the state
+    which nodes still list the old master0 (cli/change.py ``resume_fence_plan``). None for any
+    other command (a step an older program wrote, a changed layout): the caller then runs the
+    recovery in one phase, which is always safe."""
+    try:
+        argv = shlex.split(create)
+    except ValueError:
+        return None
+    if argv[:2] == ["sudo", "-n"]:
+        argv = argv[2:]
+    if len(argv) < 6 or argv[:2] != ["bash", "-c"] or argv[3] != "run-staged":
+        return None
+    args, mirrors, entry, positional = argv[6:], [], False, []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in NODE_OPTIONS:
+            values = args[i + 1:i + 1 + NODE_OPTIONS[arg]]
+            if len(values) < NODE_OPTIONS[arg]:
+                return None
+            if arg == "--mirror":
+                mirrors.append(values[0])
+            entry = entry or arg == "--entry"
+            i += 1 + NODE_OPTIONS[arg]
+        elif arg.startswith("--"):
+            return None
+        else:
+            positional.append(arg)
+            i += 1
+    if len(positional) not in (2, 3):
+        return None
+    return RecordedServers(positional[1], tuple(mirrors), entry)
+
+
 def bundle_step(ip: str, access: SshAccess, bundle: HaproxyBundle,
                 opts: pulumi.ResourceOptions | None = None) -> remote.CopyToRemote:
     """``haproxy-bundle-<ip>``: the bundle's tarball copied to the node. A file asset: the state
@@ -81,30 +134,40 @@ def bundle_step(ip: str, access: SshAccess, bundle: HaproxyBundle,
                                remote_path=bundle.staged, opts=opts)
 
 
+def ships_bundle(args: ClusterNodeArgs) -> bool:
+    return (args.ca_cert is not None and args.entry is not None and args.bundle is not None
+            and args.haproxy != "system")
+
+
+def node_script_args(args: ClusterNodeArgs) -> list[str]:
+    """configure-node.sh's arguments for ``args`` (``recorded_servers`` reads them back)."""
+    keep = [] if args.maps_domain else ["--keep-hosts"]
+    if args.ca_cert is None:
+        return [*keep, args.domain, args.master0]
+    entry: list[str] = []
+    if args.entry is not None:
+        entry = ["--entry", args.entry[0], "--entry-stats-port", str(args.entry[1])]
+        if args.entry[2:] and args.entry[2] != 1:   # 1 s: the script's default
+            entry += ["--entry-check-interval", str(args.entry[2])]
+        if args.haproxy != "auto":
+            entry += ["--haproxy", args.haproxy]
+        if ships_bundle(args):
+            entry += ["--haproxy-bundle", args.bundle.staged, args.bundle.sha256]
+    mirrors = [a for ip in args.mirrors for a in ("--mirror", ip)]
+    return [*keep, *entry, *mirrors, args.domain, args.master0, str(args.port)]
+
+
 def node_step(args: ClusterNodeArgs, opts: pulumi.ResourceOptions | None = None) -> remote.Command:
     """``node-<ip>``: ``configure-node.sh [--keep-hosts] [--entry ADDRESS --entry-stats-port N
     [--entry-check-interval S] [--haproxy MODE] [--haproxy-bundle FILE SHA256]] [--mirror IP]...
     DOMAIN MASTER0 [PORT]``
     with the CA on stdin, after ``haproxy-bundle-<ip>`` where the entry point ships the bundle.
     No delete command (see DeployHost): dropping a down host's step never dials it."""
-    keep = [] if args.maps_domain else ["--keep-hosts"]
     copied: list[pulumi.Resource] = []
-    if args.ca_cert is None:
-        staged = staged_run("configure-node.sh", *keep, args.domain, args.master0)
-    else:
-        entry: list[str] = []
-        if args.entry is not None:
-            entry = ["--entry", args.entry[0], "--entry-stats-port", str(args.entry[1])]
-            if args.entry[2:] and args.entry[2] != 1:   # 1 s: the script's default
-                entry += ["--entry-check-interval", str(args.entry[2])]
-            if args.haproxy != "auto":
-                entry += ["--haproxy", args.haproxy]
-            if args.bundle is not None and args.haproxy != "system":
-                entry += ["--haproxy-bundle", args.bundle.staged, args.bundle.sha256]
-                copied.append(bundle_step(args.ip, args.access, args.bundle, opts))
-        mirrors = [a for ip in args.mirrors for a in ("--mirror", ip)]
-        staged = staged_run("configure-node.sh", *keep, *entry, *mirrors, args.domain,
-                            args.master0, str(args.port), data=args.ca_cert)
+    if ships_bundle(args):
+        copied.append(bundle_step(args.ip, args.access, args.bundle, opts))
+    staged = staged_run("configure-node.sh", *node_script_args(args),
+                        data=args.ca_cert if args.ca_cert is not None else "")
     copied.append(payload_step(args.ip, args.access, staged.payload, opts))
     after = pulumi.ResourceOptions(depends_on=[*args.after, *copied])
     return host_step(HostStep.NODE.of(args.ip), args.access, args.ip, ScriptRun(staged.command, None),

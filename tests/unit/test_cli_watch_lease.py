@@ -168,7 +168,7 @@ def test_an_engine_run_started_after_the_loss_is_killed_too(tmp_path):
         script.write_text(ENGINE)
         script.chmod(0o755)
         late = subprocess.Popen([str(script), str(tmp_path / "r"), "up"])
-        assert late.wait(5) == -signal.SIGKILL
+        assert late.wait(30) == -signal.SIGKILL
     finally:
         w.stop.in_up = False
 

@@ -403,7 +403,9 @@ def test_a_plugin_whose_engine_was_killed_exits(name, tmp_path):
     engine.wait(5)
     started = time.monotonic()
     while os.path.exists(f"/proc/{plugin}") and "Z" not in _state(plugin):
-        assert time.monotonic() - started < 10, f"{name} still runs 10 s after its engine died"
+        # It polls its parent every second and gives serve() 5 s to stop: 30 s bounds "not
+        # forever" on a machine as loaded as the bench's 3 + 500 lab (10 s was exceeded there).
+        assert time.monotonic() - started < 30, f"{name} still runs 30 s after its engine died"
         time.sleep(0.1)
     print(f"\n{name}: gone {time.monotonic() - started:.1f}s after its engine's kill")
 
