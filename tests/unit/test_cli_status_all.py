@@ -184,6 +184,8 @@ case "$*" in
 esac
 """
 FAKE_SSH = """#!/bin/sh
+# `ssh -Q kex` (cli/ssh.py asks which key exchanges it knows: no session) is not counted.
+if [ "$1" = "-Q" ]; then exit 0; fi
 # Logs when each session starts and ends; prints no probe output (the host reads as unreachable).
 cat >/dev/null
 echo "start $(date +%s.%N)" >>"$FAKE_SSH_LOG"
@@ -381,7 +383,7 @@ def test_no_engine_is_exit_2(project, tmp_path):
 
 def test_ssh_access_holds_the_gate_around_each_session(tmp_path, monkeypatch):
     """SshAccess.run enters the gate before ssh starts and leaves it when ssh ends."""
-    from cli.ssh import SshAccess
+    from cli.ssh import SshAccess, kex_option
     from components.remote_scripts import ScriptRun
 
     held = []
@@ -399,6 +401,7 @@ def test_ssh_access_holds_the_gate_around_each_session(tmp_path, monkeypatch):
         held.append(Gate.depth)
         return subprocess.CompletedProcess(argv, 0, "", "")
 
+    kex_option()    # asked once per process (`ssh -Q kex`), outside any session
     monkeypatch.setattr(subprocess, "run", fake_run)
     with SshAccess(make_config(), None, gate=Gate()) as access:
         access.run(M1, ScriptRun("true", None))

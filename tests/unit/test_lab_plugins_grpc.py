@@ -59,7 +59,9 @@ class Plugin:
 
 FAKE_SSH = """#!/bin/sh
 # Records each invocation (one line of argv) and fails like ssh does when it cannot connect,
-# or exits FAKE_SSH_EXIT after printing to both streams.
+# or exits FAKE_SSH_EXIT after printing to both streams. `ssh -Q kex` (the plugin asks which key
+# exchanges it knows, no dial) answers like OpenSSH 9.2 and is not a call.
+if [ "$1" = "-Q" ]; then printf 'curve25519-sha256\\nsntrup761x25519-sha512@openssh.com\\n'; exit 0; fi
 printf '%s\\n' "$*" >> "$FAKE_SSH_LOG"
 if [ -n "$FAKE_SSH_EXIT" ]; then echo remote-out; echo remote-err >&2; exit "$FAKE_SSH_EXIT"; fi
 echo "ssh: connect to host x port 22: Connection timed out" >&2
