@@ -320,8 +320,6 @@ class Lab:
                   self.key_path.with_suffix(".pub")):
             f.unlink(missing_ok=True)
         self._remove_mountpoints()
-        if remove_background_cgroup():
-            removed.append(f"cgroup cpu/sealer-lab-{INSTANCE}-containerd")
         if purge and self.state.exists():
             shutil.rmtree(self.state)
             removed.append(str(self.state))
@@ -782,7 +780,6 @@ table bridge {NFT_TABLE} {{
                 except OSError:
                     return False
         _wait(serving, 15, f"containerd on {name} ({CONTAINERD_SOCKET})")
-        to_background(pid)
         # A node's containerd without its CRI plugin is no node: the kubelet pulls through it and
         # it reads certs.d. It logs the failure and serves the rest (the socket answers), so the
         # lab reads this start's lines (past its last "starting containerd").
@@ -1030,57 +1027,6 @@ def ensure_inotify_capacity(hosts: int) -> int | None:
     except OSError:
         pass
     return None
-
-
-# The lab's containerds run in one cgroup of the cpu controller with a quarter of one ordinary
-# process's weight (cgroup v1 cpu.shares; 1024 is a process of the root group). Each lab host stands
-# for a machine of its own, but all of them share this machine's 2 cores with the operator's tools:
-# at 3 + 500 the 503 idle containerds took 0.6 of a core (1.3 ms/s each, session 15), the node
-# entry points' HAProxies and the registries answering their checks another 0.7, and the
-# recovery's engine, CLI and SSH sessions were left the rest: the status probes of the check after
-# the `up` timed out (15 s) on 7 of 10 hosts. With the weight, an idle containerd still gets the CPU
-# whenever the machine has some to spare (nothing is frozen or throttled: no quota), and a pull
-# still runs at once on a quiet machine; only under contention does it yield, as a node's daemon
-# on its own machine never competes with the operator's. The HAProxies and registries keep the
-# ordinary weight: their health checks run against 300 ms / 2 s timeouts and are part of what a
-# recovery is judged by.
-BACKGROUND_SHARES = 256
-CPU_CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
-
-
-def background_cgroup() -> Path | None:
-    """The instance's cgroup for its containerds (made here), or None where the cpu controller
-    has no v1 hierarchy (then they keep the ordinary weight: the lab says so at `up`)."""
-    if not (CPU_CGROUP_V1 / "cpu.shares").is_file():
-        return None
-    group = CPU_CGROUP_V1 / f"sealer-lab-{INSTANCE}-containerd"
-    try:
-        group.mkdir(exist_ok=True)
-        (group / "cpu.shares").write_text(f"{BACKGROUND_SHARES}\n")
-    except OSError:
-        return None
-    return group
-
-
-def to_background(pid: int) -> bool:
-    """Moves process ``pid`` (every thread) into ``background_cgroup``; False if it could not."""
-    group = background_cgroup()
-    if group is None:
-        return False
-    try:
-        (group / "cgroup.procs").write_text(f"{pid}\n")
-        return True
-    except OSError:
-        return False
-
-
-def remove_background_cgroup() -> bool:
-    group = CPU_CGROUP_V1 / f"sealer-lab-{INSTANCE}-containerd"
-    try:
-        group.rmdir()         # only once empty: its containerds are gone with their hosts
-        return True
-    except OSError:
-        return False
 
 
 @functools.cache
