@@ -307,13 +307,18 @@ def apply_change(session: Session, change: Change, timer: Timer, assume_yes: boo
                                ha=before.ha)
 
     pending = fence_plan(before, change)
-    if pending is None and resumed:
-        # The state says which nodes still list the old master0 (one `stack export`).
+    if resumed or (pending is not None and before.down_hosts):
+        # The state says which layout the nodes still have (one `stack export`): a resumed
+        # recovery's config no longer names the old master0, and after an earlier recovery whose
+        # fence phase never finished (hosts already down) the nodes may still list an older one
+        # than the config before this change says.
+        after = before.model_copy(update={"master0": master0, "down_hosts": list(change.down_hosts)})
         try:
-            pending = resume_fence_plan(before, session.engine.export())
+            pending = resume_fence_plan(after, session.engine.export())
         except Exception as e:  # noqa: BLE001  (CommandError: the state unreadable)
-            print(f"note: the state was not read ({e.__class__.__name__}); the recovery "
-                  "resumes in one phase", file=out)
+            pending = None
+            print(f"note: the state was not read ({e.__class__.__name__}); the recovery runs "
+                  "in one phase", file=out)
     defer = pending.hosts if pending is not None else frozenset()
     if change.skip_preview:
         return _up(session, change, timer, guard, render, pending)

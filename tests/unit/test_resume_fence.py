@@ -128,3 +128,28 @@ def test_recover_run_again_after_a_cut_previews_its_first_phase_without_the_old_
     assert result.outcome is change_mod.Outcome.PREVIEWED
     assert session.engine.deferred == frozenset(NODES)
     assert f"the node steps of {len(NODES)} hosts behind their node entry point" in session.out.getvalue()
+
+
+def test_a_recovery_after_one_whose_fence_phase_never_ran_reads_the_nodes_layout_from_the_state(tmp_path):
+    """master0 M1 -> M2 (its fence phase never ran: the nodes list M1, M2, M3), then M2 dies too:
+    the nodes still list M1 first, not the M2 the config names, and M3 is their standby."""
+    older = node_create(master0=M1, mirrors=(M2, M3), entry=ENTRY)
+    session = ResumeSession(ResumeEngine(tmp_path, state({ip: older for ip in NODES})))
+    assert session.config.master0 == M2 and session.config.down_hosts == [M1]
+    seen = {}
+    real = change_mod.resume_fence_plan
+
+    def spy(config, deployment):
+        seen["pending"] = real(config, deployment)
+        return seen["pending"]
+
+    change_mod.resume_fence_plan, saved = spy, change_mod.resume_fence_plan
+    try:
+        change_mod.apply_change(
+            session, Change(master0=M3, down_hosts=[M1, M2], question="", rerun="", preview_only=True),
+            change_mod.Timer(), assume_yes=True)
+    finally:
+        change_mod.resume_fence_plan = saved
+    pending = seen["pending"]
+    assert (pending.master0, pending.mirrors) == (M1, (M2, M3))
+    assert session.engine.deferred == frozenset(NODES)
