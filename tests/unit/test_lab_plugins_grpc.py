@@ -417,3 +417,18 @@ def _state(pid: int) -> str:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+@pytest.mark.parametrize("name", ["pulumi-resource-command", "pulumi-language-python"])
+def test_a_plugin_whose_engine_died_while_it_started_exits(name, tmp_path):
+    """The engine gone before the plugin even ran its first line (a `kill -9` while it launched
+    plugins, on a loaded machine): the plugin starts as an orphan and must not serve forever
+    (one such plugin was found serving 34 min after a unit run under load)."""
+    pid_file = tmp_path / "pid"
+    subprocess.run(["bash", "-c", f'"$0" "{PLUGINS / name}" 127.0.0.1:1 >/dev/null 2>&1 & '
+                                  f'echo $! > "{pid_file}"', sys.executable], check=True)
+    plugin = int(pid_file.read_text())
+    started = time.monotonic()
+    while os.path.exists(f"/proc/{plugin}") and "Z" not in _state(plugin):
+        assert time.monotonic() - started < 30, f"{name} still runs 30 s after it started orphaned"
+        time.sleep(0.1)
