@@ -156,10 +156,12 @@ def resume_fence_plan(config: StackConfig, deployment: dict | None) -> FencePend
         if recorded.master0 == config.master0:
             continue
         try:
-            behind_entry = recorded.entry and new.uses_entry(ip, entry) and not new.host(ip).down
+            deferrable = new.uses_entry(ip, entry) and not new.host(ip).down
         except KeyError:
-            behind_entry = False            # a host the config no longer has: the up drops it
-        if not behind_entry or config.master0 not in recorded.mirrors:
+            deferrable = False              # a host the config no longer has: the up drops it
+        if not deferrable:
+            continue                        # a registry host (or down): it moves in the first phase
+        if not recorded.entry or config.master0 not in recorded.mirrors:
             return None                     # a node that must move with the registry
         layouts.setdefault((recorded.master0, recorded.mirrors), []).append(ip)
     if len(layouts) != 1:

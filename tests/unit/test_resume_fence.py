@@ -57,9 +57,12 @@ def test_any_other_command_reads_back_as_nothing(create):
 
 
 def state(creates: dict[str, str]) -> dict:
+    """The node steps of ``creates`` and, as a real state has them, the registry hosts' node steps
+    (no entry point: they map the domain to master0; a first phase moves them) and a payload step."""
+    masters = {M2: node_create(master0=M2, mirrors=(M3,)), M3: node_create(master0=M2, mirrors=(M3,))}
     return {"resources": [
         {"urn": HostStep.NODE.urn("s", PROJECT, ip), "inputs": {"create": c}}
-        for ip, c in creates.items()] + [
+        for ip, c in {**masters, **creates}.items()] + [
         {"urn": HostStep.PAYLOAD.urn("s", PROJECT, NODES[0]), "inputs": {"source": {}}}]}
 
 
