@@ -408,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
                 state = ("done" if result.fence is not None and result.fence.healthy else
                          "FAILED" if result.fence_error or result.fence is not None else "not run")
                 print(f"  fence phase:      {state}: {len(result.pending.hosts)} entry hosts' node "
-                      f"steps ({old} gone from their servers)", file=out)
+                      f"steps ({result.pending.master0} gone from their servers)", file=out)
             print(f"  down_hosts:       {', '.join(result.config.down_hosts) or 'none'} (not contacted)",
                   file=out)
             print(f"  time:             {timer.line()}", file=out)
