@@ -177,6 +177,7 @@ main() {
   fi
   check_refs "$rootfs/registry/docker/registry/v2" "$@"
   echo "resolves=$(resolved_address "$domain")"
+  containerd_snapshot
   echo "ca=$(ca_state "$domain" "$port" "$ca_sha")"
   echo "containerd=$(containerd_certs_d_state)"
   echo "disk_avail=$(disk_avail "$rootfs")"

@@ -7,6 +7,13 @@ CONTAINERD_CERTS_D=/etc/containerd/certs.d
 # docker's directory, where sealer and the program also put the registry's CA.
 DOCKER_CERTS_D=/etc/docker/certs.d
 CONTAINERD_DEFAULT_CONFIG=/etc/containerd/config.toml
+# A probe that asks about containerd several ways (the hosts dir it reads, the state of its CRI)
+# takes one snapshot first (containerd_snapshot): the daemons' pids and each config's dump, read
+# once. While CONTAINERD_SNAPSHOT is 1 the functions below answer from it; a script that changes
+# containerd never takes one.
+CONTAINERD_SNAPSHOT=0
+CONTAINERD_SNAPSHOT_PIDS=""
+declare -gA CONTAINERD_SNAPSHOT_DUMPS=()
 
 # The containerd client can reach a daemon on the default socket within a few seconds.
 containerd_answers() {
@@ -17,6 +24,10 @@ containerd_answers() {
 # see each other's processes. A pgrep without --ns (procps < 3.3.9) sees them all.
 containerd_pids() {
   local rc=0
+  if ((CONTAINERD_SNAPSHOT)); then
+    [[ -z "$CONTAINERD_SNAPSHOT_PIDS" ]] || printf '%s\n' "$CONTAINERD_SNAPSHOT_PIDS"
+    return 0
+  fi
   pgrep --ns $$ --nslist mnt -x containerd 2>/dev/null || rc=$?
   if ((rc == 2)); then
     pgrep -x containerd || true
@@ -42,6 +53,40 @@ containerd_config_file() {
   printf '%s\n' "$CONTAINERD_DEFAULT_CONFIG"
 }
 
+# `containerd config dump` of a config file (its imports merged with every plugin's defaults),
+# bounded by 10 s; from the snapshot when one was taken. Fails when the dump did.
+containerd_config_dump() {
+  local config=$1
+  if ((CONTAINERD_SNAPSHOT)) && [[ -v "CONTAINERD_SNAPSHOT_DUMPS[$config]" ]]; then
+    [[ -n "${CONTAINERD_SNAPSHOT_DUMPS[$config]}" ]] || return 1
+    printf '%s\n' "${CONTAINERD_SNAPSHOT_DUMPS[$config]}"
+    return 0
+  fi
+  timeout 10 containerd --config "$config" config dump 2>/dev/null
+}
+
+# Reads the daemons' pids and the dump of each config they use (the default config when none
+# runs) once, for the rest of this script: on a host whose PID namespace is shared (the lab, a
+# host with many containers) each pgrep walks every process of the machine.
+containerd_snapshot() {
+  local pids pid config configs dump
+  pids=$(containerd_pids)
+  CONTAINERD_SNAPSHOT_DUMPS=()
+  if command -v containerd >/dev/null 2>&1; then
+    configs=$CONTAINERD_DEFAULT_CONFIG
+    if [[ -n "$pids" ]]; then
+      configs=$(for pid in $pids; do containerd_config_file "$pid"; done)
+    fi
+    while IFS= read -r config; do
+      [[ -n "$config" && ! -v "CONTAINERD_SNAPSHOT_DUMPS[$config]" ]] || continue
+      dump=$(timeout 10 containerd --config "$config" config dump 2>/dev/null) || dump=""
+      CONTAINERD_SNAPSHOT_DUMPS[$config]=$dump
+    done <<<"$configs"
+  fi
+  CONTAINERD_SNAPSHOT_PIDS=$pids
+  CONTAINERD_SNAPSHOT=1
+}
+
 # From `containerd config dump` (the config file and its imports merged with every plugin's
 # defaults): "cri=on|off", "config_path=<value>", "socket=<grpc address>" and one "import=<file>"
 # per imported file. containerd 1.x dumps version 2 with "double" quotes; 2.x dumps version 3 with
@@ -51,7 +96,7 @@ containerd_config_file() {
 # '/etc/containerd/conf.d/*.toml' there): the file is named as an import either way.
 containerd_dump_facts() {
   local config=$1
-  timeout 10 containerd --config "$config" config dump 2>/dev/null | awk -v self="$config" '
+  containerd_config_dump "$config" | awk -v self="$config" '
     /^[[:space:]]*\[/ { section = $0; gsub(/[[:space:]"\047]/, "", section) }
     section == "[plugins.io.containerd.grpc.v1.cri]" { cri = 1 }
     section == "" && $1 == "imports" {

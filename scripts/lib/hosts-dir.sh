@@ -46,7 +46,7 @@ containerd_hosts_dir() {
   local config dump path=""
   while IFS= read -r config; do
     if command -v containerd >/dev/null 2>&1 &&
-      dump=$(timeout 10 containerd --config "$config" config dump 2>/dev/null) && [[ -n "$dump" ]]; then
+      dump=$(containerd_config_dump "$config") && [[ -n "$dump" ]]; then
       path=$(config_path_in_toml <<<"$dump")
     elif [[ -r "$config" ]]; then
       path=$(config_path_in_toml <"$config")

@@ -65,12 +65,17 @@ def state(tmp_path: Path, pids: list[int], path: str | None = None, pgrep_rc: in
     ns_rc = pgrep_rc if pgrep_rc else (0 if pids else 1)
     pgrep.write_text(f'#!/bin/bash\nif [[ "$1" == --ns ]]; then\n  (({ns_rc} == 0)) || exit {ns_rc}\nfi\n{lines}')
     pgrep.chmod(0o755)
-    script = (f"source {SCRIPTS_DIR}/lib/common.sh; source {SCRIPTS_DIR}/lib/containerd.sh; "
-              "containerd_certs_d_state")
     env = {"PATH": path or f"{bin_dir}:/usr/local/bin:/usr/bin:/bin"}
-    done = subprocess.run(["/bin/bash", "-c", script], capture_output=True, text=True, env=env, timeout=30)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    answers = []
+    for first in ("", "containerd_snapshot; "):  # read live, then from a probe's snapshot
+        script = (f"source {SCRIPTS_DIR}/lib/common.sh; source {SCRIPTS_DIR}/lib/containerd.sh; "
+                  f"{first}containerd_certs_d_state")
+        done = subprocess.run(["/bin/bash", "-c", script], capture_output=True, text=True, env=env,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+        answers.append(done.stdout.strip())
+    assert answers[0] == answers[1], f"live {answers[0]!r}, from the snapshot {answers[1]!r}"
+    return answers[0]
 
 
 def test_config_path_certs_d_is_read(tmp_path, daemon):
@@ -174,3 +179,31 @@ def test_containerd_2_config_edited_after_start_is_stale(tmp_path, daemon):
     daemon.runs("version = 3\n", edited_after_start=True)
     containerd_2_stub(tmp_path, V3_DUMP.format(sock=daemon.sock, path="/etc/containerd/certs.d"))
     assert state(tmp_path, [daemon.pid]) == "stale"
+
+
+def test_a_snapshot_reads_the_daemons_and_their_config_once(tmp_path, daemon):
+    """status-probe.sh asks where containerd reads hosts.toml and what its CRI reads: after
+    containerd_snapshot both answer from one pgrep and one `config dump` (each pgrep walks every
+    process of a shared PID namespace: 0.34 s at 3 + 500 in the lab); without one, two of each."""
+    daemon.runs(V2_CERTS_D)
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    (bin_dir / "pgrep").write_text(f"#!/bin/bash\necho pgrep >>{calls}\necho {daemon.pid}\n")
+    (bin_dir / "containerd").write_text(
+        f"#!/bin/bash\necho containerd >>{calls}\nexec {shutil.which('containerd')} \"$@\"\n")
+    for tool in ("pgrep", "containerd"):
+        (bin_dir / tool).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin"}
+    seen = {}
+    for first in ("", "containerd_snapshot; "):
+        calls.write_text("")
+        script = (f"source {SCRIPTS_DIR}/lib/common.sh; source {SCRIPTS_DIR}/lib/containerd.sh; "
+                  f"source {SCRIPTS_DIR}/lib/hosts-dir.sh; {first}"
+                  'echo "$(containerd_hosts_dir)"; echo "$(containerd_certs_d_state)"')
+        done = subprocess.run(["/bin/bash", "-c", script], capture_output=True, text=True, env=env,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["/etc/containerd/certs.d", "certs.d"], done.stdout
+        seen[first] = calls.read_text().split()
+    assert sorted(seen[""]) == ["containerd", "containerd", "pgrep", "pgrep"], seen
+    assert sorted(seen["containerd_snapshot; "]) == ["containerd", "pgrep"], seen
