@@ -379,13 +379,13 @@ def _up(session: Session, change: Change, timer: Timer, guard: StackFileGuard, r
                                           if pending is not None else "") + ":", file=out)
     start = time.monotonic()
     after = session.reload()
-    health = check_cluster(session, pending)
+    health = check_cluster(session, pending, again=True)
     if pending is not None and only_standbys_down(health):
         # The new master0's registry restarted as read-write: an entry point that saw it fail is
         # DOWN and checks it again at its interval (the other standby's restart likewise). One
         # more look once every entry point has checked again.
         time.sleep(entry_settle_s(after))
-        health = check_cluster(session, pending)
+        health = check_cluster(session, pending, again=True)
     timer.add("verify", time.monotonic() - start)
     report(after, health, time.monotonic() - start, out)
     result = Result(Outcome.APPLIED, plan, after, health, pending)
@@ -428,12 +428,12 @@ def fence(session: Session, change: Change, timer: Timer, result: Result) -> Non
     timer.add("fence", seconds)
     print("verifying every live host:", file=out)
     start = time.monotonic()
-    result.fence = check_cluster(session)
+    result.fence = check_cluster(session, again=True)
     if only_standbys_down(result.fence):
         # Entry points just reloaded: a server they gained is checked before it counts as UP
         # (rise 2, a second apart); one more look once that has had time.
         time.sleep(FENCE_SETTLE_S)
-        result.fence = check_cluster(session)
+        result.fence = check_cluster(session, again=True)
     timer.add("fence_verify", time.monotonic() - start)
     report(session.config, result.fence, time.monotonic() - start, out)
 

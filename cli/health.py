@@ -8,6 +8,7 @@ plan the program deploys), so the status can never expect something the program 
 from __future__ import annotations
 
 import sys
+import dataclasses
 from dataclasses import dataclass
 
 from cli.probe import HostProbe, all_refs, ca_digest, complete_images, probe_command, probe_hosts
@@ -285,6 +286,7 @@ class Assessment:
     problems: list[str]
     images_expected: int
     master0_images: int   # complete images on master0 (0 when unreachable)
+    asked_again: list[str] = dataclasses.field(default_factory=list)  # hosts probed twice (probe_hosts' again)
 
     @property
     def healthy(self) -> bool:
@@ -412,14 +414,18 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
     return Assessment(hosts, problems, expected, master0_images)
 
 
-def check_cluster(session: Session, pending: FencePending | None = None) -> Assessment:
+def check_cluster(session: Session, pending: FencePending | None = None,
+                  again: bool = False) -> Assessment:
     """The status probe on every live host at once (with ``pending``: but the deferred hosts
-    not sampled), judged against the stack's topology."""
+    not sampled), judged against the stack's topology. ``again`` (a change's verification): a
+    host that answered nothing within the deadline is probed once more (probe_hosts)."""
     skipped = pending.hosts - pending.sampled if pending is not None else frozenset()
     live = [h.ip for h in session.topology.live if h.ip not in skipped]
     config, images = session.config, session.images
-    probes = probe_hosts(session.ssh(), live, probe_command(config, all_refs(images)))
-    return assess(config, images, probes, pending)
+    probes = probe_hosts(session.ssh(), live, probe_command(config, all_refs(images)), again=again)
+    result = assess(config, images, probes, pending)
+    result.asked_again = sorted(ip for ip, probe in probes.items() if probe.attempts > 1)
+    return result
 
 
 def render_table(result: Assessment, domain: str = "sea.hub") -> str:
@@ -459,6 +465,10 @@ def report(config: StackConfig, result: Assessment, seconds: float, out=sys.stdo
     print(render_table(result, config.registry.domain), file=out)
     for problem in result.problems:
         print(f"problem: {problem}", file=out)
+    if result.asked_again:
+        print(f"note: {len(result.asked_again)} hosts answered nothing within the probe's deadline "
+              f"and were probed again ({', '.join(result.asked_again[:5])}"
+              f"{', ...' if len(result.asked_again) > 5 else ''})", file=out)
     print(summary_line(config, result, seconds), file=out)
 
 

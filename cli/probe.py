@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cli.ssh import HOST_DEADLINE_S, SshAccess, ssh_error
+from cli.ssh import DEADLINE_ERROR, HOST_DEADLINE_S, SshAccess, ssh_error
 from components.remote_scripts import ScriptRun, script_run
 from config import StackConfig
 from config.image_store import StoredImage
@@ -51,6 +51,10 @@ class HostProbe:
     entry: list[dict] | None = None
     entry_error: str = ""
     seconds: float = 0.0
+    # The session went past its deadline (not a refused or unanswered connect: the host took
+    # longer than the deadline to answer); attempts: how many probes it took (probe_hosts' again).
+    slow: bool = False
+    attempts: int = 1
 
     @property
     def replica_age(self) -> int | None:
@@ -164,7 +168,8 @@ def probe_host(access: SshAccess, ip: str, command: ScriptRun, timeout: float = 
     start = time.monotonic()
     done = access.run(ip, command, timeout=timeout)
     if done.returncode != 0:
-        probe = HostProbe(ip=ip, reachable=False, error=ssh_error(done.stderr, done.returncode))
+        probe = HostProbe(ip=ip, reachable=False, error=ssh_error(done.stderr, done.returncode),
+                          slow=done.stderr.startswith(DEADLINE_ERROR))
         if done.returncode != 255:  # sshd answered; the script failed
             probe.error = f"probe failed (exit {done.returncode}): {ssh_error(done.stderr, done.returncode)}"
     else:
@@ -182,10 +187,25 @@ def probe_sessions() -> int:
 
 
 def probe_hosts(access: SshAccess, ips: list[str], command: ScriptRun,
-                timeout: float = HOST_DEADLINE_S) -> dict[str, HostProbe]:
-    """Every host at once; returns when the slowest is done or timed out (about ``timeout``)."""
+                timeout: float = HOST_DEADLINE_S, again: bool = False) -> dict[str, HostProbe]:
+    """Every host at once; returns when the slowest is done or timed out (about ``timeout``).
+    ``again``: a host whose probe went past the deadline (it connected, or its key exchange
+    began, but it did not answer in time: a loaded host, not a dead one, whose connect fails at
+    CONNECT_TIMEOUT_S) is probed once more after the others, with the same deadline; what it
+    answers then is what counts (``attempts`` 2). A dead host costs nothing more."""
     if not ips:
         return {}
+    probes = _probe_round(access, ips, command, timeout)
+    slow = [ip for ip, probe in probes.items() if probe.slow]
+    if again and slow:
+        for ip, probe in _probe_round(access, slow, command, timeout).items():
+            probe.attempts = 2
+            probes[ip] = probe
+    return probes
+
+
+def _probe_round(access: SshAccess, ips: list[str], command: ScriptRun,
+                 timeout: float) -> dict[str, HostProbe]:
     with ThreadPoolExecutor(max_workers=min(probe_sessions(), len(ips))) as pool:
         futures = {ip: pool.submit(probe_host, access, ip, command, timeout) for ip in ips}
         return {ip: f.result() for ip, f in futures.items()}

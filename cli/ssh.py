@@ -21,6 +21,7 @@ from config import StackConfig
 
 CONNECT_TIMEOUT_S = 3
 HOST_DEADLINE_S = 15.0     # one command: connect + key exchange + the script
+DEADLINE_ERROR = "ssh: timed out after"  # how run() reports a command past its deadline
 
 
 # Key exchange offered first. OpenSSH 9.0-9.8 put sntrup761x25519-sha512 first by default, whose
@@ -142,7 +143,7 @@ class SshAccess:
                                       input=script.stdin, capture_output=True, text=True,
                                       timeout=timeout, env=self.env(ip))
         except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess([], 255, "", f"ssh: timed out after {timeout:.0f}s")
+            return subprocess.CompletedProcess([], 255, "", f"{DEADLINE_ERROR} {timeout:.0f}s")
 
 
 @contextmanager

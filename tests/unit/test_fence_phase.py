@@ -184,7 +184,8 @@ def two_phases(monkeypatch, after_verify=None, fence_fails=False, healthy=True, 
     checks = []
     monkeypatch.setattr(change_mod.time, "sleep", lambda s: checks.append(("slept", s)))
 
-    def check(session, pending=None):
+    def check(session, pending=None, again=False):
+        assert again, "a recovery's verification probes a slow host again"
         checks.append(pending)
         result = assess(session.config, IMAGES, {}, pending)
         if problems is not None:
