@@ -205,6 +205,15 @@ CONTAINERD_WHY = {
 # The problem an entry point has while no warm standby of it is UP (also for a moment after a
 # reload added one: cli/change.py's fence check looks again then).
 NO_STANDBY_UP = "the entry point sees no warm standby UP"
+# Between a recovery's phases: an entry point the fence phase has not rewritten sees none of the
+# servers that serve now UP (the first phase restarted them; it checks them again at its interval).
+NONE_UP_UNTIL_FENCE = "its pulls stop until the fence phase rewrites it"
+# A warm standby whose registry does not answer: right after an `up` that restarted it, it may
+# still be starting (or too slow to answer the probe on a loaded host).
+STANDBY_NOT_RUNNING = "(warm standby) runs no registry"
+# What a restart by the `up` just done explains and what settles within the entry points' check
+# interval: cli/change.py looks once more before it judges.
+SETTLING = (NO_STANDBY_UP, NONE_UP_UNTIL_FENCE, STANDBY_NOT_RUNNING)
 
 
 def entry_problems(ip: str, role: str, probe: HostProbe, master0: str, mirrors: list[str],
@@ -265,8 +274,8 @@ def pending_entry_problems(ip: str, role: str, probe: HostProbe, pending: FenceP
     up = [s["address"] for s in probe.entry
           if s["status"] == "UP" and s["address"].rsplit(":", 1)[0] in serving]
     if not up:
-        return [f"{ip} ({role}): the entry point sees none of {', '.join(serving)} UP: its pulls "
-                "stop until the fence phase rewrites it"]
+        return [f"{ip} ({role}): the entry point sees none of {', '.join(serving)} UP: "
+                f"{NONE_UP_UNTIL_FENCE}"]
     return []
 
 
@@ -356,7 +365,7 @@ def assess(config: StackConfig, images: list[StoredImage], probes: dict[str, Hos
                 problems.append(f"{ip} (warm standby) is held out of service by its stale gate "
                                 "(its copy of master0's data has not completed): run `pulumi up`")
             elif probe.registry != "running":
-                problems.append(f"{ip} (warm standby) runs no registry: nodes' pulls lose this mirror")
+                problems.append(f"{ip} {STANDBY_NOT_RUNNING}: nodes' pulls lose this mirror")
             elif probe.registry_mode != "read-only":
                 problems.append(f"{ip} (warm standby) runs its registry read-write: a second "
                                 "registry that takes pushes")

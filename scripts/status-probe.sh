@@ -35,11 +35,13 @@ fi
 
 # running when something answers /v2/ on the registry port (401 counts: auth is on); stale when
 # it answers 503 while the warm standby's stale marker exists (its registry is held out of
-# service until a copy of master0's data completes: scripts/pull-data.sh).
+# service until a copy of master0's data completes: scripts/pull-data.sh). A stopped registry
+# refuses the connection at once; 5 s is for a running one on a loaded host (at 3 + 500 in the
+# lab, right after the recovery's `up`, a standby was reported stopped: most likely this bound).
 registry_state() {
   local rootfs=$1 port=$2 scheme code
   for scheme in https http; do
-    code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "$scheme://127.0.0.1:$port/v2/" 2>/dev/null || true)
+    code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 5 "$scheme://127.0.0.1:$port/v2/" 2>/dev/null || true)
     if [[ "$code" == 200 || "$code" == 401 ]]; then
       echo running
       return 0
