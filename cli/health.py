@@ -8,8 +8,7 @@ plan the program deploys), so the status can never expect something the program 
 from __future__ import annotations
 
 import sys
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cli.probe import HostProbe, all_refs, ca_digest, complete_images, probe_command, probe_hosts
 from cli.session import Session
@@ -295,7 +294,7 @@ class Assessment:
     problems: list[str]
     images_expected: int
     master0_images: int   # complete images on master0 (0 when unreachable)
-    asked_again: list[str] = dataclasses.field(default_factory=list)  # hosts probed twice (probe_hosts' again)
+    asked_again: list[str] = field(default_factory=list)  # hosts probed twice (probe_hosts' again)
 
     @property
     def healthy(self) -> bool:

@@ -18,7 +18,6 @@ kill_between_probes): a master that dies while a probe of it is in flight stays 
 TCP keepalive gives up, about 5 min, in lvscare as in the lab (most likely what a CI run met: a
 docker node's pulls had not ended 600 s after the kill).
 
-
 Non-HA (`v0.11`, ha: false): a `sealer run <app>` (lab/sealer_ops.sealer_run_app) adds the app's
 data and flag on master0 only; `status` names, per replica, the image id it lacks; with master0
 dead and the app's data copied to one replica only, `recover` refuses the other (no image store),

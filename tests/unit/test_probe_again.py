@@ -56,3 +56,22 @@ def test_without_again_nobody_is_probed_twice():
     probes = probe_hosts(access, list(OUTCOMES), COMMAND)
     assert set(access.calls.values()) == {1}
     assert not probes["198.18.0.21"].reachable and probes["198.18.0.21"].slow
+
+
+def test_the_report_names_the_hosts_probed_again():
+    """The check's report says which hosts answered only when asked again."""
+    import io
+
+    from cli.health import assess, report
+    from tests.unit.test_cli_status import IMAGES, healthy_probes, make_config
+
+    config = make_config()
+    result = assess(config, IMAGES, healthy_probes())
+    out = io.StringIO()
+    report(config, result, 0.5, out)
+    assert "probed again" not in out.getvalue()
+    result.asked_again = ["198.18.0.21"]
+    out = io.StringIO()
+    report(config, result, 0.5, out)
+    assert ("note: 1 hosts answered nothing within the probe's deadline and were probed again "
+            "(198.18.0.21)") in out.getvalue()
