@@ -93,7 +93,7 @@ main() {
     # A running registry keeps the cert and htpasswd it started with; one we did not start
     # (sealer's own in an adopted cluster) may not be the rootfs script's to replace.
     info "registry material is new here ($fingerprint): stopping any running registry"
-    stop_registry "$rootfs"
+    stop_registry "$rootfs" "$port"
   fi
   # Dropped first: an interrupted launch leaves no stamp, so the next run launches again.
   rm -f "$stamp"
