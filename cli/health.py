@@ -273,7 +273,9 @@ def pending_entry_problems(ip: str, role: str, probe: HostProbe, pending: FenceP
     up = [s["address"] for s in probe.entry
           if s["status"] == "UP" and s["address"].rsplit(":", 1)[0] in serving]
     if not up:
-        return [f"{ip} ({role}): the entry point sees none of {', '.join(serving)} UP: "
+        seen = ", ".join(f"{s['address']} {s['status']}" + (f" ({s['check']})" if s.get("check") else "")
+                         for s in probe.entry)
+        return [f"{ip} ({role}): the entry point sees none of {', '.join(serving)} UP ({seen}): "
                 f"{NONE_UP_UNTIL_FENCE}"]
     return []
 

@@ -103,16 +103,18 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_entry(text: str) -> tuple[list[dict] | None, str]:
-    """status-probe.sh's ``entry=<ip:port>:<status>[:backup] ...`` (HAProxy's status, blanks as
-    ``_``: ``UP_1/2``), or ``entry=unreachable``."""
+    """status-probe.sh's ``entry=<ip:port>:<status>[(<check>)][:backup] ...`` (HAProxy's status
+    and its last check's result, blanks as ``_``: ``UP_1/2(L7OK)``), or ``entry=unreachable``."""
     if text.strip() == "unreachable":
         return None, "no entry point answers on its stats port"
     servers = []
     for item in text.split():
         head, _, tail = item.rpartition(":backup") if item.endswith(":backup") else (item, "", "")
         address, _, status = head.rpartition(":")
+        status, _, check = status.partition("(")
         servers.append({"address": address, "status": status.replace("_", " "),
-                        "backup": item.endswith(":backup")})
+                        "backup": item.endswith(":backup"),
+                        "check": check.removesuffix(")").replace("_", " ")})
     return servers, ""
 
 

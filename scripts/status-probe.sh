@@ -142,7 +142,9 @@ disk_avail() {
 }
 
 # The servers of the entry point's TCP backend from HAProxy's stats CSV (columns found by their
-# header names; the stats listener's own rows, FRONTEND and BACKEND are left out). HAProxy quotes
+# header names; the stats listener's own rows, FRONTEND and BACKEND are left out): each
+# ADDR:STATUS(CHECK_STATUS)[:backup], CHECK_STATUS the last health check's result (L7OK, L4TOUT,
+# L6TOUT, L7STS, ...: why a server is DOWN). HAProxy quotes
 # a field that holds a comma (a failed check's `last_chk`: `"Layer4 connection problem, info:
 # ""No route to host"""`): quoted fields are blanked first, so the columns after one stay in place
 # (none of the columns read here is ever quoted).
@@ -155,7 +157,9 @@ entry_servers() {
   printf '%s\n' "$csv" | sed 's/"[^"]*"//g' | awk -F, '
     NR == 1 { sub(/^# /, ""); for (i = 1; i <= NF; i++) col[$i] = i; next }
     $col["svname"] == "FRONTEND" || $col["svname"] == "BACKEND" || $col["addr"] == "" { next }
-    { item = $col["addr"] ":" $col["status"]; if ($col["bck"] == 1) item = item ":backup"
+    { item = $col["addr"] ":" $col["status"]
+      if ($col["check_status"] != "") item = item "(" $col["check_status"] ")"
+      if ($col["bck"] == 1) item = item ":backup"
       gsub(/ /, "_", item); out = out (out == "" ? "" : " ") item }
     END { print out }'
 }

@@ -172,12 +172,14 @@ def test_status_probe_reads_the_stats_page(lab, cluster):
     m0, m1, m2 = c["masters"]
     out = status_probe(lab, c["node"], STATS_PORT)
     line = [x for x in out if x.startswith("entry=")]
-    assert line == [f"entry={m0}:{PORT}:UP {m1}:{PORT}:UP:backup {m2}:{PORT}:UP:backup"]
+    # each server's last check: HAProxy's L7OK (the TLS handshake and /v2/'s 401 as expected)
+    assert line == [f"entry={m0}:{PORT}:UP(L7OK) {m1}:{PORT}:UP(L7OK):backup "
+                    f"{m2}:{PORT}:UP(L7OK):backup"]
     parsed, error = parse_entry(line[0].removeprefix("entry="))
     assert error == ""
-    assert parsed == [{"address": f"{m0}:{PORT}", "status": "UP", "backup": False},
-                      {"address": f"{m1}:{PORT}", "status": "UP", "backup": True},
-                      {"address": f"{m2}:{PORT}", "status": "UP", "backup": True}]
+    assert parsed == [{"address": f"{m0}:{PORT}", "status": "UP", "backup": False, "check": "L7OK"},
+                      {"address": f"{m1}:{PORT}", "status": "UP", "backup": True, "check": "L7OK"},
+                      {"address": f"{m2}:{PORT}", "status": "UP", "backup": True, "check": "L7OK"}]
     out = status_probe(lab, c["node"], STATS_PORT + 1)
     assert [x for x in out if x.startswith("entry=")] == ["entry=unreachable"]
 

@@ -394,13 +394,15 @@ def test_probe_asks_for_the_entry_point_only_when_the_stack_has_one():
 
 def test_status_shows_the_entry_point_s_servers_and_judges_them():
     cfg = build_config(_raw_entry_values(M1, ()))
-    good = f"{M1}:5000:UP {M2}:5000:UP:backup {M3}:5000:UP:backup"
+    good = f"{M1}:5000:UP(L7OK) {M2}:5000:UP(L7OK):backup {M3}:5000:UP:backup"
     result = assess(cfg, IMAGES, entry_probes(good))
     assert not [p for p in result.problems if N1 in p], result.problems
     row = {r[0]: r for r in result.rows()}[N1]
     assert row[-1] == f"{M1} UP, standbys 2/2 up"
     node = [h for h in result.hosts if h.ip == N1][0].as_json()
-    assert node["entry"][1] == {"address": f"{M2}:5000", "status": "UP", "backup": True}
+    assert node["entry"][1] == {"address": f"{M2}:5000", "status": "UP", "backup": True,
+                                "check": "L7OK"}
+    assert node["entry"][2]["check"] == ""  # an older probe: no check result
 
     down = f"{M1}:5000:DOWN {M2}:5000:UP:backup {M3}:5000:DOWN_1/2:backup"
     problems = [p for p in assess(cfg, IMAGES, entry_probes(down)).problems if N1 in p]
