@@ -5,6 +5,17 @@ the status probe.
 The stack file is saved before the change; a preview-only run, a refusal or an error before `up`
 puts it back byte for byte. Once `up` has started the new config stays: the state may already
 have moved, and every step is idempotent, so the fix is a rerun.
+
+The change's `up`s save the state once, at their end (cli/engine.py SKIP_CHECKPOINTS_ENV), not
+when each step starts and ends: at 3 + 500 each save writes the whole 4.7 MB state. What that
+gives up is the record of an interrupted run's finished steps; what it keeps: a run that fails
+or is cancelled (Ctrl-C: the engine lets the steps in flight end) still saves what it did, and
+a killed engine (kill -9, a lost machine) leaves the state exactly as before the run, with no
+pending operation and nothing half-recorded. The rerun this module asks for then runs those
+steps again: every step checks before it acts (the scripts' contract), none creates what a
+second create would duplicate (commands and the records' server-side apply), and the steps of a
+host on down_hosts are never run, so nothing reaches the old master0 either way. A plain
+`pulumi up` by the operator keeps the engine's checkpoints.
 """
 
 from __future__ import annotations
@@ -364,7 +375,7 @@ def _up(session: Session, change: Change, timer: Timer, guard: StackFileGuard, r
     guard.committed = True
     try:
         steps, seconds = engine.up(out, defer=pending.hosts if pending is not None
-                                   else frozenset())
+                                   else frozenset(), checkpoints=False)
     except UpFailed as e:
         raise CliError(f"pulumi up failed: {e.message}\nnote: the stack config keeps the "
                        f"change; after fixing the cause a rerun is safe (every step is "
@@ -424,7 +435,7 @@ def fence(session: Session, change: Change, timer: Timer, result: Result) -> Non
     print(f"fence phase: pulumi up (the node steps of {len(result.pending.hosts)} entry hosts: "
           f"{result.pending.master0} leaves their servers):", file=out)
     try:
-        _steps, seconds = engine.up(out)
+        _steps, seconds = engine.up(out, checkpoints=False)
     except UpFailed as e:
         result.fence_error = (f"the registry is recovered, but the fence phase failed: {e.message}; "
                               f"their pulls go on through the warm standbys; a rerun finishes it "

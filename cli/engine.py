@@ -26,6 +26,10 @@ from topology import FENCE_LATER_ENV, HostStep
 # Types whose steps say nothing to an operator (components, the stack, providers).
 _QUIET_TYPES = ("pulumi:pulumi:Stack", "pulumi:providers:", "sealer:")
 _NO_CHANGE = ("same", "read", "refresh")
+# The engine saves the state once, when the run ends (also when it fails or is cancelled), and
+# not when each step starts and ends: each save writes the whole state (JSON, a hash, a backup
+# copy), so a run of S steps over a state of R resources costs O(S x R) (docs/figures.md).
+SKIP_CHECKPOINTS_ENV = "PULUMI_SKIP_CHECKPOINTS"
 
 
 def use_pulumi(explicit: str | None) -> str:
@@ -277,23 +281,40 @@ class Engine:
             raise CliError(f"pulumi preview failed: {_failure(progress.steps, e)}", EXIT_DEGRADED) from None
         return progress.steps, time.monotonic() - start
 
-    def up(self, out: TextIO = sys.stdout, defer: frozenset[str] = frozenset()) -> tuple[Steps, float]:
+    def up(self, out: TextIO = sys.stdout, defer: frozenset[str] = frozenset(),
+           checkpoints: bool = True) -> tuple[Steps, float]:
         """`pulumi up` with one line per step; CliError (exit 1) naming the failed step.
         ``defer``: hosts whose node-side steps stay as they are in the state, for a recovery's
         fence phase (cli/change.py): the program does not declare them (FENCE_LATER_ENV) and
         `--exclude` names their URNs, so the engine neither runs nor drops them; the program's
-        and the engine's time then does not grow with those hosts."""
+        and the engine's time then does not grow with those hosts. ``checkpoints=False``: the
+        engine saves the state once, at the end (SKIP_CHECKPOINTS_ENV), not when each step
+        starts and ends; for the CLI's changes only (cli/change.py says why that is safe)."""
         progress = Progress(out)
         start = time.monotonic()
         shown = self.output
         on_output = (lambda line: shown(redact_urls(line))) if shown else None
         try:
-            with self._deferring(defer) as exclude:
+            with self._deferring(defer) as exclude, self._env(
+                    {} if checkpoints else {SKIP_CHECKPOINTS_ENV: "true"}):
                 self.stack.up(on_event=progress, on_output=on_output, color="never",
                               message=self.message, exclude=exclude)
         except Exception as e:
             raise UpFailed(progress.steps, _failure(progress.steps, e)) from None
         return progress.steps, time.monotonic() - start
+
+    @contextlib.contextmanager
+    def _env(self, values: dict[str, str]):
+        """``values`` in the engine's environment for one run (the workspace's env_vars)."""
+        env = self.stack.workspace.env_vars
+        before = {k: env[k] for k in values if k in env}
+        env.update(values)
+        try:
+            yield
+        finally:
+            for k in values:
+                env.pop(k, None)
+            env.update(before)
 
     @contextlib.contextmanager
     def _deferring(self, defer: frozenset[str]):

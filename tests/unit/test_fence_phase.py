@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from cli.change import FENCE_SAMPLE, Change, Result, Outcome, fence_plan
-from cli.engine import Engine
+from cli.engine import SKIP_CHECKPOINTS_ENV, Engine
 from cli.health import FencePending, assess
 from config import PROJECT, build_config
 from tests.unit.test_cli_status import (IMAGES, M1, M2, M3, N1, _raw_entry_values,
@@ -82,6 +82,9 @@ def test_between_the_phases_an_entry_point_with_the_old_layout_and_a_live_standb
 
 @pytest.mark.parametrize("line, fragment", [
     (f"{M1}:5000:UP {M2}:5000:DOWN:backup {M3}:5000:DOWN:backup", f"sees none of {M2}, {M3} UP"),
+    # what each server's last check said, as HAProxy's stats page does (why it is DOWN)
+    (f"{M1}:5000:UP(L7OK) {M2}:5000:DOWN(L4CON):backup {M3}:5000:UP_1/2(L7OK):backup",
+     f"UP ({M1}:5000 UP (L7OK), {M2}:5000 DOWN (L4CON), {M3}:5000 UP 1/2 (L7OK)): its pulls stop"),
     (f"{M1}:5000:DOWN {M3}:5000:UP:backup", "neither the layout before the recovery"),
     ("unreachable", "no entry point answers"),
 ])
@@ -147,6 +150,17 @@ def test_the_engine_names_the_deferred_steps_and_tells_the_program_for_that_run_
     assert engine.stack.workspace.env_vars == {}
 
 
+def test_a_change_up_skips_the_engine_checkpoints_for_that_run_only():
+    engine = Engine.__new__(Engine)
+    engine.stack, engine.stack_name, engine.output, engine.message = FakeStack(), "prod", None, ""
+    engine.stack.workspace.env_vars["KEEP"] = "1"
+    engine.up(checkpoints=False)
+    engine.up()
+    (_, _, skipped), (_, _, plain) = engine.stack.calls
+    assert skipped == {"KEEP": "1", SKIP_CHECKPOINTS_ENV: "true"}
+    assert plain == {"KEEP": "1"} == engine.stack.workspace.env_vars
+
+
 # ------------------------------------------------------------------ the two `up`s (cli/change._up)
 
 import io  # noqa: E402
@@ -159,7 +173,8 @@ class FakeEngine:
     def __init__(self, fence_fails: bool = False):
         self.calls, self.fence_fails = [], fence_fails
 
-    def up(self, out, defer=frozenset()):
+    def up(self, out, defer=frozenset(), checkpoints=True):
+        assert not checkpoints, "a change's up saves the state at its end only"
         self.calls.append(defer)
         if self.fence_fails and not defer:
             raise UpFailed(Steps(), "step node-198.18.1.1 failed: ssh: connect timed out")
