@@ -577,7 +577,34 @@ class Run:
     def cli_recover(self, stack: BenchStack, m: int, new: str) -> dict:
         """`python -m cli recover master0 --host NEW --yes --json` as an operator runs it (the
         config changed by the command itself, its two phases); its JSON, checked: verified
-        healthy, the fence phase done. ``cli_peak``: the peak memory of its process tree."""
+        healthy, the fence phase done. ``cli_peak``: the peak memory of its process tree.
+        When its check refuses (the `up` done, the registry hosts or sampled nodes not yet
+        healthy), the operator's next step is the rerun it prints: it is run once, its seconds
+        are added to the first attempt's (kill -> verified is what the operator waited) and the
+        refusal is recorded (``recover_<M>_attempts``, the first JSON kept)."""
+        first = self.cli_recover_once(stack, m, new, check=False)
+        if first.get("exit_code") == 0 or "status check after `up`" not in (first.get("error") or ""):
+            self.record(f"recover_{m}_attempts", 1)
+            return self.checked(first, m)
+        log(f"cli recover (3+{m}) refused after its up ({len(first['verified']['problems'])} "
+            f"problems): rerun as it says")
+        peak, load = self.cli_peak, self.cli_load
+        doc = self.cli_recover_once(stack, m, new, check=False, key=f"{m}_rerun")
+        self.record(f"recover_{m}_attempts", 2)
+        self.cli_peak, self.cli_load = (peak if peak.mb >= self.cli_peak.mb else self.cli_peak), load
+        doc["seconds"] = {k: round(first["seconds"].get(k, 0) + doc["seconds"].get(k, 0), 2)
+                          for k in {*first["seconds"], *doc["seconds"]}}
+        return self.checked(doc, m)
+
+    def checked(self, doc: dict, m: int) -> dict:
+        if doc.get("exit_code") != 0 or not (doc.get("verified") or {}).get("healthy"):
+            raise BenchError(f"cli recover at 3+{m} exited {doc.get('exit_code')}: {doc.get('error')}")
+        if doc.get("fence") is None or not doc["fence"]["healthy"]:
+            raise BenchError(f"cli recover at 3+{m} ran no healthy fence phase: {doc.get('fence')}")
+        return doc
+
+    def cli_recover_once(self, stack: BenchStack, m: int, new: str, check: bool = True,
+                         key: str | None = None) -> dict:
         self.cli_load = os.getloadavg()[0]
         with TreePeak() as peak:
             done = subprocess.run([sys.executable, "-m", "cli", "recover", "master0", "--host", new,
@@ -590,17 +617,18 @@ class Run:
         except ValueError:
             raise BenchError(f"cli recover at 3+{m} exited {done.returncode} without its JSON: "
                              f"{done.stderr[-2000:]}") from None
-        self.results.setdefault("recover_json", {})[str(m)] = {
+        self.results.setdefault("recover_json", {})[key or str(m)] = {
             **{k: doc.get(k) for k in ("exit_code", "error", "verified", "fence", "seconds")},
             "plan": {k: (doc.get("plan") or {}).get(k) for k in ("changes", "lines")},
             "cpu_by_process_s": peak.cpu_by_name(), "rss_mb": round(peak.mb, 1),
-            "stderr_tail": done.stderr.splitlines()[-60:]}
+            "stderr_tail": done.stderr.splitlines()[-60:],
+            # every problem line and every table row of a host with a problem (the tail above
+            # is cut: at 500 nodes the table is 500 rows)
+            "problem_lines": [line for line in done.stderr.splitlines()
+                              if "problem" in line or "DOWN" in line or "L4" in line or "L6" in line][:80]}
         self.save()
-        if done.returncode != 0 or not (doc.get("verified") or {}).get("healthy"):
-            raise BenchError(f"cli recover at 3+{m} exited {done.returncode}: {doc.get('error')}")
-        if doc.get("fence") is None or not doc["fence"]["healthy"]:
-            raise BenchError(f"cli recover at 3+{m} ran no healthy fence phase: {doc.get('fence')}")
-        return doc
+        doc.setdefault("exit_code", done.returncode)
+        return self.checked(doc, m) if check else doc
 
     def sequential_large(self, env: LabEnv, m: int, old: str, new: str, live: list[str]) -> None:
         """The baseline, sealer's way: launch on the new master0 and rewrite every live host's
