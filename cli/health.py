@@ -75,7 +75,7 @@ class HostHealth:
         primary = [s for s in self.entry if not s["backup"]]
         backups = [s for s in self.entry if s["backup"]]
         head = ", ".join(f"{s['address'].rpartition(':')[0]} {s['status']}" for s in primary) or "no server"
-        up = sum(1 for s in backups if s["status"] == "UP")
+        up = sum(1 for s in backups if serving(s["status"]))
         pending = " (fence pending)" if self.fence_pending else ""
         return f"{head}, standbys {up}/{len(backups)} up{pending}"
 
@@ -201,6 +201,16 @@ CONTAINERD_WHY = {
 }
 
 
+def serving(status: str) -> bool:
+    """Whether HAProxy sends connections to a server in this stats ``status``: ``UP``, and ``UP
+    1/2`` (up, one failed check of the two that take it down), not ``DOWN 1/2`` (down, one good
+    check of the two that bring it up), ``DOWN``, ``MAINT`` or ``no check``. Checked on HAProxy
+    2.6: a server whose checks start failing reads ``UP 2/3``, ``UP 1/3``, then ``DOWN``; back, it
+    reads ``DOWN 1/3``, ``DOWN 2/3``, then ``UP``. A loaded master whose check missed its 2 s
+    answers ``UP 1/2`` while it still serves every node."""
+    return status == "UP" or status.startswith("UP ")
+
+
 # The problem an entry point has while no warm standby of it is UP (also for a moment after a
 # reload added one: cli/change.py's fence check looks again then).
 NO_STANDBY_UP = "the entry point sees no warm standby UP"
@@ -231,10 +241,10 @@ def entry_problems(ip: str, role: str, probe: HostProbe, master0: str, mirrors: 
                 "run `pulumi up`"]
     problems = []
     status = probe.entry[0]["status"]
-    if status != "UP":
+    if not serving(status):
         problems.append(f"{ip} ({role}): the entry point sees master0 {master0} {status}: pulls go "
                         "to a warm standby, pushes fail")
-    if mirrors and not any(s["status"] == "UP" for s in probe.entry[1:]):
+    if mirrors and not any(serving(s["status"]) for s in probe.entry[1:]):
         problems.append(f"{ip} ({role}): {NO_STANDBY_UP}: pulls stop if "
                         "master0 does")
     return problems
@@ -256,26 +266,26 @@ class FencePending:
 
 
 def pending_entry_problems(ip: str, role: str, probe: HostProbe, pending: FencePending,
-                           serving: list[str], port: int) -> list[str]:
+                           serving_hosts: list[str], port: int) -> list[str]:
     """A host whose entry point the fence phase has not rewritten yet: it lists the old layout
-    (or already the new one: a resumed recovery) and one of ``serving`` (the new master0 and the
+    (or already the new one: a resumed recovery) and one of ``serving_hosts`` (the new master0 and the
     live warm standbys) is UP there, so its pulls go on."""
     if probe.entry is None:
         return [f"{ip} ({role}): {probe.entry_error or 'no entry point reported'}: its pulls have "
                 "no node-local entry point; run `pulumi up`"]
     old = [(f"{pending.master0}:{port}", False), *((f"{m}:{port}", True) for m in pending.mirrors)]
-    new = [(f"{serving[0]}:{port}", False), *((f"{m}:{port}", True) for m in serving[1:])]
+    new = [(f"{serving_hosts[0]}:{port}", False), *((f"{m}:{port}", True) for m in serving_hosts[1:])]
     have = [(s["address"], s["backup"]) for s in probe.entry]
     if have not in (old, new):
         def show(pairs): return ", ".join(a + (" (backup)" if b else "") for a, b in pairs) or "none"
         return [f"{ip} ({role}): the entry point's servers are {show(have)}, neither the layout "
                 f"before the recovery ({show(old)}) nor after it ({show(new)}); run `pulumi up`"]
     up = [s["address"] for s in probe.entry
-          if s["status"] == "UP" and s["address"].rsplit(":", 1)[0] in serving]
+          if serving(s["status"]) and s["address"].rsplit(":", 1)[0] in serving_hosts]
     if not up:
         seen = ", ".join(f"{s['address']} {s['status']}" + (f" ({s['check']})" if s.get("check") else "")
                          for s in probe.entry)
-        return [f"{ip} ({role}): the entry point sees none of {', '.join(serving)} UP ({seen}): "
+        return [f"{ip} ({role}): the entry point sees none of {', '.join(serving_hosts)} UP ({seen}): "
                 f"{NONE_UP_UNTIL_FENCE}"]
     return []
 

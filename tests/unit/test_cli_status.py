@@ -404,6 +404,12 @@ def test_status_shows_the_entry_point_s_servers_and_judges_them():
                                 "check": "L7OK"}
     assert node["entry"][2]["check"] == ""  # an older probe: no check result
 
+    # HAProxy's "UP 1/2": up, one failed check of the two that take it down; it still serves
+    flapping = f"{M1}:5000:UP_1/2(L4TOUT) {M2}:5000:UP_1/2(L6TOUT):backup {M3}:5000:DOWN:backup"
+    result = assess(cfg, IMAGES, entry_probes(flapping))
+    assert not [p for p in result.problems if N1 in p], result.problems
+    assert {r[0]: r for r in result.rows()}[N1][-1] == f"{M1} UP 1/2, standbys 1/2 up"
+
     down = f"{M1}:5000:DOWN {M2}:5000:UP:backup {M3}:5000:DOWN_1/2:backup"
     problems = [p for p in assess(cfg, IMAGES, entry_probes(down)).problems if N1 in p]
     assert problems == [f"{N1} (node): the entry point sees master0 {M1} DOWN: pulls go to a warm "

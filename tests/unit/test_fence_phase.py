@@ -74,6 +74,9 @@ def pending_for(node_line: str, sampled=True):
 def test_between_the_phases_an_entry_point_with_the_old_layout_and_a_live_standby_up_is_fine():
     result = pending_for(f"{M1}:5000:DOWN {M2}:5000:UP:backup {M3}:5000:UP:backup")
     assert not [p for p in result.problems if N1 in p], result.problems
+    # a standby one check short of DOWN still takes the node's connections (HAProxy's "UP 1/2")
+    result = pending_for(f"{M1}:5000:DOWN {M2}:5000:DOWN_1/2(L7OK):backup {M3}:5000:UP_1/2(L4TOUT):backup")
+    assert not [p for p in result.problems if N1 in p], result.problems
     node = [h for h in result.hosts if h.ip == N1][0]
     assert node.fence_pending and node.entry_cell().endswith("(fence pending)")
     # already fenced (a resumed recovery): the new layout is fine too
@@ -82,9 +85,11 @@ def test_between_the_phases_an_entry_point_with_the_old_layout_and_a_live_standb
 
 @pytest.mark.parametrize("line, fragment", [
     (f"{M1}:5000:UP {M2}:5000:DOWN:backup {M3}:5000:DOWN:backup", f"sees none of {M2}, {M3} UP"),
+    # one good check of the two that bring a server back: not serving yet
+    (f"{M1}:5000:UP {M2}:5000:DOWN_1/2:backup {M3}:5000:DOWN:backup", f"sees none of {M2}, {M3} UP"),
     # what each server's last check said, as HAProxy's stats page does (why it is DOWN)
-    (f"{M1}:5000:UP(L7OK) {M2}:5000:DOWN(L4CON):backup {M3}:5000:UP_1/2(L7OK):backup",
-     f"UP ({M1}:5000 UP (L7OK), {M2}:5000 DOWN (L4CON), {M3}:5000 UP 1/2 (L7OK)): its pulls stop"),
+    (f"{M1}:5000:UP(L7OK) {M2}:5000:DOWN(L4CON):backup {M3}:5000:DOWN_1/2(L7OK):backup",
+     f"UP ({M1}:5000 UP (L7OK), {M2}:5000 DOWN (L4CON), {M3}:5000 DOWN 1/2 (L7OK)): its pulls stop"),
     (f"{M1}:5000:DOWN {M3}:5000:UP:backup", "neither the layout before the recovery"),
     ("unreachable", "no entry point answers"),
 ])
