@@ -382,10 +382,18 @@ class UpFailed(CliError):
         self.steps = steps
 
 
+# The Automation API's CommandError says the engine's exit code in its text (" code: -9").
+_EXIT_CODE = re.compile(r"^\s*code: (-?\d+)\s*$", re.M)
+
+
 def _failure(steps: Steps, exc: Exception) -> str:
     if steps.failed:
         name, why = next(iter(steps.failed.items()))
         return f"step {name} failed: {why or _short(exc)}"
+    code = _EXIT_CODE.search(str(exc.args[0]) if getattr(exc, "args", None) else "")
+    if code is not None and int(code.group(1)) < 0:
+        # Killed (an OOM kill, `kill -9`, a lost session): its last line would be any warning.
+        return f"the engine (`pulumi`) was killed by signal {-int(code.group(1))}"
     if steps.diagnostics:
         return steps.diagnostics[0]
     return _short(exc)

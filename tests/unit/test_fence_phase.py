@@ -285,3 +285,15 @@ def test_entry_points_that_saw_the_standbys_restart_get_one_more_look_after_thei
     mixed = settling_problems() + ["198.18.1.1 (node): no entry point answers"]
     _, result, checks = two_phases(monkeypatch, problems=[mixed])
     assert checks == [result.pending] and result.exit_code == 1
+
+
+def test_a_killed_engine_is_said_so_not_by_its_last_warning():
+    from pulumi.automation._cmd import CommandResult
+    from pulumi.automation.errors import CommandError
+
+    from cli.engine import _failure
+
+    killed = CommandError(CommandResult("", "warning: using pulumi-language-python from $PATH\n", -9))
+    assert _failure(Steps(), killed) == "the engine (`pulumi`) was killed by signal 9"
+    failed = CommandError(CommandResult("", "error: update failed\n", 255))
+    assert _failure(Steps(), failed) == "update failed"
