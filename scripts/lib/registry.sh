@@ -31,8 +31,9 @@ refuse_new_connections() {
     info "nft not found: a connection queued on :$port when the registry stops may be reset"
     return 0
   fi
-  # One transaction: the table made anew (an earlier, interrupted stop may have left it).
-  nft -f - <<NFT
+  # One transaction: the table made anew (an earlier, interrupted stop may have left it). A host
+  # whose kernel or nft cannot take it (no nf_tables) stops as without nft.
+  if ! nft -f - <<NFT; then
 add table inet $REGISTRY_DRAIN_TABLE
 delete table inet $REGISTRY_DRAIN_TABLE
 table inet $REGISTRY_DRAIN_TABLE {
@@ -47,6 +48,9 @@ table inet $REGISTRY_DRAIN_TABLE {
   }
 }
 NFT
+    warn "nft could not add table inet $REGISTRY_DRAIN_TABLE: a connection queued on :$port when the registry stops may be reset"
+    return 0
+  fi
   deadline=$((SECONDS + REGISTRY_QUEUE_WAIT_S))
   while (($(listener_queue "$port") > 0)) && ((SECONDS < deadline)); do
     sleep 0.05
@@ -56,7 +60,7 @@ NFT
 
 accept_new_connections() {
   if command -v nft >/dev/null 2>&1 && nft list table inet "$REGISTRY_DRAIN_TABLE" >/dev/null 2>&1; then
-    nft delete table inet "$REGISTRY_DRAIN_TABLE"
+    nft delete table inet "$REGISTRY_DRAIN_TABLE" || warn "nft could not delete table inet $REGISTRY_DRAIN_TABLE (its element ends by itself)"
   fi
 }
 
