@@ -773,12 +773,20 @@ class Run:
         """Two watchers on two machines: the leader alive, then its machine killed as its
         recovery starts (bench/watchpair.py)."""
         from bench import watchpair
+        from lab import postgres as lab_postgres
 
-        log("phase watchpair: fresh lab of 3 masters + 2 nodes + 2 watcher machines")
+        log("phase watchpair: fresh lab of 3 masters + 2 nodes + 2 watcher machines, the state "
+            "on the lab's PostgreSQL")
         self.lab.down()
         env = self.lab_env(4)
         nodes, machines = env.nodes[:2], env.nodes[2:]
-        stack = fresh_stack("benchpair", self.env)
+        # The team's backend the watchers share (issue 22: state off the laptop), as in
+        # tests/e2e/test_watch_pair.py; Lab.down removes it with the lab.
+        db = lab_postgres.up(self.lab)
+        pg_env = dict(self.env, **db.env())
+        self.results["watch_backend"] = (f"postgres://{db.address}:{db.port}/{db.database} "
+                                         f"({', '.join(f'{k} {v}' for k, v in db.versions.items())})")
+        stack = fresh_stack("benchpair", pg_env)
         self.stacks.append(stack)
         values = stack_values(env, master0=env.masters[0], distribution="pre")
         values["cluster"]["nodes"] = nodes
@@ -789,7 +797,7 @@ class Run:
         deployed = stack.up(self.args.parallel)
         log(f"deployed benchpair in {deployed.seconds:.1f}s")
         load = os.getloadavg()[0]
-        figures = watchpair.measure(self.lab, stack.name, stack.stack_file, self.env,
+        figures = watchpair.measure(self.lab, stack.name, stack.stack_file, pg_env,
                                     BENCH_DIR / "watchpair", env.masters, machines, log)
         for key, value in figures.items():
             self.record(key, value, load if key.endswith("_s") else None)

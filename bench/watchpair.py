@@ -1,6 +1,7 @@
 """Phase `watchpair`: unattended failover with two `cli watch` processes on two machines (issue
 22): each on a lab host outside the cluster (its network and hostname; lab/hosts.py
-``enter_argv``), each from its own clone of the project, one file:// backend.
+``enter_argv``), each from its own clone of the project, one team backend: the lab's
+PostgreSQL (lab/postgres.py; the new leader clears the dead one's lock row there).
 
 - ``watch_leader_alive_verified_s``: master0 killed -> the leader's recovery verified;
 - ``watch_leader_lost_verified_s``: the new master0 killed, the leader's machine killed (every
