@@ -53,6 +53,12 @@ def _sent(a: tuple[int, dict], b: tuple[int, dict]) -> int:
     return (b[0] - a[0]) - (b[1]["retransmits"] - a[1]["retransmits"])
 
 
+def _kinds(a: tuple[int, dict], b: tuple[int, dict]) -> dict:
+    """What the packets between the two counts were (PacketKinds' kinds), to say what a non-zero
+    ``watch_packets_to_old`` was."""
+    return {k: b[1][k] - a[1].get(k, 0) for k in b[1] if b[1][k] - a[1].get(k, 0)}
+
+
 def measure(lab, stack_name: str, stack_file: Path, env: dict[str, str], workdir: Path,
             masters: list[str], machines: list[str], log: Callable[[str], None]) -> dict:
     clones = {ip: project_clone(workdir / ip, stack_file) for ip in machines}
@@ -83,7 +89,9 @@ def measure(lab, stack_name: str, stack_file: Path, env: dict[str, str], workdir
             raise WatchPairError(f"the first recovery did not verify: {v1}")
         alive_s = v1["epoch"] - killed
         packets = _sent(marks["d"], marks["v"])
-        log(f"watchpair: leader alive: kill -> verified {alive_s:.1f}s, {packets} packets to {m0}")
+        kinds = {"alive": _kinds(marks["d"], marks["v"])}
+        log(f"watchpair: leader alive: kill -> verified {alive_s:.1f}s, {packets} packets to {m0} "
+            f"({kinds['alive'] or 'none'})")
         lab.revive(m0)
         leader.wait_for(lambda e: e["event"] == "fenced_registry", 80, "the returned registry stopped")
         deadline = time.monotonic() + 60   # its etcd member back: the next kill keeps a quorum
@@ -119,12 +127,13 @@ def measure(lab, stack_name: str, stack_file: Path, env: dict[str, str], workdir
             raise WatchPairError(f"the resumed recovery did not verify: {v2}")
         lost_s = v2["epoch"] - killed
         packets += _sent(at_kill, at_verified)
+        kinds["lost"] = _kinds(at_kill, at_verified)
         log(f"watchpair: leader's machine killed {machine_killed - killed:.1f}s after master0 "
             f"{m1}: -> verified by the other {v2['epoch'] - machine_killed:.1f}s ({lost_s:.1f}s "
             f"after master0's kill); packets to the dead master0s {packets}")
         return {"watch_leader_alive_verified_s": alive_s, "watch_leader_lost_verified_s": lost_s,
                 "watch_leader_lost_after_machine_s": v2["epoch"] - machine_killed,
-                "watch_packets_to_old": packets}
+                "watch_packets_to_old": packets, "watch_packets_to_old_kinds": kinds}
     finally:
         for ip, w in watchers.items():
             if lab.is_killed(ip):
