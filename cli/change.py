@@ -33,7 +33,8 @@ from cli import plan as plan_mod
 from cli import stacklock
 from cli.common import EXIT_DEGRADED, EXIT_OK, CliError
 from cli.engine import UpFailed
-from cli.health import SETTLING, Assessment, FencePending, check_cluster, report
+from cli.health import (MASTER0_NOT_SERVING, SETTLING, Assessment, FencePending, check_cluster,
+                        report)
 from cli.probe import HostProbe, all_refs, probe_command, probe_host
 from cli.session import Session
 from config import PROJECT, StackConfig
@@ -409,7 +410,7 @@ def _up(session: Session, change: Change, timer: Timer, guard: StackFileGuard, r
     return result
 
 
-def only_settling(health: Assessment) -> bool:
+def only_settling(health: Assessment, also: tuple[str, ...] = ()) -> bool:
     """Every problem is one a restart by the `up` just done explains and that settles within the
     entry points' check interval (health.SETTLING): an entry point that sees none of its
     standbys UP (before the fence phase: none of the servers that serve now), a warm standby
@@ -417,7 +418,7 @@ def only_settling(health: Assessment) -> bool:
     not answering and 4 of 8 sampled entry points seeing no server UP; no second look was taken
     because the between-phases wording was not recognised."""
     return not health.healthy and bool(health.problems) and all(
-        any(kind in p for kind in SETTLING) for p in health.problems)
+        any(kind in p for kind in (*SETTLING, *also)) for p in health.problems)
 
 
 def entry_settle_s(config: StackConfig) -> float:
@@ -445,10 +446,13 @@ def fence(session: Session, change: Change, timer: Timer, result: Result) -> Non
     print("verifying every live host:", file=out)
     start = time.monotonic()
     result.fence = check_cluster(session, again=True)
-    if only_settling(result.fence):
-        # Entry points just reloaded: a server they gained is checked before it counts as UP
-        # (rise 2, a second apart); one more look once that has had time.
-        time.sleep(FENCE_SETTLE_S)
+    if only_settling(result.fence, also=(MASTER0_NOT_SERVING,)):
+        # Every entry point was just reloaded (at 3 + 300, all 300 within 4 minutes): a server
+        # it gained is checked before it counts as UP (rise 2), and one it saw fail (the new
+        # master0 answering 300 first checks at once on a loaded host) is checked again only at
+        # its interval. One more look once that has had time (3 + 300 refused without it: the
+        # new master0 DOWN or DOWN 1/2 on many nodes, and the look came after 3 s, not 10 + 3).
+        time.sleep(entry_settle_s(session.config))
         result.fence = check_cluster(session, again=True)
     timer.add("fence_verify", time.monotonic() - start)
     report(session.config, result.fence, time.monotonic() - start, out)

@@ -211,6 +211,10 @@ def serving(status: str) -> bool:
     return status == "UP" or status.startswith("UP ")
 
 
+# The problem an entry point has while master0 does not serve there (DOWN, or DOWN 1/2: coming
+# back, one good check of the two); after the fence phase reloaded it, that may still be its
+# first checks of the new master0 (cli/change.py fence).
+MASTER0_NOT_SERVING = "pulls go to a warm standby, pushes fail"
 # The problem an entry point has while no warm standby of it is UP (also for a moment after a
 # reload added one: cli/change.py's fence check looks again then).
 NO_STANDBY_UP = "the entry point sees no warm standby UP"
@@ -242,8 +246,8 @@ def entry_problems(ip: str, role: str, probe: HostProbe, master0: str, mirrors: 
     problems = []
     status = probe.entry[0]["status"]
     if not serving(status):
-        problems.append(f"{ip} ({role}): the entry point sees master0 {master0} {status}: pulls go "
-                        "to a warm standby, pushes fail")
+        problems.append(f"{ip} ({role}): the entry point sees master0 {master0} {status}: "
+                        f"{MASTER0_NOT_SERVING}")
     if mirrors and not any(serving(s["status"]) for s in probe.entry[1:]):
         problems.append(f"{ip} ({role}): {NO_STANDBY_UP}: pulls stop if "
                         "master0 does")

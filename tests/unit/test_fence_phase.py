@@ -297,3 +297,21 @@ def test_a_killed_engine_is_said_so_not_by_its_last_warning():
     assert _failure(Steps(), killed) == "the engine (`pulumi`) was killed by signal 9"
     failed = CommandError(CommandResult("", "error: update failed\n", 255))
     assert _failure(Steps(), failed) == "update failed"
+
+
+def test_the_fence_check_looks_again_after_the_interval_when_reloaded_entry_points_see_master0_down(monkeypatch):
+    """3 + 300 (session 17): the fence phase reloaded all 300 entry points within 4 minutes and
+    its check found the new master0 DOWN (or DOWN 1/2) on many of them, the other standby not UP
+    on others; no second look came (that wording was not one that settles) and the one the
+    standby's got waited 3 s, not the interval. Now: one more look after the entry points'
+    interval + FENCE_SETTLE_S for those; any other problem still gets none."""
+    from cli.health import MASTER0_NOT_SERVING, NO_STANDBY_UP
+
+    down = [f"198.18.1.1 (node): the entry point sees master0 {M2} DOWN 1/2: {MASTER0_NOT_SERVING}",
+            f"198.18.1.2 (node): {NO_STANDBY_UP}: pulls stop if master0 does"]
+    _, result, checks = two_phases(monkeypatch, problems=[[], list(down)])
+    settle = 1 + change_mod.FENCE_SETTLE_S         # node_entry.check_interval_s defaults to 1
+    assert checks == [result.pending, None, ("slept", settle), None], checks
+    assert result.fence.healthy and result.exit_code == 0
+    _, result, checks = two_phases(monkeypatch, problems=[[], down + ["198.18.1.3 (node): no entry point answers"]])
+    assert checks == [result.pending, None] and result.exit_code == 1
