@@ -323,13 +323,9 @@ class Engine:
         if not defer:
             yield None
             return
-        env = self.stack.workspace.env_vars
-        env[FENCE_LATER_ENV] = ",".join(sorted(defer))
-        try:
+        with self._env({FENCE_LATER_ENV: ",".join(sorted(defer))}):
             yield [step.urn(self.stack_name, PROJECT, ip) for ip in sorted(defer)
                    for step in HostStep.node_side()]
-        finally:
-            env.pop(FENCE_LATER_ENV, None)
 
     def outputs(self, *keys: str) -> dict:
         """The stack's outputs named ``keys`` (Automation API `stack output`), as plain values; a

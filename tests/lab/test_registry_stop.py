@@ -122,3 +122,22 @@ def test_a_stop_refuses_new_connections_and_resets_none(lab, served):
         assert counts["cut"] == 0 and counts["other"] == 0, counts
     # Nothing left behind: the refusal's table is gone once the listener is closed.
     assert lab.run(master, "nft list table inet sealer_registry_drain", check=False).returncode != 0
+
+
+def test_the_refusal_holds_while_the_registry_still_listens_and_goes_with_its_table(lab, served):
+    """Deterministic, beside the race above: once refuse_new_connections returns, a new
+    connection from a node is refused although the registry still listens (its queue empty);
+    accept_new_connections removes the table and the same connection is answered."""
+    master, node = served
+    libs = stop_script(None).rsplit("stop_registry", 1)[0]
+    connect = (f"curl -sk -o /dev/null -w '%{{http_code}}' --max-time 3 https://{master}:{PORT}/v2/; "
+               "echo \" exit $?\"")
+    done = lab.run(master, "bash -s", input=libs + f"refuse_new_connections {PORT}\n", timeout=30)
+    try:
+        assert f"new connections to :{PORT} refused" in done.stderr and "(queue: 0)" in done.stderr, done.stderr
+        assert lab.run(master, f"ss -Hltn 'sport = :{PORT}'").stdout.strip(), "the registry stopped listening"
+        assert lab.run(node, connect, check=False).stdout.split() == ["000", "exit", "7"]  # refused
+    finally:
+        lab.run(master, "bash -s", input=libs + "accept_new_connections\n", timeout=30)
+    assert lab.run(master, "nft list table inet sealer_registry_drain", check=False).returncode != 0
+    assert lab.run(node, connect, check=False).stdout.split() == ["401", "exit", "0"]
