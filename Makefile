@@ -18,7 +18,7 @@ help:
 	@echo "make deps       pip install the pinned Python packages"
 	@echo "make setup      apt-get update, then make lab-deps (a fresh machine)"
 	@echo "make lab-deps   apt + pip: everything the lab and the tests need (root)"
-	@echo "make toolchain  build (or reuse) the Pulumi engine, plugins and kube-apiserver"
+	@echo "make toolchain  build (or reuse) the Pulumi engine, plugins, kube-apiserver and the lab S3 server"
 	@echo "make toolchain-containerd2  build (or reuse) containerd 2.x for the lab's 2.x node tests"
 	@echo "                (opt-in, not part of make test: about 3.5 min cold)"
 	@echo "make haproxy-bundle  HAProxy from Debian's package with its libraries, for nodes without"
@@ -39,12 +39,14 @@ setup:
 	DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	$(MAKE) lab-deps
 
+# The engine toolchain (build.sh) and the lab's S3 server (gotool.sh versitygw), each cached.
 toolchain:
 	$(PYTHON) -m lab.toolchain
+	bash lab/toolchain/gotool.sh versitygw build
 
 # Opt-in: tests/lab/test_containerd2_node.py skips (saying this) when it is not built.
 toolchain-containerd2:
-	bash lab/toolchain/containerd2.sh build
+	bash lab/toolchain/gotool.sh containerd2 build
 
 # node_entry's HAProxy for nodes without one (apt-get download haproxy; docs/how-it-works.md).
 haproxy-bundle:

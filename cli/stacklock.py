@@ -19,9 +19,11 @@ updated_at``; every write one ``INSERT ... ON CONFLICT DO UPDATE``, so no torn c
 file://; ``key`` is the object key prefixed with the URL's path and a slash,
 pkg/backend/diy/backend.go@v3.274.0 ``blob.PrefixedBucket``,
 e.g. ``pulumi/.pulumi/locks/organization/<project>/<stack>/<uuid>.json`` for database ``pulumi``;
-``data`` is ``{"data": "<the lock JSON, base64>"}``). ``FileLocks`` and ``PostgresLocks`` read
-and delete them; an ``s3://`` (``gs://``, ``azblob://``) lock is not read here: the engine's own
-refusal names it (``parse_locked_error``) and an operator clears it.
+``data`` is ``{"data": "<the lock JSON, base64>"}``); ``s3://`` an object of the bucket, its key
+the URL's path, a slash and the object key (the same PrefixedBucket). ``FileLocks``,
+``PostgresLocks`` and ``S3Locks`` (boto3) read and delete them; a ``gs://`` or ``azblob://`` lock
+is not read here: the engine's own refusal names it (``parse_locked_error``) and an operator
+clears it.
 
 So a new leader never runs ``pulumi cancel`` blindly. The leader records its engine run in the
 Lease (annotation ``ENGINE_RUN``: the hostname the lock will carry, the engine's pid(s) once
@@ -508,15 +510,199 @@ def locks_of_rows(rows: list, prefixes: tuple[str, ...]) -> list[StackLock]:
     return locks
 
 
+# ------------------------------------------------------------------------------ s3:// I/O
+
+# gocloud.dev v0.46.1-0.20260810195832-b5401c07b5f1 (what pulumi v3.274.0 links): blob/s3blob
+# s3blob.go ``URLOpener.OpenBucketURL`` takes these query parameters itself, aws/aws.go
+# ``V2ConfigFromURLParams`` the rest; any other is "unknown query parameter" (the engine refuses
+# the URL). pulumi's backend.go ``translateLegacyS3Params`` first turns the SDK v1 names into
+# these (disableSSL -> disable_https; a scheme-less endpoint gets https://, or http:// with
+# disableSSL) and, when an endpoint is set, defaults request_checksum_calculation to
+# when_required.
+S3_BUCKET_PARAMS = {"sse_type", "kmskeyid", "accelerate", "use_path_style", "s3ForcePathStyle",
+                    "disable_https", "awssdk"}
+S3_CONFIG_PARAMS = {"hostname_immutable", "region", "endpoint", "profile", "dualstack", "fips",
+                    "rate_limiter_capacity", "anonymous", "role", "request_checksum_calculation",
+                    "response_checksum_validation"}
+S3_TIMEOUT_S = 30
+
+
+def _go_bool(value: str) -> bool:
+    return value in {"1", "t", "T", "TRUE", "true", "True"}
+
+
+@dataclass(frozen=True)
+class S3Target:
+    """Where an ``s3://`` backend keeps its objects and how boto3 reaches them as the engine's
+    AWS SDK does (the same endpoint, addressing style, region and credentials chain)."""
+
+    bucket: str
+    prefix: str                # the URL's path, every key's prefix (backend.go PrefixedBucket)
+    endpoint: str | None       # a third-party store's URL (MinIO, Ceph RGW, Versity, ...)
+    region: str | None
+    path_style: bool           # use_path_style / s3ForcePathStyle: bucket in the path
+    profile: str | None
+    anonymous: bool
+    dualstack: bool
+    fips: bool
+    where: str                 # for messages: s3://bucket/prefix?endpoint=... (no secret in it)
+
+    def key(self, object_key: str) -> str:
+        return self.prefix + object_key
+
+
+def s3_target(url: str | None) -> S3Target | None:
+    """An ``s3://`` backend URL -> S3Target, read as pulumi v3.274.0 and its gocloud.dev read it
+    (see S3_BUCKET_PARAMS); None for another scheme. Credentials are never in the URL: boto3 takes
+    them where the engine's SDK does (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a shared
+    credentials file and its profile, AWS_CA_BUNDLE for a private CA). ``role=`` (an assumed
+    role) is refused: the lock is then not read and the engine's own check decides."""
+    if not url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme != "s3":
+        return None
+    if not parsed.netloc:
+        raise LockStoreError("backend URL: s3:// names no bucket: the lock is not read")
+    params = dict(parse_qsl(parsed.query, keep_blank_values=True))
+    unknown = sorted(k for k in params if k not in S3_BUCKET_PARAMS | S3_CONFIG_PARAMS
+                     and k != "disableSSL")
+    if unknown:
+        raise LockStoreError(f"backend URL: query parameter {unknown[0]!r} is not one the engine's "
+                             "S3 driver takes: the lock is not read")
+    if params.get("role"):
+        raise LockStoreError("backend URL: role= (an assumed role) is not followed here: the lock "
+                             "is not read")
+    disable_ssl = _go_bool(params.pop("disableSSL", "false"))
+    endpoint = params.get("endpoint") or None
+    if endpoint and "://" not in endpoint:
+        endpoint = ("http://" if disable_ssl else "https://") + endpoint
+    if endpoint and _go_bool(params.get("disable_https", "false")) and endpoint.startswith("https://"):
+        endpoint = "http://" + endpoint[len("https://"):]
+    path_style = _go_bool(params.get("use_path_style") or params.get("s3ForcePathStyle") or "false")
+    prefix = unquote(parsed.path).lstrip("/")
+    prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
+    shown = f"s3://{parsed.netloc}/{prefix}" + (f"?endpoint={endpoint}" if endpoint else "")
+    return S3Target(parsed.netloc, prefix, endpoint, params.get("region") or None, path_style,
+                    params.get("profile") or None, _go_bool(params.get("anonymous", "false")),
+                    _go_bool(params.get("dualstack", "false")), _go_bool(params.get("fips", "false")),
+                    shown)
+
+
+@dataclass
+class S3Locks:
+    """The lock objects of an ``s3://`` backend, listed, read and deleted with boto3 (AWS's own
+    Python SDK, the client of the same API the engine's Go SDK speaks; imported only here, so
+    that a file:// or postgres:// user needs none of it)."""
+
+    target: S3Target
+    client: object = None      # a boto3 S3 client; made on first use (tests pass their own)
+
+    @property
+    def where(self) -> str:
+        return self.target.where
+
+    def _client(self):
+        if self.client is None:
+            try:
+                import boto3
+                from botocore import UNSIGNED
+                from botocore.config import Config
+            except ImportError:
+                raise LockStoreError("boto3 is not installed (pip install -r requirements.txt): "
+                                     "the lock objects cannot be read") from None
+            t = self.target
+            options = dict(s3={"addressing_style": "path" if t.path_style else "virtual"},
+                           connect_timeout=10, read_timeout=S3_TIMEOUT_S,
+                           retries={"max_attempts": 3, "mode": "standard"},
+                           use_dualstack_endpoint=t.dualstack or None, use_fips_endpoint=t.fips or None)
+            if t.endpoint:
+                options["request_checksum_calculation"] = "when_required"   # as the engine
+            if t.anonymous:
+                options["signature_version"] = UNSIGNED
+            try:
+                session = boto3.session.Session(profile_name=t.profile)
+                self.client = session.client(
+                    "s3", endpoint_url=t.endpoint,
+                    region_name=t.region or os.environ.get("AWS_REGION") or None,
+                    config=Config(**{k: v for k, v in options.items() if v is not None}))
+            except Exception as e:   # botocore's ProfileNotFound, NoRegionError, ...
+                raise LockStoreError(f"{self.where}: {e}") from None
+        return self.client
+
+    def _call(self, what: str, fn, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            return fn(**kwargs)
+        except ClientError as e:
+            error = e.response.get("Error", {})
+            raise LockStoreError(f"{what} on {self.where}: {error.get('Code', '?')}: "
+                                 f"{error.get('Message', '')}".rstrip(": ")) from None
+        except BotoCoreError as e:
+            raise LockStoreError(f"{what} on {self.where}: {e}") from None
+
+    def read(self, project: str, stack: str) -> list[StackLock]:
+        """The objects directly under the stack's lock folders (lock.go lists them the same way:
+        ``listBucket`` of ``stackLockDir``), each with the ETag it was read at."""
+        client = self._client()
+        locks: list[StackLock] = []
+        for folder in lock_prefixes(project, stack):
+            prefix = self.target.key(folder)
+            keys: list[str] = []
+            token = None
+            while True:
+                page = self._call("listing the locks", client.list_objects_v2,
+                                  Bucket=self.target.bucket, Prefix=prefix, Delimiter="/",
+                                  **({"ContinuationToken": token} if token else {}))
+                keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".json")]
+                token = page.get("NextContinuationToken")
+                if not page.get("IsTruncated") or not token:
+                    break
+            for key in sorted(keys):
+                try:
+                    got = self._call("reading a lock", client.get_object,
+                                     Bucket=self.target.bucket, Key=key)
+                except LockStoreError as e:
+                    if "NoSuchKey" in str(e):
+                        continue   # its engine ended between the listing and the read
+                    raise
+                lock = lock_of(got["Body"].read(), key, got.get("ETag", ""))
+                if lock is not None:
+                    locks.append(lock)
+        return locks
+
+    def remove(self, lock: StackLock) -> str:
+        """Delete the object only while it is still what was read: its ETag is compared first
+        (lock.go writes a lock under a key of its own process, ``<backend uuid>.json``, and only
+        that process writes the key again; the compare keeps a rewrite by it). S3 has no delete
+        conditional on content everywhere (If-Match on DeleteObject is recent and not in every
+        S3-compatible store), so the window is the time between the compare and the delete."""
+        client = self._client()
+        try:
+            head = self._call("reading a lock", client.head_object,
+                              Bucket=self.target.bucket, Key=lock.where)
+        except LockStoreError as e:
+            if any(code in str(e) for code in ("NoSuchKey", "404", "Not Found")):
+                return ""   # gone already (its engine ended after all)
+            raise
+        if lock.blob and head.get("ETag", "") != lock.blob:
+            return f"{lock.where}: the object changed since it was read: left alone"
+        self._call("deleting a lock", client.delete_object, Bucket=self.target.bucket, Key=lock.where)
+        return ""
+
+
 def lock_store(url: str | None, run: Runner = subprocess.run) -> LockStore | None:
-    """The stack locks of backend ``url``: a directory, a PostgreSQL table, or None (an object
-    store, or no URL: the engine's own check is all there is)."""
+    """The stack locks of backend ``url``: a directory, a PostgreSQL table, an S3 bucket, or None
+    (gs://, azblob://, or no URL: the engine's own check is all there is)."""
     root = file_backend_root(url)
     if root is not None:
         return FileLocks(root)
     target = postgres_target(url)
     if target is not None:
         return PostgresLocks(target, run)
+    s3 = s3_target(url)
+    if s3 is not None:
+        return S3Locks(s3)
     return None
 
 

@@ -986,10 +986,10 @@ class Watcher:
     def clear_stale_locks(self) -> bool:
         """Before an `up`: a stack lock written by an engine run known to be over (the previous
         leader's, whose lease expired; our own killed run) is deleted through the backend's own
-        storage (a file:// lock file, a postgres:// row: cli/stacklock.py), and the pending
-        operations that run left are taken out of the state. Any other lock is left alone and
-        the `up` does not start (False): it may be a person's `pulumi up`. An object store's
-        locks (s3://...) are not read here: the engine's own refusal says whose lock it is."""
+        storage (a file:// lock file, a postgres:// row, an s3:// object: cli/stacklock.py), and
+        the pending operations that run left are taken out of the state. Any other lock is left
+        alone and the `up` does not start (False): it may be a person's `pulumi up`. gs:// and
+        azblob:// locks are not read here: the engine's own refusal says whose lock it is."""
         engine = self.session.engine
         try:
             store = stacklock.lock_store(engine.backend_url())

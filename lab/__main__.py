@@ -1,4 +1,4 @@
-"""python -m lab up|down|status|kill|revive|power-off|power-on|stop-sshd|start-sshd|run|images|store|postgres|stackfile|sealer"""
+"""python -m lab up|down|status|kill|revive|power-off|power-on|stop-sshd|start-sshd|run|images|store|postgres|s3|stackfile|sealer"""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                                          "(up prints PULUMI_BACKEND_URL; no secret in it)")
     from lab import postgres as postgres_mod
     postgres_mod.add_arguments(pg)
+    s3p = sub.add_parser("s3", help="the S3 store: versitygw on its own lab host (up prints "
+                                    "PULUMI_BACKEND_URL and the AWS_* environment; no secret in them)")
+    from lab import s3 as s3_mod
+    s3_mod.add_arguments(s3p)
     stk = sub.add_parser("stackfile", help="write Pulumi.lab.yaml (needs the toolchain's pulumi)")
     from lab import stackfile as stackfile_mod
     stackfile_mod.add_arguments(stk)
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"store {a.action}: {time.monotonic() - t0:.1f}s", file=sys.stderr)
         elif a.cmd == "postgres":
             print(json.dumps(postgres_mod.main(a, lab), indent=2))
+        elif a.cmd == "s3":
+            print(json.dumps(s3_mod.main(a, lab), indent=2))
         elif a.cmd == "stackfile":
             print(stackfile_mod.main(a, lab))
         elif a.cmd == "sealer":

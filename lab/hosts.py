@@ -283,9 +283,10 @@ class Lab:
         ensure_neighbour_capacity(len(wanted))
         ensure_inotify_capacity(len(wanted))
         wanted_names = {w[0] for w in wanted}
-        from lab import postgres  # not at the top: lab.postgres imports this module
-        # The state database's host is no cluster host: it stays (`down` removes it).
-        self._remove_hosts(self._existing_host_names() - wanted_names - {postgres.HOST})
+        from lab import postgres, s3  # not at the top: they import this module
+        # The state database's and the S3 store's hosts are no cluster hosts: they stay (`down`
+        # removes them).
+        self._remove_hosts(self._existing_host_names() - wanted_names - {postgres.HOST, s3.HOST})
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             hosts = list(pool.map(lambda w: self._ensure_host(*w, data_root=data_root,
                                                                cluster=cluster), wanted))
@@ -299,12 +300,14 @@ class Lab:
         store registry's PKI, the stack's password and pulumi-state stay unless purge=True, which
         removes the whole state dir (and Pulumi.lab.yaml when the state dir is the repo's
         default)."""
-        from lab import postgres, store  # not at the top: they import this module
+        from lab import postgres, s3, store  # not at the top: they import this module
         removed = []
         if store.stop(self.state, clean=True):
             removed.append(f"store registry {store.ADDRESS}")
         if postgres.stop(self.state, clean=True):
             removed.append(f"state database {postgres.HOST} {postgres.ADDRESS}")
+        if s3.stop(self.state, clean=True):
+            removed.append(f"S3 store {s3.HOST} {s3.ADDRESS}")
         names = sorted(self._existing_host_names())
         self._remove_hosts(names, nft=False)  # the whole table goes below
         removed += names
@@ -1059,6 +1062,48 @@ def _disable_ipv6(dev: str) -> None:
     p = Path(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6")
     if p.exists():
         p.write_text("1")
+
+
+def _netns_exists(name: str) -> bool:
+    return name in sh("ip", "netns", "list").stdout.split()
+
+
+def ensure_service_host(name: str, address: str) -> None:
+    """A lab host that is no cluster host (the state database, the S3 store: lab/postgres.py,
+    lab/s3.py): network namespace ``name`` whose eth0 is ``address``/24, its veth peer ``name``
+    on the lab bridge, nothing else (no sshd: nobody logs in). Idempotent."""
+    if not _link_exists(BRIDGE):
+        raise LabError(f"no bridge {BRIDGE}: bring the lab up first (`python -m lab up`)")
+    if _netns_exists(name) and _link_exists(name) and f" {address}/" in sh(
+            "ip", "-n", name, "-4", "-o", "addr", "show", "dev", "eth0", check=False).stdout:
+        return
+    remove_service_host(name)
+    sh("ip", "netns", "add", name)
+    # No IPv6 in the namespace (as on every lab host): its link-local chatter (DAD, router and
+    # multicast listener messages) is multicast, flooded through every bridge port, and would
+    # count as packets to the cluster's hosts (Lab.packets_to: "0 packets to the dead master0").
+    sh("nsenter", f"--net=/run/netns/{name}", "--", "sysctl", "-qw",
+       "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    sh("ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", name)
+    _disable_ipv6(name)
+    sh("ip", "link", "set", name, "master", BRIDGE, "up")
+    sh("ip", "-n", name, "link", "set", "lo", "up")
+    sh("ip", "-n", name, "addr", "add", f"{address}/{SUBNET.prefixlen}", "dev", "eth0")
+    sh("ip", "-n", name, "link", "set", "eth0", "up")
+    sh("ip", "-n", name, "route", "add", "default", "via", GATEWAY, check=False)
+
+
+def remove_service_host(name: str) -> bool:
+    """Kill what is left in service host ``name``'s namespace and remove it and its veth; True
+    when there was one."""
+    had = _netns_exists(name) or _link_exists(name)
+    if _netns_exists(name):
+        for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+            _signal(int(pid), 9)
+        sh("ip", "netns", "del", name, check=False)
+    if _link_exists(name):
+        sh("ip", "link", "del", name, check=False)
+    return had
 
 
 def _state(pid: int) -> str:

@@ -40,8 +40,8 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from lab import tls
-from lab.hosts import (BRIDGE, GATEWAY, INSTANCE, PREFIX, SUBNET, LabError, _alive, _disable_ipv6,
-                       _link_exists, _signal, _wait, sh)
+from lab.hosts import (INSTANCE, PREFIX, SUBNET, LabError, _alive, _signal, _wait,
+                       ensure_service_host, remove_service_host, sh)
 
 HOST = f"{PREFIX}db"            # the network namespace and its veth on the bridge
 ADDRESS = f"198.18.{INSTANCE}.5"
@@ -188,43 +188,12 @@ def _ensure_tls(p: _Paths, uid: int, gid: int) -> None:
 # ------------------------------------------------------------------------------ the host
 
 
-def _netns_exists() -> bool:
-    return HOST in sh("ip", "netns", "list").stdout.split()
-
-
 def _ensure_host() -> None:
-    """The namespace with eth0 = ADDRESS/24, its peer on the lab bridge. Idempotent."""
-    if not _link_exists(BRIDGE):
-        raise LabError(f"no bridge {BRIDGE}: bring the lab up first (`python -m lab up`)")
-    if _netns_exists() and _link_exists(HOST) and f" {ADDRESS}/" in sh(
-            "ip", "-n", HOST, "-4", "-o", "addr", "show", "dev", "eth0", check=False).stdout:
-        return
-    remove_host()
-    sh("ip", "netns", "add", HOST)
-    # No IPv6 in the namespace (as on every lab host): its link-local chatter (DAD, router and
-    # multicast listener messages) is multicast, flooded through every bridge port, and would
-    # count as packets to the cluster's hosts (Lab.packets_to: "0 packets to the dead master0").
-    sh("nsenter", f"--net=/run/netns/{HOST}", "--", "sysctl", "-qw",
-       "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-    sh("ip", "link", "add", HOST, "type", "veth", "peer", "name", "eth0", "netns", HOST)
-    _disable_ipv6(HOST)
-    sh("ip", "link", "set", HOST, "master", BRIDGE, "up")
-    sh("ip", "-n", HOST, "link", "set", "lo", "up")
-    sh("ip", "-n", HOST, "addr", "add", f"{ADDRESS}/{SUBNET.prefixlen}", "dev", "eth0")
-    sh("ip", "-n", HOST, "link", "set", "eth0", "up")
-    sh("ip", "-n", HOST, "route", "add", "default", "via", GATEWAY, check=False)
+    ensure_service_host(HOST, ADDRESS)
 
 
 def remove_host() -> bool:
-    """Kill what is left in the namespace (after `stop`: nothing) and remove it and its veth."""
-    had = _netns_exists() or _link_exists(HOST)
-    if _netns_exists():
-        for pid in sh("ip", "netns", "pids", HOST, check=False).stdout.split():
-            _signal(int(pid), 9)
-        sh("ip", "netns", "del", HOST, check=False)
-    if _link_exists(HOST):
-        sh("ip", "link", "del", HOST, check=False)
-    return had
+    return remove_service_host(HOST)
 
 
 # ------------------------------------------------------------------------------ the server

@@ -12,9 +12,10 @@ import subprocess
 from pathlib import Path
 
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
-# containerd 2.x for the lab's containerd 2.x nodes: opt-in (`make toolchain-containerd2`), since a
-# cold build takes minutes that CI's cold run does not have.
-CONTAINERD2_SCRIPT = Path(__file__).resolve().parent / "containerd2.sh"
+# The lab's extra Go tools, each cached apart from the engine toolchain: containerd 2.x for the
+# lab's containerd 2.x nodes (opt-in, `make toolchain-containerd2`: a cold build takes minutes that
+# CI's cold run does not have) and the S3 server of the s3:// backend tests (`make toolchain`).
+GOTOOL_SCRIPT = Path(__file__).resolve().parent / "gotool.sh"
 # Stand-ins for the two plugins the proxy refuses (see lab/plugins/README.md).
 STAND_INS = Path(__file__).resolve().parent.parent / "plugins"
 # A directory holding the real pulumi-language-python / pulumi-resource-command, when one is at
@@ -131,24 +132,51 @@ def env(base: dict[str, str] | None = None) -> dict[str, str]:
     return result
 
 
-def containerd2_bin_dir() -> Path:
-    """Where containerd2.sh puts (or has put) ``containerd`` and ``ctr`` 2.x."""
-    done = subprocess.run(["bash", str(CONTAINERD2_SCRIPT), "bin-dir"], check=True, text=True,
+def gotool_bin_dir(tool: str) -> Path:
+    """Where gotool.sh puts (or has put) ``tool``'s binaries."""
+    done = subprocess.run(["bash", str(GOTOOL_SCRIPT), tool, "bin-dir"], check=True, text=True,
                           stdout=subprocess.PIPE)
     return Path(done.stdout.strip().splitlines()[-1])
 
 
+def gotool_version(tool: str) -> str:
+    """The version gotool.sh pins for ``tool``, e.g. "2.2.9"."""
+    done = subprocess.run(["bash", str(GOTOOL_SCRIPT), tool, "version"], check=True, text=True,
+                          stdout=subprocess.PIPE)
+    return done.stdout.strip()
+
+
+def gotool_missing(tool: str, binaries: tuple[str, ...], how: str) -> str | None:
+    """None when ``tool`` is built, else why not and ``how`` to build it."""
+    path = gotool_bin_dir(tool)
+    if (path.parent / "COMPLETE").is_file() and all(os.access(path / n, os.X_OK) for n in binaries):
+        return None
+    return f"{tool} v{gotool_version(tool)} is not built ({path} is absent): {how}"
+
+
+def containerd2_bin_dir() -> Path:
+    """Where gotool.sh puts (or has put) ``containerd`` and ``ctr`` 2.x."""
+    return gotool_bin_dir("containerd2")
+
+
 def containerd2_version() -> str:
-    """The containerd 2.x version containerd2.sh pins, e.g. "2.2.9"."""
-    return re.search(r'^readonly CONTAINERD2_VERSION="([^"]+)"$', CONTAINERD2_SCRIPT.read_text(),
-                     re.M).group(1)
+    """The containerd 2.x version gotool.sh pins, e.g. "2.2.9"."""
+    return gotool_version("containerd2")
 
 
 def containerd2_missing() -> str | None:
     """None when containerd 2.x is built, else why not and how to build it."""
-    path = containerd2_bin_dir()
-    if (path.parent / "COMPLETE").is_file() and all(os.access(path / n, os.X_OK)
-                                                     for n in ("containerd", "ctr")):
-        return None
-    return (f"containerd v{containerd2_version()} is not built ({path} is absent): it is opt-in, "
-            "`make toolchain-containerd2` builds it from the Go module proxy (about 3.5 min cold)")
+    return gotool_missing("containerd2", ("containerd", "ctr"),
+                          "it is opt-in, `make toolchain-containerd2` builds it from the Go module "
+                          "proxy (about 3.5 min cold)")
+
+
+def versitygw_bin_dir() -> Path:
+    """Where gotool.sh puts (or has put) ``versitygw``."""
+    return gotool_bin_dir("versitygw")
+
+
+def versitygw_missing() -> str | None:
+    """None when the lab's S3 server is built, else why not and how to build it."""
+    return gotool_missing("versitygw", ("versitygw",),
+                          "`make toolchain` builds it from the Go module proxy")

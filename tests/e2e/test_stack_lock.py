@@ -1,12 +1,13 @@
 """The stack lock and pending operations a killed engine run leaves, with the REAL engine
-(pulumi v3.274.0 from the toolchain), on a file:// backend and on the lab's real PostgreSQL
-(postgres://, Debian's server, TLS verify-full, the password only in a pgpass file), and how
-`cli watch` clears them (cli/stacklock.py): the lock (a file, a row of Pulumi's table) carries
+(pulumi v3.274.0 from the toolchain), on a file:// backend, on the lab's real PostgreSQL
+(postgres://, Debian's server, TLS verify-full, the password only in a pgpass file) and on the
+lab's S3 store (s3://, Versity S3 Gateway over TLS, the keys only in a credentials file), and how
+`cli watch` clears them (cli/stacklock.py): the lock (a file, a row of Pulumi's table, an object) carries
 the `pulumi up` process's pid and the hostname; a new leader's verdict keeps a lock of another
 pid (the engine then still refuses to run) and clears only the killed run's, through the
 backend's own storage; the pending operation is dropped from the state and the next `up`
-succeeds. A tiny project with one slow local command; the postgres case needs a small lab (one
-host, the bridge and the db host). Every wait is bounded."""
+succeeds. A tiny project with one slow local command; the postgres and s3 cases need a small lab
+(one host, the bridge, the db host and the S3 host). Every wait is bounded."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from typing import Callable
@@ -25,10 +26,11 @@ from typing import Callable
 import pytest
 
 from cli.engine import Engine
-from cli.stacklock import (DeadRun, EngineRun, LockStore, PostgresLocks, decide, lock_store,
-                           utc_stamp)
+from cli.stacklock import (DeadRun, EngineRun, LockStore, PostgresLocks, S3Locks, decide,
+                           lock_store, utc_stamp)
 from lab import Lab
 from lab import postgres as lab_postgres
+from lab import s3 as lab_s3
 from lab.hosts import LabError
 
 PROGRAM = """\
@@ -50,21 +52,39 @@ class Backend:
     store: LockStore
     raw_locks: Callable[[], list[str]]            # the lock objects' names / keys
     write_foreign: Callable[[dict], str]           # another process's lock; returns its name
+    env: dict[str, str] = field(default_factory=dict)   # what the engine needs beside the URL
 
 
 @pytest.fixture(scope="module")
-def state_db(tmp_path_factory):
-    """The lab's PostgreSQL on a lab of one host (only what the db host needs: the bridge)."""
+def locklab(tmp_path_factory):
+    """A lab of one host (only what the db and S3 hosts need: the bridge)."""
     Lab().down()  # a crashed earlier run holds the names
     lab = Lab(tmp_path_factory.mktemp("locklab"))
     try:
         lab.up(masters=1, nodes=0)
-        db = lab_postgres.up(lab)
     except LabError as e:
         lab.down()
-        pytest.fail(f"the lab's state database did not come up: {e}", pytrace=False)
-    yield db
+        pytest.fail(f"the lab did not come up: {e}", pytrace=False)
+    yield lab
     lab.down()
+
+
+@pytest.fixture(scope="module")
+def state_db(locklab):
+    """The lab's PostgreSQL (Debian's server)."""
+    try:
+        return lab_postgres.up(locklab)
+    except LabError as e:
+        pytest.fail(f"the lab's state database did not come up: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def s3_store(locklab):
+    """The lab's S3 store (versitygw, built by `make toolchain`)."""
+    try:
+        return lab_s3.up(locklab)
+    except LabError as e:
+        pytest.fail(f"the lab's S3 store did not come up: {e}", pytrace=False)
 
 
 def file_backend(state: Path) -> Backend:
@@ -106,7 +126,29 @@ def postgres_backend(db: lab_postgres.StateDb) -> Backend:
     return Backend(url, store, raw, write)
 
 
-@pytest.fixture(params=["file", "postgres"])
+def s3_backend(store: lab_s3.S3Store) -> Backend:
+    """A key prefix of its own in the lab's bucket (the URL's path: every key under it). The raw
+    view lists the bucket with the store's root account."""
+    prefix = f"lockprobe-{secrets.token_hex(4)}"
+    url = store.backend_url(prefix)
+    folder = f"{prefix}/.pulumi/locks/organization/lockprobe/dev/"
+    root = lab_s3.client(store)
+
+    def raw() -> list[str]:
+        listed = root.list_objects_v2(Bucket=store.bucket, Prefix=folder)
+        return sorted(o["Key"] for o in listed.get("Contents", []))
+
+    def write(doc: dict) -> str:
+        key = folder + "00000000-foreign.json"
+        root.put_object(Bucket=store.bucket, Key=key, Body=json.dumps(doc).encode())
+        return key
+
+    backend = lock_store(url)
+    assert isinstance(backend, S3Locks) and backend.target.prefix == prefix + "/"
+    return Backend(url, backend, raw, write, store.env(prefix))
+
+
+@pytest.fixture(params=["file", "postgres", "s3"])
 def project(request, tmp_path, toolchain_env):
     proj, state = tmp_path / "proj", tmp_path / "state"
     proj.mkdir()
@@ -114,14 +156,24 @@ def project(request, tmp_path, toolchain_env):
     (proj / "Pulumi.yaml").write_text("name: lockprobe\nruntime: python\n")
     (proj / "__main__.py").write_text(PROGRAM)
     backend = (file_backend(state) if request.param == "file"
-               else postgres_backend(request.getfixturevalue("state_db")))
-    env = dict(toolchain_env, PULUMI_BACKEND_URL=backend.url, PULUMI_SKIP_UPDATE_CHECK="true")
-    saved = os.environ.get("PULUMI_BACKEND_URL")
-    os.environ["PULUMI_BACKEND_URL"] = env["PULUMI_BACKEND_URL"]
-    subprocess.run(["pulumi", "--non-interactive", "stack", "init", "dev"], cwd=proj, env=env,
-                   check=True, capture_output=True)
-    yield proj, backend, env
-    os.environ["PULUMI_BACKEND_URL"] = saved or toolchain_env["PULUMI_BACKEND_URL"]
+               else postgres_backend(request.getfixturevalue("state_db"))
+               if request.param == "postgres" else s3_backend(request.getfixturevalue("s3_store")))
+    extra = dict(backend.env, PULUMI_BACKEND_URL=backend.url)
+    env = dict(toolchain_env, PULUMI_SKIP_UPDATE_CHECK="true", **extra)
+    # This process (the Engine's Automation API, boto3 for S3Locks) sees the same backend.
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        subprocess.run(["pulumi", "--non-interactive", "stack", "init", "dev"], cwd=proj, env=env,
+                       check=True, capture_output=True)
+        yield proj, backend, env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        os.environ["PULUMI_BACKEND_URL"] = saved["PULUMI_BACKEND_URL"] or toolchain_env["PULUMI_BACKEND_URL"]
 
 
 def marked() -> list[int]:

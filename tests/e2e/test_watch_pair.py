@@ -3,7 +3,9 @@ sshd and the lab's real kube-apiservers: each watcher runs on a lab host's netwo
 of its own (hosts outside the cluster: a partition or a kill takes that machine and every
 process on it, its engine run included), from its own clone of the project (its own stack
 file), both on one team backend: the lab's real PostgreSQL (`postgres://`, its own lab host,
-TLS verify-full, the password only in a pgpass file). In order, on one stack:
+TLS verify-full, the password only in a pgpass file), or with SEALER_E2E_WATCHPAIR_BACKEND=s3 the
+lab's S3 store (`s3://`, Versity S3 Gateway on its own lab host, TLS, the keys only in a
+credentials file). In order, on one stack:
 
 1. the leader cut off the network stops acting at its renew deadline and never fences; the
    other takes the Lease over;
@@ -12,7 +14,8 @@ TLS verify-full, the password only in a pgpass file). In order, on one stack:
    decision to the verification;
 3. the new master0 killed and the leader's machine killed as its recovery `up` starts: the
    other takes over after the lease expires, clears the dead leader's stack lock (the row of
-   Pulumi's table that engine wrote, seen there with psql) and the pending operations its run
+   Pulumi's table, or the S3 object, that engine wrote, seen there as the server's superuser) and
+   the pending operations its run
    left, resumes that recovery and verifies it within lease expiry + one recovery; no lock row
    is left.
 After each, `pulumi stack export`: nothing pending, no resource lost or duplicated.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import signal
 import time
@@ -32,6 +36,7 @@ import yaml
 from config import PROJECT
 from lab import Lab
 from lab import postgres as lab_postgres
+from lab import s3 as lab_s3
 from lab.controlplane import ControlPlaneError, etcd_health
 from lab.stack import (DOMAIN, PORT, SECRETS, ProgramStack, hosts_line, make_lab_env,
                        stack_values)
@@ -63,25 +68,58 @@ def env(toolchain_bin, tmp_path_factory):
     lab_env.lab.down()
 
 
+# The team backend: the lab's PostgreSQL (CI), or with SEALER_E2E_WATCHPAIR_BACKEND=s3 the lab's
+# S3 store (versitygw, lab/s3.py; run by hand: docs/testing.md).
+BACKEND = os.environ.get("SEALER_E2E_WATCHPAIR_BACKEND", "postgres")
+
+
+class TeamBackend:
+    """Where the pair's state lives, and an independent view of its lock objects (psql as the
+    superuser; boto3 as the S3 store's root account), beside the watchers' own reads."""
+
+    def __init__(self, lab):
+        self.kind = BACKEND
+        if BACKEND == "s3":
+            self.store = lab_s3.up(lab)
+        elif BACKEND == "postgres":
+            self.store = lab_postgres.up(lab)
+        else:
+            raise LabError(f"SEALER_E2E_WATCHPAIR_BACKEND={BACKEND!r}: postgres or s3")
+
+    def env(self) -> dict[str, str]:
+        return self.store.env()
+
+    @property
+    def where(self) -> str:
+        """How the watcher's `stack-lock` event names this backend (its start)."""
+        if self.kind == "s3":
+            return f"s3://{self.store.bucket}/?endpoint={self.store.endpoint}"
+        return f"postgres://{self.store.address}:"
+
+    def lock_objects(self) -> list[dict]:
+        """Every lock object of the backend: key and the lock JSON the engine wrote."""
+        if self.kind == "s3":
+            root, bucket = lab_s3.client(self.store), self.store.bucket
+            listed = root.list_objects_v2(Bucket=bucket, Prefix=".pulumi/locks/")
+            return [{"key": o["Key"], **json.loads(root.get_object(Bucket=bucket, Key=o["Key"])
+                                                   ["Body"].read())}
+                    for o in sorted(listed.get("Contents", []), key=lambda o: o["Key"])]
+        out = lab_postgres.psql(f"SELECT key || ' ' || (data->>'data') FROM {lab_postgres.TABLE} "
+                                f"WHERE key LIKE '{self.store.database}/.pulumi/locks/%' ORDER BY key")
+        rows = []
+        for line in out.splitlines():
+            key, blob = line.split(" ", 1)
+            rows.append({"key": key, **json.loads(base64.b64decode(blob))})
+        return rows
+
+
 @pytest.fixture(scope="module")
-def state_db(env) -> lab_postgres.StateDb:
-    """The team's state: the lab's PostgreSQL on its own lab host; ``env``'s `down` removes it."""
+def state_db(env) -> TeamBackend:
+    """The team's state on its own lab host; ``env``'s `down` removes it."""
     try:
-        return lab_postgres.up(env.lab)
+        return TeamBackend(env.lab)
     except LabError as e:
-        pytest.fail(f"the lab's state database did not come up: {e}", pytrace=False)
-
-
-def lock_rows(db: lab_postgres.StateDb) -> list[dict]:
-    """Every lock row of Pulumi's table (read as the superuser, beside the watchers' own reads):
-    key and the lock JSON the engine wrote."""
-    out = lab_postgres.psql(f"SELECT key || ' ' || (data->>'data') FROM {lab_postgres.TABLE} "
-                            f"WHERE key LIKE '{db.database}/.pulumi/locks/%' ORDER BY key")
-    rows = []
-    for line in out.splitlines():
-        key, blob = line.split(" ", 1)
-        rows.append({"key": key, **json.loads(base64.b64decode(blob))})
-    return rows
+        pytest.fail(f"the lab's {BACKEND} state backend did not come up: {e}", pytrace=False)
 
 
 class Pair:
@@ -271,7 +309,7 @@ def test_the_leaders_machine_killed_as_its_recovery_starts_the_other_finishes(pa
     lab.kill(ip, crash=True)     # the leader's machine: the watcher, its engine, its providers
     machine_killed = time.time()
     at_kill = (lab.packets_to(dead), retx.breakdown())
-    left = lock_rows(pair.db)   # the killed engine's lock, a row in PostgreSQL
+    left = pair.db.lock_objects()   # the killed engine's lock (a row, an object)
     leader_host = next(e for e in leader.events()
                        if e["event"] == "lease-acquired")["identity"].rsplit("_", 2)[0]
     assert len(left) == 1 and left[0]["pid"] in run["pids"], (left, run)
@@ -298,9 +336,9 @@ def test_the_leaders_machine_killed_as_its_recovery_starts_the_other_finishes(pa
     assert previous["run"]["pids"] == run["pids"] and previous["run"]["master0"] == new
     lock = next(e for e in events if e["event"] == "stack-lock")
     assert lock["cleared"] == [left[0]["key"]] and lock["kept"] == [], lock
-    assert lock["backend"].startswith(f"postgres://{pair.db.address}:"), lock
+    assert lock["backend"].startswith(pair.db.where), lock
     assert lock["locks"][0]["pid"] in run["pids"], lock
-    assert lock_rows(pair.db) == []
+    assert pair.db.lock_objects() == []
     assert "decision:resume" in kinds and "decision:failover" not in kinds, kinds
     assert [e["ok"] for e in events if e["event"] == "up"] == [True]
     assert verified["epoch"] - machine_killed <= LEASE + RETRY + 40

@@ -1,6 +1,6 @@
 """A node on containerd 2.x (issue 21: pulls must not stall "whatever its runtime"), on real lab
 hosts: the first lab node runs containerd 2.2.9 built from the Go module proxy
-(lab/toolchain/containerd2.sh, opt-in: `make toolchain-containerd2`; the module is skipped, with the
+(lab/toolchain/gotool.sh containerd2, opt-in: `make toolchain-containerd2`; the module is skipped, with the
 reason, when it is not built) instead of Debian's 1.6, with the lab's config in containerd 2.x's
 version 3 form (lab.runtimes.containerd2); its pulls go through the daemon's transfer service with
 the hosts dir, as its CRI plugin's do (lab/pull.py). The masters serve the same images as in

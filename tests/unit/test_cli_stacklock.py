@@ -296,7 +296,8 @@ def test_other_backends_are_no_postgres_target(url):
 def test_lock_store_picks_the_backends_own_storage(tmp_path):
     assert type(lock_store(f"file://{tmp_path}")).__name__ == "FileLocks"
     assert type(lock_store(LAB_URL)).__name__ == "PostgresLocks"
-    assert lock_store("s3://bucket/state") is None and lock_store(None) is None
+    assert type(lock_store("s3://bucket/state?region=eu-west-1")).__name__ == "S3Locks"
+    assert lock_store("gs://bucket/state") is None and lock_store(None) is None
 
 
 def blob_of(pid=4242, host="srl7-201", ts="2026-12-06T18:40:01.123456789Z") -> str:
@@ -400,3 +401,104 @@ def test_no_psql_installed_is_a_lock_store_error():
 
     with pytest.raises(LockStoreError, match="psql is not installed"):
         PostgresLocks(postgres_target(LAB_URL), missing).read("sealer-registry", "prod")
+
+
+# ------------------------------------------------------------------------------------- s3://
+
+from botocore.stub import Stubber  # noqa: E402
+
+from cli.stacklock import S3Locks, s3_target  # noqa: E402
+
+
+def test_an_s3_url_is_read_as_the_engines_driver_reads_it():
+    t = s3_target("s3://state-bucket/teams/ops?endpoint=https://s3.lab:7070&use_path_style=true"
+                  "&region=us-east-1&awssdk=v2")
+    assert (t.bucket, t.prefix, t.endpoint, t.region, t.path_style) == (
+        "state-bucket", "teams/ops/", "https://s3.lab:7070", "us-east-1", True)
+    assert t.key(".pulumi/locks/x.json") == "teams/ops/.pulumi/locks/x.json"
+    assert t.where == "s3://state-bucket/teams/ops/?endpoint=https://s3.lab:7070"
+    plain = s3_target("s3://b")
+    assert (plain.prefix, plain.endpoint, plain.path_style, plain.region) == ("", None, False, None)
+
+
+@pytest.mark.parametrize("query, endpoint", [
+    ("endpoint=minio:9000", "https://minio:9000"),                    # pulumi adds the scheme
+    ("endpoint=minio:9000&disableSSL=true", "http://minio:9000"),     # the SDK v1 name
+    ("endpoint=https://minio:9000&disable_https=true", "http://minio:9000"),
+    ("endpoint=http://minio:9000", "http://minio:9000"),
+])
+def test_s3_endpoint_schemes_follow_pulumis_legacy_translation(query, endpoint):
+    assert s3_target(f"s3://b?{query}").endpoint == endpoint
+
+
+def test_the_v1_path_style_name_counts_too():
+    assert s3_target("s3://b?s3ForcePathStyle=true").path_style
+    assert not s3_target("s3://b?use_path_style=false").path_style
+
+
+@pytest.mark.parametrize("url, word", [
+    ("s3://b?sslmode=require", "sslmode"),                 # not a parameter of the S3 driver
+    ("s3://b?role=arn:aws:iam::1:role/x", "role"),
+    ("s3:///prefix", "no bucket"),
+])
+def test_what_the_s3_store_cannot_follow_is_refused_naming_it(url, word):
+    with pytest.raises(LockStoreError, match=word):
+        s3_target(url)
+
+
+def stubbed(url="s3://bucket/pre?endpoint=https://s3.lab:7070&use_path_style=true&region=us-east-1"):
+    import boto3
+    client = boto3.session.Session(aws_access_key_id="AKIDLAB", aws_secret_access_key="not-used"
+                                   ).client("s3", endpoint_url="https://s3.lab:7070",
+                                            region_name="us-east-1")
+    return S3Locks(s3_target(url), client), Stubber(client)
+
+
+def body(doc: dict):
+    import io
+    from botocore.response import StreamingBody
+    raw = json.dumps(doc).encode()
+    return StreamingBody(io.BytesIO(raw), len(raw))
+
+
+def test_s3_locks_are_listed_in_both_lock_folders_and_read_with_their_etag():
+    store, stub = stubbed()
+    new = "pre/.pulumi/locks/organization/proj/dev/"
+    doc = {"pid": 4242, "username": "root", "hostname": "srl7-201", "timestamp": "2026-12-06T18:40:01Z"}
+    stub.add_response("list_objects_v2", {"Contents": [{"Key": new + "u1.json"}, {"Key": new + "notes.txt"}],
+                                          "IsTruncated": False},
+                      {"Bucket": "bucket", "Prefix": new, "Delimiter": "/"})
+    stub.add_response("get_object", {"Body": body(doc), "ETag": '"e1"'},
+                      {"Bucket": "bucket", "Key": new + "u1.json"})
+    stub.add_response("list_objects_v2", {"IsTruncated": False},
+                      {"Bucket": "bucket", "Prefix": "pre/.pulumi/locks/dev/", "Delimiter": "/"})
+    with stub:
+        locks = store.read("proj", "organization/proj/dev")
+    assert [(lk.where, lk.pid, lk.hostname, lk.blob) for lk in locks] == [
+        (new + "u1.json", 4242, "srl7-201", '"e1"')]
+    stub.assert_no_pending_responses()
+
+
+def test_an_s3_lock_is_deleted_only_while_its_etag_is_the_one_read():
+    store, stub = stubbed()
+    lock = StackLock("pre/.pulumi/locks/organization/proj/dev/u1.json", 4242, "root", "h", "t", '"e1"')
+    stub.add_response("head_object", {"ETag": '"e2"'}, {"Bucket": "bucket", "Key": lock.where})
+    with stub:
+        assert "changed since it was read" in store.remove(lock)
+    stub.add_response("head_object", {"ETag": '"e1"'}, {"Bucket": "bucket", "Key": lock.where})
+    stub.add_response("delete_object", {}, {"Bucket": "bucket", "Key": lock.where})
+    with stub:
+        assert store.remove(lock) == ""
+    stub.add_client_error("head_object", service_error_code="404", http_status_code=404,
+                          expected_params={"Bucket": "bucket", "Key": lock.where})
+    with stub:
+        assert store.remove(lock) == ""     # gone already
+    stub.assert_no_pending_responses()
+
+
+def test_an_s3_failure_is_a_lock_store_error_naming_the_backend_and_the_code():
+    store, stub = stubbed()
+    stub.add_client_error("list_objects_v2", service_error_code="AccessDenied",
+                          service_message="Access Denied", http_status_code=403)
+    with stub, pytest.raises(LockStoreError, match=r"s3://bucket/pre/.*AccessDenied"):
+        store.read("proj", "dev")

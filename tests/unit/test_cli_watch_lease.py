@@ -488,11 +488,92 @@ def test_an_unreachable_state_database_clears_nothing_and_leaves_the_check_to_th
     assert w.dead_runs != []   # tried again before the next `up`
 
 
-def test_an_object_store_backend_is_not_read(monkeypatch):
+def test_a_gs_or_azblob_backend_is_not_read(monkeypatch):
+    for url in ("gs://bucket/state", "azblob://container/state"):
+        w = lease_watcher()
+        w.session = SimpleNamespace(stack="prod", engine=FakeEngine(url, ["x (c)"]),
+                                    config=SimpleNamespace(master0="10.0.0.11", down_hosts=[]))
+        assert w.clear_stale_locks() is True and events_of(w.out) == []
+
+
+# ------------------------------------------------------------------------------ s3:// locks
+
+S3_URL = "s3://state/team?endpoint=https://198.18.4.6:7070&use_path_style=true&region=us-east-1"
+S3_PREFIX = "team/.pulumi/locks/organization/sealer-registry/prod/"
+
+
+def s3_watcher(monkeypatch, pending=()):
+    """A watcher whose backend is S3, its boto3 client stubbed (botocore's Stubber: every call
+    and its parameters are checked, nothing leaves the process)."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from cli import stacklock
+
     w = lease_watcher()
-    w.session = SimpleNamespace(stack="prod", engine=FakeEngine("s3://bucket/state", ["x (c)"]),
+    w.session = SimpleNamespace(stack="prod", engine=FakeEngine(S3_URL, pending),
                                 config=SimpleNamespace(master0="10.0.0.11", down_hosts=[]))
-    assert w.clear_stale_locks() is True and events_of(w.out) == []
+    client = boto3.session.Session(aws_access_key_id="AKIDUNIT", aws_secret_access_key="unused"
+                                   ).client("s3", endpoint_url="https://198.18.4.6:7070",
+                                            region_name="us-east-1")
+    monkeypatch.setattr(watch_mod.stacklock, "lock_store",
+                        lambda url: stacklock.S3Locks(stacklock.s3_target(url), client))
+    return w, Stubber(client)
+
+
+def s3_listing(stub, keys_bodies: dict[str, dict]):
+    import io
+    import json as _json
+
+    from botocore.response import StreamingBody
+
+    stub.add_response("list_objects_v2", {"Contents": [{"Key": k} for k in keys_bodies],
+                                          "IsTruncated": False},
+                      {"Bucket": "state", "Prefix": S3_PREFIX, "Delimiter": "/"})
+    for i, (key, doc) in enumerate(keys_bodies.items()):
+        raw = _json.dumps(doc).encode()
+        stub.add_response("get_object", {"Body": StreamingBody(io.BytesIO(raw), len(raw)),
+                                         "ETag": f'"e{i}"'}, {"Bucket": "state", "Key": key})
+    stub.add_response("list_objects_v2", {"IsTruncated": False},
+                      {"Bucket": "state", "Prefix": "team/.pulumi/locks/prod/", "Delimiter": "/"})
+
+
+def test_a_dead_leaders_lock_object_is_deleted_from_s3_and_its_pending_operations_dropped(
+        monkeypatch):
+    from cli.stacklock import DeadRun, EngineRun
+
+    w, stub = s3_watcher(monkeypatch, pending=["node-10.0.0.21 (updating)"])
+    key = S3_PREFIX + "u1.json"
+    s3_listing(stub, {key: {"pid": 4242, "username": "root", "hostname": "mgmt-a",
+                            "timestamp": "2026-12-06T18:40:01Z"}})
+    stub.add_response("head_object", {"ETag": '"e0"'}, {"Bucket": "state", "Key": key})
+    stub.add_response("delete_object", {}, {"Bucket": "state", "Key": key})
+    w.dead_runs = [DeadRun(EngineRun("mgmt-a", "2026-12-06T18:40:00Z", (4242,)), "mgmt-a_1_x")]
+    with stub:
+        assert w.clear_stale_locks() is True
+    stub.assert_no_pending_responses()
+    events = {e["event"]: e for e in events_of(w.out)}
+    assert events["stack-lock"]["cleared"] == [key]
+    assert events["stack-lock"]["backend"] == "s3://state/team/?endpoint=https://198.18.4.6:7070"
+    assert events["pending-operations"]["dropped"] == ["node-10.0.0.21 (updating)"]
+    assert w.dead_runs == []
+
+
+def test_an_s3_lock_of_another_run_blocks_the_up_and_nothing_is_deleted(monkeypatch):
+    from cli.stacklock import DeadRun, EngineRun
+
+    w, stub = s3_watcher(monkeypatch, pending=["x (creating)"])
+    s3_listing(stub, {S3_PREFIX + "u1.json": {"pid": 4242, "username": "root", "hostname": "mgmt-a",
+                                              "timestamp": "2026-12-06T18:40:01Z"},
+                      S3_PREFIX + "u2.json": {"pid": 5150, "username": "ops", "hostname": "laptop",
+                                              "timestamp": "2026-12-06T18:41:01Z"}})
+    w.dead_runs = [DeadRun(EngineRun("mgmt-a", "2026-12-06T18:40:00Z", (4242,)), "mgmt-a_1_x")]
+    with stub:   # no head_object / delete_object queued: any would fail the test
+        assert w.clear_stale_locks() is False
+    stub.assert_no_pending_responses()
+    assert w.session.engine.pending == ["x (creating)"]
+    up = [e for e in events_of(w.out) if e["event"] == "up"][0]
+    assert up["ok"] is False and "laptop (pid 5150)" in up["error"]
 
 
 # ------------------------------------------------------------------------------ hold-down

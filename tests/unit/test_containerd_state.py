@@ -126,7 +126,7 @@ def test_a_pgrep_without_ns_support_falls_back_to_every_daemon(tmp_path, daemon)
 
 
 # What containerd 2.2.9's `config dump` prints for lab.runtimes.CONTAINERD2_CONFIG (the lines the
-# parser reads; captured from the binary lab/toolchain/containerd2.sh builds): version 3, single
+# parser reads; captured from the binary lab/toolchain/gotool.sh containerd2 builds): version 3, single
 # quotes, the registry under the CRI images plugin, its default imports glob instead of the file.
 V3_DUMP = """version = 3
 root = '/var/lib/containerd'
