@@ -121,19 +121,39 @@ pull_ref() {
   info "pulled $image ${got#* } in ${took} ms: $want"
 }
 
+# Through the node entry point, the first pull is tried up to ENTRY_ATTEMPTS times, ENTRY_PAUSE_S
+# apart: configure-node.sh has just reloaded HAProxy, whose health checks on a loaded master may
+# still hold every server DOWN for a check or two (HAProxy then closes the connection: ctr says
+# EOF). The curl path waits for /v2/ the same way (wait_for_v2). Every later pull is tried once.
+readonly ENTRY_ATTEMPTS=5
+readonly ENTRY_PAUSE_S=3
+
 verify_with_containerd() {
-  local domain=$1 port=$2 user=$3 ref failed=0 start
-  shift 3
+  local domain=$1 port=$2 user=$3 entry=$4 ref failed=0 start attempt count
+  shift 4
+  count=$#
   write_hosts_dir "$domain" "$port" "$user"
   NAMESPACE_USED=1
   empty_namespace
   start=$(now_ms)
+  if [[ -n "$entry" && $# -gt 0 ]]; then
+    for attempt in $(seq "$ENTRY_ATTEMPTS"); do
+      pull_ref "$domain" "$port" "$1" && break
+      if ((attempt == ENTRY_ATTEMPTS)); then
+        failed=1
+        break
+      fi
+      info "attempt $attempt of $ENTRY_ATTEMPTS through the entry point $entry failed; again in ${ENTRY_PAUSE_S}s"
+      sleep "$ENTRY_PAUSE_S"
+    done
+    shift
+  fi
   for ref in "$@"; do
     pull_ref "$domain" "$port" "$ref" || failed=$((failed + 1))
   done
-  ((failed == 0)) || fatal "$failed of $# images did not pull through containerd from $domain:$port"
-  info "pulled $# images through containerd from $domain:$port in $(($(now_ms) - start)) ms"
-  echo "verified $# (containerd pull through $domain:$port; containerd here: $(containerd_certs_d_state))"
+  ((failed == 0)) || fatal "$failed of $count images did not pull through containerd from $domain:$port"
+  info "pulled $count images through containerd from $domain:$port in $(($(now_ms) - start)) ms"
+  echo "verified $count (containerd pull through $domain:$port; containerd here: $(containerd_certs_d_state))"
 }
 
 # --------------------------------------------------------------------------- curl (no containerd)
@@ -320,7 +340,7 @@ main() {
   elif ! containerd_answers; then
     verify_with_curl "$domain" "$port" "$scheme" "$user" "no containerd answers on this node" "$@"
   else
-    verify_with_containerd "$domain" "$port" "$user" "$@"
+    verify_with_containerd "$domain" "$port" "$user" "$entry" "$@"
   fi
   if ((${#MIRRORS[@]})) && [[ "$scheme" == https ]]; then
     verify_mirrors "$domain" "$port" "$user" "$@"

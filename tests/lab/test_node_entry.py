@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 import time
 
 import pytest
@@ -215,6 +216,60 @@ def test_pulls_go_on_when_master0_is_killed(lab, cluster):
 
 def test_pulls_go_on_when_master0_is_powered_off(lab, cluster):
     outage(lab, cluster, lab.power_off, lab.power_on, "powered off")
+
+
+def verify_through_entry(lab, c: dict):
+    """verify-registry.sh as the program's registry-verify step runs it on a node with an entry
+    point: over SSH, the password on stdin."""
+    run = script_run("verify-registry.sh", "--entry", ENTRY, DOMAIN, str(PORT), "https", USER,
+                     c["masters"][0], *c["refs"], data=PASSWORD + "\n")
+    start = time.monotonic()
+    done = lab.ssh(c["node"], run.command, input=run.stdin, check=False, timeout=180)
+    return done, time.monotonic() - start
+
+
+REFUSE = "sealer_test_refuse"   # an nft table on a master: its registry port refuses (TCP reset)
+
+
+def refuse_registry(lab, master: str) -> None:
+    lab.run(master, f"nft add table inet {REFUSE} && nft add chain inet {REFUSE} c "
+                    f"'{{ type filter hook input priority -10; }}' && nft add rule inet {REFUSE} c "
+                    f"tcp dport {PORT} reject with tcp reset")
+
+
+def answer_registry(lab, master: str) -> None:
+    lab.run(master, f"nft delete table inet {REFUSE} 2>/dev/null || true")
+
+
+def test_verify_through_the_entry_point_waits_for_a_server_to_come_up(lab, cluster):
+    """The program's verification right after configure-node.sh reloaded HAProxy, on masters too
+    loaded to pass a check or two (the 3 + 500 bench's deploy: every pull EOF, HAProxy holding
+    every server DOWN): the first pull is tried 5 times, 3 s apart. Every master's registry
+    refusing throughout (a TCP reset: the node's hosts.toml mirrors fail at once too, where
+    dropped packets would cost containerd 1.6 its 30 s connect timeout per mirror and image): it
+    fails after the 5th, naming every image; the registries back after 4 s: it passes, saying
+    which attempts failed."""
+    c = cluster
+    try:
+        for m in c["masters"]:
+            refuse_registry(lab, m)
+        wait_for(lambda: all(" DOWN" in s for s in servers(lab, c["node"])), 15, "every server DOWN")
+        done, took = verify_through_entry(lab, c)
+        print(f"\nno server up: exit {done.returncode} after {took:.1f}s")
+        assert done.returncode != 0
+        assert "attempt 4 of 5 through the entry point" in done.stderr, done.stderr
+        assert f"{len(c['refs'])} of {len(c['refs'])} images did not pull" in done.stderr, done.stderr
+        reviver = threading.Timer(4.0, lambda: [answer_registry(lab, m) for m in c["masters"]])
+        reviver.start()
+        done, took = verify_through_entry(lab, c)
+        reviver.join()
+    finally:
+        for m in c["masters"]:
+            answer_registry(lab, m)
+    print(f"registries back after 4 s: exit {done.returncode} after {took:.1f}s")
+    assert done.returncode == 0, done.stderr
+    assert "attempt 1 of 5 through the entry point" in done.stderr, done.stderr
+    assert done.stdout.startswith(f"verified {len(c['refs'])} "), done.stdout
 
 
 IN_FLIGHT_OFFSETS_S = (0.15, 0.45, 0.8, 1.3)   # kill points into a round of back-to-back pulls
