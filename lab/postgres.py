@@ -139,14 +139,6 @@ def scram_verifier(password: str, salt: bytes | None = None,
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-def _write_private(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(path, 0o600)
-
-
 def _password(p: _Paths) -> str:
     """The role's password, made once: the fifth field of the pgpass line."""
     try:
@@ -158,7 +150,7 @@ def _password(p: _Paths) -> str:
     except OSError:
         pass
     password = secrets.token_urlsafe(24)  # no ':' or '\\': a .pgpass field as is
-    _write_private(p.passfile, f"{ADDRESS}:{PORT}:{DATABASE}:{ROLE}:{password}\n")
+    tls.write_private(p.passfile, f"{ADDRESS}:{PORT}:{DATABASE}:{ROLE}:{password}\n")
     return password
 
 
@@ -171,7 +163,7 @@ def _ensure_tls(p: _Paths, uid: int, gid: int) -> None:
     crt, key_path = p.tls_dir / "server.crt", p.tls_dir / "server.key"
     if not (p.ca_file.exists() and p.ca_key.exists()):
         cert, key = tls.make_ca("sealer-registry lab state-db CA")
-        _write_private(p.ca_key, key)
+        tls.write_private(p.ca_key, key)
         p.ca_file.write_bytes(cert)
         crt.unlink(missing_ok=True)
     if crt.exists() and key_path.exists():
@@ -179,7 +171,7 @@ def _ensure_tls(p: _Paths, uid: int, gid: int) -> None:
     cert, key = tls.issue_server(p.ca_file.read_bytes(), p.ca_key.read_bytes(), ADDRESS, {ADDRESS})
     p.tls_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(p.tls_dir, uid, gid)
-    _write_private(key_path, key)
+    tls.write_private(key_path, key)
     os.chown(key_path, uid, gid)
     crt.write_bytes(cert)
     os.chown(crt, uid, gid)

@@ -107,14 +107,6 @@ def _paths(lab) -> _Paths:
     return _Paths(Path(state).resolve() / DIRNAME)
 
 
-def _write_private(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(path, 0o600)
-
-
 def _secret(p: _Paths) -> str:
     """The root account's secret, made once: the credentials file's profile."""
     parser = configparser.ConfigParser(interpolation=None)
@@ -127,7 +119,7 @@ def _secret(p: _Paths) -> str:
     except (OSError, KeyError, configparser.Error):
         pass
     secret = secrets.token_urlsafe(30)
-    _write_private(p.credentials, f"[{PROFILE}]\naws_access_key_id = {ACCESS_KEY_ID}\n"
+    tls.write_private(p.credentials, f"[{PROFILE}]\naws_access_key_id = {ACCESS_KEY_ID}\n"
                                   f"aws_secret_access_key = {secret}\n")
     return secret
 
@@ -136,13 +128,13 @@ def _ensure_tls(p: _Paths) -> None:
     """The lab's own CA for the store and the server's certificate for ADDRESS."""
     if not (p.ca_file.exists() and p.ca_key.exists()):
         cert, key = tls.make_ca("sealer-registry lab S3 store CA")
-        _write_private(p.ca_key, key)
+        tls.write_private(p.ca_key, key)
         p.ca_file.write_bytes(cert)
         p.cert.unlink(missing_ok=True)
     if p.cert.exists() and p.key.exists():
         return
     cert, key = tls.issue_server(p.ca_file.read_bytes(), p.ca_key.read_bytes(), ADDRESS, {ADDRESS})
-    _write_private(p.key, key)
+    tls.write_private(p.key, key)
     p.cert.write_bytes(cert)
 
 

@@ -202,21 +202,13 @@ def _ensure_root(p: _Paths, store: Path) -> tuple[str, bool]:
 # ------------------------------------------------------------------------------ PKI, auth, config
 
 
-def _write_private(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
-
-
 def _ensure_pki(p: _Paths) -> bool:
     """The store's CA (made once) and its server certificate for GATEWAY and 127.0.0.1. True when
     something was (re)made."""
     made = False
     if not (p.ca_file.exists() and p.ca_key.exists()):
         cert, key = tls.make_ca("sealer-registry lab store CA")
-        _write_private(p.ca_key, key.decode())
+        tls.write_private(p.ca_key, key.decode())
         p.ca_dir.mkdir(parents=True, exist_ok=True)
         p.ca_file.write_bytes(cert)
         p.server_crt.unlink(missing_ok=True)
@@ -226,7 +218,7 @@ def _ensure_pki(p: _Paths) -> bool:
             and tls.cert_ips(p.server_crt.read_bytes()) == ips:
         return made
     cert, key = tls.issue_server(p.ca_file.read_bytes(), p.ca_key.read_bytes(), GATEWAY, ips)
-    _write_private(p.server_key, key.decode())
+    tls.write_private(p.server_key, key.decode())
     p.server_crt.write_bytes(cert)
     return True
 
@@ -240,7 +232,7 @@ def _ensure_htpasswd(p: _Paths) -> bool:
     except (OSError, ValueError):
         pass
     hashed = bcrypt.hashpw(STORE_PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
-    _write_private(p.htpasswd, f"{USERNAME}:{hashed}\n")
+    tls.write_private(p.htpasswd, f"{USERNAME}:{hashed}\n")
     return True
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -16,6 +18,15 @@ _VALID = datetime.timedelta(days=3650)
 def _start() -> datetime.datetime:
     # five minutes back: a host whose clock is a little behind still accepts it
     return datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+
+
+def write_private(path: Path, data: str | bytes) -> None:
+    """``data`` into ``path`` (its parent made), mode 0600 from the start: a key, a password."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(path, 0o600)
 
 
 def _pem_key(key) -> bytes:
