@@ -16,8 +16,11 @@ host's network namespace, TLS with a CA of the lab's own (clients trust it throu
 which both the AWS SDK for Go v2 and boto3 read), one root account. Its access key and secret are
 generated once into ``<lab state>/s3/credentials`` (an AWS shared credentials file, mode 0600,
 profile ``sealer-lab``), reach the server in its environment (ROOT_ACCESS_KEY_ID /
-ROOT_SECRET_ACCESS_KEY, never argv) and the clients through AWS_SHARED_CREDENTIALS_FILE and the
-URL's ``profile=``: the backend URL itself holds no secret, so printing it is fine.
+ROOT_SECRET_ACCESS_KEY, never argv: versitygw v1.8.0 takes its root keys from a flag or those
+variables only, cmd/versitygw/main.go, no file; the environment of a root process is readable by
+root alone; a lab-only key, never a cluster's secret) and the clients through
+AWS_SHARED_CREDENTIALS_FILE and the URL's ``profile=``: the backend URL itself holds no secret,
+so printing it is fine.
 
 `Lab.down` stops the server and removes the host and ``<lab state>/s3``.
 """
